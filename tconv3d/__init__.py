@@ -1,0 +1,27 @@
+"""tconv3d: fast CPU 3D transposed convolution for Python.
+
+Forward and backward passes in an OpenMP-parallel Cython core, with Keras'
+``Conv3DTranspose`` numbers for every argument.
+"""
+from ._ops import conv_transpose3d, conv_transpose3d_backward, conv_transpose3d_output_shape
+from ._version import __version__
+
+__all__ = [
+    "__version__",
+    "conv_transpose3d",
+    "conv_transpose3d_backward",
+    "conv_transpose3d_output_shape",
+    "show_config",
+]
+
+
+def show_config(file=None):
+    """Print the version, the OpenMP status, the default thread count and the SIMD flags."""
+    from . import _kernels
+    lines = [
+        f"tconv3d {__version__}",
+        f"  OpenMP compiled in:  {_kernels.openmp_enabled()}",
+        f"  default threads:     {_kernels.default_num_threads()}",
+        f"  SIMD flags of build: {' '.join(_kernels.simd_flags()) or 'none'}",
+    ]
+    print("\n".join(lines), file=file)

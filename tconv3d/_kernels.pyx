@@ -1,0 +1,465 @@
+# Compiled core of tconv3d: forward and backward 3D transposed convolution.
+#
+# These kernels trust their caller (tconv3d/_ops.py): shapes, dtypes and the geometry
+# have been validated there, output arrays allocated there. Nothing here raises.
+#
+# Conventions shared by every kernel
+# - Arrays arrive as *logical* 5-D views (batch, depth, height, width, channels) with
+#   arbitrary element strides, so channels_first, Fortran-ordered, sliced or negatively
+#   strided inputs are read in place: the layout is just a set of strides.
+# - Per spatial axis, input i and kernel tap j feed full-length position p = i*s + j*d;
+#   output o is full position p = o + crop (crop >= 0). All numerators below are kept
+#   non-negative because `cdivision=True` makes // and % truncate toward zero.
+# - Work is split with `prange(..., schedule='static')` over whole output rows, each
+#   written by exactly one thread: no atomics, and the summation order of every output
+#   element does not depend on the thread count.
+# - Along the width axis the outputs of one stride phase r = (o + crop) % s use the same
+#   taps and consecutive inputs, so a block of BLOCK of them is accumulated together:
+#   each kernel tap matrix is loaded once per block instead of once per voxel, and the
+#   channel contraction is an innermost, vectorisable axpy over contiguous channels.
+# - The kernel-gradient reduction runs over a fixed partition into chunks (independent
+#   of the thread count), each chunk into its own buffer, and the buffers are added in
+#   chunk order: results are bitwise identical for any number of threads.
+
+from cython cimport floating
+from cython.parallel cimport parallel, prange
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define TCONV3D_OPENMP 1
+    #else
+    #define TCONV3D_OPENMP 0
+    static int omp_get_max_threads(void) { return 1; }
+    #endif
+    static const char *tconv3d_simd_flags(void) {
+        return ""
+    #ifdef __SSE2__
+            " SSE2"
+    #endif
+    #ifdef __AVX__
+            " AVX"
+    #endif
+    #ifdef __FMA__
+            " FMA"
+    #endif
+    #ifdef __AVX2__
+            " AVX2"
+    #endif
+    #ifdef __AVX512F__
+            " AVX512F"
+    #endif
+    #ifdef __ARM_NEON
+            " NEON"
+    #endif
+            ;
+    }
+    """
+    int omp_get_max_threads() noexcept nogil
+    int TCONV3D_OPENMP
+    const char *tconv3d_simd_flags()
+
+
+def openmp_enabled():
+    """True when the extension was compiled with OpenMP."""
+    return bool(TCONV3D_OPENMP)
+
+
+def default_num_threads():
+    """Threads an OpenMP region uses by default now (honours threadpoolctl's limits)."""
+    return omp_get_max_threads()
+
+
+def simd_flags():
+    """The SIMD instruction sets this build was compiled for."""
+    return tconv3d_simd_flags().decode().split()
+
+
+# Width-axis block (voxels accumulated together) is sized so the accumulator stays in L1.
+cdef Py_ssize_t ACC_ELEMENTS = 2048
+cdef Py_ssize_t MAX_BLOCK = 64
+# Kernel-gradient partition: at most this many chunks, and at most this many bytes of
+# partial buffers. Fixed numbers (not the thread count) so results are reproducible.
+cdef Py_ssize_t MAX_CHUNKS = 64
+cdef Py_ssize_t CHUNK_BUFFER_BYTES = 64 * 1024 * 1024
+
+
+ctypedef struct Problem:
+    Py_ssize_t N, cin, cout
+    Py_ssize_t n_in[3]      # input spatial sizes (depth, height, width)
+    Py_ssize_t k[3]         # kernel spatial sizes
+    Py_ssize_t s[3]         # strides
+    Py_ssize_t d[3]         # dilations
+    Py_ssize_t n_out[3]     # output spatial sizes
+    Py_ssize_t crop[3]      # left crop of the full-length axis
+    Py_ssize_t xs[5]        # element strides of x (n, d, h, w, c)
+    Py_ssize_t ys[5]        # element strides of y / grad_output (n, d, h, w, c)
+
+
+cdef Problem _problem(tuple geometry, tuple x_strides, tuple y_strides):
+    cdef Problem p
+    cdef int a
+    p.N, p.cin, p.cout = geometry[0], geometry[1], geometry[2]
+    for a in range(3):
+        p.n_in[a] = geometry[3 + a]
+        p.k[a] = geometry[6 + a]
+        p.s[a] = geometry[9 + a]
+        p.d[a] = geometry[12 + a]
+        p.n_out[a] = geometry[15 + a]
+        p.crop[a] = geometry[18 + a]
+    for a in range(5):
+        p.xs[a] = x_strides[a]
+        p.ys[a] = y_strides[a]
+    return p
+
+
+cdef inline Py_ssize_t _output_taps(const Problem *p, int a, Py_ssize_t o,
+                                    Py_ssize_t *tap_j, Py_ssize_t *tap_i) noexcept nogil:
+    """Taps (j, i) of axis `a` feeding output `o`: i*s + j*d == o + crop, 0 <= i < n_in."""
+    cdef Py_ssize_t pos = o + p.crop[a], j, t, count = 0
+    for j in range(p.k[a]):
+        t = pos - j * p.d[a]
+        if t < 0:
+            break
+        if t % p.s[a] == 0 and t // p.s[a] < p.n_in[a]:
+            tap_j[count] = j
+            tap_i[count] = t // p.s[a]
+            count += 1
+    return count
+
+
+cdef inline Py_ssize_t _input_taps(const Problem *p, int a, Py_ssize_t i,
+                                   Py_ssize_t *tap_j, Py_ssize_t *tap_o) noexcept nogil:
+    """Taps (j, o) of axis `a` fed by input `i`: o = i*s + j*d - crop, 0 <= o < n_out."""
+    cdef Py_ssize_t j, o, count = 0
+    for j in range(p.k[a]):
+        o = i * p.s[a] + j * p.d[a] - p.crop[a]
+        if o >= p.n_out[a]:
+            break
+        if o >= 0:
+            tap_j[count] = j
+            tap_o[count] = o
+            count += 1
+    return count
+
+
+cdef inline Py_ssize_t _block_size(Py_ssize_t channels) noexcept nogil:
+    cdef Py_ssize_t b = ACC_ELEMENTS // channels
+    return 1 if b < 1 else (MAX_BLOCK if b > MAX_BLOCK else b)
+
+
+# ----------------------------------------------------------------------------- forward
+
+cdef void _forward(const Problem *p,
+                   const floating *x,      # IN  logical (N, D, H, W, Cin), strides p.xs
+                   const floating *wt,     # IN  (kd, kh, kw, Cin, Cout) C-contiguous
+                   const floating *bias,   # IN  (Cout,) or NULL
+                   floating *y,            # OUT logical (N, OD, OH, OW, Cout), strides p.ys
+                   int num_threads) noexcept nogil:
+    cdef Py_ssize_t cin = p.cin, cout = p.cout
+    cdef Py_ssize_t sw = p.s[2], dw = p.d[2], kw = p.k[2], iw_n = p.n_in[2], ow_n = p.n_out[2]
+    cdef Py_ssize_t rows = p.N * p.n_out[0] * p.n_out[1]
+    cdef Py_ssize_t block = _block_size(cout)
+    cdef Py_ssize_t row, n, od, oh, r, o0, count, q0, blk, tb, nb, b, blo, bhi, istart
+    cdef Py_ssize_t td, th, nd, nh, jw, m, ci, co, o
+    cdef Py_ssize_t *taps
+    cdef floating *acc
+    cdef const floating *xrow
+    cdef const floating *xp
+    cdef const floating *wtap
+    cdef const floating *wp
+    cdef floating *ap
+    cdef floating *yp
+    cdef floating xv
+
+    with parallel(num_threads=num_threads):
+        acc = <floating *> malloc(block * cout * sizeof(floating))
+        taps = <Py_ssize_t *> malloc(2 * (p.k[0] + p.k[1]) * sizeof(Py_ssize_t))
+        for row in prange(rows, schedule='static'):
+            n = row // (p.n_out[0] * p.n_out[1])
+            od = (row // p.n_out[1]) % p.n_out[0]
+            oh = row % p.n_out[1]
+            # taps[0:kd] depth j, [kd:2kd] depth i, then height j and i.
+            nd = _output_taps(p, 0, od, taps, taps + p.k[0])
+            nh = _output_taps(p, 1, oh, taps + 2 * p.k[0], taps + 2 * p.k[0] + p.k[1])
+            for r in range(sw):
+                # Outputs of phase r: o = o0, o0 + sw, ...; output o0 + t*sw reads
+                # input q0 + t - m through every width tap j with (j*dw) % sw == r.
+                o0 = (r - p.crop[2] % sw + sw) % sw
+                if o0 >= ow_n:
+                    continue
+                count = (ow_n - 1 - o0) // sw + 1
+                q0 = (o0 + p.crop[2]) // sw
+                for blk in range((count + block - 1) // block):
+                    tb = blk * block
+                    nb = block if count - tb > block else count - tb
+                    for b in range(nb * cout):
+                        acc[b] = 0
+                    if bias != NULL:
+                        for b in range(nb):
+                            for co in range(cout):
+                                acc[b * cout + co] = bias[co]
+                    for td in range(nd):
+                        for th in range(nh):
+                            xrow = (x + n * p.xs[0] + taps[p.k[0] + td] * p.xs[1]
+                                    + taps[2 * p.k[0] + p.k[1] + th] * p.xs[2])
+                            for jw in range(kw):
+                                if (jw * dw) % sw != r:
+                                    continue
+                                m = (jw * dw) // sw
+                                istart = q0 + tb - m
+                                blo = -istart if istart < 0 else 0
+                                bhi = iw_n - istart if iw_n - istart < nb else nb
+                                wtap = wt + ((taps[td] * p.k[1] + taps[2 * p.k[0] + th]) * kw
+                                             + jw) * cin * cout
+                                for b in range(blo, bhi):
+                                    xp = xrow + (istart + b) * p.xs[3]
+                                    ap = acc + b * cout
+                                    for ci in range(cin):
+                                        xv = xp[ci * p.xs[4]]
+                                        wp = wtap + ci * cout
+                                        for co in range(cout):
+                                            ap[co] = ap[co] + xv * wp[co]
+                    for b in range(nb):
+                        o = o0 + (tb + b) * sw
+                        yp = y + n * p.ys[0] + od * p.ys[1] + oh * p.ys[2] + o * p.ys[3]
+                        ap = acc + b * cout
+                        for co in range(cout):
+                            yp[co * p.ys[4]] = ap[co]
+        free(taps)
+        free(acc)
+
+
+def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
+            const floating[::1] bias, floating[:, :, :, :, :] y, tuple geometry,
+            tuple x_strides, tuple y_strides, int num_threads, bint use_bias):
+    """y = conv_transpose3d(x, wt, bias); see the module comment for the conventions."""
+    cdef Problem p = _problem(geometry, x_strides, y_strides)
+    cdef const floating *bias_ptr = &bias[0] if use_bias else NULL
+    with nogil:
+        _forward(&p, &x[0, 0, 0, 0, 0], &wt[0, 0, 0, 0, 0], bias_ptr, &y[0, 0, 0, 0, 0],
+                 num_threads)
+
+
+# ----------------------------------------------------------------------- grad of input
+
+cdef void _grad_input(const Problem *p,
+                      const floating *g,    # IN  logical (N, OD, OH, OW, Cout), strides p.ys
+                      const floating *w,    # IN  (kd, kh, kw, Cout, Cin) C-contiguous
+                      floating *gx,         # OUT logical (N, D, H, W, Cin), strides p.xs
+                      int num_threads) noexcept nogil:
+    cdef Py_ssize_t cin = p.cin, cout = p.cout
+    cdef Py_ssize_t sw = p.s[2], dw = p.d[2], kw = p.k[2], iw_n = p.n_in[2], ow_n = p.n_out[2]
+    cdef Py_ssize_t cw = p.crop[2]
+    cdef Py_ssize_t rows = p.N * p.n_in[0] * p.n_in[1]
+    cdef Py_ssize_t block = _block_size(cin)
+    cdef Py_ssize_t row, n, i_d, i_h, blk, tb, nb, b, blo, bhi, num, td, th, nd, nh, jw, ci, co
+    cdef Py_ssize_t *taps
+    cdef floating *acc
+    cdef const floating *grow
+    cdef const floating *gp
+    cdef const floating *wtap
+    cdef const floating *wp
+    cdef floating *ap
+    cdef floating *xp
+    cdef floating gv
+
+    with parallel(num_threads=num_threads):
+        acc = <floating *> malloc(block * cin * sizeof(floating))
+        taps = <Py_ssize_t *> malloc(2 * (p.k[0] + p.k[1]) * sizeof(Py_ssize_t))
+        for row in prange(rows, schedule='static'):
+            n = row // (p.n_in[0] * p.n_in[1])
+            i_d = (row // p.n_in[1]) % p.n_in[0]
+            i_h = row % p.n_in[1]
+            nd = _input_taps(p, 0, i_d, taps, taps + p.k[0])
+            nh = _input_taps(p, 1, i_h, taps + 2 * p.k[0], taps + 2 * p.k[0] + p.k[1])
+            for blk in range((iw_n + block - 1) // block):
+                tb = blk * block
+                nb = block if iw_n - tb > block else iw_n - tb
+                for b in range(nb * cin):
+                    acc[b] = 0
+                for td in range(nd):
+                    for th in range(nh):
+                        grow = (g + n * p.ys[0] + taps[p.k[0] + td] * p.ys[1]
+                                + taps[2 * p.k[0] + p.k[1] + th] * p.ys[2])
+                        for jw in range(kw):
+                            # Input tb + b feeds output (tb + b)*sw + jw*dw - cw; keep
+                            # the b whose output is in [0, ow_n).
+                            num = cw - jw * dw - tb * sw
+                            blo = 0 if num <= 0 else (num + sw - 1) // sw
+                            num = ow_n - 1 + cw - jw * dw - tb * sw
+                            if num < 0:
+                                continue
+                            bhi = num // sw + 1
+                            if bhi > nb:
+                                bhi = nb
+                            wtap = w + ((taps[td] * p.k[1] + taps[2 * p.k[0] + th]) * kw
+                                        + jw) * cout * cin
+                            for b in range(blo, bhi):
+                                gp = grow + ((tb + b) * sw + jw * dw - cw) * p.ys[3]
+                                ap = acc + b * cin
+                                for co in range(cout):
+                                    gv = gp[co * p.ys[4]]
+                                    wp = wtap + co * cin
+                                    for ci in range(cin):
+                                        ap[ci] = ap[ci] + gv * wp[ci]
+                for b in range(nb):
+                    xp = gx + n * p.xs[0] + i_d * p.xs[1] + i_h * p.xs[2] + (tb + b) * p.xs[3]
+                    ap = acc + b * cin
+                    for ci in range(cin):
+                        xp[ci * p.xs[4]] = ap[ci]
+        free(taps)
+        free(acc)
+
+
+def grad_input(const floating[:, :, :, :, :] g, const floating[:, :, :, :, ::1] w,
+               floating[:, :, :, :, :] gx, tuple geometry, tuple x_strides,
+               tuple y_strides, int num_threads):
+    """gx = adjoint of the forward map in x, applied to g."""
+    cdef Problem p = _problem(geometry, x_strides, y_strides)
+    with nogil:
+        _grad_input(&p, &g[0, 0, 0, 0, 0], &w[0, 0, 0, 0, 0], &gx[0, 0, 0, 0, 0], num_threads)
+
+
+# ---------------------------------------------------------------------- grad of kernel
+
+cdef inline Py_ssize_t _num_chunks(Py_ssize_t rows, Py_ssize_t chunk_bytes) noexcept nogil:
+    cdef Py_ssize_t c = CHUNK_BUFFER_BYTES // chunk_bytes
+    if c > MAX_CHUNKS:
+        c = MAX_CHUNKS
+    if c > rows:
+        c = rows
+    return 1 if c < 1 else c
+
+
+cdef void _grad_kernel(const Problem *p,
+                       const floating *g,     # IN  logical (N, OD, OH, OW, Cout), strides p.ys
+                       const floating *x,     # IN  logical (N, D, H, W, Cin), strides p.xs
+                       floating *partial,     # WORK (chunks, kd, kh, kw, Cout, Cin)
+                       Py_ssize_t chunks,
+                       floating *gw,          # OUT (kd, kh, kw, Cout, Cin) C-contiguous
+                       int num_threads) noexcept nogil:
+    cdef Py_ssize_t cin = p.cin, cout = p.cout
+    cdef Py_ssize_t sw = p.s[2], dw = p.d[2], kw = p.k[2], iw_n = p.n_in[2], ow_n = p.n_out[2]
+    cdef Py_ssize_t cw = p.crop[2]
+    cdef Py_ssize_t ksize = p.k[0] * p.k[1] * kw * cout * cin
+    cdef Py_ssize_t rows = p.N * p.n_in[0] * p.n_in[1]
+    cdef Py_ssize_t chunk, row, n, i_d, i_h, iw, td, th, nd, nh, jw, o, ci, co, e, c
+    cdef Py_ssize_t *taps
+    cdef floating *buf
+    cdef floating *bp
+    cdef const floating *grow
+    cdef const floating *xrow
+    cdef const floating *gp
+    cdef const floating *xp
+    cdef floating gv, total
+
+    with parallel(num_threads=num_threads):
+        taps = <Py_ssize_t *> malloc(2 * (p.k[0] + p.k[1]) * sizeof(Py_ssize_t))
+        for chunk in prange(chunks, schedule='static'):
+            buf = partial + chunk * ksize
+            memset(buf, 0, ksize * sizeof(floating))
+            for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
+                n = row // (p.n_in[0] * p.n_in[1])
+                i_d = (row // p.n_in[1]) % p.n_in[0]
+                i_h = row % p.n_in[1]
+                nd = _input_taps(p, 0, i_d, taps, taps + p.k[0])
+                nh = _input_taps(p, 1, i_h, taps + 2 * p.k[0], taps + 2 * p.k[0] + p.k[1])
+                for td in range(nd):
+                    for th in range(nh):
+                        grow = (g + n * p.ys[0] + taps[p.k[0] + td] * p.ys[1]
+                                + taps[2 * p.k[0] + p.k[1] + th] * p.ys[2])
+                        xrow = x + n * p.xs[0] + i_d * p.xs[1] + i_h * p.xs[2]
+                        for jw in range(kw):
+                            bp = buf + ((taps[td] * p.k[1] + taps[2 * p.k[0] + th]) * kw
+                                        + jw) * cout * cin
+                            for iw in range(iw_n):
+                                o = iw * sw + jw * dw - cw
+                                if o < 0:
+                                    continue
+                                if o >= ow_n:
+                                    break
+                                gp = grow + o * p.ys[3]
+                                xp = xrow + iw * p.xs[3]
+                                for co in range(cout):
+                                    gv = gp[co * p.ys[4]]
+                                    for ci in range(cin):
+                                        bp[co * cin + ci] = (bp[co * cin + ci]
+                                                             + gv * xp[ci * p.xs[4]])
+        free(taps)
+
+    # Add the chunks' partial sums in chunk order, whatever thread computed them.
+    for e in prange(ksize, schedule='static', num_threads=num_threads):
+        total = partial[e]
+        for c in range(1, chunks):
+            total = total + partial[c * ksize + e]
+        gw[e] = total
+
+
+def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x,
+                floating[:, :, :, :, ::1] gw, tuple geometry, tuple x_strides,
+                tuple y_strides, int num_threads):
+    """gw[j, co, ci] = sum over batch and space of g[o(i, j), co] * x[i, ci]."""
+    cdef Problem p = _problem(geometry, x_strides, y_strides)
+    cdef Py_ssize_t ksize = gw.size
+    cdef Py_ssize_t chunks = _num_chunks(p.N * p.n_in[0] * p.n_in[1], ksize * sizeof(floating))
+    cdef floating *partial = <floating *> malloc(chunks * ksize * sizeof(floating))
+    if partial == NULL:
+        raise MemoryError("tconv3d: no memory for the kernel-gradient partial sums")
+    try:
+        with nogil:
+            _grad_kernel(&p, &g[0, 0, 0, 0, 0], &x[0, 0, 0, 0, 0], partial, chunks,
+                         &gw[0, 0, 0, 0, 0], num_threads)
+    finally:
+        free(partial)
+
+
+# ------------------------------------------------------------------------ grad of bias
+
+cdef void _grad_bias(const Problem *p,
+                     const floating *g,     # IN  logical (N, OD, OH, OW, Cout), strides p.ys
+                     floating *partial,     # WORK (chunks, Cout)
+                     Py_ssize_t chunks,
+                     floating *gb,          # OUT (Cout,)
+                     int num_threads) noexcept nogil:
+    cdef Py_ssize_t cout = p.cout
+    cdef Py_ssize_t rows = p.N * p.n_out[0] * p.n_out[1]
+    cdef Py_ssize_t chunk, row, n, od, oh, o, co, c
+    cdef floating *buf
+    cdef const floating *gp
+    cdef floating total
+    for chunk in prange(chunks, schedule='static', num_threads=num_threads):
+        buf = partial + chunk * cout
+        memset(buf, 0, cout * sizeof(floating))
+        for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
+            n = row // (p.n_out[0] * p.n_out[1])
+            od = (row // p.n_out[1]) % p.n_out[0]
+            oh = row % p.n_out[1]
+            for o in range(p.n_out[2]):
+                gp = g + n * p.ys[0] + od * p.ys[1] + oh * p.ys[2] + o * p.ys[3]
+                for co in range(cout):
+                    buf[co] = buf[co] + gp[co * p.ys[4]]
+    for co in range(cout):
+        total = partial[co]
+        for c in range(1, chunks):
+            total = total + partial[c * cout + co]
+        gb[co] = total
+
+
+def grad_bias(const floating[:, :, :, :, :] g, floating[::1] gb, tuple geometry,
+              tuple y_strides, int num_threads):
+    """gb[co] = sum over batch and space of g[..., co], reduced in a fixed order."""
+    cdef Problem p = _problem(geometry, (0, 0, 0, 0, 0), y_strides)
+    cdef Py_ssize_t chunks = _num_chunks(p.N * p.n_out[0] * p.n_out[1],
+                                         p.cout * sizeof(floating))
+    cdef floating *partial = <floating *> malloc(chunks * p.cout * sizeof(floating))
+    if partial == NULL:
+        raise MemoryError("tconv3d: no memory for the bias-gradient partial sums")
+    try:
+        with nogil:
+            _grad_bias(&p, &g[0, 0, 0, 0, 0], partial, chunks, &gb[0], num_threads)
+    finally:
+        free(partial)

@@ -1,0 +1,198 @@
+"""Public functions: validate, allocate, call the compiled kernels."""
+import numpy as np
+
+from . import _kernels
+from ._validation import (as_array, check_allocation, make_geometry, normalize_compute,
+                          normalize_num_threads, working_dtype)
+
+__all__ = ["conv_transpose3d", "conv_transpose3d_backward", "conv_transpose3d_output_shape"]
+
+
+def conv_transpose3d_output_shape(input_shape, kernel_shape, *, strides=1, padding="valid",
+                                  output_padding=None, dilation_rate=1,
+                                  data_format="channels_last"):
+    """Shape of :func:`conv_transpose3d`'s output, without computing it.
+
+    Parameters are those of :func:`conv_transpose3d`, with the shapes of ``x`` and
+    ``kernel`` in place of the arrays.
+
+    Returns
+    -------
+    shape : tuple of 5 ints
+        In ``data_format``'s layout; each spatial length follows Keras'
+        ``deconv_output_length``.
+    """
+    return make_geometry(input_shape, kernel_shape, strides, padding, output_padding,
+                         dilation_rate, data_format).output_shape
+
+
+def _logical(a, geom):
+    """View an array in the kernels' (batch, depth, height, width, channels) order."""
+    return a if geom.channels_last else np.moveaxis(a, 1, -1)
+
+
+def _element_strides(a):
+    return tuple(s // a.itemsize for s in a.strides)
+
+
+def _operand(a, dtype):
+    """The array in the working dtype; copies only to cast or to fix unaligned strides."""
+    if a.dtype != dtype:
+        return a.astype(dtype)
+    if not a.flags.aligned or any(s % a.itemsize for s in a.strides):
+        return np.array(a, dtype=dtype)
+    return a
+
+
+def _geometry_tuple(geom):
+    return (geom.batch, geom.in_channels, geom.filters, *geom.in_spatial,
+            *geom.kernel_spatial, *geom.strides, *geom.dilation, *geom.out_spatial, *geom.crop)
+
+
+def _prepare(x, kernel, strides, padding, output_padding, dilation_rate, data_format,
+             extra=()):
+    x = as_array(x, "x")
+    kernel = as_array(kernel, "kernel")
+    extra = [(name, as_array(a, name)) for name, a in extra]
+    dtype = working_dtype(("x", x), ("kernel", kernel), *extra)
+    geom = make_geometry(x.shape, kernel.shape, strides, padding, output_padding,
+                         dilation_rate, data_format)
+    return geom, dtype, x, kernel, dict(extra)
+
+
+def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
+                     output_padding=None, dilation_rate=1, data_format="channels_last",
+                     num_threads=None):
+    """3D transposed convolution, with the numbers of Keras' ``Conv3DTranspose``.
+
+    Parameters
+    ----------
+    x : array-like of shape (batch, depth, height, width, in_channels)
+        Or ``(batch, in_channels, depth, height, width)`` with
+        ``data_format="channels_first"``. Any memory layout; never modified.
+    kernel : array-like of shape (kernel_depth, kernel_height, kernel_width, filters, in_channels)
+        Keras' layout. PyTorch's ``weight`` of shape ``(in, out, kd, kh, kw)`` becomes
+        ``weight.transpose(2, 3, 4, 1, 0)``.
+    bias : array-like of shape (filters,), optional
+    strides : int or tuple of 3 ints, default=1
+    padding : {"valid", "same"}, default="valid"
+        Case-insensitive.
+    output_padding : int or tuple of 3 ints, optional
+        Extra length on the high side of each output axis; must be smaller than the
+        stride on that axis. ``None`` and ``0`` differ for ``"same"``, as in Keras.
+    dilation_rate : int or tuple of 3 ints, default=1
+        May be combined with ``strides > 1`` (PyTorch's numbers).
+    data_format : {"channels_last", "channels_first"}, default="channels_last"
+    num_threads : int, optional
+        Threads for this call. ``None`` uses the OpenMP default, which honours
+        ``threadpoolctl.threadpool_limits``.
+
+    Returns
+    -------
+    y : ndarray of shape (batch, out_depth, out_height, out_width, filters)
+        Or channels-first. Each output length follows Keras' ``deconv_output_length``.
+        dtype float32 when every input is float32, float64 otherwise (integer, bool and
+        float16 inputs are computed in float64). The result does not depend on
+        ``num_threads``.
+
+    Notes
+    -----
+    Per spatial axis with input ``x[i]``, tap ``w[j]``, stride ``s`` and dilation ``d``,
+    the full-length result ``z[i*s + j*d] += x[i] * w[j]`` has length
+    ``L = (in - 1)*s + (k - 1)*d + 1``; the output is ``y[o] = z[o + c]`` with
+    ``c = max(0, (L - out) // 2)`` (for ``"same"`` the odd extra element is cropped on
+    the right, as TensorFlow and Keras do), zero past ``L``, plus ``bias``.
+
+    Examples
+    --------
+    >>> import numpy as np, tconv3d
+    >>> x = np.ones((1, 4, 4, 4, 8), dtype=np.float32)
+    >>> w = np.ones((2, 2, 2, 16, 8), dtype=np.float32)
+    >>> tconv3d.conv_transpose3d(x, w, strides=2).shape
+    (1, 8, 8, 8, 16)
+    """
+    geom, dtype, x, kernel, extra = _prepare(
+        x, kernel, strides, padding, output_padding, dilation_rate, data_format,
+        extra=() if bias is None else (("bias", bias),))
+    if bias is not None and extra["bias"].shape != (geom.filters,):
+        raise ValueError(f"`bias` must have shape ({geom.filters},) (the kernel's filters), "
+                         f"got {extra['bias'].shape}.")
+    num_threads = normalize_num_threads(num_threads)
+    check_allocation(geom.output_shape, dtype, "output")
+
+    x = _logical(_operand(x, dtype), geom)
+    # Forward contracts over input channels innermost: pack taps as (Cin, Cout) matrices.
+    wt = np.ascontiguousarray(np.asarray(kernel, dtype=dtype).transpose(0, 1, 2, 4, 3))
+    b = (np.ascontiguousarray(extra["bias"], dtype=dtype) if bias is not None
+         else np.zeros(1, dtype))
+    y = np.empty(geom.output_shape, dtype=dtype)
+    y_logical = _logical(y, geom)
+    _kernels.forward(x, wt, b, y_logical, _geometry_tuple(geom), _element_strides(x),
+                     _element_strides(y_logical), num_threads, bias is not None)
+    return y
+
+
+def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="valid",
+                              output_padding=None, dilation_rate=1,
+                              data_format="channels_last", use_bias=True,
+                              compute=("input", "kernel", "bias"), num_threads=None):
+    """Gradients of :func:`conv_transpose3d` with respect to its input, kernel and bias.
+
+    Parameters
+    ----------
+    grad_output : array-like
+        Gradient of the loss with respect to the forward output; exactly the forward
+        output's shape.
+    x, kernel : array-like
+        The forward call's input and kernel.
+    strides, padding, output_padding, dilation_rate, data_format
+        As in the forward call.
+    use_bias : bool, default=True
+        Whether the forward call had a bias; if not, ``grad_bias`` is None.
+    compute : iterable of {"input", "kernel", "bias"}, default=all three
+        Gradients to compute; the others are returned as None and cost nothing.
+    num_threads : int, optional
+        Threads for this call; ``None`` uses the OpenMP default.
+
+    Returns
+    -------
+    grad_input : ndarray with x's shape, or None
+    grad_kernel : ndarray of shape (kd, kh, kw, filters, in_channels), or None
+    grad_bias : ndarray of shape (filters,), or None
+
+    Notes
+    -----
+    All three gradients are **bitwise identical for any** ``num_threads``: ``grad_input``
+    is a gather in which each element is summed by one thread in a fixed order, and the
+    ``grad_kernel`` and ``grad_bias`` reductions run over a fixed partition of the work
+    whose partial sums are added in a fixed order. (PyTorch does not promise this.)
+    """
+    geom, dtype, x, kernel, extra = _prepare(
+        x, kernel, strides, padding, output_padding, dilation_rate, data_format,
+        extra=(("grad_output", grad_output),))
+    grad_output = extra["grad_output"]
+    if grad_output.shape != geom.output_shape:
+        raise ValueError(f"`grad_output` must have the forward output's shape "
+                         f"{geom.output_shape}, got {grad_output.shape}.")
+    compute = normalize_compute(compute)
+    num_threads = normalize_num_threads(num_threads)
+    check_allocation(geom.input_shape, dtype, "grad_input")
+
+    g = _logical(_operand(grad_output, dtype), geom)
+    gtuple = _geometry_tuple(geom)
+    grad_input = grad_kernel = grad_bias = None
+    if "input" in compute:
+        w = np.ascontiguousarray(kernel, dtype=dtype)
+        grad_input = np.empty(geom.input_shape, dtype=dtype)
+        gx = _logical(grad_input, geom)
+        _kernels.grad_input(g, w, gx, gtuple, _element_strides(gx), _element_strides(g),
+                            num_threads)
+    if "kernel" in compute:
+        xl = _logical(_operand(x, dtype), geom)
+        grad_kernel = np.empty(geom.kernel_shape, dtype=dtype)
+        _kernels.grad_kernel(g, xl, grad_kernel, gtuple, _element_strides(xl),
+                             _element_strides(g), num_threads)
+    if "bias" in compute and use_bias:
+        grad_bias = np.empty(geom.filters, dtype=dtype)
+        _kernels.grad_bias(g, grad_bias, gtuple, _element_strides(g), num_threads)
+    return grad_input, grad_kernel, grad_bias

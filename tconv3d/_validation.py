@@ -1,0 +1,233 @@
+"""Argument normalisation, dtype rules and shape arithmetic: every error message lives here.
+
+The compiled kernels trust what they are given; this module is what makes that safe.
+"""
+import numbers
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+PADDINGS = ("valid", "same")
+DATA_FORMATS = ("channels_last", "channels_first")
+GRADIENTS = ("input", "kernel", "bias")
+_INTP_MAX = np.iinfo(np.intp).max
+
+
+def normalize_triple(value, name, *, minimum=1, allow_none=False):
+    """Return ``value`` (an int or 3 ints) as a tuple of 3 Python ints >= ``minimum``."""
+    if value is None and allow_none:
+        return None
+    items = (value,) * 3 if isinstance(value, numbers.Integral) else value
+    try:
+        items = tuple(items)
+    except TypeError:
+        items = None
+    if (items is None or len(items) != 3
+            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                       for v in items)):
+        raise ValueError(f"`{name}` must be an int or a tuple of 3 ints, got {value!r}.")
+    items = tuple(int(v) for v in items)
+    if any(v < minimum for v in items):
+        raise ValueError(f"`{name}` must be >= {minimum} on every axis, got {value!r}.")
+    return items
+
+
+def normalize_padding(padding):
+    if not isinstance(padding, str) or padding.lower() not in PADDINGS:
+        raise ValueError(f"`padding` must be 'valid' or 'same' (any case), got {padding!r}.")
+    return padding.lower()
+
+
+def normalize_data_format(data_format):
+    if not isinstance(data_format, str) or data_format.lower() not in DATA_FORMATS:
+        raise ValueError("`data_format` must be 'channels_last' or 'channels_first', "
+                         f"got {data_format!r}.")
+    return data_format.lower()
+
+
+def normalize_num_threads(num_threads):
+    """``None`` -> the OpenMP default at call time (honours threadpoolctl); else an int >= 1."""
+    if num_threads is None:
+        from ._kernels import default_num_threads
+        return default_num_threads()
+    if not isinstance(num_threads, numbers.Integral) or isinstance(num_threads, bool) \
+            or num_threads < 1:
+        raise ValueError(f"`num_threads` must be None or an int >= 1, got {num_threads!r}.")
+    return int(num_threads)
+
+
+def deconv_output_length(length, kernel_size, stride, dilation, padding, output_padding):
+    """Output length of one axis, exactly as Keras' ``deconv_output_length``."""
+    k = (kernel_size - 1) * dilation + 1
+    if output_padding is None:
+        if padding == "valid":
+            return length * stride + max(k - stride, 0)
+        return length * stride
+    pad = k // 2 if padding == "same" else 0
+    return (length - 1) * stride + k - 2 * pad + output_padding
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Per-axis sizes of one transposed convolution (spatial axes depth, height, width).
+
+    ``full`` is the uncropped length ``(in - 1) * stride + (k - 1) * dilation + 1``;
+    ``crop`` is how much of it is cut on the left: output ``o`` is full position
+    ``o + crop``, and positions past ``full`` are zero (plus bias).
+    """
+    batch: int
+    in_channels: int
+    filters: int
+    in_spatial: tuple
+    kernel_spatial: tuple
+    strides: tuple
+    dilation: tuple
+    out_spatial: tuple
+    crop: tuple
+    channels_last: bool
+
+    def _shape(self, spatial, channels):
+        if self.channels_last:
+            return (self.batch, *spatial, channels)
+        return (self.batch, channels, *spatial)
+
+    @property
+    def input_shape(self):
+        return self._shape(self.in_spatial, self.in_channels)
+
+    @property
+    def output_shape(self):
+        return self._shape(self.out_spatial, self.filters)
+
+    @property
+    def kernel_shape(self):
+        return (*self.kernel_spatial, self.filters, self.in_channels)
+
+
+def make_geometry(input_shape, kernel_shape, strides, padding, output_padding,
+                  dilation_rate, data_format):
+    """Validate every shape argument and return the :class:`Geometry` of the call."""
+    input_shape, kernel_shape = tuple(input_shape), tuple(kernel_shape)
+    data_format = normalize_data_format(data_format)
+    padding = normalize_padding(padding)
+    strides = normalize_triple(strides, "strides")
+    dilation = normalize_triple(dilation_rate, "dilation_rate")
+    output_padding = normalize_triple(output_padding, "output_padding", minimum=0,
+                                      allow_none=True)
+    layout = ("(batch, depth, height, width, channels)" if data_format == "channels_last"
+              else "(batch, channels, depth, height, width)")
+    if len(input_shape) != 5:
+        raise ValueError(f"`x` must be 5-D {layout} for data_format={data_format!r}, "
+                         f"got shape {input_shape}.")
+    if len(kernel_shape) != 5:
+        raise ValueError("`kernel` must be 5-D (kernel_depth, kernel_height, kernel_width, "
+                         f"filters, in_channels), got shape {kernel_shape}.")
+    if any(int(n) < 1 for n in input_shape):
+        raise ValueError(f"`x` must have sizes >= 1 on every axis, got shape {input_shape}.")
+    if any(int(n) < 1 for n in kernel_shape):
+        raise ValueError(f"`kernel` must have sizes >= 1 on every axis, got shape {kernel_shape}.")
+    channels_last = data_format == "channels_last"
+    if channels_last:
+        batch, *in_spatial, in_channels = input_shape
+    else:
+        batch, in_channels, *in_spatial = input_shape
+    *kernel_spatial, filters, kernel_in = kernel_shape
+    if kernel_in != in_channels:
+        raise ValueError(f"`kernel` expects {kernel_in} input channels (its last axis) but `x` "
+                         f"has {in_channels} channels (shape {input_shape}, "
+                         f"data_format={data_format!r}).")
+    if output_padding is not None:
+        for axis, (op, s) in enumerate(zip(output_padding, strides)):
+            if op >= s:
+                raise ValueError(f"`output_padding` must be smaller than `strides` on every "
+                                 f"axis, got output_padding={output_padding} and "
+                                 f"strides={strides} (axis {axis}).")
+    ops = output_padding if output_padding is not None else (None,) * 3
+    out, crop = [], []
+    for n, k, s, d, op in zip(in_spatial, kernel_spatial, strides, dilation, ops):
+        o = deconv_output_length(n, k, s, d, padding, op)
+        if o < 1:
+            raise ValueError(
+                f"These arguments give an output of length {o} on a spatial axis: input length "
+                f"{n}, kernel {k}, stride {s}, dilation {d}, padding {padding!r}, output_padding "
+                f"{op}. Use a longer input, padding='valid' or a larger output_padding.")
+        full = (n - 1) * s + (k - 1) * d + 1
+        out.append(o)
+        crop.append(max(0, (full - o) // 2))
+    return Geometry(int(batch), int(in_channels), int(filters),
+                    tuple(map(int, in_spatial)), tuple(map(int, kernel_spatial)),
+                    strides, dilation, tuple(out), tuple(crop), channels_last)
+
+
+def working_dtype(*arrays):
+    """float32 if every input is float32 (or narrower floats mixed with float32), float64 else.
+
+    Real inputs that are not float32/float64 (ints, bools, float16) compute in float64, as
+    scikit-learn does; complex, object, string and other dtypes raise ``TypeError``.
+    """
+    for name, a in arrays:
+        kind = a.dtype.kind
+        if kind not in "biuf":
+            raise TypeError(f"`{name}` must hold real numbers (float32 or float64 preferred), "
+                            f"got dtype {a.dtype}.")
+    dtype = np.result_type(*(a.dtype for _, a in arrays))
+    return np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
+
+
+def as_array(value, name):
+    """View ``value`` as an ndarray without copying, with a clear error for non-arrays."""
+    try:
+        return np.asarray(value)
+    except Exception as exc:  # e.g. ragged nested lists
+        raise TypeError(f"`{name}` must be array-like, got {type(value).__name__}: {exc}") from None
+
+
+def as_kernel_operand(a, dtype):
+    """Cast if needed; the kernels take any strides, so copy only for a dtype change."""
+    if a.dtype != dtype:
+        a = a.astype(dtype)
+    return a
+
+
+def check_allocation(shape, dtype, name):
+    """Refuse, before any work, an array too large to index or to fit in memory."""
+    count = 1
+    for n in shape:
+        count *= int(n)
+    nbytes = count * np.dtype(dtype).itemsize
+    if count > _INTP_MAX or nbytes > _INTP_MAX:
+        raise ValueError(f"`{name}` of shape {tuple(shape)} has {count} elements, more than a "
+                         f"64-bit index can address.")
+    available = _available_memory()
+    if available is not None and nbytes > available:
+        raise MemoryError(f"`{name}` of shape {tuple(shape)} and dtype {np.dtype(dtype)} needs "
+                          f"{nbytes / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB "
+                          f"of memory available.")
+
+
+def _available_memory():
+    """Physical memory currently available, in bytes (None where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def normalize_compute(compute):
+    if isinstance(compute, str):
+        compute = (compute,)
+    try:
+        compute = tuple(compute)
+    except TypeError:
+        compute = None
+    if compute is None or any(c not in GRADIENTS for c in compute):
+        raise ValueError(f"`compute` must be a subset of {GRADIENTS}, got {compute!r}.")
+    return frozenset(compute)
