@@ -1,0 +1,37 @@
+"""Shared helpers of the test suite: problem generation and tolerances."""
+import numpy as np
+
+TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
+
+
+def tol(dtype):
+    return TOL[np.dtype(dtype).type]
+
+
+def random_problem(rng, *, batch, spatial, cin, cout, kernel, data_format, dtype):
+    """x in `data_format`, kernel in Keras layout, bias; values of unit scale."""
+    if data_format == "channels_last":
+        xshape = (batch, *spatial, cin)
+    else:
+        xshape = (batch, cin, *spatial)
+    x = rng.standard_normal(xshape).astype(dtype)
+    w = rng.standard_normal((*kernel, cout, cin)).astype(dtype)
+    b = rng.standard_normal(cout).astype(dtype)
+    return x, w, b
+
+
+def to_torch_args(geometry_kwargs, x_spatial, kernel_spatial, out_spatial):
+    """torch `padding`/`output_padding` that reproduce our crop, plus a final slice.
+
+    Our output is full[c : c + O] (c = max(0, (L - O)//2)); torch's is
+    full[p : L - p + op]. With p = c and op = max(0, O - L + 2c) torch covers ours; the
+    slice [:O] drops the one element torch keeps when our crop is asymmetric.
+    """
+    s, d = geometry_kwargs["strides"], geometry_kwargs["dilation_rate"]
+    pads, ops = [], []
+    for n, k, o in zip(x_spatial, kernel_spatial, out_spatial):
+        L = (n - 1) * s + (k - 1) * d + 1
+        c = max(0, (L - o) // 2)
+        pads.append(c)
+        ops.append(max(0, o - L + 2 * c))
+    return tuple(pads), tuple(ops)

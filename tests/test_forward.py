@@ -1,0 +1,203 @@
+"""Forward pass against the numpy reference and the real peers (PyTorch, Keras)."""
+import itertools
+
+import numpy as np
+import pytest
+
+import tconv3d
+from helpers import random_problem, to_torch_args, tol
+from reference import conv_transpose3d_ref
+
+FORMATS = ["channels_last", "channels_first"]
+DTYPES = [np.float32, np.float64]
+
+
+def _output_paddings(stride):
+    return [None, 0, stride - 1] if stride > 1 else [None, 0]
+
+
+GRID = [
+    (k, s, d, pad, op)
+    for k, s, d, pad in itertools.product(range(1, 6), range(1, 4), (1, 2), ("valid", "same"))
+    for op in _output_paddings(s)
+]
+
+
+def _shapes(k, s, d, dtype, fmt):
+    """Odd, non-cubic sizes that change with the parameters (batch 1..3, channels 1..9)."""
+    seed = k * 31 + s * 7 + d
+    return dict(batch=1 + seed % 3, spatial=(2 + seed % 3, 3, 1 + (seed // 3) % 4),
+                cin=1 + seed % 9, cout=1 + (seed * 5) % 9,
+                kernel=(k, max(1, k - 1) if k % 2 else k, min(5, k + 1)),
+                data_format=fmt, dtype=dtype)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,s,d,pad,op", GRID)
+def test_forward_matches_reference(rng, k, s, d, pad, op, dtype, fmt):
+    x, w, b = random_problem(rng, **_shapes(k, s, d, dtype, fmt))
+    kwargs = dict(strides=s, padding=pad, output_padding=op, dilation_rate=d, data_format=fmt)
+    try:
+        expected = conv_transpose3d_ref(x, w, b, **kwargs)
+    except ValueError:
+        expected = None
+    if expected is None or 0 in expected.shape:
+        with pytest.raises(ValueError, match="output of length"):
+            tconv3d.conv_transpose3d(x, w, b, **kwargs)
+        return
+    y = tconv3d.conv_transpose3d(x, w, b, **kwargs)
+    assert y.dtype == dtype
+    assert y.shape == expected.shape
+    np.testing.assert_allclose(y, expected, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mixed_strides_and_dilations_per_axis(rng, dtype):
+    x, w, b = random_problem(rng, batch=2, spatial=(5, 4, 3), cin=4, cout=3,
+                             kernel=(3, 2, 4), data_format="channels_last", dtype=dtype)
+    kwargs = dict(strides=(1, 2, 3), dilation_rate=(2, 1, 3), output_padding=(0, 1, 2),
+                  padding="same")
+    np.testing.assert_allclose(tconv3d.conv_transpose3d(x, w, b, **kwargs),
+                               conv_transpose3d_ref(x, w, b, **kwargs), **tol(dtype))
+
+
+def test_without_bias_equals_zero_bias(rng):
+    x, w, b = random_problem(rng, batch=1, spatial=(3, 3, 3), cin=2, cout=3,
+                             kernel=(2, 2, 2), data_format="channels_last", dtype=np.float64)
+    np.testing.assert_array_equal(tconv3d.conv_transpose3d(x, w, strides=2),
+                                  tconv3d.conv_transpose3d(x, w, np.zeros(3), strides=2))
+
+
+def test_padding_is_case_insensitive(rng):
+    x, w, b = random_problem(rng, batch=1, spatial=(3, 4, 5), cin=2, cout=2,
+                             kernel=(3, 3, 3), data_format="channels_last", dtype=np.float64)
+    np.testing.assert_array_equal(tconv3d.conv_transpose3d(x, w, padding="SAME", strides=2),
+                                  tconv3d.conv_transpose3d(x, w, padding="same", strides=2))
+
+
+LAYOUTS = {
+    "fortran": lambda a: np.asfortranarray(a),
+    "sliced": lambda a: np.repeat(a, 2, axis=2)[:, :, ::2],
+    "negative": lambda a: a[:, ::-1, :, ::-1].copy()[:, ::-1, :, ::-1],
+    "transposed_channels": lambda a: np.moveaxis(np.ascontiguousarray(np.moveaxis(a, -1, 0)), 0, -1),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_any_memory_layout(rng, layout, fmt):
+    x, w, b = random_problem(rng, batch=2, spatial=(3, 4, 5), cin=3, cout=4,
+                             kernel=(3, 2, 3), data_format=fmt, dtype=np.float64)
+    xv, wv = LAYOUTS[layout](x), LAYOUTS[layout](w)
+    assert np.array_equal(xv, x) and np.array_equal(wv, w)
+    kwargs = dict(strides=(2, 1, 3), padding="same", data_format=fmt)
+    np.testing.assert_allclose(tconv3d.conv_transpose3d(xv, wv, b[::-1].copy()[::-1], **kwargs),
+                               conv_transpose3d_ref(x, w, b, **kwargs), **tol(np.float64))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.bool_, np.float16, np.uint8])
+def test_other_real_dtypes_compute_in_float64(rng, dtype):
+    x = (rng.standard_normal((1, 3, 3, 3, 2)) * 3).astype(dtype)
+    w = (rng.standard_normal((2, 2, 2, 2, 2)) * 3).astype(dtype)
+    y = tconv3d.conv_transpose3d(x, w, strides=2)
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, conv_transpose3d_ref(x, w, strides=2), rtol=1e-12)
+
+
+def test_mixed_float_dtypes_promote(rng):
+    x = rng.standard_normal((1, 3, 3, 3, 2)).astype(np.float32)
+    w = rng.standard_normal((2, 2, 2, 2, 2))
+    assert tconv3d.conv_transpose3d(x, w).dtype == np.float64
+    assert tconv3d.conv_transpose3d(x, w.astype(np.float16)).dtype == np.float32
+    assert tconv3d.conv_transpose3d(x.tolist(), w.astype(np.float32)).dtype == np.float64
+
+
+@pytest.mark.parametrize("dtype", [np.complex128, object, "U3"])
+def test_non_real_dtypes_raise_type_error(dtype):
+    x = np.ones((1, 2, 2, 2, 1)).astype(dtype)
+    with pytest.raises(TypeError, match="`x` must hold real numbers"):
+        tconv3d.conv_transpose3d(x, np.ones((1, 1, 1, 1, 1)))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_threads_give_bitwise_identical_results(rng, fmt):
+    x, w, b = random_problem(rng, batch=3, spatial=(7, 11, 13), cin=5, cout=7,
+                             kernel=(3, 3, 3), data_format=fmt, dtype=np.float32)
+    runs = [tconv3d.conv_transpose3d(x, w, b, strides=2, padding="same", data_format=fmt,
+                                     num_threads=n) for n in (1, 2, 3, 8)]
+    for y in runs[1:]:
+        assert y.tobytes() == runs[0].tobytes()
+
+
+def test_num_threads_none_honours_threadpoolctl():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from tconv3d import _kernels
+    if not _kernels.openmp_enabled():
+        pytest.skip("built without OpenMP")
+    with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+        assert _kernels.default_num_threads() == 1
+
+
+def test_show_config_reports_build(capsys):
+    tconv3d.show_config()
+    out = capsys.readouterr().out
+    assert tconv3d.__version__ in out and "OpenMP" in out and "SIMD" in out
+
+
+# --------------------------------------------------------------------------- peers
+
+
+TORCH_GRID = [
+    (k, s, d, pad, op)
+    for k, s, d, pad in itertools.product((1, 2, 3, 4), (1, 2, 3), (1, 2), ("valid", "same"))
+    for op in _output_paddings(s)
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,s,d,pad,op", TORCH_GRID)
+def test_forward_matches_torch(rng, k, s, d, pad, op, dtype):
+    torch = pytest.importorskip("torch")
+    x, w, b = random_problem(rng, batch=2, spatial=(3, 4, 5), cin=3, cout=2,
+                             kernel=(k, k, k), data_format="channels_first", dtype=dtype)
+    kwargs = dict(strides=s, padding=pad, output_padding=op, dilation_rate=d)
+    y = tconv3d.conv_transpose3d(x, w, b, data_format="channels_first", **kwargs)
+    pads, ops = to_torch_args(kwargs, x.shape[2:], w.shape[:3], y.shape[2:])
+    if any(o >= max(s, d) for o in ops):
+        pytest.skip("torch has no output_padding this large")
+    expected = torch.nn.functional.conv_transpose3d(
+        torch.from_numpy(x), torch.from_numpy(w.transpose(4, 3, 0, 1, 2).copy()),
+        torch.from_numpy(b), stride=s, padding=pads, output_padding=ops, dilation=d)
+    expected = expected[:, :, :y.shape[2], :y.shape[3], :y.shape[4]].numpy()
+    np.testing.assert_allclose(y, expected, **tol(dtype))
+
+
+KERAS_GRID = [case for case in GRID if case[1] == 1 or case[2] == 1]  # Keras: no s>1 with d>1
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,s,d,pad,op", KERAS_GRID)
+def test_forward_matches_keras(rng, k, s, d, pad, op, dtype, fmt):
+    keras = pytest.importorskip("keras")
+    shapes = _shapes(k, s, d, dtype, fmt)
+    x, w, b = random_problem(rng, **shapes)
+    layer = keras.layers.Conv3DTranspose(
+        w.shape[3], w.shape[:3], strides=s, padding=pad, output_padding=op, dilation_rate=d,
+        data_format=fmt, dtype="float64" if dtype == np.float64 else "float32")
+    try:
+        layer.build(x.shape)
+        out_shape = layer.compute_output_shape(x.shape)
+    except ValueError:
+        pytest.skip("Keras refuses these arguments")
+    kwargs = dict(strides=s, padding=pad, output_padding=op, dilation_rate=d, data_format=fmt)
+    if any(n is not None and n < 1 for n in out_shape):
+        with pytest.raises(ValueError, match="output of length"):
+            tconv3d.conv_transpose3d(x, w, b, **kwargs)
+        return
+    layer.set_weights([w, b])
+    expected = keras.ops.convert_to_numpy(layer(x))
+    y = tconv3d.conv_transpose3d(x, w, b, **kwargs)
+    assert y.shape == expected.shape == tuple(out_shape)
+    np.testing.assert_allclose(y, expected, **tol(dtype))
