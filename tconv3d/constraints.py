@@ -1,0 +1,170 @@
+"""Weight constraints with Keras 3's names, defaults and formulas.
+
+A constraint maps a weight array to its projection (a new array of the same shape and dtype);
+the layer applies it after every optimizer step.
+
+The axis convention is Keras': ``axis`` names the axes the norm is taken *over*, literally, in
+the weight's own layout. This layer's kernel is ``(kd, kh, kw, filters, in_channels)``, so the
+default ``axis=0`` (Keras' default too) takes norms along the kernel depth only. To bound the
+norm of all weights that read one input channel, as Keras' docs advise for convolution kernels,
+use ``axis=[0, 1, 2, 3]``; for the weights that write one filter, ``axis=[0, 1, 2, 4]``.
+
+The norm is divided as ``w * desired / (epsilon + norm)`` with ``epsilon = 1e-7`` (Keras'
+default ``backend.epsilon()``).
+"""
+import inspect
+
+import numpy as np
+
+__all__ = ["Constraint", "MaxNorm", "NonNeg", "UnitNorm", "MinMaxNorm", "get", "serialize",
+           "deserialize", "EPSILON"]
+
+#: Keras' default fuzz factor (``keras.config.epsilon()``).
+EPSILON = 1e-7
+
+
+def _axis(axis):
+    if isinstance(axis, (list, tuple)):
+        return tuple(int(a) for a in axis)
+    return int(axis)
+
+
+def _norms(w, axis):
+    return np.sqrt(np.sum(np.square(w), axis=_axis(axis), keepdims=True))
+
+
+class Constraint:
+    """Base class: ``__call__(w) -> projected w``; the identity here."""
+
+    def __call__(self, w):
+        return np.asarray(w)
+
+    def get_config(self):
+        """Constructor arguments as a dict."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        """Instance from :meth:`get_config` output."""
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class MaxNorm(Constraint):
+    """Scale each slice whose L2 norm over ``axis`` exceeds ``max_value`` down to it.
+
+    Parameters
+    ----------
+    max_value : float, default=2
+    axis : int or list of int, default=0
+    """
+
+    def __init__(self, max_value=2, axis=0):
+        self.max_value, self.axis = max_value, axis
+
+    def __call__(self, w):
+        w = np.asarray(w)
+        norms = _norms(w, self.axis)
+        desired = np.clip(norms, 0, self.max_value)
+        return w * (desired / (EPSILON + norms))
+
+    def get_config(self):
+        return {"max_value": self.max_value, "axis": self.axis}
+
+
+class NonNeg(Constraint):
+    """Negative weights set to 0."""
+
+    def __call__(self, w):
+        return np.maximum(np.asarray(w), 0)
+
+
+class UnitNorm(Constraint):
+    """Each slice divided by its L2 norm over ``axis`` (default 0)."""
+
+    def __init__(self, axis=0):
+        self.axis = axis
+
+    def __call__(self, w):
+        w = np.asarray(w)
+        return w / (EPSILON + _norms(w, self.axis))
+
+    def get_config(self):
+        return {"axis": self.axis}
+
+
+class MinMaxNorm(Constraint):
+    """Norms over ``axis`` moved toward ``[min_value, max_value]`` at ``rate``.
+
+    The new norm is ``rate * clip(norm, min_value, max_value) + (1 - rate) * norm``.
+
+    Parameters
+    ----------
+    min_value : float, default=0.0
+    max_value : float, default=1.0
+    rate : float, default=1.0
+    axis : int or list of int, default=0
+    """
+
+    def __init__(self, min_value=0.0, max_value=1.0, rate=1.0, axis=0):
+        self.min_value, self.max_value, self.rate, self.axis = min_value, max_value, rate, axis
+
+    def __call__(self, w):
+        w = np.asarray(w)
+        norms = _norms(w, self.axis)
+        desired = (self.rate * np.clip(norms, self.min_value, self.max_value)
+                   + (1 - self.rate) * norms)
+        return w * (desired / (EPSILON + norms))
+
+    def get_config(self):
+        return {"min_value": self.min_value, "max_value": self.max_value, "rate": self.rate,
+                "axis": self.axis}
+
+
+_CLASSES = [MaxNorm, NonNeg, UnitNorm, MinMaxNorm]
+#: Names accepted by :func:`get`: Keras' class names and snake_case names.
+NAMES = {**{c.__name__: c for c in _CLASSES}, "max_norm": MaxNorm, "non_neg": NonNeg,
+         "unit_norm": UnitNorm, "min_max_norm": MinMaxNorm}
+
+
+def get(identifier):
+    """Return a constraint: ``None``; a name from :data:`NAMES` (Keras defaults); a config dict
+    ``{"class_name": ..., "config": {...}}``; an instance or class; or a callable
+    ``fn(w) -> w``."""
+    if identifier is None:
+        return None
+    if isinstance(identifier, str):
+        if identifier not in NAMES:
+            raise ValueError(f"Unknown constraint {identifier!r}. Expected one of "
+                             f"{sorted(NAMES)}, a config dict or a callable.")
+        return NAMES[identifier]()
+    if isinstance(identifier, dict):
+        return deserialize(identifier)
+    if inspect.isclass(identifier):
+        return identifier()
+    if callable(identifier):
+        return identifier
+    raise ValueError(f"Could not interpret constraint identifier {identifier!r}: expected a "
+                     "name, a config dict, a Constraint or a callable.")
+
+
+def serialize(constraint):
+    """``{"class_name": ..., "config": ...}`` for built-ins; the object itself otherwise."""
+    if type(constraint) in _CLASSES:
+        return {"class_name": type(constraint).__name__, "config": constraint.get_config()}
+    return constraint
+
+
+def deserialize(config):
+    """Constraint from a ``{"class_name": ..., "config": ...}`` dict (Keras' too)."""
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ValueError("A constraint config must be a dict with a 'class_name' key, got "
+                         f"{config!r}.")
+    name = config["class_name"]
+    if name not in NAMES:
+        raise ValueError(f"Unknown constraint class_name {name!r}. Expected one of "
+                         f"{sorted(NAMES)}.")
+    return NAMES[name].from_config(dict(config.get("config") or {}))

@@ -1,0 +1,308 @@
+"""Minimal SGD and Adam with Keras 3's update rules, updating numpy weights in place.
+
+``opt.apply_gradients(layer)`` updates ``layer.kernel`` and ``layer.bias`` from
+``layer.kernel_grad`` and ``layer.bias_grad`` (filled by ``layer.backward``), skips a layer whose
+``trainable`` is False, and then applies the layer's ``kernel_constraint`` and
+``bias_constraint``. A list of layers, or a list of ``(gradient, variable)`` pairs of numpy
+arrays as in Keras (variables updated in place, no constraints), is accepted too.
+
+As in Keras, one call is one step: ``iterations`` grows by one per call, and the optimizer is
+bound to the variables of its first call (a different variable later is an error: use one
+optimizer per set of weights). Gradient clipping (``clipnorm``, ``clipvalue``,
+``global_clipnorm``) and decoupled ``weight_decay`` follow Keras' order: clip, decay, update,
+constrain.
+
+Deliberate differences from Keras: ``learning_rate`` is kept as a Python float (Keras stores
+it in a float32 variable, so float64 weights see it rounded to float32); no EMA, loss scaling
+or gradient accumulation.
+"""
+import math
+import numbers
+
+import numpy as np
+
+__all__ = ["Optimizer", "SGD", "Adam", "get"]
+
+
+class Optimizer:
+    """Base class: state per variable, Keras' clipping and weight decay, ``apply_gradients``.
+
+    Parameters
+    ----------
+    learning_rate : float or callable
+        A float, or a callable with no arguments returning the rate of the current step.
+    weight_decay : float or None, default=None
+        Decoupled decay: ``w -= w * weight_decay * learning_rate`` before each update.
+    clipnorm, clipvalue, global_clipnorm : float or None, default=None
+        At most one: clip each gradient's L2 norm, each element, or the norm of all gradients.
+    name : str or None, default=None
+    """
+
+    def __init__(self, learning_rate, weight_decay=None, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None, name=None):
+        if not callable(learning_rate) and (
+                isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real)
+                or not learning_rate > 0 or math.isinf(learning_rate)):
+            raise ValueError("`learning_rate` must be a positive float or a callable, got "
+                             f"{learning_rate!r}.")
+        if sum(a is not None for a in (clipnorm, clipvalue, global_clipnorm)) > 1:
+            raise ValueError("Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be "
+                             f"set, got clipnorm={clipnorm}, clipvalue={clipvalue}, "
+                             f"global_clipnorm={global_clipnorm}.")
+        self.learning_rate = learning_rate if callable(learning_rate) else float(learning_rate)
+        self.weight_decay = weight_decay
+        self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
+        self.name = name if name is not None else type(self).__name__.lower()
+        self.iterations = 0
+        self._slots = None  # list of (variable, state dict), in build order
+
+    # --- public ------------------------------------------------------------------------
+    def apply_gradients(self, target):
+        """One optimization step.
+
+        Parameters
+        ----------
+        target : layer, list of layers, or list of (gradient, variable) pairs
+            A layer needs ``kernel``, ``bias``, ``kernel_grad``, ``bias_grad``, ``trainable``,
+            ``kernel_constraint`` and ``bias_constraint`` attributes (as
+            :class:`tconv3d.layers.Conv3DTranspose`). Variables are float ndarrays, updated in
+            place.
+
+        Returns
+        -------
+        int
+            ``iterations`` after the step.
+        """
+        pairs, constraints = self._collect(target)
+        if not pairs:
+            return self.iterations
+        grads = [np.asarray(g) for g, _ in pairs]
+        variables = [v for _, v in pairs]
+        for g, v in zip(grads, variables):
+            if not isinstance(v, np.ndarray) or v.dtype.kind != "f" or not v.flags.writeable:
+                raise TypeError("Each variable must be a writeable float ndarray (updated in "
+                                f"place), got {type(v).__name__} "
+                                f"{getattr(v, 'dtype', '')}.")
+            if g.shape != v.shape:
+                raise ValueError(f"A gradient of shape {g.shape} was given for a variable of "
+                                 f"shape {v.shape}.")
+        states = self._states(variables)
+        lr = self.learning_rate() if callable(self.learning_rate) else self.learning_rate
+        grads = self._clip(grads)
+        if self.weight_decay is not None:
+            for v in variables:
+                t = v.dtype.type
+                v -= v * t(self.weight_decay) * t(lr)
+        for g, v, state in zip(grads, variables, states):
+            self._update(g.astype(v.dtype, copy=False), v, state, lr)
+        for v, constraint in zip(variables, constraints):
+            if constraint is not None:
+                v[...] = constraint(v)
+        self.iterations += 1
+        return self.iterations
+
+    def apply(self, grads, variables):
+        """Keras-style ``apply(grads, variables)``: same as ``apply_gradients(zip(...))``."""
+        return self.apply_gradients(list(zip(grads, variables)))
+
+    @property
+    def variables(self):
+        """The variables this optimizer was built on (empty before the first step)."""
+        return [v for v, _ in self._slots or []]
+
+    def get_config(self):
+        """Constructor arguments as a dict."""
+        return {"name": self.name, "learning_rate": self.learning_rate,
+                "weight_decay": self.weight_decay, "clipnorm": self.clipnorm,
+                "clipvalue": self.clipvalue, "global_clipnorm": self.global_clipnorm}
+
+    @classmethod
+    def from_config(cls, config):
+        """Instance from :meth:`get_config` output."""
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+    # --- internals ---------------------------------------------------------------------
+    def _collect(self, target):
+        if _is_layer(target):
+            target = [target]
+        target = list(target)
+        pairs, constraints = [], []
+        if all(_is_layer(t) for t in target):
+            for layer in target:
+                if not layer.trainable:
+                    continue
+                if layer.kernel_grad is None:
+                    raise ValueError(f"Layer {layer.name!r} has no gradients: call "
+                                     "`layer.backward(grad_y)` after `layer(x)` first.")
+                pairs.append((layer.kernel_grad, layer.kernel))
+                constraints.append(layer.kernel_constraint)
+                if layer.bias is not None:
+                    pairs.append((layer.bias_grad, layer.bias))
+                    constraints.append(layer.bias_constraint)
+            return pairs, constraints
+        for item in target:
+            if _is_layer(item) or not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise TypeError("`apply_gradients` takes a layer, a list of layers or a list "
+                                f"of (gradient, variable) pairs; got an item {item!r}.")
+            if item[0] is None:
+                continue
+            pairs.append(tuple(item))
+            constraints.append(None)
+        return pairs, constraints
+
+    def _states(self, variables):
+        if self._slots is None:
+            self._slots = [(v, self._init_state(v)) for v in variables]
+        known = {id(v): state for v, state in self._slots}
+        missing = [v.shape for v in variables if id(v) not in known]
+        if missing:
+            raise ValueError(
+                f"This optimizer was built on {len(self._slots)} variables at its first step; "
+                f"got {len(missing)} other variable(s) of shape(s) {missing}. Use one optimizer "
+                "per set of weights, and update weights in place (`layer.set_weights`).")
+        return [known[id(v)] for v in variables]
+
+    def _clip(self, grads):
+        if self.clipnorm and self.clipnorm > 0:
+            out = []
+            for g in grads:
+                l2 = math.sqrt(float(np.sum(np.square(g))))
+                out.append(g * self.clipnorm / max(l2, self.clipnorm))
+            return out
+        if self.global_clipnorm and self.global_clipnorm > 0:
+            norm = math.sqrt(sum(float(np.sum(np.square(g))) for g in grads))
+            scale = self.global_clipnorm * min(1.0 / norm if norm else math.inf,
+                                               1.0 / self.global_clipnorm)
+            return [g * scale for g in grads]
+        if self.clipvalue and self.clipvalue > 0:
+            return [np.clip(g, -self.clipvalue, self.clipvalue) for g in grads]
+        return grads
+
+    def _init_state(self, variable):
+        return {}
+
+    def _update(self, grad, variable, state, lr):
+        raise NotImplementedError
+
+
+def _is_layer(obj):
+    return hasattr(obj, "kernel_grad") and hasattr(obj, "trainable")
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum, as Keras 3.
+
+    ``velocity = momentum * velocity - learning_rate * g``; ``w += velocity`` (Nesterov:
+    ``w += momentum * velocity - learning_rate * g``); without momentum
+    ``w -= learning_rate * g``.
+
+    Parameters
+    ----------
+    learning_rate : float or callable, default=0.01
+    momentum : float in [0, 1], default=0.0
+    nesterov : bool, default=False
+    weight_decay, clipnorm, clipvalue, global_clipnorm, name
+        See :class:`Optimizer`.
+    """
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None, name=None):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm,
+                         name)
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) \
+                or not 0 <= momentum <= 1:
+            raise ValueError(f"`momentum` must be a float in [0, 1], got {momentum!r}.")
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+
+    def _init_state(self, variable):
+        return {"momentum": np.zeros_like(variable)} if self.momentum != 0 else {}
+
+    def _update(self, grad, variable, state, lr):
+        t = variable.dtype.type
+        lr = t(lr)
+        if self.momentum != 0:
+            m, momentum = state["momentum"], t(self.momentum)
+            m[...] = m * momentum - grad * lr
+            if self.nesterov:
+                variable += m * momentum - grad * lr
+            else:
+                variable += m
+        else:
+            variable -= grad * lr
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class Adam(Optimizer):
+    """Adam, as Keras 3 (``epsilon`` is the "epsilon hat" added to ``sqrt(v)``).
+
+    With ``t = iterations + 1``: ``alpha = lr * sqrt(1 - beta_2**t) / (1 - beta_1**t)``;
+    ``m += (g - m) * (1 - beta_1)``; ``v += (g**2 - v) * (1 - beta_2)``;
+    (AMSGrad: ``v_hat = max(v_hat, v)`` used for ``v``); ``w -= m * alpha / (sqrt(v) + epsilon)``.
+
+    Parameters
+    ----------
+    learning_rate : float or callable, default=0.001
+    beta_1 : float, default=0.9
+    beta_2 : float, default=0.999
+    epsilon : float, default=1e-7
+    amsgrad : bool, default=False
+    weight_decay, clipnorm, clipvalue, global_clipnorm, name
+        See :class:`Optimizer`.
+    """
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                 amsgrad=False, weight_decay=None, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None, name=None):
+        super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm,
+                         name)
+        for key, value in (("beta_1", beta_1), ("beta_2", beta_2)):
+            if not 0 <= value < 1:
+                raise ValueError(f"`{key}` must be in [0, 1), got {value!r}.")
+        self.beta_1, self.beta_2 = float(beta_1), float(beta_2)
+        self.epsilon, self.amsgrad = float(epsilon), bool(amsgrad)
+
+    def _init_state(self, variable):
+        state = {"momentum": np.zeros_like(variable), "velocity": np.zeros_like(variable)}
+        if self.amsgrad:
+            state["velocity_hat"] = np.zeros_like(variable)
+        return state
+
+    def _update(self, grad, variable, state, lr):
+        t = variable.dtype.type
+        step = t(self.iterations + 1)
+        beta_1_power = np.power(t(self.beta_1), step)
+        beta_2_power = np.power(t(self.beta_2), step)
+        alpha = t(lr) * np.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        m, v = state["momentum"], state["velocity"]
+        m += (grad - m) * (1 - self.beta_1)
+        v += (np.square(grad) - v) * (1 - self.beta_2)
+        if self.amsgrad:
+            v_hat = state["velocity_hat"]
+            np.maximum(v_hat, v, out=v_hat)
+            v = v_hat
+        variable -= (m * alpha) / (np.sqrt(v) + self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon, "amsgrad": self.amsgrad}
+
+
+def get(identifier):
+    """``"sgd"`` / ``"adam"`` (Keras defaults, any case), a config dict
+    ``{"class_name": ..., "config": {...}}``, or an Optimizer instance."""
+    if isinstance(identifier, Optimizer):
+        return identifier
+    classes = {"sgd": SGD, "adam": Adam}
+    if isinstance(identifier, str) and identifier.lower() in classes:
+        return classes[identifier.lower()]()
+    if isinstance(identifier, dict) and str(identifier.get("class_name", "")).lower() in classes:
+        return classes[identifier["class_name"].lower()].from_config(
+            dict(identifier.get("config") or {}))
+    raise ValueError(f"Could not interpret optimizer identifier {identifier!r}: expected "
+                     "'sgd', 'adam', a config dict or an Optimizer.")

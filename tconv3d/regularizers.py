@@ -1,0 +1,213 @@
+"""Weight and activity penalties with Keras' formulas, each with its gradient.
+
+``L1(l1)``: ``l1 * sum(|x|)``; ``L2(l2)``: ``l2 * sum(x**2)``; ``L1L2(l1, l2)``: both.
+The penalty is computed in the dtype of ``x``; the gradient is an array like ``x``
+(``l1 * sign(x) + 2 * l2 * x``, with ``sign(0) = 0``).
+
+By name, ``"l1"``, ``"l2"`` and ``"l1_l2"`` each use the factor 0.01, as R keras and Keras 2
+do (Keras 3 maps ``"l1_l2"`` to ``L1L2()``, whose factors are 0). The classes keep Keras'
+defaults: ``L1()`` and ``L2()`` 0.01, ``L1L2()`` 0.0 and 0.0.
+
+A user function ``fn(x) -> float`` is accepted as a regularizer for the penalty; for the
+backward pass give its gradient with ``FunctionRegularizer(fn, gradient)`` (or any object
+with ``__call__`` and ``gradient`` methods).
+"""
+import inspect
+import math
+import numbers
+
+import numpy as np
+
+__all__ = ["Regularizer", "L1", "L2", "L1L2", "FunctionRegularizer", "l1_l2", "get",
+           "serialize", "deserialize"]
+
+
+def _factor(value, name):
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or math.isnan(value) or math.isinf(value) or value < 0):
+        raise ValueError(f"`{name}` must be a non-negative finite float, got {value!r}.")
+    return float(value)
+
+
+class Regularizer:
+    """Base class: ``__call__(x) -> scalar`` and ``gradient(x) -> ndarray like x``."""
+
+    def __call__(self, x):
+        return 0.0
+
+    def gradient(self, x):
+        """Gradient of the penalty with respect to ``x``."""
+        return np.zeros_like(np.asarray(x))
+
+    def get_config(self):
+        """Constructor arguments as a dict."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        """Instance from :meth:`get_config` output."""
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash((type(self), tuple(sorted(self.get_config().items()))))
+
+
+class L1L2(Regularizer):
+    """``l1 * sum(|x|) + l2 * sum(x**2)``.
+
+    Parameters
+    ----------
+    l1, l2 : float >= 0, default=0.0
+    """
+
+    def __init__(self, l1=0.0, l2=0.0):
+        self.l1 = _factor(0.0 if l1 is None else l1, "l1")
+        self.l2 = _factor(0.0 if l2 is None else l2, "l2")
+
+    def __call__(self, x):
+        """Penalty, a numpy scalar of ``x``'s dtype."""
+        x = np.asarray(x)
+        t = x.dtype.type if x.dtype.kind == "f" else np.float64
+        penalty = t(0.0)
+        if self.l1:
+            penalty = penalty + t(self.l1) * np.sum(np.abs(x), dtype=t)
+        if self.l2:
+            penalty = penalty + t(self.l2) * np.sum(np.square(x), dtype=t)
+        return penalty
+
+    def gradient(self, x):
+        """``l1 * sign(x) + 2 * l2 * x``, shape and dtype of ``x``."""
+        x = np.asarray(x)
+        g = np.zeros_like(x)
+        if self.l1:
+            g = g + self.l1 * np.sign(x)
+        if self.l2:
+            g = g + (2 * self.l2) * x
+        return g
+
+    def get_config(self):
+        return {"l1": self.l1, "l2": self.l2}
+
+
+class L1(L1L2):
+    """``l1 * sum(|x|)``, ``l1`` default 0.01."""
+
+    def __init__(self, l1=0.01):
+        super().__init__(l1=0.01 if l1 is None else l1)
+
+    def get_config(self):
+        return {"l1": self.l1}
+
+
+class L2(L1L2):
+    """``l2 * sum(x**2)``, ``l2`` default 0.01."""
+
+    def __init__(self, l2=0.01):
+        super().__init__(l2=0.01 if l2 is None else l2)
+
+    def get_config(self):
+        return {"l2": self.l2}
+
+
+def l1_l2(l1=0.01, l2=0.01):
+    """``L1L2`` with R keras' and Keras 2's defaults (0.01 and 0.01)."""
+    return L1L2(l1=l1, l2=l2)
+
+
+class FunctionRegularizer(Regularizer):
+    """A user penalty ``fn(x) -> scalar`` with its gradient ``gradient(x) -> array like x``.
+
+    ``gradient=None`` keeps the penalty usable in ``layer.losses``; a layer's ``backward``
+    then raises :class:`NotImplementedError`.
+    """
+
+    def __init__(self, fn, gradient=None, name=None):
+        if not callable(fn) or (gradient is not None and not callable(gradient)):
+            raise TypeError("`fn` must be callable and `gradient` callable or None, got "
+                            f"{fn!r} and {gradient!r}.")
+        self.fn, self._gradient = fn, gradient
+        self.name = name if name is not None else getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, x):
+        return self.fn(np.asarray(x))
+
+    def gradient(self, x):
+        if self._gradient is None:
+            raise NotImplementedError(
+                f"The regularizer {self.name!r} has no gradient, so backward cannot include "
+                "it. Use `tconv3d.regularizers.FunctionRegularizer(fn, gradient)` or an object "
+                "with `__call__(x)` and `gradient(x)` methods.")
+        return np.asarray(self._gradient(np.asarray(x)))
+
+    def get_config(self):
+        return {"fn": self.fn, "gradient": self._gradient, "name": self.name}
+
+    def __eq__(self, other):
+        return self is other
+
+    __hash__ = object.__hash__
+
+
+_CLASSES = {"L1": L1, "L2": L2, "L1L2": L1L2}
+#: Names accepted by :func:`get` and the instance each gives.
+NAMES = {"l1": lambda: L1(0.01), "l2": lambda: L2(0.01), "l1_l2": lambda: L1L2(0.01, 0.01),
+         "L1": L1, "L2": L2, "L1L2": L1L2}
+
+
+def get(identifier):
+    """Return a regularizer.
+
+    Parameters
+    ----------
+    identifier : None, str, dict, Regularizer, class or callable
+        ``"l1"``, ``"l2"``, ``"l1_l2"`` (factor 0.01), a class name (``"L1"``, ``"L2"``,
+        ``"L1L2"``: class defaults), a config dict ``{"class_name": ..., "config": {...}}``,
+        an instance or class, or a callable ``fn(x) -> scalar`` (wrapped in
+        :class:`FunctionRegularizer`, with its ``gradient`` method if it has one).
+        ``None`` gives ``None``.
+    """
+    if identifier is None:
+        return None
+    if isinstance(identifier, Regularizer):
+        return identifier
+    if isinstance(identifier, str):
+        if identifier not in NAMES:
+            raise ValueError(f"Unknown regularizer {identifier!r}. Expected one of "
+                             f"{sorted(NAMES)}, a config dict or a callable.")
+        return NAMES[identifier]()
+    if isinstance(identifier, dict):
+        return deserialize(identifier)
+    if inspect.isclass(identifier):
+        return get(identifier())
+    if callable(identifier):
+        gradient = getattr(identifier, "gradient", None)
+        return FunctionRegularizer(identifier, gradient if callable(gradient) else None)
+    raise ValueError(f"Could not interpret regularizer identifier {identifier!r}: expected a "
+                     "name, a config dict, a Regularizer or a callable.")
+
+
+def serialize(regularizer):
+    """``{"class_name": ..., "config": ...}`` for L1/L2/L1L2; the object itself otherwise."""
+    if type(regularizer) in _CLASSES.values():
+        return {"class_name": type(regularizer).__name__, "config": regularizer.get_config()}
+    return regularizer
+
+
+def deserialize(config):
+    """Regularizer from a ``{"class_name": ..., "config": ...}`` dict (Keras' too)."""
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ValueError("A regularizer config must be a dict with a 'class_name' key, got "
+                         f"{config!r}.")
+    name, params = config["class_name"], dict(config.get("config") or {})
+    if name in NAMES:  # the name's defaults, overridden by ``params``
+        base = NAMES[name]()
+        return type(base).from_config({**base.get_config(), **params})
+    raise ValueError(f"Unknown regularizer class_name {name!r}. Expected one of "
+                     f"{sorted(NAMES)}.")
