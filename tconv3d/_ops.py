@@ -3,7 +3,7 @@ import numpy as np
 
 from . import _kernels
 from ._validation import (as_array, check_allocation, make_geometry, normalize_compute,
-                          normalize_num_threads, working_dtype)
+                          normalize_num_threads, normalize_shape, working_dtype)
 
 __all__ = ["conv_transpose3d", "conv_transpose3d_backward", "conv_transpose3d_output_shape"]
 
@@ -22,8 +22,9 @@ def conv_transpose3d_output_shape(input_shape, kernel_shape, *, strides=1, paddi
         In ``data_format``'s layout; each spatial length follows Keras'
         ``deconv_output_length``.
     """
-    return make_geometry(input_shape, kernel_shape, strides, padding, output_padding,
-                         dilation_rate, data_format).output_shape
+    return make_geometry(normalize_shape(input_shape, "input_shape"),
+                         normalize_shape(kernel_shape, "kernel_shape"), strides, padding,
+                         output_padding, dilation_rate, data_format).output_shape
 
 
 def _logical(a, geom):
@@ -35,18 +36,37 @@ def _element_strides(a):
     return tuple(s // a.itemsize for s in a.strides)
 
 
+def _needs_copy(a, dtype):
+    return a.dtype != dtype or not a.flags.aligned or any(s % a.itemsize for s in a.strides)
+
+
 def _operand(a, dtype):
     """The array in the working dtype; copies only to cast or to fix unaligned strides."""
     if a.dtype != dtype:
         return a.astype(dtype)
-    if not a.flags.aligned or any(s % a.itemsize for s in a.strides):
+    if _needs_copy(a, dtype):
         return np.array(a, dtype=dtype)
     return a
 
 
+def _check_copies(dtype, *operands):
+    """Refuse up front the copies `_operand` or the kernel packing will make.
+
+    Inputs are usually small or already in the working dtype, but a broadcast view
+    (zero strides) of a huge shape costs nothing until it is copied.
+    """
+    for name, a, always in operands:
+        if always or _needs_copy(a, dtype):
+            check_allocation(a.shape, dtype, name, copy=True)
+
+
 def _geometry_tuple(geom):
+    # With one input voxel on an axis only i = 0 occurs, so the stride never multiplies
+    # anything: pass 1. Otherwise a huge stride (whose output is short, with
+    # output_padding) would make the forward kernel loop over `stride` phases per row.
+    strides = tuple(1 if n == 1 else s for n, s in zip(geom.in_spatial, geom.strides))
     return (geom.batch, geom.in_channels, geom.filters, *geom.in_spatial,
-            *geom.kernel_spatial, *geom.strides, *geom.dilation, *geom.out_spatial, *geom.crop)
+            *geom.kernel_spatial, *strides, *geom.dilation, *geom.out_spatial, *geom.crop)
 
 
 def _prepare(x, kernel, strides, padding, output_padding, dilation_rate, data_format,
@@ -119,6 +139,7 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
                          f"got {extra['bias'].shape}.")
     num_threads = normalize_num_threads(num_threads)
     check_allocation(geom.output_shape, dtype, "output")
+    _check_copies(dtype, ("x", x, False), ("kernel", kernel, True))
 
     x = _logical(_operand(x, dtype), geom)
     # Forward contracts over input channels innermost: pack taps as (Cin, Cout) matrices.
@@ -177,6 +198,8 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     compute = normalize_compute(compute)
     num_threads = normalize_num_threads(num_threads)
     check_allocation(geom.input_shape, dtype, "grad_input")
+    _check_copies(dtype, ("grad_output", grad_output, False), ("x", x, False),
+                  ("kernel", kernel, True))
 
     g = _logical(_operand(grad_output, dtype), geom)
     gtuple = _geometry_tuple(geom)

@@ -12,6 +12,19 @@ PADDINGS = ("valid", "same")
 DATA_FORMATS = ("channels_last", "channels_first")
 GRADIENTS = ("input", "kernel", "bias")
 _INTP_MAX = np.iinfo(np.intp).max
+# Largest uncropped axis length (in - 1)*stride + (kernel - 1)*dilation + 1 accepted: the
+# kernels add and subtract such lengths (tap positions, crops, output lengths) in Py_ssize_t,
+# so a quarter of the index range leaves every intermediate sum representable.
+MAX_AXIS_LENGTH = _INTP_MAX // 4
+# OpenMP aborts the process (or segfaults) when it cannot create the threads it is asked
+# for (about 30 000 here); results do not depend on the thread count, so a fixed, generous
+# limit costs nothing but turns a crash into an error.
+MAX_NUM_THREADS = 1024
+# Memory limits of the process' cgroup (v2, then v1), read as (limit, usage) file pairs.
+_CGROUP_MEMORY_FILES = (
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+)
 
 
 def normalize_triple(value, name, *, minimum=1, allow_none=False):
@@ -47,14 +60,28 @@ def normalize_data_format(data_format):
 
 
 def normalize_num_threads(num_threads):
-    """``None`` -> the OpenMP default at call time (honours threadpoolctl); else an int >= 1."""
+    """``None`` -> the OpenMP default at call time (honours threadpoolctl); else an int in
+    ``[1, MAX_NUM_THREADS]``."""
     if num_threads is None:
         from ._kernels import default_num_threads
         return default_num_threads()
     if not isinstance(num_threads, numbers.Integral) or isinstance(num_threads, bool) \
-            or num_threads < 1:
-        raise ValueError(f"`num_threads` must be None or an int >= 1, got {num_threads!r}.")
+            or not 1 <= num_threads <= MAX_NUM_THREADS:
+        raise ValueError(f"`num_threads` must be None or an int between 1 and "
+                         f"{MAX_NUM_THREADS}, got {num_threads!r}.")
     return int(num_threads)
+
+
+def normalize_shape(shape, name):
+    """Return ``shape`` (a sequence of ints) as a tuple of Python ints."""
+    try:
+        items = tuple(shape)
+    except TypeError:
+        items = None
+    if items is None or not all(isinstance(n, numbers.Integral) and not isinstance(n, bool)
+                                for n in items):
+        raise ValueError(f"`{name}` must be a tuple of ints, got {shape!r}.")
+    return tuple(int(n) for n in items)
 
 
 def deconv_output_length(length, kernel_size, stride, dilation, padding, output_padding):
@@ -153,6 +180,11 @@ def make_geometry(input_shape, kernel_shape, strides, padding, output_padding,
                 f"{n}, kernel {k}, stride {s}, dilation {d}, padding {padding!r}, output_padding "
                 f"{op}. Use a longer input, padding='valid' or a larger output_padding.")
         full = (n - 1) * s + (k - 1) * d + 1
+        if full > MAX_AXIS_LENGTH or o > MAX_AXIS_LENGTH:
+            raise ValueError(
+                f"These arguments give a spatial axis of length {max(full, o)} (input length "
+                f"{n}, kernel {k}, stride {s}, dilation {d}): more than the {MAX_AXIS_LENGTH} "
+                f"a 64-bit index can safely address. Use smaller `strides` or `dilation_rate`.")
         out.append(o)
         crop.append(max(0, (full - o) // 2))
     return Geometry(int(batch), int(in_channels), int(filters),
@@ -190,35 +222,78 @@ def as_kernel_operand(a, dtype):
     return a
 
 
-def check_allocation(shape, dtype, name):
-    """Refuse, before any work, an array too large to index or to fit in memory."""
+def check_allocation(shape, dtype, name, *, copy=False):
+    """Refuse, before any work, an array too large to index or to fit in memory.
+
+    ``copy=True`` words the message for a working copy of the argument ``name``.
+    """
     count = 1
     for n in shape:
         count *= int(n)
     nbytes = count * np.dtype(dtype).itemsize
+    what = f"A {np.dtype(dtype)} copy of `{name}`" if copy else f"`{name}`"
     if count > _INTP_MAX or nbytes > _INTP_MAX:
-        raise ValueError(f"`{name}` of shape {tuple(shape)} has {count} elements, more than a "
-                         f"64-bit index can address.")
+        raise ValueError(f"{what} of shape {tuple(shape)} has {count} elements ({nbytes} bytes "
+                         f"of {np.dtype(dtype)}), more than a 64-bit index can address.")
     available = _available_memory()
     if available is not None and nbytes > available:
-        raise MemoryError(f"`{name}` of shape {tuple(shape)} and dtype {np.dtype(dtype)} needs "
-                          f"{nbytes / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB "
+        raise MemoryError(f"{what} of shape {tuple(shape)} and dtype {np.dtype(dtype)} needs "
+                          f"{_format_bytes(nbytes)}, more than the {_format_bytes(available)} "
                           f"of memory available.")
 
 
+def _format_bytes(n):
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
 def _available_memory():
-    """Physical memory currently available, in bytes (None where it cannot be read)."""
+    """Memory currently available, in bytes (None where it cannot be read).
+
+    The smaller of the machine's available memory and the headroom left under the memory
+    limit of the process' cgroup (containers), which is what the OOM killer enforces.
+    """
+    candidates = [_machine_available_memory(), _cgroup_memory_headroom()]
+    candidates = [c for c in candidates if c is not None]
+    return min(candidates) if candidates else None
+
+
+def _machine_available_memory():
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def _cgroup_memory_headroom():
+    """``limit - usage`` of the first cgroup memory controller found; None if unlimited."""
+    for limit_path, usage_path in _CGROUP_MEMORY_FILES:
+        try:
+            with open(limit_path) as f:
+                limit = f.read().strip()
+            with open(usage_path) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max":
+            return None
+        try:
+            limit = int(limit)
+        except ValueError:
+            continue
+        if limit >= 2**62:  # cgroup v1 spells "unlimited" as a huge page-rounded number
+            return None
+        return max(limit - usage, 0)
+    return None
 
 
 def normalize_compute(compute):
