@@ -61,7 +61,8 @@ extensions = [
     Extension(
         "tconv3d._kernels",
         ["tconv3d/_kernels.pyx"],
-        include_dirs=[np.get_include()],
+        include_dirs=[np.get_include(), "tconv3d"],
+        depends=["tconv3d/_gemm.h"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     )
 ]

@@ -23,5 +23,7 @@ def show_config(file=None):
         f"  OpenMP compiled in:  {_kernels.openmp_enabled()}",
         f"  default threads:     {_kernels.default_num_threads()}",
         f"  SIMD flags of build: {' '.join(_kernels.simd_flags()) or 'none'}",
+        f"  SIMD kernels:        {_kernels.simd_variant()} "
+        f"(this CPU runs: {', '.join(_kernels.simd_variants_supported())})",
     ]
     print("\n".join(lines), file=file)

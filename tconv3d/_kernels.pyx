@@ -63,6 +63,70 @@ cdef extern from *:
     const char *tconv3d_simd_flags()
 
 
+cdef extern from "_gemm.h":
+    ctypedef void (*tc_gemm_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *,
+                                   Py_ssize_t, Py_ssize_t, const float *, Py_ssize_t,
+                                   float *, Py_ssize_t) noexcept nogil
+    ctypedef void (*tc_gemm_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double *,
+                                   Py_ssize_t, Py_ssize_t, const double *, Py_ssize_t,
+                                   double *, Py_ssize_t) noexcept nogil
+    tc_gemm_f32_t tc_gemm_f32
+    tc_gemm_f64_t tc_gemm_f64
+    int tc_variant
+    int tc_variant_supported(int variant) noexcept nogil
+    int tc_select_variant(int variant) noexcept nogil
+    int tc_best_variant() noexcept nogil
+
+
+SIMD_VARIANTS = ("baseline", "avx2", "avx512")
+
+
+def simd_variant():
+    """Name of the micro-kernel variant in use ("baseline", "avx2" or "avx512")."""
+    return SIMD_VARIANTS[tc_variant]
+
+
+def simd_variants_supported():
+    """The variants this build and this CPU can run."""
+    return [name for v, name in enumerate(SIMD_VARIANTS) if tc_variant_supported(v)]
+
+
+def set_simd_variant(name):
+    """Force a micro-kernel variant (tests, benchmarks); "auto" picks the best one."""
+    if name != "auto" and name not in SIMD_VARIANTS:
+        raise ValueError(f"SIMD variant must be 'auto' or one of {SIMD_VARIANTS}, got {name!r}")
+    variant = tc_best_variant() if name == "auto" else SIMD_VARIANTS.index(name)
+    if not tc_select_variant(variant):
+        raise ValueError(f"SIMD variant {name!r} is not available on this CPU/build; "
+                         f"available: {simd_variants_supported()}")
+
+
+def _select_at_import():
+    """Best variant for this CPU, unless TCONV3D_SIMD names one (tests force each)."""
+    import os
+    import warnings
+    name = os.environ.get("TCONV3D_SIMD", "auto").strip().lower() or "auto"
+    try:
+        set_simd_variant(name)
+    except ValueError as exc:
+        warnings.warn(f"TCONV3D_SIMD={name!r} ignored: {exc}", RuntimeWarning)
+        set_simd_variant("auto")
+
+
+_select_at_import()
+
+
+cdef inline void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                       const floating *A, Py_ssize_t sai, Py_ssize_t sap,
+                       const floating *B, Py_ssize_t ldb,
+                       floating *C, Py_ssize_t ldc) noexcept nogil:
+    """C[i, j] += sum_p A[i*sai + p*sap] * B[p*ldb + j] (see _gemm.h)."""
+    if floating is float:
+        tc_gemm_f32(m, n, k, A, sai, sap, B, ldb, C, ldc)
+    else:
+        tc_gemm_f64(m, n, k, A, sai, sap, B, ldb, C, ldc)
+
+
 def openmp_enabled():
     """True when the extension was compiled with OpenMP."""
     return bool(TCONV3D_OPENMP)
@@ -164,16 +228,13 @@ cdef void _forward(const Problem *p,
     cdef Py_ssize_t rows = p.N * p.n_out[0] * p.n_out[1]
     cdef Py_ssize_t block = _block_size(cout)
     cdef Py_ssize_t row, n, od, oh, r, o0, count, q0, blk, tb, nb, b, blo, bhi, istart
-    cdef Py_ssize_t td, th, nd, nh, jw, m, ci, co, o
+    cdef Py_ssize_t td, th, nd, nh, jw, m, co, o
     cdef Py_ssize_t *taps
     cdef floating *acc
     cdef const floating *xrow
-    cdef const floating *xp
     cdef const floating *wtap
-    cdef const floating *wp
     cdef floating *ap
     cdef floating *yp
-    cdef floating xv
 
     with parallel(num_threads=num_threads):
         acc = <floating *> malloc(block * cout * sizeof(floating))
@@ -213,16 +274,13 @@ cdef void _forward(const Problem *p,
                                 istart = q0 + tb - m
                                 blo = -istart if istart < 0 else 0
                                 bhi = iw_n - istart if iw_n - istart < nb else nb
+                                if bhi <= blo:
+                                    continue
                                 wtap = wt + ((taps[td] * p.k[1] + taps[2 * p.k[0] + th]) * kw
                                              + jw) * cin * cout
-                                for b in range(blo, bhi):
-                                    xp = xrow + (istart + b) * p.xs[3]
-                                    ap = acc + b * cout
-                                    for ci in range(cin):
-                                        xv = xp[ci * p.xs[4]]
-                                        wp = wtap + ci * cout
-                                        for co in range(cout):
-                                            ap[co] = ap[co] + xv * wp[co]
+                                _gemm(bhi - blo, cout, cin,
+                                      xrow + (istart + blo) * p.xs[3], p.xs[3], p.xs[4],
+                                      wtap, cout, acc + blo * cout, cout)
                     for b in range(nb):
                         o = o0 + (tb + b) * sw
                         yp = y + n * p.ys[0] + od * p.ys[1] + oh * p.ys[2] + o * p.ys[3]
@@ -256,16 +314,13 @@ cdef void _grad_input(const Problem *p,
     cdef Py_ssize_t cw = p.crop[2]
     cdef Py_ssize_t rows = p.N * p.n_in[0] * p.n_in[1]
     cdef Py_ssize_t block = _block_size(cin)
-    cdef Py_ssize_t row, n, i_d, i_h, blk, tb, nb, b, blo, bhi, num, td, th, nd, nh, jw, ci, co
+    cdef Py_ssize_t row, n, i_d, i_h, blk, tb, nb, b, blo, bhi, num, td, th, nd, nh, jw, ci
     cdef Py_ssize_t *taps
     cdef floating *acc
     cdef const floating *grow
-    cdef const floating *gp
     cdef const floating *wtap
-    cdef const floating *wp
     cdef floating *ap
     cdef floating *xp
-    cdef floating gv
 
     with parallel(num_threads=num_threads):
         acc = <floating *> malloc(block * cin * sizeof(floating))
@@ -296,16 +351,13 @@ cdef void _grad_input(const Problem *p,
                             bhi = num // sw + 1
                             if bhi > nb:
                                 bhi = nb
+                            if bhi <= blo:
+                                continue
                             wtap = w + ((taps[td] * p.k[1] + taps[2 * p.k[0] + th]) * kw
                                         + jw) * cout * cin
-                            for b in range(blo, bhi):
-                                gp = grow + ((tb + b) * sw + jw * dw - cw) * p.ys[3]
-                                ap = acc + b * cin
-                                for co in range(cout):
-                                    gv = gp[co * p.ys[4]]
-                                    wp = wtap + co * cin
-                                    for ci in range(cin):
-                                        ap[ci] = ap[ci] + gv * wp[ci]
+                            _gemm(bhi - blo, cin, cout,
+                                  grow + ((tb + blo) * sw + jw * dw - cw) * p.ys[3],
+                                  sw * p.ys[3], p.ys[4], wtap, cin, acc + blo * cin, cin)
                 for b in range(nb):
                     xp = gx + n * p.xs[0] + i_d * p.xs[1] + i_h * p.xs[2] + (tb + b) * p.xs[3]
                     ap = acc + b * cin
@@ -347,15 +399,13 @@ cdef void _grad_kernel(const Problem *p,
     cdef Py_ssize_t cw = p.crop[2]
     cdef Py_ssize_t ksize = p.k[0] * p.k[1] * kw * cout * cin
     cdef Py_ssize_t rows = p.N * p.n_in[0] * p.n_in[1]
-    cdef Py_ssize_t chunk, row, n, i_d, i_h, iw, td, th, nd, nh, jw, o, ci, co, e, c
+    cdef Py_ssize_t chunk, row, n, i_d, i_h, td, th, nd, nh, jw, num, lo, hi, e, c
     cdef Py_ssize_t *taps
     cdef floating *buf
     cdef floating *bp
     cdef const floating *grow
     cdef const floating *xrow
-    cdef const floating *gp
-    cdef const floating *xp
-    cdef floating gv, total
+    cdef floating total
 
     with parallel(num_threads=num_threads):
         taps = <Py_ssize_t *> malloc(2 * (p.k[0] + p.k[1]) * sizeof(Py_ssize_t))
@@ -376,19 +426,21 @@ cdef void _grad_kernel(const Problem *p,
                         for jw in range(kw):
                             bp = buf + ((taps[td] * p.k[1] + taps[2 * p.k[0] + th]) * kw
                                         + jw) * cout * cin
-                            for iw in range(iw_n):
-                                o = iw * sw + jw * dw - cw
-                                if o < 0:
-                                    continue
-                                if o >= ow_n:
-                                    break
-                                gp = grow + o * p.ys[3]
-                                xp = xrow + iw * p.xs[3]
-                                for co in range(cout):
-                                    gv = gp[co * p.ys[4]]
-                                    for ci in range(cin):
-                                        bp[co * cin + ci] = (bp[co * cin + ci]
-                                                             + gv * xp[ci * p.xs[4]])
+                            # Inputs lo <= iw < hi feed outputs iw*sw + jw*dw - cw in
+                            # [0, ow_n): one GEMM (Cout x Cin) += g^T (Cout x k) x (k x Cin).
+                            num = cw - jw * dw
+                            lo = 0 if num <= 0 else (num + sw - 1) // sw
+                            num = ow_n - 1 + cw - jw * dw
+                            if num < 0:
+                                continue
+                            hi = num // sw + 1
+                            if hi > iw_n:
+                                hi = iw_n
+                            if hi <= lo:
+                                continue
+                            _gemm(cout, cin, hi - lo,
+                                  grow + (lo * sw + jw * dw - cw) * p.ys[3], p.ys[4],
+                                  sw * p.ys[3], xrow + lo * p.xs[3], p.xs[3], bp, cin)
         free(taps)
 
     # Add the chunks' partial sums in chunk order, whatever thread computed them.

@@ -212,6 +212,8 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
                             num_threads)
     if "kernel" in compute:
         xl = _logical(_operand(x, dtype), geom)
+        if xl.strides[-1] != xl.itemsize:  # the GEMM reads x's channels as vectors
+            xl = np.ascontiguousarray(xl)
         grad_kernel = np.empty(geom.kernel_shape, dtype=dtype)
         _kernels.grad_kernel(g, xl, grad_kernel, gtuple, _element_strides(xl),
                              _element_strides(g), num_threads)

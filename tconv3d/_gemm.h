@@ -1,0 +1,150 @@
+/* Register-blocked GEMM micro-kernels with runtime SIMD dispatch.
+ *
+ *     C[i][j] += sum_p A[i*sai + p*sap] * B[p*ldb + j]     (0 <= i < m, 0 <= j < n, 0 <= p < k)
+ *
+ * A is read element by element (broadcast), so its strides are free: the same routine
+ * serves the forward pass (A = input voxels x channels), the input gradient (A = output
+ * gradient) and the kernel gradient (A = transposed output gradient). B and C have unit
+ * column stride and are read as vectors.
+ *
+ * Every output element is summed over p in order, whatever the tile path, so results
+ * depend only on the shapes and the selected variant, never on the thread count.
+ *
+ * The body is written once with GCC/Clang vector extensions and stamped out per ISA with
+ * a `target` attribute: the default build runs on any x86-64 (SSE2) and reaches AVX2 or
+ * AVX-512 speed on CPUs that have them, chosen at import (or forced for tests).
+ */
+#ifndef TCONV3D_GEMM_H
+#define TCONV3D_GEMM_H
+
+#include <stdlib.h>
+#include <string.h>
+
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(TCONV3D_NO_VECTOR_EXT)
+#define TC_VECTOR_EXT 1
+#endif
+#if defined(TC_VECTOR_EXT) && (defined(__x86_64__) || defined(__i386__)) \
+    && !defined(__APPLE__) && !defined(TCONV3D_NO_DISPATCH)
+#define TC_X86_DISPATCH 1
+#endif
+
+typedef void (*tc_gemm_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *, Py_ssize_t,
+                              Py_ssize_t, const float *, Py_ssize_t, float *, Py_ssize_t);
+typedef void (*tc_gemm_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double *, Py_ssize_t,
+                              Py_ssize_t, const double *, Py_ssize_t, double *, Py_ssize_t);
+
+/* Columns left over after the vector tiles (n % VL), and the scalar fallback. */
+#define TC_SCALAR_COLUMNS(T, j0)                                                        \
+    for (Py_ssize_t jj = (j0); jj < n; jj++) {                                          \
+        for (Py_ssize_t ii = 0; ii < m; ii++) {                                         \
+            T s = C[ii * ldc + jj];                                                     \
+            for (Py_ssize_t p = 0; p < k; p++)                                          \
+                s += A[ii * sai + p * sap] * B[p * ldb + jj];                           \
+            C[ii * ldc + jj] = s;                                                       \
+        }                                                                               \
+    }
+
+#ifdef TC_VECTOR_EXT
+
+/* One tile of ROWS rows x NV vectors, accumulators held in registers over the k loop. */
+#define TC_TILE(V, T, ROWS, NV)                                                         \
+    do {                                                                                \
+        V c[ROWS][NV];                                                                  \
+        for (int r = 0; r < (ROWS); r++)                                                \
+            for (int v = 0; v < (NV); v++)                                              \
+                c[r][v] = *(const V *)(C + (i + r) * ldc + j + v * VL);                 \
+        const T *a = A + i * sai;                                                       \
+        for (Py_ssize_t p = 0; p < k; p++) {                                            \
+            V b[NV];                                                                    \
+            for (int v = 0; v < (NV); v++)                                              \
+                b[v] = *(const V *)(B + p * ldb + j + v * VL);                          \
+            for (int r = 0; r < (ROWS); r++) {                                          \
+                T av = a[r * sai + p * sap];                                            \
+                for (int v = 0; v < (NV); v++)                                          \
+                    c[r][v] += av * b[v];                                               \
+            }                                                                           \
+        }                                                                               \
+        for (int r = 0; r < (ROWS); r++)                                                \
+            for (int v = 0; v < (NV); v++)                                              \
+                *(V *)(C + (i + r) * ldc + j + v * VL) = c[r][v];                       \
+    } while (0)
+
+#define TC_DEFINE_GEMM(NAME, T, VBYTES, MR, ATTR)                                       \
+typedef T NAME##_vec __attribute__((vector_size(VBYTES), aligned(sizeof(T))));         \
+ATTR static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,                        \
+                      const T *A, Py_ssize_t sai, Py_ssize_t sap,                      \
+                      const T *B, Py_ssize_t ldb, T *C, Py_ssize_t ldc)                \
+{                                                                                       \
+    enum { VL = (VBYTES) / sizeof(T) };                                                 \
+    Py_ssize_t i, j = 0;                                                                \
+    for (; j + 2 * VL <= n; j += 2 * VL) {                                              \
+        for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE(NAME##_vec, T, MR, 2);            \
+        for (; i < m; i++) TC_TILE(NAME##_vec, T, 1, 2);                                \
+    }                                                                                   \
+    for (; j + VL <= n; j += VL) {                                                      \
+        for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE(NAME##_vec, T, MR, 1);            \
+        for (; i < m; i++) TC_TILE(NAME##_vec, T, 1, 1);                                \
+    }                                                                                   \
+    TC_SCALAR_COLUMNS(T, j)                                                             \
+}
+
+TC_DEFINE_GEMM(tc_gemm_f32_base, float, 16, 6, )
+TC_DEFINE_GEMM(tc_gemm_f64_base, double, 16, 6, )
+#ifdef TC_X86_DISPATCH
+TC_DEFINE_GEMM(tc_gemm_f32_avx2, float, 32, 6, __attribute__((target("avx2,fma"))))
+TC_DEFINE_GEMM(tc_gemm_f64_avx2, double, 32, 6, __attribute__((target("avx2,fma"))))
+TC_DEFINE_GEMM(tc_gemm_f32_avx512, float, 64, 12, __attribute__((target("avx512f,fma"))))
+TC_DEFINE_GEMM(tc_gemm_f64_avx512, double, 64, 12, __attribute__((target("avx512f,fma"))))
+#endif
+
+#else  /* no vector extensions (e.g. MSVC): plain loops, left to the compiler */
+
+static void tc_gemm_f32_base(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A,
+                             Py_ssize_t sai, Py_ssize_t sap, const float *B, Py_ssize_t ldb,
+                             float *C, Py_ssize_t ldc) { TC_SCALAR_COLUMNS(float, 0) }
+static void tc_gemm_f64_base(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double *A,
+                             Py_ssize_t sai, Py_ssize_t sap, const double *B, Py_ssize_t ldb,
+                             double *C, Py_ssize_t ldc) { TC_SCALAR_COLUMNS(double, 0) }
+#endif
+
+/* Variants: 0 = baseline, 1 = AVX2+FMA, 2 = AVX-512. */
+static const char *tc_variant_names[] = {"baseline", "avx2", "avx512"};
+static tc_gemm_f32_t tc_gemm_f32 = tc_gemm_f32_base;
+static tc_gemm_f64_t tc_gemm_f64 = tc_gemm_f64_base;
+static int tc_variant = 0;
+
+static int tc_variant_supported(int variant)
+{
+    if (variant == 0) return 1;
+#ifdef TC_X86_DISPATCH
+    __builtin_cpu_init();
+    if (variant == 1)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (variant == 2)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+#endif
+    return 0;
+}
+
+/* Select a variant; returns 0 when this CPU or build does not have it. */
+static int tc_select_variant(int variant)
+{
+    if (variant < 0 || variant > 2 || !tc_variant_supported(variant)) return 0;
+    tc_variant = variant;
+    tc_gemm_f32 = tc_gemm_f32_base;
+    tc_gemm_f64 = tc_gemm_f64_base;
+#ifdef TC_X86_DISPATCH
+    if (variant == 1) { tc_gemm_f32 = tc_gemm_f32_avx2; tc_gemm_f64 = tc_gemm_f64_avx2; }
+    if (variant == 2) { tc_gemm_f32 = tc_gemm_f32_avx512; tc_gemm_f64 = tc_gemm_f64_avx512; }
+#endif
+    return 1;
+}
+
+static int tc_best_variant(void)
+{
+    for (int v = 2; v > 0; v--)
+        if (tc_variant_supported(v)) return v;
+    return 0;
+}
+
+#endif /* TCONV3D_GEMM_H */
