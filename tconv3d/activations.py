@@ -149,8 +149,8 @@ def _relu(x, negative_slope=0.0, max_value=None, threshold=0.0):
 
 def _d_relu(x, negative_slope=0.0, max_value=None, threshold=0.0):
     on = x > threshold
-    if max_value is not None:
-        on &= x < max_value
+    if max_value is not None:  # Keras clips the thresholded part to [0, max_value]
+        on &= (x > 0) & (x < max_value)
     d = _step(on, x)
     if negative_slope != 0.0:
         d = d + negative_slope * _step(x < threshold, x)
