@@ -767,3 +767,16 @@ def test_functional_form(rng):
     np.testing.assert_array_equal(y, layer(x))
     with pytest.raises(TypeError, match="`filters` and `kernel_size`"):
         layer_conv_3d_transpose(x, filters=3)
+
+
+def test_example_train_layer_recovers_kernel(capsys):
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "train_layer.py")
+    spec = importlib.util.spec_from_file_location("train_layer_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    loss, error = example.main(steps=100, num_threads=1)
+    printed = [float(line.split()[-1]) for line in capsys.readouterr().out.splitlines()
+               if line.startswith("step")]
+    assert printed[0] > 1e-2 and loss < 1e-5 and error < 1e-2
+    assert all(b < a for a, b in zip(printed, printed[1:]))  # the loss falls
