@@ -1,0 +1,621 @@
+"""tconv3d.torch: the drop-in torch.nn.ConvTranspose3d, against PyTorch's own module."""
+import copy
+import io
+import itertools
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import tconv3d  # noqa: E402
+import tconv3d.torch as tt  # noqa: E402
+from helpers import tol  # noqa: E402
+
+F = torch.nn.functional
+CHANNELS_LAST = torch.channels_last_3d
+DTYPES = [torch.float32, torch.float64]
+MEMORY_FORMATS = ["ncdhw", "channels_last_3d"]
+SPATIAL = (5, 6, 7)  # odd, anisotropic: an axis mix-up changes the shapes
+
+# Every geometry of the brief's grid: kernel 1..4, stride 1..3, padding 0..2, dilation 1..2,
+# output_padding < max(stride, dilation). All give non-empty outputs on SPATIAL.
+GEOMETRIES = [(k, s, p, d, op)
+              for k, s, p, d in itertools.product(range(1, 5), range(1, 4), range(3), (1, 2))
+              for op in range(max(s, d))]
+# Per-axis arguments, including mixes whose axes would each be exact under different
+# Keras paddings ("valid" on one, "same" on another), so no single call is exact.
+ANISOTROPIC = [
+    dict(kernel_size=(1, 2, 3), stride=(2, 1, 3), padding=(0, 1, 2), output_padding=(1, 0, 2),
+         dilation=(1, 2, 1)),
+    dict(kernel_size=(2, 3, 2), stride=(2, 1, 2), padding=(0, 1, 0)),   # valid x same x valid
+    dict(kernel_size=(3, 3, 2), stride=(2, 2, 2), padding=(1, 1, 0), output_padding=(0, 1, 1)),
+    dict(kernel_size=(4, 1, 3), stride=(3, 2, 1), padding=(2, 0, 1), output_padding=(1, 1, 0),
+         dilation=(2, 1, 2)),
+]
+
+
+def _geometry_id(g):
+    return "k{}s{}p{}d{}op{}".format(*g)
+
+
+def _kwargs(geometry):
+    k, s, p, d, op = geometry
+    return dict(kernel_size=k, stride=s, padding=p, dilation=d, output_padding=op)
+
+
+def _to_format(x, memory_format):
+    return x.to(memory_format=CHANNELS_LAST) if memory_format == "channels_last_3d" else x
+
+
+def _pair(kwargs, *, cin=4, cout=6, groups=1, bias=True, dtype=torch.float64, seed=0):
+    """PyTorch's module and tconv3d's, with the same weights."""
+    torch.manual_seed(seed)
+    ref = torch.nn.ConvTranspose3d(cin, cout, groups=groups, bias=bias, dtype=dtype, **kwargs)
+    ours = tt.ConvTranspose3d(cin, cout, groups=groups, bias=bias, dtype=dtype, **kwargs)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def _run(module, x, grad_output=None):
+    """Output and the gradients of <y, grad_output> w.r.t. input, weight and bias."""
+    module.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_()  # a new leaf with x's strides
+    y = module(x)
+    if grad_output is None:
+        generator = torch.Generator().manual_seed(1)
+        grad_output = torch.randn(y.shape, dtype=y.dtype, generator=generator)
+    y.backward(grad_output)
+    grads = [x.grad, module.weight.grad, None if module.bias is None else module.bias.grad]
+    return y.detach(), grads
+
+
+def _assert_close(got, expected, dtype):
+    if dtype == torch.float32:
+        # Two float32 implementations summing in different orders: outputs and gradients
+        # are sums of up to ~1000 unit-scale products with partial sums of size ~50, so
+        # they differ by ~1e-5 absolute even where the result cancels to ~1e-3.
+        t = dict(rtol=1e-4, atol=1e-4)
+    else:
+        t = tol(np.float64)
+    torch.testing.assert_close(got, expected, rtol=t["rtol"], atol=t["atol"])
+
+
+def _assert_matches_torch(ref, ours, x):
+    y_ref, g_ref = _run(ref, x)
+    y, g = _run(ours, x)
+    assert y.shape == y_ref.shape and y.dtype == y_ref.dtype
+    _assert_close(y, y_ref, x.dtype)
+    for name, a, e in zip(("input", "weight", "bias"), g, g_ref):
+        assert (a is None) == (e is None), name
+        if e is not None:
+            assert a.shape == e.shape, name
+            _assert_close(a, e, x.dtype)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Problems here are tiny: one thread is fastest for both libraries on a loaded machine.
+    # test_gradients_do_not_depend_on_thread_count runs 1 and 2 threads.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _reset_warnings():
+    tt._warned.clear()
+    yield
+    tt._warned.clear()
+
+
+# --------------------------------------------------------------------------------------
+# numbers: forward and all gradients equal PyTorch's
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=_geometry_id)
+def test_matches_torch_over_grid(geometry, dtype, memory_format):
+    # groups and bias alternate over the grid so that every geometry meets both values
+    index = GEOMETRIES.index(geometry)
+    groups, bias = (1, 2)[index % 2], (True, False)[(index // 2) % 2]
+    ref, ours = _pair(_kwargs(geometry), groups=groups, bias=bias, dtype=dtype, seed=index)
+    x = _to_format(torch.randn(2, 4, *SPATIAL, dtype=dtype), memory_format)
+    _assert_matches_torch(ref, ours, x)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("kwargs", ANISOTROPIC)
+def test_matches_torch_per_axis_arguments(kwargs, bias, groups):
+    ref, ours = _pair(kwargs, cin=6, cout=3 * groups, groups=groups, bias=bias,
+                      dtype=torch.float32)
+    for memory_format in MEMORY_FORMATS:
+        x = _to_format(torch.randn(2, 6, *SPATIAL), memory_format)
+        _assert_matches_torch(ref, ours, x)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=_geometry_id)
+def test_gradcheck_fast_mode_over_grid(geometry):
+    index = GEOMETRIES.index(geometry)
+    groups = (1, 2)[index % 2]
+    torch.manual_seed(index)
+    x = torch.randn(1, 2, 5, 6, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 3, *(geometry[0],) * 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3 * groups, dtype=torch.float64, requires_grad=True)
+    _, s, p, d, op = geometry
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: tt.conv_transpose3d(x, w, b, s, p, op, groups, d), (x, w, b),
+        fast_mode=True)
+
+
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+@pytest.mark.parametrize("kwargs,groups", [
+    (dict(kernel_size=2, stride=2), 1),                                       # exact, "valid"
+    (dict(kernel_size=3, stride=2, padding=1), 1),                            # exact, "same"
+    (dict(kernel_size=3, stride=2, padding=1, output_padding=1), 2),          # cropped window
+    (dict(kernel_size=2, stride=1, dilation=2, output_padding=1), 1),         # bias-only plane
+    (ANISOTROPIC[0], 1),
+], ids=["k2s2", "k3s2p1", "k3s2p1op1-groups", "k2d2op1", "anisotropic"])
+def test_gradcheck_full_jacobian(kwargs, groups, memory_format):
+    torch.manual_seed(3)
+    k = tt._triple(kwargs["kernel_size"])
+    x = _to_format(torch.randn(1, 2, 2, 3, 2, dtype=torch.float64), memory_format)
+    x.requires_grad_()
+    w = torch.randn(2, 2, *k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2 * groups, dtype=torch.float64, requires_grad=True)
+    args = {key: kwargs.get(key, 0 if "padding" in key else 1)
+            for key in ("stride", "padding", "output_padding", "dilation")}
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: tt.conv_transpose3d(x, w, b, groups=groups, **args), (x, w, b))
+
+
+def test_grad_output_with_zero_strides_and_partial_requires_grad():
+    ref, ours = _pair(dict(kernel_size=3, stride=2, padding=1, output_padding=1))
+    ours.weight.requires_grad_(False)
+    ref.weight.requires_grad_(False)
+    x = torch.randn(2, 4, *SPATIAL, dtype=torch.float64)
+    # y.sum().backward() hands the backward an expanded (all-zero-strides) grad_output
+    y_ref, g_ref = _run(ref, x, torch.ones((), dtype=torch.float64).expand(2, 6, 10, 12, 14))
+    y, g = _run(ours, x, torch.ones((), dtype=torch.float64).expand(2, 6, 10, 12, 14))
+    assert g[1] is None and g_ref[1] is None
+    _assert_close(g[0], g_ref[0], torch.float64)
+    _assert_close(g[2], g_ref[2], torch.float64)
+
+
+def test_gradients_do_not_depend_on_thread_count():
+    ref, ours = _pair(dict(kernel_size=2, stride=2), cin=8, cout=8, dtype=torch.float32)
+    x = torch.randn(2, 8, 6, 7, 5)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(_run(ours, x))
+    finally:
+        torch.set_num_threads(before)
+    (y1, g1), (y2, g2) = results
+    assert torch.equal(y1, y2)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+
+
+# --------------------------------------------------------------------------------------
+# padding mapping, layouts and copies
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=_geometry_id)
+def test_plan_is_what_tconv3d_computes(geometry):
+    k, s, p, d, op = geometry
+    plan = tt._plan(SPATIAL, (k,) * 3, (s,) * 3, (p,) * 3, (op,) * 3, (d,) * 3)
+    shape = tconv3d.conv_transpose3d_output_shape(
+        (1, *SPATIAL, 2), (k, k, k, 3, 2), strides=s, padding=plan.padding,
+        output_padding=plan.output_padding, dilation_rate=d)
+    assert shape[1:4] == plan.computed
+    expected_out = tuple((n - 1) * s - 2 * p + d * (k - 1) + op + 1 for n in SPATIAL)
+    assert plan.out == expected_out
+    # the exact path is taken whenever a Keras geometry gives PyTorch's window
+    same_output_padding = op + 2 * (((k - 1) * d + 1) // 2 - p)
+    exact = p == 0 and op < s or (p == 0 or op == 0) and 0 <= same_output_padding < s
+    assert plan.exact == exact
+
+
+@pytest.mark.parametrize("kwargs,exact", [
+    (dict(kernel_size=2, stride=2), True),
+    (dict(kernel_size=1), True),
+    (dict(kernel_size=3, padding=1), True),
+    (dict(kernel_size=3, stride=2, padding=1), True),
+    (dict(kernel_size=5, stride=2, padding=2), True),
+    (dict(kernel_size=4, stride=2, padding=1), False),
+    (dict(kernel_size=3, stride=2, padding=1, output_padding=1), False),
+])
+def test_common_layers_take_the_exact_path(kwargs, exact):
+    kw = {key: tt._triple(kwargs.get(key, 1 if key in ("stride", "dilation") else 0))
+          for key in ("kernel_size", "stride", "padding", "output_padding", "dilation")}
+    plan = tt._plan((8, 8, 8), kw["kernel_size"], kw["stride"], kw["padding"],
+                    kw["output_padding"], kw["dilation"])
+    assert plan.exact == exact
+
+
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+def test_exact_path_copies_neither_input_nor_output(monkeypatch, memory_format):
+    calls = []
+
+    def spy(x, kernel, bias=None, **kwargs):
+        y = tconv3d.conv_transpose3d(x, kernel, bias, **kwargs)
+        calls.append((x, kwargs["data_format"], y))
+        return y
+
+    monkeypatch.setattr(tt, "_tconv_forward", spy)
+    ours = tt.ConvTranspose3d(4, 6, 2, stride=2)
+    x = _to_format(torch.randn(2, 4, *SPATIAL), memory_format)
+    with torch.no_grad():
+        y = ours(x)
+    [(xa, data_format, ya)] = calls
+    assert data_format == ("channels_last" if memory_format == "channels_last_3d"
+                           else "channels_first")
+    assert np.shares_memory(xa, x.numpy())
+    assert y.data_ptr() == ya.ctypes.data
+    if memory_format == "channels_last_3d":
+        assert y.is_contiguous(memory_format=CHANNELS_LAST) and not y.is_contiguous()
+    else:
+        assert y.is_contiguous()
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=4, stride=2, padding=1, groups=2),
+                                    dict(kernel_size=2, stride=1, dilation=2,
+                                         output_padding=1)])
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+def test_output_keeps_the_input_memory_format(kwargs, memory_format):
+    ours = tt.ConvTranspose3d(4, 6, **kwargs)
+    x = _to_format(torch.randn(2, 4, *SPATIAL), memory_format).requires_grad_()
+    y = ours(x)
+    y.sum().backward()
+    if memory_format == "channels_last_3d":
+        assert y.is_contiguous(memory_format=CHANNELS_LAST) and not y.is_contiguous()
+        assert x.grad.is_contiguous(memory_format=CHANNELS_LAST)
+    else:
+        assert y.is_contiguous() and x.grad.is_contiguous()
+    assert ours.weight.grad.is_contiguous()
+
+
+def test_strided_input_views():
+    ref, ours = _pair(dict(kernel_size=3, stride=2, padding=1))
+    big = torch.randn(3, 9, 10, 12, 14, dtype=torch.float64)
+    x = big[::2, 1::2, 1:6, ::2, 3:10]  # no memory format at all
+    _assert_matches_torch(ref, ours, x)
+
+
+# --------------------------------------------------------------------------------------
+# the module: signature, parameters, state_dict, torch.nn behaviour
+# --------------------------------------------------------------------------------------
+def test_signature_parameters_and_initialisation_match_torch():
+    import inspect
+    assert (inspect.signature(tt.ConvTranspose3d.__init__)
+            == inspect.signature(torch.nn.ConvTranspose3d.__init__))
+    kwargs = dict(in_channels=6, out_channels=4, kernel_size=(2, 3, 1), stride=2, padding=1,
+                  output_padding=1, groups=2, bias=True, dilation=1)
+    torch.manual_seed(5)
+    ref = torch.nn.ConvTranspose3d(**kwargs)
+    torch.manual_seed(5)
+    ours = tt.ConvTranspose3d(**kwargs)
+    assert isinstance(ours, torch.nn.ConvTranspose3d)
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == \
+        [(n, p.shape) for n, p in ref.named_parameters()]
+    assert ours.weight.shape == (6, 2, 2, 3, 1)
+    assert torch.equal(ours.weight, ref.weight) and torch.equal(ours.bias, ref.bias)
+    assert repr(ours) == repr(ref)
+
+
+def test_state_dict_round_trip():
+    ref = torch.nn.ConvTranspose3d(4, 6, 3, stride=2, padding=1, groups=2)
+    ours = tt.ConvTranspose3d(4, 6, 3, stride=2, padding=1, groups=2)
+    ours.load_state_dict(ref.state_dict())
+    back = torch.nn.ConvTranspose3d(4, 6, 3, stride=2, padding=1, groups=2)
+    back.load_state_dict(ours.state_dict())
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    for key, value in ref.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value)
+        assert torch.equal(back.state_dict()[key], value)
+    buffer = io.BytesIO()
+    torch.save(ours.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = tt.ConvTranspose3d(4, 6, 3, stride=2, padding=1, groups=2, bias=True)
+    fresh.load_state_dict(torch.load(buffer))
+    x = torch.randn(1, 4, 3, 4, 5)
+    with torch.no_grad():
+        _assert_close(fresh(x), ref(x), torch.float32)
+
+
+def test_bias_free_module_has_no_bias():
+    ours = tt.ConvTranspose3d(4, 6, 2, stride=2, bias=False)
+    assert ours.bias is None and set(ours.state_dict()) == {"weight"}
+
+
+def test_padding_mode_other_than_zeros_is_refused_like_torch():
+    for cls in (torch.nn.ConvTranspose3d, tt.ConvTranspose3d):
+        with pytest.raises(ValueError, match="zeros"):
+            cls(2, 2, 3, padding_mode="reflect")
+
+
+def test_output_size_argument():
+    ref, ours = _pair(dict(kernel_size=3, stride=2, padding=1))
+    x = torch.randn(1, 4, *SPATIAL, dtype=torch.float64)
+    size = [10, 12, 14]
+    with torch.no_grad():
+        y, y_ref = ours(x, output_size=size), ref(x, output_size=size)
+    assert y.shape[2:] == tuple(size)
+    _assert_close(y, y_ref, torch.float64)
+
+
+def test_unbatched_input():
+    ref, ours = _pair(dict(kernel_size=2, stride=2))
+    x = torch.randn(4, *SPATIAL, dtype=torch.float64)
+    _assert_matches_torch(ref, ours, x)
+
+
+def test_empty_batch_matches_torch():
+    ref, ours = _pair(dict(kernel_size=2, stride=2))
+    x = torch.randn(0, 4, *SPATIAL, dtype=torch.float64)
+    with torch.no_grad():
+        assert ours(x).shape == ref(x).shape == (0, 6, 10, 12, 14)
+
+
+def test_inference_mode_and_no_grad():
+    ref, ours = _pair(dict(kernel_size=2, stride=2))
+    x = torch.randn(1, 4, *SPATIAL, dtype=torch.float64)
+    with torch.inference_mode():
+        y = ours(x)
+        _assert_close(y, ref(x), torch.float64)
+    with torch.no_grad():
+        assert ours(x).grad_fn is None
+
+
+def test_double_backward_raises():
+    ours = tt.ConvTranspose3d(2, 2, 2, stride=2, dtype=torch.float64)
+    x = torch.randn(1, 2, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(ours(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
+
+
+# --------------------------------------------------------------------------------------
+# fallbacks and errors: PyTorch's own op
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_falls_back_with_one_warning(dtype):
+    ref, ours = _pair(dict(kernel_size=2, stride=2), dtype=dtype)
+    x = torch.randn(1, 4, 3, 3, 3, dtype=dtype)
+    with pytest.warns(tt.TconvFallbackWarning, match=str(dtype)):
+        y = ours(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y_again = ours(x)  # warned once only
+    assert torch.equal(y, ref(x)) and torch.equal(y_again, y)
+
+
+def test_other_devices_fall_back_with_a_warning():
+    ours = tt.ConvTranspose3d(4, 6, 2, stride=2, device="meta")
+    x = torch.empty(2, 4, *SPATIAL, device="meta")
+    with pytest.warns(tt.TconvFallbackWarning, match="meta"):
+        y = ours(x)
+    assert y.device.type == "meta" and y.shape == (2, 6, 10, 12, 14)
+
+
+@pytest.mark.parametrize("make_input,weight_dtype", [
+    (lambda: torch.randn(1, 3, 4, 4, 4), torch.float32),        # wrong channel count
+    (lambda: torch.randn(1, 4, 4, 4, 4), torch.float64),        # input float32, weight float64
+    (lambda: torch.randn(4, 4, 4), torch.float32),              # 3-D input
+])
+def test_invalid_calls_raise_torch_errors(make_input, weight_dtype):
+    ref, ours = _pair(dict(kernel_size=2, stride=2), dtype=weight_dtype)
+    x = make_input()
+    with pytest.raises(RuntimeError) as expected:
+        ref(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeError) as got:
+            ours(x)
+    assert str(got.value) == str(expected.value)
+
+
+def test_invalid_functional_arguments_raise_torch_errors():
+    x, w = torch.randn(1, 2, 3, 3, 3), torch.randn(2, 2, 3, 3, 3)
+    for kwargs in (dict(output_padding=2, stride=2), dict(padding=-1), dict(stride=0),
+                   dict(padding=3)):  # the last gives an empty output
+        with pytest.raises(RuntimeError) as expected:
+            F.conv_transpose3d(x, w, **kwargs)
+        with pytest.raises(RuntimeError) as got:
+            tt.conv_transpose3d(x, w, **kwargs)
+        assert str(got.value) == str(expected.value)
+
+
+# --------------------------------------------------------------------------------------
+# convert
+# --------------------------------------------------------------------------------------
+class _TinyUNet(torch.nn.Module):
+    """Two-level 3D U-Net: Conv3d encoders, k2 s2 ConvTranspose3d decoders, skips."""
+
+    def __init__(self, c=4):
+        super().__init__()
+        conv = torch.nn.Conv3d
+        self.enc1 = torch.nn.Sequential(conv(1, c, 3, padding=1), torch.nn.ReLU())
+        self.enc2 = torch.nn.Sequential(conv(c, 2 * c, 2, stride=2), torch.nn.ReLU(),
+                                        conv(2 * c, 2 * c, 3, padding=1), torch.nn.ReLU())
+        self.bottom = torch.nn.Sequential(conv(2 * c, 4 * c, 2, stride=2), torch.nn.ReLU())
+        self.up2 = torch.nn.ConvTranspose3d(4 * c, 2 * c, 2, stride=2)
+        self.dec2 = torch.nn.Sequential(conv(4 * c, 2 * c, 3, padding=1), torch.nn.ReLU())
+        self.up1 = torch.nn.ConvTranspose3d(2 * c, c, 2, stride=2, bias=False)
+        self.dec1 = torch.nn.Sequential(conv(2 * c, c, 3, padding=1), torch.nn.ReLU())
+        self.head = conv(c, 2, 1)
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        e2 = self.enc2(e1)
+        d2 = self.dec2(torch.cat([self.up2(self.bottom(e2)), e2], 1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
+        return self.head(d1)
+
+
+class _CustomConvTranspose(torch.nn.ConvTranspose3d):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+def test_convert_unet_gives_the_same_outputs_and_gradients(memory_format):
+    torch.manual_seed(0)
+    model = _TinyUNet().double()  # float64: ReLU gates flip on float32 rounding differences
+    model.extra = _CustomConvTranspose(2, 2, 1)  # a subclass: left alone
+    original = copy.deepcopy(model)
+    if memory_format == "channels_last_3d":
+        model = model.to(memory_format=CHANNELS_LAST)
+        original = original.to(memory_format=CHANNELS_LAST)
+    params = list(model.parameters())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    keys = list(model.state_dict())
+    converted = tt.convert(model)
+    assert converted is model
+    assert type(model.up1) is tt.ConvTranspose3d and type(model.up2) is tt.ConvTranspose3d
+    assert type(model.extra) is _CustomConvTranspose
+    assert type(model.enc1[0]) is torch.nn.Conv3d
+    assert list(model.state_dict()) == keys
+    assert all(a is b for a, b in zip(model.parameters(), params))  # shared, not copied
+
+    x = _to_format(torch.randn(2, 1, 8, 8, 8, dtype=torch.float64), memory_format)
+    for step in range(2):  # the optimizer built before convert still trains the model
+        y_ref, y = original(x), model(x)
+        _assert_close(y, y_ref, torch.float64)
+        original.zero_grad()
+        model.zero_grad()
+        y_ref.square().mean().backward()
+        y.square().mean().backward()
+        for (name, p), p_ref in zip(model.named_parameters(), original.parameters()):
+            assert (p.grad is None) == (p_ref.grad is None), name  # `extra` is unused
+            if p.grad is not None:
+                _assert_close(p.grad, p_ref.grad, torch.float64)
+        optimizer.step()
+        with torch.no_grad():
+            for p in original.parameters():
+                if p.grad is not None:
+                    p -= 0.1 * p.grad
+
+
+def test_convert_module_itself_and_lazy_modules():
+    conv = torch.nn.ConvTranspose3d(2, 3, 2, stride=2)
+    new = tt.convert(conv)
+    assert type(new) is tt.ConvTranspose3d and new.weight is conv.weight and new.bias is conv.bias
+    lazy = torch.nn.Sequential(torch.nn.LazyConvTranspose3d(3, 2))
+    assert type(tt.convert(lazy)[0]) is torch.nn.LazyConvTranspose3d
+    conv.eval()
+    assert not tt.ConvTranspose3d.from_torch(conv).training
+
+
+# --------------------------------------------------------------------------------------
+# TorchScript and torch.compile
+# --------------------------------------------------------------------------------------
+def _small_model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv3d(4, 4, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.ConvTranspose3d(4, 2, 2, stride=2), torch.nn.ReLU())
+    return model, tt.convert(copy.deepcopy(model))
+
+
+def _save_load(scripted):
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    buffer.seek(0)
+    return torch.jit.load(buffer)
+
+
+def test_jit_script_records_torch_op_and_saves():
+    model, converted = _small_model()
+    scripted = torch.jit.script(converted)
+    assert type(converted[2]) is tt.ConvTranspose3d  # scripting leaves the eager model alone
+    assert "aten::conv_transpose3d" in str(scripted.inlined_graph)
+    x = torch.randn(1, 4, 5, 6, 7)
+    with torch.no_grad():
+        _assert_close(_save_load(scripted)(x), model(x), torch.float32)
+
+
+def test_jit_trace_records_torch_op_with_a_warning():
+    model, converted = _small_model()
+    x = torch.randn(1, 4, 5, 6, 7)
+    with pytest.warns(tt.TconvFallbackWarning, match="trace"):
+        traced = torch.jit.trace(converted, x)
+    graph = str(traced.inlined_graph)
+    assert "prim::PythonOp" not in graph
+    assert graph.count("aten::_convolution") == 2  # Conv3d and ConvTranspose3d (transposed=1)
+    with torch.no_grad():
+        _assert_close(_save_load(traced)(x), model(x), torch.float32)
+
+
+def test_torch_compile_breaks_the_graph_around_tconv3d(monkeypatch):
+    calls, graphs = [], []
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return tconv3d.conv_transpose3d(*args, **kwargs)
+
+    def backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    monkeypatch.setattr(tt, "_tconv_forward", spy)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _TinyUNet()
+    converted = tt.convert(copy.deepcopy(model))
+    compiled = torch.compile(converted, backend=backend)
+    x = torch.randn(2, 1, 8, 8, 8)
+    results = []
+    for module in (model, compiled):
+        xi = x.clone().requires_grad_()
+        y = module(xi)
+        y.square().mean().backward()
+        results.append((y.detach(), xi.grad, [p.grad for p in module.parameters()]))
+    assert len(calls) == 2  # tconv3d ran both up-convolutions, outside the graphs ...
+    targets = [str(node.target) for gm in graphs for node in gm.graph.nodes]
+    assert not any("conv_transpose" in t for t in targets)
+    # ... and Dynamo compiled the other layers: all 7 Conv3d, in graphs split around them
+    assert len(graphs) >= 3
+    assert sum("conv3d" in t for t in targets) == 7
+    (y_ref, gx_ref, gp_ref), (y, gx, gp) = results
+    _assert_close(y, y_ref, torch.float32)
+    _assert_close(gx, gx_ref, torch.float32)
+    for a, e in zip(gp, gp_ref):
+        _assert_close(a, e, torch.float32)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="torch.compiler.disable"):
+        torch.compile(converted, backend=backend, fullgraph=True)(x)
+    torch._dynamo.reset()
+
+
+# --------------------------------------------------------------------------------------
+# packaging: torch stays optional, and this module does not shadow it
+# --------------------------------------------------------------------------------------
+def _python(code):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=str(tconv3d.__path__[0] + "/.."))
+
+
+def test_import_tconv3d_does_not_import_torch():
+    result = _python("import sys, tconv3d; print('torch' in sys.modules)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_import_without_torch_names_the_extra():
+    result = _python("import sys; sys.modules['torch'] = None; import tconv3d.torch")
+    assert result.returncode != 0
+    assert "ImportError" in result.stderr and "tconv3d[torch]" in result.stderr
+
+
+def test_module_named_torch_does_not_shadow_pytorch():
+    assert tt.torch is torch and tt.torch.__name__ == "torch"
+    result = _python("import tconv3d.torch, torch; "
+                     "print(torch.__name__, hasattr(torch, 'nn'), tconv3d.torch.__name__)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["torch", "True", "tconv3d.torch"]
