@@ -444,16 +444,17 @@ callable or None, default=None
             raise ValueError(f"`weights` must be a list, got {type(weights).__name__}.")
         expected = 2 if self.use_bias else 1
         if len(weights) != expected:
+            names = "[kernel, bias]" if self.use_bias else "[kernel]"
             raise ValueError(f"Layer {self.name!r} (use_bias={self.use_bias}) expects "
-                             f"{expected} weight array(s) [kernel{', bias' if self.use_bias else ''}],"
-                             f" got {len(weights)}.")
+                             f"{expected} weight array(s) {names}, got {len(weights)}.")
         arrays = [as_array(w, "weights") for w in weights]
         for w in arrays:
             working_dtype(("weights", w))
         kshape = arrays[0].shape
         if len(kshape) != 5 or tuple(kshape[:4]) != (*self.kernel_size, self.filters):
-            raise ValueError(f"weights[0] (kernel) must have shape {(*self.kernel_size, self.filters)}"
-                             f" + (in_channels,), got {kshape}.")
+            raise ValueError("weights[0] (kernel) must have shape "
+                             f"{(*self.kernel_size, self.filters)} + (in_channels,), got "
+                             f"{kshape}.")
         if self.built and kshape[-1] != self.in_channels:
             raise ValueError(f"weights[0] (kernel) must have shape {self._kernel.shape}, got "
                              f"{kshape}.")
@@ -509,8 +510,9 @@ callable or None, default=None
         Returns
         -------
         ndarray of shape (n, d_out, h_out, w_out, filters) or (n, filters, d_out, ...)
-            dtype of the layer. The input, pre-activation and output are kept for
-            :meth:`backward`.
+            dtype of the layer. The input (not copied when already of the layer's dtype: do
+            not modify it before :meth:`backward`), the pre-activation and the output are
+            kept for :meth:`backward`.
         """
         x = self._check_input(x)
         if not self.built:
