@@ -613,6 +613,17 @@ def test_import_without_torch_names_the_extra():
     assert "ImportError" in result.stderr and "tconv3d[torch]" in result.stderr
 
 
+def test_dropin_example_runs(capsys):
+    import runpy
+    from pathlib import Path
+    path = Path(tconv3d.__path__[0]).parent / "examples" / "torch_dropin.py"
+    if not path.exists():
+        pytest.skip("examples/ not shipped with this installation")
+    difference = runpy.run_path(str(path))["main"](side=4)
+    assert difference < 1e-5
+    assert "tconv3d.torch.ConvTranspose3d" in capsys.readouterr().out
+
+
 def test_module_named_torch_does_not_shadow_pytorch():
     assert tt.torch is torch and tt.torch.__name__ == "torch"
     result = _python("import tconv3d.torch, torch; "
