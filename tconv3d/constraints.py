@@ -130,10 +130,17 @@ NAMES = {**{c.__name__: c for c in _CLASSES}, "max_norm": MaxNorm, "non_neg": No
          "unit_norm": UnitNorm, "min_max_norm": MinMaxNorm}
 
 
+def _is_keras_object(obj, names):
+    """A Keras object of a class we mirror (mapped through its config, keeping its numbers)."""
+    cls = type(obj)
+    return (cls.__module__.split(".")[0] == "keras" and cls.__name__ in names
+            and hasattr(obj, "get_config"))
+
+
 def get(identifier):
     """Return a constraint: ``None``; a name from :data:`NAMES` (Keras defaults); a config dict
-    ``{"class_name": ..., "config": {...}}``; an instance or class; or a callable
-    ``fn(w) -> w``."""
+    ``{"class_name": ..., "config": {...}}``; an instance or class; a ``keras.constraints``
+    object (mapped through its config); or a callable ``fn(w) -> w``."""
     if identifier is None:
         return None
     if isinstance(identifier, str):
@@ -145,6 +152,9 @@ def get(identifier):
         return deserialize(identifier)
     if inspect.isclass(identifier):
         return identifier()
+    if _is_keras_object(identifier, NAMES):
+        return deserialize({"class_name": type(identifier).__name__,
+                            "config": identifier.get_config()})
     if callable(identifier):
         return identifier
     raise ValueError(f"Could not interpret constraint identifier {identifier!r}: expected a "

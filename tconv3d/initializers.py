@@ -357,6 +357,13 @@ NAMES = {**{c.__name__: c for c in _CLASSES}, **{s: c for c, s in _SNAKE.items()
          "OrthogonalInitializer": Orthogonal}
 
 
+def _is_keras_object(obj, names):
+    """A Keras object of a class we mirror (mapped through its config, keeping its numbers)."""
+    cls = type(obj)
+    return (cls.__module__.split(".")[0] == "keras" and cls.__name__ in names
+            and hasattr(obj, "get_config"))
+
+
 def get(identifier):
     """Return an initializer (callable ``(shape, dtype=None) -> ndarray``).
 
@@ -365,7 +372,8 @@ def get(identifier):
     identifier : None, str, dict, Initializer, class, ndarray or callable
         A name from :data:`NAMES` (Keras defaults); a config dict ``{"class_name": ...,
         "config": {...}}`` (Keras-serialized dicts with extra keys work too); an instance or
-        class; an array (returned as is when the requested shape matches); or a callable
+        class; a ``keras.initializers`` object (mapped to ours through its config); an array
+        (returned as is when the requested shape matches); or a callable
         ``fn(shape, dtype=None)``. ``None`` gives ``None``.
     """
     if identifier is None:
@@ -379,6 +387,9 @@ def get(identifier):
         return deserialize(identifier)
     if isinstance(identifier, (np.ndarray, np.generic)):
         return _ArrayInitializer(identifier)
+    if _is_keras_object(identifier, NAMES):
+        return deserialize({"class_name": type(identifier).__name__,
+                            "config": identifier.get_config()})
     if inspect.isclass(identifier):
         return identifier()
     if callable(identifier):

@@ -161,6 +161,13 @@ NAMES = {"l1": lambda: L1(0.01), "l2": lambda: L2(0.01), "l1_l2": lambda: L1L2(0
          "L1": L1, "L2": L2, "L1L2": L1L2}
 
 
+def _is_keras_object(obj, names):
+    """A Keras object of a class we mirror (mapped through its config, keeping its numbers)."""
+    cls = type(obj)
+    return (cls.__module__.split(".")[0] == "keras" and cls.__name__ in names
+            and hasattr(obj, "get_config"))
+
+
 def get(identifier):
     """Return a regularizer.
 
@@ -169,7 +176,8 @@ def get(identifier):
     identifier : None, str, dict, Regularizer, class or callable
         ``"l1"``, ``"l2"``, ``"l1_l2"`` (factor 0.01), a class name (``"L1"``, ``"L2"``,
         ``"L1L2"``: class defaults), a config dict ``{"class_name": ..., "config": {...}}``,
-        an instance or class, or a callable ``fn(x) -> scalar`` (wrapped in
+        an instance or class, a ``keras.regularizers`` L1/L2/L1L2 object (mapped through its
+        config), or a callable ``fn(x) -> scalar`` (wrapped in
         :class:`FunctionRegularizer`, with its ``gradient`` method if it has one).
         ``None`` gives ``None``.
     """
@@ -186,6 +194,9 @@ def get(identifier):
         return deserialize(identifier)
     if inspect.isclass(identifier):
         return get(identifier())
+    if _is_keras_object(identifier, _CLASSES):
+        return deserialize({"class_name": type(identifier).__name__,
+                            "config": identifier.get_config()})
     if callable(identifier):
         gradient = getattr(identifier, "gradient", None)
         return FunctionRegularizer(identifier, gradient if callable(gradient) else None)

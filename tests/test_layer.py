@@ -782,3 +782,26 @@ def test_example_train_layer_recovers_kernel(capsys):
                if line.startswith("step")]
     assert printed[0] > 1e-2 and loss < 1e-5 and error < 1e-2
     assert all(b < a for a, b in zip(printed, printed[1:]))  # the loss falls
+
+
+def test_keras_objects_as_arguments(keras, rng):
+    layer = Conv3DTranspose(
+        2, 3, kernel_initializer=keras.initializers.HeUniform(seed=3),
+        bias_initializer=keras.initializers.Constant(0.5),
+        kernel_regularizer=keras.regularizers.L2(0.25),
+        activity_regularizer=keras.regularizers.L1L2(l1=0.5),
+        kernel_constraint=keras.constraints.MaxNorm(1.5, axis=[0, 1, 2, 3]),
+        bias_constraint=keras.constraints.NonNeg(), activation=keras.activations.silu,
+        input_shape=(3, 3, 3, 4))
+    assert isinstance(layer.kernel_initializer, initializers.HeUniform)
+    assert layer.kernel_initializer.seed == 3
+    np.testing.assert_array_equal(layer.bias, np.full(2, 0.5, np.float32))
+    assert layer.kernel_regularizer == regularizers.L2(0.25)
+    assert layer.activity_regularizer == regularizers.L1L2(0.5, 0.0)
+    assert isinstance(layer.kernel_constraint, constraints.MaxNorm)
+    assert layer.kernel_constraint.get_config() == {"max_value": 1.5, "axis": [0, 1, 2, 3]}
+    assert isinstance(layer.bias_constraint, constraints.NonNeg)
+    assert layer.activation is activations.silu
+    y = layer(_input(rng, "channels_last", np.float32, spatial=(3, 3, 3), channels=4))
+    layer.backward(np.ones_like(y))  # every piece has its gradient
+    assert layer.kernel_grad.shape == layer.kernel.shape
