@@ -69,6 +69,12 @@ typedef void (*tc_gemm_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double *
                 *(V *)(C + (i + r) * ldc + j + v * VL) = c[r][v];                       \
     } while (0)
 
+/* Rows left after the MR-row tiles (MR <= 8): tiles of 4, 2 and 1 rows. */
+#define TC_ROW_REMAINDER(V, T, NV)                                                      \
+    if (m - i >= 4) { TC_TILE(V, T, 4, NV); i += 4; }                                   \
+    if (m - i >= 2) { TC_TILE(V, T, 2, NV); i += 2; }                                   \
+    if (m - i >= 1) { TC_TILE(V, T, 1, NV); i += 1; }
+
 #define TC_DEFINE_GEMM(NAME, T, VBYTES, MR, ATTR)                                       \
 typedef T NAME##_vec __attribute__((vector_size(VBYTES), aligned(sizeof(T))));         \
 ATTR static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,                        \
@@ -79,11 +85,11 @@ ATTR static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,                 
     Py_ssize_t i, j = 0;                                                                \
     for (; j + 2 * VL <= n; j += 2 * VL) {                                              \
         for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE(NAME##_vec, T, MR, 2);            \
-        for (; i < m; i++) TC_TILE(NAME##_vec, T, 1, 2);                                \
+        TC_ROW_REMAINDER(NAME##_vec, T, 2)                                              \
     }                                                                                   \
     for (; j + VL <= n; j += VL) {                                                      \
         for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE(NAME##_vec, T, MR, 1);            \
-        for (; i < m; i++) TC_TILE(NAME##_vec, T, 1, 1);                                \
+        TC_ROW_REMAINDER(NAME##_vec, T, 1)                                              \
     }                                                                                   \
     TC_SCALAR_COLUMNS(T, j)                                                             \
 }
@@ -93,8 +99,8 @@ TC_DEFINE_GEMM(tc_gemm_f64_base, double, 16, 6, )
 #ifdef TC_X86_DISPATCH
 TC_DEFINE_GEMM(tc_gemm_f32_avx2, float, 32, 6, __attribute__((target("avx2,fma"))))
 TC_DEFINE_GEMM(tc_gemm_f64_avx2, double, 32, 6, __attribute__((target("avx2,fma"))))
-TC_DEFINE_GEMM(tc_gemm_f32_avx512, float, 64, 12, __attribute__((target("avx512f,fma"))))
-TC_DEFINE_GEMM(tc_gemm_f64_avx512, double, 64, 12, __attribute__((target("avx512f,fma"))))
+TC_DEFINE_GEMM(tc_gemm_f32_avx512, float, 64, 8, __attribute__((target("avx512f,fma"))))
+TC_DEFINE_GEMM(tc_gemm_f64_avx512, double, 64, 8, __attribute__((target("avx512f,fma"))))
 #endif
 
 #else  /* no vector extensions (e.g. MSVC): plain loops, left to the compiler */

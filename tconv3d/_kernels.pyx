@@ -149,6 +149,7 @@ cdef Py_ssize_t MAX_BLOCK = 64
 # partial buffers. Fixed numbers (not the thread count) so results are reproducible.
 cdef Py_ssize_t MAX_CHUNKS = 64
 cdef Py_ssize_t CHUNK_BUFFER_BYTES = 64 * 1024 * 1024
+cdef Py_ssize_t MIN_CHUNK_VOXELS = 256
 
 
 ctypedef struct Problem:
@@ -378,8 +379,12 @@ def grad_input(const floating[:, :, :, :, :] g, const floating[:, :, :, :, ::1] 
 
 # ---------------------------------------------------------------------- grad of kernel
 
-cdef inline Py_ssize_t _num_chunks(Py_ssize_t rows, Py_ssize_t chunk_bytes) noexcept nogil:
+cdef inline Py_ssize_t _num_chunks(Py_ssize_t rows, Py_ssize_t voxels,
+                                   Py_ssize_t chunk_bytes) noexcept nogil:
+    """Chunks of a reduction: each needs enough voxels to pay for its partial buffer."""
     cdef Py_ssize_t c = CHUNK_BUFFER_BYTES // chunk_bytes
+    if c > voxels // MIN_CHUNK_VOXELS:
+        c = voxels // MIN_CHUNK_VOXELS
     if c > MAX_CHUNKS:
         c = MAX_CHUNKS
     if c > rows:
@@ -457,7 +462,9 @@ def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x
     """gw[j, co, ci] = sum over batch and space of g[o(i, j), co] * x[i, ci]."""
     cdef Problem p = _problem(geometry, x_strides, y_strides)
     cdef Py_ssize_t ksize = gw.size
-    cdef Py_ssize_t chunks = _num_chunks(p.N * p.n_in[0] * p.n_in[1], ksize * sizeof(floating))
+    cdef Py_ssize_t chunks = _num_chunks(p.N * p.n_in[0] * p.n_in[1],
+                                         p.N * p.n_in[0] * p.n_in[1] * p.n_in[2],
+                                         ksize * sizeof(floating))
     cdef floating *partial = <floating *> malloc(chunks * ksize * sizeof(floating))
     if partial == NULL:
         raise MemoryError("tconv3d: no memory for the kernel-gradient partial sums")
@@ -506,6 +513,7 @@ def grad_bias(const floating[:, :, :, :, :] g, floating[::1] gb, tuple geometry,
     """gb[co] = sum over batch and space of g[..., co], reduced in a fixed order."""
     cdef Problem p = _problem(geometry, (0, 0, 0, 0, 0), y_strides)
     cdef Py_ssize_t chunks = _num_chunks(p.N * p.n_out[0] * p.n_out[1],
+                                         p.N * p.n_out[0] * p.n_out[1] * p.n_out[2],
                                          p.cout * sizeof(floating))
     cdef floating *partial = <floating *> malloc(chunks * p.cout * sizeof(floating))
     if partial == NULL:
