@@ -15,6 +15,7 @@ Run:  python benchmarks/bench_torch_unet.py [--threads N] [--repeats 7] [--batch
 """
 import argparse
 import copy
+import functools
 import statistics
 import time
 
@@ -56,15 +57,16 @@ def _median_ms(functions, warmup, repeats):
     return [statistics.median(t) for t in times]
 
 
-def _layers(model, batch, memory_format):
-    """(name, module, input) for every layer, inputs of the shapes the model feeds them."""
+def _layers(reference, converted, batch, memory_format):
+    """(name, PyTorch's layer, converted layer, input) for every layer of the decoder."""
     rows = []
-    for (cin, cout, side), up, conv in zip(LEVELS, model.up, model.conv):
+    for i, (cin, cout, side) in enumerate(LEVELS):
         x = torch.randn(batch, cin, side, side, side).to(memory_format=memory_format)
-        rows.append((f"up   {cin:>3}->{cout:<3} k2 s2 @{side}^3", up, x))
+        rows.append((f"up   {cin:>3}->{cout:<3} k2 s2 @{side}^3", reference.up[i],
+                     converted.up[i], x))
         y = torch.randn(batch, cout, 2 * side, 2 * side, 2 * side)
-        rows.append((f"conv {cout:>3}->{cout:<3} k3    @{2 * side}^3", conv,
-                     y.to(memory_format=memory_format)))
+        rows.append((f"conv {cout:>3}->{cout:<3} k3    @{2 * side}^3", reference.conv[i],
+                     converted.conv[i], y.to(memory_format=memory_format)))
     return rows
 
 
@@ -85,7 +87,8 @@ def main():
           f"median of {args.repeats} runs after {args.warmup} warm-up runs")
     tconv3d.show_config()
 
-    header = f"{'layer / model':<30} {'format':<17} {'torch ms':>9} {'tconv3d ms':>11} {'speed-up':>9}"
+    header = (f"{'layer / model':<30} {'format':<17} {'torch ms':>9} {'tconv3d ms':>11} "
+              f"{'speed-up':>9}")
     print()
     print(header)
     print("-" * len(header))
@@ -94,17 +97,17 @@ def main():
         reference = Decoder().to(memory_format=memory_format).eval()
         converted = tt.convert(copy.deepcopy(reference))
         with torch.inference_mode():
-            for (label, module, x), (_, new, _) in zip(_layers(reference, args.batch,
-                                                               memory_format),
-                                                       _layers(converted, args.batch,
-                                                               memory_format)):
-                if type(new) is type(module):  # Conv3d: unchanged by convert, timed once
-                    (t,) = _median_ms([lambda: module(x)], args.warmup, args.repeats)
+            for label, module, new, x in _layers(reference, converted, args.batch,
+                                                 memory_format):
+                if new is module:  # Conv3d: unchanged by convert, timed once
+                    (t,) = _median_ms([functools.partial(module, x)], args.warmup,
+                                      args.repeats)
                     print(f"{label:<30} {name:<17} {t:9.1f} {'(same)':>11} {'':>9}")
                     continue
                 diff = (new(x) - module(x)).abs().max().item()
                 assert diff < 1e-3, f"{label}: outputs differ by {diff}"
-                t_ref, t_new = _median_ms([lambda: module(x), lambda: new(x)],
+                t_ref, t_new = _median_ms([functools.partial(module, x),
+                                           functools.partial(new, x)],
                                           args.warmup, args.repeats)
                 print(f"{label:<30} {name:<17} {t_ref:9.1f} {t_new:11.1f} "
                       f"{t_ref / t_new:8.2f}x")
@@ -113,7 +116,8 @@ def main():
             x = x.to(memory_format=memory_format)
             diff = (converted(x) - reference(x)).abs().max().item()
             assert diff < 1e-3, f"model outputs differ by {diff}"
-            t_ref, t_new = _median_ms([lambda: reference(x), lambda: converted(x)],
+            t_ref, t_new = _median_ms([functools.partial(reference, x),
+                                       functools.partial(converted, x)],
                                       args.warmup, args.repeats)
             print(f"{'whole decoder':<30} {name:<17} {t_ref:9.1f} {t_new:11.1f} "
                   f"{t_ref / t_new:8.2f}x")

@@ -27,7 +27,13 @@ float32 or float64, and the arguments are valid. Everything else goes to PyTorch
   model can still be moved to a GPU or to half precision;
 - invalid arguments (wrong channel count, mixed dtypes, output_padding too large, an empty
   output, ...) and empty inputs: PyTorch's op without warning, so errors are exactly
-  PyTorch's.
+  PyTorch's;
+- tensors without data of their own (``__torch_dispatch__`` subclasses such as the
+  FakeTensor and FunctionalTensor of PyTorch's tracers): PyTorch's op without warning.
+
+Tensor subclasses that override ``__torch_function__`` (e.g. MONAI's ``MetaTensor``) go
+through the ``__torch_function__`` protocol like :mod:`torch.nn.functional`, so the output
+keeps the input's subclass.
 
 The thread count is PyTorch's (``torch.get_num_threads()``), so ``torch.set_num_threads``
 governs both libraries. All gradients (input, weight, bias) are computed by tconv3d and do
@@ -68,11 +74,12 @@ Groups
 ``groups > 1`` is supported: tconv3d is called once per group on channel slices (views, no
 input copy); each group's output and gradients are copied into the full tensors.
 
-TorchScript and ``torch.compile``
----------------------------------
-- ``torch.jit.script`` and ``torch.jit.trace`` work and record PyTorch's own
-  ``aten::conv_transpose3d``: the scripted or traced model is portable and can be saved, and
-  it runs at PyTorch's speed (tracing warns once with :class:`TconvFallbackWarning`).
+TorchScript, ``torch.export`` and ``torch.compile``
+---------------------------------------------------
+- ``torch.jit.script``, ``torch.jit.trace`` and ``torch.export.export`` (strict or not) work
+  and record PyTorch's own op (``aten::conv_transpose3d``): the result is portable, can be
+  saved and runs without tconv3d, at PyTorch's speed (tracing warns once with
+  :class:`TconvFallbackWarning`). Serialized graphs cannot call a Python extension.
 - ``torch.compile`` works, with a graph break at each transposed convolution: the tconv3d
   call is excluded from Dynamo's tracing (``torch.compiler.disable``; tracing into it would
   make Dynamo rewrite tconv3d's numpy code as torch ops and break on the compiled kernel
@@ -98,6 +105,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from torch.overrides import handle_torch_function, has_torch_function
 
 from ._ops import conv_transpose3d as _tconv_forward
 from ._ops import conv_transpose3d_backward as _tconv_backward
@@ -105,6 +113,7 @@ from ._ops import conv_transpose3d_backward as _tconv_backward
 __all__ = ["ConvTranspose3d", "TconvFallbackWarning", "conv_transpose3d", "convert"]
 
 _DTYPES = (torch.float32, torch.float64)
+_PLAIN_DISPATCH = torch.Tensor.__torch_dispatch__
 
 
 class TconvFallbackWarning(UserWarning):
@@ -314,6 +323,8 @@ class _ConvTranspose3dFunction(torch.autograd.Function):
 def _tconv_plan(input, weight, bias, stride, padding, output_padding, groups, dilation):
     """The :class:`_Plan` when tconv3d can run this call; else (None, fallback reason)."""
     tensors = (input, weight) if bias is None else (input, weight, bias)
+    if any(type(t).__torch_dispatch__ is not _PLAIN_DISPATCH for t in tensors):
+        return None, None  # FakeTensor, FunctionalTensor, ...: no data to hand to numpy
     if any(t.device.type != "cpu" for t in tensors):
         devices = sorted({str(t.device) for t in tensors})
         return None, f"tensors on {', '.join(devices)} (tconv3d runs on CPU only)"
@@ -367,8 +378,15 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
         Each length is ``(in - 1)*stride - 2*padding + dilation*(k - 1) + output_padding + 1``;
         ``channels_last_3d`` when the input is, contiguous otherwise; input's dtype.
     """
+    tensors = (input, weight) if bias is None else (input, weight, bias)
+    if has_torch_function(tensors):  # __torch_function__ subclasses, as torch.nn.functional
+        return handle_torch_function(conv_transpose3d, tensors, input, weight, bias, stride,
+                                     padding, output_padding, groups, dilation)
     if torch.jit.is_tracing():
         _warn_once("torch.jit.trace records PyTorch's op (TorchScript cannot call tconv3d)")
+        return F.conv_transpose3d(input, weight, bias, stride, padding, output_padding,
+                                  groups, dilation)
+    if torch.compiler.is_exporting():  # torch.export records PyTorch's op
         return F.conv_transpose3d(input, weight, bias, stride, padding, output_padding,
                                   groups, dilation)
     if input.dim() == 4:  # unbatched, as PyTorch accepts

@@ -180,15 +180,15 @@ def test_grad_output_with_zero_strides_and_partial_requires_grad():
     ref.weight.requires_grad_(False)
     x = torch.randn(2, 4, *SPATIAL, dtype=torch.float64)
     # y.sum().backward() hands the backward an expanded (all-zero-strides) grad_output
-    y_ref, g_ref = _run(ref, x, torch.ones((), dtype=torch.float64).expand(2, 6, 10, 12, 14))
-    y, g = _run(ours, x, torch.ones((), dtype=torch.float64).expand(2, 6, 10, 12, 14))
+    _, g_ref = _run(ref, x, torch.ones((), dtype=torch.float64).expand(2, 6, 10, 12, 14))
+    _, g = _run(ours, x, torch.ones((), dtype=torch.float64).expand(2, 6, 10, 12, 14))
     assert g[1] is None and g_ref[1] is None
     _assert_close(g[0], g_ref[0], torch.float64)
     _assert_close(g[2], g_ref[2], torch.float64)
 
 
 def test_gradients_do_not_depend_on_thread_count():
-    ref, ours = _pair(dict(kernel_size=2, stride=2), cin=8, cout=8, dtype=torch.float32)
+    _, ours = _pair(dict(kernel_size=2, stride=2), cin=8, cout=8, dtype=torch.float32)
     x = torch.randn(2, 8, 6, 7, 5)
     before = torch.get_num_threads()
     try:
@@ -373,6 +373,33 @@ def test_inference_mode_and_no_grad():
         assert ours(x).grad_fn is None
 
 
+class _TorchFunctionSubclass(torch.Tensor):
+    """Like MONAI's MetaTensor: a __torch_function__ subclass that outputs keep."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_torch_function_subclass_is_kept():
+    ref, ours = _pair(dict(kernel_size=3, stride=2, padding=1))
+    x = torch.randn(1, 4, *SPATIAL, dtype=torch.float64).as_subclass(_TorchFunctionSubclass)
+    y_ref, g_ref = _run(ref, x)
+    y, g = _run(ours, x)
+    assert type(y) is type(y_ref) is _TorchFunctionSubclass
+    _assert_close(y.as_subclass(torch.Tensor), y_ref.as_subclass(torch.Tensor), torch.float64)
+    for a, e in zip(g, g_ref):
+        _assert_close(a.as_subclass(torch.Tensor), e.as_subclass(torch.Tensor), torch.float64)
+
+
+def test_fake_tensors_get_torch_shapes():
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+    ours = tt.ConvTranspose3d(4, 6, 3, stride=2, padding=1, output_padding=1)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        y = ours(torch.empty(2, 4, *SPATIAL))
+    assert type(y) is FakeTensor and y.shape == (2, 6, 10, 12, 14)
+
+
 def test_double_backward_raises():
     ours = tt.ConvTranspose3d(2, 2, 2, stride=2, dtype=torch.float64)
     x = torch.randn(1, 2, 3, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -550,6 +577,20 @@ def test_jit_trace_records_torch_op_with_a_warning():
     assert graph.count("aten::_convolution") == 2  # Conv3d and ConvTranspose3d (transposed=1)
     with torch.no_grad():
         _assert_close(_save_load(traced)(x), model(x), torch.float32)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_torch_export_records_torch_op(strict):
+    model, converted = _small_model()
+    x = torch.randn(1, 4, 5, 6, 7)
+    program = torch.export.export(converted, (x,), strict=strict)
+    targets = [str(node.target) for node in program.graph.nodes]
+    assert "aten.conv_transpose3d.input" in targets
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    buffer.seek(0)
+    with torch.no_grad():
+        _assert_close(torch.export.load(buffer).module()(x), model(x), torch.float32)
 
 
 def test_torch_compile_breaks_the_graph_around_tconv3d(monkeypatch):
