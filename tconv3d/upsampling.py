@@ -41,7 +41,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from ._ops import conv_transpose3d, conv_transpose3d_backward
+from ._ops import conv_transpose3d, conv_transpose3d_backward, conv_transpose3d_output_shape
 from ._validation import make_geometry, normalize_num_threads, normalize_triple
 
 __all__ = ["VolumeUpsampler"]
@@ -496,23 +496,26 @@ def _fit_kernel(volumes, targets, kernel, factor, *, max_iter, tol, num_threads,
     scale = float(np.sqrt(np.mean(np.square(targets)))) or 1.0
     plan = _plan(volumes.shape[1:4], kernel.shape, factor)
     x = plan.pad_volumes(np.moveaxis(volumes, -1, 1).astype(np.float64) / scale)
-    y = targets / scale
-    pred = np.empty_like(y)
+    n_phases = int(np.prod(factor))
+    z_shape = conv_transpose3d_output_shape(x.shape, (*plan.taps, n_phases, 1), **plan.conv)
+    # The residual lives in the polyphase layout: targets are shuffled there once, and the
+    # blocks outside the output window are masked out, so no iteration shuffles.
+    target = plan.unshuffle(targets / scale, z_shape)
+    inside = plan.unshuffle(np.ones((1, *targets.shape[1:4], 1), bool), (1, *z_shape[1:]))
     evaluated = {}
 
     def loss_and_grad(theta):
         w = plan.polyphase_kernel(theta[:-1].reshape(kernel.shape))
-        z = conv_transpose3d(x, w, np.full(w.shape[3], theta[-1]), **plan.conv,
-                             num_threads=num_threads)
-        plan.shuffle(z, pred)
-        residual = pred - y
-        loss = np.vdot(residual, residual) / residual.size
-        grad_z = plan.unshuffle(residual * (2.0 / residual.size), z.shape)
+        residual = conv_transpose3d(x, w, np.full(n_phases, theta[-1]), **plan.conv,
+                                    num_threads=num_threads)
+        residual -= target
+        residual *= inside
+        loss = np.vdot(residual, residual) / targets.size
         _, grad_w, grad_b = conv_transpose3d_backward(
-            grad_z, x, w, **plan.conv, compute=("kernel", "bias"), num_threads=num_threads)
+            residual, x, w, **plan.conv, compute=("kernel", "bias"), num_threads=num_threads)
         evaluated["theta"], evaluated["loss"] = theta.copy(), loss
         grad = np.append(plan.polyphase_kernel_adjoint(grad_w).ravel(), grad_b.sum())
-        return loss, grad
+        return loss, grad * (2.0 / targets.size)
 
     start = time.perf_counter()
     iteration = [0]
