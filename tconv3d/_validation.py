@@ -20,6 +20,9 @@ MAX_AXIS_LENGTH = _INTP_MAX // 4
 # for (about 30 000 here); results do not depend on the thread count, so a fixed, generous
 # limit costs nothing but turns a crash into an error.
 MAX_NUM_THREADS = 1024
+# Arrays smaller than this are not checked against the available memory: reading
+# /proc/meminfo and the cgroup files costs more than a small problem's whole computation.
+MEMORY_CHECK_MIN_BYTES = 16 << 20
 # Memory limits of the process' cgroup (v2, then v1), read as (limit, usage) file pairs.
 _CGROUP_MEMORY_FILES = (
     ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
@@ -235,6 +238,8 @@ def check_allocation(shape, dtype, name, *, copy=False):
     if count > _INTP_MAX or nbytes > _INTP_MAX:
         raise ValueError(f"{what} of shape {tuple(shape)} has {count} elements ({nbytes} bytes "
                          f"of {np.dtype(dtype)}), more than a 64-bit index can address.")
+    if nbytes < MEMORY_CHECK_MIN_BYTES:
+        return
     available = _available_memory()
     if available is not None and nbytes > available:
         raise MemoryError(f"{what} of shape {tuple(shape)} and dtype {np.dtype(dtype)} needs "

@@ -361,15 +361,25 @@ def test_memory_error_against_the_memory_actually_available(no_compiled_loops):
 
 
 def test_memory_error_with_a_small_limit(monkeypatch, no_compiled_loops):
-    monkeypatch.setattr(_validation, "_available_memory", lambda: 1 << 20)
-    kwargs = dict(x=np.ones((1, 8, 8, 8, 1)), kernel=np.ones((2, 2, 2, 64, 1)), strides=2)
+    monkeypatch.setattr(_validation, "_available_memory", lambda: 20 << 20)
+    kwargs = dict(x=np.ones((1, 8, 8, 8, 1)), kernel=np.ones((2, 2, 2, 1024, 1)), strides=2)
     _assert_refused(tconv3d.conv_transpose3d, kwargs, MemoryError,
-                    r"`output` of shape \(1, 16, 16, 16, 64\) and dtype float64 needs 2\.0 MiB, "
-                    r"more than the 1\.0 MiB of memory available")
-    kwargs = dict(grad_output=np.ones((1, 16, 16, 16, 64)), x=np.ones((1, 8, 8, 8, 300)),
-                  kernel=np.ones((2, 2, 2, 64, 300)), strides=2)
+                    r"`output` of shape \(1, 16, 16, 16, 1024\) and dtype float64 needs 32\.0 MiB, "
+                    r"more than the 20\.0 MiB of memory available")
+    kwargs = dict(grad_output=np.ones((1, 16, 16, 16, 64)), x=_huge((1, 8, 8, 8, 8192)),
+                  kernel=_huge((2, 2, 2, 64, 8192)), strides=2)
     _assert_refused(tconv3d.conv_transpose3d_backward, kwargs, MemoryError,
-                    r"`grad_input` of shape \(1, 8, 8, 8, 300\) and dtype float64 needs 1\.2 MiB")
+                    r"`grad_input` of shape \(1, 8, 8, 8, 8192\) and dtype float64 needs 32\.0 MiB")
+
+
+def test_small_arrays_skip_the_memory_query(monkeypatch):
+    """Below MEMORY_CHECK_MIN_BYTES the check costs no file reads (small calls stay fast)."""
+    def unreadable():
+        raise AssertionError("memory queried for a small array")
+
+    monkeypatch.setattr(_validation, "_available_memory", unreadable)
+    y = tconv3d.conv_transpose3d(np.ones((1, 8, 8, 8, 1)), np.ones((2, 2, 2, 8, 1)), strides=2)
+    assert y.nbytes < _validation.MEMORY_CHECK_MIN_BYTES and y.shape == (1, 16, 16, 16, 8)
 
 
 def _write(path, text):
