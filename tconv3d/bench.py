@@ -1,0 +1,332 @@
+"""Benchmark suite: tconv3d against PyTorch (and TensorFlow) in the same process.
+
+Run ``python -m tconv3d.bench`` (or ``tconv3d bench``). Every peer runs with the same
+thread count, on the same data, and its output is checked against tconv3d's before it
+is timed. Times are the median of ``--repeat`` runs after a warm-up.
+
+Columns: ms per call; GFLOP/s counts ``2 * N * in_voxels * Cin * Cout * k^3`` (the
+multiply-adds of the scatter definition); ``ratio`` is tconv3d's time over the fastest
+peer's (below 1 means tconv3d is faster).
+"""
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from . import _kernels
+from ._ops import conv_transpose3d, conv_transpose3d_backward
+
+# name: (batch, in_channels, out_channels, input size, kernel, stride, padding)
+SUITE = {
+    "unet_up": (1, 64, 32, 32, 2, 2, "valid"),
+    "same_k3s2": (2, 32, 32, 16, 3, 2, "same"),
+    "gan_k4s2": (4, 64, 32, 8, 4, 2, "same"),
+    "upsample_c1": (8, 1, 1, 64, 2, 2, "valid"),
+    "stride1_k3": (1, 32, 32, 32, 3, 1, "same"),
+}
+COMPUTE_BOUND = ("same_k3s2", "gan_k4s2", "stride1_k3")
+
+
+def _median_ms(fn, repeat, warmup=2):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _flops(case):
+    n, cin, cout, size, k, _, _ = case
+    return 2.0 * n * size ** 3 * cin * cout * k ** 3
+
+
+def _torch_padding(size, k, s, padding):
+    """torch padding/output_padding covering Keras' output for a cubic case.
+
+    Keras crops ``total = full - out`` as ``total // 2`` on the left, the rest on the
+    right; torch crops ``pad`` on both sides and adds ``output_padding`` on the right.
+    When ``total`` is odd torch keeps one extra element, sliced off afterwards.
+    """
+    if padding == "valid":
+        return 0, max(0, s - k)
+    total = k - s
+    pad = max(0, total // 2)
+    return pad, max(0, 2 * pad - total)
+
+
+class _TorchPeer:
+    name = "torch"
+
+    def __init__(self, threads):
+        import torch
+        self.torch = torch
+        torch.set_num_threads(threads)
+
+    def setup(self, x, w, b, case, channels_last_3d):
+        torch = self.torch
+        _, _, _, size, k, s, padding = case
+        pad, out_pad = _torch_padding(size, k, s, padding)
+        xt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
+        if channels_last_3d:
+            xt = xt.contiguous(memory_format=torch.channels_last_3d)
+        wt = torch.from_numpy(np.ascontiguousarray(w.transpose(4, 3, 0, 1, 2)))
+        bt = torch.from_numpy(b)
+        xg = xt.clone().requires_grad_()
+        wg = wt.clone().requires_grad_()
+        bg = bt.clone().requires_grad_()
+
+        out = x.shape[1] * s if padding == "same" else None  # length to keep
+
+        def forward():
+            with torch.no_grad():
+                y = torch.nn.functional.conv_transpose3d(xt, wt, bt, stride=s, padding=pad,
+                                                         output_padding=out_pad)
+            return y[:, :, :out, :out, :out]
+
+        def forward_backward():
+            y = torch.nn.functional.conv_transpose3d(xg, wg, bg, stride=s, padding=pad,
+                                                     output_padding=out_pad)
+            y = y[:, :, :out, :out, :out]
+            return torch.autograd.grad(y, (xg, wg, bg), torch.ones_like(y))
+
+        def output():
+            return np.moveaxis(forward().numpy(), 1, -1)
+
+        return forward, forward_backward, output
+
+
+class _TensorFlowPeer:
+    name = "tensorflow"
+
+    def __init__(self, threads):
+        import tensorflow as tf
+        self.tf = tf
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # already initialised: keep its settings
+            pass
+
+    def setup(self, x, w, b, case, channels_last_3d=False):
+        tf = self.tf
+        n, cin, cout, size, k, s, padding = case
+        out_shape = (n, *(size * s if padding == "same" else (size - 1) * s + max(k, s),) * 3,
+                     cout)
+        xt, wt, bt = tf.constant(x), tf.constant(w), tf.constant(b)
+
+        @tf.function
+        def forward():
+            return tf.nn.conv3d_transpose(xt, wt, out_shape, (1, s, s, s, 1),
+                                          padding=padding.upper()) + bt
+
+        @tf.function
+        def forward_backward():
+            with tf.GradientTape() as tape:
+                tape.watch([xt, wt, bt])
+                y = tf.nn.conv3d_transpose(xt, wt, out_shape, (1, s, s, s, 1),
+                                           padding=padding.upper()) + bt
+            return tape.gradient(y, [xt, wt, bt], output_gradients=tf.ones_like(y))
+
+        return forward, forward_backward, lambda: forward().numpy()
+
+
+def _peers(threads, names):
+    peers = []
+    for cls in (_TorchPeer, _TensorFlowPeer):
+        if cls.name not in names:
+            continue
+        try:
+            peers.append(cls(threads))
+        except ImportError:
+            pass
+    return peers
+
+
+def sgemm_gflops(threads, n=2048, repeat=5):
+    """OpenBLAS (numpy) sgemm rate with `threads` threads: the machine's practical peak."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    try:
+        from threadpoolctl import threadpool_limits
+        limits = threadpool_limits(threads, user_api="blas")
+    except ImportError:
+        limits = None
+    try:
+        ms = _median_ms(lambda: a @ a, repeat)
+    finally:
+        if limits is not None:
+            limits.restore_original_limits()
+    return 2.0 * n ** 3 / ms / 1e6
+
+
+def peak_memory_forward(case_name="unet_up", dtype="float32"):
+    """Peak RSS growth of one forward call, measured in a fresh process (MiB)."""
+    import subprocess
+    code = f"""
+import resource, numpy as np
+from tconv3d.bench import SUITE
+from tconv3d import conv_transpose3d
+n, cin, cout, size, k, s, padding = SUITE[{case_name!r}]
+rng = np.random.default_rng(0)
+x = rng.standard_normal((n, size, size, size, cin), dtype={dtype!r})  # no temporaries
+w = rng.standard_normal((k, k, k, cout, cin), dtype={dtype!r})
+conv_transpose3d(x[:1, :2, :2, :2], w, strides=s, padding=padding)  # load the module
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+y = conv_transpose3d(x, w, strides=s, padding=padding)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(x.nbytes, y.nbytes, (after - before) * 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    x_bytes, y_bytes, growth = map(int, out)
+    return {"input_MiB": x_bytes / 2**20, "output_MiB": y_bytes / 2**20,
+            "peak_growth_MiB": growth / 2**20,
+            "extra_MiB": (growth - y_bytes) / 2**20}
+
+
+def run(cases=None, threads=(2,), dtypes=("float32",), repeat=7, peers=("torch",),
+        backward=True, out=sys.stdout):
+    """Run the suite; returns a list of result dicts (one per case, dtype and threads)."""
+    cases = list(SUITE) if cases is None else list(cases)
+    results = []
+    for nthreads in threads:
+        peer_objs = _peers(nthreads, peers)
+        for dtype in dtypes:
+            for name in cases:
+                case = SUITE[name]
+                n, cin, cout, size, k, s, padding = case
+                rng = np.random.default_rng(0)
+                x = rng.standard_normal((n, size, size, size, cin)).astype(dtype)
+                w = rng.standard_normal((k, k, k, cout, cin)).astype(dtype)
+                b = rng.standard_normal(cout).astype(dtype)
+                kw = dict(strides=s, padding=padding, num_threads=nthreads)
+                y = conv_transpose3d(x, w, b, **kw)
+                g = np.ones_like(y)
+                row = {"case": name, "dtype": dtype, "threads": nthreads,
+                       "shape": f"{n}, {cin}->{cout}, {size}^3, k{k}, s{s}, {padding}",
+                       "gflop": _flops(case) / 1e9}
+                row["tconv3d_fwd_ms"] = _median_ms(lambda: conv_transpose3d(x, w, b, **kw),
+                                                   repeat)
+                if backward:
+                    row["tconv3d_fwdbwd_ms"] = _median_ms(
+                        lambda: (conv_transpose3d(x, w, b, **kw),
+                                 conv_transpose3d_backward(g, x, w, **kw)), repeat)
+                tol = 1e-3 if dtype == "float32" else 1e-9
+                for peer in peer_objs:
+                    layouts = ((False, "ncdhw"), (True, "cl3d")) if peer.name == "torch" \
+                        else ((False, "ndhwc"),)
+                    for cl, layout in layouts:
+                        fwd, fwdbwd, output = peer.setup(x, w, b, case, cl)
+                        np.testing.assert_allclose(output(), y, rtol=tol,
+                                                   atol=tol * np.abs(y).max())
+                        key = f"{peer.name}_{layout}"
+                        row[f"{key}_fwd_ms"] = _median_ms(fwd, repeat)
+                        if backward:
+                            row[f"{key}_fwdbwd_ms"] = _median_ms(fwdbwd, repeat)
+                _add_ratios(row)
+                results.append(row)
+                _print_row(row, out)
+    return results
+
+
+def _add_ratios(row):
+    for phase in ("fwd", "fwdbwd"):
+        peers = [v for k, v in row.items()
+                 if k.endswith(f"_{phase}_ms") and not k.startswith("tconv3d")]
+        mine = row.get(f"tconv3d_{phase}_ms")
+        if peers and mine is not None:
+            row[f"ratio_{phase}"] = mine / min(peers)
+        ncdhw = row.get(f"torch_ncdhw_{phase}_ms")
+        if ncdhw and mine is not None:
+            row[f"ratio_{phase}_vs_torch_ncdhw"] = mine / ncdhw
+    row["tconv3d_fwd_gflops"] = row["gflop"] / row["tconv3d_fwd_ms"] * 1e3
+
+
+_HEADER_DONE = set()
+
+
+def _print_row(row, out):
+    cols = ["tconv3d_fwd_ms", "tconv3d_fwdbwd_ms", "torch_ncdhw_fwd_ms", "torch_ncdhw_fwdbwd_ms",
+            "torch_cl3d_fwd_ms", "torch_cl3d_fwdbwd_ms", "tensorflow_ndhwc_fwd_ms",
+            "tensorflow_ndhwc_fwdbwd_ms"]
+    cols = [c for c in cols if c in row]
+    key = tuple(cols)
+    if key not in _HEADER_DONE:
+        _HEADER_DONE.add(key)
+        names = [c.replace("_ms", "").replace("tconv3d_", "tc_") for c in cols]
+        print(f"{'case':12s} {'dtype':7s} {'thr':>3s} " + " ".join(f"{n:>14s}" for n in names)
+              + f" {'GFLOP/s':>8s} {'ratio fwd':>9s} {'ratio f+b':>9s}", file=out)
+    vals = " ".join(f"{row[c]:14.2f}" for c in cols)
+    print(f"{row['case']:12s} {row['dtype']:7s} {row['threads']:3d} {vals} "
+          f"{row['tconv3d_fwd_gflops']:8.1f} {row.get('ratio_fwd', float('nan')):9.2f} "
+          f"{row.get('ratio_fwdbwd', float('nan')):9.2f}", file=out, flush=True)
+
+
+def plot(results, path):
+    """Bar chart of tconv3d / peer time ratios (below 1 = tconv3d faster)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [r for r in results if r["dtype"] == "float32"]
+    labels = [f"{r['case']}\n{r['threads']} thr" for r in rows]
+    series = [("ratio_fwd_vs_torch_ncdhw", "fwd vs torch NCDHW"),
+              ("ratio_fwd", "fwd vs fastest peer"),
+              ("ratio_fwdbwd", "fwd+bwd vs fastest peer")]
+    fig, ax = plt.subplots(figsize=(max(6, len(rows) * 1.3), 4))
+    width = 0.8 / len(series)
+    for i, (key, label) in enumerate(series):
+        ax.bar(np.arange(len(rows)) + i * width, [r.get(key, np.nan) for r in rows], width,
+               label=label)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(np.arange(len(rows)) + width * (len(series) - 1) / 2)
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel("time ratio tconv3d / peer (lower is better)")
+    ax.set_title(f"tconv3d vs PyTorch, float32 ({platform.processor() or platform.machine()})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m tconv3d.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", choices=list(SUITE), default=list(SUITE))
+    parser.add_argument("--threads", nargs="+", type=int, default=[2, 1])
+    parser.add_argument("--dtypes", nargs="+", choices=["float32", "float64"],
+                        default=["float32", "float64"])
+    parser.add_argument("--repeat", type=int, default=7, help="timed runs per figure (>= 5)")
+    parser.add_argument("--peers", nargs="*", default=["torch", "tensorflow"])
+    parser.add_argument("--no-backward", action="store_true")
+    parser.add_argument("--json", help="write the results to this JSON file")
+    parser.add_argument("--plot", help="write a PNG of the ratios")
+    args = parser.parse_args(argv)
+    if args.repeat < 5:
+        parser.error("--repeat must be >= 5")
+    print(f"tconv3d SIMD kernels: {_kernels.simd_variant()}; OpenMP: {_kernels.openmp_enabled()}")
+    for t in sorted(set(args.threads)):
+        print(f"sgemm (numpy/BLAS, 2048^2, {t} thr): {sgemm_gflops(t):.1f} GFLOP/s")
+    results = run(args.cases, args.threads, args.dtypes, args.repeat, args.peers,
+                  not args.no_backward)
+    mem = peak_memory_forward()
+    print("forward peak memory on unet_up (MiB): input {input_MiB:.1f}, output {output_MiB:.1f}, "
+          "peak RSS growth {peak_growth_MiB:.1f} (extra beyond output {extra_MiB:.1f})"
+          .format(**mem))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"results": results, "memory": mem,
+                       "sgemm_gflops": {t: sgemm_gflops(t) for t in set(args.threads)},
+                       "simd": _kernels.simd_variant(), "machine": platform.machine()},
+                      f, indent=1)
+    if args.plot:
+        plot(results, args.plot)
+    return results
+
+
+if __name__ == "__main__":
+    main()
