@@ -113,6 +113,20 @@ static void tc_gemm_f64_base(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const dou
                              double *C, Py_ssize_t ldc) { TC_SCALAR_COLUMNS(double, 0) }
 #endif
 
+/* y[i] += alpha * x[i*incx]: the single-channel (volume upsampling) case, where a GEMM
+ * tile would be 1 x 1; the unit-stride branch is vectorised by the compiler. */
+#define TC_DEFINE_AXPY(NAME, T)                                                         \
+static void NAME(Py_ssize_t n, T alpha, const T *x, Py_ssize_t incx, T *y)              \
+{                                                                                       \
+    if (incx == 1) {                                                                    \
+        for (Py_ssize_t i = 0; i < n; i++) y[i] += alpha * x[i];                        \
+    } else {                                                                            \
+        for (Py_ssize_t i = 0; i < n; i++) y[i] += alpha * x[i * incx];                 \
+    }                                                                                   \
+}
+TC_DEFINE_AXPY(tc_axpy_f32, float)
+TC_DEFINE_AXPY(tc_axpy_f64, double)
+
 /* Variants: 0 = baseline, 1 = AVX2+FMA, 2 = AVX-512. */
 static const char *tc_variant_names[] = {"baseline", "avx2", "avx512"};
 static tc_gemm_f32_t tc_gemm_f32 = tc_gemm_f32_base;

@@ -73,6 +73,10 @@ cdef extern from "_gemm.h":
     tc_gemm_f32_t tc_gemm_f32
     tc_gemm_f64_t tc_gemm_f64
     int tc_variant
+    void tc_axpy_f32(Py_ssize_t n, float alpha, const float *x, Py_ssize_t incx,
+                     float *y) noexcept nogil
+    void tc_axpy_f64(Py_ssize_t n, double alpha, const double *x, Py_ssize_t incx,
+                     double *y) noexcept nogil
     int tc_variant_supported(int variant) noexcept nogil
     int tc_select_variant(int variant) noexcept nogil
     int tc_best_variant() noexcept nogil
@@ -127,6 +131,15 @@ cdef inline void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
         tc_gemm_f64(m, n, k, A, sai, sap, B, ldb, C, ldc)
 
 
+cdef inline void _axpy(Py_ssize_t n, floating alpha, const floating *x, Py_ssize_t incx,
+                       floating *y) noexcept nogil:
+    """y[i] += alpha * x[i*incx] (see _gemm.h)."""
+    if floating is float:
+        tc_axpy_f32(n, alpha, x, incx, y)
+    else:
+        tc_axpy_f64(n, alpha, x, incx, y)
+
+
 def openmp_enabled():
     """True when the extension was compiled with OpenMP."""
     return bool(TCONV3D_OPENMP)
@@ -144,7 +157,7 @@ def simd_flags():
 
 # Width-axis block (voxels accumulated together) is sized so the accumulator stays in L1.
 cdef Py_ssize_t ACC_ELEMENTS = 2048
-cdef Py_ssize_t MAX_BLOCK = 64
+cdef Py_ssize_t MAX_BLOCK = 512
 # Kernel-gradient partition: at most this many chunks, and at most this many bytes of
 # partial buffers. Fixed numbers (not the thread count) so results are reproducible.
 cdef Py_ssize_t MAX_CHUNKS = 64
@@ -229,7 +242,7 @@ cdef void _forward(const Problem *p,
     cdef Py_ssize_t rows = p.N * p.n_out[0] * p.n_out[1]
     cdef Py_ssize_t block = _block_size(cout)
     cdef Py_ssize_t row, n, od, oh, r, o0, count, q0, blk, tb, nb, b, blo, bhi, istart
-    cdef Py_ssize_t td, th, nd, nh, jw, m, co, o
+    cdef Py_ssize_t td, th, nd, nh, jw, m, co
     cdef Py_ssize_t *taps
     cdef floating *acc
     cdef const floating *xrow
@@ -258,9 +271,12 @@ cdef void _forward(const Problem *p,
                 for blk in range((count + block - 1) // block):
                     tb = blk * block
                     nb = block if count - tb > block else count - tb
-                    for b in range(nb * cout):
-                        acc[b] = 0
-                    if bias != NULL:
+                    if bias == NULL:
+                        memset(acc, 0, nb * cout * sizeof(floating))
+                    elif cout == 1:
+                        for b in range(nb):
+                            acc[b] = bias[0]
+                    else:
                         for b in range(nb):
                             for co in range(cout):
                                 acc[b * cout + co] = bias[co]
@@ -279,15 +295,22 @@ cdef void _forward(const Problem *p,
                                     continue
                                 wtap = wt + ((taps[td] * p.k[1] + taps[2 * p.k[0] + th]) * kw
                                              + jw) * cin * cout
-                                _gemm(bhi - blo, cout, cin,
-                                      xrow + (istart + blo) * p.xs[3], p.xs[3], p.xs[4],
-                                      wtap, cout, acc + blo * cout, cout)
-                    for b in range(nb):
-                        o = o0 + (tb + b) * sw
-                        yp = y + n * p.ys[0] + od * p.ys[1] + oh * p.ys[2] + o * p.ys[3]
-                        ap = acc + b * cout
-                        for co in range(cout):
-                            yp[co * p.ys[4]] = ap[co]
+                                if cin == 1 and cout == 1:
+                                    _axpy(bhi - blo, wtap[0], xrow + (istart + blo) * p.xs[3],
+                                          p.xs[3], acc + blo)
+                                else:
+                                    _gemm(bhi - blo, cout, cin,
+                                          xrow + (istart + blo) * p.xs[3], p.xs[3], p.xs[4],
+                                          wtap, cout, acc + blo * cout, cout)
+                    yp = y + n * p.ys[0] + od * p.ys[1] + oh * p.ys[2] + o0 * p.ys[3]
+                    if cout == 1:  # no per-voxel inner loop (GCC would call memcpy)
+                        for b in range(nb):
+                            yp[(tb + b) * sw * p.ys[3]] = acc[b]
+                    else:
+                        for b in range(nb):
+                            ap = acc + b * cout
+                            for co in range(cout):
+                                yp[(tb + b) * sw * p.ys[3] + co * p.ys[4]] = ap[co]
         free(taps)
         free(acc)
 
@@ -335,8 +358,7 @@ cdef void _grad_input(const Problem *p,
             for blk in range((iw_n + block - 1) // block):
                 tb = blk * block
                 nb = block if iw_n - tb > block else iw_n - tb
-                for b in range(nb * cin):
-                    acc[b] = 0
+                memset(acc, 0, nb * cin * sizeof(floating))
                 for td in range(nd):
                     for th in range(nh):
                         grow = (g + n * p.ys[0] + taps[p.k[0] + td] * p.ys[1]
@@ -356,14 +378,23 @@ cdef void _grad_input(const Problem *p,
                                 continue
                             wtap = w + ((taps[td] * p.k[1] + taps[2 * p.k[0] + th]) * kw
                                         + jw) * cout * cin
-                            _gemm(bhi - blo, cin, cout,
-                                  grow + ((tb + blo) * sw + jw * dw - cw) * p.ys[3],
-                                  sw * p.ys[3], p.ys[4], wtap, cin, acc + blo * cin, cin)
-                for b in range(nb):
-                    xp = gx + n * p.xs[0] + i_d * p.xs[1] + i_h * p.xs[2] + (tb + b) * p.xs[3]
-                    ap = acc + b * cin
-                    for ci in range(cin):
-                        xp[ci * p.xs[4]] = ap[ci]
+                            if cin == 1 and cout == 1:
+                                _axpy(bhi - blo, wtap[0],
+                                      grow + ((tb + blo) * sw + jw * dw - cw) * p.ys[3],
+                                      sw * p.ys[3], acc + blo)
+                            else:
+                                _gemm(bhi - blo, cin, cout,
+                                      grow + ((tb + blo) * sw + jw * dw - cw) * p.ys[3],
+                                      sw * p.ys[3], p.ys[4], wtap, cin, acc + blo * cin, cin)
+                xp = gx + n * p.xs[0] + i_d * p.xs[1] + i_h * p.xs[2] + tb * p.xs[3]
+                if cin == 1:  # no per-voxel inner loop (GCC would call memcpy)
+                    for b in range(nb):
+                        xp[b * p.xs[3]] = acc[b]
+                else:
+                    for b in range(nb):
+                        ap = acc + b * cin
+                        for ci in range(cin):
+                            xp[b * p.xs[3] + ci * p.xs[4]] = ap[ci]
         free(taps)
         free(acc)
 
