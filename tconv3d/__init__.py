@@ -3,16 +3,37 @@
 Forward and backward passes in an OpenMP-parallel Cython core, with Keras'
 ``Conv3DTranspose`` numbers for every argument.
 """
+from . import activations, constraints, initializers, layers, optimizers, regularizers
 from ._ops import conv_transpose3d, conv_transpose3d_backward, conv_transpose3d_output_shape
 from ._version import __version__
+from .layers import Conv3DTranspose, kernel_from_torch, kernel_to_torch, layer_conv_3d_transpose
 
 __all__ = [
     "__version__",
+    "Conv3DTranspose",
+    "VolumeUpsampler",
     "conv_transpose3d",
     "conv_transpose3d_backward",
     "conv_transpose3d_output_shape",
+    "kernel_from_torch",
+    "kernel_to_torch",
+    "layer_conv_3d_transpose",
     "show_config",
+    "activations",
+    "constraints",
+    "initializers",
+    "layers",
+    "optimizers",
+    "regularizers",
 ]
+
+
+def __getattr__(name):
+    # scikit-learn is imported on first use of the upsampler, not with the package.
+    if name == "VolumeUpsampler":
+        from .upsampling import VolumeUpsampler
+        return VolumeUpsampler
+    raise AttributeError(f"module 'tconv3d' has no attribute {name!r}")
 
 
 def show_config(file=None):
