@@ -60,6 +60,20 @@ def _check_copies(dtype, *operands):
             check_allocation(a.shape, dtype, name, copy=True)
 
 
+# Below about this many multiply-adds (plus output elements) per thread, starting and
+# joining a parallel region costs more than it saves, and waiting threads spin on a
+# loaded machine. Results never depend on the thread count, so this only changes speed.
+MIN_WORK_PER_THREAD = 1 << 18
+
+
+def _threads_for(num_threads, geom):
+    macs = geom.batch * geom.in_channels * geom.filters
+    for n, k in zip(geom.in_spatial, geom.kernel_spatial):
+        macs *= n * k
+    work = macs + geom.batch * geom.filters * int(np.prod(geom.out_spatial))
+    return int(max(1, min(num_threads, work // MIN_WORK_PER_THREAD)))
+
+
 def _geometry_tuple(geom):
     # With one input voxel on an axis only i = 0 occurs, so the stride never multiplies
     # anything: pass 1. Otherwise a huge stride (whose output is short, with
@@ -137,7 +151,7 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
     if bias is not None and extra["bias"].shape != (geom.filters,):
         raise ValueError(f"`bias` must have shape ({geom.filters},) (the kernel's filters), "
                          f"got {extra['bias'].shape}.")
-    num_threads = normalize_num_threads(num_threads)
+    num_threads = _threads_for(normalize_num_threads(num_threads), geom)
     check_allocation(geom.output_shape, dtype, "output")
     _check_copies(dtype, ("x", x, False), ("kernel", kernel, True))
 
@@ -196,7 +210,7 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
         raise ValueError(f"`grad_output` must have the forward output's shape "
                          f"{geom.output_shape}, got {grad_output.shape}.")
     compute = normalize_compute(compute)
-    num_threads = normalize_num_threads(num_threads)
+    num_threads = _threads_for(normalize_num_threads(num_threads), geom)
     check_allocation(geom.input_shape, dtype, "grad_input")
     _check_copies(dtype, ("grad_output", grad_output, False), ("x", x, False),
                   ("kernel", kernel, True))
