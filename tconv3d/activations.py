@@ -19,10 +19,13 @@ import math
 
 import numpy as np
 
-try:  # scipy is optional: only the exact GELU needs erf.
-    from scipy.special import erf as _erf
-except ImportError:  # pragma: no cover - exercised only without scipy
-    _erf = np.vectorize(math.erf, otypes=[np.float64])
+def _erf(x):
+    """erf from scipy (imported on first use: it costs 0.2 s at import), else math.erf."""
+    try:
+        from scipy.special import erf
+    except ImportError:  # pragma: no cover - exercised only without scipy
+        erf = np.vectorize(math.erf, otypes=[np.float64])
+    return erf(x)
 
 __all__ = ["Activation", "get", "serialize", "deserialize", "ELEMENTWISE", "NOT_ELEMENTWISE"]
 
