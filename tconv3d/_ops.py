@@ -2,8 +2,9 @@
 import numpy as np
 
 from . import _kernels
-from ._validation import (as_array, check_allocation, make_geometry, normalize_compute,
-                          normalize_num_threads, normalize_shape, working_dtype)
+from ._validation import (as_array, check_allocation, make_geometry, normalize_bool,
+                          normalize_compute, normalize_num_threads, normalize_shape,
+                          working_dtype)
 
 __all__ = ["conv_transpose3d", "conv_transpose3d_backward", "conv_transpose3d_output_shape"]
 
@@ -210,6 +211,7 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
         raise ValueError(f"`grad_output` must have the forward output's shape "
                          f"{geom.output_shape}, got {grad_output.shape}.")
     compute = normalize_compute(compute)
+    use_bias = normalize_bool(use_bias, "use_bias")
     num_threads = _threads_for(normalize_num_threads(num_threads), geom)
     check_allocation(geom.input_shape, dtype, "grad_input")
     _check_copies(dtype, ("grad_output", grad_output, False), ("x", x, False),

@@ -207,7 +207,16 @@ def working_dtype(*arrays):
             raise TypeError(f"`{name}` must hold real numbers (float32 or float64 preferred), "
                             f"got dtype {a.dtype}.")
     dtype = np.result_type(*(a.dtype for _, a in arrays))
-    return np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
+    # by kind and size, so that byte-swapped float32 (">f4" here) also stays float32
+    single = dtype.kind == "f" and dtype.itemsize == 4
+    return np.dtype(np.float32) if single else np.dtype(np.float64)
+
+
+def normalize_bool(value, name):
+    """``value`` as a bool; only True, False and numpy bools are accepted."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be True or False, got {value!r}.")
+    return bool(value)
 
 
 def as_array(value, name):

@@ -178,6 +178,11 @@ BACKWARD_CASES = [
     ("compute_int", dict(compute=3), ValueError, r"`compute` must be a subset of"),
     ("compute_bytes", dict(compute=b"input"), ValueError, r"`compute` must be a subset of"),
     ("compute_nested", dict(compute=[["input"]]), ValueError, r"`compute` must be a subset"),
+    ("use_bias_str", dict(use_bias="no"), ValueError, r"`use_bias` must be True or False"),
+    ("use_bias_none", dict(use_bias=None), ValueError, r"`use_bias` must be True or False"),
+    ("use_bias_int", dict(use_bias=1), ValueError, r"`use_bias` must be True or False"),
+    ("use_bias_array", dict(use_bias=np.array([True, False])), ValueError,
+     r"`use_bias` must be True or False"),
 ]
 
 SHAPE_CASES = [
@@ -341,6 +346,25 @@ def test_numpy_integers_are_accepted(value):
     got = tconv3d.conv_transpose3d(x, w, strides=value, dilation_rate=value,
                                    num_threads=np.int64(2))
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("order", [">", "<", "="])
+def test_float32_in_any_byte_order_stays_float32(order):
+    x = np.arange(2 * 3 * 3 * 3 * 2, dtype=np.float32).reshape(2, 3, 3, 3, 2) / 10
+    w = np.linspace(-1, 1, 2 * 2 * 2 * 4 * 2, dtype=np.float32).reshape(2, 2, 2, 4, 2)
+    y = tconv3d.conv_transpose3d(x.astype(order + "f4"), w.astype(order + "f4"), strides=2)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, tconv3d.conv_transpose3d(x, w, strides=2))
+    grads = tconv3d.conv_transpose3d_backward(y.astype(order + "f4"), x.astype(order + "f4"),
+                                              w, strides=2)
+    assert all(g.dtype == np.float32 for g in grads)
+
+
+@pytest.mark.parametrize("use_bias", [True, False, np.True_, np.False_])
+def test_use_bias_accepts_python_and_numpy_bools(use_bias):
+    x, w = np.ones(X_SHAPE), np.ones(K_SHAPE)
+    _, _, gb = tconv3d.conv_transpose3d_backward(np.ones(OUT_SHAPE), x, w, use_bias=use_bias)
+    assert (gb is None) == (not use_bias)
 
 
 # ------------------------------------------------------------------ available memory

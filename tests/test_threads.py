@@ -7,10 +7,21 @@ import numpy as np
 import pytest
 
 import tconv3d
+from tconv3d import _ops
 from helpers import random_problem, tol
 from reference import conv_transpose3d_backward_ref, conv_transpose3d_ref
 
 FORMATS = ["channels_last", "channels_first"]
+
+
+@pytest.fixture
+def every_thread(monkeypatch):
+    """Use every thread asked for, however small the problem.
+
+    By default a call runs on at most one thread per ``_ops.MIN_WORK_PER_THREAD``
+    multiply-adds, so the small problems here would otherwise never be split.
+    """
+    monkeypatch.setattr(_ops, "MIN_WORK_PER_THREAD", 1, raising=False)
 
 # Odd sizes; strides, dilation and output padding differ per axis, so every branch of the
 # phase and crop arithmetic runs. Rows (batch * depth * height) are many more than 8, so
@@ -36,7 +47,7 @@ def _problem(rng, case, fmt, dtype, batch=3, cin=5, cout=7):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("case", range(len(DETERMINISM_CASES)))
-def test_bitwise_identical_for_any_thread_count_and_run(rng, case, fmt, dtype):
+def test_bitwise_identical_for_any_thread_count_and_run(rng, every_thread, case, fmt, dtype):
     x, w, b, g, kwargs = _problem(rng, DETERMINISM_CASES[case], fmt, dtype)
     first = None
     for num_threads in [1, 2, 3, 4, 5, 6, 7, 8, 1, 8]:  # the last two: run-to-run
@@ -54,7 +65,7 @@ def test_bitwise_identical_for_any_thread_count_and_run(rng, case, fmt, dtype):
             assert got == want, f"{name} differs with num_threads={num_threads}"
 
 
-def test_bitwise_identical_under_threadpoolctl(rng):
+def test_bitwise_identical_under_threadpoolctl(rng, every_thread):
     threadpoolctl = pytest.importorskip("threadpoolctl")
     x, w, b, g, kwargs = _problem(rng, DETERMINISM_CASES[0], "channels_last", np.float32)
     y = tconv3d.conv_transpose3d(x, w, b, num_threads=1, **kwargs)
@@ -114,7 +125,7 @@ def _run_in_threads(n_threads, work):
         raise AssertionError(f"{len(errors)} thread(s) failed: {errors[:3]}") from errors[0][1]
 
 
-def test_eight_python_threads_at_once_get_the_right_answers():
+def test_eight_python_threads_at_once_get_the_right_answers(every_thread):
     jobs = _thread_jobs(8)
     repeats = 6
 
@@ -132,7 +143,7 @@ def test_eight_python_threads_at_once_get_the_right_answers():
     _run_in_threads(8, work)
 
 
-def test_eight_python_threads_sharing_one_input():
+def test_eight_python_threads_sharing_one_input(every_thread):
     """Many readers of the same (read-only) arrays at once, each with its own output."""
     rng = np.random.default_rng(3)
     x, w, b, g, kwargs = _problem(rng, DETERMINISM_CASES[1], "channels_first", np.float64)
@@ -269,3 +280,13 @@ def test_ticker_detects_a_call_that_holds_the_gil():
         t1 = time.perf_counter()
     _, longest_gap = ticker.progress(t0, t1)
     assert longest_gap >= 0.5 * (t1 - t0)
+
+
+def test_every_thread_fixture_reaches_the_thread_count(every_thread):
+    """The determinism tests above do run 8 threads (if tconv3d bounds threads by work)."""
+    threads_for = getattr(_ops, "_threads_for", None)
+    if threads_for is None:
+        pytest.skip("tconv3d does not bound the thread count by the work")
+    geom = tconv3d._validation.make_geometry((3, 5, 7, 6, 5), (3, 2, 4, 7, 5), 1, "valid",
+                                             None, 1, "channels_last")
+    assert threads_for(8, geom) == 8
