@@ -1,39 +1,40 @@
 """``VolumeUpsampler``: volume upsampling as a scikit-learn transformer.
 
-Every kernel -- nearest, trilinear, learned or given -- runs as one compiled transposed
-convolution of stride ``factor`` over an edge-replicated border, applied to each channel
+Every kernel -- nearest, trilinear, learned or given -- is a transposed convolution of
+stride ``factor`` over an edge-replicated border, run by the compiled core on each channel
 of each volume with a single 1-to-1 kernel.
 
-Geometry, per spatial axis, for ``n`` input voxels, stride ``s`` and a kernel of ``k`` taps:
+Definition, per spatial axis, for ``n`` input voxels ``x``, stride ``s`` and a kernel ``w``
+of ``k`` taps: output voxel ``o`` (``0 <= o < n*s``) is
 
-* The input is edge-padded by ``P = ceil(ceil(|k - s| / 2) / s)`` voxels on each side, so
-  that every tap reaching an output voxel reads real (replicated) data.
-* The transposed convolution scatters ``z[i*s + j] += xp[i] * w[j]`` over the padded
-  input ``xp``; the output is the window ``z[c : c + n*s]`` with
-  ``c = P*s + (k - s) // 2``, which puts the kernel's centre tap on the output voxel whose
-  centre lies on the input voxel's centre.
-* Trilinear interpolation with ``align_corners=False`` reads output voxel ``o`` at input
-  coordinate ``u = (o + 0.5)/s - 0.5``, between voxels ``floor(u)`` and ``floor(u) + 1``
-  with weights ``1 - frac(u)`` and ``frac(u)``; clamping ``u`` and the neighbour index to
-  the volume (as PyTorch does) equals reading an edge-replicated input, so one padded
-  voxel per side suffices. The weight input voxel ``i`` gives output ``o`` is the triangle
-  ``max(0, 1 - |u - i|)``, a function of ``j = o + c - (i + P)*s`` alone:
-  ``w[j] = max(0, 1 - |(j - (k - s)//2 + 0.5)/s - 0.5|)``. It has ``2s`` taps for even
-  ``s`` (``[1, 3, 3, 1]/4`` for ``s = 2``) and ``2s - 1`` for odd ``s`` (the ``2s``-th
-  tap is zero). The 3-D kernel is the outer product of the three axes' triangles.
-* Nearest neighbour is the box ``w = 1`` of ``k = s`` taps: ``P = 0``, ``c = 0``.
+    y[o] = sum_i x[clip(i, 0, n - 1)] * w[o + c - i*s],   c = (k - s) // 2,
 
-The convolution is run in polyphase form, which is the same sum regrouped: writing
-``p = q*s + r`` with phase ``r`` in ``[0, s)``, ``z[q*s + r] = sum_t xp[q - t] w[t*s + r]``
-is a stride-1 transposed convolution with ``ceil(k/s)`` taps per axis and one filter per
-output phase (``s**3`` filters), followed by a depth-to-space shuffle that also cuts the
-window. Same multiplications, but a layout the compiled core vectorises over filters.
+over the ``i`` that put ``o + c - i*s`` in ``[0, k)``: the scatter ``z[i*s + j] += x[i] * w[j]``
+cut to the window ``[c, c + n*s)``, read over an edge-replicated input. The window puts the
+kernel's centre tap on the output voxel whose centre is the input voxel's centre.
+
+* Trilinear interpolation with ``align_corners=False`` reads output ``o`` at input
+  coordinate ``u = (o + 0.5)/s - 0.5`` with weight ``max(0, 1 - |u - i|)`` on voxel ``i``;
+  PyTorch clamps ``u`` and the neighbour index to the volume, which is reading an
+  edge-replicated input. With ``j = o + c - i*s`` the weight is the triangle
+  ``w[j] = max(0, 1 - |(j - c + 0.5)/s - 0.5|)``: ``2s`` taps for even ``s``
+  (``[1, 3, 3, 1]/4`` for ``s = 2``), ``2s - 1`` for odd ``s``. The 3-D kernel is the outer
+  product of the three axes' triangles.
+* Nearest neighbour is the box of ``k = s`` ones (``c = 0``): ``np.repeat``.
+* A kernel with fewer taps than ``s`` is first zero-padded to ``s`` taps, with
+  ``-((k - s) // 2)`` zeros in front, which leaves ``y`` unchanged and makes ``c >= 0``.
+
+Computation: the core's ``padding="same"`` transposed convolution of the unpadded volume has
+length ``n*s`` and crop ``(k - s) // 2 = c``: it is ``y`` wherever no tap reaches past the
+volume, i.e. all but the first ``ceil((k - s)/2)`` and the last ``(k - s) // 2`` outputs of
+each axis. Those border slabs (one output plane per side for trilinear x2) are recomputed
+from a gather of the edge-replicated input planes they read, by the same transposed
+convolution, and written over. No padded copy of the volume is made and the output needs
+no cropping copy.
 """
 import numbers
 import time
 import warnings
-from dataclasses import dataclass
-from itertools import product
 
 import numpy as np
 from scipy.optimize import minimize
@@ -42,7 +43,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from ._ops import conv_transpose3d, conv_transpose3d_backward, conv_transpose3d_output_shape
-from ._validation import make_geometry, normalize_num_threads, normalize_triple
+from ._validation import normalize_num_threads, normalize_triple
 
 __all__ = ["VolumeUpsampler"]
 
@@ -66,112 +67,59 @@ def _trilinear_kernel(factor, size=None):
     return _separable([_triangle(s, k) for s, k in zip(factor, size)])
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """Per-axis numbers of one upsampling, for volumes of one spatial shape.
+def _embed_small(kernel, factor):
+    """Zero-pad the axes with fewer taps than the factor to ``factor`` taps (same ``y``).
 
-    ``pad``: edge voxels added on each side, giving ``padded`` lengths; ``taps``:
-    polyphase taps ``ceil(k/s)``; ``start``: the first output's place in the polyphase
-    result, as (block, phase);
-    ``conv``: the stride-1 call's keyword arguments. Channels-first, so that each phase
-    (filter) of the result is contiguous for the shuffle.
+    Returns the kernel and the slices of it that hold the given taps.
     """
-    in_spatial: tuple
-    kernel_spatial: tuple
-    factor: tuple
-    pad: tuple
-    padded: tuple
-    taps: tuple
-    start: tuple
-    conv: dict
-
-    @property
-    def out_spatial(self):
-        return tuple(n * s for n, s in zip(self.in_spatial, self.factor))
-
-    def pad_volumes(self, volumes):
-        """``(n, c, d, h, w)`` (any view) -> ``(n*c, 1, D, H, W)``, edge-padded."""
-        n, c = volumes.shape[:2]
-        if any(self.pad):
-            volumes = np.pad(volumes, ((0, 0), (0, 0), *((p, p) for p in self.pad)),
-                             mode="edge")
-        return volumes.reshape(n * c, 1, *volumes.shape[2:])
-
-    def polyphase_kernel(self, kernel):
-        """``(kd, kh, kw)`` -> ``(Td, Th, Tw, sd*sh*sw, 1)``: ``[t, r] = kernel[t*s + r]``."""
-        full = np.zeros(tuple(t * s for t, s in zip(self.taps, self.factor)), kernel.dtype)
-        full[tuple(slice(0, k) for k in self.kernel_spatial)] = kernel
-        (td, th, tw), (sd, sh, sw) = self.taps, self.factor
-        w = full.reshape(td, sd, th, sh, tw, sw).transpose(0, 2, 4, 1, 3, 5)
-        return w.reshape(td, th, tw, sd * sh * sw, 1)
-
-    def polyphase_kernel_adjoint(self, grad):
-        """Adjoint of :meth:`polyphase_kernel`: ``(Td, Th, Tw, S, 1)`` -> ``(kd, kh, kw)``."""
-        (td, th, tw), (sd, sh, sw) = self.taps, self.factor
-        full = grad.reshape(td, th, tw, sd, sh, sw).transpose(0, 3, 1, 4, 2, 5)
-        full = full.reshape(td * sd, th * sh, tw * sw)
-        return full[tuple(slice(0, k) for k in self.kernel_spatial)]
-
-    def _phase_slices(self):
-        """For each phase: (filter index, output slices, polyphase-block slices)."""
-        per_axis = []
-        for n, s, (q0, b) in zip(self.in_spatial, self.factor, self.start):
-            axis = []
-            for r in range(s):
-                first = r - b if r >= b else r - b + s   # first output o with o + b = r (mod s)
-                block = q0 + (first + b) // s
-                count = len(range(first, n * s, s))
-                axis.append((slice(first, None, s), slice(block, block + count)))
-            per_axis.append(axis)
-        for f, (d, h, w) in enumerate(product(*per_axis)):
-            yield f, (d[0], h[0], w[0]), (d[1], h[1], w[1])
-
-    def shuffle(self, z, out):
-        """Write the window of the polyphase result ``z`` of shape ``(n*c, S, Q, Q, Q)``
-        into ``out`` of shape ``(n, D', H', W', c)`` (depth-to-space, one pass)."""
-        n, c = out.shape[0], out.shape[-1]
-        z = z.reshape(n, c, *z.shape[1:])
-        out = np.moveaxis(out, -1, 1)
-        for f, dst, src in self._phase_slices():
-            out[(slice(None), slice(None), *dst)] = z[(slice(None), slice(None), f, *src)]
-
-    def unshuffle(self, grad, z_shape):
-        """Adjoint of :meth:`shuffle`: ``(n, D', H', W', c)`` -> ``z_shape``, zero outside."""
-        n, c = grad.shape[0], grad.shape[-1]
-        gz = np.zeros((n, c, *z_shape[1:]), grad.dtype)
-        grad = np.moveaxis(grad, -1, 1)
-        for f, dst, src in self._phase_slices():
-            gz[(slice(None), slice(None), f, *src)] = grad[(slice(None), slice(None), *dst)]
-        return gz.reshape(z_shape)
+    front = [max(0, -((k - s) // 2)) for k, s in zip(kernel.shape, factor)]
+    back = [max(0, s - k - f) for k, s, f in zip(kernel.shape, factor, front)]
+    taps = tuple(slice(f, f + k) for f, k in zip(front, kernel.shape))
+    if any(front) or any(back):
+        kernel = np.pad(kernel, list(zip(front, back)))
+    return kernel, taps
 
 
-def _edge_width(k, s):
-    return -(-((abs(k - s) + 1) // 2) // s)
+def _gather(x, kernel_shape, factor, ranges):
+    """Edge-replicated input read by the outputs ``ranges`` (``(first, stop)`` per axis).
+
+    ``x`` is ``(m, d, h, w, 1)`` and the kernel has ``k >= s`` taps per axis. Returns the
+    gathered ``(m, ., ., ., 1)`` input and the slices of its ``padding="same"`` transposed
+    convolution (crop ``c``) that hold those outputs.
+    """
+    indices, window = [], []
+    for n, k, s, (first, stop) in zip(x.shape[1:4], kernel_shape, factor, ranges):
+        c = (k - s) // 2
+        lo = -((k - 1 - first - c) // s)          # ceil((first + c - k + 1) / s)
+        hi = (stop - 1 + c) // s + 1
+        indices.append(np.clip(np.arange(lo, hi), 0, n - 1))
+        window.append(slice(first - lo * s, stop - lo * s))
+    d, h, w = indices
+    return x[:, d[:, None, None], h[None, :, None], w[None, None, :]], tuple(window)
 
 
-def _plan(in_spatial, kernel_spatial, factor):
-    pad = tuple(_edge_width(k, s) for k, s in zip(kernel_spatial, factor))
-    padded = tuple(n + 2 * p for n, p in zip(in_spatial, pad))
-    taps = tuple(-(-k // s) for k, s in zip(kernel_spatial, factor))
-    conv = {"strides": 1, "padding": "same", "data_format": "channels_first"}
-    # "same" keeps as many polyphase blocks as padded voxels, cropping (T - 1)//2 of them
-    # on the left. By the choice of P that keeps every block the window [c, c + n*s)
-    # needs: the first, c // s >= (T - 1)//2, and the last, (c + n*s - 1) // s < n + 2P.
-    geom = make_geometry((1, 1, *padded), (*taps, int(np.prod(factor)), 1), 1,
-                         conv["padding"], None, 1, conv["data_format"])
-    start = []
-    for p, k, s, crop in zip(pad, kernel_spatial, factor, geom.crop):
-        c = p * s + (k - s) // 2          # window start in the full-length result
-        start.append((c // s - crop, c % s))
-    return _Plan(tuple(in_spatial), tuple(kernel_spatial), tuple(factor), pad, padded, taps,
-                 tuple(start), conv)
+def _exact(x, kernel, bias, factor, ranges, num_threads):
+    """The outputs ``ranges`` of ``y``, from a gather of the edge-replicated input."""
+    gathered, window = _gather(x, kernel.shape[:3], factor, ranges)
+    # The core runs its inner loop along the last spatial axis: make it the longest.
+    order = np.argsort([stop - first for first, stop in ranges], kind="stable")
+    z = conv_transpose3d(gathered.transpose(0, *(order + 1), 4),
+                         kernel.transpose(*order, 3, 4), bias,
+                         strides=tuple(factor[a] for a in order), padding="same",
+                         num_threads=num_threads)
+    return z.transpose(0, *(np.argsort(order) + 1), 4)[(slice(None), *window)]
 
 
-# Volumes are upsampled in chunks whose polyphase result stays under this size: a buffer
-# this small is recycled by the allocator from one chunk to the next instead of being
-# page-faulted in afresh, and is still warm in cache when the shuffle reads it. Volumes
-# are never split, so the result does not depend on it.
-_CHUNK_BYTES = 16 * 2**20
+def _borders(in_spatial, kernel_shape, factor):
+    """Per axis, the output ranges ``(first, stop)`` that read past the volume."""
+    borders = []
+    for axis, (n, k, s) in enumerate(zip(in_spatial, kernel_shape, factor)):
+        length = n * s
+        for first, stop in ((0, k - s - (k - s) // 2), (length - (k - s) // 2, length)):
+            first, stop = max(first, 0), min(stop, length)
+            if first < stop:
+                borders.append((axis, first, stop))
+    return borders
 
 
 def _upsample(volumes, kernel, bias, factor, num_threads):
@@ -180,18 +128,22 @@ def _upsample(volumes, kernel, bias, factor, num_threads):
     Returns a new C-contiguous ``(n, d*sd, h*sh, w*sw, c)`` array of ``volumes.dtype``.
     """
     n, c, dtype = volumes.shape[0], volumes.shape[-1], volumes.dtype
-    plan = _plan(volumes.shape[1:4], kernel.shape, factor)
-    w = plan.polyphase_kernel(kernel.astype(dtype, copy=False))
-    b = None if bias == 0 else np.full(w.shape[3], bias, dtype)
-    out = np.empty((n, *plan.out_spatial, c), dtype)
-    z_bytes = c * w.shape[3] * np.prod(plan.padded, dtype=float) * dtype.itemsize
-    step = max(1, int(_CHUNK_BYTES // z_bytes))
-    channels_first = np.moveaxis(volumes, -1, 1)
-    for i in range(0, n, step):
-        x = plan.pad_volumes(channels_first[i:i + step])
-        z = conv_transpose3d(x, w, b, **plan.conv, num_threads=num_threads)
-        plan.shuffle(z, out[i:i + step])
-    return out
+    kernel = _embed_small(kernel, factor)[0].astype(dtype)[..., None, None]
+    b = None if bias == 0 else np.full(1, bias, dtype)
+    x = volumes if c == 1 else np.moveaxis(volumes, -1, 1).reshape(
+        n * c, *volumes.shape[1:4], 1)
+    y = conv_transpose3d(x, kernel, b, strides=factor, padding="same",
+                         num_threads=num_threads)
+    whole = [(0, length) for length in y.shape[1:4]]
+    for axis, first, stop in _borders(x.shape[1:4], kernel.shape[:3], factor):
+        ranges = list(whole)
+        ranges[axis] = (first, stop)
+        slab = [slice(None)] * 3
+        slab[axis] = slice(first, stop)
+        y[(slice(None), *slab)] = _exact(x, kernel, b, factor, ranges, num_threads)
+    if c == 1:
+        return y
+    return np.ascontiguousarray(np.moveaxis(y.reshape(n, c, *y.shape[1:4]), 1, -1))
 
 
 def _resolve_volume_shape(volume_shape, n_features):
@@ -494,27 +446,36 @@ def _fit_kernel(volumes, targets, kernel, factor, *, max_iter, tol, num_threads,
     intensity units, which makes ``tol`` relative. Returns ``(kernel, bias, n_iter, mse)``.
     """
     scale = float(np.sqrt(np.mean(np.square(targets)))) or 1.0
-    plan = _plan(volumes.shape[1:4], kernel.shape, factor)
-    x = plan.pad_volumes(np.moveaxis(volumes, -1, 1).astype(np.float64) / scale)
-    n_phases = int(np.prod(factor))
-    z_shape = conv_transpose3d_output_shape(x.shape, (*plan.taps, n_phases, 1), **plan.conv)
-    # The residual lives in the polyphase layout: targets are shuffled there once, and the
-    # blocks outside the output window are masked out, so no iteration shuffles.
-    target = plan.unshuffle(targets / scale, z_shape)
-    inside = plan.unshuffle(np.ones((1, *targets.shape[1:4], 1), bool), (1, *z_shape[1:]))
+    embedded, taps = _embed_small(kernel, factor)
+    n, c = volumes.shape[0], volumes.shape[-1]
+    channels = np.moveaxis(volumes, -1, 1).reshape(n * c, *volumes.shape[1:4], 1)
+    x, window = _gather(channels.astype(np.float64) / scale, embedded.shape, factor,
+                        [(0, v * s) for v, s in zip(volumes.shape[1:4], factor)])
+    # The residual lives in the frame of the convolution of the gathered input: targets
+    # are placed there once and everything outside the window is masked out.
+    frame = conv_transpose3d_output_shape(x.shape, (*embedded.shape, 1, 1), strides=factor,
+                                          padding="same")
+    target = np.zeros(frame)
+    target[(slice(None), *window)] = np.moveaxis(targets / scale, -1, 1).reshape(
+        n * c, *targets.shape[1:4], 1)
+    inside = np.zeros((1, *frame[1:]), bool)
+    inside[(slice(None), *window)] = True
     evaluated = {}
 
     def loss_and_grad(theta):
-        w = plan.polyphase_kernel(theta[:-1].reshape(kernel.shape))
-        residual = conv_transpose3d(x, w, np.full(n_phases, theta[-1]), **plan.conv,
+        w = np.zeros_like(embedded)
+        w[taps] = theta[:-1].reshape(kernel.shape)
+        w = w[..., None, None]
+        residual = conv_transpose3d(x, w, theta[-1:], strides=factor, padding="same",
                                     num_threads=num_threads)
         residual -= target
         residual *= inside
         loss = np.vdot(residual, residual) / targets.size
         _, grad_w, grad_b = conv_transpose3d_backward(
-            residual, x, w, **plan.conv, compute=("kernel", "bias"), num_threads=num_threads)
+            residual, x, w, strides=factor, padding="same", compute=("kernel", "bias"),
+            num_threads=num_threads)
         evaluated["theta"], evaluated["loss"] = theta.copy(), loss
-        grad = np.append(plan.polyphase_kernel_adjoint(grad_w).ravel(), grad_b.sum())
+        grad = np.append(grad_w[..., 0, 0][taps].ravel(), grad_b)
         return loss, grad * (2.0 / targets.size)
 
     start = time.perf_counter()
