@@ -306,11 +306,15 @@ cdef void _forward(const Problem *p,
                     if cout == 1:  # no per-voxel inner loop (GCC would call memcpy)
                         for b in range(nb):
                             yp[(tb + b) * sw * p.ys[3]] = acc[b]
-                    else:
+                    elif p.ys[4] <= p.ys[3]:  # channels contiguous: voxel by voxel
                         for b in range(nb):
                             ap = acc + b * cout
                             for co in range(cout):
                                 yp[(tb + b) * sw * p.ys[3] + co * p.ys[4]] = ap[co]
+                    else:  # channels_first: channel by channel, along the row
+                        for co in range(cout):
+                            for b in range(nb):
+                                yp[(tb + b) * sw * p.ys[3] + co * p.ys[4]] = acc[b * cout + co]
         free(taps)
         free(acc)
 
@@ -390,11 +394,15 @@ cdef void _grad_input(const Problem *p,
                 if cin == 1:  # no per-voxel inner loop (GCC would call memcpy)
                     for b in range(nb):
                         xp[b * p.xs[3]] = acc[b]
-                else:
+                elif p.xs[4] <= p.xs[3]:  # channels contiguous: voxel by voxel
                     for b in range(nb):
                         ap = acc + b * cin
                         for ci in range(cin):
                             xp[b * p.xs[3] + ci * p.xs[4]] = ap[ci]
+                else:  # channels_first: channel by channel, along the row
+                    for ci in range(cin):
+                        for b in range(nb):
+                            xp[b * p.xs[3] + ci * p.xs[4]] = acc[b * cin + ci]
         free(taps)
         free(acc)
 
