@@ -1,0 +1,496 @@
+"""Chunked transposed convolution and volume upsampling on Dask arrays.
+
+Install with ``pip install "tconv3d[dask]"``; ``import tconv3d`` alone never imports dask.
+
+>>> import dask.array as da, numpy as np, tconv3d.dask
+>>> x = da.ones((2, 16, 16, 16, 4), chunks=(1, 5, 16, 16, 4))
+>>> w = np.ones((3, 3, 3, 8, 4))
+>>> y = tconv3d.dask.conv_transpose3d(x, w, strides=2, padding="same")
+>>> y.shape, y.chunks[1]
+((2, 32, 32, 32, 8), (10, 10, 10, 2))
+
+Each output chunk is one task: it gathers the input region its voxels read (its own input
+chunk plus a halo taken from the neighbouring chunks) and runs the compiled forward kernel
+with a geometry that lands exactly on the chunk. The computed array is **bitwise equal** to
+the in-memory :func:`tconv3d.conv_transpose3d` (and ``VolumeUpsampler.transform``) for any
+chunking, because every output element is summed by the same kernel over the same taps in
+the same order: bias first, then the contributing taps in ascending (depth, height, width)
+order, each a contraction over input channels in order. Only input voxels that exist in
+the whole volume are ever read, so no extra zero terms are added either.
+
+Chunks and halos
+----------------
+Per spatial axis, with input length ``n``, kernel ``k``, stride ``s``, dilation ``d``, output
+length ``O`` and left crop ``c`` (from :func:`tconv3d._validation.make_geometry`), output
+``o`` is full-length position ``p = o + c`` and receives ``x[i] * w[j]`` for every
+``i*s + j*d == p`` with ``0 <= j < k`` and ``0 <= i < n``, so::
+
+    i in [ceil((o + c - (k - 1)*d) / s), floor((o + c) / s)]
+
+An output chunk ``[o_lo, o_hi)`` therefore reads the inputs ``[i_lo, i_hi)``::
+
+    i_lo = max(0, min(ceil((o_lo + c - (k - 1)*d) / s), floor((o_lo + c) / s)))
+    i_hi = min(n, floor((o_hi - 1 + c) / s) + 1)
+
+(the ``min`` with ``floor((o_lo + c)/s)`` only matters when no input reaches ``o_lo``; it
+keeps ``i_lo*s <= o_lo + c``, so the local crop below is never negative). On the input slice
+``x[i_lo:i_hi]``, local input ``i' = i - i_lo`` lands on local position ``p - i_lo*s``, so the
+chunk is the transposed convolution of that slice with output length ``o_hi - o_lo`` and
+crop ``o_lo + c - i_lo*s``, which the compiled kernel computes directly: positions past the
+slice's full length get the bias only, exactly as past ``L`` in the whole volume.
+
+Output chunk boundaries are the input chunk boundaries ``b`` mapped to ``b*s - c``, clipped to
+``[0, O]`` (the last chunk runs to ``O``; empty chunks are dropped). Then
+``i_hi = b_next`` and ``i_lo = b - floor((k - 1)*d / s)``: a chunk reads its own input chunk
+plus a halo of ``floor((k - 1)*d / s)`` voxels on the left only, gathered from as many
+preceding chunks as needed (chunks smaller than the kernel are fine). Python's ``//`` floors
+for negative numerators, so the arithmetic above is exact for every sign.
+
+:func:`upsample` uses the same scheme on ``VolumeUpsampler``'s polyphase convolution: output
+chunks are the input chunks times the factor, the region a chunk reads is extended past the
+volume by edge replication (which is what the in-memory edge padding does), and the
+depth-to-space shuffle of the upsampler runs on the chunk.
+
+Threads
+-------
+Each task calls the compiled kernel with ``num_threads`` threads (default 1), so a Dask
+worker running several tasks at once does not oversubscribe its cores: give a worker as
+many Dask threads as cores, or one Dask thread and ``num_threads`` OpenMP threads.
+"""
+import bisect
+import dataclasses
+from itertools import product
+
+import numpy as np
+
+try:
+    import dask.array as da
+    from dask.base import is_dask_collection, tokenize
+    from dask.highlevelgraph import HighLevelGraph
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ImportError(
+        "tconv3d.dask needs Dask with its array module, an optional extra of tconv3d: "
+        "install it with `pip install \"tconv3d[dask]\"` (or `pip install \"dask[array]\"`)."
+    ) from exc
+
+from . import _kernels
+from ._ops import _element_strides, _geometry_tuple, _logical, _operand, _threads_for
+from ._validation import (as_array, check_allocation, make_geometry, normalize_num_threads,
+                          working_dtype)
+
+__all__ = ["conv_transpose3d", "upsample"]
+
+
+# ------------------------------------------------------------------------------ regions
+
+@dataclasses.dataclass(frozen=True)
+class _Region:
+    """Where a task's input region comes from, per spatial axis.
+
+    ``axes``: positions of the three spatial axes; ``parts``: for each, the slices of the
+    consecutive input blocks it spans; ``take``: for each, ``None`` or the indices (into the
+    gathered blocks) that replicate edge voxels past the volume.
+    """
+    axes: tuple
+    parts: tuple
+    take: tuple
+
+
+def _as_dask(x, name):
+    if not is_dask_collection(x):
+        x = da.asarray(as_array(x, name))
+    if not isinstance(x, da.Array):
+        raise TypeError(f"`{name}` must be a dask array (or array-like), got "
+                        f"{type(x).__name__}.")
+    if any(np.isnan(n) for n in x.shape):
+        raise ValueError(f"`{name}` has unknown chunk sizes (shape {x.shape}); call "
+                         f"`{name}.compute_chunk_sizes()` first.")
+    return x
+
+
+def _bounds(chunks):
+    """Block boundaries of one axis: ``[0, c0, c0 + c1, ..., n]``."""
+    return [0, *np.cumsum(chunks, dtype=np.int64).tolist()]
+
+
+def _parts(bounds, lo, hi):
+    """Blocks of an axis overlapping ``[lo, hi)``, as ``[(block, slice within it)]``."""
+    out = []
+    block = bisect.bisect_right(bounds, lo) - 1
+    while block < len(bounds) - 1 and bounds[block] < hi:
+        start, stop = max(lo, bounds[block]), min(hi, bounds[block + 1])
+        if stop > start:  # skips empty blocks
+            out.append((block, slice(start - bounds[block], stop - bounds[block])))
+        block += 1
+    return out
+
+
+def _region(bounds, lo, hi, n):
+    """Blocks and edge-replication indices for the input range ``[lo, hi)`` of an axis
+    of length ``n``, whose indices outside ``[0, n)`` read the nearest edge voxel."""
+    real_lo = min(max(lo, 0), n - 1)
+    real_hi = max(min(hi, n), real_lo + 1)
+    take = None
+    if lo < real_lo or hi > real_hi:
+        take = np.clip(np.arange(lo, hi), 0, n - 1) - real_lo
+    return _parts(bounds, real_lo, real_hi), take
+
+
+def _gather(pieces, region):
+    """The input region of a task from its blocks ``pieces[d][h][w]`` (no copy when it
+    lies in one block and needs no edge voxels)."""
+    first = pieces[0][0][0]
+    counts = [len(p) for p in region.parts]
+    if counts == [1, 1, 1]:
+        index = [slice(None)] * first.ndim
+        for ax, parts in zip(region.axes, region.parts):
+            index[ax] = parts[0]
+        out = first[tuple(index)]
+    else:
+        shape = list(first.shape)
+        offsets = []
+        for ax, parts in zip(region.axes, region.parts):
+            sizes = [s.stop - s.start for s in parts]
+            shape[ax] = sum(sizes)
+            offsets.append(np.cumsum([0, *sizes]).tolist())
+        out = np.empty(shape, first.dtype)
+        for idx in product(*(range(c) for c in counts)):
+            src = [slice(None)] * first.ndim
+            dst = [slice(None)] * first.ndim
+            for ax, parts, off, i in zip(region.axes, region.parts, offsets, idx):
+                src[ax] = parts[i]
+                dst[ax] = slice(off[i], off[i + 1])
+            out[tuple(dst)] = pieces[idx[0]][idx[1]][idx[2]][tuple(src)]
+    for ax, take in zip(region.axes, region.take):
+        if take is not None:
+            out = np.take(out, take, axis=ax)
+    return out
+
+
+def _graph(name, x, channel_axis, windows, block_task, constants):
+    """The graph of one task per output block.
+
+    ``windows[a]``: the output chunks of spatial axis ``a``, as ``(size, input range
+    [lo, hi) read, local numbers)``; ``block_task(keys, region, local numbers of the three
+    axes, batch)`` builds the task of a block.
+    ``constants`` (key: array) are added once, so that the kernel is sent to a worker
+    once rather than pickled into every task.
+    """
+    axes = tuple(ax for ax in range(1, 5) if ax != channel_axis)
+    in_bounds = [_bounds(x.chunks[ax]) for ax in axes]
+
+    def key(name, batch_block, spatial_blocks):
+        k = [name, batch_block, *spatial_blocks]
+        k.insert(1 + channel_axis, 0)
+        return tuple(k)
+
+    dsk = dict(constants)
+    for b, batch in enumerate(x.chunks[0]):
+        for t in product(*(range(len(w)) for w in windows)):
+            chosen = [w[i] for w, i in zip(windows, t)]
+            regions = [_region(bounds, *win[1], x.shape[ax])
+                       for bounds, win, ax in zip(in_bounds, chosen, axes)]
+            blocks = [[i for i, _ in parts] for parts, _ in regions]
+            keys = [[[key(x.name, b, (i, j, k)) for k in blocks[2]] for j in blocks[1]]
+                    for i in blocks[0]]
+            region = _Region(axes, tuple(tuple(s for _, s in parts) for parts, _ in regions),
+                             tuple(take for _, take in regions))
+            dsk[key(name, b, t)] = block_task(keys, region, [win[2] for win in chosen], batch)
+    return HighLevelGraph.from_collections(name, dsk, dependencies=[x])
+
+
+# ----------------------------------------------------------------------- compiled calls
+
+def _forward(x, wt, bias, geom, num_threads):
+    """The compiled forward pass of :func:`tconv3d.conv_transpose3d` on a geometry that
+    need not come from Keras' padding rules (any crop >= 0, any output length).
+
+    ``x`` in ``geom``'s layout and any dtype, ``wt`` the packed ``(kd, kh, kw, Cin, Cout)``
+    kernel of the working dtype, ``bias`` of shape ``(Cout,)`` or None.
+    """
+    dtype = wt.dtype
+    check_allocation(geom.output_shape, dtype, "output chunk")
+    x = _logical(_operand(x, dtype), geom)
+    y = np.empty(geom.output_shape, dtype)
+    y_logical = _logical(y, geom)
+    threads = _threads_for(normalize_num_threads(num_threads), geom)
+    _kernels.forward(x, wt, np.zeros(1, dtype) if bias is None else bias, y_logical,
+                     _geometry_tuple(geom), _element_strides(x), _element_strides(y_logical),
+                     threads, bias is not None)
+    return y
+
+
+def _conv_block(pieces, region, wt, bias, geom, num_threads):
+    return _forward(_gather(pieces, region), wt, bias, geom, num_threads)
+
+
+# ----------------------------------------------------------------------- public functions
+
+def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
+                     output_padding=None, dilation_rate=1, data_format="channels_last",
+                     num_threads=1):
+    """Lazy 3D transposed convolution of a chunked :class:`dask.array.Array`.
+
+    Parameters
+    ----------
+    x : dask.array.Array of shape (batch, depth, height, width, in_channels)
+        Or ``(batch, in_channels, depth, height, width)`` with
+        ``data_format="channels_first"``. Chunked along batch and/or spatial axes in any
+        sizes; the channel axis is rechunked to one chunk if it is not. Other array-likes
+        are wrapped as a single chunk.
+    kernel : array-like of shape (kernel_depth, kernel_height, kernel_width, filters, in_channels)
+        In memory (it is sent to every task once).
+    bias : array-like of shape (filters,), optional
+    strides, padding, output_padding, dilation_rate, data_format
+        As in :func:`tconv3d.conv_transpose3d`.
+    num_threads : int, default=1
+        OpenMP threads of the compiled kernel in each task (``None``: the worker's OpenMP
+        default). Keep 1 when the Dask workers run one task per core.
+
+    Returns
+    -------
+    y : dask.array.Array of shape (batch, out_depth, out_height, out_width, filters)
+        Or channels-first; float32 when every input is float32, float64 otherwise. Its
+        batch chunks are ``x``'s; its spatial chunk boundaries are ``x``'s times the stride
+        (see the module docstring). Computed, it is bitwise equal to
+        ``tconv3d.conv_transpose3d`` on the whole array.
+    """
+    x = _as_dask(x, "x")
+    kernel = as_array(kernel, "kernel")
+    extra = () if bias is None else (("bias", as_array(bias, "bias")),)
+    dtype = working_dtype(("x", x), ("kernel", kernel), *extra)
+    geom = make_geometry(x.shape, kernel.shape, strides, padding, output_padding,
+                         dilation_rate, data_format)
+    if bias is not None and extra[0][1].shape != (geom.filters,):
+        raise ValueError(f"`bias` must have shape ({geom.filters},) (the kernel's filters), "
+                         f"got {extra[0][1].shape}.")
+    if num_threads is not None:
+        num_threads = normalize_num_threads(num_threads)
+    channel_axis = 4 if geom.channels_last else 1
+    if x.numblocks[channel_axis] > 1:
+        x = x.rechunk({channel_axis: -1})
+
+    # Forward contracts over input channels innermost: pack taps as (Cin, Cout) matrices.
+    wt = np.ascontiguousarray(np.asarray(kernel, dtype=dtype).transpose(0, 1, 2, 4, 3))
+    b = None if bias is None else np.ascontiguousarray(extra[0][1], dtype=dtype)
+
+    windows = []
+    spatial_axes = [ax for ax in range(1, 5) if ax != channel_axis]
+    for a, ax in enumerate(spatial_axes):
+        n, k, s, d = (geom.in_spatial[a], geom.kernel_spatial[a], geom.strides[a],
+                      geom.dilation[a])
+        out, c = geom.out_spatial[a], geom.crop[a]
+        bounds = _bounds(x.chunks[ax])
+        # Output chunks start at the input chunks' starts times s, minus the crop. Each
+        # reads at least its own input chunk's first voxel b (which lands on output
+        # b*s - c), or for a clipped first chunk the inputs up to floor((o_hi - 1 + c)/s).
+        edges = sorted({min(max(lo * s - c, 0), out) for lo in bounds[:-1]} | {out})
+        axis = []
+        for o_lo, o_hi in zip(edges[:-1], edges[1:]):
+            # Inputs read by outputs [o_lo, o_hi) (module docstring): i*s + j*d = o + c.
+            i_lo = max(0, min(-(-(o_lo + c - (k - 1) * d) // s), (o_lo + c) // s))
+            i_hi = min(n, (o_hi - 1 + c) // s + 1)
+            axis.append((o_hi - o_lo, (i_lo, i_hi),
+                         (i_hi - i_lo, o_hi - o_lo, o_lo + c - i_lo * s)))
+        windows.append(axis)
+
+    token = tokenize(x, wt, b, geom, num_threads)
+    name = f"conv_transpose3d-{token}"
+    wt_key = f"{name}-kernel"
+    constants = {wt_key: wt}
+    b_key = None
+    if b is not None:
+        b_key = f"{name}-bias"
+        constants[b_key] = b
+
+    def block_task(keys, region, local, batch):
+        local_geom = dataclasses.replace(
+            geom, batch=batch, in_spatial=tuple(v[0] for v in local),
+            out_spatial=tuple(v[1] for v in local), crop=tuple(v[2] for v in local))
+        return (_conv_block, keys, region, wt_key, b_key, local_geom, num_threads)
+
+    graph = _graph(name, x, channel_axis, windows, block_task, constants)
+    chunks = [x.chunks[0], *(tuple(w[0] for w in axis) for axis in windows)]
+    chunks.insert(channel_axis, (geom.filters,))
+    return da.Array(graph, name, chunks=tuple(chunks), meta=np.empty((0,) * 5, dtype))
+
+
+def _upsample_block(pieces, region, kernel, bias, passes, num_threads):
+    """One chunk of ``VolumeUpsampler.transform``, computed as the in-memory
+    ``tconv3d.upsampling._upsample`` computes these voxels.
+
+    ``region``: the chunk's input, edge voxels replicated past the volume. ``passes``: the
+    transposed convolutions whose results are written into the chunk, in order, each as
+    ``(axis order, input slices of the region, local geometry, output slices)``.
+    """
+    x = _gather(pieces, region)
+    if not np.isfinite(x).all():
+        raise ValueError("Input X contains NaN or infinity (VolumeUpsampler refuses "
+                         "non-finite volumes).")
+    n, c = x.shape[0], x.shape[-1]
+    x = x if c == 1 else np.moveaxis(x, -1, 1).reshape(n * c, *x.shape[1:4], 1)
+    y = None
+    for order, source, geom, target in passes:
+        order = list(order)
+        part = x[(slice(None), *source)].transpose(0, *(a + 1 for a in order), 4)
+        wt = np.ascontiguousarray(kernel.transpose(*order, 3, 4))  # Cin = Cout = 1
+        z = _forward(part, wt, bias, dataclasses.replace(geom, batch=n * c), num_threads)
+        z = z.transpose(0, *(order.index(a) + 1 for a in range(3)), 4)
+        if y is None:
+            y = z
+        else:
+            y[(slice(None), *target)] = z
+    if c == 1:
+        return y
+    return np.ascontiguousarray(np.moveaxis(y.reshape(n, c, *y.shape[1:4]), 1, -1))
+
+
+def upsample(upsampler, X, *, num_threads=None):
+    """Lazy ``upsampler.transform(X)`` of a chunked :class:`dask.array.Array`.
+
+    Parameters
+    ----------
+    upsampler : tconv3d.upsampling.VolumeUpsampler
+        Fitted.
+    X : dask.array.Array of shape (n_samples, d, h, w), (n_samples, d, h, w, c) or \
+(n_samples, n_features)
+        As for ``transform``; 4-D and 5-D volumes may be chunked along samples and space in
+        any sizes (the channel axis is rechunked to one chunk). Flattened 2-D volumes are
+        chunked along samples only.
+    num_threads : int, optional
+        OpenMP threads of the compiled kernel in each task; ``None`` uses the upsampler's
+        ``num_threads`` if set, else 1 (one per Dask thread).
+
+    Returns
+    -------
+    X_up : dask.array.Array
+        Of the shape and dtype ``transform`` returns; its sample chunks are ``X``'s and its
+        spatial chunks ``X``'s times the factor. Computed, it is bitwise equal to
+        ``upsampler.transform(X.compute())``. Non-finite voxels raise ``ValueError`` when
+        the chunk holding them is computed.
+
+    Notes
+    -----
+    ``transform`` computes ``y`` in two steps (``tconv3d.upsampling`` module docstring):
+    the strided ``"same"`` transposed convolution of the whole volume, right everywhere
+    but in thin border slabs, then each border slab recomputed from edge-replicated input,
+    with the axes reordered so that the longest is innermost. Each chunk here does the same
+    on its part of the volume -- the convolution, then the parts of the slabs that fall in
+    it, in the same order and each with the axis order of its whole slab -- so every voxel
+    is summed exactly as in memory.
+    """
+    from sklearn.utils.validation import check_is_fitted
+
+    from .upsampling import _borders, _embed_small, _layout
+
+    check_is_fitted(upsampler)
+    if num_threads is None:
+        num_threads = 1 if upsampler.num_threads is None else upsampler.num_threads
+    num_threads = normalize_num_threads(num_threads)
+    X = _as_dask(X, "X")
+    volumes, ndim = _dask_volumes(upsampler, X)
+    dtype = volumes.dtype
+    factor = upsampler.factor_
+    kernel = _embed_small(upsampler.kernel_, factor)[0].astype(dtype)[..., None, None]
+    bias = None if upsampler.bias_ == 0 else np.full(1, upsampler.bias_, dtype)
+    if volumes.numblocks[4] > 1:
+        volumes = volumes.rechunk({4: -1})
+    in_spatial, ksize = volumes.shape[1:4], kernel.shape[:3]
+    # transform's whole-volume convolution: length n*s, crop (k - s)//2 on each axis.
+    template = make_geometry((1, *in_spatial, 1), kernel.shape, factor, "same", None, 1,
+                             "channels_last")
+    out_spatial, crop = template.out_spatial, template.crop
+    # Border slabs as transform writes them, in its order, each with the axis order it
+    # runs in (its range on its axis, whole lengths on the others; longest innermost).
+    slabs = []
+    for axis, first, stop in _borders(in_spatial, ksize, factor):
+        lengths = [stop - first if a == axis else out_spatial[a] for a in range(3)]
+        slabs.append((axis, first, stop, tuple(np.argsort(lengths, kind="stable").tolist())))
+
+    def reach(a, first, stop):
+        """Inputs [lo, hi) that outputs [first, stop) of axis a read (k >= s here)."""
+        k, s = ksize[a], factor[a]
+        return -(-(first + crop[a] - (k - 1)) // s), (stop - 1 + crop[a]) // s + 1
+
+    def conv_pass(order, ranges, region_lo, clip):
+        """A transposed convolution giving outputs ``ranges``, read from the region."""
+        source, local = [], []
+        for a, (first, stop) in enumerate(ranges):
+            lo, hi = reach(a, first, stop)
+            if clip:  # the whole-volume pass reads only voxels inside the volume
+                lo, hi = max(lo, 0), min(hi, in_spatial[a])
+            source.append(slice(lo - region_lo[a], hi - region_lo[a]))
+            local.append((hi - lo, stop - first, first + crop[a] - lo * factor[a]))
+        geom = dataclasses.replace(
+            template, in_spatial=tuple(local[a][0] for a in order),
+            kernel_spatial=tuple(ksize[a] for a in order),
+            strides=tuple(factor[a] for a in order),
+            out_spatial=tuple(local[a][1] for a in order),
+            crop=tuple(local[a][2] for a in order))
+        return order, tuple(source), geom
+
+    windows = []
+    for a in range(3):
+        bounds = _bounds(volumes.chunks[1 + a])
+        windows.append([((hi - lo) * factor[a], reach(a, lo * factor[a], hi * factor[a]),
+                         (lo * factor[a], hi * factor[a]))
+                        for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo])
+
+    token = tokenize(volumes, kernel, bias, factor, num_threads)
+    name = f"volumeupsampler-transform-{token}"
+    kernel_key = f"{name}-kernel"
+    constants = {kernel_key: kernel}
+    bias_key = None
+    if bias is not None:
+        bias_key = f"{name}-bias"
+        constants[bias_key] = bias
+
+    def block_task(keys, region, local, batch):
+        chunk = list(local)                               # output range of each axis
+        region_lo = [reach(a, *chunk[a])[0] for a in range(3)]
+        passes = [(*conv_pass((0, 1, 2), chunk, region_lo, True), None)]
+        for axis, first, stop, order in slabs:
+            first, stop = max(first, chunk[axis][0]), min(stop, chunk[axis][1])
+            if first >= stop:
+                continue
+            ranges = list(chunk)
+            ranges[axis] = (first, stop)
+            target = tuple(slice(f - c0, t - c0) for (f, t), (c0, _) in zip(ranges, chunk))
+            passes.append((*conv_pass(order, ranges, region_lo, False), target))
+        return (_upsample_block, keys, region, kernel_key, bias_key, passes, num_threads)
+
+    graph = _graph(name, volumes, 4, windows, block_task, constants)
+    chunks = (volumes.chunks[0], *(tuple(v[0] for v in axis) for axis in windows),
+              volumes.chunks[4])
+    out = da.Array(graph, name, chunks=chunks, meta=np.empty((0,) * 5, dtype))
+    return out if ndim == 5 else out.reshape(_layout(out.shape, ndim))
+
+
+def _dask_volumes(upsampler, X):
+    """``X`` as ``(n, d, h, w, c)`` float volumes, and its ndim: the checks of
+    ``VolumeUpsampler.transform`` that need no data (non-finite values are refused when
+    a chunk is computed)."""
+    from .upsampling import _resolve_volume_shape
+
+    if X.dtype.kind not in "biuf":
+        raise ValueError(f"X must hold real numbers, got dtype {X.dtype}.")
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    ndim = X.ndim
+    if ndim in (4, 5):
+        if min(X.shape[1:]) < 1:
+            raise ValueError(f"X must have at least one voxel per axis, got shape {X.shape}.")
+        return (X if ndim == 5 else X[..., np.newaxis]), ndim
+    if ndim != 2:
+        raise ValueError("X must be 2-D (n_samples, n_features) with volume_shape, 4-D "
+                         "(n_samples, d, h, w) or 5-D (n_samples, d, h, w, c), got "
+                         f"shape {X.shape}.")
+    expected = getattr(upsampler, "n_features_in_", None)
+    if expected is not None and X.shape[1] != expected:
+        raise ValueError(f"X has {X.shape[1]} features, but {type(upsampler).__name__} is "
+                         f"expecting {expected} features as input.")
+    shape = getattr(upsampler, "volume_shape_", None)
+    if shape is None:
+        shape = _resolve_volume_shape(upsampler.volume_shape, X.shape[1])
+    X = X.rechunk({1: -1})
+    return X.reshape(len(X), *shape[:3], 1 if len(shape) == 3 else shape[3]), 2
