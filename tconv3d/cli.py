@@ -414,7 +414,7 @@ def open_volume(path, role="IN"):
         what = {"npy": "a NumPy .npy file", "npz": "a NumPy .npz archive",
                 "nifti": "a NIfTI image"}[kind]
         raise CommandError(f"cannot read {str(path)!r} as {what}: {_reason(exc)}") from None
-    dtype = source.stored_dtype
+    dtype = source.stored_dtype = source.stored_dtype.newbyteorder("=")  # NIfTI may be '>'
     if dtype.kind not in "biuf" or dtype.itemsize > 8:
         raise CommandError(f"{role} {str(path)!r} holds {dtype} data; expected real numbers "
                            "(integer, float or boolean)")
@@ -664,12 +664,19 @@ def robust_scale(volumes):
 
 
 def fit_learned(low, high, factor, kernel_size, max_iter, threads):
-    """Learned ``VolumeUpsampler`` of ``low`` -> ``high`` and whether it converged."""
+    """Learned ``VolumeUpsampler`` of ``(n, d, h, w)`` ``low`` -> ``high``, and whether the
+    fit converged before ``max_iter``."""
     from sklearn.exceptions import ConvergenceWarning
 
     from .upsampling import VolumeUpsampler
+
+    # VolumeUpsampler's loss is relative to mean(high**2) and L-BFGS stops when it falls by
+    # less than `tol` in absolute terms below 1: with a large mean (MRI intensities offset
+    # from 0) the fit stopped after an iteration or two. Make `tol` relative to the variance.
+    mean_square = float(np.mean(np.square(high)))
+    tol = 1e-7 * (float(np.var(high)) / mean_square if mean_square > 0 else 1.0)
     upsampler = VolumeUpsampler(factor=factor, kernel="learned", kernel_size=kernel_size,
-                                max_iter=max_iter, num_threads=threads)
+                                max_iter=max_iter, tol=max(tol, 1e-15), num_threads=threads)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         upsampler.fit(low, high)
@@ -774,6 +781,8 @@ def cmd_upsample(args):
     kind_out = file_format(args.output, "OUT")
     check_input(args.input)
     check_output(args.output, args.overwrite)
+    if kind_out == "nifti":
+        _import_nibabel(args.output)
     spec, kernel, factor, name = _kernel_spec(args.kernel, args.factor)
     source = open_volume(args.input)
     stored = source.stored_dtype
@@ -1036,6 +1045,8 @@ def _best_ms(function, repeat=3):
 
 def cmd_demo(args):
     from .upsampling import VolumeUpsampler
+    if args.input is not None:
+        check_input(args.input)
     factor = (args.factor,) * 3
     name, volume, zooms, units, train, train_name, notes = _demo_data(args)
     for note in notes:
