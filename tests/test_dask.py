@@ -430,3 +430,21 @@ def test_upsample_chunks_read_only_their_neighbourhood():
     inputs = set(flatten(X.__dask_keys__()))
     counts = [len(deps[key] & inputs) for key in flatten(Y.__dask_keys__())]
     assert len(counts) == 64 and min(counts) == 8 and max(counts) == 27
+
+
+@pytest.mark.parametrize("store", ["npy", "zarr"])
+def test_example_dask_large_volume_runs_and_is_exact(tmp_path, store, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    if store == "zarr":
+        pytest.importorskip("zarr")
+    path = Path(__file__).resolve().parent.parent / "examples" / "dask_large_volume.py"
+    spec = importlib.util.spec_from_file_location("dask_large_volume_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    result = example.main(["--size", "21", "17", "26", "--chunks", "8", "5", "9", "--store",
+                           store, "--dir", str(tmp_path), "--threads", "2", "--check"])
+    assert result["shape"] == (42, 34, 52) and result["equal"]
+    assert "Mvoxel/s" in capsys.readouterr().out
+    assert not any(tmp_path.iterdir())  # the stores are removed without --keep
