@@ -158,8 +158,9 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
 
     x = _logical(_operand(x, dtype), geom)
     # Forward contracts over input channels innermost: pack taps as (Cin, Cout) matrices.
-    wt = np.ascontiguousarray(np.asarray(kernel, dtype=dtype).transpose(0, 1, 2, 4, 3))
-    b = (np.ascontiguousarray(extra["bias"], dtype=dtype) if bias is not None
+    # np.require(..., "A"): np.ascontiguousarray passes an unaligned array through.
+    wt = np.require(np.asarray(kernel, dtype=dtype).transpose(0, 1, 2, 4, 3), None, "CA")
+    b = (np.require(extra["bias"], dtype, "CA") if bias is not None
          else np.zeros(1, dtype))
     y = np.empty(geom.output_shape, dtype=dtype)
     y_logical = _logical(y, geom)
@@ -221,7 +222,7 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     gtuple = _geometry_tuple(geom)
     grad_input = grad_kernel = grad_bias = None
     if "input" in compute:
-        w = np.ascontiguousarray(kernel, dtype=dtype)
+        w = np.require(kernel, dtype, "CA")
         grad_input = np.empty(geom.input_shape, dtype=dtype)
         gx = _logical(grad_input, geom)
         _kernels.grad_input(g, w, gx, gtuple, _element_strides(gx), _element_strides(g),
@@ -229,7 +230,7 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     if "kernel" in compute:
         xl = _logical(_operand(x, dtype), geom)
         if xl.strides[-1] != xl.itemsize:  # the GEMM reads x's channels as vectors
-            xl = np.ascontiguousarray(xl)
+            xl = np.require(xl, None, "CA")
         grad_kernel = np.empty(geom.kernel_shape, dtype=dtype)
         _kernels.grad_kernel(g, xl, grad_kernel, gtuple, _element_strides(xl),
                              _element_strides(g), num_threads)

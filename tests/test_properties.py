@@ -344,3 +344,65 @@ def test_upsampler_does_not_modify_its_inputs(data):
     out = up.fit(volumes).transform(volumes)
     untouched.check("VolumeUpsampler.fit/transform")
     assert out.shape[1:4] == tuple(n * factor for n in shape[1:4])
+
+
+# ------------------------------------------------------------------ what the kernels get
+
+
+class _RecordingKernels:
+    """Stands in for ``tconv3d._kernels``: records the arrays each kernel receives."""
+
+    def __init__(self, real):
+        self.real, self.seen = real, []
+
+    def __getattr__(self, name):
+        target = getattr(self.real, name)
+        if name not in ("forward", "grad_input", "grad_kernel", "grad_bias"):
+            return target
+
+        def record(*args):
+            self.seen += [(name, a) for a in args if isinstance(a, np.ndarray)]
+            return target(*args)
+        return record
+
+
+@PROFILE
+@given(p=problems(max_size=3))
+def test_kernels_receive_aligned_native_arrays(p):
+    """Whatever the caller's layout (unaligned, byte-swapped, ...), the compiled loops only
+    see aligned, native-endian arrays with whole-element strides: misaligned loads are
+    undefined behaviour in C (UBSan flagged an unaligned bias reaching the forward loop)."""
+    from tconv3d import _ops
+    recorder = _RecordingKernels(_ops._kernels)
+    x, w, b, g, kwargs = p["x"], p["w"], p["b"], p["g"], p["kwargs"]
+    original, _ops._kernels = _ops._kernels, recorder
+    try:
+        tconv3d.conv_transpose3d(x, w, b, **kwargs)
+        tconv3d.conv_transpose3d_backward(g, x, w, **kwargs)
+    finally:
+        _ops._kernels = original
+    assert {name for name, _ in recorder.seen} == {"forward", "grad_input", "grad_kernel",
+                                                   "grad_bias"}
+    for name, a in recorder.seen:
+        assert a.flags.aligned and a.dtype.isnative, (name, a.dtype, a.strides)
+        assert all(s % a.itemsize == 0 for s in a.strides), (name, a.strides)
+
+
+@pytest.mark.parametrize("which", ["x", "kernel", "bias", "grad_output"])
+def test_unaligned_operands_are_realigned(which, monkeypatch):
+    from tconv3d import _ops
+    rng = np.random.default_rng(5)
+    args = dict(x=rng.standard_normal((1, 3, 2, 3, 2)), kernel=rng.standard_normal((2, 2, 2, 3, 2)),
+                bias=rng.standard_normal(3), grad_output=rng.standard_normal((1, 4, 3, 4, 3)))
+    expected_y = tconv3d.conv_transpose3d(args["x"], args["kernel"], args["bias"])
+    expected_g = tconv3d.conv_transpose3d_backward(args["grad_output"], args["x"],
+                                                   args["kernel"])
+    args[which] = _unaligned(args[which])
+    assert not args[which].flags.aligned
+    recorder = _RecordingKernels(_ops._kernels)
+    monkeypatch.setattr(_ops, "_kernels", recorder)
+    y = tconv3d.conv_transpose3d(args["x"], args["kernel"], args["bias"])
+    grads = tconv3d.conv_transpose3d_backward(args["grad_output"], args["x"], args["kernel"])
+    assert all(a.flags.aligned for _, a in recorder.seen)
+    assert y.tobytes() == expected_y.tobytes()
+    assert all(a.tobytes() == e.tobytes() for a, e in zip(grads, expected_g))
