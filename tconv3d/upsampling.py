@@ -207,7 +207,7 @@ default="trilinear"
         with ``kernel="learned"``.
     max_iter : int, default=200
         Maximum L-BFGS iterations of the learned fit.
-    tol : float, default=1e-7
+    tol : float, default=1e-6
         The learned fit stops when an iteration lowers the mean squared error (relative
         to the mean square of ``y``) by less than ``tol``.
     num_threads : int, default=None
@@ -265,7 +265,7 @@ default="trilinear"
     """
 
     def __init__(self, factor=2, kernel="trilinear", volume_shape=None, kernel_size=None,
-                 max_iter=200, tol=1e-7, num_threads=None, verbose=0):
+                 max_iter=200, tol=1e-6, num_threads=None, verbose=0):
         self.factor = factor
         self.kernel = kernel
         self.volume_shape = volume_shape
