@@ -509,8 +509,8 @@ def _nifti_image(nibabel, source, data, factor):
     header.set_data_dtype(data.dtype)
     image = type(source.image)(data, affine, header=header)
     header = image.header
-    # The constructor resets the codes; keep the input's (and its qform rotation when the
-    # input has a qform, else the sform's affine for both).
+    # The constructor sets both forms to `affine` with codes of its choosing: give each form
+    # back its code, and its own upsampled input form (they may differ).
     image.set_sform(upsampled_affine(old.get_sform(), factor), code=int(old["sform_code"]))
     image.set_qform(upsampled_affine(old.get_qform(), factor), code=int(old["qform_code"]))
     zooms = list(old.get_zooms())
@@ -799,26 +799,31 @@ def cmd_upsample(args):
     upsampler = _fitted_upsampler(kernel, factor, args.threads)
 
     start = time.perf_counter()
-    out = np.empty(out_spatial + (source.n_volumes,), out_dtype)
-    progress = None
-    if source.n_volumes > 1 and not args.quiet:
-        progress = Progress(source.n_volumes, "upsampling")
+    compute = 0.0
+    series = source.n_volumes > 1
+    progress = Progress(source.n_volumes, "upsampling") if series and not args.quiet else None
+    out = np.empty(out_spatial + (source.n_volumes,), out_dtype) if series else None
     for k in range(source.n_volumes):
         volume = _finite(np.asarray(source.volume(k), dtype=work), args.input)
-        out[..., k] = _cast(upsample_volumes(upsampler, spec, volume[np.newaxis])[0],
-                            out_dtype)
+        tic = time.perf_counter()
+        up = _cast(upsample_volumes(upsampler, spec, volume[np.newaxis])[0], out_dtype)
+        compute += time.perf_counter() - tic
+        if not series:  # one volume: no second output-sized buffer
+            out = up
+            break
+        out[..., k] = up
         if progress:
             progress.update(k + 1)
     out = out.reshape(out_shape)
-    elapsed = time.perf_counter() - start
     write_volume(args.output, kind_out, out, source, factor, args.overwrite)
+    elapsed = time.perf_counter() - start
     if not args.quiet:
-        new_zooms = [z / f for z, f in zip(source.zooms, factor)]
-        series = f" x {source.n_volumes} volumes" if source.extra else ""
-        print(f"{args.input} {_shape(source.spatial)}{series} {stored} -> {args.output} "
-              f"{_shape(out_spatial)} {out_dtype}; voxel {_format_size(source.zooms, source.units)}"
-              f" -> {_format_size(new_zooms, source.units)}; {name} x{_factor_text(factor)}; "
-              f"{elapsed:.2f} s")
+        zooms = _format_size(source.zooms, source.units)
+        new_zooms = _format_size([z / f for z, f in zip(source.zooms, factor)], source.units)
+        volumes = f" x {source.n_volumes} volumes" if source.extra else ""
+        print(f"{args.input} {_shape(source.spatial)}{volumes} {stored} -> {args.output} "
+              f"{_shape(out_spatial)} {out_dtype}; voxel {zooms} -> {new_zooms}; {name} "
+              f"x{_factor_text(factor)}; {elapsed:.2f} s (upsampling {compute:.2f} s)")
     return EXIT_OK
 
 
