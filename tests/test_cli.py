@@ -19,7 +19,6 @@ from tconv3d import cli
 from tconv3d.cli import KernelFile, load_kernel, main, save_kernel, upsampled_affine
 from tconv3d.upsampling import VolumeUpsampler, _trilinear_kernel
 
-ROOT = Path(__file__).resolve().parent.parent
 SPATIAL = (7, 11, 13)   # odd lengths, as elsewhere in the suite
 
 
@@ -815,24 +814,41 @@ def test_warnings_are_one_line(capsys, monkeypatch, npy, tmp_path):
 
 # --- the installed command ---------------------------------------------------------------
 
-def _python_m(*argv, cwd):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+def _command(*argv, cwd, program=(sys.executable, "-m", "tconv3d")):
+    """Run the command in a subprocess that imports the tconv3d these tests import (the
+    source tree, or the installed wheel in CI)."""
+    import tconv3d
+    home = str(Path(tconv3d.__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([home, os.environ.get("PYTHONPATH", "")]))
     env.pop("TCONV3D_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "tconv3d", *map(str, argv)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run([*program, *map(str, argv)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
 
 
 def test_python_m_tconv3d(tmp_path, npy):
-    version = _python_m("--version", cwd=tmp_path)
+    version = _command("--version", cwd=tmp_path)
     assert version.returncode == 0 and version.stdout.startswith("tconv3d ")
-    done = _python_m("upsample", npy, "o.npy", "--kernel", "nearest", cwd=tmp_path)
+    done = _command("upsample", npy, "o.npy", "--kernel", "nearest", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "o.npy").exists()
-    again = _python_m("upsample", npy, "o.npy", cwd=tmp_path)
+    again = _command("upsample", npy, "o.npy", cwd=tmp_path)
     assert again.returncode == 1
     assert again.stderr == "tconv3d upsample: error: OUT 'o.npy' exists; pass --overwrite to " \
                            "replace it\n"
+
+
+@pytest.mark.skipif(os.environ.get("TCONV3D_TEST_INSTALLED", "0") in ("", "0"),
+                    reason="set TCONV3D_TEST_INSTALLED=1 to check (CI tests the wheel)")
+def test_console_script(tmp_path):
+    """The ``tconv3d`` entry point the wheel installs."""
+    import shutil
+    script = shutil.which("tconv3d")
+    assert script is not None, "no tconv3d on PATH"
+    done = _command("--version", cwd=tmp_path, program=(script,))
+    assert done.returncode == 0 and done.stdout.startswith("tconv3d "), done.stderr
+    done = _command("upsample", "missing.npy", "out.npy", cwd=tmp_path, program=(script,))
+    assert done.returncode == 1
+    assert done.stderr == "tconv3d upsample: error: IN 'missing.npy' does not exist\n"
 
 
 @pytest.mark.parametrize("command", ["", "upsample", "show", "fit", "demo"])

@@ -5,6 +5,9 @@ directory for the pictures it writes) with a timeout; the test checks the exit s
 and a key line of its output. Examples whose optional dependency is missing are skipped,
 except ``keras_weight_transfer.py``, which must then say so and exit 0.
 
+``tconv3d`` is imported from where the tests import it: the source tree, or in CI the
+installed wheel (the examples then come from the repository next to ``tests/``).
+
 The subprocesses run with ``OMP_NUM_THREADS=1``: results do not depend on the thread
 count, and on a shared CI machine two OpenMP threads per process spin against each
 other's load and can take ten times longer on these small problems.
@@ -58,9 +61,13 @@ EXPECTED = {
 
 
 def run_example(name, *args, cwd, timeout, pythonpath=()):
+    """Run ``examples/name`` with the tconv3d these tests import (the source tree, or the
+    installed wheel in CI) first on the path."""
+    import tconv3d
+    home = Path(tconv3d.__file__).resolve().parent.parent
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
     env.setdefault("KERAS_BACKEND", "torch")
-    env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), str(ROOT),
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), str(home),
                                          env.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, str(EXAMPLES / name), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
