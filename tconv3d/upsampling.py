@@ -41,6 +41,7 @@ from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+from threadpoolctl import threadpool_limits
 
 from ._ops import conv_transpose3d, conv_transpose3d_backward, conv_transpose3d_output_shape
 from ._validation import normalize_num_threads, normalize_triple
@@ -488,9 +489,13 @@ def _fit_kernel(volumes, targets, kernel, factor, *, max_iter, tol, num_threads,
                   f"mse {evaluated['loss'] * scale**2:.6g}  "
                   f"({time.perf_counter() - start:.2f} s)", flush=True)
 
-    result = minimize(loss_and_grad, np.append(kernel.ravel(), 0.0), jac=True,
-                      method="L-BFGS-B", callback=report if verbose > 0 else None,
-                      options={"maxiter": max_iter, "ftol": tol, "gtol": 0.0})
+    # The loop alternates the core's OpenMP threads with small BLAS calls (the loss, the
+    # L-BFGS update), which gain nothing from BLAS threads: spinning BLAS threads would only
+    # compete with the core's.
+    with threadpool_limits(limits=1, user_api="blas"):
+        result = minimize(loss_and_grad, np.append(kernel.ravel(), 0.0), jac=True,
+                          method="L-BFGS-B", callback=report if verbose > 0 else None,
+                          options={"maxiter": max_iter, "ftol": tol, "gtol": 0.0})
     if result.status == 1:
         warnings.warn(f"The learned fit stopped at max_iter={max_iter} iterations before "
                       f"reaching tol={tol}; increase max_iter.", ConvergenceWarning)
