@@ -1,8 +1,8 @@
 """Upsample a volume larger than a worker's memory, chunk by chunk, with Dask.
 
-The input is a ``.npy`` file read through memory maps (or a Zarr array); the output is
-written into another one chunk by chunk as tasks finish, so no process ever holds more than
-a few chunks. The result is bitwise what ``VolumeUpsampler.transform`` gives in memory.
+The input is a ``.npy`` file (or a Zarr array) read chunk by chunk; the output is written
+into another one chunk by chunk as tasks finish, so no process ever holds more than a few
+chunks. The result is bitwise what ``VolumeUpsampler.transform`` gives in memory.
 
 Run (needs ``pip install "tconv3d[dask]"``; Zarr and ``distributed`` are optional)::
 
@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+from itertools import product
 
 import numpy as np
 
@@ -30,31 +31,69 @@ import tconv3d.dask
 from tconv3d.upsampling import VolumeUpsampler
 
 
-class NpyArray:
-    """A ``.npy`` file as an array-like for ``da.from_array``: each read maps the file,
-    copies the slice and unmaps it, so a task holds only what it reads; it pickles as
-    the path, so workers open the file themselves."""
+class NpyFile:
+    """A ``.npy`` file read and written in place, chunk by chunk, with positioned reads and
+    writes of each chunk's contiguous runs: no memory map, so a task holds only its chunk.
+
+    An array-like for ``da.from_array`` (``__getitem__``) and a target of ``da.store``
+    (``__setitem__``); it pickles as its path, so each worker opens the file itself.
+    """
 
     def __init__(self, path):
         self.path = path
-        header = np.load(path, mmap_mode="r")
-        self.shape, self.dtype, self.ndim = header.shape, header.dtype, header.ndim
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            self.shape, fortran_order, self.dtype = read_header(f)
+            self.offset = f.tell()
+        if fortran_order:
+            raise ValueError(f"{path}: Fortran-ordered arrays are not supported")
+        self.ndim = len(self.shape)
+
+    def _runs(self, index):
+        """The region ``index`` (slices of step 1) as contiguous runs of the file:
+        ``(position of the run in the region, byte offset, element count)``."""
+        bounds = [sl.indices(n)[:2] for sl, n in zip(index, self.shape)]
+        strides = np.cumprod((1, *self.shape[:0:-1]))[::-1].tolist()  # elements, C order
+        k = self.ndim - 1  # axes after k are whole: each run spans them and axis k's range
+        while k > 0 and bounds[k] == (0, self.shape[k]):
+            k -= 1
+        count = (bounds[k][1] - bounds[k][0]) * strides[k]
+        for outer in product(*(range(lo, hi) for lo, hi in bounds[:k])):
+            first = sum(i * st for i, st in zip(outer, strides)) + bounds[k][0] * strides[k]
+            yield (tuple(i - lo for i, (lo, _) in zip(outer, bounds)),
+                   self.offset + first * self.dtype.itemsize, count)
+
+    def _index(self, index):
+        index = index if isinstance(index, tuple) else (index,)
+        index = index + (slice(None),) * (self.ndim - len(index))
+        if not all(isinstance(i, slice) and i.step in (None, 1) for i in index):
+            raise IndexError(f"NpyFile supports slices of step 1, got {index}")
+        return index
 
     def __getitem__(self, index):
-        return np.array(np.load(self.path, mmap_mode="r")[index])
-
-
-class NpyWriter:
-    """A ``.npy`` file as a target of ``da.store``: each chunk is written through a memory
-    map of the file, unmapped right after (its pages go to the page cache, not the task)."""
-
-    def __init__(self, path):
-        self.path = path
+        index = self._index(index)
+        shape = [len(range(*sl.indices(n))) for sl, n in zip(index, self.shape)]
+        out = np.empty(shape, self.dtype)
+        if out.size:
+            with open(self.path, "rb") as f:
+                for position, offset, count in self._runs(index):
+                    view = memoryview(out[position].reshape(-1)).cast("B")
+                    done = 0
+                    while done < len(view):
+                        done += os.preadv(f.fileno(), [view[done:]], offset + done)
+        return out
 
     def __setitem__(self, index, value):
-        out = np.load(self.path, mmap_mode="r+")
-        out[index] = value
-        del out
+        index = self._index(index)
+        value = np.ascontiguousarray(value, dtype=self.dtype)
+        with open(self.path, "r+b") as f:
+            for position, offset, count in self._runs(index):
+                view = memoryview(value[position].reshape(-1)).cast("B")
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(f.fileno(), view[done:], offset + done)
 
 
 def make_input(path, shape, chunks, store, seed=0):
@@ -63,7 +102,8 @@ def make_input(path, shape, chunks, store, seed=0):
         import zarr
         array = zarr.open_array(path, mode="w", shape=shape, chunks=chunks, dtype="float32")
     else:
-        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        array = NpyFile(path)
     rng = np.random.default_rng(seed)
     slab = max(chunks[0], (64 << 20) // (4 * shape[1] * shape[2]) // chunks[0] * chunks[0])
     h, w = np.ogrid[:shape[1], :shape[2]]
@@ -72,15 +112,12 @@ def make_input(path, shape, chunks, store, seed=0):
         values = np.sin(0.05 * z + 0.02 * w) * np.cos(0.03 * h)
         values += 0.1 * rng.standard_normal(values.shape)
         array[z0:z0 + len(z)] = values
-    if store != "zarr":
-        array.flush()
-        del array
 
 
 def open_input(path, chunks, store):
     if store == "zarr":
         return da.from_zarr(path, chunks=chunks)
-    return da.from_array(NpyArray(path), chunks=chunks, asarray=False)
+    return da.from_array(NpyFile(path), chunks=chunks, asarray=False)
 
 
 def _gib(nbytes):
@@ -184,7 +221,7 @@ def main(argv=None):
             job = da.to_zarr(Y, out_path, compute=False, overwrite=True)
         else:
             np.lib.format.open_memmap(out_path, mode="w+", dtype=Y.dtype, shape=Y.shape)
-            job = da.store(Y, NpyWriter(out_path), lock=False, compute=False)
+            job = da.store(Y, NpyFile(out_path), lock=False, compute=False)
         print(f"output {Y.shape} float32, {_gib(Y.nbytes)}, to {out_path}; input chunks "
               f"{chunks}, output chunks {Y.chunksize}, {Y.npartitions} tasks")
 
