@@ -20,9 +20,11 @@ every voxel keeps its place in the world (see :func:`upsampled_affine`).
 import argparse
 import contextlib
 import os
+import signal
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import warnings
 import zipfile
@@ -35,7 +37,7 @@ from ._version import __version__
 __all__ = ["KernelFile", "load_kernel", "main", "save_kernel", "upsampled_affine"]
 
 PROG = "tconv3d"
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 FORMATS = {".nii.gz": "nifti", ".nii": "nifti", ".npy": "npy", ".npz": "npz"}
 FIXED_KERNELS = ("trilinear", "nearest")
 OUTPUT_DTYPES = ("float32", "float64", "int8", "uint8", "int16", "uint16", "int32",
@@ -68,6 +70,26 @@ VolumeUpsampler(factor, kernel=kernel).transform(x) + bias + relative_bias * sca
 
 class CommandError(Exception):
     """A failure to report to the user as one line, without a traceback."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C, so that temporary files are removed."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """Within the block, SIGTERM raises :class:`Terminated` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # --- argument parsing ---------------------------------------------------------------------
@@ -149,8 +171,8 @@ def build_parser():
                "  tconv3d show t1_x2.nii.gz --out slices.png\n"
                "  tconv3d bench --cases unet_up --threads 2\n\n"
                "exit status: 0 success, 1 error (one line on stderr), 2 bad command line, "
-               "130 interrupted.\nTCONV3D_DEBUG=1 shows the traceback of an unexpected "
-               "error.")
+               "130 interrupted, 143 terminated.\n\nTCONV3D_DEBUG=1 shows the traceback of an "
+               "unexpected error.")
     parser.add_argument("--version", action="version", version=f"tconv3d {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND",
                                      parser_class=_Parser)
@@ -1160,7 +1182,7 @@ def main(argv=None):
     -------
     int
         The exit status: 0 success, 1 error (reported on one line of stderr), 2 bad
-        command line, 130 interrupted.
+        command line, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -1172,7 +1194,7 @@ def main(argv=None):
         if args.command is None:
             parser.error("choose a command: upsample, show, fit, demo or bench")
         run, target, where = args.run, args, f"{PROG} {args.command}"
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _sigterm_unwinds():
         warnings.showwarning = _one_line_warning
         try:
             return run(target)
@@ -1181,6 +1203,9 @@ def main(argv=None):
         except KeyboardInterrupt:
             print(f"{where}: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except Terminated:
+            print(f"{where}: terminated", file=sys.stderr)
+            return EXIT_TERMINATED
         except MemoryError as exc:
             print(f"{where}: error: not enough memory: {exc}", file=sys.stderr)
         except OSError as exc:  # writing: disk full, permissions changed meanwhile, ...

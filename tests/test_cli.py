@@ -451,6 +451,24 @@ def test_nifti_keeps_codes_class_and_integer_dtype(capsys, tmp_path, nib, data_p
                                       repeat(np.asanyarray(image.dataobj), (2, 2, 2)))
 
 
+def test_nifti_scaled_integers(capsys, tmp_path, nib, rng):
+    """int16 on disk with scl_slope/scl_inter: upsampled in physical values, float32."""
+    values = rng.uniform(-3.5, 7.25, SPATIAL)
+    image = nib.Nifti1Image(values, np.diag([1.5, 1.5, 3.0, 1.0]))
+    image.set_data_dtype(np.int16)   # nibabel stores int16 with a slope and an intercept
+    image.to_filename(tmp_path / "scaled.nii")
+    stored = nib.load(tmp_path / "scaled.nii")
+    assert stored.get_data_dtype() == np.int16 and stored.dataobj.slope != 1
+    ok(capsys, "upsample", tmp_path / "scaled.nii", tmp_path / "up.nii")
+    result = nib.load(tmp_path / "up.nii")
+    assert result.get_data_dtype() == np.float32
+    assert np.isnan(result.header["scl_slope"]) or result.dataobj.slope == 1
+    physical = np.asarray(stored.dataobj, np.float32)
+    np.testing.assert_allclose(np.asanyarray(result.dataobj), trilinear(physical, (2, 2, 2)),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(result.header.get_zooms(), (0.75, 0.75, 1.5))
+
+
 def test_nifti_to_npy_and_back(capsys, tmp_path, nib, npy, volume):
     ok(capsys, "upsample", npy, tmp_path / "up.nii", "--kernel", "nearest")
     image = nib.load(tmp_path / "up.nii")
@@ -777,6 +795,21 @@ def test_interrupted_write_leaves_nothing(capsys, tmp_path, npy, monkeypatch):
     monkeypatch.setattr(np, "save", _failing_save(KeyboardInterrupt()))
     fails(capsys, "upsample", npy, tmp_path / "o.npy", match="interrupted", status=130)
     assert files(tmp_path) == ["in.npy"]
+
+
+def test_sigterm_during_a_write_leaves_nothing(capsys, tmp_path, npy, monkeypatch):
+    import signal
+    real = np.save
+
+    def save(file, arr, **kwargs):
+        real(file, arr, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)   # the handler runs here, inside the write
+        real(file, arr, **kwargs)
+    monkeypatch.setattr(np, "save", save)
+    previous = signal.getsignal(signal.SIGTERM)
+    fails(capsys, "upsample", npy, tmp_path / "o.npy", match="terminated", status=143)
+    assert files(tmp_path) == ["in.npy"]
+    assert signal.getsignal(signal.SIGTERM) is previous   # restored
 
 
 def test_failed_nifti_write_leaves_nothing(capsys, tmp_path, npy, nib, monkeypatch):
