@@ -62,6 +62,7 @@ kernel files (.npz), written by `tconv3d fit` or by hand with numpy.savez:
            robust scale (99th percentile of |values|), so that the kernel does not depend
            on intensity units; `fit` learns this one
   format, version   "{KERNEL_FILE_FORMAT}" and {KERNEL_FILE_VERSION}: written by `fit`, not required
+
 The upsampled volume is conv_transpose(volume, kernel, stride=factor) + bias +
 relative_bias * scale over an edge-replicated border, i.e.
 VolumeUpsampler(factor, kernel=kernel).transform(x) + bias + relative_bias * scale.
