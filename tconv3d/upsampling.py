@@ -44,7 +44,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
 from ._ops import conv_transpose3d, conv_transpose3d_backward, conv_transpose3d_output_shape
-from ._validation import normalize_num_threads, normalize_triple
+from ._validation import make_geometry, normalize_num_threads, normalize_triple
 
 __all__ = ["VolumeUpsampler"]
 
@@ -85,8 +85,8 @@ def _gather(x, kernel_shape, factor, ranges):
     """Edge-replicated input read by the outputs ``ranges`` (``(first, stop)`` per axis).
 
     ``x`` is ``(m, d, h, w, 1)`` and the kernel has ``k >= s`` taps per axis. Returns the
-    gathered ``(m, ., ., ., 1)`` input and the slices of its ``padding="same"`` transposed
-    convolution (crop ``c``) that hold those outputs.
+    gathered ``(m, ., ., ., 1)`` input and, per axis, the positions ``(start, stop)`` of
+    those outputs in the full-length result of its transposed convolution.
     """
     indices, window = [], []
     for n, k, s, (first, stop) in zip(x.shape[1:4], kernel_shape, factor, ranges):
@@ -94,9 +94,24 @@ def _gather(x, kernel_shape, factor, ranges):
         lo = -((k - 1 - first - c) // s)          # ceil((first + c - k + 1) / s)
         hi = (stop - 1 + c) // s + 1
         indices.append(np.clip(np.arange(lo, hi), 0, n - 1))
-        window.append(slice(first - lo * s, stop - lo * s))
+        window.append((first + c - lo * s, stop + c - lo * s))
     d, h, w = indices
-    return x[:, d[:, None, None], h[None, :, None], w[None, None, :]], tuple(window)
+    return x[:, d[:, None, None], h[None, :, None], w[None, None, :]], window
+
+
+def _window_call(x_shape, kernel_shape, factor, window):
+    """Keyword arguments of the transposed convolution that computes the fewest positions
+    holding the full-length positions ``window``, and the slices of its result there."""
+    # Keras' centred crops: "same" with output_padding=0 keeps (n - 1)*s + k - 2*(k//2)
+    # positions, with None n*s, and "valid" keeps all of them (no crop).
+    for padding, output_padding in (("same", 0), ("same", None), ("valid", None)):
+        geom = make_geometry(x_shape, kernel_shape, factor, padding, output_padding, 1,
+                             "channels_last")
+        if all(crop <= a and b <= crop + out
+               for (a, b), crop, out in zip(window, geom.crop, geom.out_spatial)):
+            break
+    slices = tuple(slice(a - crop, b - crop) for (a, b), crop in zip(window, geom.crop))
+    return {"strides": factor, "padding": padding, "output_padding": output_padding}, slices
 
 
 def _exact(x, kernel, bias, factor, ranges, num_threads):
@@ -104,11 +119,11 @@ def _exact(x, kernel, bias, factor, ranges, num_threads):
     gathered, window = _gather(x, kernel.shape[:3], factor, ranges)
     # The core runs its inner loop along the last spatial axis: make it the longest.
     order = np.argsort([stop - first for first, stop in ranges], kind="stable")
-    z = conv_transpose3d(gathered.transpose(0, *(order + 1), 4),
-                         kernel.transpose(*order, 3, 4), bias,
-                         strides=tuple(factor[a] for a in order), padding="same",
-                         num_threads=num_threads)
-    return z.transpose(0, *(np.argsort(order) + 1), 4)[(slice(None), *window)]
+    gathered, kernel = gathered.transpose(0, *(order + 1), 4), kernel.transpose(*order, 3, 4)
+    call, slices = _window_call(gathered.shape, kernel.shape, tuple(factor[a] for a in order),
+                                [window[a] for a in order])
+    z = conv_transpose3d(gathered, kernel, bias, **call, num_threads=num_threads)
+    return z[(slice(None), *slices)].transpose(0, *(np.argsort(order) + 1), 4)
 
 
 def _borders(in_spatial, kernel_shape, factor):
@@ -452,29 +467,27 @@ def _fit_kernel(volumes, targets, kernel, factor, *, max_iter, tol, num_threads,
     channels = np.moveaxis(volumes, -1, 1).reshape(n * c, *volumes.shape[1:4], 1)
     x, window = _gather(channels.astype(np.float64) / scale, embedded.shape, factor,
                         [(0, v * s) for v, s in zip(volumes.shape[1:4], factor)])
-    # The residual lives in the frame of the convolution of the gathered input: targets
-    # are placed there once and everything outside the window is masked out.
-    frame = conv_transpose3d_output_shape(x.shape, (*embedded.shape, 1, 1), strides=factor,
-                                          padding="same")
+    call, slices = _window_call(x.shape, (*embedded.shape, 1, 1), factor, window)
+    # The residual lives in the frame of that convolution: targets are placed there once
+    # and everything outside the outputs is masked out.
+    frame = conv_transpose3d_output_shape(x.shape, (*embedded.shape, 1, 1), **call)
     target = np.zeros(frame)
-    target[(slice(None), *window)] = np.moveaxis(targets / scale, -1, 1).reshape(
+    target[(slice(None), *slices)] = np.moveaxis(targets / scale, -1, 1).reshape(
         n * c, *targets.shape[1:4], 1)
     inside = np.zeros((1, *frame[1:]), bool)
-    inside[(slice(None), *window)] = True
+    inside[(slice(None), *slices)] = True
     evaluated = {}
 
     def loss_and_grad(theta):
         w = np.zeros_like(embedded)
         w[taps] = theta[:-1].reshape(kernel.shape)
         w = w[..., None, None]
-        residual = conv_transpose3d(x, w, theta[-1:], strides=factor, padding="same",
-                                    num_threads=num_threads)
+        residual = conv_transpose3d(x, w, theta[-1:], **call, num_threads=num_threads)
         residual -= target
         residual *= inside
         loss = np.vdot(residual, residual) / targets.size
         _, grad_w, grad_b = conv_transpose3d_backward(
-            residual, x, w, strides=factor, padding="same", compute=("kernel", "bias"),
-            num_threads=num_threads)
+            residual, x, w, **call, compute=("kernel", "bias"), num_threads=num_threads)
         evaluated["theta"], evaluated["loss"] = theta.copy(), loss
         grad = np.append(grad_w[..., 0, 0][taps].ravel(), grad_b)
         return loss, grad * (2.0 / targets.size)
