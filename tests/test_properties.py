@@ -19,7 +19,7 @@ from reference import conv_transpose3d_backward_ref, conv_transpose3d_ref
 settings.register_profile(
     "tconv3d-properties",
     deadline=None,  # the first call of a shape pays for OpenMP thread start-up
-    max_examples=int(os.environ.get("TCONV3D_HYPOTHESIS_EXAMPLES", "40")),
+    max_examples=int(os.environ.get("TCONV3D_HYPOTHESIS_EXAMPLES", "60")),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,
 )

@@ -349,7 +349,7 @@ def check_call(function, kw):
 
 FUZZ_SETTINGS = settings(
     deadline=None, database=None, print_blob=True,
-    max_examples=int(os.environ.get("TCONV3D_FUZZ_EXAMPLES", "300")),
+    max_examples=int(os.environ.get("TCONV3D_FUZZ_EXAMPLES", "500")),
     suppress_health_check=list(HealthCheck),
 )
 
