@@ -293,8 +293,8 @@ def plot(results, path):
     fig.savefig(path, dpi=120)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m tconv3d.bench", description=__doc__,
+def main(argv=None, prog="python -m tconv3d.bench"):
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", choices=list(SUITE), default=list(SUITE))
     parser.add_argument("--threads", nargs="+", type=int, default=[2, 1])

@@ -1168,7 +1168,7 @@ def _demo_figure(Figure, name, high, low, results, scores, times, factor, zooms)
 
 def cmd_bench(argv):
     from . import bench
-    bench.main(argv)
+    bench.main(argv, prog=f"{PROG} bench")
     return EXIT_OK
 
 
