@@ -336,6 +336,37 @@ def test_upsample_layouts_dtypes_and_errors(rng):
         Yd.compute(scheduler="sync")                                           # ...raises
 
 
+def test_upsample_chunks_read_only_their_neighbourhood():
+    # Each output chunk depends on its input chunk and, for the trilinear halo of one
+    # voxel, its neighbours: at most 3 x 3 x 3 input chunks, never the whole volume.
+    from dask.core import flatten
+
+    X = da.zeros((1, 64, 64, 64, 1), chunks=(1, 16, 16, 16, 1), dtype=np.float32)
+    Y = tdask.upsample(VolumeUpsampler(factor=2).fit(np.zeros((1, 2, 2, 2))), X)
+    deps = Y.__dask_graph__().get_all_dependencies()
+    inputs = set(flatten(X.__dask_keys__()))
+    counts = [len(deps[key] & inputs) for key in flatten(Y.__dask_keys__())]
+    assert len(counts) == 64 and min(counts) == 8 and max(counts) == 27
+
+
+@pytest.mark.parametrize("store", ["npy", "zarr"])
+def test_example_dask_large_volume_runs_and_is_exact(tmp_path, store, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    if store == "zarr":
+        pytest.importorskip("zarr")
+    path = Path(__file__).resolve().parent.parent / "examples" / "dask_large_volume.py"
+    spec = importlib.util.spec_from_file_location("dask_large_volume_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    result = example.main(["--size", "21", "17", "26", "--chunks", "8", "5", "9", "--store",
+                           store, "--dir", str(tmp_path), "--threads", "2", "--check"])
+    assert result["shape"] == (42, 34, 52) and result["equal"]
+    assert "Mvoxel/s" in capsys.readouterr().out
+    assert not any(tmp_path.iterdir())  # the stores are removed without --keep
+
+
 # ------------------------------------------------------------------ distributed cluster
 
 def _volume_block(block_info=None):
@@ -372,7 +403,7 @@ def client():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   host="127.0.0.1", dashboard_address=None,
                                   memory_limit="1GiB") as cluster, \
-            distributed.Client(cluster) as client:
+            distributed.Client(cluster, set_as_default=False) as client:
         yield client
 
 
@@ -417,34 +448,3 @@ def test_upsample_on_a_cluster_keeps_worker_memory_bounded(client):
     for worker, rss in idle.items():
         grew = peak[worker]["VmHWM"] - rss
         assert 0 < grew < x.nbytes, (worker, grew / 2**20)
-
-
-def test_upsample_chunks_read_only_their_neighbourhood():
-    # Each output chunk depends on its input chunk and, for the trilinear halo of one
-    # voxel, its neighbours: at most 3 x 3 x 3 input chunks, never the whole volume.
-    from dask.core import flatten
-
-    X = da.zeros((1, 64, 64, 64, 1), chunks=(1, 16, 16, 16, 1), dtype=np.float32)
-    Y = tdask.upsample(VolumeUpsampler(factor=2).fit(np.zeros((1, 2, 2, 2))), X)
-    deps = Y.__dask_graph__().get_all_dependencies()
-    inputs = set(flatten(X.__dask_keys__()))
-    counts = [len(deps[key] & inputs) for key in flatten(Y.__dask_keys__())]
-    assert len(counts) == 64 and min(counts) == 8 and max(counts) == 27
-
-
-@pytest.mark.parametrize("store", ["npy", "zarr"])
-def test_example_dask_large_volume_runs_and_is_exact(tmp_path, store, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    if store == "zarr":
-        pytest.importorskip("zarr")
-    path = Path(__file__).resolve().parent.parent / "examples" / "dask_large_volume.py"
-    spec = importlib.util.spec_from_file_location("dask_large_volume_example", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    result = example.main(["--size", "21", "17", "26", "--chunks", "8", "5", "9", "--store",
-                           store, "--dir", str(tmp_path), "--threads", "2", "--check"])
-    assert result["shape"] == (42, 34, 52) and result["equal"]
-    assert "Mvoxel/s" in capsys.readouterr().out
-    assert not any(tmp_path.iterdir())  # the stores are removed without --keep
