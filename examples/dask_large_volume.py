@@ -7,12 +7,16 @@ chunks. The result is bitwise what ``VolumeUpsampler.transform`` gives in memory
 Run (needs ``pip install "tconv3d[dask]"``; Zarr and ``distributed`` are optional)::
 
     python examples/dask_large_volume.py              # 48^3 -> 96^3 in a few seconds
-    python examples/dask_large_volume.py --size 512 1024 1024 --chunks 32 128 1024 \\
-        --workers 2 --memory-limit 1GiB --dir /tmp/big  # 1 GiB in, 8 GiB out
+    python examples/dask_large_volume.py --size 512 512 1024 --chunks 16 128 1024 \\
+        --workers 2 --memory-limit 512MiB --dir /tmp/big --check  # 1 GiB in, 8 GiB out
 
 With ``--workers N`` the work runs on a ``distributed.LocalCluster`` of N processes (one
 thread each by default, each with ``--memory-limit``), and the peak resident memory of
-every worker is reported; without it, on the threaded scheduler of this process.
+every worker is reported; without it, on the threaded scheduler of this process. Chunks
+spanning whole rows (the last axis) make each read and write a few long runs.
+
+The second command on 2 cores: 58 s (37 Mvoxel/s out, 141 MiB/s written), peak resident
+memory 396 and 382 MiB per worker (138 MiB idle), under the 512 MiB limit.
 """
 import argparse
 import os
