@@ -260,6 +260,12 @@ def _run(code):
                           env=env, timeout=120)
 
 
+def test_module_docstring_example():
+    import doctest
+
+    assert doctest.testmod(tdask).failed == 0
+
+
 def test_import_tconv3d_never_imports_dask():
     out = _run("import sys, tconv3d, tconv3d.upsampling; "
                "print(sorted(m for m in sys.modules if m.split('.')[0] in "
