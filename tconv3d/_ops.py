@@ -152,20 +152,35 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
     if bias is not None and extra["bias"].shape != (geom.filters,):
         raise ValueError(f"`bias` must have shape ({geom.filters},) (the kernel's filters), "
                          f"got {extra['bias'].shape}.")
-    num_threads = _threads_for(normalize_num_threads(num_threads), geom)
     check_allocation(geom.output_shape, dtype, "output")
     _check_copies(dtype, ("x", x, False), ("kernel", kernel, True))
+    bias = None if bias is None else np.require(extra["bias"], dtype, "CA")
+    return _forward(x, pack_kernel(kernel, dtype), bias, geom, num_threads)
 
+
+def pack_kernel(kernel, dtype):
+    """The forward pass's kernel layout: taps as (Cin, Cout) matrices, C-contiguous.
+
+    The forward contracts over input channels innermost. (``np.require(..., "CA")``:
+    ``np.ascontiguousarray`` would pass an unaligned array through.)
+    """
+    return np.require(np.asarray(kernel, dtype=dtype).transpose(0, 1, 2, 4, 3), None, "CA")
+
+
+def _forward(x, wt, bias, geom, num_threads):
+    """Allocate the output and run the compiled forward pass on a validated geometry.
+
+    ``geom`` need not come from Keras' padding rules (any crop >= 0 and output length:
+    tconv3d.dask computes chunks with it); ``x`` in ``geom``'s layout, any dtype; ``wt``
+    from :func:`pack_kernel`; ``bias`` of shape ``(Cout,)`` and ``wt``'s dtype, or None.
+    """
+    dtype = wt.dtype
     x = _logical(_operand(x, dtype), geom)
-    # Forward contracts over input channels innermost: pack taps as (Cin, Cout) matrices.
-    # np.require(..., "A"): np.ascontiguousarray passes an unaligned array through.
-    wt = np.require(np.asarray(kernel, dtype=dtype).transpose(0, 1, 2, 4, 3), None, "CA")
-    b = (np.require(extra["bias"], dtype, "CA") if bias is not None
-         else np.zeros(1, dtype))
     y = np.empty(geom.output_shape, dtype=dtype)
     y_logical = _logical(y, geom)
-    _kernels.forward(x, wt, b, y_logical, _geometry_tuple(geom), _element_strides(x),
-                     _element_strides(y_logical), num_threads, bias is not None)
+    _kernels.forward(x, wt, np.zeros(1, dtype) if bias is None else bias, y_logical,
+                     _geometry_tuple(geom), _element_strides(x), _element_strides(y_logical),
+                     _threads_for(normalize_num_threads(num_threads), geom), bias is not None)
     return y
 
 

@@ -73,8 +73,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "install it with `pip install \"tconv3d[dask]\"` (or `pip install \"dask[array]\"`)."
     ) from exc
 
-from . import _kernels
-from ._ops import _element_strides, _geometry_tuple, _logical, _operand, _threads_for
+from . import _ops
 from ._validation import (as_array, check_allocation, make_geometry, normalize_num_threads,
                           working_dtype)
 
@@ -202,22 +201,8 @@ def _graph(name, x, channel_axis, windows, block_task, constants):
 # ----------------------------------------------------------------------- compiled calls
 
 def _forward(x, wt, bias, geom, num_threads):
-    """The compiled forward pass of :func:`tconv3d.conv_transpose3d` on a geometry that
-    need not come from Keras' padding rules (any crop >= 0, any output length).
-
-    ``x`` in ``geom``'s layout and any dtype, ``wt`` the packed ``(kd, kh, kw, Cin, Cout)``
-    kernel of the working dtype, ``bias`` of shape ``(Cout,)`` or None.
-    """
-    dtype = wt.dtype
-    check_allocation(geom.output_shape, dtype, "output chunk")
-    x = _logical(_operand(x, dtype), geom)
-    y = np.empty(geom.output_shape, dtype)
-    y_logical = _logical(y, geom)
-    threads = _threads_for(normalize_num_threads(num_threads), geom)
-    _kernels.forward(x, wt, np.zeros(1, dtype) if bias is None else bias, y_logical,
-                     _geometry_tuple(geom), _element_strides(x), _element_strides(y_logical),
-                     threads, bias is not None)
-    return y
+    check_allocation(geom.output_shape, wt.dtype, "output chunk")
+    return _ops._forward(x, wt, bias, geom, num_threads)
 
 
 def _conv_block(pieces, region, wt, bias, geom, num_threads):
@@ -270,9 +255,8 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
     if x.numblocks[channel_axis] > 1:
         x = x.rechunk({channel_axis: -1})
 
-    # Forward contracts over input channels innermost: pack taps as (Cin, Cout) matrices.
-    wt = np.ascontiguousarray(np.asarray(kernel, dtype=dtype).transpose(0, 1, 2, 4, 3))
-    b = None if bias is None else np.ascontiguousarray(extra[0][1], dtype=dtype)
+    wt = _ops.pack_kernel(kernel, dtype)
+    b = None if bias is None else np.require(extra[0][1], dtype, "CA")
 
     windows = []
     spatial_axes = [ax for ax in range(1, 5) if ax != channel_axis]
