@@ -35,6 +35,7 @@ no cropping copy.
 import numbers
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy.optimize import minimize
@@ -150,13 +151,19 @@ def _upsample(volumes, kernel, bias, factor, num_threads):
         n * c, *volumes.shape[1:4], 1)
     y = conv_transpose3d(x, kernel, b, strides=factor, padding="same",
                          num_threads=num_threads)
-    whole = [(0, length) for length in y.shape[1:4]]
+    slabs, ranges = [], []
     for axis, first, stop in _borders(x.shape[1:4], kernel.shape[:3], factor):
-        ranges = list(whole)
-        ranges[axis] = (first, stop)
-        slab = [slice(None)] * 3
-        slab[axis] = slice(first, stop)
-        y[(slice(None), *slab)] = _exact(x, kernel, b, factor, ranges, num_threads)
+        slabs.append(tuple(slice(first, stop) if a == axis else slice(None) for a in range(3)))
+        ranges.append([(first, stop) if a == axis else (0, length)
+                       for a, length in enumerate(y.shape[1:4])])
+    # The (up to six) border slabs are thin: each runs on one thread, side by side on
+    # Python threads (the core releases the GIL), rather than as six small OpenMP regions
+    # whose every barrier waits for the slowest thread -- costly on a busy machine.
+    if slabs:
+        with ThreadPoolExecutor(min(len(slabs), normalize_num_threads(num_threads))) as pool:
+            borders = pool.map(lambda r: _exact(x, kernel, b, factor, r, 1), ranges)
+            for slab, border in zip(slabs, borders):
+                y[(slice(None), *slab)] = border
     if c == 1:
         return y
     return np.ascontiguousarray(np.moveaxis(y.reshape(n, c, *y.shape[1:4]), 1, -1))
