@@ -128,15 +128,16 @@ def _exact(x, kernel, bias, factor, ranges, num_threads):
 
 
 def _borders(in_spatial, kernel_shape, factor):
-    """Per axis, the output ranges ``(first, stop)`` that read past the volume."""
-    borders = []
-    for axis, (n, k, s) in enumerate(zip(in_spatial, kernel_shape, factor)):
-        length = n * s
+    """The border slabs, outputs that read past the volume: ``(first, stop)`` per axis."""
+    lengths = [n * s for n, s in zip(in_spatial, factor)]
+    slabs = []
+    for axis, (length, k, s) in enumerate(zip(lengths, kernel_shape, factor)):
         for first, stop in ((0, k - s - (k - s) // 2), (length - (k - s) // 2, length)):
             first, stop = max(first, 0), min(stop, length)
             if first < stop:
-                borders.append((axis, first, stop))
-    return borders
+                slabs.append([(first, stop) if a == axis else (0, lengths[a])
+                              for a in range(3)])
+    return slabs
 
 
 def _upsample(volumes, kernel, bias, factor, num_threads):
@@ -151,19 +152,15 @@ def _upsample(volumes, kernel, bias, factor, num_threads):
         n * c, *volumes.shape[1:4], 1)
     y = conv_transpose3d(x, kernel, b, strides=factor, padding="same",
                          num_threads=num_threads)
-    slabs, ranges = [], []
-    for axis, first, stop in _borders(x.shape[1:4], kernel.shape[:3], factor):
-        slabs.append(tuple(slice(first, stop) if a == axis else slice(None) for a in range(3)))
-        ranges.append([(first, stop) if a == axis else (0, length)
-                       for a, length in enumerate(y.shape[1:4])])
     # The (up to six) border slabs are thin: each runs on one thread, side by side on
     # Python threads (the core releases the GIL), rather than as six small OpenMP regions
     # whose every barrier waits for the slowest thread -- costly on a busy machine.
+    slabs = _borders(x.shape[1:4], kernel.shape[:3], factor)
     if slabs:
         with ThreadPoolExecutor(min(len(slabs), normalize_num_threads(num_threads))) as pool:
-            borders = pool.map(lambda r: _exact(x, kernel, b, factor, r, 1), ranges)
-            for slab, border in zip(slabs, borders):
-                y[(slice(None), *slab)] = border
+            exact = pool.map(lambda ranges: _exact(x, kernel, b, factor, ranges, 1), slabs)
+            for ranges, values in zip(slabs, exact):
+                y[(slice(None), *(slice(*r) for r in ranges))] = values
     if c == 1:
         return y
     return np.ascontiguousarray(np.moveaxis(y.reshape(n, c, *y.shape[1:4]), 1, -1))
