@@ -231,7 +231,7 @@ cdef inline Py_ssize_t _block_size(Py_ssize_t channels) noexcept nogil:
 
 # ----------------------------------------------------------------------------- forward
 
-cdef void _forward(const Problem *p,
+cdef int _forward(const Problem *p,
                    const floating *x,      # IN  logical (N, D, H, W, Cin), strides p.xs
                    const floating *wt,     # IN  (kd, kh, kw, Cin, Cout) C-contiguous
                    const floating *bias,   # IN  (Cout,) or NULL
@@ -250,22 +250,27 @@ cdef void _forward(const Problem *p,
     cdef floating *ap
     cdef floating *yp
 
+    cdef int failed = 0
+    cdef int *failed_ptr = &failed  # shared: written through a pointer in the region
+
     with parallel(num_threads=num_threads):
         acc = <floating *> malloc(block * cout * sizeof(floating))
         taps = <Py_ssize_t *> malloc(2 * (p.k[0] + p.k[1]) * sizeof(Py_ssize_t))
+        if acc == NULL or taps == NULL:
+            failed_ptr[0] = 1
         for row in prange(rows, schedule='static'):
+            if acc == NULL or taps == NULL:
+                continue
             n = row // (p.n_out[0] * p.n_out[1])
             od = (row // p.n_out[1]) % p.n_out[0]
             oh = row % p.n_out[1]
             # taps[0:kd] depth j, [kd:2kd] depth i, then height j and i.
             nd = _output_taps(p, 0, od, taps, taps + p.k[0])
             nh = _output_taps(p, 1, oh, taps + 2 * p.k[0], taps + 2 * p.k[0] + p.k[1])
-            for r in range(sw):
-                # Outputs of phase r: o = o0, o0 + sw, ...; output o0 + t*sw reads
-                # input q0 + t - m through every width tap j with (j*dw) % sw == r.
-                o0 = (r - p.crop[2] % sw + sw) % sw
-                if o0 >= ow_n:
-                    continue
+            for o0 in range(sw if sw < ow_n else ow_n):
+                # Outputs o0, o0 + sw, ... share the stride phase r; output o0 + t*sw
+                # reads input q0 + t - m through every width tap j with (j*dw) % sw == r.
+                r = (o0 + p.crop[2]) % sw
                 count = (ow_n - 1 - o0) // sw + 1
                 q0 = (o0 + p.crop[2]) // sw
                 for blk in range((count + block - 1) // block):
@@ -317,6 +322,7 @@ cdef void _forward(const Problem *p,
                                 yp[(tb + b) * sw * p.ys[3] + co * p.ys[4]] = acc[b * cout + co]
         free(taps)
         free(acc)
+    return -1 if failed else 0
 
 
 def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
@@ -325,14 +331,16 @@ def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
     """y = conv_transpose3d(x, wt, bias); see the module comment for the conventions."""
     cdef Problem p = _problem(geometry, x_strides, y_strides)
     cdef const floating *bias_ptr = &bias[0] if use_bias else NULL
+    cdef int status
     with nogil:
-        _forward(&p, &x[0, 0, 0, 0, 0], &wt[0, 0, 0, 0, 0], bias_ptr, &y[0, 0, 0, 0, 0],
-                 num_threads)
+        status = _forward(&p, &x[0, 0, 0, 0, 0], &wt[0, 0, 0, 0, 0], bias_ptr,
+                          &y[0, 0, 0, 0, 0], num_threads)
+    _check(status)
 
 
 # ----------------------------------------------------------------------- grad of input
 
-cdef void _grad_input(const Problem *p,
+cdef int _grad_input(const Problem *p,
                       const floating *g,    # IN  logical (N, OD, OH, OW, Cout), strides p.ys
                       const floating *w,    # IN  (kd, kh, kw, Cout, Cin) C-contiguous
                       floating *gx,         # OUT logical (N, D, H, W, Cin), strides p.xs
@@ -350,10 +358,17 @@ cdef void _grad_input(const Problem *p,
     cdef floating *ap
     cdef floating *xp
 
+    cdef int failed = 0
+    cdef int *failed_ptr = &failed  # shared: written through a pointer in the region
+
     with parallel(num_threads=num_threads):
         acc = <floating *> malloc(block * cin * sizeof(floating))
         taps = <Py_ssize_t *> malloc(2 * (p.k[0] + p.k[1]) * sizeof(Py_ssize_t))
+        if acc == NULL or taps == NULL:
+            failed_ptr[0] = 1
         for row in prange(rows, schedule='static'):
+            if acc == NULL or taps == NULL:
+                continue
             n = row // (p.n_in[0] * p.n_in[1])
             i_d = (row // p.n_in[1]) % p.n_in[0]
             i_h = row % p.n_in[1]
@@ -405,6 +420,7 @@ cdef void _grad_input(const Problem *p,
                             xp[b * p.xs[3] + ci * p.xs[4]] = acc[b * cin + ci]
         free(taps)
         free(acc)
+    return -1 if failed else 0
 
 
 def grad_input(const floating[:, :, :, :, :] g, const floating[:, :, :, :, ::1] w,
@@ -412,8 +428,11 @@ def grad_input(const floating[:, :, :, :, :] g, const floating[:, :, :, :, ::1] 
                tuple y_strides, int num_threads):
     """gx = adjoint of the forward map in x, applied to g."""
     cdef Problem p = _problem(geometry, x_strides, y_strides)
+    cdef int status
     with nogil:
-        _grad_input(&p, &g[0, 0, 0, 0, 0], &w[0, 0, 0, 0, 0], &gx[0, 0, 0, 0, 0], num_threads)
+        status = _grad_input(&p, &g[0, 0, 0, 0, 0], &w[0, 0, 0, 0, 0], &gx[0, 0, 0, 0, 0],
+                             num_threads)
+    _check(status)
 
 
 # ---------------------------------------------------------------------- grad of kernel
@@ -431,7 +450,7 @@ cdef inline Py_ssize_t _num_chunks(Py_ssize_t rows, Py_ssize_t voxels,
     return 1 if c < 1 else c
 
 
-cdef void _grad_kernel(const Problem *p,
+cdef int _grad_kernel(const Problem *p,
                        const floating *g,     # IN  logical (N, OD, OH, OW, Cout), strides p.ys
                        const floating *x,     # IN  logical (N, D, H, W, Cin), strides p.xs
                        floating *partial,     # WORK (chunks, kd, kh, kw, Cout, Cin)
@@ -451,9 +470,16 @@ cdef void _grad_kernel(const Problem *p,
     cdef const floating *xrow
     cdef floating total
 
+    cdef int failed = 0
+    cdef int *failed_ptr = &failed  # shared: written through a pointer in the region
+
     with parallel(num_threads=num_threads):
         taps = <Py_ssize_t *> malloc(2 * (p.k[0] + p.k[1]) * sizeof(Py_ssize_t))
+        if taps == NULL:
+            failed_ptr[0] = 1
         for chunk in prange(chunks, schedule='static'):
+            if taps == NULL:
+                continue
             buf = partial + chunk * ksize
             memset(buf, 0, ksize * sizeof(floating))
             for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
@@ -486,6 +512,8 @@ cdef void _grad_kernel(const Problem *p,
                                   grow + (lo * sw + jw * dw - cw) * p.ys[3], p.ys[4],
                                   sw * p.ys[3], xrow + lo * p.xs[3], p.xs[3], bp, cin)
         free(taps)
+    if failed:
+        return -1
 
     # Add the chunks' partial sums in chunk order, whatever thread computed them.
     for e in prange(ksize, schedule='static', num_threads=num_threads):
@@ -493,6 +521,13 @@ cdef void _grad_kernel(const Problem *p,
         for c in range(1, chunks):
             total = total + partial[c * ksize + e]
         gw[e] = total
+    return 0
+
+
+cdef int _check(int status) except -1:
+    if status != 0:
+        raise MemoryError("tconv3d: no memory for a thread's workspace")
+    return 0
 
 
 def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x,
@@ -507,12 +542,12 @@ def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x
     cdef floating *partial = <floating *> malloc(chunks * ksize * sizeof(floating))
     if partial == NULL:
         raise MemoryError("tconv3d: no memory for the kernel-gradient partial sums")
-    try:
-        with nogil:
-            _grad_kernel(&p, &g[0, 0, 0, 0, 0], &x[0, 0, 0, 0, 0], partial, chunks,
-                         &gw[0, 0, 0, 0, 0], num_threads)
-    finally:
-        free(partial)
+    cdef int status
+    with nogil:
+        status = _grad_kernel(&p, &g[0, 0, 0, 0, 0], &x[0, 0, 0, 0, 0], partial, chunks,
+                              &gw[0, 0, 0, 0, 0], num_threads)
+    free(partial)
+    _check(status)
 
 
 # ------------------------------------------------------------------------ grad of bias

@@ -76,12 +76,9 @@ def _threads_for(num_threads, geom):
 
 
 def _geometry_tuple(geom):
-    # With one input voxel on an axis only i = 0 occurs, so the stride never multiplies
-    # anything: pass 1. Otherwise a huge stride (whose output is short, with
-    # output_padding) would make the forward kernel loop over `stride` phases per row.
-    strides = tuple(1 if n == 1 else s for n, s in zip(geom.in_spatial, geom.strides))
     return (geom.batch, geom.in_channels, geom.filters, *geom.in_spatial,
-            *geom.kernel_spatial, *strides, *geom.dilation, *geom.out_spatial, *geom.crop)
+            *geom.kernel_spatial, *geom.strides, *geom.dilation, *geom.out_spatial,
+            *geom.crop)
 
 
 def _prepare(x, kernel, strides, padding, output_padding, dilation_rate, data_format,

@@ -67,7 +67,7 @@ def normalize_num_threads(num_threads):
     ``[1, MAX_NUM_THREADS]``."""
     if num_threads is None:
         from ._kernels import default_num_threads
-        return default_num_threads()
+        return max(1, min(default_num_threads(), MAX_NUM_THREADS))
     if not isinstance(num_threads, numbers.Integral) or isinstance(num_threads, bool) \
             or not 1 <= num_threads <= MAX_NUM_THREADS:
         raise ValueError(f"`num_threads` must be None or an int between 1 and "
