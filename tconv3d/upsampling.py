@@ -128,16 +128,15 @@ def _exact(x, kernel, bias, factor, ranges, num_threads):
 
 
 def _borders(in_spatial, kernel_shape, factor):
-    """The border slabs, outputs that read past the volume: ``(first, stop)`` per axis."""
-    lengths = [n * s for n, s in zip(in_spatial, factor)]
-    slabs = []
-    for axis, (length, k, s) in enumerate(zip(lengths, kernel_shape, factor)):
+    """The border slabs, outputs that read past the volume: ``(axis, first, stop)``."""
+    borders = []
+    for axis, (n, k, s) in enumerate(zip(in_spatial, kernel_shape, factor)):
+        length = n * s
         for first, stop in ((0, k - s - (k - s) // 2), (length - (k - s) // 2, length)):
             first, stop = max(first, 0), min(stop, length)
             if first < stop:
-                slabs.append([(first, stop) if a == axis else (0, lengths[a])
-                              for a in range(3)])
-    return slabs
+                borders.append((axis, first, stop))
+    return borders
 
 
 def _upsample(volumes, kernel, bias, factor, num_threads):
@@ -155,7 +154,9 @@ def _upsample(volumes, kernel, bias, factor, num_threads):
     # The (up to six) border slabs are thin: each runs on one thread, side by side on
     # Python threads (the core releases the GIL), rather than as six small OpenMP regions
     # whose every barrier waits for the slowest thread -- costly on a busy machine.
-    slabs = _borders(x.shape[1:4], kernel.shape[:3], factor)
+    slabs = [[(first, stop) if a == axis else (0, length)
+              for a, length in enumerate(y.shape[1:4])]
+             for axis, first, stop in _borders(x.shape[1:4], kernel.shape[:3], factor)]
     if slabs:
         with ThreadPoolExecutor(min(len(slabs), normalize_num_threads(num_threads))) as pool:
             exact = pool.map(lambda ranges: _exact(x, kernel, b, factor, ranges, 1), slabs)
