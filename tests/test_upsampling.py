@@ -31,8 +31,8 @@ def _repeat(x, factor):
 
 
 def _direct(volumes, kernel, bias, factor):
-    """The definition, with no polyphase regrouping: edge-pad each single-channel volume by
-    P voxels, scatter with stride s (numpy oracle), keep the window [c, c + n*s)."""
+    """The definition, in the plainest way: edge-pad each single-channel volume by P voxels,
+    scatter with stride s (numpy oracle), keep the window [c, c + n*s)."""
     pads = [-(-((abs(k - s) + 1) // 2) // s) for k, s in zip(kernel.shape, factor)]
     x = np.pad(volumes, ((0, 0), *((p, p) for p in pads)), mode="edge")[..., None]
     z = conv_transpose3d_ref(x, kernel[..., None, None], [bias], strides=factor)[..., 0]
