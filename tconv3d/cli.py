@@ -694,15 +694,8 @@ def fit_learned(low, high, factor, kernel_size, max_iter, threads):
 
     from .upsampling import VolumeUpsampler
 
-    # VolumeUpsampler's loss is relative to mean(high**2) and L-BFGS stops when it falls by
-    # less than `tol` in absolute terms below 1: with a large mean (MRI intensities offset
-    # from 0) the fit stopped after an iteration or two. Make `tol` relative to the variance.
     upsampler = VolumeUpsampler(factor=factor, kernel="learned", kernel_size=kernel_size,
                                 max_iter=max_iter, num_threads=threads)
-    mean_square = float(np.mean(np.square(high)))
-    if mean_square > 0:
-        ratio = float(np.var(high)) / mean_square
-        upsampler.set_params(tol=max(upsampler.tol * ratio, 1e-15))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         upsampler.fit(low, high)

@@ -229,8 +229,8 @@ default="trilinear"
     max_iter : int, default=200
         Maximum L-BFGS iterations of the learned fit.
     tol : float, default=1e-6
-        The learned fit stops when an iteration lowers the mean squared error (relative
-        to the mean square of ``y``) by less than ``tol``.
+        The learned fit stops when an iteration lowers the mean squared error by less
+        than ``tol`` times the error of the starting (trilinear) kernel.
     num_threads : int, default=None
         Threads of the compiled convolution; ``None`` uses the OpenMP default, which
         honours ``threadpoolctl.threadpool_limits``. Results do not depend on it.
@@ -394,9 +394,14 @@ default="trilinear"
         -------
         X_up : ndarray of shape (n_samples, d*fd, h*fh, w*fw[, c]) or \
 (n_samples, n_features * fd*fh*fw)
-            Same layout as ``X``; float32 for float32 ``X``, float64 otherwise.
+            Same layout as ``X``; float32 for float32 ``X``, float64 otherwise. A
+            ``dask.array`` ``X`` gives a lazy ``dask.array``, chunked by sample and space,
+            equal to the in-memory result (see :func:`tconv3d.dask.upsample`).
         """
         check_is_fitted(self)
+        if hasattr(X, "__dask_graph__"):  # a dask array: stay lazy (tconv3d[dask])
+            from .dask import upsample
+            return upsample(self, X)
         volumes, ndim = self._validate_volumes(X, reset=False)
         out = _upsample(volumes, self.kernel_, self.bias_, self.factor_, self.num_threads)
         return out.reshape(_layout(out.shape, ndim))
@@ -462,9 +467,11 @@ def _layout(shape, ndim):
 def _fit_kernel(volumes, targets, kernel, factor, *, max_iter, tol, num_threads, verbose):
     """Least-squares kernel and bias: L-BFGS with the compiled gradient.
 
-    Minimises ``mean((upsample(volumes) - targets)**2)`` from ``kernel``; data are divided
-    by the root mean square of ``targets`` so the loss starts near or below 1 whatever the
-    intensity units, which makes ``tol`` relative. Returns ``(kernel, bias, n_iter, mse)``.
+    Minimises ``mean((upsample(volumes) - targets)**2)`` from ``kernel``. Data are divided
+    by the root mean square of ``targets`` (values near 1 whatever the units) and the loss
+    by its value at the starting kernel, so ``tol`` is relative to the starting error
+    whatever the intensity units and offset (L-BFGS-B's ``ftol`` is absolute for losses
+    below 1). Returns ``(kernel, bias, n_iter, mse)``.
     """
     scale = float(np.sqrt(np.mean(np.square(targets)))) or 1.0
     embedded, taps = _embed_small(kernel, factor)
@@ -511,7 +518,14 @@ def _fit_kernel(volumes, targets, kernel, factor, *, max_iter, tol, num_threads,
     # L-BFGS update), which gain nothing from BLAS threads: spinning BLAS threads would only
     # compete with the core's.
     with threadpool_limits(limits=1, user_api="blas"):
-        result = minimize(loss_and_grad, np.append(kernel.ravel(), 0.0), jac=True,
+        theta0 = np.append(kernel.ravel(), 0.0)
+        unit = loss_and_grad(theta0)[0] or 1.0
+
+        def relative_loss_and_grad(theta):
+            loss, grad = loss_and_grad(theta)
+            return loss / unit, grad / unit
+
+        result = minimize(relative_loss_and_grad, theta0, jac=True,
                           method="L-BFGS-B", callback=report if verbose > 0 else None,
                           options={"maxiter": max_iter, "ftol": tol, "gtol": 0.0})
     if result.status == 1:
@@ -519,11 +533,11 @@ def _fit_kernel(volumes, targets, kernel, factor, *, max_iter, tol, num_threads,
                       f"reaching tol={tol}; increase max_iter.", ConvergenceWarning)
     if verbose > 0:
         print(f"[VolumeUpsampler] done: {result.nit} iterations, mse "
-              f"{result.fun * scale**2:.6g} ({time.perf_counter() - start:.2f} s): "
+              f"{result.fun * unit * scale**2:.6g} ({time.perf_counter() - start:.2f} s): "
               f"{result.message}", flush=True)
     theta = result.x
     return (theta[:-1].reshape(kernel.shape), theta[-1] * scale, int(result.nit),
-            float(result.fun * scale**2))
+            float(result.fun * unit * scale**2))
 
 
 def _expected_failed_checks(estimator):

@@ -592,7 +592,7 @@ def test_demo_on_a_given_volume(capsys, tmp_path, rng):
 def test_bench_forwards_its_arguments(capsys, monkeypatch):
     from tconv3d import bench
     seen = []
-    monkeypatch.setattr(bench, "main", lambda argv: seen.append(argv) or [{"case": 1}])
+    monkeypatch.setattr(bench, "main", lambda argv, prog=None: seen.append(argv) or [{"case": 1}])
     assert run(capsys, "bench", "--cases", "unet_up", "--threads", "1")[0] == 0
     assert run(capsys, "bench")[0] == 0
     assert seen == [["--cases", "unet_up", "--threads", "1"], []]
