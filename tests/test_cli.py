@@ -606,7 +606,7 @@ def test_bench_help_and_errors_are_its_own(capsys, monkeypatch):
 
     from tconv3d import bench
 
-    def broken(argv):
+    def broken(argv, prog=None):
         raise RuntimeError("peer crashed\nwith details")
     monkeypatch.setattr(bench, "main", broken)
     fails(capsys, "bench", match="RuntimeError: peer crashed (unexpected")
