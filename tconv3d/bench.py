@@ -190,6 +190,50 @@ print(x.nbytes, y.nbytes, (after - before) * 1024)
             "extra_MiB": (growth - y_bytes) / 2**20}
 
 
+UPSAMPLER_SHAPE, UPSAMPLER_FACTOR = (8, 64, 64, 64), 2
+
+
+def run_upsampler(threads, repeat=7, out=sys.stdout):
+    """x2 trilinear upsampling of 8 volumes 64^3 float32: VolumeUpsampler against
+    ``torch.nn.functional.interpolate(mode="trilinear", align_corners=False)`` (same
+    threads) and ``scipy.ndimage.zoom(order=1, grid_mode=True, mode="nearest")`` (the same
+    numbers; single-threaded). Results are checked equal before timing; returns ms."""
+    from scipy import ndimage
+
+    from .upsampling import VolumeUpsampler
+    x = np.random.default_rng(0).standard_normal(UPSAMPLER_SHAPE).astype(np.float32)
+    up = VolumeUpsampler(factor=UPSAMPLER_FACTOR, num_threads=threads).fit(x)
+    ours = up.transform(x)
+    methods = {"tconv3d VolumeUpsampler": lambda: up.transform(x)}
+    try:
+        import torch
+    except ImportError:
+        pass
+    else:
+        torch.set_num_threads(threads)
+        xt = torch.from_numpy(x)[:, None]
+
+        def interpolate():
+            with torch.inference_mode():
+                return torch.nn.functional.interpolate(
+                    xt, scale_factor=UPSAMPLER_FACTOR, mode="trilinear",
+                    align_corners=False)[:, 0]
+        methods["torch interpolate"] = interpolate
+    methods["scipy zoom order 1 (1 thread)"] = lambda: np.stack(
+        [ndimage.zoom(v, UPSAMPLER_FACTOR, order=1, grid_mode=True, mode="nearest")
+         for v in x])
+    times = {}
+    for name, fn in methods.items():
+        np.testing.assert_allclose(np.asarray(fn()), ours, atol=1e-5)
+        times[name] = _median_ms(fn, repeat if "zoom" not in name else 5, warmup=1)
+    print(f"upsampling {UPSAMPLER_SHAPE[0]} volumes {UPSAMPLER_SHAPE[1:]} float32 "
+          f"x{UPSAMPLER_FACTOR} trilinear, {threads} thread(s):", file=out)
+    mine = times["tconv3d VolumeUpsampler"]
+    for name, ms in times.items():
+        print(f"  {name:32s} {ms:9.2f} ms  {ms / mine:6.2f}x tconv3d's time", file=out)
+    return times
+
+
 def run(cases=None, threads=(2,), dtypes=("float32",), repeat=7, peers=("torch",),
         backward=True, out=sys.stdout):
     """Run the suite; returns a list of result dicts (one per case, dtype and threads)."""
@@ -303,6 +347,8 @@ def main(argv=None, prog="python -m tconv3d.bench"):
     parser.add_argument("--repeat", type=int, default=7, help="timed runs per figure (>= 5)")
     parser.add_argument("--peers", nargs="*", default=["torch", "tensorflow"])
     parser.add_argument("--no-backward", action="store_true")
+    parser.add_argument("--no-upsampler", action="store_true",
+                        help="skip the VolumeUpsampler vs interpolate/zoom comparison")
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--plot", help="write a PNG of the ratios")
     args = parser.parse_args(argv)
@@ -313,13 +359,17 @@ def main(argv=None, prog="python -m tconv3d.bench"):
         print(f"sgemm (numpy/BLAS, 2048^2, {t} thr): {sgemm_gflops(t):.1f} GFLOP/s")
     results = run(args.cases, args.threads, args.dtypes, args.repeat, args.peers,
                   not args.no_backward)
+    upsampler = {}
+    if not args.no_upsampler:
+        for t in args.threads:
+            upsampler[t] = run_upsampler(t, args.repeat)
     mem = peak_memory_forward()
     print("forward peak memory on unet_up (MiB): input {input_MiB:.1f}, output {output_MiB:.1f}, "
           "peak RSS growth {peak_growth_MiB:.1f} (extra beyond output {extra_MiB:.1f})"
           .format(**mem))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"results": results, "memory": mem,
+            json.dump({"results": results, "memory": mem, "upsampler_ms": upsampler,
                        "sgemm_gflops": {t: sgemm_gflops(t) for t in set(args.threads)},
                        "simd": _kernels.simd_variant(), "machine": platform.machine()},
                       f, indent=1)
