@@ -48,8 +48,8 @@ for negative numerators, so the arithmetic above is exact for every sign.
 
 :func:`upsample` uses the same scheme on ``VolumeUpsampler``'s polyphase convolution: output
 chunks are the input chunks times the factor, the region a chunk reads is extended past the
-volume by edge replication (which is what the in-memory edge padding does), and the
-depth-to-space shuffle of the upsampler runs on the chunk.
+volume by edge replication, and the chunk repeats ``transform``'s computation on it: the
+strided ``"same"`` convolution, then the border slabs that read past the volume.
 
 Threads
 -------
