@@ -33,14 +33,25 @@ typedef void (*tc_gemm_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *,
 typedef void (*tc_gemm_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double *, Py_ssize_t,
                               Py_ssize_t, const double *, Py_ssize_t, double *, Py_ssize_t);
 
-/* Columns left over after the vector tiles (n % VL), and the scalar fallback. */
+/* Columns left over after the vector tiles (n % VL), and the scalar fallback. Four
+ * partial sums (p mod 4), added in a fixed order, break the dependency chain of a long
+ * contraction (single-channel kernel gradients) without depending on anything but k. */
 #define TC_SCALAR_COLUMNS(T, j0)                                                        \
     for (Py_ssize_t jj = (j0); jj < n; jj++) {                                          \
         for (Py_ssize_t ii = 0; ii < m; ii++) {                                         \
-            T s = C[ii * ldc + jj];                                                     \
-            for (Py_ssize_t p = 0; p < k; p++)                                          \
-                s += A[ii * sai + p * sap] * B[p * ldb + jj];                           \
-            C[ii * ldc + jj] = s;                                                       \
+            const T *a = A + ii * sai;                                                  \
+            const T *b = B + jj;                                                        \
+            T s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                           \
+            Py_ssize_t p = 0;                                                           \
+            for (; p + 4 <= k; p += 4) {                                                \
+                s0 += a[p * sap] * b[p * ldb];                                          \
+                s1 += a[(p + 1) * sap] * b[(p + 1) * ldb];                              \
+                s2 += a[(p + 2) * sap] * b[(p + 2) * ldb];                              \
+                s3 += a[(p + 3) * sap] * b[(p + 3) * ldb];                              \
+            }                                                                           \
+            for (; p < k; p++)                                                          \
+                s0 += a[p * sap] * b[p * ldb];                                          \
+            C[ii * ldc + jj] += (s0 + s1) + (s2 + s3);                                  \
         }                                                                               \
     }
 

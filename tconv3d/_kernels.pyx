@@ -554,31 +554,40 @@ def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x
 
 cdef void _grad_bias(const Problem *p,
                      const floating *g,     # IN  logical (N, OD, OH, OW, Cout), strides p.ys
-                     floating *partial,     # WORK (chunks, Cout)
+                     floating *partial,     # WORK (chunks, OW, Cout)
                      Py_ssize_t chunks,
                      floating *gb,          # OUT (Cout,)
                      int num_threads) noexcept nogil:
-    cdef Py_ssize_t cout = p.cout
+    # Each chunk adds its rows element-wise into a row-sized accumulator (independent
+    # sums: vectorised, no serial dependency chain), reduced over the row only at the end.
+    cdef Py_ssize_t cout = p.cout, ow_n = p.n_out[2], width = p.n_out[2] * p.cout
     cdef Py_ssize_t rows = p.N * p.n_out[0] * p.n_out[1]
+    cdef bint contiguous_rows = p.ys[4] == 1 and p.ys[3] == cout
     cdef Py_ssize_t chunk, row, n, od, oh, o, co, c
     cdef floating *buf
-    cdef const floating *gp
+    cdef const floating *grow
     cdef floating total
     for chunk in prange(chunks, schedule='static', num_threads=num_threads):
-        buf = partial + chunk * cout
-        memset(buf, 0, cout * sizeof(floating))
+        buf = partial + chunk * width
+        memset(buf, 0, width * sizeof(floating))
         for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
             n = row // (p.n_out[0] * p.n_out[1])
             od = (row // p.n_out[1]) % p.n_out[0]
             oh = row % p.n_out[1]
-            for o in range(p.n_out[2]):
-                gp = g + n * p.ys[0] + od * p.ys[1] + oh * p.ys[2] + o * p.ys[3]
-                for co in range(cout):
-                    buf[co] = buf[co] + gp[co * p.ys[4]]
+            grow = g + n * p.ys[0] + od * p.ys[1] + oh * p.ys[2]
+            if contiguous_rows:
+                _axpy(width, <floating> 1, grow, 1, buf)
+            else:
+                for o in range(ow_n):
+                    for co in range(cout):
+                        buf[o * cout + co] = buf[o * cout + co] + grow[o * p.ys[3]
+                                                                       + co * p.ys[4]]
+    # Sum each chunk's row (in order), then the chunks (in order).
     for co in range(cout):
-        total = partial[co]
-        for c in range(1, chunks):
-            total = total + partial[c * cout + co]
+        total = 0
+        for c in range(chunks):
+            for o in range(ow_n):
+                total = total + partial[c * width + o * cout + co]
         gb[co] = total
 
 
@@ -588,8 +597,9 @@ def grad_bias(const floating[:, :, :, :, :] g, floating[::1] gb, tuple geometry,
     cdef Problem p = _problem(geometry, (0, 0, 0, 0, 0), y_strides)
     cdef Py_ssize_t chunks = _num_chunks(p.N * p.n_out[0] * p.n_out[1],
                                          p.N * p.n_out[0] * p.n_out[1] * p.n_out[2],
-                                         p.cout * sizeof(floating))
-    cdef floating *partial = <floating *> malloc(chunks * p.cout * sizeof(floating))
+                                         p.n_out[2] * p.cout * sizeof(floating))
+    cdef floating *partial = <floating *> malloc(chunks * p.n_out[2] * p.cout
+                                                 * sizeof(floating))
     if partial == NULL:
         raise MemoryError("tconv3d: no memory for the bias-gradient partial sums")
     try:

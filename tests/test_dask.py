@@ -122,6 +122,7 @@ def test_bitwise_with_every_simd_variant(rng, variant):
     w = rng.standard_normal((3, 2, 4, 6, 5))
     kwargs = dict(strides=(2, 1, 3), padding="same", dilation_rate=(1, 2, 1))
     xd = da.from_array(x, chunks=(1, 4, 3, (7, 1, 9, 6), 5))
+    before = _kernels.simd_variant()
     try:
         _kernels.set_simd_variant(variant)
         for dtype in DTYPES:
@@ -129,7 +130,7 @@ def test_bitwise_with_every_simd_variant(rng, variant):
             y = tdask.conv_transpose3d(xd.astype(dtype), w.astype(dtype), **kwargs)
             _assert_bitwise(y.compute(scheduler="sync"), expected)
     finally:
-        _kernels.set_simd_variant("auto")
+        _kernels.set_simd_variant(before)
 
 
 @pytest.mark.parametrize("k, d, s", [(3, 1, 2), (7, 2, 1), (4, 3, 2), (2, 1, 3), (5, 1, 5)])

@@ -40,16 +40,18 @@ GEOMETRY = [
 
 @pytest.fixture(params=VARIANTS)
 def variant(request):
-    """Force one variant for the test, then restore the automatic choice."""
+    """Force one variant for the test, then restore the one in use before (which
+    TCONV3D_SIMD may have chosen: other tests, e.g. on dask workers, rely on it)."""
     name = request.param
     if name not in SUPPORTED:
         pytest.skip(f"this CPU/build does not run the {name} micro-kernels "
                     f"(supported: {SUPPORTED})")
+    before = _kernels.simd_variant()
     _kernels.set_simd_variant(name)
     try:
         yield name
     finally:
-        _kernels.set_simd_variant("auto")
+        _kernels.set_simd_variant(before)
 
 
 def _assert_close(got, expected, dtype, what):
@@ -100,9 +102,13 @@ def test_variant_is_thread_count_invariant(variant, rng, dtype):
 
 
 def test_auto_picks_the_widest_supported_variant():
-    _kernels.set_simd_variant("auto")
-    assert SUPPORTED[0] == "baseline"
-    assert _kernels.simd_variant() == SUPPORTED[-1]
+    before = _kernels.simd_variant()
+    try:
+        _kernels.set_simd_variant("auto")
+        assert SUPPORTED[0] == "baseline"
+        assert _kernels.simd_variant() == SUPPORTED[-1]
+    finally:
+        _kernels.set_simd_variant(before)
 
 
 def test_unknown_or_unsupported_variant_is_refused():
