@@ -47,18 +47,20 @@ def _flops(case):
     return 2.0 * n * size ** 3 * cin * cout * k ** 3
 
 
-def _torch_padding(size, k, s, padding):
-    """torch padding/output_padding covering Keras' output for a cubic case.
+def _torch_padding(k, s, padding):
+    """The torch ``padding``/``output_padding`` a user would pass for this Keras padding,
+    and the shift ``delta`` between the two outputs.
 
-    Keras crops ``total = full - out`` as ``total // 2`` on the left, the rest on the
-    right; torch crops ``pad`` on both sides and adds ``output_padding`` on the right.
-    When ``total`` is odd torch keeps one extra element, sliced off afterwards.
+    Keras crops ``total = k - s`` elements (cubic case, stride <= output) as ``total // 2``
+    on the left; torch crops ``padding`` on both sides and adds ``output_padding`` on the
+    right. When ``total`` is odd torch's window starts one element later (``delta = 1``):
+    the outputs have the same shape and timing, and agree up to that shift.
     """
-    if padding == "valid":
-        return 0, max(0, s - k)
-    total = k - s
-    pad = max(0, total // 2)
-    return pad, max(0, 2 * pad - total)
+    total = k - s if padding == "same" else -max(0, s - k)
+    if total < 0:
+        return 0, -total, 0
+    pad = (total + 1) // 2
+    return pad, 2 * pad - total, pad - total // 2
 
 
 class _TorchPeer:
@@ -72,7 +74,7 @@ class _TorchPeer:
     def setup(self, x, w, b, case, channels_last_3d):
         torch = self.torch
         _, _, _, size, k, s, padding = case
-        pad, out_pad = _torch_padding(size, k, s, padding)
+        pad, out_pad, delta = _torch_padding(k, s, padding)
         xt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
         if channels_last_3d:
             xt = xt.contiguous(memory_format=torch.channels_last_3d)
@@ -82,22 +84,21 @@ class _TorchPeer:
         wg = wt.clone().requires_grad_()
         bg = bt.clone().requires_grad_()
 
-        out = x.shape[1] * s if padding == "same" else None  # length to keep
-
         def forward():
             with torch.no_grad():
-                y = torch.nn.functional.conv_transpose3d(xt, wt, bt, stride=s, padding=pad,
-                                                         output_padding=out_pad)
-            return y[:, :, :out, :out, :out]
+                return torch.nn.functional.conv_transpose3d(xt, wt, bt, stride=s, padding=pad,
+                                                            output_padding=out_pad)
 
         def forward_backward():
             y = torch.nn.functional.conv_transpose3d(xg, wg, bg, stride=s, padding=pad,
                                                      output_padding=out_pad)
-            y = y[:, :, :out, :out, :out]
             return torch.autograd.grad(y, (xg, wg, bg), torch.ones_like(y))
 
-        def output():
-            return np.moveaxis(forward().numpy(), 1, -1)
+        def output(y):
+            """torch's output and tconv3d's ``y``, cut to the voxels both hold."""
+            theirs = np.moveaxis(forward().numpy(), 1, -1)
+            n = y.shape[1] - delta
+            return theirs[:, :n, :n, :n], y[:, delta:, delta:, delta:]
 
         return forward, forward_backward, output
 
@@ -134,7 +135,7 @@ class _TensorFlowPeer:
                                            padding=padding.upper()) + bt
             return tape.gradient(y, [xt, wt, bt], output_gradients=tf.ones_like(y))
 
-        return forward, forward_backward, lambda: forward().numpy()
+        return forward, forward_backward, lambda y: (forward().numpy(), y)
 
 
 def _peers(threads, names):
@@ -267,7 +268,8 @@ def run(cases=None, threads=(2,), dtypes=("float32",), repeat=7, peers=("torch",
                         else ((False, "ndhwc"),)
                     for cl, layout in layouts:
                         fwd, fwdbwd, output = peer.setup(x, w, b, case, cl)
-                        np.testing.assert_allclose(output(), y, rtol=tol,
+                        theirs, mine = output(y)
+                        np.testing.assert_allclose(theirs, mine, rtol=tol,
                                                    atol=tol * np.abs(y).max())
                         key = f"{peer.name}_{layout}"
                         row[f"{key}_fwd_ms"] = _median_ms(fwd, repeat)
