@@ -173,14 +173,24 @@ def peak_memory_forward(case_name="unet_up", dtype="float32"):
 import resource, numpy as np
 from tconv3d.bench import SUITE
 from tconv3d import conv_transpose3d
+
+def peak_rss():
+    # VmHWM belongs to this process' memory map; ru_maxrss would include the peak of
+    # the parent at fork time (Linux), which hides the growth when the parent is large.
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
 n, cin, cout, size, k, s, padding = SUITE[{case_name!r}]
 rng = np.random.default_rng(0)
 x = rng.standard_normal((n, size, size, size, cin), dtype={dtype!r})  # no temporaries
 w = rng.standard_normal((k, k, k, cout, cin), dtype={dtype!r})
 conv_transpose3d(x[:1, :2, :2, :2], w, strides=s, padding=padding)  # load the module
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_rss()
 y = conv_transpose3d(x, w, strides=s, padding=padding)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak_rss()
 print(x.nbytes, y.nbytes, (after - before) * 1024)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
