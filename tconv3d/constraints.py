@@ -16,6 +16,8 @@ import inspect
 
 import numpy as np
 
+from . import _config
+
 __all__ = ["Constraint", "MaxNorm", "NonNeg", "UnitNorm", "MinMaxNorm", "get", "serialize",
            "deserialize", "EPSILON"]
 
@@ -33,24 +35,11 @@ def _norms(w, axis):
     return np.sqrt(np.sum(np.square(w), axis=_axis(axis), keepdims=True))
 
 
-class Constraint:
+class Constraint(_config.Configurable):
     """Base class: ``__call__(w) -> projected w``; the identity here."""
 
     def __call__(self, w):
         return np.asarray(w)
-
-    def get_config(self):
-        """Constructor arguments as a dict."""
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        """Instance from :meth:`get_config` output."""
-        return cls(**config)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 class MaxNorm(Constraint):
@@ -130,13 +119,6 @@ NAMES = {**{c.__name__: c for c in _CLASSES}, "max_norm": MaxNorm, "non_neg": No
          "unit_norm": UnitNorm, "min_max_norm": MinMaxNorm}
 
 
-def _is_keras_object(obj, names):
-    """A Keras object of a class we mirror (mapped through its config, keeping its numbers)."""
-    cls = type(obj)
-    return (cls.__module__.split(".")[0] == "keras" and cls.__name__ in names
-            and hasattr(obj, "get_config"))
-
-
 def get(identifier):
     """Return a constraint: ``None``; a name from :data:`NAMES` (Keras defaults); a config dict
     ``{"class_name": ..., "config": {...}}``; an instance or class; a ``keras.constraints``
@@ -144,17 +126,13 @@ def get(identifier):
     if identifier is None:
         return None
     if isinstance(identifier, str):
-        if identifier not in NAMES:
-            raise ValueError(f"Unknown constraint {identifier!r}. Expected one of "
-                             f"{sorted(NAMES)}, a config dict or a callable.")
-        return NAMES[identifier]()
+        return _config.from_name(identifier, NAMES, "constraint", "a config dict or a callable")
     if isinstance(identifier, dict):
         return deserialize(identifier)
     if inspect.isclass(identifier):
         return identifier()
-    if _is_keras_object(identifier, NAMES):
-        return deserialize({"class_name": type(identifier).__name__,
-                            "config": identifier.get_config()})
+    if _config.is_keras_object(identifier, NAMES):
+        return deserialize(_config.as_dict(identifier))
     if callable(identifier):
         return identifier
     raise ValueError(f"Could not interpret constraint identifier {identifier!r}: expected a "
@@ -163,18 +141,9 @@ def get(identifier):
 
 def serialize(constraint):
     """``{"class_name": ..., "config": ...}`` for built-ins; the object itself otherwise."""
-    if type(constraint) in _CLASSES:
-        return {"class_name": type(constraint).__name__, "config": constraint.get_config()}
-    return constraint
+    return _config.serialize(constraint, _CLASSES)
 
 
 def deserialize(config):
     """Constraint from a ``{"class_name": ..., "config": ...}`` dict (Keras' too)."""
-    if not isinstance(config, dict) or "class_name" not in config:
-        raise ValueError("A constraint config must be a dict with a 'class_name' key, got "
-                         f"{config!r}.")
-    name = config["class_name"]
-    if name not in NAMES:
-        raise ValueError(f"Unknown constraint class_name {name!r}. Expected one of "
-                         f"{sorted(NAMES)}.")
-    return NAMES[name].from_config(dict(config.get("config") or {}))
+    return _config.deserialize(config, NAMES, "constraint")

@@ -16,6 +16,8 @@ import numbers
 
 import numpy as np
 
+from . import _config
+
 __all__ = [
     "Initializer", "Zeros", "Ones", "Constant", "RandomNormal", "RandomUniform",
     "TruncatedNormal", "VarianceScaling", "GlorotNormal", "GlorotUniform", "HeNormal",
@@ -72,24 +74,11 @@ def compute_fans(shape, input_axes=None, output_axes=None):
     return int(shape[-2]) * receptive_field, int(shape[-1]) * receptive_field
 
 
-class Initializer:
+class Initializer(_config.Configurable):
     """Base class: subclasses implement ``__call__(shape, dtype=None)`` and ``get_config``."""
 
     def __call__(self, shape, dtype=None):
         raise NotImplementedError
-
-    def get_config(self):
-        """Constructor arguments as a dict."""
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        """Instance from :meth:`get_config` output."""
-        return cls(**config)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 class Zeros(Initializer):
@@ -357,13 +346,6 @@ NAMES = {**{c.__name__: c for c in _CLASSES}, **{s: c for c, s in _SNAKE.items()
          "OrthogonalInitializer": Orthogonal}
 
 
-def _is_keras_object(obj, names):
-    """A Keras object of a class we mirror (mapped through its config, keeping its numbers)."""
-    cls = type(obj)
-    return (cls.__module__.split(".")[0] == "keras" and cls.__name__ in names
-            and hasattr(obj, "get_config"))
-
-
 def get(identifier):
     """Return an initializer (callable ``(shape, dtype=None) -> ndarray``).
 
@@ -379,17 +361,14 @@ def get(identifier):
     if identifier is None:
         return None
     if isinstance(identifier, str):
-        if identifier not in NAMES:
-            raise ValueError(f"Unknown initializer {identifier!r}. Expected one of "
-                             f"{sorted(NAMES)}, a config dict, an Initializer or a callable.")
-        return NAMES[identifier]()
+        return _config.from_name(identifier, NAMES, "initializer",
+                                 "a config dict, an Initializer or a callable")
     if isinstance(identifier, dict):
         return deserialize(identifier)
     if isinstance(identifier, (np.ndarray, np.generic)):
         return _ArrayInitializer(identifier)
-    if _is_keras_object(identifier, NAMES):
-        return deserialize({"class_name": type(identifier).__name__,
-                            "config": identifier.get_config()})
+    if _config.is_keras_object(identifier, NAMES):
+        return deserialize(_config.as_dict(identifier))
     if inspect.isclass(identifier):
         return identifier()
     if callable(identifier):
@@ -400,18 +379,9 @@ def get(identifier):
 
 def serialize(initializer):
     """``{"class_name": ..., "config": ...}`` for built-ins; the object itself otherwise."""
-    if type(initializer) in _CLASSES:
-        return {"class_name": type(initializer).__name__, "config": initializer.get_config()}
-    return initializer
+    return _config.serialize(initializer, _CLASSES)
 
 
 def deserialize(config):
     """Initializer from a ``{"class_name": ..., "config": ...}`` dict."""
-    if not isinstance(config, dict) or "class_name" not in config:
-        raise ValueError("An initializer config must be a dict with a 'class_name' key, got "
-                         f"{config!r}.")
-    name = config["class_name"]
-    if name not in NAMES:
-        raise ValueError(f"Unknown initializer class_name {name!r}. Expected one of "
-                         f"{sorted(NAMES)}.")
-    return NAMES[name].from_config(dict(config.get("config") or {}))
+    return _config.deserialize(config, NAMES, "initializer")

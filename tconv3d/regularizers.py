@@ -18,6 +18,8 @@ import numbers
 
 import numpy as np
 
+from . import _config
+
 __all__ = ["Regularizer", "L1", "L2", "L1L2", "FunctionRegularizer", "l1_l2", "get",
            "serialize", "deserialize"]
 
@@ -29,7 +31,7 @@ def _factor(value, name):
     return float(value)
 
 
-class Regularizer:
+class Regularizer(_config.Configurable):
     """Base class: ``__call__(x) -> scalar`` and ``gradient(x) -> ndarray like x``."""
 
     def __call__(self, x):
@@ -38,19 +40,6 @@ class Regularizer:
     def gradient(self, x):
         """Gradient of the penalty with respect to ``x``."""
         return np.zeros_like(np.asarray(x))
-
-    def get_config(self):
-        """Constructor arguments as a dict."""
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        """Instance from :meth:`get_config` output."""
-        return cls(**config)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
     def __eq__(self, other):
         return type(self) is type(other) and self.get_config() == other.get_config()
@@ -161,13 +150,6 @@ NAMES = {"l1": lambda: L1(0.01), "l2": lambda: L2(0.01), "l1_l2": lambda: L1L2(0
          "L1": L1, "L2": L2, "L1L2": L1L2}
 
 
-def _is_keras_object(obj, names):
-    """A Keras object of a class we mirror (mapped through its config, keeping its numbers)."""
-    cls = type(obj)
-    return (cls.__module__.split(".")[0] == "keras" and cls.__name__ in names
-            and hasattr(obj, "get_config"))
-
-
 def get(identifier):
     """Return a regularizer.
 
@@ -186,17 +168,13 @@ def get(identifier):
     if isinstance(identifier, Regularizer):
         return identifier
     if isinstance(identifier, str):
-        if identifier not in NAMES:
-            raise ValueError(f"Unknown regularizer {identifier!r}. Expected one of "
-                             f"{sorted(NAMES)}, a config dict or a callable.")
-        return NAMES[identifier]()
+        return _config.from_name(identifier, NAMES, "regularizer", "a config dict or a callable")
     if isinstance(identifier, dict):
         return deserialize(identifier)
     if inspect.isclass(identifier):
         return get(identifier())
-    if _is_keras_object(identifier, _CLASSES):
-        return deserialize({"class_name": type(identifier).__name__,
-                            "config": identifier.get_config()})
+    if _config.is_keras_object(identifier, _CLASSES):
+        return deserialize(_config.as_dict(identifier))
     if callable(identifier):
         gradient = getattr(identifier, "gradient", None)
         return FunctionRegularizer(identifier, gradient if callable(gradient) else None)
@@ -206,19 +184,15 @@ def get(identifier):
 
 def serialize(regularizer):
     """``{"class_name": ..., "config": ...}`` for L1/L2/L1L2; the object itself otherwise."""
-    if type(regularizer) in _CLASSES.values():
-        return {"class_name": type(regularizer).__name__, "config": regularizer.get_config()}
-    return regularizer
+    return _config.serialize(regularizer, _CLASSES.values())
 
 
 def deserialize(config):
     """Regularizer from a ``{"class_name": ..., "config": ...}`` dict (Keras' too)."""
-    if not isinstance(config, dict) or "class_name" not in config:
-        raise ValueError("A regularizer config must be a dict with a 'class_name' key, got "
-                         f"{config!r}.")
-    name, params = config["class_name"], dict(config.get("config") or {})
-    if name in NAMES:  # the name's defaults, overridden by ``params``
-        base = NAMES[name]()
-        return type(base).from_config({**base.get_config(), **params})
-    raise ValueError(f"Unknown regularizer class_name {name!r}. Expected one of "
-                     f"{sorted(NAMES)}.")
+    return _config.deserialize(config, NAMES, "regularizer", _with_defaults)
+
+
+def _with_defaults(factory, params):
+    """The instance ``factory()`` gives, its config overridden by ``params``."""
+    base = factory()
+    return type(base).from_config({**base.get_config(), **params})
