@@ -227,13 +227,6 @@ def as_array(value, name):
         raise TypeError(f"`{name}` must be array-like, got {type(value).__name__}: {exc}") from None
 
 
-def as_kernel_operand(a, dtype):
-    """Cast if needed; the kernels take any strides, so copy only for a dtype change."""
-    if a.dtype != dtype:
-        a = a.astype(dtype)
-    return a
-
-
 def check_allocation(shape, dtype, name, *, copy=False):
     """Refuse, before any work, an array too large to index or to fit in memory.
 

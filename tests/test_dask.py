@@ -1,7 +1,6 @@
 """tconv3d.dask: lazy chunked transposed convolution and upsampling, bitwise equal to the
 in-memory results for any chunking, on the threaded scheduler and on a LocalCluster of
 processes; a worker's peak memory does not grow with the volume."""
-import itertools
 import os
 import subprocess
 import sys
