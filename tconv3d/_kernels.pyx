@@ -24,7 +24,7 @@
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.stdlib cimport malloc, free
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 cdef extern from *:
     """
@@ -242,9 +242,11 @@ cdef int _forward(const Problem *p,
     cdef Py_ssize_t rows = p.N * p.n_out[0] * p.n_out[1]
     cdef Py_ssize_t block = _block_size(cout)
     cdef Py_ssize_t row, n, od, oh, r, o0, count, q0, blk, tb, nb, b, blo, bhi, istart
-    cdef Py_ssize_t td, th, nd, nh, jw, m, co
+    cdef Py_ssize_t td, th, nd, nh, jw, m, co, ldc
+    cdef bint direct = p.ys[4] == 1 and not (cin == 1 and cout == 1)
     cdef Py_ssize_t *taps
     cdef floating *acc
+    cdef floating *cbuf
     cdef const floating *xrow
     cdef const floating *wtap
     cdef floating *ap
@@ -276,15 +278,26 @@ cdef int _forward(const Problem *p,
                 for blk in range((count + block - 1) // block):
                     tb = blk * block
                     nb = block if count - tb > block else count - tb
-                    if bias == NULL:
+                    yp = y + n * p.ys[0] + od * p.ys[1] + oh * p.ys[2] + o0 * p.ys[3]
+                    # With contiguous output channels the GEMMs accumulate straight into
+                    # y (rows sw*ys3 apart); otherwise into acc, stored afterwards.
+                    if direct:
+                        cbuf = yp + tb * sw * p.ys[3]
+                        ldc = sw * p.ys[3]
+                    else:
+                        cbuf = acc
+                        ldc = cout
+                    if bias == NULL and not direct:
                         memset(acc, 0, nb * cout * sizeof(floating))
                     elif cout == 1:
                         for b in range(nb):
-                            acc[b] = bias[0]
+                            cbuf[b * ldc] = 0 if bias == NULL else bias[0]
                     else:
                         for b in range(nb):
-                            for co in range(cout):
-                                acc[b * cout + co] = bias[co]
+                            if bias == NULL:
+                                memset(cbuf + b * ldc, 0, cout * sizeof(floating))
+                            else:
+                                memcpy(cbuf + b * ldc, bias, cout * sizeof(floating))
                     for td in range(nd):
                         for th in range(nh):
                             xrow = (x + n * p.xs[0] + taps[p.k[0] + td] * p.xs[1]
@@ -306,9 +319,10 @@ cdef int _forward(const Problem *p,
                                 else:
                                     _gemm(bhi - blo, cout, cin,
                                           xrow + (istart + blo) * p.xs[3], p.xs[3], p.xs[4],
-                                          wtap, cout, acc + blo * cout, cout)
-                    yp = y + n * p.ys[0] + od * p.ys[1] + oh * p.ys[2] + o0 * p.ys[3]
-                    if cout == 1:  # no per-voxel inner loop (GCC would call memcpy)
+                                          wtap, cout, cbuf + blo * ldc, ldc)
+                    if direct:
+                        pass
+                    elif cout == 1:  # no per-voxel inner loop (GCC would call memcpy)
                         for b in range(nb):
                             yp[(tb + b) * sw * p.ys[3]] = acc[b]
                     elif p.ys[4] <= p.ys[3]:  # channels contiguous: voxel by voxel
