@@ -224,6 +224,26 @@ cdef inline Py_ssize_t _input_taps(const Problem *p, int a, Py_ssize_t i,
     return count
 
 
+# Width inputs first + b (0 <= b < count) whose tap jw lands on an output, i.e.
+# 0 <= (first + b)*s + jw*d - crop < n_out, are b in [_first_reaching, _end_reaching).
+# Numerators are kept non-negative (cdivision). Two functions, not out-pointers: a prange
+# variable assigned only through a pointer would be shared between threads.
+
+cdef inline Py_ssize_t _first_reaching(const Problem *p, Py_ssize_t jw,
+                                       Py_ssize_t first) noexcept nogil:
+    cdef Py_ssize_t num = p.crop[2] - jw * p.d[2] - first * p.s[2]
+    return 0 if num <= 0 else (num + p.s[2] - 1) // p.s[2]
+
+
+cdef inline Py_ssize_t _end_reaching(const Problem *p, Py_ssize_t jw, Py_ssize_t first,
+                                     Py_ssize_t count) noexcept nogil:
+    cdef Py_ssize_t num = p.n_out[2] - 1 + p.crop[2] - jw * p.d[2] - first * p.s[2]
+    if num < 0:
+        return 0
+    num = num // p.s[2] + 1
+    return count if num > count else num
+
+
 cdef inline Py_ssize_t _block_size(Py_ssize_t channels) noexcept nogil:
     cdef Py_ssize_t b = ACC_ELEMENTS // channels
     return 1 if b < 1 else (MAX_BLOCK if b > MAX_BLOCK else b)
@@ -249,7 +269,6 @@ cdef int _forward(const Problem *p,
     cdef floating *cbuf
     cdef const floating *xrow
     cdef const floating *wtap
-    cdef floating *ap
     cdef floating *yp
 
     cdef int failed = 0
@@ -321,16 +340,11 @@ cdef int _forward(const Problem *p,
                                           xrow + (istart + blo) * p.xs[3], p.xs[3], p.xs[4],
                                           wtap, cout, cbuf + blo * ldc, ldc)
                     if direct:
-                        pass
-                    elif cout == 1:  # no per-voxel inner loop (GCC would call memcpy)
+                        continue
+                    if cout == 1:  # no per-voxel inner loop (GCC would call memcpy)
                         for b in range(nb):
                             yp[(tb + b) * sw * p.ys[3]] = acc[b]
-                    elif p.ys[4] <= p.ys[3]:  # channels contiguous: voxel by voxel
-                        for b in range(nb):
-                            ap = acc + b * cout
-                            for co in range(cout):
-                                yp[(tb + b) * sw * p.ys[3] + co * p.ys[4]] = ap[co]
-                    else:  # channels_first: channel by channel, along the row
+                    else:  # strided channels (channels_first): channel by channel, along the row
                         for co in range(cout):
                             for b in range(nb):
                                 yp[(tb + b) * sw * p.ys[3] + co * p.ys[4]] = acc[b * cout + co]
@@ -360,11 +374,11 @@ cdef int _grad_input(const Problem *p,
                       floating *gx,         # OUT logical (N, D, H, W, Cin), strides p.xs
                       int num_threads) noexcept nogil:
     cdef Py_ssize_t cin = p.cin, cout = p.cout
-    cdef Py_ssize_t sw = p.s[2], dw = p.d[2], kw = p.k[2], iw_n = p.n_in[2], ow_n = p.n_out[2]
+    cdef Py_ssize_t sw = p.s[2], dw = p.d[2], kw = p.k[2], iw_n = p.n_in[2]
     cdef Py_ssize_t cw = p.crop[2]
     cdef Py_ssize_t rows = p.N * p.n_in[0] * p.n_in[1]
     cdef Py_ssize_t block = _block_size(cin)
-    cdef Py_ssize_t row, n, i_d, i_h, blk, tb, nb, b, blo, bhi, num, td, th, nd, nh, jw, ci
+    cdef Py_ssize_t row, n, i_d, i_h, blk, tb, nb, b, blo, bhi, td, th, nd, nh, jw, ci
     cdef Py_ssize_t *taps
     cdef floating *acc
     cdef const floating *grow
@@ -397,16 +411,8 @@ cdef int _grad_input(const Problem *p,
                         grow = (g + n * p.ys[0] + taps[p.k[0] + td] * p.ys[1]
                                 + taps[2 * p.k[0] + p.k[1] + th] * p.ys[2])
                         for jw in range(kw):
-                            # Input tb + b feeds output (tb + b)*sw + jw*dw - cw; keep
-                            # the b whose output is in [0, ow_n).
-                            num = cw - jw * dw - tb * sw
-                            blo = 0 if num <= 0 else (num + sw - 1) // sw
-                            num = ow_n - 1 + cw - jw * dw - tb * sw
-                            if num < 0:
-                                continue
-                            bhi = num // sw + 1
-                            if bhi > nb:
-                                bhi = nb
+                            blo = _first_reaching(p, jw, tb)
+                            bhi = _end_reaching(p, jw, tb, nb)
                             if bhi <= blo:
                                 continue
                             wtap = w + ((taps[td] * p.k[1] + taps[2 * p.k[0] + th]) * kw
@@ -472,11 +478,11 @@ cdef int _grad_kernel(const Problem *p,
                        floating *gw,          # OUT (kd, kh, kw, Cout, Cin) C-contiguous
                        int num_threads) noexcept nogil:
     cdef Py_ssize_t cin = p.cin, cout = p.cout
-    cdef Py_ssize_t sw = p.s[2], dw = p.d[2], kw = p.k[2], iw_n = p.n_in[2], ow_n = p.n_out[2]
+    cdef Py_ssize_t sw = p.s[2], dw = p.d[2], kw = p.k[2], iw_n = p.n_in[2]
     cdef Py_ssize_t cw = p.crop[2]
     cdef Py_ssize_t ksize = p.k[0] * p.k[1] * kw * cout * cin
     cdef Py_ssize_t rows = p.N * p.n_in[0] * p.n_in[1]
-    cdef Py_ssize_t chunk, row, n, i_d, i_h, td, th, nd, nh, jw, num, lo, hi, e, c
+    cdef Py_ssize_t chunk, row, n, i_d, i_h, td, th, nd, nh, jw, lo, hi, e, c
     cdef Py_ssize_t *taps
     cdef floating *buf
     cdef floating *bp
@@ -510,16 +516,10 @@ cdef int _grad_kernel(const Problem *p,
                         for jw in range(kw):
                             bp = buf + ((taps[td] * p.k[1] + taps[2 * p.k[0] + th]) * kw
                                         + jw) * cout * cin
-                            # Inputs lo <= iw < hi feed outputs iw*sw + jw*dw - cw in
-                            # [0, ow_n): one GEMM (Cout x Cin) += g^T (Cout x k) x (k x Cin).
-                            num = cw - jw * dw
-                            lo = 0 if num <= 0 else (num + sw - 1) // sw
-                            num = ow_n - 1 + cw - jw * dw
-                            if num < 0:
-                                continue
-                            hi = num // sw + 1
-                            if hi > iw_n:
-                                hi = iw_n
+                            # One GEMM (Cout x Cin) += g^T (Cout x k) x (k x Cin) over
+                            # the inputs lo <= iw < hi that reach an output.
+                            lo = _first_reaching(p, jw, 0)
+                            hi = _end_reaching(p, jw, 0, iw_n)
                             if hi <= lo:
                                 continue
                             _gemm(cout, cin, hi - lo,
