@@ -43,11 +43,7 @@ def _needs_copy(a, dtype):
 
 def _operand(a, dtype):
     """The array in the working dtype; copies only to cast or to fix unaligned strides."""
-    if a.dtype != dtype:
-        return a.astype(dtype)
-    if _needs_copy(a, dtype):
-        return np.array(a, dtype=dtype)
-    return a
+    return np.array(a, dtype=dtype) if _needs_copy(a, dtype) else a
 
 
 def _check_copies(dtype, *operands):

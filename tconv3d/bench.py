@@ -249,7 +249,7 @@ def run(cases=None, threads=(2,), dtypes=("float32",), repeat=7, peers=("torch",
         backward=True, out=sys.stdout):
     """Run the suite; returns a list of result dicts (one per case, dtype and threads)."""
     cases = list(SUITE) if cases is None else list(cases)
-    results = []
+    results, headers_printed = [], set()
     for nthreads in threads:
         peer_objs = _peers(nthreads, peers)
         for dtype in dtypes:
@@ -287,7 +287,7 @@ def run(cases=None, threads=(2,), dtypes=("float32",), repeat=7, peers=("torch",
                             row[f"{key}_fwdbwd_ms"] = _median_ms(fwdbwd, repeat)
                 _add_ratios(row)
                 results.append(row)
-                _print_row(row, out)
+                _print_row(row, out, headers_printed)
     return results
 
 
@@ -304,17 +304,14 @@ def _add_ratios(row):
     row["tconv3d_fwd_gflops"] = row["gflop"] / row["tconv3d_fwd_ms"] * 1e3
 
 
-_HEADER_DONE = set()
-
-
-def _print_row(row, out):
+def _print_row(row, out, headers_printed):
     cols = ["tconv3d_fwd_ms", "tconv3d_fwdbwd_ms", "torch_ncdhw_fwd_ms", "torch_ncdhw_fwdbwd_ms",
             "torch_cl3d_fwd_ms", "torch_cl3d_fwdbwd_ms", "tensorflow_ndhwc_fwd_ms",
             "tensorflow_ndhwc_fwdbwd_ms"]
     cols = [c for c in cols if c in row]
     key = tuple(cols)
-    if key not in _HEADER_DONE:
-        _HEADER_DONE.add(key)
+    if key not in headers_printed:
+        headers_printed.add(key)
         names = [c.replace("_ms", "").replace("tconv3d_", "tc_") for c in cols]
         print(f"{'case':12s} {'dtype':7s} {'thr':>3s} " + " ".join(f"{n:>14s}" for n in names)
               + f" {'GFLOP/s':>8s} {'ratio fwd':>9s} {'ratio f+b':>9s}", file=out)

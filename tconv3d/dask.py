@@ -198,6 +198,15 @@ def _graph(name, x, channel_axis, windows, block_task, constants):
     return HighLevelGraph.from_collections(name, dsk, dependencies=[x])
 
 
+def _constants(name, kernel, bias):
+    """Graph entries holding the kernel and bias once (not copied into every task), and
+    their keys; the bias key is None without a bias."""
+    constants = {f"{name}-kernel": kernel}
+    if bias is not None:
+        constants[f"{name}-bias"] = bias
+    return constants, f"{name}-kernel", None if bias is None else f"{name}-bias"
+
+
 # ----------------------------------------------------------------------- compiled calls
 
 def _forward(x, wt, bias, geom, num_threads):
@@ -278,14 +287,8 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
                          (i_hi - i_lo, o_hi - o_lo, o_lo + c - i_lo * s)))
         windows.append(axis)
 
-    token = tokenize(x, wt, b, geom, num_threads)
-    name = f"conv_transpose3d-{token}"
-    wt_key = f"{name}-kernel"
-    constants = {wt_key: wt}
-    b_key = None
-    if b is not None:
-        b_key = f"{name}-bias"
-        constants[b_key] = b
+    name = f"conv_transpose3d-{tokenize(x, wt, b, geom, num_threads)}"
+    constants, wt_key, b_key = _constants(name, wt, b)
 
     def block_task(keys, region, local, batch):
         local_geom = dataclasses.replace(
@@ -420,14 +423,8 @@ def upsample(upsampler, X, *, num_threads=None):
                          (lo * factor[a], hi * factor[a]))
                         for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo])
 
-    token = tokenize(volumes, kernel, bias, factor, num_threads)
-    name = f"volumeupsampler-transform-{token}"
-    kernel_key = f"{name}-kernel"
-    constants = {kernel_key: kernel}
-    bias_key = None
-    if bias is not None:
-        bias_key = f"{name}-bias"
-        constants[bias_key] = bias
+    name = f"volumeupsampler-transform-{tokenize(volumes, kernel, bias, factor, num_threads)}"
+    constants, kernel_key, bias_key = _constants(name, kernel, bias)
 
     def block_task(keys, region, local, batch):
         chunk = list(local)                               # output range of each axis
