@@ -42,9 +42,10 @@ def load_scans():
     """``{scan name: float32 array (n_volumes, d, h, w)}``, cropped to even lengths."""
     try:
         import nibabel
-        from nibabel.testing import data_path
     except ImportError:
         sys.exit("This example needs nibabel: pip install 'tconv3d[nifti]'")
+    # nibabel installs these scans with itself (nibabel.testing would import pytest)
+    data_path = os.path.join(os.path.dirname(nibabel.__file__), "tests", "data")
     scans = {}
     for name, file in [("anatomical", "anatomical.nii"), ("EPI", "example4d.nii.gz")]:
         data = np.asarray(nibabel.load(os.path.join(data_path, file)).dataobj, np.float32)

@@ -1005,19 +1005,27 @@ def phantom(shape, seed):
     return np.clip(out, 0, 1)
 
 
+def nibabel_data_file(nibabel, name):
+    """Path of one of the example scans installed with nibabel (``nibabel/tests/data``).
+
+    Found from the package folder: ``nibabel.testing.data_path`` would import pytest,
+    which a user's environment need not have.
+    """
+    return os.path.join(os.path.dirname(nibabel.__file__), "tests", "data", name)
+
+
 def _demo_data(args):
     """``(name, scored volume (d, h, w), its voxel sizes and units, training volumes
     (n, d, h, w), training name, notes)``: never trained on the scored file."""
     notes = []
-    nibabel = data_path = None
+    nibabel = None
     if not args.phantom:
         try:
             import nibabel
-            from nibabel.testing import data_path
         except ImportError:
             notes.append(f"nibabel is not installed: synthetic phantom ({NIFTI_HINT} for "
                          "the real MRI)")
-    files = {name: os.path.join(data_path, name) for name in
+    files = {name: nibabel_data_file(nibabel, name) for name in
              ("anatomical.nii", "example4d.nii.gz")} if nibabel is not None else {}
     real = bool(files) and all(os.path.isfile(f) for f in files.values())
     if nibabel is not None and not real:

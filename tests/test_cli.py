@@ -7,7 +7,6 @@ status. Errors must be one line on stderr with a non-zero status, and leave no f
 import errno
 import os
 import re
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -557,6 +556,17 @@ def test_demo_real_mri(capsys, tmp_path, data_path):
     png_shape(tmp_path / "d.png")
 
 
+def test_demo_finds_nibabels_scans_without_pytest(run_python, data_path):
+    """A user's environment need not have pytest (``nibabel.testing`` imports it)."""
+    done = run_python("-c", "import sys; sys.modules['pytest'] = None\n"
+                            "from tconv3d.cli import main\n"
+                            "sys.exit(main(['demo', '--threads', '1', '--max-iter', '3']))",
+                      env={"MPLBACKEND": "Agg"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("nibabel's T1 scan anatomical.nii"), done.stdout
+    assert "phantom" not in done.stdout
+
+
 def test_demo_phantom_and_rewrites_its_picture(capsys, tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "d.png"
@@ -847,24 +857,15 @@ def test_warnings_are_one_line(capsys, monkeypatch, npy, tmp_path):
 
 # --- the installed command ---------------------------------------------------------------
 
-def _command(*argv, cwd, program=(sys.executable, "-m", "tconv3d")):
-    """Run the command in a subprocess that imports the tconv3d these tests import (the
-    source tree, or the installed wheel in CI)."""
-    import tconv3d
-    home = str(Path(tconv3d.__file__).resolve().parent.parent)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([home, os.environ.get("PYTHONPATH", "")]))
-    env.pop("TCONV3D_DEBUG", None)
-    return subprocess.run([*program, *map(str, argv)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
-
-
-def test_python_m_tconv3d(tmp_path, npy):
-    version = _command("--version", cwd=tmp_path)
+def test_python_m_tconv3d(run_python, tmp_path, npy):
+    def _command(*argv):
+        return run_python("-m", "tconv3d", *argv, env={"TCONV3D_DEBUG": None})
+    version = _command("--version")
     assert version.returncode == 0 and version.stdout.startswith("tconv3d ")
-    done = _command("upsample", npy, "o.npy", "--kernel", "nearest", cwd=tmp_path)
+    done = _command("upsample", npy, "o.npy", "--kernel", "nearest")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "o.npy").exists()
-    again = _command("upsample", npy, "o.npy", cwd=tmp_path)
+    again = _command("upsample", npy, "o.npy")
     assert again.returncode == 1
     assert again.stderr == "tconv3d upsample: error: OUT 'o.npy' exists; pass --overwrite to " \
                            "replace it\n"
@@ -872,14 +873,14 @@ def test_python_m_tconv3d(tmp_path, npy):
 
 @pytest.mark.skipif(os.environ.get("TCONV3D_TEST_INSTALLED", "0") in ("", "0"),
                     reason="set TCONV3D_TEST_INSTALLED=1 to check (CI tests the wheel)")
-def test_console_script(tmp_path):
+def test_console_script(run_python):
     """The ``tconv3d`` entry point the wheel installs."""
     import shutil
     script = shutil.which("tconv3d")
     assert script is not None, "no tconv3d on PATH"
-    done = _command("--version", cwd=tmp_path, program=(script,))
+    done = run_python("--version", program=[script])
     assert done.returncode == 0 and done.stdout.startswith("tconv3d "), done.stderr
-    done = _command("upsample", "missing.npy", "out.npy", cwd=tmp_path, program=(script,))
+    done = run_python("upsample", "missing.npy", "out.npy", program=[script])
     assert done.returncode == 1
     assert done.stderr == "tconv3d upsample: error: IN 'missing.npy' does not exist\n"
 

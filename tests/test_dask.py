@@ -1,9 +1,6 @@
 """tconv3d.dask: lazy chunked transposed convolution and upsampling, bitwise equal to the
 in-memory results for any chunking, on the threaded scheduler and on a LocalCluster of
 processes; a worker's peak memory does not grow with the volume."""
-import os
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -251,31 +248,22 @@ def test_unknown_chunk_sizes_are_refused():
         tdask.conv_transpose3d(x, np.ones((2, 2, 2, 3, 2)))
 
 
-def _run(code):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (os.path.dirname(os.path.dirname(tconv3d.__file__)),
-                    env.get("PYTHONPATH")) if p)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=120)
-
-
 def test_module_docstring_example():
     import doctest
 
     assert doctest.testmod(tdask).failed == 0
 
 
-def test_import_tconv3d_never_imports_dask():
-    out = _run("import sys, tconv3d, tconv3d.upsampling; "
+def test_import_tconv3d_never_imports_dask(run_python):
+    out = run_python("-c", "import sys, tconv3d, tconv3d.upsampling; "
                "print(sorted(m for m in sys.modules if m.split('.')[0] in "
                "('dask', 'distributed')))")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
 
-def test_missing_dask_names_the_extra():
-    out = _run("import sys; sys.modules['dask'] = None\n"
+def test_missing_dask_names_the_extra(run_python):
+    out = run_python("-c", "import sys; sys.modules['dask'] = None\n"
                "try:\n    import tconv3d.dask\nexcept ImportError as e:\n    print(e)")
     assert out.returncode == 0, out.stderr
     assert 'pip install "tconv3d[dask]"' in out.stdout

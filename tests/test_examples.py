@@ -15,8 +15,6 @@ other's load and can take ten times longer on these small problems.
 import importlib.util
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -60,17 +58,16 @@ EXPECTED = {
 }
 
 
-def run_example(name, *args, cwd, timeout, pythonpath=()):
-    """Run ``examples/name`` with the tconv3d these tests import (the source tree, or the
-    installed wheel in CI) first on the path."""
-    import tconv3d
-    home = Path(tconv3d.__file__).resolve().parent.parent
-    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    env.setdefault("KERAS_BACKEND", "torch")
-    env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), str(home),
-                                         env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, str(EXAMPLES / name), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+@pytest.fixture
+def run_example(run_python):
+    """Run ``examples/name`` in a child process that imports the tconv3d under test."""
+    def run(name, *args, timeout, pythonpath=()):
+        env = {"OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg",
+               "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "torch")}
+        if pythonpath:
+            env["PYTHONPATH"] = os.pathsep.join(map(str, pythonpath))
+        return run_python(EXAMPLES / name, *args, env=env, timeout=timeout)
+    return run
 
 
 def test_every_example_is_tested():
@@ -80,26 +77,25 @@ def test_every_example_is_tested():
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
-def test_example_runs(tmp_path, name):
+def test_example_runs(run_example, name):
     if not (EXAMPLES / name).is_file():
         pytest.skip("examples/ not shipped with this installation")
     needs, args, timeout, check = EXPECTED[name]
     for module in needs:
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{name} needs {module}")
-    done = run_example(name, *args, cwd=tmp_path, timeout=timeout)
+    done = run_example(name, *args, timeout=timeout)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     assert check(done.stdout), done.stdout
 
 
-def test_keras_example_without_keras(tmp_path):
+def test_keras_example_without_keras(run_example, tmp_path):
     """Where ``import keras`` fails, the example explains and exits 0."""
     fake = tmp_path / "fake"
     fake.mkdir()
     (fake / "keras.py").write_text("raise ImportError('No module named keras')\n")
-    done = run_example("keras_weight_transfer.py", cwd=tmp_path, timeout=60,
-                       pythonpath=[fake])
+    done = run_example("keras_weight_transfer.py", timeout=60, pythonpath=[fake])
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("keras is not installed")
     assert done.stderr == ""

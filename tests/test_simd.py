@@ -10,8 +10,6 @@ Variants this CPU lacks are skipped, by name. The ``TCONV3D_SIMD`` environment v
 is checked in fresh interpreters.
 """
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -137,49 +135,46 @@ _PROBE = textwrap.dedent("""
 """)
 
 
-def _import_with_simd(value):
+@pytest.fixture
+def import_with_simd(run_python):
     """Import tconv3d in a new interpreter with TCONV3D_SIMD=value (None: unset)."""
-    env = dict(os.environ)
-    env.pop("TCONV3D_SIMD", None)
-    if value is not None:
-        env["TCONV3D_SIMD"] = value
-    # Run next to the package under test, so the child imports the same tconv3d.
-    cwd = Path(tconv3d.__file__).resolve().parent.parent
-    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, cwd=cwd,
-                         capture_output=True, text=True, timeout=120, check=True)
-    path, chosen, *warned = out.stdout.strip().splitlines()
-    assert Path(path).resolve() == Path(tconv3d.__file__).resolve()
-    return chosen, warned
+    def run(value):
+        out = run_python("-c", _PROBE, env={"TCONV3D_SIMD": value})
+        assert out.returncode == 0, out.stderr
+        path, chosen, *warned = out.stdout.strip().splitlines()
+        assert Path(path).resolve() == Path(tconv3d.__file__).resolve()
+        return chosen, warned
+    return run
 
 
 @pytest.mark.parametrize("name", ["baseline", *[v for v in SUPPORTED if v != "baseline"]])
-def test_environment_variable_selects_the_variant_at_import(name):
-    chosen, warned = _import_with_simd(name)
+def test_environment_variable_selects_the_variant_at_import(name, import_with_simd):
+    chosen, warned = import_with_simd(name)
     assert chosen == name
     assert warned == []
 
 
 @pytest.mark.parametrize("value", [None, "", "auto", " Auto "])
-def test_environment_variable_unset_or_auto_picks_the_best(value):
-    assert _import_with_simd(value) == (SUPPORTED[-1], [])
+def test_environment_variable_unset_or_auto_picks_the_best(value, import_with_simd):
+    assert import_with_simd(value) == (SUPPORTED[-1], [])
 
 
-def test_environment_variable_is_case_and_space_insensitive():
-    assert _import_with_simd(" BASELINE\n") == ("baseline", [])
+def test_environment_variable_is_case_and_space_insensitive(import_with_simd):
+    assert import_with_simd(" BASELINE\n") == ("baseline", [])
 
 
 @pytest.mark.parametrize("value", ["bogus", "avx1024"])
-def test_invalid_environment_variable_warns_and_falls_back(value):
-    chosen, warned = _import_with_simd(value)
+def test_invalid_environment_variable_warns_and_falls_back(value, import_with_simd):
+    chosen, warned = import_with_simd(value)
     assert chosen == SUPPORTED[-1]
     assert len(warned) == 1
     assert warned[0].startswith("RuntimeWarning") and repr(value) in warned[0]
 
 
 @pytest.mark.skipif(not set(VARIANTS) - set(SUPPORTED), reason="this CPU runs every variant")
-def test_unsupported_variant_in_environment_warns_and_falls_back():
+def test_unsupported_variant_in_environment_warns_and_falls_back(import_with_simd):
     name = sorted(set(VARIANTS) - set(SUPPORTED))[0]
-    chosen, warned = _import_with_simd(name)
+    chosen, warned = import_with_simd(name)
     assert chosen == SUPPORTED[-1]
     assert len(warned) == 1 and "not available" in warned[0]
 

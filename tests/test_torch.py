@@ -2,8 +2,6 @@
 import copy
 import io
 import itertools
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -637,19 +635,14 @@ def test_torch_compile_breaks_the_graph_around_tconv3d(monkeypatch):
 # --------------------------------------------------------------------------------------
 # packaging: torch stays optional, and this module does not shadow it
 # --------------------------------------------------------------------------------------
-def _python(code):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=str(tconv3d.__path__[0] + "/.."))
-
-
-def test_import_tconv3d_does_not_import_torch():
-    result = _python("import sys, tconv3d; print('torch' in sys.modules)")
+def test_import_tconv3d_does_not_import_torch(run_python):
+    result = run_python("-c", "import sys, tconv3d; print('torch' in sys.modules)")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
 
 
-def test_import_without_torch_names_the_extra():
-    result = _python("import sys; sys.modules['torch'] = None; import tconv3d.torch")
+def test_import_without_torch_names_the_extra(run_python):
+    result = run_python("-c", "import sys; sys.modules['torch'] = None; import tconv3d.torch")
     assert result.returncode != 0
     assert "ImportError" in result.stderr and "tconv3d[torch]" in result.stderr
 
@@ -663,9 +656,9 @@ def test_dropin_example_runs(capsys):
     assert "tconv3d.torch.ConvTranspose3d" in capsys.readouterr().out
 
 
-def test_module_named_torch_does_not_shadow_pytorch():
+def test_module_named_torch_does_not_shadow_pytorch(run_python):
     assert tt.torch is torch and tt.torch.__name__ == "torch"
-    result = _python("import tconv3d.torch, torch; "
+    result = run_python("-c", "import tconv3d.torch, torch; "
                      "print(torch.__name__, hasattr(torch, 'nn'), tconv3d.torch.__name__)")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["torch", "True", "tconv3d.torch"]
