@@ -556,6 +556,19 @@ def test_demo_real_mri(capsys, tmp_path, data_path):
     png_shape(tmp_path / "d.png")
 
 
+def test_readme_shows_what_the_demo_prints(capsys, tmp_path, data_path):
+    pytest.importorskip("matplotlib")
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    if not readme.is_file():
+        pytest.skip("tests shipped without the repository's README")
+    out, _ = ok(capsys, "demo", "--out", tmp_path / "d.png")
+    shown = readme.read_text().split("`tconv3d demo` prints", 1)[1].split("```")[1]
+    scores = {method: psnr for method, (psnr, _) in demo_table(out).items()}
+    assert scores == {method: psnr for method, (psnr, _) in demo_table(shown).items()}
+    difference = "learned - trilinear: "
+    assert out.split(difference)[1].split()[0] == shown.split(difference)[1].split()[0]
+
+
 def test_demo_finds_nibabels_scans_without_pytest(run_python, data_path):
     """A user's environment need not have pytest (``nibabel.testing`` imports it)."""
     done = run_python("-c", "import sys; sys.modules['pytest'] = None\n"
