@@ -313,3 +313,15 @@ def normalize_compute(compute):
     if compute is None or any(c not in GRADIENTS for c in compute):
         raise ValueError(f"`compute` must be a subset of {GRADIENTS}, got {compute!r}.")
     return frozenset(compute)
+
+
+def is_int(value):
+    """Whether ``value`` is an integer (Python or numpy) and not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_bias_shape(bias, filters):
+    """Refuse a bias that is not one value per filter."""
+    if bias.shape != (filters,):
+        raise ValueError(f"`bias` must have shape ({filters},) (the kernel's filters), "
+                         f"got {bias.shape}.")
