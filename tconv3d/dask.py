@@ -46,10 +46,10 @@ plus a halo of ``floor((k - 1)*d / s)`` voxels on the left only, gathered from a
 preceding chunks as needed (chunks smaller than the kernel are fine). Python's ``//`` floors
 for negative numerators, so the arithmetic above is exact for every sign.
 
-:func:`upsample` uses the same scheme on ``VolumeUpsampler``'s polyphase convolution: output
-chunks are the input chunks times the factor, the region a chunk reads is extended past the
-volume by edge replication, and the chunk repeats ``transform``'s computation on it: the
-strided ``"same"`` convolution, then the border slabs that read past the volume.
+:func:`upsample` runs ``VolumeUpsampler``'s upsampling plan (``tconv3d._plan``) on each
+chunk: output chunks are the input chunks times the factor, each task reads the voxels of
+the volume its outputs read (its input chunk plus a halo) and computes its chunk with the
+same passes as ``transform``, which computes the chunk that is the whole volume.
 
 Threads
 -------
@@ -73,9 +73,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "install it with `pip install \"tconv3d[dask]\"` (or `pip install \"dask[array]\"`)."
     ) from exc
 
-from . import _ops
-from ._validation import (as_array, check_allocation, make_geometry, normalize_num_threads,
-                          working_dtype)
+from . import _ops, _plan
+from ._validation import (as_array, check_allocation, check_bias_shape, make_geometry,
+                          normalize_num_threads, working_dtype)
 
 __all__ = ["conv_transpose3d", "upsample"]
 
@@ -84,15 +84,10 @@ __all__ = ["conv_transpose3d", "upsample"]
 
 @dataclasses.dataclass(frozen=True)
 class _Region:
-    """Where a task's input region comes from, per spatial axis.
-
-    ``axes``: positions of the three spatial axes; ``parts``: for each, the slices of the
-    consecutive input blocks it spans; ``take``: for each, ``None`` or the indices (into the
-    gathered blocks) that replicate edge voxels past the volume.
-    """
+    """Where a task's input region comes from: ``axes``, the positions of the three spatial
+    axes; ``parts``, for each, the slices of the consecutive input blocks it spans."""
     axes: tuple
     parts: tuple
-    take: tuple
 
 
 def _as_dask(x, name):
@@ -113,7 +108,10 @@ def _bounds(chunks):
 
 
 def _parts(bounds, lo, hi):
-    """Blocks of an axis overlapping ``[lo, hi)``, as ``[(block, slice within it)]``."""
+    """Blocks of an axis overlapping ``[lo, hi)``, as ``[(block, slice within it)]``; at
+    least one voxel (a chunk that reads no input still reads the nearest one)."""
+    lo = min(max(lo, 0), bounds[-1] - 1)
+    hi = max(min(hi, bounds[-1]), lo + 1)
     out = []
     block = bisect.bisect_right(bounds, lo) - 1
     while block < len(bounds) - 1 and bounds[block] < hi:
@@ -124,45 +122,30 @@ def _parts(bounds, lo, hi):
     return out
 
 
-def _region(bounds, lo, hi, n):
-    """Blocks and edge-replication indices for the input range ``[lo, hi)`` of an axis
-    of length ``n``, whose indices outside ``[0, n)`` read the nearest edge voxel."""
-    real_lo = min(max(lo, 0), n - 1)
-    real_hi = max(min(hi, n), real_lo + 1)
-    take = None
-    if lo < real_lo or hi > real_hi:
-        take = np.clip(np.arange(lo, hi), 0, n - 1) - real_lo
-    return _parts(bounds, real_lo, real_hi), take
-
-
-def _gather(pieces, region):
+def _assemble(pieces, region):
     """The input region of a task from its blocks ``pieces[d][h][w]`` (no copy when it
-    lies in one block and needs no edge voxels)."""
+    lies in one block)."""
     first = pieces[0][0][0]
     counts = [len(p) for p in region.parts]
     if counts == [1, 1, 1]:
         index = [slice(None)] * first.ndim
         for ax, parts in zip(region.axes, region.parts):
             index[ax] = parts[0]
-        out = first[tuple(index)]
-    else:
-        shape = list(first.shape)
-        offsets = []
-        for ax, parts in zip(region.axes, region.parts):
-            sizes = [s.stop - s.start for s in parts]
-            shape[ax] = sum(sizes)
-            offsets.append(np.cumsum([0, *sizes]).tolist())
-        out = np.empty(shape, first.dtype)
-        for idx in product(*(range(c) for c in counts)):
-            src = [slice(None)] * first.ndim
-            dst = [slice(None)] * first.ndim
-            for ax, parts, off, i in zip(region.axes, region.parts, offsets, idx):
-                src[ax] = parts[i]
-                dst[ax] = slice(off[i], off[i + 1])
-            out[tuple(dst)] = pieces[idx[0]][idx[1]][idx[2]][tuple(src)]
-    for ax, take in zip(region.axes, region.take):
-        if take is not None:
-            out = np.take(out, take, axis=ax)
+        return first[tuple(index)]
+    shape = list(first.shape)
+    offsets = []
+    for ax, parts in zip(region.axes, region.parts):
+        sizes = [s.stop - s.start for s in parts]
+        shape[ax] = sum(sizes)
+        offsets.append(np.cumsum([0, *sizes]).tolist())
+    out = np.empty(shape, first.dtype)
+    for idx in product(*(range(c) for c in counts)):
+        src = [slice(None)] * first.ndim
+        dst = [slice(None)] * first.ndim
+        for ax, parts, off, i in zip(region.axes, region.parts, offsets, idx):
+            src[ax] = parts[i]
+            dst[ax] = slice(off[i], off[i + 1])
+        out[tuple(dst)] = pieces[idx[0]][idx[1]][idx[2]][tuple(src)]
     return out
 
 
@@ -187,13 +170,11 @@ def _graph(name, x, channel_axis, windows, block_task, constants):
     for b, batch in enumerate(x.chunks[0]):
         for t in product(*(range(len(w)) for w in windows)):
             chosen = [w[i] for w, i in zip(windows, t)]
-            regions = [_region(bounds, *win[1], x.shape[ax])
-                       for bounds, win, ax in zip(in_bounds, chosen, axes)]
-            blocks = [[i for i, _ in parts] for parts, _ in regions]
+            parts = [_parts(bounds, *win[1]) for bounds, win in zip(in_bounds, chosen)]
+            blocks = [[i for i, _ in p] for p in parts]
             keys = [[[key(x.name, b, (i, j, k)) for k in blocks[2]] for j in blocks[1]]
                     for i in blocks[0]]
-            region = _Region(axes, tuple(tuple(s for _, s in parts) for parts, _ in regions),
-                             tuple(take for _, take in regions))
+            region = _Region(axes, tuple(tuple(s for _, s in p) for p in parts))
             dsk[key(name, b, t)] = block_task(keys, region, [win[2] for win in chosen], batch)
     return HighLevelGraph.from_collections(name, dsk, dependencies=[x])
 
@@ -207,15 +188,22 @@ def _constants(name, kernel, bias):
     return constants, f"{name}-kernel", None if bias is None else f"{name}-bias"
 
 
-# ----------------------------------------------------------------------- compiled calls
+# ------------------------------------------------------------------------------- tasks
 
-def _forward(x, wt, bias, geom, num_threads):
+def _conv_chunk(pieces, region, wt, bias, geom, num_threads):
+    """One output chunk of :func:`conv_transpose3d`."""
     check_allocation(geom.output_shape, wt.dtype, "output chunk")
-    return _ops._forward(x, wt, bias, geom, num_threads)
+    return _ops._forward(_assemble(pieces, region), wt, bias, geom, num_threads)
 
 
-def _conv_block(pieces, region, wt, bias, geom, num_threads):
-    return _forward(_gather(pieces, region), wt, bias, geom, num_threads)
+def _upsample_chunk(pieces, region, kernel, bias, chunk, num_threads):
+    """One output chunk of :func:`upsample`: the :class:`tconv3d._plan.ChunkPlan` ``chunk``
+    run on the voxels it reads."""
+    x = _assemble(pieces, region)
+    if not np.isfinite(x).all():
+        raise ValueError("Input X contains NaN or infinity (VolumeUpsampler refuses "
+                         "non-finite volumes).")
+    return _plan.run(x, chunk, kernel, bias, num_threads, output="output chunk")
 
 
 # ----------------------------------------------------------------------- public functions
@@ -255,9 +243,8 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
     dtype = working_dtype(("x", x), ("kernel", kernel), *extra)
     geom = make_geometry(x.shape, kernel.shape, strides, padding, output_padding,
                          dilation_rate, data_format)
-    if bias is not None and extra[0][1].shape != (geom.filters,):
-        raise ValueError(f"`bias` must have shape ({geom.filters},) (the kernel's filters), "
-                         f"got {extra[0][1].shape}.")
+    if bias is not None:
+        check_bias_shape(extra[0][1], geom.filters)
     if num_threads is not None:
         num_threads = normalize_num_threads(num_threads)
     channel_axis = 4 if geom.channels_last else 1
@@ -294,42 +281,12 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
         local_geom = dataclasses.replace(
             geom, batch=batch, in_spatial=tuple(v[0] for v in local),
             out_spatial=tuple(v[1] for v in local), crop=tuple(v[2] for v in local))
-        return (_conv_block, keys, region, wt_key, b_key, local_geom, num_threads)
+        return (_conv_chunk, keys, region, wt_key, b_key, local_geom, num_threads)
 
     graph = _graph(name, x, channel_axis, windows, block_task, constants)
     chunks = [x.chunks[0], *(tuple(w[0] for w in axis) for axis in windows)]
     chunks.insert(channel_axis, (geom.filters,))
     return da.Array(graph, name, chunks=tuple(chunks), meta=np.empty((0,) * 5, dtype))
-
-
-def _upsample_block(pieces, region, kernel, bias, passes, num_threads):
-    """One chunk of ``VolumeUpsampler.transform``, computed as the in-memory
-    ``tconv3d.upsampling._upsample`` computes these voxels.
-
-    ``region``: the chunk's input, edge voxels replicated past the volume. ``passes``: the
-    transposed convolutions whose results are written into the chunk, in order, each as
-    ``(axis order, input slices of the region, local geometry, output slices)``.
-    """
-    x = _gather(pieces, region)
-    if not np.isfinite(x).all():
-        raise ValueError("Input X contains NaN or infinity (VolumeUpsampler refuses "
-                         "non-finite volumes).")
-    n, c = x.shape[0], x.shape[-1]
-    x = x if c == 1 else np.moveaxis(x, -1, 1).reshape(n * c, *x.shape[1:4], 1)
-    y = None
-    for order, source, geom, target in passes:
-        order = list(order)
-        part = x[(slice(None), *source)].transpose(0, *(a + 1 for a in order), 4)
-        wt = np.ascontiguousarray(kernel.transpose(*order, 3, 4))  # Cin = Cout = 1
-        z = _forward(part, wt, bias, dataclasses.replace(geom, batch=n * c), num_threads)
-        z = z.transpose(0, *(order.index(a) + 1 for a in range(3)), 4)
-        if y is None:
-            y = z
-        else:
-            y[(slice(None), *target)] = z
-    if c == 1:
-        return y
-    return np.ascontiguousarray(np.moveaxis(y.reshape(n, c, *y.shape[1:4]), 1, -1))
 
 
 def upsample(upsampler, X, *, num_threads=None):
@@ -358,17 +315,13 @@ def upsample(upsampler, X, *, num_threads=None):
 
     Notes
     -----
-    ``transform`` computes ``y`` in two steps (``tconv3d.upsampling`` module docstring):
-    the strided ``"same"`` transposed convolution of the whole volume, right everywhere
-    but in thin border slabs, then each border slab recomputed from edge-replicated input,
-    with the axes reordered so that the longest is innermost. Each chunk here does the same
-    on its part of the volume -- the convolution, then the parts of the slabs that fall in
-    it, in the same order and each with the axis order of its whole slab -- so every voxel
-    is summed exactly as in memory.
+    ``transform`` computes the chunk of the upsampling plan (``tconv3d._plan``) that is the
+    whole volume; each task here computes its chunk of the same plan: the strided
+    convolution, then the parts of the border slabs that fall in it, in the same order and
+    each with the axis order of its whole slab, so every voxel is summed exactly as in
+    memory.
     """
     from sklearn.utils.validation import check_is_fitted
-
-    from .upsampling import _borders, _embed_small, _layout
 
     check_is_fitted(upsampler)
     if num_threads is None:
@@ -376,102 +329,47 @@ def upsample(upsampler, X, *, num_threads=None):
     num_threads = normalize_num_threads(num_threads)
     X = _as_dask(X, "X")
     volumes, ndim = _dask_volumes(upsampler, X)
-    dtype = volumes.dtype
-    factor = upsampler.factor_
-    kernel = _embed_small(upsampler.kernel_, factor)[0].astype(dtype)[..., None, None]
-    bias = None if upsampler.bias_ == 0 else np.full(1, upsampler.bias_, dtype)
     if volumes.numblocks[4] > 1:
         volumes = volumes.rechunk({4: -1})
-    in_spatial, ksize = volumes.shape[1:4], kernel.shape[:3]
-    # transform's whole-volume convolution: length n*s, crop (k - s)//2 on each axis.
-    template = make_geometry((1, *in_spatial, 1), kernel.shape, factor, "same", None, 1,
-                             "channels_last")
-    out_spatial, crop = template.out_spatial, template.crop
-    # Border slabs as transform writes them, in its order, each with the axis order it
-    # runs in (its range on its axis, whole lengths on the others; longest innermost).
-    slabs = []
-    for axis, first, stop in _borders(in_spatial, ksize, factor):
-        lengths = [stop - first if a == axis else out_spatial[a] for a in range(3)]
-        slabs.append((axis, first, stop, tuple(np.argsort(lengths, kind="stable").tolist())))
-
-    def reach(a, first, stop):
-        """Inputs [lo, hi) that outputs [first, stop) of axis a read (k >= s here)."""
-        k, s = ksize[a], factor[a]
-        return -(-(first + crop[a] - (k - 1)) // s), (stop - 1 + crop[a]) // s + 1
-
-    def conv_pass(order, ranges, region_lo, clip):
-        """A transposed convolution giving outputs ``ranges``, read from the region."""
-        source, local = [], []
-        for a, (first, stop) in enumerate(ranges):
-            lo, hi = reach(a, first, stop)
-            if clip:  # the whole-volume pass reads only voxels inside the volume
-                lo, hi = max(lo, 0), min(hi, in_spatial[a])
-            source.append(slice(lo - region_lo[a], hi - region_lo[a]))
-            local.append((hi - lo, stop - first, first + crop[a] - lo * factor[a]))
-        geom = dataclasses.replace(
-            template, in_spatial=tuple(local[a][0] for a in order),
-            kernel_spatial=tuple(ksize[a] for a in order),
-            strides=tuple(factor[a] for a in order),
-            out_spatial=tuple(local[a][1] for a in order),
-            crop=tuple(local[a][2] for a in order))
-        return order, tuple(source), geom
-
-    windows = []
-    for a in range(3):
+    factor = upsampler.factor_
+    kernel, bias = _plan.prepare(upsampler.kernel_, upsampler.bias_, factor, volumes.dtype)
+    plan = _plan.Plan(volumes.shape[1:4], kernel.shape[:3], factor)
+    windows = []   # per axis: the input chunks times the factor, and the voxels they read
+    for a, s in enumerate(factor):
         bounds = _bounds(volumes.chunks[1 + a])
-        windows.append([((hi - lo) * factor[a], reach(a, lo * factor[a], hi * factor[a]),
-                         (lo * factor[a], hi * factor[a]))
+        windows.append([((hi - lo) * s, plan.reads(a, lo * s, hi * s), (lo * s, hi * s))
                         for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo])
 
     name = f"volumeupsampler-transform-{tokenize(volumes, kernel, bias, factor, num_threads)}"
     constants, kernel_key, bias_key = _constants(name, kernel, bias)
 
     def block_task(keys, region, local, batch):
-        chunk = list(local)                               # output range of each axis
-        region_lo = [reach(a, *chunk[a])[0] for a in range(3)]
-        passes = [(*conv_pass((0, 1, 2), chunk, region_lo, True), None)]
-        for axis, first, stop, order in slabs:
-            first, stop = max(first, chunk[axis][0]), min(stop, chunk[axis][1])
-            if first >= stop:
-                continue
-            ranges = list(chunk)
-            ranges[axis] = (first, stop)
-            target = tuple(slice(f - c0, t - c0) for (f, t), (c0, _) in zip(ranges, chunk))
-            passes.append((*conv_pass(order, ranges, region_lo, False), target))
-        return (_upsample_block, keys, region, kernel_key, bias_key, passes, num_threads)
+        return (_upsample_chunk, keys, region, kernel_key, bias_key, plan.chunk(local),
+                num_threads)
 
     graph = _graph(name, volumes, 4, windows, block_task, constants)
     chunks = (volumes.chunks[0], *(tuple(v[0] for v in axis) for axis in windows),
               volumes.chunks[4])
-    out = da.Array(graph, name, chunks=chunks, meta=np.empty((0,) * 5, dtype))
-    return out if ndim == 5 else out.reshape(_layout(out.shape, ndim))
+    out = da.Array(graph, name, chunks=chunks, meta=np.empty((0,) * 5, volumes.dtype))
+    return out if ndim == 5 else out.reshape(_plan.layout(out.shape, ndim))
 
 
 def _dask_volumes(upsampler, X):
     """``X`` as ``(n, d, h, w, c)`` float volumes, and its ndim: the checks of
     ``VolumeUpsampler.transform`` that need no data (non-finite values are refused when
     a chunk is computed)."""
-    from .upsampling import _resolve_volume_shape
-
     if X.dtype.kind not in "biuf":
         raise ValueError(f"X must hold real numbers, got dtype {X.dtype}.")
     if X.dtype not in (np.float32, np.float64):
         X = X.astype(np.float64)
-    ndim = X.ndim
-    if ndim in (4, 5):
-        if min(X.shape[1:]) < 1:
-            raise ValueError(f"X must have at least one voxel per axis, got shape {X.shape}.")
-        return (X if ndim == 5 else X[..., np.newaxis]), ndim
+    ndim = _plan.check_volumes_shape(X.shape)
     if ndim != 2:
-        raise ValueError("X must be 2-D (n_samples, n_features) with volume_shape, 4-D "
-                         "(n_samples, d, h, w) or 5-D (n_samples, d, h, w, c), got "
-                         f"shape {X.shape}.")
+        return _plan.as_volumes(X), ndim
     expected = getattr(upsampler, "n_features_in_", None)
     if expected is not None and X.shape[1] != expected:
         raise ValueError(f"X has {X.shape[1]} features, but {type(upsampler).__name__} is "
                          f"expecting {expected} features as input.")
     shape = getattr(upsampler, "volume_shape_", None)
     if shape is None:
-        shape = _resolve_volume_shape(upsampler.volume_shape, X.shape[1])
-    X = X.rechunk({1: -1})
-    return X.reshape(len(X), *shape[:3], 1 if len(shape) == 3 else shape[3]), 2
+        shape = _plan.resolve_volume_shape(upsampler.volume_shape, X.shape[1])
+    return _plan.as_volumes(X.rechunk({1: -1}), shape), 2

@@ -24,18 +24,14 @@ kernel's centre tap on the output voxel whose centre is the input voxel's centre
 * A kernel with fewer taps than ``s`` is first zero-padded to ``s`` taps, with
   ``-((k - s) // 2)`` zeros in front, which leaves ``y`` unchanged and makes ``c >= 0``.
 
-Computation: the core's ``padding="same"`` transposed convolution of the unpadded volume has
-length ``n*s`` and crop ``(k - s) // 2 = c``: it is ``y`` wherever no tap reaches past the
-volume, i.e. all but the first ``ceil((k - s)/2)`` and the last ``(k - s) // 2`` outputs of
-each axis. Those border slabs (one output plane per side for trilinear x2) are recomputed
-from a gather of the edge-replicated input planes they read, by the same transposed
-convolution, and written over. No padded copy of the volume is made and the output needs
-no cropping copy.
+Computation: ``tconv3d._plan`` (one plan executed by ``transform`` on the whole volume and
+by ``tconv3d.dask.upsample`` on each chunk): the strided ``padding="same"`` transposed
+convolution of the unpadded volume, then the thin border slabs whose taps reach past the
+volume recomputed from edge-replicated input and written over. No padded copy of the volume
+is made and the output needs no cropping copy.
 """
-import numbers
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy.optimize import minimize
@@ -44,8 +40,10 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
+from . import _plan
 from ._ops import conv_transpose3d, conv_transpose3d_backward, conv_transpose3d_output_shape
-from ._validation import make_geometry, normalize_num_threads, normalize_triple
+from ._validation import (deconv_output_length, make_geometry, normalize_num_threads,
+                          normalize_triple)
 
 __all__ = ["VolumeUpsampler"]
 
@@ -67,132 +65,6 @@ def _separable(taps):
 def _trilinear_kernel(factor, size=None):
     size = tuple(2 * s - s % 2 for s in factor) if size is None else size
     return _separable([_triangle(s, k) for s, k in zip(factor, size)])
-
-
-def _embed_small(kernel, factor):
-    """Zero-pad the axes with fewer taps than the factor to ``factor`` taps (same ``y``).
-
-    Returns the kernel and the slices of it that hold the given taps.
-    """
-    front = [max(0, -((k - s) // 2)) for k, s in zip(kernel.shape, factor)]
-    back = [max(0, s - k - f) for k, s, f in zip(kernel.shape, factor, front)]
-    taps = tuple(slice(f, f + k) for f, k in zip(front, kernel.shape))
-    if any(front) or any(back):
-        kernel = np.pad(kernel, list(zip(front, back)))
-    return kernel, taps
-
-
-def _gather(x, kernel_shape, factor, ranges):
-    """Edge-replicated input read by the outputs ``ranges`` (``(first, stop)`` per axis).
-
-    ``x`` is ``(m, d, h, w, 1)`` and the kernel has ``k >= s`` taps per axis. Returns the
-    gathered ``(m, ., ., ., 1)`` input and, per axis, the positions ``(start, stop)`` of
-    those outputs in the full-length result of its transposed convolution.
-    """
-    indices, window = [], []
-    for n, k, s, (first, stop) in zip(x.shape[1:4], kernel_shape, factor, ranges):
-        c = (k - s) // 2
-        lo = -((k - 1 - first - c) // s)          # ceil((first + c - k + 1) / s)
-        hi = (stop - 1 + c) // s + 1
-        indices.append(np.clip(np.arange(lo, hi), 0, n - 1))
-        window.append((first + c - lo * s, stop + c - lo * s))
-    d, h, w = indices
-    return x[:, d[:, None, None], h[None, :, None], w[None, None, :]], window
-
-
-def _window_call(x_shape, kernel_shape, factor, window):
-    """Keyword arguments of the transposed convolution that computes the fewest positions
-    holding the full-length positions ``window``, and the slices of its result there."""
-    # Keras' centred crops: "same" with output_padding=0 keeps (n - 1)*s + k - 2*(k//2)
-    # positions, with None n*s, and "valid" keeps all of them (no crop).
-    for padding, output_padding in (("same", 0), ("same", None), ("valid", None)):
-        geom = make_geometry(x_shape, kernel_shape, factor, padding, output_padding, 1,
-                             "channels_last")
-        if all(crop <= a and b <= crop + out
-               for (a, b), crop, out in zip(window, geom.crop, geom.out_spatial)):
-            break
-    slices = tuple(slice(a - crop, b - crop) for (a, b), crop in zip(window, geom.crop))
-    return {"strides": factor, "padding": padding, "output_padding": output_padding}, slices
-
-
-def _exact(x, kernel, bias, factor, ranges, num_threads):
-    """The outputs ``ranges`` of ``y``, from a gather of the edge-replicated input."""
-    gathered, window = _gather(x, kernel.shape[:3], factor, ranges)
-    # The core runs its inner loop along the last spatial axis: make it the longest.
-    order = np.argsort([stop - first for first, stop in ranges], kind="stable")
-    gathered, kernel = gathered.transpose(0, *(order + 1), 4), kernel.transpose(*order, 3, 4)
-    call, slices = _window_call(gathered.shape, kernel.shape, tuple(factor[a] for a in order),
-                                [window[a] for a in order])
-    z = conv_transpose3d(gathered, kernel, bias, **call, num_threads=num_threads)
-    return z[(slice(None), *slices)].transpose(0, *(np.argsort(order) + 1), 4)
-
-
-def _borders(in_spatial, kernel_shape, factor):
-    """The border slabs, outputs that read past the volume: ``(axis, first, stop)``."""
-    borders = []
-    for axis, (n, k, s) in enumerate(zip(in_spatial, kernel_shape, factor)):
-        length = n * s
-        for first, stop in ((0, k - s - (k - s) // 2), (length - (k - s) // 2, length)):
-            first, stop = max(first, 0), min(stop, length)
-            if first < stop:
-                borders.append((axis, first, stop))
-    return borders
-
-
-def _upsample(volumes, kernel, bias, factor, num_threads):
-    """Upsample ``(n, d, h, w, c)`` volumes with one ``(kd, kh, kw)`` kernel per channel.
-
-    Returns a new C-contiguous ``(n, d*sd, h*sh, w*sw, c)`` array of ``volumes.dtype``.
-    """
-    n, c, dtype = volumes.shape[0], volumes.shape[-1], volumes.dtype
-    kernel = _embed_small(kernel, factor)[0].astype(dtype)[..., None, None]
-    b = None if bias == 0 else np.full(1, bias, dtype)
-    x = volumes if c == 1 else np.moveaxis(volumes, -1, 1).reshape(
-        n * c, *volumes.shape[1:4], 1)
-    y = conv_transpose3d(x, kernel, b, strides=factor, padding="same",
-                         num_threads=num_threads)
-    # The (up to six) border slabs are thin: each runs on one thread, side by side on
-    # Python threads (the core releases the GIL), rather than as six small OpenMP regions
-    # whose every barrier waits for the slowest thread -- costly on a busy machine.
-    slabs = [[(first, stop) if a == axis else (0, length)
-              for a, length in enumerate(y.shape[1:4])]
-             for axis, first, stop in _borders(x.shape[1:4], kernel.shape[:3], factor)]
-    if slabs:
-        with ThreadPoolExecutor(min(len(slabs), normalize_num_threads(num_threads))) as pool:
-            exact = pool.map(lambda ranges: _exact(x, kernel, b, factor, ranges, 1), slabs)
-            for ranges, values in zip(slabs, exact):
-                y[(slice(None), *(slice(*r) for r in ranges))] = values
-    if c == 1:
-        return y
-    return np.ascontiguousarray(np.moveaxis(y.reshape(n, c, *y.shape[1:4]), 1, -1))
-
-
-def _resolve_volume_shape(volume_shape, n_features):
-    """``volume_shape`` (3 or 4 ints, at most one -1) for rows of ``n_features``."""
-    if volume_shape is None:
-        raise ValueError(
-            "2-D X of shape (n_samples, n_features) holds flattened volumes, and "
-            "volume_shape=None does not say how to unflatten them: pass "
-            "volume_shape=(d, h, w) or (d, h, w, c) (one entry may be -1, inferred from "
-            f"n_features={n_features}), or pass X as 4-D (n_samples, d, h, w) or 5-D "
-            "(n_samples, d, h, w, c) volumes.")
-    try:
-        shape = tuple(volume_shape)
-    except TypeError:
-        shape = ()
-    if (len(shape) not in (3, 4) or shape.count(-1) > 1
-            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                       and (v >= 1 or v == -1) for v in shape)):
-        raise ValueError("`volume_shape` must be (d, h, w) or (d, h, w, c): ints >= 1, one of "
-                         f"which may be -1 (inferred), got {volume_shape!r}.")
-    shape = tuple(int(v) for v in shape)
-    known = int(np.prod([v for v in shape if v != -1]))
-    if -1 in shape and n_features % known == 0:
-        shape = tuple(n_features // known if v == -1 else v for v in shape)
-    if int(np.prod(shape)) != n_features:
-        raise ValueError(f"`volume_shape`={volume_shape!r} does not fit rows of "
-                         f"{n_features} features (X of shape (n_samples, {n_features})).")
-    return shape
 
 
 class VolumeUpsampler(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -327,28 +199,23 @@ default="trilinear"
         """``X`` as float ``(n, d, h, w, c)`` volumes, and the ndim of ``X``."""
         if not hasattr(X, "ndim"):  # lists and other array-likes
             X = np.asarray(X)
-        ndim = X.ndim
-        if ndim in (4, 5):
+        if X.ndim in (4, 5):
             X = check_array(X, allow_nd=True, dtype=_FLOATS, estimator=self)
-            if min(X.shape[1:]) < 1:
-                raise ValueError(f"X must have at least one voxel per axis, got shape "
-                                 f"{X.shape}.")
+            _plan.check_volumes_shape(X.shape)
             if reset:  # forget the shape of an earlier 2-D fit
                 for name in ("n_features_in_", "feature_names_in_", "volume_shape_"):
                     self.__dict__.pop(name, None)
-            return (X if ndim == 5 else X[..., np.newaxis]), ndim
-        if ndim > 2:
-            raise ValueError("X must be 2-D (n_samples, n_features) with volume_shape, 4-D "
-                             "(n_samples, d, h, w) or 5-D (n_samples, d, h, w, c), got "
-                             f"shape {np.shape(X)}.")
+            return _plan.as_volumes(X), X.ndim
+        if X.ndim > 2:
+            _plan.check_volumes_shape(np.shape(X))
         X = validate_data(self, X, reset=reset, dtype=_FLOATS)
         if reset or not hasattr(self, "volume_shape_"):
-            shape = _resolve_volume_shape(self.volume_shape, X.shape[1])
+            shape = _plan.resolve_volume_shape(self.volume_shape, X.shape[1])
             if reset:
                 self.volume_shape_ = shape
         else:
             shape = self.volume_shape_
-        return X.reshape(len(X), *shape[:3], 1 if len(shape) == 3 else shape[3]), 2
+        return _plan.as_volumes(X, shape), 2
 
     def fit(self, X, y=None):
         """Set the kernel; with ``kernel="learned"``, learn it from ``(X, y)`` pairs.
@@ -403,8 +270,8 @@ default="trilinear"
             from .dask import upsample
             return upsample(self, X)
         volumes, ndim = self._validate_volumes(X, reset=False)
-        out = _upsample(volumes, self.kernel_, self.bias_, self.factor_, self.num_threads)
-        return out.reshape(_layout(out.shape, ndim))
+        out = _plan.upsample(volumes, self.kernel_, self.bias_, self.factor_, self.num_threads)
+        return out.reshape(_plan.layout(out.shape, ndim))
 
     @property
     def _n_features_out(self):
@@ -444,7 +311,7 @@ default="trilinear"
     def _check_targets(self, y, volumes, ndim, factor):
         shape = (len(volumes), *(n * s for n, s in zip(volumes.shape[1:4], factor)),
                  volumes.shape[4])
-        expected = _layout(shape, ndim)
+        expected = _plan.layout(shape, ndim)
         if y is None:
             raise ValueError("kernel='learned' learns from examples: call fit(X, y) with y "
                              f"the high-resolution volumes matching X, of shape {expected}.")
@@ -457,11 +324,23 @@ default="trilinear"
         return y.reshape(shape)
 
 
-def _layout(shape, ndim):
-    """Volumes' shape ``(n, d, h, w, c)`` written as ``X`` of ``ndim`` dimensions is."""
-    if ndim == 2:
-        return (shape[0], int(np.prod(shape[1:])))
-    return tuple(shape[:ndim])
+def _window_call(x_shape, kernel_shape, factor, window):
+    """Keyword arguments of the transposed convolution that computes the fewest positions
+    holding the full-length positions ``window``, and the slices of its result there."""
+    # Keras' centred crops: "same" with output_padding=0 keeps (n - 1)*s + k - 2*(k//2)
+    # positions (none for an even kernel on one voxel), with None n*s, and "valid" keeps
+    # all of them (no crop).
+    for padding, output_padding in (("same", 0), ("same", None), ("valid", None)):
+        if any(deconv_output_length(n, k, s, 1, padding, output_padding) < 1
+               for n, k, s in zip(x_shape[1:4], kernel_shape[:3], factor)):
+            continue
+        geom = make_geometry(x_shape, kernel_shape, factor, padding, output_padding, 1,
+                             "channels_last")
+        if all(crop <= a and b <= crop + out
+               for (a, b), crop, out in zip(window, geom.crop, geom.out_spatial)):
+            break
+    slices = tuple(slice(a - crop, b - crop) for (a, b), crop in zip(window, geom.crop))
+    return {"strides": factor, "padding": padding, "output_padding": output_padding}, slices
 
 
 def _fit_kernel(volumes, targets, kernel, factor, *, max_iter, tol, num_threads, verbose):
@@ -474,11 +353,19 @@ def _fit_kernel(volumes, targets, kernel, factor, *, max_iter, tol, num_threads,
     below 1). Returns ``(kernel, bias, n_iter, mse)``.
     """
     scale = float(np.sqrt(np.mean(np.square(targets)))) or 1.0
-    embedded, taps = _embed_small(kernel, factor)
+    embedded, taps = _plan.embed_small(kernel, factor)
     n, c = volumes.shape[0], volumes.shape[-1]
     channels = np.moveaxis(volumes, -1, 1).reshape(n * c, *volumes.shape[1:4], 1)
-    x, window = _gather(channels.astype(np.float64) / scale, embedded.shape, factor,
-                        [(0, v * s) for v, s in zip(volumes.shape[1:4], factor)])
+    # The whole output in one convolution of the edge-replicated input it reads; window:
+    # its positions in that convolution's full-length result.
+    plan = _plan.Plan(volumes.shape[1:4], embedded.shape, factor)
+    source = [plan.reach(a, 0, length) for a, length in enumerate(plan.out_spatial)]
+    x = _plan.read_edge_replicated(channels.astype(np.float64) / scale, (0, 0, 0),
+                                   plan.in_spatial, source)
+    window = []
+    for a, ((lo, _), length) in enumerate(zip(source, plan.out_spatial)):
+        length, crop = plan.local(a, 0, length, lo)
+        window.append((crop, crop + length))
     call, slices = _window_call(x.shape, (*embedded.shape, 1, 1), factor, window)
     # The residual lives in the frame of that convolution: targets are placed there once
     # and everything outside the outputs is masked out.
