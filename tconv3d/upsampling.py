@@ -32,11 +32,14 @@ is made and the output needs no cropping copy.
 """
 import time
 import warnings
+from numbers import Integral, Real
 
 import numpy as np
 from scipy.optimize import minimize
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.base import (BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
+                          _fit_context)
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
@@ -99,15 +102,16 @@ default="trilinear"
         Taps of the learned kernel per axis; ``None`` means ``2 * factor``. Only used
         with ``kernel="learned"``.
     max_iter : int, default=200
-        Maximum L-BFGS iterations of the learned fit.
+        Maximum L-BFGS iterations of the learned fit; ``>= 1``.
     tol : float, default=1e-6
         The learned fit stops when an iteration lowers the mean squared error by less
-        than ``tol`` times the error of the starting (trilinear) kernel.
+        than ``tol`` times the error of the starting (trilinear) kernel; ``>= 0``.
     num_threads : int, default=None
         Threads of the compiled convolution; ``None`` uses the OpenMP default, which
         honours ``threadpoolctl.threadpool_limits``. Results do not depend on it.
     verbose : int, default=0
-        If positive, the learned fit prints its progress every ``verbose`` iterations.
+        If positive, the learned fit prints its progress every ``verbose`` iterations;
+        ``>= 0``.
 
     Attributes
     ----------
@@ -156,6 +160,20 @@ default="trilinear"
     >>> VolumeUpsampler(factor=(1, 1, 3), volume_shape=(2, 2, 2)).fit_transform(flat).shape
     (1, 24)
     """
+
+    # Types are checked here (scikit-learn's messages); values with a message of their
+    # own (factor, kernel, volume_shape, kernel_size, num_threads) in fit, by the
+    # normalisers of tconv3d._validation and tconv3d._plan.
+    _parameter_constraints: dict = {
+        "factor": [Integral, "array-like"],
+        "kernel": [str, "array-like"],
+        "volume_shape": [None, "array-like"],
+        "kernel_size": [None, Integral, "array-like"],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "num_threads": [None, Integral],
+        "verbose": ["verbose"],
+    }
 
     def __init__(self, factor=2, kernel="trilinear", volume_shape=None, kernel_size=None,
                  max_iter=200, tol=1e-6, num_threads=None, verbose=0):
@@ -217,6 +235,7 @@ default="trilinear"
             shape = self.volume_shape_
         return _plan.as_volumes(X, shape), 2
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Set the kernel; with ``kernel="learned"``, learn it from ``(X, y)`` pairs.
 

@@ -14,7 +14,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.utils import get_tags
-from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.utils._param_validation import InvalidParameterError
+from sklearn.utils.estimator_checks import check_param_validation, parametrize_with_checks
 
 from tconv3d import upsampling
 from tconv3d._validation import normalize_triple
@@ -103,6 +104,29 @@ def test_matches_direct_definition(rng, factor, size):
     up = VolumeUpsampler(factor=factor, kernel=kernel).fit(X)
     np.testing.assert_allclose(up.transform(X), _direct(X, kernel, 0.0, triple),
                                rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("factor", [(2, 2, 2), (1, 2, 4), (4, 3, 1)])
+@pytest.mark.parametrize("size", [(1, 2, 4), (2, 2, 2), (4, 6, 3), (3, 1, 5)])
+@pytest.mark.parametrize("spatial", [(1, 1, 1), (1, 3, 2), (5, 1, 1)])
+def test_one_voxel_axes_match_direct_definition(rng, factor, size, spatial):
+    # Even taps (as many as the factor, or padded to it) on one-voxel axes: the border
+    # slab of another axis then reads a one-voxel axis that a centred Keras crop would
+    # empty; the result is still the definition.
+    kernel = rng.standard_normal(size)
+    X = rng.standard_normal((2, *spatial))
+    up = VolumeUpsampler(factor=factor, kernel=kernel).fit(X)
+    np.testing.assert_allclose(up.transform(X), _direct(X, kernel, 0.0, factor),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel_size", [(2, 2, 2), (1, 1, 1)])
+def test_learned_fit_on_one_voxel_axes(rng, kernel_size):
+    true = rng.random(kernel_size)
+    X, Y = _pairs(rng, true, 0.2, shape=(4, 1, 5, 3))
+    up = VolumeUpsampler(kernel="learned", kernel_size=kernel_size, tol=1e-14, max_iter=500,
+                         num_threads=1).fit(X, Y)
+    np.testing.assert_allclose(up.transform(X), Y, atol=1e-6)
 
 
 def test_kernels_are_the_documented_arrays():
@@ -270,6 +294,33 @@ def test_learned_verbose_and_convergence_warning(rng, capsys):
 def test_fit_errors(params, X, match):
     with pytest.raises(ValueError, match=match):
         VolumeUpsampler(**params).fit(X, np.ones((1, 4, 4, 4)))
+
+
+@pytest.mark.parametrize("params,match", [
+    ({"max_iter": "a"}, r"'max_iter' parameter .* an int in the range \[1, inf\)\. Got 'a'"),
+    ({"max_iter": -1}, r"'max_iter' parameter .* Got -1 instead"),
+    ({"max_iter": 0}, r"'max_iter' parameter .* Got 0 instead"),
+    ({"max_iter": 2.5}, r"'max_iter' parameter .* Got 2.5 instead"),
+    ({"tol": np.nan}, r"'tol' parameter .* in the range \[0.0, inf\)\. Got nan instead"),
+    ({"tol": -1e-3}, r"'tol' parameter .* Got -0.001 instead"),
+    ({"verbose": "x"}, r"'verbose' parameter .* Got 'x' instead"),
+    ({"verbose": -1}, r"'verbose' parameter .* Got -1 instead"),
+    ({"factor": 2.5}, r"'factor' parameter .* Got 2.5 instead"),
+    ({"kernel": 3}, r"'kernel' parameter .* Got 3 instead"),
+    ({"num_threads": 1.5}, r"'num_threads' parameter .* Got 1.5 instead"),
+])
+@pytest.mark.parametrize("kernel", ["trilinear", "learned"])
+def test_parameters_are_checked_before_any_work(params, match, kernel):
+    # Every parameter, whatever the kernel, as scikit-learn checks them (an
+    # InvalidParameterError is a ValueError and a TypeError).
+    up = VolumeUpsampler(**{"kernel": kernel, **params})
+    with pytest.raises(InvalidParameterError, match=match):
+        up.fit(np.ones((1, 2, 2, 2)), np.ones((1, 4, 4, 4)))
+
+
+@pytest.mark.parametrize("kernel", ["trilinear", "nearest", "learned"])
+def test_parameter_constraints_pass_scikit_learn_check(kernel):
+    check_param_validation("VolumeUpsampler", VolumeUpsampler(kernel=kernel))
 
 
 def test_learned_needs_matching_high_resolution_volumes():
