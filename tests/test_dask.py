@@ -303,6 +303,42 @@ def test_upsample_is_bitwise_the_in_memory_transform(rng, kind, factor, dtype):
         _assert_bitwise(Y.compute(scheduler="threads"), expected)
 
 
+@pytest.mark.parametrize("kernel, factor", [
+    ((2, 3, 2), (2, 2, 1)),     # as many (even) taps as the factor on a one-voxel axis
+    ((1, 3, 4), (2, 2, 2)),     # fewer taps than the factor: padded to two
+    ("trilinear", (4, 2, 3)),
+])
+def test_upsample_even_taps_on_a_one_voxel_axis_as_in_memory(rng, kernel, factor):
+    # The in-memory path used to raise here while the Dask path computed: both now run
+    # the same plan, so they give the same numbers whatever the chunking.
+    X = rng.standard_normal((2, 1, 5, 4, 2))
+    kernel = rng.standard_normal(kernel) if isinstance(kernel, tuple) else kernel
+    up = VolumeUpsampler(factor=factor, kernel=kernel).fit(X)
+    expected = up.transform(X)
+    for chunks in [(1, 1, 2, 3, 2), (2, 1, 5, 4, 2), (1, 1, 1, 1, 1)]:
+        _assert_bitwise(tdask.upsample(up, da.from_array(X, chunks=chunks)).compute(),
+                        expected)
+
+
+def test_dask_and_upsampling_import_one_way():
+    # tconv3d.dask builds its graphs over _ops, _plan and _validation: it never imports
+    # tconv3d.upsampling, not even inside a function (upsampling imports dask lazily).
+    import ast
+    import inspect
+
+    from tconv3d import _plan
+
+    for module in (tdask, _plan):
+        imported = set()
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            if isinstance(node, ast.ImportFrom):
+                imported.add(node.module or "")
+                imported.update(f"{node.module or ''}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                imported.update(a.name for a in node.names)
+        assert not any("upsampling" in name for name in imported), (module, imported)
+
+
 def test_upsample_layouts_dtypes_and_errors(rng):
     from sklearn.exceptions import NotFittedError
 
