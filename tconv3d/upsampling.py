@@ -161,9 +161,10 @@ default="trilinear"
     (1, 24)
     """
 
-    # Types are checked here (scikit-learn's messages); values with a message of their
-    # own (factor, kernel, volume_shape, kernel_size, num_threads) in fit, by the
-    # normalisers of tconv3d._validation and tconv3d._plan.
+    # Checked by scikit-learn when fit starts (its messages). factor, kernel, volume_shape,
+    # kernel_size and num_threads are only type-checked here: their values are checked in
+    # fit by the normalisers of tconv3d._validation and tconv3d._plan, with their own
+    # messages.
     _parameter_constraints: dict = {
         "factor": [Integral, "array-like"],
         "kernel": [str, "array-like"],
@@ -382,8 +383,8 @@ def _fit_kernel(volumes, targets, kernel, factor, *, max_iter, tol, num_threads,
     x = _plan.read_edge_replicated(channels.astype(np.float64) / scale, (0, 0, 0),
                                    plan.in_spatial, source)
     window = []
-    for a, ((lo, _), length) in enumerate(zip(source, plan.out_spatial)):
-        length, crop = plan.local(a, 0, length, lo)
+    for a, (lo, _) in enumerate(source):
+        length, crop = plan.local(a, 0, plan.out_spatial[a], lo)
         window.append((crop, crop + length))
     call, slices = _window_call(x.shape, (*embedded.shape, 1, 1), factor, window)
     # The residual lives in the frame of that convolution: targets are placed there once
