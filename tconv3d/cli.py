@@ -5,47 +5,36 @@ Run ``tconv3d --help`` (or ``python -m tconv3d --help``) for the commands, and
 parsed arguments that returns an exit status or raises :class:`CommandError`; :func:`main`
 turns errors into one line on stderr, so a user never sees a traceback.
 
-Geometry of an upsampled NIfTI image
-------------------------------------
-``VolumeUpsampler`` follows ``align_corners=False``: along an axis upsampled by ``f``,
-output voxel ``j`` sits at input voxel coordinate ``i = (j + 0.5)/f - 0.5``. With the
-input's voxel-to-world affine ``(M, t)`` the output's is therefore
-
-    M' = M @ diag(1/f),        t' = t + M @ ((1/f - 1)/2),
-
-so the ``f`` output voxels ``j = i*f, ..., i*f + f - 1`` that replace input voxel ``i``
-have their mean index ``i*f + (f - 1)/2`` at ``i``: the block covers the input voxel, and
-every voxel keeps its place in the world (see :func:`upsampled_affine`).
 """
 import argparse
 import contextlib
 import os
 import signal
 import sys
-import tempfile
 import textwrap
 import threading
 import time
 import warnings
-import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ._version import __version__
+from .io import NIFTI_HINT, FileError, check_input, check_output, file_format
+from .io import describe_error as _reason
+from .io import format_suffix, open_volume, upsampled_affine, write_atomically, write_volume
+from .io import require_nibabel as _import_nibabel
 
 __all__ = ["KernelFile", "load_kernel", "main", "save_kernel", "upsampled_affine"]
 
 PROG = "tconv3d"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
-FORMATS = {".nii.gz": "nifti", ".nii": "nifti", ".npy": "npy", ".npz": "npz"}
 FIXED_KERNELS = ("trilinear", "nearest")
 OUTPUT_DTYPES = ("float32", "float64", "int8", "uint8", "int16", "uint16", "int32",
                  "uint32", "int64", "uint64")
 KERNEL_FILE_FORMAT = "tconv3d-kernel"
 KERNEL_FILE_VERSION = 1
 DEMO_PNG = "tconv3d_demo.png"
-NIFTI_HINT = "pip install 'tconv3d[nifti]'"
 PLOT_HINT = "pip install 'tconv3d[plot]'"
 
 KERNEL_FILE_HELP = f"""\
@@ -292,283 +281,12 @@ def build_parser():
 
 # --- files -------------------------------------------------------------------------------
 
-def file_format(path, role):
-    """``"npy"``, ``"npz"`` or ``"nifti"`` from ``path``'s extension; ``role`` names it."""
-    lower = str(path).lower()
-    for suffix, kind in FORMATS.items():
-        if lower.endswith(suffix):
-            return kind
-    ext = os.path.splitext(lower)[1] or "no extension"
-    raise CommandError(f"{role} {str(path)!r}: unsupported format ({ext}); expected .npy, .npz, "
-                       ".nii or .nii.gz")
-
-
-def _suffix(path):
-    lower = str(path).lower()
-    return next(s for s in FORMATS if lower.endswith(s))
-
-
-def _import_nibabel(path):
-    try:
-        import nibabel
-    except ImportError:
-        raise CommandError(f"{str(path)!r} is a NIfTI file, which needs nibabel (not "
-                           f"installed): {NIFTI_HINT}") from None
-    return nibabel
-
-
 def _import_matplotlib(what):
     try:
         from matplotlib.figure import Figure
     except ImportError:
         raise CommandError(f"{what} needs matplotlib (not installed): {PLOT_HINT}") from None
     return Figure
-
-
-def check_input(path, role="IN"):
-    """Refuse a missing, directory or unsupported ``path`` before any work."""
-    kind = file_format(path, role)
-    if not os.path.exists(path):
-        raise CommandError(f"{role} {str(path)!r} does not exist")
-    if os.path.isdir(path):
-        raise CommandError(f"{role} {str(path)!r} is a directory, not a file")
-    if not os.access(path, os.R_OK):
-        raise CommandError(f"{role} {str(path)!r} is not readable (permission denied)")
-    return kind
-
-
-def check_output(path, overwrite, role="OUT", kind=True):
-    """Refuse an output that exists (without ``overwrite``) or cannot be created."""
-    if kind:
-        file_format(path, role)
-    if os.path.isdir(path):
-        raise CommandError(f"{role} {str(path)!r} is a directory")
-    if os.path.lexists(path) and not overwrite:
-        raise CommandError(f"{role} {str(path)!r} exists; pass --overwrite to replace it")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise CommandError(f"{role} {str(path)!r}: directory {directory!r} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise CommandError(f"{role} {str(path)!r}: directory {directory!r} is not writable")
-
-
-def write_atomically(path, write, overwrite=True, role="OUT"):
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it to ``path``.
-
-    The temporary file has ``path``'s extension (nibabel picks the format from it) and
-    the permissions a new file gets; on any failure (or Ctrl-C) it is removed and
-    ``path`` is left as it was.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    base = os.path.basename(path)
-    suffix = _suffix(path) if any(base.lower().endswith(s) for s in FORMATS) else \
-        os.path.splitext(base)[1]
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".part{suffix}", dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        if not overwrite and os.path.lexists(path):  # appeared while we were working
-            raise CommandError(f"{role} {path!r} exists; pass --overwrite to replace it")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
-@dataclass
-class Source:
-    """A volume file opened for reading, one 3-D volume at a time.
-
-    ``shape`` is the array's full shape, the first three axes spatial; ``n_volumes`` is
-    the product of the others; ``volume(k)`` reads the ``k``-th 3-D volume (C order over
-    the trailing axes). ``stored_dtype`` is the type on disk (NIfTI scaling aside), which
-    decides the default output type.
-    """
-    path: str
-    kind: str
-    shape: tuple
-    stored_dtype: np.dtype
-    _array: object = field(repr=False)
-    key: str = "arr_0"
-    compressed: bool = False
-    image: object = field(default=None, repr=False)
-    zooms: tuple = (1.0, 1.0, 1.0)
-    units: str = ""
-
-    @property
-    def spatial(self):
-        return tuple(self.shape[:3])
-
-    @property
-    def extra(self):
-        return tuple(self.shape[3:])
-
-    @property
-    def n_volumes(self):
-        return int(np.prod(self.extra, dtype=np.int64))
-
-    def volume(self, k):
-        index = np.unravel_index(k, self.extra) if self.extra else ()
-        try:
-            data = np.asarray(self._array[(slice(None),) * 3 + tuple(index)])
-        except Exception as exc:  # truncated or corrupt data behind a valid header
-            raise CommandError(f"cannot read {self.path!r}: {_reason(exc)}") from None
-        return data
-
-
-def _reason(exc):
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-def open_volume(path, role="IN"):
-    """Open ``path`` (checked) as a :class:`Source`; every failure is a ``CommandError``."""
-    kind = check_input(path, role)
-    nibabel = _import_nibabel(path) if kind == "nifti" else None
-    try:
-        source = _open(path, kind, nibabel)
-    except CommandError:
-        raise
-    except Exception as exc:
-        what = {"npy": "a NumPy .npy file", "npz": "a NumPy .npz archive",
-                "nifti": "a NIfTI image"}[kind]
-        raise CommandError(f"cannot read {str(path)!r} as {what}: {_reason(exc)}") from None
-    dtype = source.stored_dtype = source.stored_dtype.newbyteorder("=")  # NIfTI may be '>'
-    if dtype.kind not in "biuf" or dtype.itemsize > 8:
-        raise CommandError(f"{role} {str(path)!r} holds {dtype} data; expected real numbers "
-                           "(integer, float or boolean)")
-    if len(source.shape) < 3:
-        raise CommandError(f"{role} {str(path)!r} holds an array of shape {source.shape}; "
-                           "expected a 3-D volume (or a 4-D series of volumes)")
-    if min(source.shape) < 1:
-        raise CommandError(f"{role} {str(path)!r} holds an empty array of shape "
-                           f"{source.shape}")
-    return source
-
-
-def _open(path, kind, nibabel):
-    path = os.fspath(path)
-    if kind == "npy":
-        _check_npy_header(path)
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-        return Source(path, kind, array.shape, array.dtype, array)
-    if kind == "npz":
-        with zipfile.ZipFile(path) as archive:
-            compressed = any(i.compress_type != zipfile.ZIP_STORED for i in archive.infolist())
-        with np.load(path, allow_pickle=False) as archive:
-            keys = list(archive.files)
-            if len(keys) != 1:
-                raise CommandError(
-                    f"{path!r} holds {len(keys)} arrays ({', '.join(keys) or 'none'}); "
-                    "expected exactly one")
-            array = archive[keys[0]]
-        return Source(path, kind, array.shape, array.dtype, array, key=keys[0],
-                      compressed=compressed)
-    image = nibabel.load(path)
-    if not isinstance(image, (nibabel.Nifti1Image, nibabel.Nifti2Image)):
-        raise CommandError(f"{path!r} is not a NIfTI-1 or NIfTI-2 image "
-                           f"({type(image).__name__})")
-    header = image.header
-    zooms = tuple(float(z) for z in header.get_zooms()[:3])
-    zooms += (1.0,) * (3 - len(zooms))
-    units = header.get_xyzt_units()[0]
-    return Source(path, kind, image.shape, np.dtype(image.get_data_dtype()), image.dataobj,
-                  image=image, zooms=zooms, units="" if units == "unknown" else units)
-
-
-def _check_npy_header(path):
-    """Refuse, with a clear message, a file that is not .npy or holds Python objects."""
-    fmt = np.lib.format
-    with open(path, "rb") as f:
-        if f.read(len(fmt.MAGIC_PREFIX)) != fmt.MAGIC_PREFIX:
-            raise CommandError(f"{path!r} is not a NumPy .npy file (no .npy header)")
-        f.seek(0)
-        version = fmt.read_magic(f)
-        read_header = {(1, 0): fmt.read_array_header_1_0,
-                       (2, 0): fmt.read_array_header_2_0}.get(version)
-        if read_header is not None and read_header(f)[2].hasobject:
-            raise CommandError(f"{path!r} holds Python objects, not numbers")
-
-
-def upsampled_affine(affine, factor):
-    """Voxel-to-world affine of a volume upsampled by ``factor`` (``align_corners=False``).
-
-    Parameters
-    ----------
-    affine : array-like of shape (4, 4)
-        The input's voxel-to-world affine ``[[M, t], [0, 1]]``.
-    factor : sequence of 3 ints
-        Upsampling factor per voxel axis.
-
-    Returns
-    -------
-    ndarray of shape (4, 4), dtype=float64
-        ``[[M @ diag(1/f), t + M @ ((1/f - 1)/2)], [0, 1]]``: output voxel ``j`` is input
-        voxel coordinate ``(j + 0.5)/f - 0.5``, so the block of ``f`` output voxels
-        replacing input voxel ``i`` is centred on it (module docstring).
-    """
-    affine = np.array(affine, dtype=np.float64)
-    inverse = 1.0 / np.asarray(factor, dtype=np.float64)
-    out = affine.copy()
-    out[:3, :3] = affine[:3, :3] * inverse
-    out[:3, 3] = affine[:3, 3] + affine[:3, :3] @ ((inverse - 1.0) / 2.0)
-    return out
-
-
-def _nifti_image(nibabel, source, data, factor):
-    """The upsampled NIfTI image: data, affine, zooms and header kept consistent."""
-    if source.image is None:  # from .npy/.npz: index coordinates, voxel size 1
-        image = nibabel.Nifti1Image(data, upsampled_affine(np.eye(4), factor))
-        image.header.set_xyzt_units("unknown")
-        image.set_qform(image.affine, code=1)
-        return image
-    old = source.image.header
-    affine = upsampled_affine(source.image.affine, factor)
-    header = old.copy()
-    header.set_data_dtype(data.dtype)
-    image = type(source.image)(data, affine, header=header)
-    header = image.header
-    # The constructor sets both forms to `affine` with codes of its choosing: give each form
-    # back its code, and its own upsampled input form (they may differ).
-    image.set_sform(upsampled_affine(old.get_sform(), factor), code=int(old["sform_code"]))
-    image.set_qform(upsampled_affine(old.get_qform(), factor), code=int(old["qform_code"]))
-    zooms = list(old.get_zooms())
-    zooms[:3] = [z / f for z, f in zip(zooms[:3], factor)]
-    header.set_zooms(zooms)
-    header.set_slope_inter(None, None)
-    slice_axis = old.get_dim_info()[2]
-    resliced = any(f != 1 for f in factor) if slice_axis is None else factor[slice_axis] != 1
-    if resliced:  # the slice-timing fields count slices that no longer exist
-        for k in ("slice_start", "slice_end", "slice_code", "slice_duration"):
-            header[k] = 0
-    return image
-
-
-def write_volume(path, kind, data, source, factor, overwrite):
-    """Write ``data`` (the upsampled ``source``) to ``path`` in format ``kind``, atomically."""
-    if kind == "npy":
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                np.save(f, data, allow_pickle=False)
-    elif kind == "npz":
-        save = np.savez_compressed if source.compressed else np.savez
-        key = source.key if source.kind == "npz" else "arr_0"
-
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                save(f, **{key: data})
-    else:
-        nibabel = _import_nibabel(path)
-        image = _nifti_image(nibabel, source, data, factor)
-
-        def write(tmp):
-            nibabel.save(image, tmp)
-    write_atomically(path, write, overwrite)
 
 
 # --- kernel files ------------------------------------------------------------------------
@@ -890,8 +608,8 @@ def cmd_show(args):
     out = args.out
     if out is None:
         base = os.path.basename(args.input)
-        base = base[:-len(_suffix(base))] if any(base.lower().endswith(s) for s in FORMATS) \
-            else base
+        suffix = format_suffix(base)
+        base = base[:-len(suffix)] if suffix else base
         out = f"{base}_slices.png"
     check_output(out, args.overwrite, role="--out", kind=False)
     Figure = _import_matplotlib("show")
@@ -1203,7 +921,7 @@ def main(argv=None):
         warnings.showwarning = _one_line_warning
         try:
             return run(target)
-        except CommandError as exc:
+        except (CommandError, FileError) as exc:
             print(f"{where}: error: {exc}", file=sys.stderr)
         except KeyboardInterrupt:
             print(f"{where}: interrupted", file=sys.stderr)
