@@ -15,7 +15,6 @@ import textwrap
 import threading
 import time
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,6 +23,8 @@ from .io import NIFTI_HINT, FileError, check_input, check_output, file_format
 from .io import describe_error as _reason
 from .io import format_suffix, open_volume, upsampled_affine, write_atomically, write_volume
 from .io import require_nibabel as _import_nibabel
+from .kernel_file import (FORMAT, VERSION, KernelFile, fit_kernel_file, load_kernel,
+                          save_kernel, upsample_volumes)
 
 __all__ = ["KernelFile", "load_kernel", "main", "save_kernel", "upsampled_affine"]
 
@@ -32,8 +33,6 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 13
 FIXED_KERNELS = ("trilinear", "nearest")
 OUTPUT_DTYPES = ("float32", "float64", "int8", "uint8", "int16", "uint16", "int32",
                  "uint32", "int64", "uint64")
-KERNEL_FILE_FORMAT = "tconv3d-kernel"
-KERNEL_FILE_VERSION = 1
 DEMO_PNG = "tconv3d_demo.png"
 PLOT_HINT = "pip install 'tconv3d[plot]'"
 
@@ -50,7 +49,7 @@ kernel files (.npz), written by `tconv3d fit` or by hand with numpy.savez:
            float, optional (default 0): added to every output voxel times the volume's
            robust scale (99th percentile of |values|), so that the kernel does not depend
            on intensity units; `fit` learns this one
-  format, version   "{KERNEL_FILE_FORMAT}" and {KERNEL_FILE_VERSION}: written by `fit`, not required
+  format, version   "{FORMAT}" and {VERSION}: written by `fit`, not required
 
 The upsampled volume is conv_transpose(volume, kernel, stride=factor) + bias +
 relative_bias * scale over an edge-replicated border, i.e.
@@ -289,73 +288,6 @@ def _import_matplotlib(what):
     return Figure
 
 
-# --- kernel files ------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class KernelFile:
-    """The contents of a kernel file (format in ``tconv3d upsample --help``)."""
-    kernel: np.ndarray
-    factor: tuple = None
-    bias: float = 0.0
-    relative_bias: float = 0.0
-
-    def offset(self, volumes):
-        """What is added to the upsampled ``(n, d, h, w)`` ``volumes``: ``(n, 1, 1, 1)``."""
-        offset = np.full((len(volumes), 1, 1, 1), self.bias)
-        if self.relative_bias:
-            offset += self.relative_bias * robust_scale(volumes)
-        return offset
-
-
-def save_kernel(path, kernel_file, overwrite=True):
-    """Write ``kernel_file`` (a :class:`KernelFile` with a factor) to ``path``, atomically."""
-    arrays = dict(kernel=np.asarray(kernel_file.kernel, np.float64),
-                  factor=np.asarray(kernel_file.factor, np.int64),
-                  bias=np.float64(kernel_file.bias),
-                  relative_bias=np.float64(kernel_file.relative_bias),
-                  format=np.str_(KERNEL_FILE_FORMAT), version=np.int64(KERNEL_FILE_VERSION))
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-    write_atomically(path, write, overwrite, role="--out")
-
-
-def load_kernel(path):
-    """The :class:`KernelFile` at ``path``; ``CommandError`` if it is missing or invalid."""
-    if not os.path.isfile(path):
-        raise CommandError(f"--kernel {str(path)!r} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            entries = {k: archive[k] for k in archive.files}
-    except Exception as exc:
-        raise CommandError(f"cannot read --kernel {str(path)!r} as a .npz kernel file: "
-                           f"{_reason(exc)}") from None
-    where = f"--kernel {str(path)!r}"
-    if "kernel" not in entries:
-        raise CommandError(f"{where} has no 'kernel' entry (it has: "
-                           f"{', '.join(entries) or 'nothing'}); see `tconv3d upsample --help`")
-    kernel = entries["kernel"]
-    if kernel.ndim != 3 or kernel.size == 0 or kernel.dtype.kind not in "iuf" \
-            or not np.isfinite(kernel).all():
-        raise CommandError(f"{where}: 'kernel' must be a 3-D array of finite numbers, got "
-                           f"shape {kernel.shape} and dtype {kernel.dtype}")
-    biases = {}
-    for name in ("bias", "relative_bias"):
-        value = entries.get(name, np.float64(0.0))
-        if value.size != 1 or value.dtype.kind not in "iuf" or not np.isfinite(value).all():
-            raise CommandError(f"{where}: {name!r} must be one finite number, got {value!r}")
-        biases[name] = float(value.ravel()[0])
-    factor = entries.get("factor")
-    if factor is not None:
-        values = factor.ravel().tolist() if factor.dtype.kind in "iu" else []
-        if factor.size not in (1, 3) or len(values) != factor.size or min(values) < 1:
-            raise CommandError(f"{where}: 'factor' must be 1 or 3 integers >= 1, got "
-                               f"{factor!r}")
-        factor = tuple(int(v) for v in values * (3 // len(values)))
-    return KernelFile(kernel.astype(np.float64), factor, **biases)
-
-
 # --- numbers -----------------------------------------------------------------------------
 
 def _work_dtype(*dtypes):
@@ -396,39 +328,6 @@ def psnr(reference, estimate):
     mse = np.mean((reference - np.asarray(estimate, np.float64)) ** 2)
     peak = np.ptp(reference)
     return float("inf") if mse == 0 else float(20 * np.log10(peak / np.sqrt(mse)))
-
-
-def robust_scale(volumes):
-    """99th percentile of ``|volumes|`` per ``(d, h, w)`` volume, shape ``(n, 1, 1, 1)``
-    (1 where it is 0)."""
-    scale = np.percentile(np.abs(volumes), 99, axis=(1, 2, 3), keepdims=True)
-    return np.where(scale > 0, scale, 1.0)
-
-
-def fit_learned(low, high, factor, kernel_size, max_iter, threads):
-    """Learned ``VolumeUpsampler`` of ``(n, d, h, w)`` ``low`` -> ``high``, and whether the
-    fit converged before ``max_iter``."""
-    from sklearn.exceptions import ConvergenceWarning
-
-    from .upsampling import VolumeUpsampler
-
-    upsampler = VolumeUpsampler(factor=factor, kernel="learned", kernel_size=kernel_size,
-                                max_iter=max_iter, num_threads=threads)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        upsampler.fit(low, high)
-    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-    return upsampler, converged
-
-
-def fit_kernel_file(low, high, factor, kernel_size, max_iter, threads):
-    """:class:`KernelFile` learned from ``(n, d, h, w)`` pairs, each divided by the robust
-    scale of its ``low`` volume; also the fitted upsampler and whether it converged."""
-    scale = robust_scale(low)
-    learned, converged = fit_learned(low / scale, high / scale, factor, kernel_size,
-                                     max_iter, threads)
-    spec = KernelFile(learned.kernel_, tuple(factor), relative_bias=learned.bias_)
-    return spec, learned, converged
 
 
 def _format_size(zooms, units):
@@ -494,15 +393,6 @@ def _fitted_upsampler(kernel, factor, threads):
     from .upsampling import VolumeUpsampler
     upsampler = VolumeUpsampler(factor=factor, kernel=kernel, num_threads=threads)
     return upsampler.fit(np.zeros((1, 1, 1, 1)))  # sets the kernel; no data needed
-
-
-def upsample_volumes(upsampler, spec, volumes):
-    """``upsampler.transform(volumes)`` plus the kernel file's biases, same dtype."""
-    out = upsampler.transform(volumes)
-    offset = spec.offset(volumes)
-    if offset.any():
-        out += offset.astype(out.dtype)
-    return out
 
 
 def _finite(volume, path):
