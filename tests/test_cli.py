@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tconv3d import cli
-from tconv3d.cli import KernelFile, load_kernel, main, save_kernel, upsampled_affine
+from tconv3d.cli import _common, main, show, upsample
+from tconv3d.io import upsampled_affine
+from tconv3d.kernel_file import KernelFile, load_kernel, save_kernel
 from tconv3d.upsampling import VolumeUpsampler, _trilinear_kernel
 
 SPATIAL = (7, 11, 13)   # odd lengths, as elsewhere in the suite
@@ -96,7 +97,7 @@ def data_path(nib):
 def test_nearest_is_np_repeat(capsys, tmp_path, npy, volume, factor):
     out = tmp_path / "out.npy"
     stdout, _ = ok(capsys, "upsample", npy, out, "--factor", factor, "--kernel", "nearest")
-    f = cli._factor(factor)
+    f = _common.parse_factor(factor)
     result = np.load(out)
     assert result.dtype == np.float32
     np.testing.assert_array_equal(result, repeat(volume, f))
@@ -210,7 +211,7 @@ def test_progress_bar_redraws_on_a_terminal():
             return True
 
     stream = Terminal()
-    progress = cli.Progress(4, "upsampling", stream=stream, width=8)
+    progress = upsample.Progress(4, "upsampling", stream=stream, width=8)
     for done in range(1, 5):
         progress.update(done)
     assert stream.text.count("\r") == 4 and stream.text.endswith("\n")
@@ -308,7 +309,7 @@ def test_fit_then_upsample(capsys, tmp_path, rng):
     spec = load_kernel(tmp_path / "k.npz")
     assert spec.kernel.shape == (4, 4, 4) and spec.factor == (2, 2, 2) and spec.bias == 0
 
-    low = cli.block_average(high[2][None], (2, 2, 2))[0]
+    low = _common.block_average(high[2][None], (2, 2, 2))[0]
     np.save(tmp_path / "low.npy", low)
     ok(capsys, "upsample", tmp_path / "low.npy", tmp_path / "up.npy", "--kernel",
        tmp_path / "k.npz")
@@ -316,7 +317,7 @@ def test_fit_then_upsample(capsys, tmp_path, rng):
     expected = VolumeUpsampler(kernel=spec.kernel).fit(low[None]).transform(low[None])[0]
     expected += spec.relative_bias * np.percentile(np.abs(low), 99)
     np.testing.assert_allclose(up, expected, rtol=1e-6, atol=1e-6)
-    assert cli.psnr(high[2], up) > cli.psnr(high[2], trilinear(low, (2, 2, 2))) + 0.5
+    assert _common.psnr(high[2], up) > _common.psnr(high[2], trilinear(low, (2, 2, 2))) + 0.5
 
 
 def test_fit_crops_volumes_to_a_common_shape(capsys, tmp_path, rng):
@@ -517,7 +518,7 @@ def test_show_nifti_series(capsys, tmp_path, data_path):
 
 def test_middle_slices_orientation():
     volume = np.zeros((4, 6, 8))
-    panels = cli._middle_slices(volume, (1.0, 2.0, 3.0), ("x (R)", "y (A)", "z (S)"),
+    panels = show._middle_slices(volume, (1.0, 2.0, 3.0), ("x (R)", "y (A)", "z (S)"),
                                 ("sagittal", "coronal", "axial"))
     shapes = [image.shape for _, image, *_ in panels]
     assert shapes == [(8, 6), (8, 4), (6, 4)]           # rows: the later axis, upward
@@ -849,7 +850,7 @@ def test_failed_nifti_write_leaves_nothing(capsys, tmp_path, npy, nib, monkeypat
 def test_unexpected_errors_are_one_line_unless_debugging(capsys, monkeypatch, npy, tmp_path):
     def broken(args):
         raise ZeroDivisionError("division by zero")
-    monkeypatch.setattr(cli, "cmd_upsample", broken)
+    monkeypatch.setattr(upsample, "cmd_upsample", broken)
     fails(capsys, "upsample", npy, tmp_path / "o.npy",
           match="ZeroDivisionError: division by zero (unexpected; TCONV3D_DEBUG=1")
     monkeypatch.setenv("TCONV3D_DEBUG", "1")
@@ -863,7 +864,7 @@ def test_warnings_are_one_line(capsys, monkeypatch, npy, tmp_path):
     def noisy(args):
         warnings.warn("first line\n   second line", UserWarning, stacklevel=1)
         return 0
-    monkeypatch.setattr(cli, "cmd_upsample", noisy)
+    monkeypatch.setattr(upsample, "cmd_upsample", noisy)
     status, _, err = run(capsys, "upsample", npy, tmp_path / "o.npy")
     assert status == 0 and err == "tconv3d: warning: first line second line\n"
 
