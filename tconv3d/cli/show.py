@@ -52,11 +52,11 @@ def cmd_show(args):
         base = base[:-len(suffix)] if suffix else base
         out = f"{base}_slices.png"
     check_output(out, args.overwrite, role="--out", kind=False)
-    Figure = import_matplotlib("show")
-    source = open_volume(args.input)
+    source = open_volume(args.input)    # a bad input is reported before a missing matplotlib
     if not 0 <= args.volume < source.n_volumes:
         raise CommandError(f"--volume {args.volume} is out of range: {args.input!r} holds "
                            f"{source.n_volumes} volume(s)")
+    Figure = import_matplotlib("show")
     volume, zooms, names, planes = canonical_volume(source, args.volume)
     lo, hi = intensity_window(volume)
     fig = Figure(figsize=(10, 3.8), layout="constrained")
