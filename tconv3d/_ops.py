@@ -1,7 +1,7 @@
 """Public functions: validate, allocate, call the compiled kernels."""
 import numpy as np
 
-from . import _kernels
+from . import _kernels, _threads
 from ._validation import (as_array, check_allocation, make_geometry, normalize_bool,
                           normalize_compute, normalize_num_threads, normalize_shape,
                           working_dtype)
@@ -57,18 +57,12 @@ def _check_copies(dtype, *operands):
             check_allocation(a.shape, dtype, name, copy=True)
 
 
-# Below about this many multiply-adds (plus output elements) per thread, starting and
-# joining a parallel region costs more than it saves, and waiting threads spin on a
-# loaded machine. Results never depend on the thread count, so this only changes speed.
-MIN_WORK_PER_THREAD = 1 << 18
-
-
 def _threads_for(num_threads, geom):
     macs = geom.batch * geom.in_channels * geom.filters
     for n, k in zip(geom.in_spatial, geom.kernel_spatial):
         macs *= n * k
     work = macs + geom.batch * geom.filters * int(np.prod(geom.out_spatial))
-    return int(max(1, min(num_threads, work // MIN_WORK_PER_THREAD)))
+    return _threads.team_size(normalize_num_threads(num_threads), work)
 
 
 def _geometry_tuple(geom):
@@ -173,7 +167,7 @@ def _forward(x, wt, bias, geom, num_threads):
     y_logical = _logical(y, geom)
     _kernels.forward(x, wt, np.zeros(1, dtype) if bias is None else bias, y_logical,
                      _geometry_tuple(geom), _element_strides(x), _element_strides(y_logical),
-                     _threads_for(normalize_num_threads(num_threads), geom), bias is not None)
+                     _threads_for(num_threads, geom), bias is not None)
     return y
 
 
@@ -221,7 +215,7 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
                          f"{geom.output_shape}, got {grad_output.shape}.")
     compute = normalize_compute(compute)
     use_bias = normalize_bool(use_bias, "use_bias")
-    num_threads = _threads_for(normalize_num_threads(num_threads), geom)
+    num_threads = _threads_for(num_threads, geom)
     check_allocation(geom.input_shape, dtype, "grad_input")
     _check_copies(dtype, ("grad_output", grad_output, False), ("x", x, False),
                   ("kernel", kernel, True))

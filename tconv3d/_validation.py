@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _threads
+
 PADDINGS = ("valid", "same")
 DATA_FORMATS = ("channels_last", "channels_first")
 GRADIENTS = ("input", "kernel", "bias")
@@ -16,10 +18,6 @@ _INTP_MAX = np.iinfo(np.intp).max
 # kernels add and subtract such lengths (tap positions, crops, output lengths) in Py_ssize_t,
 # so a quarter of the index range leaves every intermediate sum representable.
 MAX_AXIS_LENGTH = _INTP_MAX // 4
-# OpenMP aborts the process (or segfaults) when it cannot create the threads it is asked
-# for (about 30 000 here); results do not depend on the thread count, so a fixed, generous
-# limit costs nothing but turns a crash into an error.
-MAX_NUM_THREADS = 1024
 # Arrays smaller than this are not checked against the available memory: reading
 # /proc/meminfo and the cgroup files costs more than a small problem's whole computation.
 MEMORY_CHECK_MIN_BYTES = 16 << 20
@@ -63,16 +61,12 @@ def normalize_data_format(data_format):
 
 
 def normalize_num_threads(num_threads):
-    """``None`` -> the OpenMP default at call time (honours threadpoolctl); else an int in
-    ``[1, MAX_NUM_THREADS]``."""
-    if num_threads is None:
-        from ._kernels import default_num_threads
-        return max(1, min(default_num_threads(), MAX_NUM_THREADS))
-    if not isinstance(num_threads, numbers.Integral) or isinstance(num_threads, bool) \
-            or not 1 <= num_threads <= MAX_NUM_THREADS:
-        raise ValueError(f"`num_threads` must be None or an int between 1 and "
-                         f"{MAX_NUM_THREADS}, got {num_threads!r}.")
-    return int(num_threads)
+    """The threads a call runs on: ``None`` (OpenMP's default at call time) or an int >= 1,
+    capped and adjusted after ``fork`` as :mod:`tconv3d._threads` explains."""
+    if num_threads is not None and (not isinstance(num_threads, numbers.Integral)
+                                    or isinstance(num_threads, bool) or num_threads < 1):
+        raise ValueError(f"`num_threads` must be None or an int >= 1, got {num_threads!r}.")
+    return _threads.resolve(None if num_threads is None else int(num_threads))
 
 
 def normalize_shape(shape, name):

@@ -10,7 +10,7 @@ da = pytest.importorskip("dask.array")
 
 import tconv3d  # noqa: E402
 import tconv3d.dask as tdask  # noqa: E402
-from tconv3d import _kernels, _ops  # noqa: E402
+from tconv3d import _kernels, _ops, _threads  # noqa: E402
 from tconv3d.upsampling import VolumeUpsampler  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
@@ -178,7 +178,7 @@ def test_channel_chunks_are_merged_and_inputs_are_cast(rng):
 
 
 def test_each_task_runs_the_kernel_on_num_threads(rng, monkeypatch):
-    monkeypatch.setattr(_ops, "MIN_WORK_PER_THREAD", 1)  # let small calls use threads
+    monkeypatch.setattr(_threads, "MIN_WORK_PER_THREAD", 1)  # let small calls use threads
     calls = []
     forward = _kernels.forward
 

@@ -136,10 +136,9 @@ DTYPE_CASES = [
 
 NUM_THREADS_CASES = [
     (f"num_threads_{name}", dict(num_threads=value), ValueError,
-     r"`num_threads` must be None or an int between 1 and 1024")
+     r"`num_threads` must be None or an int >= 1")
     for name, value in [("0", 0), ("negative", -1), ("float", 2.0), ("bool", True),
-                        ("str", "2"), ("above_limit", 1025), ("huge", 10**5),
-                        ("past_c_int", 2**31), ("past_int64", 2**64)]
+                        ("str", "2")]
 ]
 
 FORWARD_CASES = [

@@ -76,15 +76,6 @@ def parse_positive_int(text):
     return value
 
 
-def parse_threads(text):
-    from .._validation import MAX_NUM_THREADS
-    value = parse_positive_int(text)
-    if value > MAX_NUM_THREADS:
-        raise argparse.ArgumentTypeError(
-            f"expected an integer between 1 and {MAX_NUM_THREADS}, got {text!r}")
-    return value
-
-
 def import_matplotlib(what):
     """matplotlib's ``Figure``; :class:`CommandError` saying ``what`` needs it if it is not
     installed."""

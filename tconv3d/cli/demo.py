@@ -9,7 +9,7 @@ from ..io import NIFTI_HINT, check_input, check_output, open_volume, write_atomi
 from ..kernel_file import KernelFile, fit_kernel_file, upsample_volumes
 from ._common import (EXIT_OK, CommandError, block_average, canonical_volume,
                       crop_to_multiple, import_matplotlib, intensity_window,
-                      parse_positive_int, parse_threads, psnr, require_finite, shape_text,
+                      parse_positive_int, psnr, require_finite, shape_text,
                       size_text)
 
 DEMO_PNG = "tconv3d_demo.png"
@@ -37,7 +37,7 @@ def add_parser(commands):
     demo.add_argument("--max-iter", type=parse_positive_int, default=200,
                       help="L-BFGS iterations of the learned fit at most (default: 200; "
                            "it converges in about 100)")
-    demo.add_argument("--threads", type=parse_threads, default=None, metavar="N",
+    demo.add_argument("--threads", type=parse_positive_int, default=None, metavar="N",
                       help="threads of the compiled core (default: OpenMP's default)")
     demo.set_defaults(run=cmd_demo)
 

@@ -8,7 +8,7 @@ from ..io import check_input, check_output, open_volume
 from ..kernel_file import fit_kernel_file, save_kernel, upsample_volumes
 from ._common import (EXIT_OK, KERNEL_FILE_HELP, CommandError, HelpFormatter, block_average,
                       crop_to_multiple, factor_text, parse_factor, parse_positive_int,
-                      parse_threads, psnr, shape_text)
+                      psnr, shape_text)
 
 
 def add_parser(commands):
@@ -38,7 +38,7 @@ def add_parser(commands):
                           "one low-resolution voxel on each side)")
     fit.add_argument("--max-iter", type=parse_positive_int, default=200,
                      help="L-BFGS iterations at most (default: 200)")
-    fit.add_argument("--threads", type=parse_threads, default=None, metavar="N",
+    fit.add_argument("--threads", type=parse_positive_int, default=None, metavar="N",
                      help="threads of the compiled core (default: OpenMP's default)")
     fit.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     fit.set_defaults(run=cmd_fit)

@@ -10,7 +10,8 @@ from ..io import (NIFTI_HINT, check_input, check_output, file_format, open_volum
                   require_nibabel, write_volume)
 from ..kernel_file import KernelFile, load_kernel, upsample_volumes
 from ._common import (EXIT_OK, KERNEL_FILE_HELP, CommandError, HelpFormatter, factor_text,
-                      parse_factor, parse_threads, require_finite, shape_text, size_text)
+                      parse_factor, parse_positive_int, require_finite, shape_text,
+                      size_text)
 
 FIXED_KERNELS = ("trilinear", "nearest")
 OUTPUT_DTYPES = ("float32", "float64", "int8", "uint8", "int16", "uint16", "int32",
@@ -51,7 +52,7 @@ def add_parser(commands):
     up.add_argument("--kernel", type=_kernel_choice, default="trilinear",
                     help="trilinear (default; PyTorch's align_corners=False numbers), "
                          "nearest (np.repeat), or a .npz kernel file (see below)")
-    up.add_argument("--threads", type=parse_threads, default=None, metavar="N",
+    up.add_argument("--threads", type=parse_positive_int, default=None, metavar="N",
                     help="threads of the compiled core (default: OpenMP's default)")
     up.add_argument("--dtype", choices=("input",) + OUTPUT_DTYPES, default=None,
                     metavar="TYPE",
