@@ -1,12 +1,15 @@
-"""Argument normalisation, dtype rules and shape arithmetic: every error message lives here.
+"""Argument normalisation, dtype rules and memory checks: every error message lives here.
 
-The compiled kernels trust what they are given; this module is what makes that safe.
+The compiled kernels trust what they are given; this module is what makes that safe. The
+shape arithmetic it checks (output lengths, crops, Keras <-> PyTorch padding) is computed by
+:mod:`tconv3d._geometry`.
 """
 import numbers
 import os
-from dataclasses import dataclass
 
 import numpy as np
+
+from ._geometry import Geometry, axis_geometry, find_keras_padding, keras_trim, torch_window
 
 PADDINGS = ("valid", "same")
 DATA_FORMATS = ("channels_last", "channels_first")
@@ -87,52 +90,38 @@ def normalize_shape(shape, name):
     return tuple(int(n) for n in items)
 
 
-def deconv_output_length(length, kernel_size, stride, dilation, padding, output_padding):
-    """Output length of one axis, exactly as Keras' ``deconv_output_length``."""
-    k = (kernel_size - 1) * dilation + 1
-    if output_padding is None:
-        if padding == "valid":
-            return length * stride + max(k - stride, 0)
-        return length * stride
-    pad = k // 2 if padding == "same" else 0
-    return (length - 1) * stride + k - 2 * pad + output_padding
+def keras_padding_from_torch(kernel_size, stride, dilation, padding, output_padding):
+    """Keras ``(padding, output_padding)`` equal to PyTorch's on every axis, else ValueError."""
+    found = find_keras_padding(kernel_size, stride, dilation, padding, output_padding)
+    if found is None:
+        raise ValueError(
+            f"The torch module's padding={tuple(padding)} and output_padding="
+            f"{tuple(output_padding)} (kernel_size={tuple(kernel_size)}, stride="
+            f"{tuple(stride)}, dilation={tuple(dilation)}) have no Keras equivalent: Keras "
+            "crops either nothing ('valid', torch padding 0) or the 'same' amount (torch "
+            "padding (dilation * (kernel - 1) + 1) // 2 with output_padding 0, or a smaller "
+            "padding balanced by an even Keras output_padding), with Keras' output_padding < "
+            "stride.")
+    return found
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """Per-axis sizes of one transposed convolution (spatial axes depth, height, width).
-
-    ``full`` is the uncropped length ``(in - 1) * stride + (k - 1) * dilation + 1``;
-    ``crop`` is how much of it is cut on the left: output ``o`` is full position
-    ``o + crop``, and positions past ``full`` are zero (plus bias).
-    """
-    batch: int
-    in_channels: int
-    filters: int
-    in_spatial: tuple
-    kernel_spatial: tuple
-    strides: tuple
-    dilation: tuple
-    out_spatial: tuple
-    crop: tuple
-    channels_last: bool
-
-    def _shape(self, spatial, channels):
-        if self.channels_last:
-            return (self.batch, *spatial, channels)
-        return (self.batch, channels, *spatial)
-
-    @property
-    def input_shape(self):
-        return self._shape(self.in_spatial, self.in_channels)
-
-    @property
-    def output_shape(self):
-        return self._shape(self.out_spatial, self.filters)
-
-    @property
-    def kernel_shape(self):
-        return (*self.kernel_spatial, self.filters, self.in_channels)
+def torch_padding_from_keras(kernel_size, stride, dilation, padding, output_padding):
+    """PyTorch ``(padding, output_padding)`` equal to the Keras setting, else ValueError."""
+    ops = output_padding or (None,) * 3
+    torch_padding, torch_output_padding = [], []
+    for axis, (k, s, d, op) in enumerate(zip(kernel_size, stride, dilation, ops)):
+        p, top, surplus = torch_window(keras_trim(k, s, d, padding, op))
+        if surplus or top >= max(s, d):
+            raise ValueError(
+                f"padding={padding!r} with output_padding={output_padding}, kernel_size="
+                f"{tuple(kernel_size)}, strides={tuple(stride)}, dilation_rate="
+                f"{tuple(dilation)} crops the output asymmetrically on axis {axis}, which "
+                "torch's ConvTranspose3d (symmetric padding, output_padding < max(stride, "
+                "dilation)) cannot express. Use padding='valid', or a kernel/stride with an "
+                "even difference (or an even output_padding) for 'same'.")
+        torch_padding.append(p)
+        torch_output_padding.append(top)
+    return tuple(torch_padding), tuple(torch_output_padding)
 
 
 def make_geometry(input_shape, kernel_shape, strides, padding, output_padding,
@@ -176,20 +165,19 @@ def make_geometry(input_shape, kernel_shape, strides, padding, output_padding,
     ops = output_padding if output_padding is not None else (None,) * 3
     out, crop = [], []
     for n, k, s, d, op in zip(in_spatial, kernel_spatial, strides, dilation, ops):
-        o = deconv_output_length(n, k, s, d, padding, op)
+        full, o, c = axis_geometry(n, k, s, d, padding, op)
         if o < 1:
             raise ValueError(
                 f"These arguments give an output of length {o} on a spatial axis: input length "
                 f"{n}, kernel {k}, stride {s}, dilation {d}, padding {padding!r}, output_padding "
                 f"{op}. Use a longer input, padding='valid' or a larger output_padding.")
-        full = (n - 1) * s + (k - 1) * d + 1
         if full > MAX_AXIS_LENGTH or o > MAX_AXIS_LENGTH:
             raise ValueError(
                 f"These arguments give a spatial axis of length {max(full, o)} (input length "
                 f"{n}, kernel {k}, stride {s}, dilation {d}): more than the {MAX_AXIS_LENGTH} "
                 f"a 64-bit index can safely address. Use smaller `strides` or `dilation_rate`.")
         out.append(o)
-        crop.append(max(0, (full - o) // 2))
+        crop.append(c)
     return Geometry(int(batch), int(in_channels), int(filters),
                     tuple(map(int, in_spatial)), tuple(map(int, kernel_spatial)),
                     strides, dilation, tuple(out), tuple(crop), channels_last)

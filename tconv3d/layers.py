@@ -24,10 +24,11 @@ from . import activations as _activations
 from . import constraints as _constraints
 from . import initializers as _initializers
 from . import regularizers as _regularizers
+from ._geometry import deconv_output_length, keras_to_torch_kernel, torch_to_keras_kernel
 from ._ops import conv_transpose3d, conv_transpose3d_backward
-from ._validation import (as_array, deconv_output_length, normalize_data_format,
+from ._validation import (as_array, keras_padding_from_torch, normalize_data_format,
                           normalize_num_threads, normalize_padding, normalize_triple,
-                          working_dtype)
+                          torch_padding_from_keras, working_dtype)
 
 __all__ = ["Conv3DTranspose", "layer_conv_3d_transpose", "kernel_from_torch",
            "kernel_to_torch", "image_data_format"]
@@ -709,7 +710,7 @@ callable or None, default=None
         if module.padding_mode != "zeros":
             raise ValueError("Only padding_mode='zeros' has a Keras equivalent, got "
                              f"{module.padding_mode!r}.")
-        padding, output_padding = _keras_padding_from_torch(
+        padding, output_padding = keras_padding_from_torch(
             module.kernel_size, module.stride, module.dilation, module.padding,
             module.output_padding)
         weight = module.weight.detach().cpu().numpy()
@@ -743,7 +744,7 @@ callable or None, default=None
         if not self.built:
             raise ValueError(f"Layer {self.name!r} is not built: call it or give `input_shape` "
                              "before `to_torch()`.")
-        padding, output_padding = _torch_padding_from_keras(
+        padding, output_padding = torch_padding_from_keras(
             self.kernel_size, self.strides, self.dilation_rate, self.padding,
             self.output_padding)
         if _nonlinear(self.activation):
@@ -774,76 +775,6 @@ def _import_torch():
     return torch
 
 
-# --- padding equivalence between Keras and torch --------------------------------------------
-# Keras' (and tconv3d's) output of an axis is the full-length result
-# full = (n - 1) * s + (k - 1) * d + 1, cropped by crop = max(0, (full - out) // 2) on the
-# left and zero-extended or cut on the right to ``out``. Torch crops ``padding`` on the left
-# and gives out = full - 2 * padding + output_padding. Both are affine in n with slope s, so
-# two input lengths decide whether a Keras setting and a torch setting agree.
-_PROBE_LENGTHS = (5, 6)
-
-
-def _keras_axis(n, k, s, d, padding, op):
-    full = (n - 1) * s + (k - 1) * d + 1
-    out = deconv_output_length(n, k, s, d, padding, op)
-    return out, max(0, (full - out) // 2)
-
-
-def _torch_axis(n, k, s, d, p, op):
-    full = (n - 1) * s + (k - 1) * d + 1
-    return full - 2 * p + op, p
-
-
-def _keras_padding_from_torch(kernel, stride, dilation, padding, output_padding):
-    """Keras ``(padding, output_padding)`` equal to torch's on every axis, else ValueError."""
-    axes = list(zip(kernel, stride, dilation, padding, output_padding))
-    for mode in ("valid", "same"):
-        if all(all(_keras_axis(n, k, s, d, mode, None) == _torch_axis(n, k, s, d, p, op)
-                   for n in _PROBE_LENGTHS) for k, s, d, p, op in axes):
-            return mode, None
-        chosen = []
-        for k, s, d, p, op in axes:
-            match = [o for o in range(s) if all(
-                _keras_axis(n, k, s, d, mode, o) == _torch_axis(n, k, s, d, p, op)
-                for n in _PROBE_LENGTHS)]
-            if not match:
-                break
-            chosen.append(match[0])
-        else:
-            return mode, tuple(chosen)
-    raise ValueError(
-        f"The torch module's padding={tuple(padding)} and output_padding="
-        f"{tuple(output_padding)} (kernel_size={tuple(kernel)}, stride={tuple(stride)}, "
-        f"dilation={tuple(dilation)}) have no Keras equivalent: Keras crops either nothing "
-        "('valid', torch padding 0) or the 'same' amount (torch padding "
-        "(dilation * (kernel - 1) + 1) // 2 with output_padding 0, or a smaller padding "
-        "balanced by an even Keras output_padding), with Keras' output_padding < stride.")
-
-
-def _torch_padding_from_keras(kernel, stride, dilation, padding, output_padding):
-    """Torch ``(padding, output_padding)`` equal to the Keras setting, else ValueError."""
-    ops = output_padding or (None,) * 3
-    torch_padding, torch_output_padding = [], []
-    for axis, (k, s, d, op) in enumerate(zip(kernel, stride, dilation, ops)):
-        found = None
-        for n in _PROBE_LENGTHS:
-            out, crop = _keras_axis(n, k, s, d, padding, op)
-            full = (n - 1) * s + (k - 1) * d + 1
-            cand = (crop, out - (full - 2 * crop))
-            found = cand if found in (None, cand) else "mismatch"
-        if found == "mismatch" or not 0 <= found[1] < max(s, d):
-            raise ValueError(
-                f"padding={padding!r} with output_padding={output_padding}, kernel_size="
-                f"{tuple(kernel)}, strides={tuple(stride)}, dilation_rate={tuple(dilation)} "
-                f"crops the output asymmetrically on axis {axis}, which torch's "
-                "ConvTranspose3d (symmetric padding, output_padding < max(stride, dilation)) "
-                "cannot express. Use padding='valid', or a kernel/stride with an even "
-                "difference (or an even output_padding) for 'same'.")
-        torch_padding.append(found[0])
-        torch_output_padding.append(found[1])
-    return tuple(torch_padding), tuple(torch_output_padding)
-
-
 def kernel_from_torch(weight):
     """Convert a ``ConvTranspose3d`` weight to Keras' kernel layout (no torch needed).
 
@@ -859,7 +790,7 @@ def kernel_from_torch(weight):
     if w.ndim != 5:
         raise ValueError("`weight` must be 5-D (in_channels, filters, kd, kh, kw), got shape "
                          f"{w.shape}.")
-    return np.ascontiguousarray(w.transpose(2, 3, 4, 1, 0))
+    return np.ascontiguousarray(torch_to_keras_kernel(w))
 
 
 def kernel_to_torch(kernel):
@@ -877,7 +808,7 @@ def kernel_to_torch(kernel):
     if k.ndim != 5:
         raise ValueError("`kernel` must be 5-D (kd, kh, kw, filters, in_channels), got shape "
                          f"{k.shape}.")
-    return np.ascontiguousarray(k.transpose(4, 3, 0, 1, 2))
+    return np.ascontiguousarray(keras_to_torch_kernel(k))
 
 
 def _as_numpy(value, name):
