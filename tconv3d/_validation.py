@@ -13,6 +13,7 @@ from ._geometry import Geometry, axis_geometry, find_keras_padding, keras_trim, 
 
 PADDINGS = ("valid", "same")
 DATA_FORMATS = ("channels_last", "channels_first")
+FLOAT_DTYPES = ("float32", "float64")
 GRADIENTS = ("input", "kernel", "bias")
 _INTP_MAX = np.iinfo(np.intp).max
 # Largest uncropped axis length (in - 1)*stride + (kernel - 1)*dilation + 1 accepted: the
@@ -42,9 +43,7 @@ def normalize_triple(value, name, *, minimum=1, allow_none=False):
         items = tuple(items)
     except TypeError:
         items = None
-    if (items is None or len(items) != 3
-            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                       for v in items)):
+    if items is None or len(items) != 3 or not all(is_int(v) for v in items):
         raise ValueError(f"`{name}` must be an int or a tuple of 3 ints, got {value!r}.")
     items = tuple(int(v) for v in items)
     if any(v < minimum for v in items):
@@ -71,8 +70,7 @@ def normalize_num_threads(num_threads):
     if num_threads is None:
         from ._kernels import default_num_threads
         return max(1, min(default_num_threads(), MAX_NUM_THREADS))
-    if not isinstance(num_threads, numbers.Integral) or isinstance(num_threads, bool) \
-            or not 1 <= num_threads <= MAX_NUM_THREADS:
+    if not is_int(num_threads) or not 1 <= num_threads <= MAX_NUM_THREADS:
         raise ValueError(f"`num_threads` must be None or an int between 1 and "
                          f"{MAX_NUM_THREADS}, got {num_threads!r}.")
     return int(num_threads)
@@ -84,10 +82,97 @@ def normalize_shape(shape, name):
         items = tuple(shape)
     except TypeError:
         items = None
-    if items is None or not all(isinstance(n, numbers.Integral) and not isinstance(n, bool)
-                                for n in items):
+    if items is None or not all(is_int(n) for n in items):
         raise ValueError(f"`{name}` must be a tuple of ints, got {shape!r}.")
     return tuple(int(n) for n in items)
+
+
+def is_int(value):
+    """Whether ``value`` is an integer (Python or numpy) and not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def normalize_int(value, name, *, minimum, allow_none=False):
+    """``value`` as a Python int >= ``minimum`` (or None when ``allow_none``)."""
+    if value is None and allow_none:
+        return None
+    if not is_int(value) or value < minimum:
+        accepted = "None or an int" if allow_none else "an int"
+        raise ValueError(f"`{name}` must be {accepted} >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def normalize_optional_string(value, name):
+    """``value`` if it is a string or None."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"`{name}` must be a string or None, got {value!r}.")
+    return value
+
+
+def normalize_float_dtype(dtype):
+    """float32 or float64 as a numpy dtype (None: float32); accepts dtype names, numpy
+    dtypes and Keras ``DTypePolicy`` objects or configs."""
+    if dtype is None:
+        return np.dtype("float32")
+    if isinstance(dtype, dict):  # a Keras DTypePolicy config
+        dtype = (dtype.get("config") or {}).get("name", dtype)
+    name = getattr(dtype, "name", dtype)  # Keras DTypePolicy objects
+    try:
+        dt = np.dtype(name)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in FLOAT_DTYPES:
+        raise ValueError(f"`dtype` must be 'float32' or 'float64' (or None for float32), got "
+                         f"{dtype!r}.")
+    return dt
+
+
+def check_output_padding(output_padding, strides):
+    """Refuse an ``output_padding`` (None or 3 ints) not smaller than ``strides``."""
+    if output_padding is None:
+        return
+    for axis, (op, s) in enumerate(zip(output_padding, strides)):
+        if op >= s:
+            raise ValueError(f"`output_padding` must be smaller than `strides` on every "
+                             f"axis, got output_padding={output_padding} and "
+                             f"strides={strides} (axis {axis}).")
+
+
+def normalize_optional_shape(value, name, rank):
+    """``value`` as a tuple of ``rank`` entries, each None or an int >= 1 (or None)."""
+    if value is None:
+        return None
+    try:
+        shape = tuple(value)
+    except TypeError:
+        raise ValueError(f"`{name}` must be a tuple of {rank} ints or None, got "
+                         f"{value!r}.") from None
+    if len(shape) != rank or not all(n is None or (is_int(n) and n >= 1) for n in shape):
+        raise ValueError(f"`{name}` must be a tuple of {rank} ints >= 1 or None, got "
+                         f"{value!r}.")
+    return tuple(None if n is None else int(n) for n in shape)
+
+
+def normalize_batch_input_shape(input_shape, batch_input_shape, batch_size):
+    """The 5-entry input shape (batch axis first, None for unknown sizes) that Keras' three
+    ways of declaring it describe together, or None when none is given."""
+    input_shape = normalize_optional_shape(input_shape, "input_shape", 4)
+    batch_input_shape = normalize_optional_shape(batch_input_shape, "batch_input_shape", 5)
+    batch_size = normalize_int(batch_size, "batch_size", minimum=1, allow_none=True)
+    if input_shape is not None and batch_input_shape is not None \
+            and input_shape != batch_input_shape[1:]:
+        raise ValueError(f"`input_shape`={input_shape} and `batch_input_shape`="
+                         f"{batch_input_shape} disagree; give one of them.")
+    if batch_input_shape is None and input_shape is not None:
+        batch_input_shape = (None, *input_shape)
+    if batch_size is not None:
+        if batch_input_shape is None:
+            batch_input_shape = (None,) * 5
+        if batch_input_shape[0] not in (None, batch_size):
+            raise ValueError(f"`batch_size`={batch_size} disagrees with "
+                             f"`batch_input_shape`={batch_input_shape}.")
+        batch_input_shape = (batch_size, *batch_input_shape[1:])
+    return batch_input_shape
 
 
 def keras_padding_from_torch(kernel_size, stride, dilation, padding, output_padding):
@@ -156,12 +241,7 @@ def make_geometry(input_shape, kernel_shape, strides, padding, output_padding,
         raise ValueError(f"`kernel` expects {kernel_in} input channels (its last axis) but `x` "
                          f"has {in_channels} channels (shape {input_shape}, "
                          f"data_format={data_format!r}).")
-    if output_padding is not None:
-        for axis, (op, s) in enumerate(zip(output_padding, strides)):
-            if op >= s:
-                raise ValueError(f"`output_padding` must be smaller than `strides` on every "
-                                 f"axis, got output_padding={output_padding} and "
-                                 f"strides={strides} (axis {axis}).")
+    check_output_padding(output_padding, strides)
     ops = output_padding if output_padding is not None else (None,) * 3
     out, crop = [], []
     for n, k, s, d, op in zip(in_spatial, kernel_spatial, strides, dilation, ops):

@@ -13,7 +13,6 @@ and with PyTorch (:meth:`Conv3DTranspose.from_torch`, :meth:`Conv3DTranspose.to_
 :func:`kernel_from_torch`, :func:`kernel_to_torch`).
 """
 import json
-import numbers
 import os
 import threading
 import warnings
@@ -26,14 +25,15 @@ from . import initializers as _initializers
 from . import regularizers as _regularizers
 from ._geometry import deconv_output_length, keras_to_torch_kernel, torch_to_keras_kernel
 from ._ops import conv_transpose3d, conv_transpose3d_backward
-from ._validation import (as_array, keras_padding_from_torch, normalize_data_format,
-                          normalize_num_threads, normalize_padding, normalize_triple,
+from ._validation import (as_array, check_output_padding, is_int, keras_padding_from_torch,
+                          normalize_batch_input_shape, normalize_bool, normalize_data_format,
+                          normalize_float_dtype, normalize_int, normalize_num_threads,
+                          normalize_optional_string, normalize_padding, normalize_triple,
                           torch_padding_from_keras, working_dtype)
 
 __all__ = ["Conv3DTranspose", "layer_conv_3d_transpose", "kernel_from_torch",
            "kernel_to_torch", "image_data_format"]
 
-_DTYPES = ("float32", "float64")
 _name_lock = threading.Lock()
 _name_uids = {}
 
@@ -81,38 +81,6 @@ def image_data_format():
         raise ValueError(f"Invalid `image_data_format` {value!r} in the Keras config file "
                          f"{path}: expected 'channels_last' or 'channels_first'.")
     return value
-
-
-def _normalize_dtype(dtype):
-    if dtype is None:
-        return np.dtype("float32")
-    if isinstance(dtype, dict):  # a Keras DTypePolicy config
-        dtype = (dtype.get("config") or {}).get("name", dtype)
-    name = getattr(dtype, "name", dtype)  # Keras DTypePolicy objects
-    try:
-        dt = np.dtype(name)
-    except TypeError:
-        dt = None
-    if dt is None or dt.name not in _DTYPES:
-        raise ValueError(f"`dtype` must be 'float32' or 'float64' (or None for float32), got "
-                         f"{dtype!r}.")
-    return dt
-
-
-def _optional_shape(value, name, rank):
-    if value is None:
-        return None
-    try:
-        shape = tuple(value)
-    except TypeError:
-        raise ValueError(f"`{name}` must be a tuple of {rank} ints or None, got "
-                         f"{value!r}.") from None
-    if len(shape) != rank or not all(
-            n is None or (isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1)
-            for n in shape):
-        raise ValueError(f"`{name}` must be a tuple of {rank} ints >= 1 or None, got "
-                         f"{value!r}.")
-    return tuple(None if n is None else int(n) for n in shape)
 
 
 def _derived_seed(seed, index):
@@ -208,29 +176,18 @@ callable or None, default=None
                  activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
                  input_shape=None, batch_input_shape=None, batch_size=None, dtype=None,
                  name=None, trainable=True, weights=None, seed=None, num_threads=None):
-        if isinstance(filters, bool) or not isinstance(filters, numbers.Integral) \
-                or filters < 1:
-            raise ValueError(f"`filters` must be an int >= 1, got {filters!r}.")
-        self.filters = int(filters)
+        self.filters = normalize_int(filters, "filters", minimum=1)
         self.kernel_size = normalize_triple(kernel_size, "kernel_size")
         self.strides = normalize_triple(strides, "strides")
         self.dilation_rate = normalize_triple(dilation_rate, "dilation_rate")
         self.padding = normalize_padding(padding)
         self.output_padding = normalize_triple(output_padding, "output_padding", minimum=0,
                                                allow_none=True)
-        if self.output_padding is not None:
-            for axis, (op, s) in enumerate(zip(self.output_padding, self.strides)):
-                if op >= s:
-                    raise ValueError(
-                        "`output_padding` must be smaller than `strides` on every axis, got "
-                        f"output_padding={self.output_padding} and strides={self.strides} "
-                        f"(axis {axis}).")
+        check_output_padding(self.output_padding, self.strides)
         self.data_format = normalize_data_format(
             image_data_format() if data_format is None else data_format)
         self.activation = _activations.get(activation)
-        if not isinstance(use_bias, (bool, np.bool_)):
-            raise ValueError(f"`use_bias` must be True or False, got {use_bias!r}.")
-        self.use_bias = bool(use_bias)
+        self.use_bias = normalize_bool(use_bias, "use_bias")
         self.kernel_initializer = _initializers.get(
             "glorot_uniform" if kernel_initializer is None else kernel_initializer)
         self.bias_initializer = _initializers.get(
@@ -240,22 +197,16 @@ callable or None, default=None
         self.activity_regularizer = _regularizers.get(activity_regularizer)
         self.kernel_constraint = _constraints.get(kernel_constraint)
         self.bias_constraint = _constraints.get(bias_constraint)
-        self.dtype = _normalize_dtype(dtype).name
-        if name is not None and not isinstance(name, str):
-            raise ValueError(f"`name` must be a string or None, got {name!r}.")
+        self.dtype = normalize_float_dtype(dtype).name
+        name = normalize_optional_string(name, "name")
         self.name = _unique_name("conv3d_transpose") if name is None else name
-        if not isinstance(trainable, (bool, np.bool_)):
-            raise ValueError(f"`trainable` must be True or False, got {trainable!r}.")
-        self.trainable = bool(trainable)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-                                 or seed < 0):
-            raise ValueError(f"`seed` must be None or an int >= 0, got {seed!r}.")
-        self.seed = None if seed is None else int(seed)
+        self.trainable = normalize_bool(trainable, "trainable")
+        self.seed = normalize_int(seed, "seed", minimum=0, allow_none=True)
         if num_threads is not None:
             normalize_num_threads(num_threads)
         self.num_threads = num_threads
-        self.batch_input_shape = self._declared_shape(input_shape, batch_input_shape,
-                                                      batch_size)
+        self.batch_input_shape = normalize_batch_input_shape(input_shape, batch_input_shape,
+                                                             batch_size)
         if weights is not None and not isinstance(weights, (list, tuple)):
             raise ValueError("`weights` must be a list [kernel, bias] (or [kernel] without "
                              f"bias), got {type(weights).__name__}.")
@@ -272,29 +223,7 @@ callable or None, default=None
         if channels is not None:
             self.build(self.batch_input_shape)
 
-    # --- construction helpers ------------------------------------------------------------
-    def _declared_shape(self, input_shape, batch_input_shape, batch_size):
-        input_shape = _optional_shape(input_shape, "input_shape", 4)
-        batch_input_shape = _optional_shape(batch_input_shape, "batch_input_shape", 5)
-        if batch_size is not None and (isinstance(batch_size, bool)
-                                       or not isinstance(batch_size, numbers.Integral)
-                                       or batch_size < 1):
-            raise ValueError(f"`batch_size` must be None or an int >= 1, got {batch_size!r}.")
-        if input_shape is not None and batch_input_shape is not None \
-                and input_shape != batch_input_shape[1:]:
-            raise ValueError(f"`input_shape`={input_shape} and `batch_input_shape`="
-                             f"{batch_input_shape} disagree; give one of them.")
-        if batch_input_shape is None and input_shape is not None:
-            batch_input_shape = (None, *input_shape)
-        if batch_size is not None:
-            if batch_input_shape is None:
-                batch_input_shape = (None,) * 5
-            if batch_input_shape[0] not in (None, batch_size):
-                raise ValueError(f"`batch_size`={batch_size} disagrees with "
-                                 f"`batch_input_shape`={batch_input_shape}.")
-            batch_input_shape = (int(batch_size), *batch_input_shape[1:])
-        return batch_input_shape
-
+    # --- input layout --------------------------------------------------------------------
     def _layout(self):
         return ("(batch, depth, height, width, channels)" if self.data_format == "channels_last"
                 else "(batch, channels, depth, height, width)")
@@ -379,8 +308,7 @@ callable or None, default=None
             raise ValueError(f"Layer {self.name!r} takes 5-D inputs {self._layout()}, got an "
                              f"input shape {shape}.")
         channels = self._channels_of(shape)
-        if channels is None or isinstance(channels, bool) \
-                or not isinstance(channels, numbers.Integral) or channels < 1:
+        if not is_int(channels) or channels < 1:
             raise ValueError(f"Layer {self.name!r} needs a known channel count to build, got "
                              f"input shape {shape} (data_format={self.data_format!r}).")
         if self.built:
@@ -721,7 +649,7 @@ callable or None, default=None
         layer = cls(module.out_channels, tuple(module.kernel_size), strides=tuple(module.stride),
                     padding=padding, output_padding=output_padding, data_format=data_format,
                     dilation_rate=tuple(module.dilation), use_bias=module.bias is not None,
-                    dtype=_normalize_dtype(weight.dtype.name).name, **kwargs)
+                    dtype=normalize_float_dtype(weight.dtype.name).name, **kwargs)
         weights = [kernel_from_torch(weight)]
         if module.bias is not None:
             weights.append(module.bias.detach().cpu().numpy())
