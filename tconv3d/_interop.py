@@ -19,7 +19,7 @@ from . import constraints as _constraints
 from . import initializers as _initializers
 from . import regularizers as _regularizers
 from ._geometry import keras_to_torch_kernel, torch_to_keras_kernel
-from ._validation import (as_array, keras_padding_from_torch, normalize_float_dtype,
+from ._validation import (as_array, check_5d, keras_padding_from_torch, normalize_float_dtype,
                           torch_padding_from_keras)
 
 __all__ = ["LayerInterop", "image_data_format", "kernel_from_torch", "kernel_to_torch"]
@@ -75,10 +75,7 @@ def kernel_from_torch(weight):
     -------
     ndarray of shape (kd, kh, kw, filters, in_channels), same dtype (a copy)
     """
-    w = _as_numpy(weight, "weight")
-    if w.ndim != 5:
-        raise ValueError("`weight` must be 5-D (in_channels, filters, kd, kh, kw), got shape "
-                         f"{w.shape}.")
+    w = check_5d(_as_numpy(weight, "weight"), "weight", "(in_channels, filters, kd, kh, kw)")
     return np.ascontiguousarray(torch_to_keras_kernel(w))
 
 
@@ -93,10 +90,7 @@ def kernel_to_torch(kernel):
     -------
     ndarray of shape (in_channels, filters, kd, kh, kw), same dtype (a copy)
     """
-    k = _as_numpy(kernel, "kernel")
-    if k.ndim != 5:
-        raise ValueError("`kernel` must be 5-D (kd, kh, kw, filters, in_channels), got shape "
-                         f"{k.shape}.")
+    k = check_5d(_as_numpy(kernel, "kernel"), "kernel", "(kd, kh, kw, filters, in_channels)")
     return np.ascontiguousarray(keras_to_torch_kernel(k))
 
 

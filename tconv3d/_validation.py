@@ -175,6 +175,13 @@ def normalize_batch_input_shape(input_shape, batch_input_shape, batch_size):
     return batch_input_shape
 
 
+def check_5d(array, name, layout):
+    """``array`` if it is 5-D, else ValueError naming its expected ``layout`` of axes."""
+    if array.ndim != 5:
+        raise ValueError(f"`{name}` must be 5-D {layout}, got shape {array.shape}.")
+    return array
+
+
 def keras_padding_from_torch(kernel_size, stride, dilation, padding, output_padding):
     """Keras ``(padding, output_padding)`` equal to PyTorch's on every axis, else ValueError."""
     found = find_keras_padding(kernel_size, stride, dilation, padding, output_padding)
