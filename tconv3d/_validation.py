@@ -390,11 +390,6 @@ def normalize_compute(compute):
     return frozenset(compute)
 
 
-def is_int(value):
-    """Whether ``value`` is an integer (Python or numpy) and not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def check_bias_shape(bias, filters):
     """Refuse a bias that is not one value per filter."""
     if bias.shape != (filters,):
