@@ -1,17 +1,20 @@
-"""Argument normalisation, dtype rules and shape arithmetic: every error message lives here.
+"""Argument normalisation, dtype rules and memory checks: every error message lives here.
 
-The compiled kernels trust what they are given; this module is what makes that safe.
+The compiled kernels trust what they are given; this module is what makes that safe. The
+shape arithmetic it checks (output lengths, crops, Keras <-> PyTorch padding) is computed by
+:mod:`tconv3d._geometry`.
 """
 import numbers
 import os
-from dataclasses import dataclass
 
 import numpy as np
 
 from . import _threads
+from ._geometry import Geometry, axis_geometry, find_keras_padding, keras_trim, torch_window
 
 PADDINGS = ("valid", "same")
 DATA_FORMATS = ("channels_last", "channels_first")
+FLOAT_DTYPES = ("float32", "float64")
 GRADIENTS = ("input", "kernel", "bias")
 _INTP_MAX = np.iinfo(np.intp).max
 # Largest uncropped axis length (in - 1)*stride + (kernel - 1)*dilation + 1 accepted: the
@@ -37,9 +40,7 @@ def normalize_triple(value, name, *, minimum=1, allow_none=False):
         items = tuple(items)
     except TypeError:
         items = None
-    if (items is None or len(items) != 3
-            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                       for v in items)):
+    if items is None or len(items) != 3 or not all(is_int(v) for v in items):
         raise ValueError(f"`{name}` must be an int or a tuple of 3 ints, got {value!r}.")
     items = tuple(int(v) for v in items)
     if any(v < minimum for v in items):
@@ -63,8 +64,7 @@ def normalize_data_format(data_format):
 def normalize_num_threads(num_threads):
     """The threads a call runs on: ``None`` (OpenMP's default at call time) or an int >= 1,
     capped and adjusted after ``fork`` as :mod:`tconv3d._threads` explains."""
-    if num_threads is not None and (not isinstance(num_threads, numbers.Integral)
-                                    or isinstance(num_threads, bool) or num_threads < 1):
+    if num_threads is not None and (not is_int(num_threads) or num_threads < 1):
         raise ValueError(f"`num_threads` must be None or an int >= 1, got {num_threads!r}.")
     return _threads.resolve(None if num_threads is None else int(num_threads))
 
@@ -75,58 +75,138 @@ def normalize_shape(shape, name):
         items = tuple(shape)
     except TypeError:
         items = None
-    if items is None or not all(isinstance(n, numbers.Integral) and not isinstance(n, bool)
-                                for n in items):
+    if items is None or not all(is_int(n) for n in items):
         raise ValueError(f"`{name}` must be a tuple of ints, got {shape!r}.")
     return tuple(int(n) for n in items)
 
 
-def deconv_output_length(length, kernel_size, stride, dilation, padding, output_padding):
-    """Output length of one axis, exactly as Keras' ``deconv_output_length``."""
-    k = (kernel_size - 1) * dilation + 1
+def is_int(value):
+    """Whether ``value`` is an integer (Python or numpy) and not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def normalize_int(value, name, *, minimum, allow_none=False):
+    """``value`` as a Python int >= ``minimum`` (or None when ``allow_none``)."""
+    if value is None and allow_none:
+        return None
+    if not is_int(value) or value < minimum:
+        accepted = "None or an int" if allow_none else "an int"
+        raise ValueError(f"`{name}` must be {accepted} >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def normalize_optional_string(value, name):
+    """``value`` if it is a string or None."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"`{name}` must be a string or None, got {value!r}.")
+    return value
+
+
+def normalize_float_dtype(dtype):
+    """float32 or float64 as a numpy dtype (None: float32); accepts dtype names, numpy
+    dtypes and Keras ``DTypePolicy`` objects or configs."""
+    if dtype is None:
+        return np.dtype("float32")
+    if isinstance(dtype, dict):  # a Keras DTypePolicy config
+        dtype = (dtype.get("config") or {}).get("name", dtype)
+    name = getattr(dtype, "name", dtype)  # Keras DTypePolicy objects
+    try:
+        dt = np.dtype(name)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in FLOAT_DTYPES:
+        raise ValueError(f"`dtype` must be 'float32' or 'float64' (or None for float32), got "
+                         f"{dtype!r}.")
+    return dt
+
+
+def check_output_padding(output_padding, strides):
+    """Refuse an ``output_padding`` (None or 3 ints) not smaller than ``strides``."""
     if output_padding is None:
-        if padding == "valid":
-            return length * stride + max(k - stride, 0)
-        return length * stride
-    pad = k // 2 if padding == "same" else 0
-    return (length - 1) * stride + k - 2 * pad + output_padding
+        return
+    for axis, (op, s) in enumerate(zip(output_padding, strides)):
+        if op >= s:
+            raise ValueError(f"`output_padding` must be smaller than `strides` on every "
+                             f"axis, got output_padding={output_padding} and "
+                             f"strides={strides} (axis {axis}).")
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """Per-axis sizes of one transposed convolution (spatial axes depth, height, width).
+def normalize_optional_shape(value, name, rank):
+    """``value`` as a tuple of ``rank`` entries, each None or an int >= 1 (or None)."""
+    if value is None:
+        return None
+    try:
+        shape = tuple(value)
+    except TypeError:
+        raise ValueError(f"`{name}` must be a tuple of {rank} ints or None, got "
+                         f"{value!r}.") from None
+    if len(shape) != rank or not all(n is None or (is_int(n) and n >= 1) for n in shape):
+        raise ValueError(f"`{name}` must be a tuple of {rank} ints >= 1 or None, got "
+                         f"{value!r}.")
+    return tuple(None if n is None else int(n) for n in shape)
 
-    ``full`` is the uncropped length ``(in - 1) * stride + (k - 1) * dilation + 1``;
-    ``crop`` is how much of it is cut on the left: output ``o`` is full position
-    ``o + crop``, and positions past ``full`` are zero (plus bias).
-    """
-    batch: int
-    in_channels: int
-    filters: int
-    in_spatial: tuple
-    kernel_spatial: tuple
-    strides: tuple
-    dilation: tuple
-    out_spatial: tuple
-    crop: tuple
-    channels_last: bool
 
-    def _shape(self, spatial, channels):
-        if self.channels_last:
-            return (self.batch, *spatial, channels)
-        return (self.batch, channels, *spatial)
+def normalize_batch_input_shape(input_shape, batch_input_shape, batch_size):
+    """The 5-entry input shape (batch axis first, None for unknown sizes) that Keras' three
+    ways of declaring it describe together, or None when none is given."""
+    input_shape = normalize_optional_shape(input_shape, "input_shape", 4)
+    batch_input_shape = normalize_optional_shape(batch_input_shape, "batch_input_shape", 5)
+    batch_size = normalize_int(batch_size, "batch_size", minimum=1, allow_none=True)
+    if input_shape is not None and batch_input_shape is not None \
+            and input_shape != batch_input_shape[1:]:
+        raise ValueError(f"`input_shape`={input_shape} and `batch_input_shape`="
+                         f"{batch_input_shape} disagree; give one of them.")
+    if batch_input_shape is None and input_shape is not None:
+        batch_input_shape = (None, *input_shape)
+    if batch_size is not None:
+        if batch_input_shape is None:
+            batch_input_shape = (None,) * 5
+        if batch_input_shape[0] not in (None, batch_size):
+            raise ValueError(f"`batch_size`={batch_size} disagrees with "
+                             f"`batch_input_shape`={batch_input_shape}.")
+        batch_input_shape = (batch_size, *batch_input_shape[1:])
+    return batch_input_shape
 
-    @property
-    def input_shape(self):
-        return self._shape(self.in_spatial, self.in_channels)
 
-    @property
-    def output_shape(self):
-        return self._shape(self.out_spatial, self.filters)
+def check_5d(array, name, layout):
+    """``array`` if it is 5-D, else ValueError naming its expected ``layout`` of axes."""
+    if array.ndim != 5:
+        raise ValueError(f"`{name}` must be 5-D {layout}, got shape {array.shape}.")
+    return array
 
-    @property
-    def kernel_shape(self):
-        return (*self.kernel_spatial, self.filters, self.in_channels)
+
+def keras_padding_from_torch(kernel_size, stride, dilation, padding, output_padding):
+    """Keras ``(padding, output_padding)`` equal to PyTorch's on every axis, else ValueError."""
+    found = find_keras_padding(kernel_size, stride, dilation, padding, output_padding)
+    if found is None:
+        raise ValueError(
+            f"The torch module's padding={tuple(padding)} and output_padding="
+            f"{tuple(output_padding)} (kernel_size={tuple(kernel_size)}, stride="
+            f"{tuple(stride)}, dilation={tuple(dilation)}) have no Keras equivalent: Keras "
+            "crops either nothing ('valid', torch padding 0) or the 'same' amount (torch "
+            "padding (dilation * (kernel - 1) + 1) // 2 with output_padding 0, or a smaller "
+            "padding balanced by an even Keras output_padding), with Keras' output_padding < "
+            "stride.")
+    return found
+
+
+def torch_padding_from_keras(kernel_size, stride, dilation, padding, output_padding):
+    """PyTorch ``(padding, output_padding)`` equal to the Keras setting, else ValueError."""
+    ops = output_padding or (None,) * 3
+    torch_padding, torch_output_padding = [], []
+    for axis, (k, s, d, op) in enumerate(zip(kernel_size, stride, dilation, ops)):
+        p, top, surplus = torch_window(keras_trim(k, s, d, padding, op))
+        if surplus or top >= max(s, d):
+            raise ValueError(
+                f"padding={padding!r} with output_padding={output_padding}, kernel_size="
+                f"{tuple(kernel_size)}, strides={tuple(stride)}, dilation_rate="
+                f"{tuple(dilation)} crops the output asymmetrically on axis {axis}, which "
+                "torch's ConvTranspose3d (symmetric padding, output_padding < max(stride, "
+                "dilation)) cannot express. Use padding='valid', or a kernel/stride with an "
+                "even difference (or an even output_padding) for 'same'.")
+        torch_padding.append(p)
+        torch_output_padding.append(top)
+    return tuple(torch_padding), tuple(torch_output_padding)
 
 
 def make_geometry(input_shape, kernel_shape, strides, padding, output_padding,
@@ -161,29 +241,23 @@ def make_geometry(input_shape, kernel_shape, strides, padding, output_padding,
         raise ValueError(f"`kernel` expects {kernel_in} input channels (its last axis) but `x` "
                          f"has {in_channels} channels (shape {input_shape}, "
                          f"data_format={data_format!r}).")
-    if output_padding is not None:
-        for axis, (op, s) in enumerate(zip(output_padding, strides)):
-            if op >= s:
-                raise ValueError(f"`output_padding` must be smaller than `strides` on every "
-                                 f"axis, got output_padding={output_padding} and "
-                                 f"strides={strides} (axis {axis}).")
+    check_output_padding(output_padding, strides)
     ops = output_padding if output_padding is not None else (None,) * 3
     out, crop = [], []
     for n, k, s, d, op in zip(in_spatial, kernel_spatial, strides, dilation, ops):
-        o = deconv_output_length(n, k, s, d, padding, op)
+        full, o, c = axis_geometry(n, k, s, d, padding, op)
         if o < 1:
             raise ValueError(
                 f"These arguments give an output of length {o} on a spatial axis: input length "
                 f"{n}, kernel {k}, stride {s}, dilation {d}, padding {padding!r}, output_padding "
                 f"{op}. Use a longer input, padding='valid' or a larger output_padding.")
-        full = (n - 1) * s + (k - 1) * d + 1
         if full > MAX_AXIS_LENGTH or o > MAX_AXIS_LENGTH:
             raise ValueError(
                 f"These arguments give a spatial axis of length {max(full, o)} (input length "
                 f"{n}, kernel {k}, stride {s}, dilation {d}): more than the {MAX_AXIS_LENGTH} "
                 f"a 64-bit index can safely address. Use smaller `strides` or `dilation_rate`.")
         out.append(o)
-        crop.append(max(0, (full - o) // 2))
+        crop.append(c)
     return Geometry(int(batch), int(in_channels), int(filters),
                     tuple(map(int, in_spatial)), tuple(map(int, kernel_spatial)),
                     strides, dilation, tuple(out), tuple(crop), channels_last)
@@ -307,11 +381,6 @@ def normalize_compute(compute):
     if compute is None or any(c not in GRADIENTS for c in compute):
         raise ValueError(f"`compute` must be a subset of {GRADIENTS}, got {compute!r}.")
     return frozenset(compute)
-
-
-def is_int(value):
-    """Whether ``value`` is an integer (Python or numpy) and not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_bias_shape(bias, filters):

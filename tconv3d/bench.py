@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from . import _kernels
+from ._geometry import keras_to_torch_kernel, keras_trim, torch_window
 from ._ops import conv_transpose3d, conv_transpose3d_backward
 
 # name: (batch, in_channels, out_channels, input size, kernel, stride, padding)
@@ -51,16 +52,12 @@ def _torch_padding(k, s, padding):
     """The torch ``padding``/``output_padding`` a user would pass for this Keras padding,
     and the shift ``delta`` between the two outputs.
 
-    Keras crops ``total = k - s`` elements (cubic case, stride <= output) as ``total // 2``
-    on the left; torch crops ``padding`` on both sides and adds ``output_padding`` on the
-    right. When ``total`` is odd torch's window starts one element later (``delta = 1``):
-    the outputs have the same shape and timing, and agree up to that shift.
+    Torch's output has Keras' length; when Keras crops an odd number of elements (odd
+    ``k - s`` for ``"same"``) torch's window starts one element later (``delta = 1``): the
+    outputs have the same shape and timing, and agree up to that shift.
     """
-    total = k - s if padding == "same" else -max(0, s - k)
-    if total < 0:
-        return 0, -total, 0
-    pad = (total + 1) // 2
-    return pad, 2 * pad - total, pad - total // 2
+    pad, output_padding, delta = torch_window(keras_trim(k, s, 1, padding, None))
+    return pad + delta, output_padding + delta, delta
 
 
 class _TorchPeer:
@@ -78,7 +75,7 @@ class _TorchPeer:
         xt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
         if channels_last_3d:
             xt = xt.contiguous(memory_format=torch.channels_last_3d)
-        wt = torch.from_numpy(np.ascontiguousarray(w.transpose(4, 3, 0, 1, 2)))
+        wt = torch.from_numpy(np.ascontiguousarray(keras_to_torch_kernel(w)))
         bt = torch.from_numpy(b)
         xg = xt.clone().requires_grad_()
         wg = wt.clone().requires_grad_()
