@@ -166,28 +166,36 @@ cdef Py_ssize_t MIN_CHUNK_VOXELS = 256
 
 
 ctypedef struct Problem:
-    Py_ssize_t N, cin, cout
-    Py_ssize_t n_in[3]      # input spatial sizes (depth, height, width)
-    Py_ssize_t k[3]         # kernel spatial sizes
+    # One transposed convolution as the kernels see it, filled only by _problem().
+    Py_ssize_t batch, cin, cout
+    Py_ssize_t n_in[3]      # input spatial lengths (depth, height, width)
+    Py_ssize_t k[3]         # kernel taps
     Py_ssize_t s[3]         # strides
     Py_ssize_t d[3]         # dilations
-    Py_ssize_t n_out[3]     # output spatial sizes
+    Py_ssize_t n_out[3]     # output spatial lengths
     Py_ssize_t crop[3]      # left crop of the full-length axis
-    Py_ssize_t xs[5]        # element strides of x (n, d, h, w, c)
+    Py_ssize_t xs[5]        # element strides of x / grad_input (n, d, h, w, c)
     Py_ssize_t ys[5]        # element strides of y / grad_output (n, d, h, w, c)
 
 
-cdef Problem _problem(tuple geometry, tuple x_strides, tuple y_strides):
+cdef Problem _problem(geometry, tuple x_strides, tuple y_strides) except *:
+    """The Problem of `geometry` (a tconv3d._validation.Geometry, read by field name) and
+    the element strides of the logical x-side and y-side arrays.
+
+    Python ints past Py_ssize_t raise OverflowError here, before any kernel runs.
+    """
     cdef Problem p
     cdef int a
-    p.N, p.cin, p.cout = geometry[0], geometry[1], geometry[2]
+    p.batch = geometry.batch
+    p.cin = geometry.in_channels
+    p.cout = geometry.filters
     for a in range(3):
-        p.n_in[a] = geometry[3 + a]
-        p.k[a] = geometry[6 + a]
-        p.s[a] = geometry[9 + a]
-        p.d[a] = geometry[12 + a]
-        p.n_out[a] = geometry[15 + a]
-        p.crop[a] = geometry[18 + a]
+        p.n_in[a] = geometry.in_spatial[a]
+        p.k[a] = geometry.kernel_spatial[a]
+        p.s[a] = geometry.strides[a]
+        p.d[a] = geometry.dilation[a]
+        p.n_out[a] = geometry.out_spatial[a]
+        p.crop[a] = geometry.crop[a]
     for a in range(5):
         p.xs[a] = x_strides[a]
         p.ys[a] = y_strides[a]
@@ -259,7 +267,7 @@ cdef int _forward(const Problem *p,
                    int num_threads) noexcept nogil:
     cdef Py_ssize_t cin = p.cin, cout = p.cout
     cdef Py_ssize_t sw = p.s[2], dw = p.d[2], kw = p.k[2], iw_n = p.n_in[2], ow_n = p.n_out[2]
-    cdef Py_ssize_t rows = p.N * p.n_out[0] * p.n_out[1]
+    cdef Py_ssize_t rows = p.batch * p.n_out[0] * p.n_out[1]
     cdef Py_ssize_t block = _block_size(cout)
     cdef Py_ssize_t row, n, od, oh, r, o0, count, q0, blk, tb, nb, b, blo, bhi, istart
     cdef Py_ssize_t td, th, nd, nh, jw, m, co, ldc
@@ -354,11 +362,13 @@ cdef int _forward(const Problem *p,
 
 
 def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
-            const floating[::1] bias, floating[:, :, :, :, :] y, tuple geometry,
-            tuple x_strides, tuple y_strides, int num_threads, bint use_bias):
-    """y = conv_transpose3d(x, wt, bias); see the module comment for the conventions."""
+            const floating[::1] bias, floating[:, :, :, :, :] y, geometry,
+            tuple x_strides, tuple y_strides, int num_threads):
+    """y = conv_transpose3d(x, wt, bias), bias None for none; see the module comment."""
     cdef Problem p = _problem(geometry, x_strides, y_strides)
-    cdef const floating *bias_ptr = &bias[0] if use_bias else NULL
+    cdef const floating *bias_ptr = NULL
+    if bias is not None:
+        bias_ptr = &bias[0]
     cdef int status
     with nogil:
         status = _forward(&p, &x[0, 0, 0, 0, 0], &wt[0, 0, 0, 0, 0], bias_ptr,
@@ -376,7 +386,7 @@ cdef int _grad_input(const Problem *p,
     cdef Py_ssize_t cin = p.cin, cout = p.cout
     cdef Py_ssize_t sw = p.s[2], dw = p.d[2], kw = p.k[2], iw_n = p.n_in[2]
     cdef Py_ssize_t cw = p.crop[2]
-    cdef Py_ssize_t rows = p.N * p.n_in[0] * p.n_in[1]
+    cdef Py_ssize_t rows = p.batch * p.n_in[0] * p.n_in[1]
     cdef Py_ssize_t block = _block_size(cin)
     cdef Py_ssize_t row, n, i_d, i_h, blk, tb, nb, b, blo, bhi, td, th, nd, nh, jw, ci
     cdef Py_ssize_t *taps
@@ -444,7 +454,7 @@ cdef int _grad_input(const Problem *p,
 
 
 def grad_input(const floating[:, :, :, :, :] g, const floating[:, :, :, :, ::1] w,
-               floating[:, :, :, :, :] gx, tuple geometry, tuple x_strides,
+               floating[:, :, :, :, :] gx, geometry, tuple x_strides,
                tuple y_strides, int num_threads):
     """gx = adjoint of the forward map in x, applied to g."""
     cdef Problem p = _problem(geometry, x_strides, y_strides)
@@ -481,7 +491,7 @@ cdef int _grad_kernel(const Problem *p,
     cdef Py_ssize_t sw = p.s[2], dw = p.d[2], kw = p.k[2], iw_n = p.n_in[2]
     cdef Py_ssize_t cw = p.crop[2]
     cdef Py_ssize_t ksize = p.k[0] * p.k[1] * kw * cout * cin
-    cdef Py_ssize_t rows = p.N * p.n_in[0] * p.n_in[1]
+    cdef Py_ssize_t rows = p.batch * p.n_in[0] * p.n_in[1]
     cdef Py_ssize_t chunk, row, n, i_d, i_h, td, th, nd, nh, jw, lo, hi, e, c
     cdef Py_ssize_t *taps
     cdef floating *buf
@@ -545,13 +555,13 @@ cdef int _check(int status) except -1:
 
 
 def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x,
-                floating[:, :, :, :, ::1] gw, tuple geometry, tuple x_strides,
+                floating[:, :, :, :, ::1] gw, geometry, tuple x_strides,
                 tuple y_strides, int num_threads):
     """gw[j, co, ci] = sum over batch and space of g[o(i, j), co] * x[i, ci]."""
     cdef Problem p = _problem(geometry, x_strides, y_strides)
     cdef Py_ssize_t ksize = gw.size
-    cdef Py_ssize_t chunks = _num_chunks(p.N * p.n_in[0] * p.n_in[1],
-                                         p.N * p.n_in[0] * p.n_in[1] * p.n_in[2],
+    cdef Py_ssize_t chunks = _num_chunks(p.batch * p.n_in[0] * p.n_in[1],
+                                         p.batch * p.n_in[0] * p.n_in[1] * p.n_in[2],
                                          ksize * sizeof(floating))
     cdef floating *partial = <floating *> malloc(chunks * ksize * sizeof(floating))
     if partial == NULL:
@@ -575,7 +585,7 @@ cdef void _grad_bias(const Problem *p,
     # Each chunk adds its rows element-wise into a row-sized accumulator (independent
     # sums: vectorised, no serial dependency chain), reduced over the row only at the end.
     cdef Py_ssize_t cout = p.cout, ow_n = p.n_out[2], width = p.n_out[2] * p.cout
-    cdef Py_ssize_t rows = p.N * p.n_out[0] * p.n_out[1]
+    cdef Py_ssize_t rows = p.batch * p.n_out[0] * p.n_out[1]
     cdef bint contiguous_rows = p.ys[4] == 1 and p.ys[3] == cout
     cdef Py_ssize_t chunk, row, n, od, oh, o, co, c
     cdef floating *buf
@@ -605,12 +615,12 @@ cdef void _grad_bias(const Problem *p,
         gb[co] = total
 
 
-def grad_bias(const floating[:, :, :, :, :] g, floating[::1] gb, tuple geometry,
+def grad_bias(const floating[:, :, :, :, :] g, floating[::1] gb, geometry,
               tuple y_strides, int num_threads):
     """gb[co] = sum over batch and space of g[..., co], reduced in a fixed order."""
-    cdef Problem p = _problem(geometry, (0, 0, 0, 0, 0), y_strides)
-    cdef Py_ssize_t chunks = _num_chunks(p.N * p.n_out[0] * p.n_out[1],
-                                         p.N * p.n_out[0] * p.n_out[1] * p.n_out[2],
+    cdef Problem p = _problem(geometry, (0, 0, 0, 0, 0), y_strides)  # no x-side array
+    cdef Py_ssize_t chunks = _num_chunks(p.batch * p.n_out[0] * p.n_out[1],
+                                         p.batch * p.n_out[0] * p.n_out[1] * p.n_out[2],
                                          p.n_out[2] * p.cout * sizeof(floating))
     cdef floating *partial = <floating *> malloc(chunks * p.n_out[2] * p.cout
                                                  * sizeof(floating))
