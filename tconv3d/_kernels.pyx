@@ -202,6 +202,12 @@ cdef Problem _problem(geometry, tuple x_strides, tuple y_strides) except *:
     return p
 
 
+cdef inline Py_ssize_t _output_index(const Problem *p, int a, Py_ssize_t i,
+                                     Py_ssize_t j) noexcept nogil:
+    """Output that input `i` feeds through tap `j` on axis `a` (may be outside the output)."""
+    return i * p.s[a] + j * p.d[a] - p.crop[a]
+
+
 cdef inline Py_ssize_t _output_taps(const Problem *p, int a, Py_ssize_t o,
                                     Py_ssize_t *tap_j, Py_ssize_t *tap_i) noexcept nogil:
     """Taps (j, i) of axis `a` feeding output `o`: i*s + j*d == o + crop, 0 <= i < n_in."""
@@ -222,7 +228,7 @@ cdef inline Py_ssize_t _input_taps(const Problem *p, int a, Py_ssize_t i,
     """Taps (j, o) of axis `a` fed by input `i`: o = i*s + j*d - crop, 0 <= o < n_out."""
     cdef Py_ssize_t j, o, count = 0
     for j in range(p.k[a]):
-        o = i * p.s[a] + j * p.d[a] - p.crop[a]
+        o = _output_index(p, a, i, j)
         if o >= p.n_out[a]:
             break
         if o >= 0:
@@ -257,6 +263,83 @@ cdef inline Py_ssize_t _block_size(Py_ssize_t channels) noexcept nogil:
     return 1 if b < 1 else (MAX_BLOCK if b > MAX_BLOCK else b)
 
 
+# ------------------------------------------------------------------ rows and their taps
+#
+# The forward walks the rows (batch, depth, height) of the output, the gradients those
+# of the input; along a row's width they work in blocks. What a row needs from the
+# other side of the convolution is given by its depth and height taps, found once per
+# row into lists that each thread allocates once.
+
+ctypedef struct Row:
+    Py_ssize_t n, d, h       # the row: batch index, depth, height
+    Py_ssize_t count[2]      # number of its taps on depth (0) and height (1)
+    Py_ssize_t *j[2]         # those taps' kernel indices
+    Py_ssize_t *index[2]     # and the depth or height they join the row with on the
+                             # other side: inputs of an output row, outputs of an input row
+
+
+cdef inline void *_thread_malloc(size_t size, int *failed) noexcept nogil:
+    """malloc for a thread's workspace, flagging a failure in the shared `failed`."""
+    cdef void *ptr = malloc(size)
+    if ptr == NULL:
+        failed[0] = 1
+    return ptr
+
+
+cdef inline Row _thread_row(const Problem *p, int *failed) noexcept nogil:
+    """A thread's Row: its four tap lists in one allocation (j[0] NULL if none)."""
+    cdef Row r
+    cdef Py_ssize_t *lists = <Py_ssize_t *> _thread_malloc(
+        2 * (p.k[0] + p.k[1]) * sizeof(Py_ssize_t), failed)
+    memset(&r, 0, sizeof(Row))
+    if lists != NULL:
+        r.j[0] = lists
+        r.index[0] = lists + p.k[0]
+        r.j[1] = lists + 2 * p.k[0]
+        r.index[1] = lists + 2 * p.k[0] + p.k[1]
+    return r
+
+
+cdef inline void _split_row(Row *r, Py_ssize_t row, const Py_ssize_t *lengths) noexcept nogil:
+    """Position of row number `row` among (batch, lengths[0], lengths[1]) rows."""
+    r.n = row // (lengths[0] * lengths[1])
+    r.d = (row // lengths[1]) % lengths[0]
+    r.h = row % lengths[1]
+
+
+cdef inline void _output_row(const Problem *p, Py_ssize_t row, Row *r) noexcept nogil:
+    """Output row number `row` and the input rows that feed it."""
+    _split_row(r, row, p.n_out)
+    r.count[0] = _output_taps(p, 0, r.d, r.j[0], r.index[0])
+    r.count[1] = _output_taps(p, 1, r.h, r.j[1], r.index[1])
+
+
+cdef inline void _input_row(const Problem *p, Py_ssize_t row, Row *r) noexcept nogil:
+    """Input row number `row` and the output rows it feeds."""
+    _split_row(r, row, p.n_in)
+    r.count[0] = _input_taps(p, 0, r.d, r.j[0], r.index[0])
+    r.count[1] = _input_taps(p, 1, r.h, r.j[1], r.index[1])
+
+
+cdef inline Py_ssize_t _row_offset(const Py_ssize_t *strides, Py_ssize_t n, Py_ssize_t d,
+                                   Py_ssize_t h) noexcept nogil:
+    """Element offset of row (n, d, h) in a logical array of these element strides."""
+    return n * strides[0] + d * strides[1] + h * strides[2]
+
+
+cdef inline Py_ssize_t _tap_matrix(const Problem *p, const Row *r, Py_ssize_t td,
+                                   Py_ssize_t th, Py_ssize_t jw) noexcept nogil:
+    """Element offset of the channel matrix (Cin x Cout or Cout x Cin) of kernel tap
+    (r.j[0][td], r.j[1][th], jw) in a C-contiguous (kd, kh, kw, ., .) kernel."""
+    return ((r.j[0][td] * p.k[1] + r.j[1][th]) * p.k[2] + jw) * p.cin * p.cout
+
+
+cdef int _check(int status) except -1:
+    if status != 0:
+        raise MemoryError("tconv3d: no memory for a thread's workspace")
+    return 0
+
+
 # ----------------------------------------------------------------------------- forward
 
 cdef int _forward(const Problem *p,
@@ -264,16 +347,16 @@ cdef int _forward(const Problem *p,
                    const floating *wt,     # IN  (kd, kh, kw, Cin, Cout) C-contiguous
                    const floating *bias,   # IN  (Cout,) or NULL
                    floating *y,            # OUT logical (N, OD, OH, OW, Cout), strides p.ys
-                   int num_threads) noexcept nogil:
+                         int num_threads) noexcept nogil:
     cdef Py_ssize_t cin = p.cin, cout = p.cout
     cdef Py_ssize_t sw = p.s[2], dw = p.d[2], kw = p.k[2], iw_n = p.n_in[2], ow_n = p.n_out[2]
     cdef Py_ssize_t rows = p.batch * p.n_out[0] * p.n_out[1]
     cdef Py_ssize_t block = _block_size(cout)
-    cdef Py_ssize_t row, n, od, oh, r, o0, count, q0, blk, tb, nb, b, blo, bhi, istart
-    cdef Py_ssize_t td, th, nd, nh, jw, m, co, ldc
+    cdef Py_ssize_t row, phase, o0, count, q0, blk, tb, nb, b, blo, bhi, istart
+    cdef Py_ssize_t td, th, jw, m, co, ldc
     cdef bint direct = p.ys[4] == 1 and not (cin == 1 and cout == 1)
-    cdef Py_ssize_t *taps
-    cdef floating *acc
+    cdef Row r
+    cdef floating *acc = NULL
     cdef floating *cbuf
     cdef const floating *xrow
     cdef const floating *wtap
@@ -282,30 +365,25 @@ cdef int _forward(const Problem *p,
     cdef int failed = 0
     cdef int *failed_ptr = &failed  # shared: written through a pointer in the region
 
+    memset(&r, 0, sizeof(Row))  # (each thread's copy is set in the region)
     with parallel(num_threads=num_threads):
-        acc = <floating *> malloc(block * cout * sizeof(floating))
-        taps = <Py_ssize_t *> malloc(2 * (p.k[0] + p.k[1]) * sizeof(Py_ssize_t))
-        if acc == NULL or taps == NULL:
-            failed_ptr[0] = 1
+        acc = <floating *> _thread_malloc(block * cout * sizeof(floating), failed_ptr)
+        r = _thread_row(p, failed_ptr)
         for row in prange(rows, schedule='static'):
-            if acc == NULL or taps == NULL:
-                continue
-            n = row // (p.n_out[0] * p.n_out[1])
-            od = (row // p.n_out[1]) % p.n_out[0]
-            oh = row % p.n_out[1]
-            # taps[0:kd] depth j, [kd:2kd] depth i, then height j and i.
-            nd = _output_taps(p, 0, od, taps, taps + p.k[0])
-            nh = _output_taps(p, 1, oh, taps + 2 * p.k[0], taps + 2 * p.k[0] + p.k[1])
+            if acc == NULL or r.j[0] == NULL:
+                continue  # flagged in `failed`: the call raises MemoryError
+            _output_row(p, row, &r)
             for o0 in range(sw if sw < ow_n else ow_n):
-                # Outputs o0, o0 + sw, ... share the stride phase r; output o0 + t*sw
-                # reads input q0 + t - m through every width tap j with (j*dw) % sw == r.
-                r = (o0 + p.crop[2]) % sw
+                # Outputs o0, o0 + sw, ... share the stride phase (o0 + crop) % sw; output
+                # o0 + t*sw reads input q0 + t - m through every width tap j of that phase,
+                # (j*dw) % sw == phase.
+                phase = (o0 + p.crop[2]) % sw
                 count = (ow_n - 1 - o0) // sw + 1
                 q0 = (o0 + p.crop[2]) // sw
+                yp = y + _row_offset(p.ys, r.n, r.d, r.h) + o0 * p.ys[3]
                 for blk in range((count + block - 1) // block):
                     tb = blk * block
                     nb = block if count - tb > block else count - tb
-                    yp = y + n * p.ys[0] + od * p.ys[1] + oh * p.ys[2] + o0 * p.ys[3]
                     # With contiguous output channels the GEMMs accumulate straight into
                     # y (rows sw*ys3 apart); otherwise into acc, stored afterwards.
                     if direct:
@@ -325,12 +403,11 @@ cdef int _forward(const Problem *p,
                                 memset(cbuf + b * ldc, 0, cout * sizeof(floating))
                             else:
                                 memcpy(cbuf + b * ldc, bias, cout * sizeof(floating))
-                    for td in range(nd):
-                        for th in range(nh):
-                            xrow = (x + n * p.xs[0] + taps[p.k[0] + td] * p.xs[1]
-                                    + taps[2 * p.k[0] + p.k[1] + th] * p.xs[2])
+                    for td in range(r.count[0]):
+                        for th in range(r.count[1]):
+                            xrow = x + _row_offset(p.xs, r.n, r.index[0][td], r.index[1][th])
                             for jw in range(kw):
-                                if (jw * dw) % sw != r:
+                                if (jw * dw) % sw != phase:
                                     continue
                                 m = (jw * dw) // sw
                                 istart = q0 + tb - m
@@ -338,8 +415,7 @@ cdef int _forward(const Problem *p,
                                 bhi = iw_n - istart if iw_n - istart < nb else nb
                                 if bhi <= blo:
                                     continue
-                                wtap = wt + ((taps[td] * p.k[1] + taps[2 * p.k[0] + th]) * kw
-                                             + jw) * cin * cout
+                                wtap = wt + _tap_matrix(p, &r, td, th, jw)
                                 if cin == 1 and cout == 1:
                                     _axpy(bhi - blo, wtap[0], xrow + (istart + blo) * p.xs[3],
                                           p.xs[3], acc + blo)
@@ -356,7 +432,7 @@ cdef int _forward(const Problem *p,
                         for co in range(cout):
                             for b in range(nb):
                                 yp[(tb + b) * sw * p.ys[3] + co * p.ys[4]] = acc[b * cout + co]
-        free(taps)
+        free(r.j[0])
         free(acc)
     return -1 if failed else 0
 
@@ -384,14 +460,14 @@ cdef int _grad_input(const Problem *p,
                       floating *gx,         # OUT logical (N, D, H, W, Cin), strides p.xs
                       int num_threads) noexcept nogil:
     cdef Py_ssize_t cin = p.cin, cout = p.cout
-    cdef Py_ssize_t sw = p.s[2], dw = p.d[2], kw = p.k[2], iw_n = p.n_in[2]
-    cdef Py_ssize_t cw = p.crop[2]
+    cdef Py_ssize_t sw = p.s[2], kw = p.k[2], iw_n = p.n_in[2]
     cdef Py_ssize_t rows = p.batch * p.n_in[0] * p.n_in[1]
     cdef Py_ssize_t block = _block_size(cin)
-    cdef Py_ssize_t row, n, i_d, i_h, blk, tb, nb, b, blo, bhi, td, th, nd, nh, jw, ci
-    cdef Py_ssize_t *taps
-    cdef floating *acc
+    cdef Py_ssize_t row, blk, tb, nb, b, blo, bhi, td, th, jw, ci
+    cdef Row r
+    cdef floating *acc = NULL
     cdef const floating *grow
+    cdef const floating *gstart
     cdef const floating *wtap
     cdef floating *ap
     cdef floating *xp
@@ -399,43 +475,34 @@ cdef int _grad_input(const Problem *p,
     cdef int failed = 0
     cdef int *failed_ptr = &failed  # shared: written through a pointer in the region
 
+    memset(&r, 0, sizeof(Row))  # (each thread's copy is set in the region)
     with parallel(num_threads=num_threads):
-        acc = <floating *> malloc(block * cin * sizeof(floating))
-        taps = <Py_ssize_t *> malloc(2 * (p.k[0] + p.k[1]) * sizeof(Py_ssize_t))
-        if acc == NULL or taps == NULL:
-            failed_ptr[0] = 1
+        acc = <floating *> _thread_malloc(block * cin * sizeof(floating), failed_ptr)
+        r = _thread_row(p, failed_ptr)
         for row in prange(rows, schedule='static'):
-            if acc == NULL or taps == NULL:
-                continue
-            n = row // (p.n_in[0] * p.n_in[1])
-            i_d = (row // p.n_in[1]) % p.n_in[0]
-            i_h = row % p.n_in[1]
-            nd = _input_taps(p, 0, i_d, taps, taps + p.k[0])
-            nh = _input_taps(p, 1, i_h, taps + 2 * p.k[0], taps + 2 * p.k[0] + p.k[1])
+            if acc == NULL or r.j[0] == NULL:
+                continue  # flagged in `failed`: the call raises MemoryError
+            _input_row(p, row, &r)
             for blk in range((iw_n + block - 1) // block):
                 tb = blk * block
                 nb = block if iw_n - tb > block else iw_n - tb
                 memset(acc, 0, nb * cin * sizeof(floating))
-                for td in range(nd):
-                    for th in range(nh):
-                        grow = (g + n * p.ys[0] + taps[p.k[0] + td] * p.ys[1]
-                                + taps[2 * p.k[0] + p.k[1] + th] * p.ys[2])
+                for td in range(r.count[0]):
+                    for th in range(r.count[1]):
+                        grow = g + _row_offset(p.ys, r.n, r.index[0][td], r.index[1][th])
                         for jw in range(kw):
                             blo = _first_reaching(p, jw, tb)
                             bhi = _end_reaching(p, jw, tb, nb)
                             if bhi <= blo:
                                 continue
-                            wtap = w + ((taps[td] * p.k[1] + taps[2 * p.k[0] + th]) * kw
-                                        + jw) * cout * cin
+                            wtap = w + _tap_matrix(p, &r, td, th, jw)
+                            gstart = grow + _output_index(p, 2, tb + blo, jw) * p.ys[3]
                             if cin == 1 and cout == 1:
-                                _axpy(bhi - blo, wtap[0],
-                                      grow + ((tb + blo) * sw + jw * dw - cw) * p.ys[3],
-                                      sw * p.ys[3], acc + blo)
+                                _axpy(bhi - blo, wtap[0], gstart, sw * p.ys[3], acc + blo)
                             else:
-                                _gemm(bhi - blo, cin, cout,
-                                      grow + ((tb + blo) * sw + jw * dw - cw) * p.ys[3],
-                                      sw * p.ys[3], p.ys[4], wtap, cin, acc + blo * cin, cin)
-                xp = gx + n * p.xs[0] + i_d * p.xs[1] + i_h * p.xs[2] + tb * p.xs[3]
+                                _gemm(bhi - blo, cin, cout, gstart, sw * p.ys[3], p.ys[4],
+                                      wtap, cin, acc + blo * cin, cin)
+                xp = gx + _row_offset(p.xs, r.n, r.d, r.h) + tb * p.xs[3]
                 if cin == 1:  # no per-voxel inner loop (GCC would call memcpy)
                     for b in range(nb):
                         xp[b * p.xs[3]] = acc[b]
@@ -448,7 +515,7 @@ cdef int _grad_input(const Problem *p,
                     for ci in range(cin):
                         for b in range(nb):
                             xp[b * p.xs[3] + ci * p.xs[4]] = acc[b * cin + ci]
-        free(taps)
+        free(r.j[0])
         free(acc)
     return -1 if failed else 0
 
@@ -488,14 +555,12 @@ cdef int _grad_kernel(const Problem *p,
                        floating *gw,          # OUT (kd, kh, kw, Cout, Cin) C-contiguous
                        int num_threads) noexcept nogil:
     cdef Py_ssize_t cin = p.cin, cout = p.cout
-    cdef Py_ssize_t sw = p.s[2], dw = p.d[2], kw = p.k[2], iw_n = p.n_in[2]
-    cdef Py_ssize_t cw = p.crop[2]
+    cdef Py_ssize_t sw = p.s[2], kw = p.k[2], iw_n = p.n_in[2]
     cdef Py_ssize_t ksize = p.k[0] * p.k[1] * kw * cout * cin
     cdef Py_ssize_t rows = p.batch * p.n_in[0] * p.n_in[1]
-    cdef Py_ssize_t chunk, row, n, i_d, i_h, td, th, nd, nh, jw, lo, hi, e, c
-    cdef Py_ssize_t *taps
+    cdef Py_ssize_t chunk, row, td, th, jw, lo, hi, e, c
+    cdef Row r
     cdef floating *buf
-    cdef floating *bp
     cdef const floating *grow
     cdef const floating *xrow
     cdef floating total
@@ -503,29 +568,21 @@ cdef int _grad_kernel(const Problem *p,
     cdef int failed = 0
     cdef int *failed_ptr = &failed  # shared: written through a pointer in the region
 
+    memset(&r, 0, sizeof(Row))  # (each thread's copy is set in the region)
     with parallel(num_threads=num_threads):
-        taps = <Py_ssize_t *> malloc(2 * (p.k[0] + p.k[1]) * sizeof(Py_ssize_t))
-        if taps == NULL:
-            failed_ptr[0] = 1
+        r = _thread_row(p, failed_ptr)
         for chunk in prange(chunks, schedule='static'):
-            if taps == NULL:
-                continue
+            if r.j[0] == NULL:
+                continue  # flagged in `failed`: the call raises MemoryError
             buf = partial + chunk * ksize
             memset(buf, 0, ksize * sizeof(floating))
             for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
-                n = row // (p.n_in[0] * p.n_in[1])
-                i_d = (row // p.n_in[1]) % p.n_in[0]
-                i_h = row % p.n_in[1]
-                nd = _input_taps(p, 0, i_d, taps, taps + p.k[0])
-                nh = _input_taps(p, 1, i_h, taps + 2 * p.k[0], taps + 2 * p.k[0] + p.k[1])
-                for td in range(nd):
-                    for th in range(nh):
-                        grow = (g + n * p.ys[0] + taps[p.k[0] + td] * p.ys[1]
-                                + taps[2 * p.k[0] + p.k[1] + th] * p.ys[2])
-                        xrow = x + n * p.xs[0] + i_d * p.xs[1] + i_h * p.xs[2]
+                _input_row(p, row, &r)
+                xrow = x + _row_offset(p.xs, r.n, r.d, r.h)
+                for td in range(r.count[0]):
+                    for th in range(r.count[1]):
+                        grow = g + _row_offset(p.ys, r.n, r.index[0][td], r.index[1][th])
                         for jw in range(kw):
-                            bp = buf + ((taps[td] * p.k[1] + taps[2 * p.k[0] + th]) * kw
-                                        + jw) * cout * cin
                             # One GEMM (Cout x Cin) += g^T (Cout x k) x (k x Cin) over
                             # the inputs lo <= iw < hi that reach an output.
                             lo = _first_reaching(p, jw, 0)
@@ -533,9 +590,10 @@ cdef int _grad_kernel(const Problem *p,
                             if hi <= lo:
                                 continue
                             _gemm(cout, cin, hi - lo,
-                                  grow + (lo * sw + jw * dw - cw) * p.ys[3], p.ys[4],
-                                  sw * p.ys[3], xrow + lo * p.xs[3], p.xs[3], bp, cin)
-        free(taps)
+                                  grow + _output_index(p, 2, lo, jw) * p.ys[3], p.ys[4],
+                                  sw * p.ys[3], xrow + lo * p.xs[3], p.xs[3],
+                                  buf + _tap_matrix(p, &r, td, th, jw), cin)
+        free(r.j[0])
     if failed:
         return -1
 
@@ -545,12 +603,6 @@ cdef int _grad_kernel(const Problem *p,
         for c in range(1, chunks):
             total = total + partial[c * ksize + e]
         gw[e] = total
-    return 0
-
-
-cdef int _check(int status) except -1:
-    if status != 0:
-        raise MemoryError("tconv3d: no memory for a thread's workspace")
     return 0
 
 
@@ -576,6 +628,17 @@ def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x
 
 # ------------------------------------------------------------------------ grad of bias
 
+cdef inline const floating *_row_start(const floating *a, const Py_ssize_t *strides,
+                                       const Py_ssize_t *lengths,
+                                       Py_ssize_t row) noexcept nogil:
+    """Start of row number `row` of `a`, a logical array (batch, lengths[0], lengths[1],
+    ., .) of these element strides. (A local Row: a prange variable written only
+    through a pointer would be shared between threads.)"""
+    cdef Row r
+    _split_row(&r, row, lengths)
+    return a + _row_offset(strides, r.n, r.d, r.h)
+
+
 cdef void _grad_bias(const Problem *p,
                      const floating *g,     # IN  logical (N, OD, OH, OW, Cout), strides p.ys
                      floating *partial,     # WORK (chunks, OW, Cout)
@@ -587,7 +650,7 @@ cdef void _grad_bias(const Problem *p,
     cdef Py_ssize_t cout = p.cout, ow_n = p.n_out[2], width = p.n_out[2] * p.cout
     cdef Py_ssize_t rows = p.batch * p.n_out[0] * p.n_out[1]
     cdef bint contiguous_rows = p.ys[4] == 1 and p.ys[3] == cout
-    cdef Py_ssize_t chunk, row, n, od, oh, o, co, c
+    cdef Py_ssize_t chunk, row, o, co, c
     cdef floating *buf
     cdef const floating *grow
     cdef floating total
@@ -595,10 +658,7 @@ cdef void _grad_bias(const Problem *p,
         buf = partial + chunk * width
         memset(buf, 0, width * sizeof(floating))
         for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
-            n = row // (p.n_out[0] * p.n_out[1])
-            od = (row // p.n_out[1]) % p.n_out[0]
-            oh = row % p.n_out[1]
-            grow = g + n * p.ys[0] + od * p.ys[1] + oh * p.ys[2]
+            grow = _row_start(g, p.ys, p.n_out, row)
             if contiguous_rows:
                 _axpy(width, <floating> 1, grow, 1, buf)
             else:
