@@ -1,22 +1,24 @@
 # Compiled core of tconv3d: forward and backward 3D transposed convolution.
 #
 # These kernels trust their caller (tconv3d/_ops.py): shapes, dtypes and the geometry
-# have been validated there, output arrays allocated there. Nothing here raises.
+# have been validated there, output arrays allocated there. The geometry reaches the
+# kernels as one Problem struct, filled by _problem() from the Geometry's named fields.
+# Nothing here validates; the only error raised is MemoryError, for a workspace.
 #
 # Conventions shared by every kernel
 # - Arrays arrive as *logical* 5-D views (batch, depth, height, width, channels) with
 #   arbitrary element strides, so channels_first, Fortran-ordered, sliced or negatively
 #   strided inputs are read in place: the layout is just a set of strides.
-# - Per spatial axis, input i and kernel tap j feed full-length position p = i*s + j*d;
-#   output o is full position p = o + crop (crop >= 0). All numerators below are kept
+# - Per spatial axis, input i and kernel tap j feed full-length position i*s + j*d;
+#   output o is full position o + crop (crop >= 0). All numerators below are kept
 #   non-negative because `cdivision=True` makes // and % truncate toward zero.
-# - Work is split with `prange(..., schedule='static')` over whole output rows, each
-#   written by exactly one thread: no atomics, and the summation order of every output
-#   element does not depend on the thread count.
-# - Along the width axis the outputs of one stride phase r = (o + crop) % s use the same
+# - Work is split with `prange(..., schedule='static')` over whole rows (batch, depth,
+#   height) of the array being written, each written by exactly one thread: no atomics,
+#   and the summation order of every output element does not depend on the thread count.
+# - Along the width axis the outputs of one stride phase (o + crop) % s use the same
 #   taps and consecutive inputs, so a block of BLOCK of them is accumulated together:
 #   each kernel tap matrix is loaded once per block instead of once per voxel, and the
-#   channel contraction is an innermost, vectorisable axpy over contiguous channels.
+#   channel contraction is a GEMM whose vectors run over contiguous channels (_gemm.h).
 # - The kernel-gradient reduction runs over a fixed partition into chunks (independent
 #   of the thread count), each chunk into its own buffer, and the buffers are added in
 #   chunk order: results are bitwise identical for any number of threads.
@@ -342,11 +344,11 @@ cdef int _check(int status) except -1:
 
 # ----------------------------------------------------------------------------- forward
 
-cdef int _forward(const Problem *p,
-                   const floating *x,      # IN  logical (N, D, H, W, Cin), strides p.xs
-                   const floating *wt,     # IN  (kd, kh, kw, Cin, Cout) C-contiguous
-                   const floating *bias,   # IN  (Cout,) or NULL
-                   floating *y,            # OUT logical (N, OD, OH, OW, Cout), strides p.ys
+cdef int _conv_transpose(const Problem *p,
+                         const floating *x,     # IN  logical (N, D, H, W, Cin), strides p.xs
+                         const floating *wt,    # IN  (kd, kh, kw, Cin, Cout) C-contiguous
+                         const floating *bias,  # IN  (Cout,) or NULL
+                         floating *y,           # OUT logical (N, OD, OH, OW, Cout), strides p.ys
                          int num_threads) noexcept nogil:
     cdef Py_ssize_t cin = p.cin, cout = p.cout
     cdef Py_ssize_t sw = p.s[2], dw = p.d[2], kw = p.k[2], iw_n = p.n_in[2], ow_n = p.n_out[2]
@@ -447,8 +449,8 @@ def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
         bias_ptr = &bias[0]
     cdef int status
     with nogil:
-        status = _forward(&p, &x[0, 0, 0, 0, 0], &wt[0, 0, 0, 0, 0], bias_ptr,
-                          &y[0, 0, 0, 0, 0], num_threads)
+        status = _conv_transpose(&p, &x[0, 0, 0, 0, 0], &wt[0, 0, 0, 0, 0], bias_ptr,
+                                 &y[0, 0, 0, 0, 0], num_threads)
     _check(status)
 
 
