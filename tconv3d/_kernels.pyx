@@ -274,7 +274,7 @@ cdef inline Py_ssize_t _block_size(Py_ssize_t channels) noexcept nogil:
 
 ctypedef struct Row:
     Py_ssize_t n, d, h       # the row: batch index, depth, height
-    Py_ssize_t count[2]      # number of its taps on depth (0) and height (1)
+    Py_ssize_t n_taps[2]     # number of its taps on depth (0) and height (1)
     Py_ssize_t *j[2]         # those taps' kernel indices
     Py_ssize_t *index[2]     # and the depth or height they join the row with on the
                              # other side: inputs of an output row, outputs of an input row
@@ -312,15 +312,15 @@ cdef inline void _split_row(Row *r, Py_ssize_t row, const Py_ssize_t *lengths) n
 cdef inline void _output_row(const Problem *p, Py_ssize_t row, Row *r) noexcept nogil:
     """Output row number `row` and the input rows that feed it."""
     _split_row(r, row, p.n_out)
-    r.count[0] = _output_taps(p, 0, r.d, r.j[0], r.index[0])
-    r.count[1] = _output_taps(p, 1, r.h, r.j[1], r.index[1])
+    r.n_taps[0] = _output_taps(p, 0, r.d, r.j[0], r.index[0])
+    r.n_taps[1] = _output_taps(p, 1, r.h, r.j[1], r.index[1])
 
 
 cdef inline void _input_row(const Problem *p, Py_ssize_t row, Row *r) noexcept nogil:
     """Input row number `row` and the output rows it feeds."""
     _split_row(r, row, p.n_in)
-    r.count[0] = _input_taps(p, 0, r.d, r.j[0], r.index[0])
-    r.count[1] = _input_taps(p, 1, r.h, r.j[1], r.index[1])
+    r.n_taps[0] = _input_taps(p, 0, r.d, r.j[0], r.index[0])
+    r.n_taps[1] = _input_taps(p, 1, r.h, r.j[1], r.index[1])
 
 
 cdef inline Py_ssize_t _row_offset(const Py_ssize_t *strides, Py_ssize_t n, Py_ssize_t d,
@@ -354,20 +354,22 @@ cdef int _conv_transpose(const Problem *p,
     cdef Py_ssize_t sw = p.s[2], dw = p.d[2], kw = p.k[2], iw_n = p.n_in[2], ow_n = p.n_out[2]
     cdef Py_ssize_t rows = p.batch * p.n_out[0] * p.n_out[1]
     cdef Py_ssize_t block = _block_size(cout)
-    cdef Py_ssize_t row, phase, o0, count, q0, blk, tb, nb, b, blo, bhi, istart
+    cdef Py_ssize_t row, phase, o0, phase_len, q0, blk, tb, nb, b, blo, bhi, istart
     cdef Py_ssize_t td, th, jw, m, co, ldc
+    cdef Py_ssize_t ystep = sw * p.ys[3]  # between consecutive outputs of a phase
     cdef bint direct = p.ys[4] == 1 and not (cin == 1 and cout == 1)
     cdef Row r
     cdef floating *acc = NULL
     cdef floating *cbuf
     cdef const floating *xrow
+    cdef const floating *xstart
     cdef const floating *wtap
     cdef floating *yp
 
     cdef int failed = 0
     cdef int *failed_ptr = &failed  # shared: written through a pointer in the region
 
-    memset(&r, 0, sizeof(Row))  # (each thread's copy is set in the region)
+    memset(&r, 0, sizeof(Row))  # Cython copies r into the region (firstprivate): no garbage
     with parallel(num_threads=num_threads):
         acc = <floating *> _thread_malloc(block * cout * sizeof(floating), failed_ptr)
         r = _thread_row(p, failed_ptr)
@@ -380,17 +382,17 @@ cdef int _conv_transpose(const Problem *p,
                 # o0 + t*sw reads input q0 + t - m through every width tap j of that phase,
                 # (j*dw) % sw == phase.
                 phase = (o0 + p.crop[2]) % sw
-                count = (ow_n - 1 - o0) // sw + 1
+                phase_len = (ow_n - 1 - o0) // sw + 1
                 q0 = (o0 + p.crop[2]) // sw
                 yp = y + _row_offset(p.ys, r.n, r.d, r.h) + o0 * p.ys[3]
-                for blk in range((count + block - 1) // block):
+                for blk in range((phase_len + block - 1) // block):
                     tb = blk * block
-                    nb = block if count - tb > block else count - tb
+                    nb = block if phase_len - tb > block else phase_len - tb
                     # With contiguous output channels the GEMMs accumulate straight into
-                    # y (rows sw*ys3 apart); otherwise into acc, stored afterwards.
+                    # y (rows ystep apart); otherwise into acc, stored afterwards.
                     if direct:
-                        cbuf = yp + tb * sw * p.ys[3]
-                        ldc = sw * p.ys[3]
+                        cbuf = yp + tb * ystep
+                        ldc = ystep
                     else:
                         cbuf = acc
                         ldc = cout
@@ -405,8 +407,8 @@ cdef int _conv_transpose(const Problem *p,
                                 memset(cbuf + b * ldc, 0, cout * sizeof(floating))
                             else:
                                 memcpy(cbuf + b * ldc, bias, cout * sizeof(floating))
-                    for td in range(r.count[0]):
-                        for th in range(r.count[1]):
+                    for td in range(r.n_taps[0]):
+                        for th in range(r.n_taps[1]):
                             xrow = x + _row_offset(p.xs, r.n, r.index[0][td], r.index[1][th])
                             for jw in range(kw):
                                 if (jw * dw) % sw != phase:
@@ -418,22 +420,21 @@ cdef int _conv_transpose(const Problem *p,
                                 if bhi <= blo:
                                     continue
                                 wtap = wt + _tap_matrix(p, &r, td, th, jw)
+                                xstart = xrow + (istart + blo) * p.xs[3]
                                 if cin == 1 and cout == 1:
-                                    _axpy(bhi - blo, wtap[0], xrow + (istart + blo) * p.xs[3],
-                                          p.xs[3], acc + blo)
+                                    _axpy(bhi - blo, wtap[0], xstart, p.xs[3], acc + blo)
                                 else:
-                                    _gemm(bhi - blo, cout, cin,
-                                          xrow + (istart + blo) * p.xs[3], p.xs[3], p.xs[4],
+                                    _gemm(bhi - blo, cout, cin, xstart, p.xs[3], p.xs[4],
                                           wtap, cout, cbuf + blo * ldc, ldc)
                     if direct:
                         continue
                     if cout == 1:  # no per-voxel inner loop (GCC would call memcpy)
                         for b in range(nb):
-                            yp[(tb + b) * sw * p.ys[3]] = acc[b]
+                            yp[(tb + b) * ystep] = acc[b]
                     else:  # strided channels (channels_first): channel by channel, along the row
                         for co in range(cout):
                             for b in range(nb):
-                                yp[(tb + b) * sw * p.ys[3] + co * p.ys[4]] = acc[b * cout + co]
+                                yp[(tb + b) * ystep + co * p.ys[4]] = acc[b * cout + co]
         free(r.j[0])
         free(acc)
     return -1 if failed else 0
@@ -466,18 +467,19 @@ cdef int _grad_input(const Problem *p,
     cdef Py_ssize_t rows = p.batch * p.n_in[0] * p.n_in[1]
     cdef Py_ssize_t block = _block_size(cin)
     cdef Py_ssize_t row, blk, tb, nb, b, blo, bhi, td, th, jw, ci
+    cdef Py_ssize_t gstep = sw * p.ys[3]  # between the outputs consecutive inputs feed
     cdef Row r
     cdef floating *acc = NULL
     cdef const floating *grow
     cdef const floating *gstart
     cdef const floating *wtap
     cdef floating *ap
-    cdef floating *xp
+    cdef floating *gxp
 
     cdef int failed = 0
     cdef int *failed_ptr = &failed  # shared: written through a pointer in the region
 
-    memset(&r, 0, sizeof(Row))  # (each thread's copy is set in the region)
+    memset(&r, 0, sizeof(Row))  # Cython copies r into the region (firstprivate): no garbage
     with parallel(num_threads=num_threads):
         acc = <floating *> _thread_malloc(block * cin * sizeof(floating), failed_ptr)
         r = _thread_row(p, failed_ptr)
@@ -489,8 +491,8 @@ cdef int _grad_input(const Problem *p,
                 tb = blk * block
                 nb = block if iw_n - tb > block else iw_n - tb
                 memset(acc, 0, nb * cin * sizeof(floating))
-                for td in range(r.count[0]):
-                    for th in range(r.count[1]):
+                for td in range(r.n_taps[0]):
+                    for th in range(r.n_taps[1]):
                         grow = g + _row_offset(p.ys, r.n, r.index[0][td], r.index[1][th])
                         for jw in range(kw):
                             blo = _first_reaching(p, jw, tb)
@@ -500,23 +502,23 @@ cdef int _grad_input(const Problem *p,
                             wtap = w + _tap_matrix(p, &r, td, th, jw)
                             gstart = grow + _output_index(p, 2, tb + blo, jw) * p.ys[3]
                             if cin == 1 and cout == 1:
-                                _axpy(bhi - blo, wtap[0], gstart, sw * p.ys[3], acc + blo)
+                                _axpy(bhi - blo, wtap[0], gstart, gstep, acc + blo)
                             else:
-                                _gemm(bhi - blo, cin, cout, gstart, sw * p.ys[3], p.ys[4],
+                                _gemm(bhi - blo, cin, cout, gstart, gstep, p.ys[4],
                                       wtap, cin, acc + blo * cin, cin)
-                xp = gx + _row_offset(p.xs, r.n, r.d, r.h) + tb * p.xs[3]
+                gxp = gx + _row_offset(p.xs, r.n, r.d, r.h) + tb * p.xs[3]
                 if cin == 1:  # no per-voxel inner loop (GCC would call memcpy)
                     for b in range(nb):
-                        xp[b * p.xs[3]] = acc[b]
+                        gxp[b * p.xs[3]] = acc[b]
                 elif p.xs[4] <= p.xs[3]:  # channels contiguous: voxel by voxel
                     for b in range(nb):
                         ap = acc + b * cin
                         for ci in range(cin):
-                            xp[b * p.xs[3] + ci * p.xs[4]] = ap[ci]
+                            gxp[b * p.xs[3] + ci * p.xs[4]] = ap[ci]
                 else:  # channels_first: channel by channel, along the row
                     for ci in range(cin):
                         for b in range(nb):
-                            xp[b * p.xs[3] + ci * p.xs[4]] = acc[b * cin + ci]
+                            gxp[b * p.xs[3] + ci * p.xs[4]] = acc[b * cin + ci]
         free(r.j[0])
         free(acc)
     return -1 if failed else 0
@@ -561,6 +563,7 @@ cdef int _grad_kernel(const Problem *p,
     cdef Py_ssize_t ksize = p.k[0] * p.k[1] * kw * cout * cin
     cdef Py_ssize_t rows = p.batch * p.n_in[0] * p.n_in[1]
     cdef Py_ssize_t chunk, row, td, th, jw, lo, hi, e, c
+    cdef Py_ssize_t gstep = sw * p.ys[3]  # between the outputs consecutive inputs feed
     cdef Row r
     cdef floating *buf
     cdef const floating *grow
@@ -570,7 +573,7 @@ cdef int _grad_kernel(const Problem *p,
     cdef int failed = 0
     cdef int *failed_ptr = &failed  # shared: written through a pointer in the region
 
-    memset(&r, 0, sizeof(Row))  # (each thread's copy is set in the region)
+    memset(&r, 0, sizeof(Row))  # Cython copies r into the region (firstprivate): no garbage
     with parallel(num_threads=num_threads):
         r = _thread_row(p, failed_ptr)
         for chunk in prange(chunks, schedule='static'):
@@ -581,8 +584,8 @@ cdef int _grad_kernel(const Problem *p,
             for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
                 _input_row(p, row, &r)
                 xrow = x + _row_offset(p.xs, r.n, r.d, r.h)
-                for td in range(r.count[0]):
-                    for th in range(r.count[1]):
+                for td in range(r.n_taps[0]):
+                    for th in range(r.n_taps[1]):
                         grow = g + _row_offset(p.ys, r.n, r.index[0][td], r.index[1][th])
                         for jw in range(kw):
                             # One GEMM (Cout x Cin) += g^T (Cout x k) x (k x Cin) over
@@ -593,7 +596,7 @@ cdef int _grad_kernel(const Problem *p,
                                 continue
                             _gemm(cout, cin, hi - lo,
                                   grow + _output_index(p, 2, lo, jw) * p.ys[3], p.ys[4],
-                                  sw * p.ys[3], xrow + lo * p.xs[3], p.xs[3],
+                                  gstep, xrow + lo * p.xs[3], p.xs[3],
                                   buf + _tap_matrix(p, &r, td, th, jw), cin)
         free(r.j[0])
     if failed:
