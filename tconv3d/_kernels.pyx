@@ -169,9 +169,9 @@ cdef Py_ssize_t MIN_CHUNK_VOXELS = 256
 
 ctypedef struct Problem:
     # One transposed convolution as the kernels see it, filled only by _problem().
-    Py_ssize_t batch, cin, cout
+    Py_ssize_t batch, cin, cout  # batch size, input channels, filters
     Py_ssize_t n_in[3]      # input spatial lengths (depth, height, width)
-    Py_ssize_t k[3]         # kernel taps
+    Py_ssize_t k[3]         # kernel lengths (taps per axis)
     Py_ssize_t s[3]         # strides
     Py_ssize_t d[3]         # dilations
     Py_ssize_t n_out[3]     # output spatial lengths
