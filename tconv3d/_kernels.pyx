@@ -181,8 +181,8 @@ ctypedef struct Problem:
 
 
 cdef Problem _problem(geometry, tuple x_strides, tuple y_strides) except *:
-    """The Problem of `geometry` (a tconv3d._validation.Geometry, read by field name) and
-    the element strides of the logical x-side and y-side arrays.
+    """The Problem of `geometry` (the Python-side Geometry dataclass, read by field name)
+    and the element strides of the logical x-side and y-side arrays.
 
     Python ints past Py_ssize_t raise OverflowError here, before any kernel runs.
     """
