@@ -142,7 +142,7 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
     check_allocation(geom.output_shape, dtype, "output")
     _check_copies(dtype, ("x", x, False), ("kernel", kernel, True))
     bias = None if bias is None else np.require(extra["bias"], dtype, "CA")
-    return _forward(x, pack_kernel(kernel, dtype), bias, geom, num_threads)
+    return forward_packed(x, pack_kernel(kernel, dtype), bias, geom, num_threads)
 
 
 def pack_kernel(kernel, dtype):
@@ -154,10 +154,11 @@ def pack_kernel(kernel, dtype):
     return np.require(np.asarray(kernel, dtype=dtype).transpose(0, 1, 2, 4, 3), None, "CA")
 
 
-def _forward(x, wt, bias, geom, num_threads):
+def forward_packed(x, wt, bias, geom, num_threads):
     """Allocate the output and run the compiled forward pass on a validated geometry.
 
-    ``geom`` need not come from Keras' padding rules (any crop >= 0 and output length:
+    The one internal entry that :mod:`tconv3d._plan` and :mod:`tconv3d.dask` share with
+    :func:`conv_transpose3d`. ``geom`` need not come from Keras' padding rules (any crop >= 0 and output length:
     tconv3d.dask computes chunks with it); ``x`` in ``geom``'s layout, any dtype; ``wt``
     from :func:`pack_kernel`; ``bias`` of shape ``(Cout,)`` and ``wt``'s dtype, or None.
     """
