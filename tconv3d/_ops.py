@@ -65,12 +65,6 @@ def _threads_for(num_threads, geom):
     return _threads.team_size(normalize_num_threads(num_threads), work)
 
 
-def _geometry_tuple(geom):
-    return (geom.batch, geom.in_channels, geom.filters, *geom.in_spatial,
-            *geom.kernel_spatial, *geom.strides, *geom.dilation, *geom.out_spatial,
-            *geom.crop)
-
-
 def _prepare(x, kernel, strides, padding, output_padding, dilation_rate, data_format,
              extra=()):
     x = as_array(x, "x")
@@ -142,7 +136,7 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
     check_allocation(geom.output_shape, dtype, "output")
     _check_copies(dtype, ("x", x, False), ("kernel", kernel, True))
     bias = None if bias is None else np.require(extra["bias"], dtype, "CA")
-    return _forward(x, pack_kernel(kernel, dtype), bias, geom, num_threads)
+    return forward_packed(x, pack_kernel(kernel, dtype), bias, geom, num_threads)
 
 
 def pack_kernel(kernel, dtype):
@@ -154,10 +148,11 @@ def pack_kernel(kernel, dtype):
     return np.require(np.asarray(kernel, dtype=dtype).transpose(0, 1, 2, 4, 3), None, "CA")
 
 
-def _forward(x, wt, bias, geom, num_threads):
+def forward_packed(x, wt, bias, geom, num_threads):
     """Allocate the output and run the compiled forward pass on a validated geometry.
 
-    ``geom`` need not come from Keras' padding rules (any crop >= 0 and output length:
+    The one internal entry that :mod:`tconv3d._plan` and :mod:`tconv3d.dask` share with
+    :func:`conv_transpose3d`. ``geom`` need not come from Keras' padding rules (any crop >= 0 and output length:
     tconv3d.dask computes chunks with it); ``x`` in ``geom``'s layout, any dtype; ``wt``
     from :func:`pack_kernel`; ``bias`` of shape ``(Cout,)`` and ``wt``'s dtype, or None.
     """
@@ -165,9 +160,8 @@ def _forward(x, wt, bias, geom, num_threads):
     x = _logical(_operand(x, dtype), geom)
     y = np.empty(geom.output_shape, dtype=dtype)
     y_logical = _logical(y, geom)
-    _kernels.forward(x, wt, np.zeros(1, dtype) if bias is None else bias, y_logical,
-                     _geometry_tuple(geom), _element_strides(x), _element_strides(y_logical),
-                     _threads_for(num_threads, geom), bias is not None)
+    _kernels.forward(x, wt, bias, y_logical, geom, _element_strides(x),
+                     _element_strides(y_logical), _threads_for(num_threads, geom))
     return y
 
 
@@ -221,22 +215,21 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
                   ("kernel", kernel, True))
 
     g = _logical(_operand(grad_output, dtype), geom)
-    gtuple = _geometry_tuple(geom)
     grad_input = grad_kernel = grad_bias = None
     if "input" in compute:
         w = np.require(kernel, dtype, "CA")
         grad_input = np.empty(geom.input_shape, dtype=dtype)
         gx = _logical(grad_input, geom)
-        _kernels.grad_input(g, w, gx, gtuple, _element_strides(gx), _element_strides(g),
+        _kernels.grad_input(g, w, gx, geom, _element_strides(gx), _element_strides(g),
                             num_threads)
     if "kernel" in compute:
         xl = _logical(_operand(x, dtype), geom)
         if xl.strides[-1] != xl.itemsize:  # the GEMM reads x's channels as vectors
             xl = np.require(xl, None, "CA")
         grad_kernel = np.empty(geom.kernel_shape, dtype=dtype)
-        _kernels.grad_kernel(g, xl, grad_kernel, gtuple, _element_strides(xl),
+        _kernels.grad_kernel(g, xl, grad_kernel, geom, _element_strides(xl),
                              _element_strides(g), num_threads)
     if "bias" in compute and use_bias:
         grad_bias = np.empty(geom.filters, dtype=dtype)
-        _kernels.grad_bias(g, grad_bias, gtuple, _element_strides(g), num_threads)
+        _kernels.grad_bias(g, grad_bias, geom, _element_strides(g), num_threads)
     return grad_input, grad_kernel, grad_bias

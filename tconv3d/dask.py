@@ -193,7 +193,7 @@ def _constants(name, kernel, bias):
 def _conv_chunk(pieces, region, wt, bias, geom, num_threads):
     """One output chunk of :func:`conv_transpose3d`."""
     check_allocation(geom.output_shape, wt.dtype, "output chunk")
-    return _ops._forward(_assemble(pieces, region), wt, bias, geom, num_threads)
+    return _ops.forward_packed(_assemble(pieces, region), wt, bias, geom, num_threads)
 
 
 def _upsample_chunk(pieces, region, kernel, bias, chunk, num_threads):
