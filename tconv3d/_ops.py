@@ -210,9 +210,11 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     compute = normalize_compute(compute)
     use_bias = normalize_bool(use_bias, "use_bias")
     num_threads = _threads_for(num_threads, geom)
-    check_allocation(geom.input_shape, dtype, "grad_input")
-    _check_copies(dtype, ("grad_output", grad_output, False), ("x", x, False),
-                  ("kernel", kernel, True))
+    if "input" in compute:     # only what is computed is allocated (and checked)
+        check_allocation(geom.input_shape, dtype, "grad_input")
+    _check_copies(dtype, ("grad_output", grad_output, False),
+                  *([("x", x, False)] if "kernel" in compute else []),
+                  *([("kernel", kernel, True)] if "input" in compute else []))
 
     g = _logical(_operand(grad_output, dtype), geom)
     grad_input = grad_kernel = grad_bias = None

@@ -6,12 +6,14 @@ shape arithmetic it checks (output lengths, crops, Keras <-> PyTorch padding) is
 """
 import numbers
 import os
+from collections.abc import Mapping, Set, ValuesView
 
 import numpy as np
 
 from . import _threads
 from ._geometry import Geometry, axis_geometry, find_keras_padding, keras_trim, torch_window
 
+UNORDERED = (Set, Mapping, ValuesView)
 PADDINGS = ("valid", "same")
 DATA_FORMATS = ("channels_last", "channels_first")
 FLOAT_DTYPES = ("float32", "float64")
@@ -37,7 +39,8 @@ def normalize_triple(value, name, *, minimum=1, allow_none=False):
         return None
     items = (value,) * 3 if isinstance(value, numbers.Integral) else value
     try:
-        items = tuple(items)
+        # sets and dict views have no order: {3, 1, 2} would silently become (1, 2, 3)
+        items = None if isinstance(items, UNORDERED) else tuple(items)
     except TypeError:
         items = None
     if items is None or len(items) != 3 or not all(is_int(v) for v in items):
@@ -289,6 +292,10 @@ def normalize_bool(value, name):
 
 def as_array(value, name):
     """View ``value`` as an ndarray without copying, with a clear error for non-arrays."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"`{name}` is a masked array, whose mask the computation would ignore "
+                        f"(masked values would flow into the result): pass "
+                        f"`np.ma.filled({name}, fill_value)` or `{name}.data` explicitly.")
     try:
         return np.asarray(value)
     except Exception as exc:  # e.g. ragged nested lists
