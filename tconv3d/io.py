@@ -45,6 +45,7 @@ __all__ = [
     "Source",
     "check_input",
     "check_output",
+    "encode_integers",
     "file_format",
     "open_volume",
     "upsampled_affine",
@@ -248,6 +249,14 @@ class Source:
         return tuple(self.shape[:3])
 
     @property
+    def scaling(self):
+        """``(slope, intercept)`` taking stored values to physical ones (NIfTI's
+        ``scl_slope``/``scl_inter``; ``(1.0, 0.0)`` for arrays and unscaled images)."""
+        slope = getattr(self._array, "slope", 1.0)
+        inter = getattr(self._array, "inter", 0.0)
+        return float(slope), float(inter)
+
+    @property
     def extra(self):
         return tuple(self.shape[3:])
 
@@ -382,11 +391,12 @@ def upsampled_affine(affine, factor):
     return out
 
 
-def _nifti_image(nibabel, source, data, factor):
+def _nifti_image(nibabel, source, data, factor, scaling):
     """The upsampled NIfTI image: data, affine, zooms and header kept consistent."""
     if source.image is None:  # from .npy/.npz: index coordinates, voxel size 1
         image = nibabel.Nifti1Image(data, upsampled_affine(np.eye(4), factor))
         image.header.set_xyzt_units("unknown")
+        image.header.set_slope_inter(*scaling)
         image.set_qform(image.affine, code=1)
         return image
     old = source.image.header
@@ -402,7 +412,7 @@ def _nifti_image(nibabel, source, data, factor):
     zooms = list(old.get_zooms())
     zooms[:3] = [z / f for z, f in zip(zooms[:3], factor)]
     header.set_zooms(zooms)
-    header.set_slope_inter(None, None)
+    header.set_slope_inter(*scaling)
     slice_axis = old.get_dim_info()[2]
     resliced = any(f != 1 for f in factor) if slice_axis is None else factor[slice_axis] != 1
     if resliced:  # the slice-timing fields count slices that no longer exist
@@ -413,7 +423,79 @@ def _nifti_image(nibabel, source, data, factor):
 
 # --- writing -----------------------------------------------------------------------------
 
-def write_volume(path, kind, data, source, factor, overwrite):
+def encode_integers(values, dtype, *, grid=None, can_scale=False, clip=False, role="OUT"):
+    """Store physical ``values`` as integers of ``dtype``: ``values ~ slope * q + inter``.
+
+    Parameters
+    ----------
+    values : ndarray of floats
+        The values to store.
+    dtype : integer dtype
+        The storage type.
+    grid : (slope, inter), optional
+        The input's quantisation grid (its NIfTI scaling, ``(1, 0)`` for integer arrays):
+        tried first. Values on it (as nearest-neighbour upsampling gives) are stored
+        exactly; others within half its step.
+    can_scale : bool, default=False
+        Whether the file stores a scaling (NIfTI). If ``values`` do not fit ``dtype`` on
+        ``grid`` (or there is no grid), a slope and intercept map their range onto the
+        type's; every value is then within half of that step. Otherwise values are
+        rounded to integers (slope 1) and must fit the type's range.
+    clip : bool, default=False
+        Whether values outside the type's range may be clipped to it (arrays only).
+
+    Returns
+    -------
+    q : ndarray of ``dtype``
+    scaling : (float, float)
+        ``(slope, inter)``; NIfTI stores them as float32, so they are float32 values.
+    n_clipped : int
+
+    Raises
+    ------
+    FileError
+        NaN or infinite values (no integer holds them), or values outside the type's
+        range that may be neither rescaled nor clipped.
+    """
+    dtype = np.dtype(dtype)
+    info = np.iinfo(dtype)
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise FileError(f"{role} would hold {int(values.size - finite.sum())} NaN or infinite "
+                        f"values, which {dtype} cannot store; choose a float --dtype")
+
+    def on_grid(slope, inter):
+        return np.rint((values - inter) / slope)
+
+    def fits(q):
+        return q.size == 0 or (q.min() >= info.min and q.max() <= info.max)
+
+    if grid is not None:
+        slope, inter = (float(np.float32(v)) for v in grid)
+        q = on_grid(slope, inter)
+        if fits(q) or not can_scale:
+            return _clipped(q, dtype, info, clip, role, (slope, inter))
+    if can_scale:
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        slope = float(np.float32((hi - lo) / (float(info.max) - float(info.min)))) or 1.0
+        inter = float(np.float32(lo - info.min * slope))
+        q = np.clip(on_grid(slope, inter), info.min, info.max)   # float32 rounding only
+        return q.astype(dtype), (slope, inter), 0
+    return _clipped(on_grid(1.0, 0.0), dtype, info, clip, role, (1.0, 0.0))
+
+
+def _clipped(q, dtype, info, clip, role, scaling):
+    outside = int(np.count_nonzero((q < info.min) | (q > info.max)))
+    if outside and not clip:
+        slope, inter = scaling
+        grid = "" if scaling == (1.0, 0.0) else f" with slope {slope:g}, intercept {inter:g}"
+        raise FileError(f"{outside} voxels of {role} fall outside {dtype}'s range "
+                        f"[{info.min}, {info.max}]{grid}; choose a wider --dtype, or pass "
+                        "--clip to clip them")
+    return np.clip(q, info.min, info.max).astype(dtype), scaling, outside
+
+
+def write_volume(path, kind, data, source, factor, overwrite, scaling=(None, None)):
     """Write ``data``, the upsampled ``source``, to ``path`` in format ``kind``, atomically.
 
     Parameters
@@ -433,6 +515,9 @@ def write_volume(path, kind, data, source, factor, overwrite):
         The upsampling factor per spatial axis.
     overwrite : bool
         Whether an existing ``path`` may be replaced.
+    scaling : (slope, inter), optional
+        NIfTI only: the physical values are ``slope * data + inter``
+        (:func:`encode_integers`); ``(None, None)`` stores ``data`` as they are.
     """
     if kind == "npy":
         def write(tmp):
@@ -447,7 +532,7 @@ def write_volume(path, kind, data, source, factor, overwrite):
                 save(f, **{key: data})
     else:
         nibabel = require_nibabel(path)
-        image = _nifti_image(nibabel, source, data, factor)
+        image = _nifti_image(nibabel, source, data, factor, scaling)
 
         def write(tmp):
             nibabel.save(image, tmp)

@@ -143,11 +143,20 @@ def test_dtype_option(capsys, tmp_path, rng):
     assert same.dtype == np.int16
     np.testing.assert_array_equal(same, repeat(volume, (2, 2, 2)))  # exact
 
-    ok(capsys, "upsample", tmp_path / "in.npy", tmp_path / "u8.npy", "--dtype", "uint8")
+    # values up to 999 do not fit uint8: refused, unless clipping is asked for
+    fails(capsys, "upsample", tmp_path / "in.npy", tmp_path / "u8.npy", "--dtype", "uint8",
+          match="voxels of OUT fall outside uint8's range [0, 255]; choose a wider --dtype, "
+                "or pass --clip to clip them")
+    assert not (tmp_path / "u8.npy").exists()
+    out, err = ok(capsys, "upsample", tmp_path / "in.npy", tmp_path / "u8.npy", "--dtype",
+                  "uint8", "--clip")
     expected = trilinear(volume, (2, 2, 2), np.float32)
     u8 = np.load(tmp_path / "u8.npy")
     assert u8.dtype == np.uint8
     np.testing.assert_array_equal(u8, np.clip(np.rint(expected), 0, 255))  # rounded, clipped
+    clipped = int(np.count_nonzero(np.rint(expected) > 255))
+    assert err == f"tconv3d: warning: clipped {clipped} of {u8.size} voxels to uint8's range " \
+                  "[0, 255]\n"
 
     ok(capsys, "upsample", tmp_path / "in.npy", tmp_path / "f8.npy", "--dtype", "float64")
     f8 = np.load(tmp_path / "f8.npy")
@@ -917,3 +926,92 @@ def test_permission_checks_without_root_privileges(capsys, tmp_path, npy, monkey
                         real(p, mode))
     fails(capsys, "upsample", npy, tmp_path / "o.npy", match="is not writable")
     assert files(tmp_path) == ["in.npy"]
+
+
+# --- integer output keeps the physical values ------------------------------------------------
+
+SCALED = [  # stored dtype, slope, intercept
+    ("int8", 0.5, -3.0), ("uint8", 10.0, 0.0), ("int16", 10.0, 0.0), ("int16", 0.25, -100.0),
+    ("uint16", 3.0, -500.0), ("int32", 0.1, 7.5),
+]
+
+
+def _scaled_nifti(nib, path, rng, dtype, slope, inter, shape=(6, 7, 5)):
+    """A NIfTI file storing ``dtype`` with ``scl_slope``/``scl_inter``, values over the
+    type's whole range; returns its physical values as nibabel reads them."""
+    info = np.iinfo(dtype)
+    stored = rng.integers(max(info.min, -2**20), min(info.max, 2**20), shape, endpoint=True)
+    stored.flat[:2] = max(info.min, -2**20), min(info.max, 2**20)
+    image = nib.Nifti1Image(stored.astype(dtype), np.diag([2.0, 2.0, 3.0, 1.0]))
+    image.header.set_slope_inter(slope, inter)
+    nib.save(image, path)
+    return nib.load(path).get_fdata()
+
+
+@pytest.mark.parametrize("dtype, slope, inter", SCALED)
+def test_scaled_nifti_nearest_is_lossless(capsys, tmp_path, nib, rng, dtype, slope, inter):
+    physical = _scaled_nifti(nib, tmp_path / "in.nii", rng, dtype, slope, inter)
+    out, _ = ok(capsys, "upsample", tmp_path / "in.nii", tmp_path / "o.nii", "--kernel",
+                "nearest", "--dtype", "input")
+    image = nib.load(tmp_path / "o.nii")
+    assert image.get_data_dtype() == np.dtype(dtype)
+    np.testing.assert_array_equal(image.get_fdata(), repeat(physical, (2, 2, 2)))
+    assert f" {dtype} (slope {np.float32(slope):g}, intercept {np.float32(inter):g});" in out
+
+
+@pytest.mark.parametrize("dtype, slope, inter", SCALED)
+def test_scaled_nifti_trilinear_within_half_a_step(capsys, tmp_path, nib, rng, dtype, slope,
+                                                    inter):
+    physical = _scaled_nifti(nib, tmp_path / "in.nii", rng, dtype, slope, inter)
+    ok(capsys, "upsample", tmp_path / "in.nii", tmp_path / "o.nii", "--dtype", "input")
+    image = nib.load(tmp_path / "o.nii")
+    assert image.get_data_dtype() == np.dtype(dtype)
+    exact = trilinear(physical, (2, 2, 2), np.float64)
+    got = image.get_fdata()
+    step = float(np.float32(slope))
+    # trilinear stays within the input's range, so the input's grid holds every value
+    assert np.abs(got - exact).max() <= step / 2 + 1e-6 * np.abs(exact).max()
+
+
+def test_narrow_nifti_dtype_rescales_instead_of_clipping(capsys, tmp_path, nib, data_path):
+    """``--dtype uint8`` on the T1 scan (values up to several hundred): the slope spans the
+    values' range, every voxel within half a step (not 255 everywhere)."""
+    ok(capsys, "upsample", data_path / "anatomical.nii", tmp_path / "o.nii", "--dtype",
+       "uint8", "--kernel", "nearest")
+    physical = nib.load(data_path / "anatomical.nii").get_fdata()
+    image = nib.load(tmp_path / "o.nii")
+    assert image.get_data_dtype() == np.uint8
+    got, want = image.get_fdata(), repeat(physical, (2, 2, 2))
+    slope = (want.max() - want.min()) / 255
+    assert np.abs(got - want).max() <= slope / 2 * (1 + 1e-6)
+    assert len(np.unique(got)) > 100
+
+
+def test_anatomical_resaved_with_slope_10_survives(capsys, tmp_path, nib, data_path):
+    source = nib.load(data_path / "anatomical.nii")
+    stored = np.asarray(source.dataobj).astype(np.int16)
+    image = nib.Nifti1Image(stored, source.affine)
+    image.header.set_slope_inter(10.0, 0.0)
+    nib.save(image, tmp_path / "slope10.nii")
+    physical = nib.load(tmp_path / "slope10.nii").get_fdata()
+    assert physical.max() > 32767          # past int16 in physical units
+    ok(capsys, "upsample", tmp_path / "slope10.nii", tmp_path / "o.nii", "--kernel",
+       "nearest", "--dtype", "input")
+    np.testing.assert_array_equal(nib.load(tmp_path / "o.nii").get_fdata(),
+                                  repeat(physical, (2, 2, 2)))
+
+
+def test_encode_integers():
+    from tconv3d.io import FileError, encode_integers
+    values = np.array([-3.0, 0.5, 7.0, 60.0])
+    q, scaling, clipped = encode_integers(values, np.int8, grid=(0.5, -3.0))
+    assert scaling == (0.5, -3.0) and clipped == 0
+    np.testing.assert_array_equal(q * 0.5 - 3.0, values)              # on the grid: exact
+    with pytest.raises(FileError, match=r"2 voxels of OUT fall outside uint8's range"):
+        encode_integers(np.array([-1.0, 3.0, 256.0]), np.uint8)
+    q, scaling, clipped = encode_integers(np.array([-1.0, 3.0, 256.0]), np.uint8, clip=True)
+    assert q.tolist() == [0, 3, 255] and clipped == 2
+    q, (slope, inter), clipped = encode_integers(values, np.uint8, can_scale=True)
+    assert clipped == 0 and np.abs(q * slope + inter - values).max() <= slope / 2 * (1 + 1e-6)
+    with pytest.raises(FileError, match="1 NaN or infinite values, which int16 cannot store"):
+        encode_integers(np.array([1.0, np.nan]), np.int16, can_scale=True)

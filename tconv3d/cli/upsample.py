@@ -3,11 +3,12 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
-from ..io import (NIFTI_HINT, check_input, check_output, file_format, open_volume,
-                  require_nibabel, write_volume)
+from ..io import (NIFTI_HINT, check_input, check_output, encode_integers, file_format,
+                  open_volume, require_nibabel, write_volume)
 from ..kernel_file import KernelFile, load_kernel, upsample_volumes
 from ._common import (EXIT_OK, KERNEL_FILE_HELP, CommandError, HelpFormatter, factor_text,
                       parse_factor, parse_positive_int, require_finite, shape_text,
@@ -57,9 +58,16 @@ def add_parser(commands):
     up.add_argument("--dtype", choices=("input",) + OUTPUT_DTYPES, default=None,
                     metavar="TYPE",
                     help="data type of OUT: input (IN's), float32, float64, int8, uint8, "
-                         "int16, uint16, int32, uint32, int64 or uint64; integer types round "
-                         "to nearest and clip to the type's range (default: float64 for "
-                         "float64 input, float32 otherwise, integer input included)")
+                         "int16, uint16, int32, uint32, int64 or uint64 (default: float64 for "
+                         "float64 input, float32 otherwise, integer input included). Integer "
+                         "types keep the physical values: on IN's grid (its NIfTI scaling, "
+                         "kept: exact for nearest, within half a step otherwise) where they "
+                         "fit, else, in NIfTI, with a slope and intercept spanning their "
+                         "range; .npy/.npz round to integers and refuse values outside the "
+                         "type's range unless --clip")
+    up.add_argument("--clip", action="store_true",
+                    help="with an integer --dtype: clip values outside the type's range "
+                         "(a warning says how many) instead of refusing them")
     up.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     up.add_argument("-q", "--quiet", action="store_true",
                     help="no progress bar and no summary line")
@@ -98,13 +106,11 @@ def _work_dtype(*dtypes):
     return np.float64 if any(np.dtype(d) == np.float64 for d in dtypes) else np.float32
 
 
-def _cast(values, dtype):
-    """``values`` as ``dtype``: integers rounded to nearest and clipped to the range."""
-    dtype = np.dtype(dtype)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        values = np.clip(np.rint(values), info.min, info.max)
-    return values.astype(dtype, copy=False)
+def _scaling_text(scaling):
+    slope, inter = scaling
+    if slope is None or (slope, inter) == (1.0, 0.0):
+        return ""
+    return f" (slope {slope:g}, intercept {inter:g})"
 
 
 def _kernel_spec(kernel_arg, factor_arg):
@@ -146,20 +152,26 @@ def cmd_upsample(args):
     else:
         out_dtype = np.dtype(np.float64 if stored == np.float64 else np.float32)
     work = _work_dtype(stored, out_dtype)
+    integer_out = out_dtype.kind in "iu"
     out_spatial = tuple(n * f for n, f in zip(source.spatial, factor))
     out_shape = out_spatial + source.extra
     check_allocation(out_shape, out_dtype, "OUT")
+    if integer_out:     # the values are encoded once all are known (one scaling per file)
+        check_allocation(out_shape, work, "OUT before encoding")
     upsampler = _fitted_upsampler(kernel, factor, args.threads)
 
     start = time.perf_counter()
     compute = 0.0
     series = source.n_volumes > 1
     progress = Progress(source.n_volumes, "upsampling") if series and not args.quiet else None
-    out = np.empty(out_spatial + (source.n_volumes,), out_dtype) if series else None
+    out = np.empty(out_spatial + (source.n_volumes,), work if integer_out else out_dtype) \
+        if series else None
     for k in range(source.n_volumes):
         volume = require_finite(np.asarray(source.volume(k), dtype=work), args.input)
         tic = time.perf_counter()
-        up = _cast(upsample_volumes(upsampler, spec, volume[np.newaxis])[0], out_dtype)
+        up = upsample_volumes(upsampler, spec, volume[np.newaxis])[0]
+        if not integer_out:
+            up = up.astype(out_dtype, copy=False)
         compute += time.perf_counter() - tic
         if not series:  # one volume: no second output-sized buffer
             out = up
@@ -168,13 +180,23 @@ def cmd_upsample(args):
         if progress:
             progress.update(k + 1)
     out = out.reshape(out_shape)
-    write_volume(args.output, kind_out, out, source, factor, args.overwrite)
+    scaling = (None, None)
+    if integer_out:
+        grid = source.scaling if stored.kind in "biu" else None
+        out, scaling, clipped = encode_integers(out, out_dtype, grid=grid, clip=args.clip,
+                                                can_scale=kind_out == "nifti")
+        if clipped:
+            warnings.warn(f"clipped {clipped} of {out.size} voxels to {out_dtype}'s range "
+                          f"[{np.iinfo(out_dtype).min}, {np.iinfo(out_dtype).max}]",
+                          stacklevel=1)
+    write_volume(args.output, kind_out, out, source, factor, args.overwrite, scaling)
     elapsed = time.perf_counter() - start
     if not args.quiet:
         zooms = size_text(source.zooms, source.units)
         new_zooms = size_text([z / f for z, f in zip(source.zooms, factor)], source.units)
         volumes = f" x {source.n_volumes} volumes" if source.extra else ""
         print(f"{args.input} {shape_text(source.spatial)}{volumes} {stored} -> {args.output} "
-              f"{shape_text(out_spatial)} {out_dtype}; voxel {zooms} -> {new_zooms}; {name} "
+              f"{shape_text(out_spatial)} {out_dtype}{_scaling_text(scaling)}; voxel {zooms} -> "
+              f"{new_zooms}; {name} "
               f"x{factor_text(factor)}; {elapsed:.2f} s (upsampling {compute:.2f} s)")
     return EXIT_OK
