@@ -32,6 +32,7 @@ have their mean index ``i*f + (f - 1)/2`` at ``i``: the block covers the input v
 every voxel keeps its place in the world (see :func:`upsampled_affine`).
 """
 import contextlib
+import errno
 import os
 import tempfile
 import zipfile
@@ -141,6 +142,14 @@ def check_input(path, role="IN"):
     """
     kind = file_format(path, role)
     if not os.path.exists(path):
+        try:
+            os.stat(path)
+        except OSError as exc:   # a symlink loop or a dangling link is not "missing"
+            if exc.errno == errno.ELOOP:
+                raise FileError(f"{role} {str(path)!r} is a symbolic link loop") from None
+        if os.path.islink(path):
+            raise FileError(f"{role} {str(path)!r} is a symbolic link to "
+                            f"{os.readlink(path)!r}, which does not exist")
         raise FileError(f"{role} {str(path)!r} does not exist")
     if os.path.isdir(path):
         raise FileError(f"{role} {str(path)!r} is a directory, not a file")
@@ -204,9 +213,10 @@ def write_atomically(path, write, overwrite=True, role="OUT"):
     directory = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
     suffix = format_suffix(base) or os.path.splitext(base)[1]
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".part{suffix}", dir=directory)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".part{suffix}", dir=directory)
+        os.close(fd)
         write(tmp)
         umask = os.umask(0)
         os.umask(umask)
@@ -214,9 +224,13 @@ def write_atomically(path, write, overwrite=True, role="OUT"):
         if not overwrite and os.path.lexists(path):  # appeared while we were working
             raise FileError(f"{role} {path!r} exists; pass --overwrite to replace it")
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+        if isinstance(exc, OSError):   # name the file the user gave, not the temporary one
+            raise FileError(f"cannot write {role} {path!r}: "
+                            f"{exc.strerror or describe_error(exc)}") from None
         raise
 
 

@@ -535,6 +535,26 @@ def test_middle_slices_orientation():
     assert panels[2][0] == "axial, z = 4"
 
 
+def test_middle_slices_of_an_array_name_their_axes():
+    panels = show._middle_slices(np.zeros((4, 6, 8)), (1.0, 1.0, 1.0),
+                                 ("axis 0", "axis 1", "axis 2"), ("slice",) * 3)
+    assert [p[0] for p in panels] == ["slice, axis 0 = 2", "slice, axis 1 = 3",
+                                      "slice, axis 2 = 4"]
+
+
+def test_show_writes_the_format_of_the_extension(capsys, tmp_path, npy):
+    pytest.importorskip("matplotlib")
+    ok(capsys, "show", npy, "--out", tmp_path / "s.svg")
+    assert b"<svg" in (tmp_path / "s.svg").read_bytes()[:500]
+    ok(capsys, "show", npy, "--out", tmp_path / "s.pdf")
+    assert (tmp_path / "s.pdf").read_bytes()[:5] == b"%PDF-"
+    fails(capsys, "show", npy, "--out", tmp_path / "s.txt",
+          match=f"--out {str(tmp_path / 's.txt')!r}: matplotlib cannot write .txt; use one of")
+    assert not (tmp_path / "s.txt").exists()
+    fails(capsys, "demo", "--phantom", "--out", tmp_path / "d.txt",
+          match="matplotlib cannot write .txt")
+
+
 def test_show_without_matplotlib(capsys, tmp_path, npy, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
@@ -1015,3 +1035,21 @@ def test_encode_integers():
     assert clipped == 0 and np.abs(q * slope + inter - values).max() <= slope / 2 * (1 + 1e-6)
     with pytest.raises(FileError, match="1 NaN or infinite values, which int16 cannot store"):
         encode_integers(np.array([1.0, np.nan]), np.int16, can_scale=True)
+
+
+def test_symbolic_link_loop_and_dangling_link(capsys, tmp_path):
+    (tmp_path / "a.npy").symlink_to(tmp_path / "b.npy")
+    (tmp_path / "b.npy").symlink_to(tmp_path / "a.npy")
+    fails(capsys, "upsample", tmp_path / "a.npy", tmp_path / "o.npy",
+          match="is a symbolic link loop")
+    (tmp_path / "c.npy").symlink_to(tmp_path / "gone.npy")
+    fails(capsys, "upsample", tmp_path / "c.npy", tmp_path / "o.npy",
+          match=f"is a symbolic link to {str(tmp_path / 'gone.npy')!r}, which does not exist")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_unwritable_output_is_named_as_given(capsys, tmp_path, npy):
+    """/proc passes the directory checks for root, but no file can be created there: the
+    message names OUT, not the temporary file."""
+    line = fails(capsys, "upsample", npy, "/proc/o.npy", match="cannot write OUT '/proc/o.npy'")
+    assert ".part" not in line

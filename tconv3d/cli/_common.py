@@ -1,6 +1,7 @@
 """What several ``tconv3d`` commands share: exit codes, errors, argument types, the text of
 numbers, volume checks and views, and the degradation and score of the demo and ``fit``."""
 import argparse
+import os
 import textwrap
 
 import numpy as np
@@ -84,6 +85,18 @@ def import_matplotlib(what):
     except ImportError:
         raise CommandError(f"{what} needs matplotlib (not installed): {PLOT_HINT}") from None
     return Figure
+
+
+def picture_format(Figure, path, role="--out"):
+    """The picture format matplotlib writes for ``path``'s extension (png, pdf, svg, jpg,
+    ...); :class:`CommandError` for an extension it cannot write."""
+    supported = Figure().canvas.get_supported_filetypes()
+    extension = os.path.splitext(os.fspath(path))[1][1:].lower()
+    if extension not in supported:
+        raise CommandError(f"{role} {str(path)!r}: matplotlib cannot write "
+                           f"{'.' + extension if extension else 'files without an extension'}"
+                           f"; use one of {', '.join('.' + e for e in sorted(supported))}")
+    return extension
 
 
 # --- text ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from ..io import NIFTI_HINT, check_input, check_output, open_volume, write_atomi
 from ..kernel_file import KernelFile, fit_kernel_file, upsample_volumes
 from ._common import (EXIT_OK, CommandError, block_average, canonical_volume,
                       crop_to_multiple, import_matplotlib, intensity_window,
+                      picture_format,
                       parse_positive_int, psnr, require_finite, shape_text,
                       size_text)
 
@@ -146,6 +147,13 @@ def cmd_demo(args):
     from ..upsampling import VolumeUpsampler
     if args.input is not None:
         check_input(args.input)
+    try:
+        Figure = import_matplotlib("the demo's picture")
+    except CommandError as exc:
+        Figure, no_picture = None, exc
+    else:   # a picture that cannot be written is refused before any work
+        check_output(args.out, True, role="--out", kind=False)
+        picture = picture_format(Figure, args.out)
     factor = (args.factor,) * 3
     name, volume, zooms, units, train, train_name, notes = _demo_data(args)
     for note in notes:
@@ -182,14 +190,11 @@ def cmd_demo(args):
         print(f"{method:<11}{scores[method]:>10.2f}{times[method]:>11.2f}")
     print(f"learned - trilinear: {scores['learned'] - scores['trilinear']:+.2f} dB "
           f"(PSNR against the original, peak = its range)")
-    try:
-        Figure = import_matplotlib("the demo's picture")
-    except CommandError as exc:
-        print(f"no picture: {exc}")
+    if Figure is None:
+        print(f"no picture: {no_picture}")
         return EXIT_OK
-    check_output(args.out, True, role="--out", kind=False)
     figure = _demo_figure(Figure, name, high[0], low[0], results, scores, times, factor, zooms)
-    write_atomically(args.out, lambda tmp: figure.savefig(tmp, format="png", dpi=110),
+    write_atomically(args.out, lambda tmp: figure.savefig(tmp, format=picture, dpi=110),
                      role="--out")
     print(f"picture: {args.out}")
     return EXIT_OK

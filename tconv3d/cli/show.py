@@ -5,7 +5,7 @@ import numpy as np
 
 from ..io import check_input, check_output, format_suffix, open_volume, write_atomically
 from ._common import (EXIT_OK, PLOT_HINT, CommandError, canonical_volume, import_matplotlib,
-                      intensity_window, shape_text, size_text)
+                      intensity_window, picture_format, shape_text, size_text)
 
 
 def add_parser(commands):
@@ -18,7 +18,8 @@ def add_parser(commands):
                     "axes. Intensities are windowed to the 1st-99.5th percentiles.")
     show.add_argument("input", metavar="IN", help="volume to show (.npy, .npz, .nii, .nii.gz)")
     show.add_argument("--out", default=None,
-                      help="PNG to write (default: IN's name with _slices.png, in the "
+                      help="picture to write, in the format of its extension (.png, .pdf, "
+                           ".svg, .jpg, ...; default: IN's name with _slices.png, in the "
                            "current directory)")
     show.add_argument("--volume", type=int, default=0, metavar="K",
                       help="which volume of a 4-D series (default: 0)")
@@ -38,7 +39,8 @@ def _middle_slices(volume, zooms, names, planes):
         b, c = [a for a in range(3) if a != axis]
         middle = volume.shape[axis] // 2
         image = np.take(volume, middle, axis=axis).T
-        panels.append((f"{plane}, {names[axis].split()[0]} = {middle}", image,
+        coordinate = names[axis].split(" (")[0]    # "x (R)" -> "x"; "axis 0" stays
+        panels.append((f"{plane}, {coordinate} = {middle}", image,
                        zooms[c] / zooms[b], names[b], names[c]))
     return panels
 
@@ -57,6 +59,7 @@ def cmd_show(args):
         raise CommandError(f"--volume {args.volume} is out of range: {args.input!r} holds "
                            f"{source.n_volumes} volume(s)")
     Figure = import_matplotlib("show")
+    picture = picture_format(Figure, out)
     volume, zooms, names, planes = canonical_volume(source, args.volume)
     lo, hi = intensity_window(volume)
     fig = Figure(figsize=(10, 3.8), layout="constrained")
@@ -73,7 +76,7 @@ def cmd_show(args):
     series = f", volume {args.volume} of {source.n_volumes}" if source.extra else ""
     fig.suptitle(f"{os.path.basename(args.input)}: {shape_text(source.spatial)} voxels of "
                  f"{size_text(zooms, source.units)}{series}", fontsize=11)
-    write_atomically(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100), args.overwrite,
+    write_atomically(out, lambda tmp: fig.savefig(tmp, format=picture, dpi=100), args.overwrite,
                      role="--out")
     print(f"{out}: middle slices of {args.input}{series}")
     return EXIT_OK
