@@ -1053,3 +1053,32 @@ def test_unwritable_output_is_named_as_given(capsys, tmp_path, npy):
     message names OUT, not the temporary file."""
     line = fails(capsys, "upsample", npy, "/proc/o.npy", match="cannot write OUT '/proc/o.npy'")
     assert ".part" not in line
+
+
+# --- fit: degenerate training data ------------------------------------------------------------
+
+def test_fit_refuses_volumes_too_small_for_the_kernel(capsys, tmp_path, rng):
+    np.save(tmp_path / "tiny.npy", rng.random((3, 3, 3)))
+    fails(capsys, "fit", tmp_path / "tiny.npy", "--out", tmp_path / "k.npz",
+          match="are too small to fit a 6x6x6 kernel for factor 2x2x2: each axis needs at "
+                "least 8x8x8 voxels")
+    assert not (tmp_path / "k.npz").exists()
+
+
+def test_fit_on_constant_volumes_warns_and_prints_no_nan(capsys, tmp_path):
+    np.save(tmp_path / "flat.npy", np.full((12, 12, 12), 7.0))
+    out, err = ok(capsys, "fit", tmp_path / "flat.npy", "--out", tmp_path / "k.npz",
+                  "--max-iter", 3, "--threads", 1)
+    assert "1 of 1 training volumes are constant" in err
+    assert "nan" not in out.lower() and "inf" not in out.lower()
+    assert "training PSNR over trilinear not defined" in out
+
+
+def test_fit_warns_when_the_common_crop_discards_most_voxels(capsys, tmp_path, rng):
+    np.save(tmp_path / "big.npy", smooth_volumes(rng, 1, (24, 24, 24))[0])
+    np.save(tmp_path / "thin.npy", smooth_volumes(rng, 1, (24, 24, 8))[0])
+    out, err = ok(capsys, "fit", tmp_path / "big.npy", tmp_path / "thin.npy", "--out",
+                  tmp_path / "k.npz", "--max-iter", 3, "--threads", 1)
+    assert f"keeps only 33% of the voxels of {str(tmp_path / 'big.npy')!r}" in err
+    assert "thin.npy" not in err
+    assert "centre-cropped to a common 24x24x8" in out

@@ -1,6 +1,8 @@
 """``tconv3d fit HIGH... --out KERNEL.npz``: learn an upsampling kernel from
 high-resolution volumes."""
+import math
 import time
+import warnings
 
 import numpy as np
 
@@ -44,10 +46,14 @@ def add_parser(commands):
     fit.set_defaults(run=cmd_fit)
 
 
-def _training_volumes(paths, factor):
+def _training_volumes(paths, factor, size):
     """All volumes of ``paths`` as float64 ``(n, d, h, w)``, each cropped to a multiple of
-    ``factor`` and all centre-cropped to a common shape; and a note on the cropping."""
-    volumes = []
+    ``factor`` and all centre-cropped to a common shape; and whether shapes differed.
+
+    Refuses volumes too small to fit a ``size`` kernel on; warns on constant volumes and
+    on a common shape that discards more than half of a file's voxels.
+    """
+    volumes, origins = [], []
     for path in paths:
         source = open_volume(path, role="HIGH")
         for k in range(source.n_volumes):
@@ -56,10 +62,33 @@ def _training_volumes(paths, factor):
                 raise CommandError(f"{path!r} holds NaN or infinite values; fitting needs "
                                    "finite numbers")
             volumes.append(crop_to_multiple(v[None], factor)[0])
+            origins.append((path, source.spatial))
     common = tuple(min(v.shape[a] for v in volumes) for a in range(3))
     if min(common) < 1:
         raise CommandError(f"the training volumes are smaller than the factor "
                            f"{shape_text(factor)} along some axis")
+    # The kernel spans ceil(k/f) low-resolution voxels per axis; one more is needed for
+    # any pair of neighbours to constrain it, and more voxels than unknowns in all.
+    need = tuple(f * (math.ceil(k / f) + 1) for k, f in zip(size, factor))
+    if any(c < n for c, n in zip(common, need)) \
+            or len(volumes) * math.prod(common) <= math.prod(size) + 1:
+        raise CommandError(
+            f"the training volumes (common shape {shape_text(common)} after cropping to "
+            f"a multiple of the factor, {len(volumes)} volume(s)) are too small to fit a "
+            f"{shape_text(size)} kernel for factor {shape_text(factor)}: each axis needs at "
+            f"least {shape_text(need)} voxels, and more voxels than the kernel's taps")
+    constant = sum(np.ptp(v) == 0 for v in volumes)
+    if constant:
+        warnings.warn(f"{constant} of {len(volumes)} training volumes are constant: they "
+                      "hold nothing for the kernel to learn", stacklevel=1)
+    worst = {}
+    for path, spatial in origins:
+        kept = math.prod(common) / math.prod(spatial)
+        worst[path] = min(worst.get(path, 1.0), kept)
+    for path, kept in worst.items():
+        if kept < 0.5:
+            warnings.warn(f"centre-cropping to the common shape {shape_text(common)} keeps "
+                          f"only {100 * kept:.0f}% of the voxels of {path!r}", stacklevel=1)
     cropped = []
     for v in volumes:
         starts = [((n - c) // 2) // f * f for n, c, f in zip(v.shape, common, factor)]
@@ -77,7 +106,7 @@ def cmd_fit(args):
     check_output(args.out, args.overwrite, role="--out")
     factor = args.factor
     size = args.kernel_size or tuple(3 * f for f in factor)
-    high, cropped = _training_volumes(args.inputs, factor)
+    high, cropped = _training_volumes(args.inputs, factor, size)
     low = block_average(high, factor)
     start = time.perf_counter()
     spec, learned, converged = fit_kernel_file(low, high, factor, size, args.max_iter,
@@ -86,11 +115,13 @@ def cmd_fit(args):
     up = VolumeUpsampler(factor=factor, kernel=spec.kernel, num_threads=args.threads).fit(low)
     trilinear = VolumeUpsampler(factor=factor, num_threads=args.threads).fit(low)
     gain = psnr(high, upsample_volumes(up, spec, low)) - psnr(high, trilinear.transform(low))
+    score = f"training PSNR {gain:+.2f} dB over trilinear" if math.isfinite(gain) else \
+        "training PSNR over trilinear not defined (constant or exactly reproduced volumes)"
     save_kernel(args.out, spec, args.overwrite)
     note = "" if converged else f" (stopped at --max-iter {args.max_iter})"
     shape = f"centre-cropped to a common {shape_text(high.shape[1:])}" if cropped else \
         shape_text(high.shape[1:])
     print(f"{args.out}: {shape_text(size)} kernel for factor {factor_text(factor)}, fitted on "
           f"{len(high)} volume(s) ({shape}); {learned.n_iter_} L-BFGS iterations{note}, "
-          f"{elapsed:.2f} s; training PSNR {gain:+.2f} dB over trilinear")
+          f"{elapsed:.2f} s; {score}")
     return EXIT_OK
