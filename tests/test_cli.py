@@ -1082,3 +1082,10 @@ def test_fit_warns_when_the_common_crop_discards_most_voxels(capsys, tmp_path, r
     assert f"keeps only 33% of the voxels of {str(tmp_path / 'big.npy')!r}" in err
     assert "thin.npy" not in err
     assert "centre-cropped to a common 24x24x8" in out
+
+
+def test_huge_factor_is_a_clear_error(capsys, tmp_path, npy):
+    fails(capsys, "upsample", npy, tmp_path / "o.npy", "--factor", 10**9,
+          match="--factor 1000000000: `OUT` of shape")
+    fails(capsys, "upsample", npy, tmp_path / "o.npy", "--factor", 10**4,
+          match="not enough memory: `OUT` of shape")

@@ -155,9 +155,12 @@ def cmd_upsample(args):
     integer_out = out_dtype.kind in "iu"
     out_spatial = tuple(n * f for n, f in zip(source.spatial, factor))
     out_shape = out_spatial + source.extra
-    check_allocation(out_shape, out_dtype, "OUT")
-    if integer_out:     # the values are encoded once all are known (one scaling per file)
-        check_allocation(out_shape, work, "OUT before encoding")
+    try:
+        check_allocation(out_shape, out_dtype, "OUT")
+        if integer_out:     # the values are encoded once all are known (one scaling per file)
+            check_allocation(out_shape, work, "OUT before encoding")
+    except ValueError as exc:   # past the index range: the factor is the cause
+        raise CommandError(f"--factor {factor_text(factor)}: {exc}") from None
     upsampler = _fitted_upsampler(kernel, factor, args.threads)
 
     start = time.perf_counter()
