@@ -4,7 +4,7 @@ import numpy as np
 from . import _kernels, _threads
 from ._validation import (as_array, check_allocation, make_geometry, normalize_bool,
                           normalize_compute, normalize_num_threads, normalize_shape,
-                          working_dtype)
+                          without_dtype, working_dtype)
 
 __all__ = ["conv_transpose3d", "conv_transpose3d_backward", "conv_transpose3d_output_shape"]
 
@@ -67,10 +67,11 @@ def _threads_for(num_threads, geom):
 
 def _prepare(x, kernel, strides, padding, output_padding, dilation_rate, data_format,
              extra=()):
+    weak = without_dtype(("x", x), ("kernel", kernel), *extra)
     x = as_array(x, "x")
     kernel = as_array(kernel, "kernel")
     extra = [(name, as_array(a, name)) for name, a in extra]
-    dtype = working_dtype(("x", x), ("kernel", kernel), *extra)
+    dtype = working_dtype(("x", x), ("kernel", kernel), *extra, weak=weak)
     geom = make_geometry(x.shape, kernel.shape, strides, padding, output_padding,
                          dilation_rate, data_format)
     return geom, dtype, x, kernel, dict(extra)
@@ -107,8 +108,11 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
     -------
     y : ndarray of shape (batch, out_depth, out_height, out_width, filters)
         Or channels-first. Each output length follows Keras' ``deconv_output_length``.
-        dtype float32 when every input is float32, float64 otherwise (integer, bool and
-        float16 inputs are computed in float64). The result does not depend on
+        The dtype, which is also the one computed in, is NumPy's promotion of the dtypes of
+        the operands given as arrays (``np.result_type``; lists and scalars do not widen
+        it, as NumPy 2 treats Python scalars), with float16 raised to float32 and bool or
+        integers alone to float64: float32 inputs give float32, uint8 ``x`` with a float32
+        kernel float32, int64 with float32 float64. The result does not depend on
         ``num_threads``.
 
     Notes
@@ -190,6 +194,8 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     Returns
     -------
     grad_input : ndarray with x's shape, or None
+        Every gradient has the dtype of the forward call (the promotion of ``x``,
+        ``kernel`` and ``grad_output``, as :func:`conv_transpose3d` describes).
     grad_kernel : ndarray of shape (kd, kh, kw, filters, in_channels), or None
     grad_bias : ndarray of shape (filters,), or None
 

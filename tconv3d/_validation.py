@@ -266,21 +266,31 @@ def make_geometry(input_shape, kernel_shape, strides, padding, output_padding,
                     strides, dilation, tuple(out), tuple(crop), channels_last)
 
 
-def working_dtype(*arrays):
-    """float32 if every input is float32 (or narrower floats mixed with float32), float64 else.
+def working_dtype(*arrays, weak=()):
+    """The dtype a call computes and returns in, from its operands ``(name, array)``.
 
-    Real inputs that are not float32/float64 (ints, bools, float16) compute in float64, as
-    scikit-learn does; complex, object, string and other dtypes raise ``TypeError``.
+    NumPy's promotion of the operands' dtypes (``np.result_type``), then: float32 and
+    float64 stay; float16 computes in float32; bool and integers alone compute in float64.
+    So uint8 with float32 gives float32 and int64 with float32 float64, as in NumPy.
+    Operands named in ``weak`` (given as Python lists, tuples or scalars, which have no
+    dtype) do not take part, as NumPy 2 treats Python scalars: a list bias keeps a float32
+    call float32. Complex, object, string and other dtypes raise ``TypeError``.
     """
     for name, a in arrays:
-        kind = a.dtype.kind
-        if kind not in "biuf":
+        if a.dtype.kind not in "biuf":
             raise TypeError(f"`{name}` must hold real numbers (float32 or float64 preferred), "
                             f"got dtype {a.dtype}.")
-    dtype = np.result_type(*(a.dtype for _, a in arrays))
+    typed = [a.dtype for name, a in arrays if name not in weak]
+    dtype = np.result_type(*typed) if typed else np.dtype(np.float64)
     # by kind and size, so that byte-swapped float32 (">f4" here) also stays float32
-    single = dtype.kind == "f" and dtype.itemsize == 4
-    return np.dtype(np.float32) if single else np.dtype(np.float64)
+    if dtype.kind == "f" and dtype.itemsize <= 4:
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+def without_dtype(*named):
+    """Names of the operands ``(name, value)`` given without a dtype (lists, scalars)."""
+    return {name for name, value in named if not hasattr(value, "dtype")}
 
 
 def normalize_bool(value, name):
