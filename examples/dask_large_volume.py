@@ -1,4 +1,5 @@
-"""Upsample a volume larger than a worker's memory, chunk by chunk, with Dask.
+"""Upsample a volume larger than a worker's memory, chunk by chunk, with Dask
+==========================================================================
 
 The input is a ``.npy`` file (or a Zarr array) read chunk by chunk; the output is written
 into another one chunk by chunk as tasks finish, so no process ever holds more than a few

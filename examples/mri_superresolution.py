@@ -1,4 +1,5 @@
-"""Super-resolution of real MRI volumes with ``VolumeUpsampler``.
+"""Super-resolution of real MRI volumes with ``VolumeUpsampler``
+=============================================================
 
 nibabel ships two real scans in its test data: a T1 anatomical volume
 (``anatomical.nii``, 33 x 41 x 25) and an EPI run of two volumes
@@ -139,7 +140,7 @@ def save_figure(path, scans, results, scores):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--png", default="mri_superresolution.png",
                         help="where to save the figure (default: %(default)s)")
     args = parser.parse_args()

@@ -1,4 +1,5 @@
-"""Quick start: a 3D transposed convolution as a function, then as a Keras-like layer.
+"""Quick start: a 3D transposed convolution as a function, then as a Keras-like layer
+==================================================================================
 
 The function takes numpy arrays in Keras' layouts -- ``x`` of shape
 ``(batch, depth, height, width, channels)`` and a kernel of shape

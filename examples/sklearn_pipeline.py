@@ -1,4 +1,5 @@
-"""``VolumeUpsampler`` inside a scikit-learn Pipeline, tuned by GridSearchCV.
+"""``VolumeUpsampler`` inside a scikit-learn Pipeline, tuned by GridSearchCV
+=========================================================================
 
 Synthetic 8 x 8 x 8 volumes hold either a solid ball or a hollow shell of the same size,
 at a random place, with noise; flattened to rows of 512 features as scikit-learn expects.

@@ -1,4 +1,5 @@
-"""Swap PyTorch's ConvTranspose3d for tconv3d's in an existing model, keeping its weights.
+"""Swap PyTorch's ConvTranspose3d for tconv3d's in an existing model, keeping its weights
+======================================================================================
 
 Run:  python examples/torch_dropin.py
 """

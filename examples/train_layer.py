@@ -1,4 +1,5 @@
-"""Recover a known transposed-convolution kernel from input/output pairs with Adam.
+"""Recover a known transposed-convolution kernel from input/output pairs with Adam
+===============================================================================
 
 A "teacher" Conv3DTranspose with a random kernel and bias makes targets from random inputs;
 a "student" layer with the same geometry starts from Keras' default initialization and
