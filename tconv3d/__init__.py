@@ -37,7 +37,23 @@ def __getattr__(name):
 
 
 def show_config(file=None):
-    """Print the version, the OpenMP status, the default thread count and the SIMD flags."""
+    """Print the version, the OpenMP status, the default thread count and the SIMD flags.
+
+    Parameters
+    ----------
+    file : file-like, optional
+        Where to print; ``None`` is ``sys.stdout``.
+
+    Examples
+    --------
+    >>> import tconv3d
+    >>> tconv3d.show_config()                   # doctest: +ELLIPSIS
+    tconv3d ...
+      OpenMP compiled in:  ...
+      default threads:     ...
+      SIMD flags of build: ...
+      SIMD kernels:        ... (this CPU runs: ...)
+    """
     from . import _kernels
     lines = [
         f"tconv3d {__version__}",

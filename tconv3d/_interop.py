@@ -74,6 +74,19 @@ def kernel_from_torch(weight):
     Returns
     -------
     ndarray of shape (kd, kh, kw, filters, in_channels), same dtype (a copy)
+
+    Raises
+    ------
+    ValueError
+        If ``weight`` is not 5-D.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d import kernel_from_torch
+    >>> weight = np.zeros((8, 4, 3, 3, 3), np.float32)   # ConvTranspose3d(8, 4, 3).weight
+    >>> kernel_from_torch(weight).shape
+    (3, 3, 3, 4, 8)
     """
     w = check_5d(_as_numpy(weight, "weight"), "weight", "(in_channels, filters, kd, kh, kw)")
     return np.ascontiguousarray(torch_to_keras_kernel(w))
@@ -89,6 +102,21 @@ def kernel_to_torch(kernel):
     Returns
     -------
     ndarray of shape (in_channels, filters, kd, kh, kw), same dtype (a copy)
+
+    Raises
+    ------
+    ValueError
+        If ``kernel`` is not 5-D.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d import kernel_from_torch, kernel_to_torch
+    >>> kernel = np.arange(3 * 3 * 3 * 4 * 8, dtype=np.float32).reshape(3, 3, 3, 4, 8)
+    >>> kernel_to_torch(kernel).shape
+    (8, 4, 3, 3, 3)
+    >>> np.array_equal(kernel_from_torch(kernel_to_torch(kernel)), kernel)
+    True
     """
     k = check_5d(_as_numpy(kernel, "kernel"), "kernel", "(kd, kh, kw, filters, in_channels)")
     return np.ascontiguousarray(keras_to_torch_kernel(k))

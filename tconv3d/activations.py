@@ -419,6 +419,17 @@ def get(identifier):
     ------
     ValueError
         Unknown or non-element-wise names, malformed dicts, non-callables.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d import activations
+    >>> relu = activations.get("relu")
+    >>> x = np.array([-1.0, 2.0])
+    >>> relu(x), relu.derivative(x)
+    (array([0., 2.]), array([0., 1.]))
+    >>> activations.get("leaky_relu").bind(negative_slope=0.1)(x)
+    array([-0.1,  2. ])
     """
     if identifier is None:
         return linear

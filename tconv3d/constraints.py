@@ -49,6 +49,18 @@ class MaxNorm(Constraint):
     ----------
     max_value : float, default=2
     axis : int or list of int, default=0
+
+    Examples
+    --------
+    Bound the norm of all the weights that read one input channel (the last axis of the
+    kernel ``(kd, kh, kw, filters, in_channels)``):
+
+    >>> import numpy as np
+    >>> from tconv3d.constraints import MaxNorm
+    >>> kernel = np.ones((3, 3, 3, 4, 2))
+    >>> projected = MaxNorm(max_value=2, axis=[0, 1, 2, 3])(kernel)
+    >>> np.sqrt((projected ** 2).sum(axis=(0, 1, 2, 3))).round(6)
+    array([2., 2.])
     """
 
     def __init__(self, max_value=2, axis=0):
@@ -65,7 +77,15 @@ class MaxNorm(Constraint):
 
 
 class NonNeg(Constraint):
-    """Negative weights set to 0."""
+    """Negative weights set to 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d.constraints import NonNeg
+    >>> NonNeg()(np.array([1.0, -2.0]))
+    array([1., 0.])
+    """
 
     def __call__(self, w):
         return np.maximum(np.asarray(w), 0)

@@ -264,7 +264,25 @@ class GlorotNormal(_FixedVarianceScaling):
 
 
 class GlorotUniform(_FixedVarianceScaling):
-    """Uniform on ``[-limit, limit]``, ``limit = sqrt(6 / (fan_in + fan_out))``."""
+    """Uniform on ``[-limit, limit]``, ``limit = sqrt(6 / (fan_in + fan_out))``.
+
+    Keras' default kernel initializer (``"glorot_uniform"``).
+
+    Parameters
+    ----------
+    seed, input_axes, output_axes
+        See :class:`VarianceScaling`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d.initializers import GlorotUniform
+    >>> kernel = GlorotUniform(seed=0)((3, 3, 3, 4, 8))   # (kd, kh, kw, filters, in_channels)
+    >>> kernel.shape, kernel.dtype
+    ((3, 3, 3, 4, 8), dtype('float32'))
+    >>> bool(np.abs(kernel).max() <= np.sqrt(6 / (27 * 8 + 27 * 4)))   # fans: 27 taps x channels
+    True
+    """
     _args = (1.0, "fan_avg", "uniform")
 
 
@@ -357,6 +375,23 @@ def get(identifier):
         class; a ``keras.initializers`` object (mapped to ours through its config); an array
         (returned as is when the requested shape matches); or a callable
         ``fn(shape, dtype=None)``. ``None`` gives ``None``.
+
+    Returns
+    -------
+    Initializer, callable or None
+
+    Raises
+    ------
+    ValueError
+        Unknown names and identifiers that are none of the above.
+
+    Examples
+    --------
+    >>> from tconv3d import initializers
+    >>> initializers.get("he_normal")
+    HeNormal(seed=None, input_axes=None, output_axes=None)
+    >>> initializers.get({"class_name": "Constant", "config": {"value": 0.5}})((2,))
+    array([0.5, 0.5], dtype=float32)
     """
     if identifier is None:
         return None

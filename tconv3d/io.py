@@ -396,6 +396,19 @@ def upsampled_affine(affine, factor):
         ``[[M @ diag(1/f), t + M @ ((1/f - 1)/2)], [0, 1]]``: output voxel ``j`` is input
         voxel coordinate ``(j + 0.5)/f - 0.5``, so the block of ``f`` output voxels
         replacing input voxel ``i`` is centred on it (module docstring).
+
+    Examples
+    --------
+    Voxels of 2 mm upsampled by 2: voxels of 1 mm, and the origin (the centre of voxel 0)
+    moves half a new voxel back, to the centre of the first new voxel:
+
+    >>> import numpy as np
+    >>> from tconv3d.io import upsampled_affine
+    >>> upsampled_affine(np.diag([2.0, 2.0, 2.0, 1.0]), (2, 2, 2))
+    array([[ 1. ,  0. ,  0. , -0.5],
+           [ 0. ,  1. ,  0. , -0.5],
+           [ 0. ,  0. ,  1. , -0.5],
+           [ 0. ,  0. ,  0. ,  1. ]])
     """
     affine = np.array(affine, dtype=np.float64)
     inverse = 1.0 / np.asarray(factor, dtype=np.float64)

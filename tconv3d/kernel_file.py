@@ -119,6 +119,25 @@ def save_kernel(path, kernel_file, overwrite=True):
     overwrite : bool, default=True
         If ``False``, refuse (:class:`tconv3d.io.FileError`) a ``path`` that exists by
         the time the file is complete.
+
+    Raises
+    ------
+    tconv3d.io.FileError
+        If ``path`` exists and ``overwrite`` is False, or it cannot be written.
+
+    Examples
+    --------
+    A hand-made kernel (trilinear's taps along the last axis only), saved and read back:
+
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from tconv3d.kernel_file import KernelFile, load_kernel, save_kernel
+    >>> taps = np.array([1, 3, 3, 1], float).reshape(1, 1, 4) / 4
+    >>> path = os.path.join(tempfile.mkdtemp(), "k.npz")
+    >>> save_kernel(path, KernelFile(taps, factor=(1, 1, 2)))
+    >>> spec = load_kernel(path)
+    >>> spec.factor, spec.kernel.shape, spec.bias
+    ((1, 1, 2), (1, 1, 4), 0.0)
     """
     arrays = dict(kernel=np.asarray(kernel_file.kernel, np.float64),
                   factor=np.asarray(kernel_file.factor, np.int64),
@@ -150,6 +169,16 @@ def load_kernel(path):
     tconv3d.io.FileError
         If the file is missing, not a .npz archive, or an entry is invalid; the message
         names the file as the ``tconv3d`` command's ``--kernel``.
+
+    Examples
+    --------
+    >>> from tconv3d.kernel_file import load_kernel
+    >>> load_kernel("no-such-kernel.npz")
+    Traceback (most recent call last):
+        ...
+    tconv3d.io.FileError: --kernel 'no-such-kernel.npz' does not exist
+
+    :func:`save_kernel` has a round trip.
     """
     if not os.path.isfile(path):
         raise FileError(f"--kernel {str(path)!r} does not exist")

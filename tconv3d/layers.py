@@ -362,13 +362,35 @@ def layer_conv_3d_transpose(object=None, filters=None, kernel_size=None, strides
     ----------
     object : None or array-like, default=None
         ``None``: return the layer. An input array: return ``layer(object)``.
-    filters, kernel_size : required
-    **other
-        As :class:`Conv3DTranspose`.
+    filters : int
+        Required: number of output channels.
+    kernel_size : int or tuple of 3 ints
+        Required: kernel depth, height and width.
+    strides, padding, output_padding, data_format, dilation_rate, activation, use_bias, \
+kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer, \
+activity_regularizer, kernel_constraint, bias_constraint, input_shape, batch_input_shape, \
+batch_size, dtype, name, trainable, weights, seed, num_threads
+        As :class:`Conv3DTranspose`, with the same defaults.
 
     Returns
     -------
     Conv3DTranspose or ndarray
+        The layer, or its output for ``object``.
+
+    Raises
+    ------
+    TypeError
+        If ``filters`` or ``kernel_size`` is missing.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d import layer_conv_3d_transpose
+    >>> x = np.ones((1, 4, 4, 4, 3), np.float32)
+    >>> layer_conv_3d_transpose(x, filters=2, kernel_size=3, strides=2, padding="same").shape
+    (1, 8, 8, 8, 2)
+    >>> layer_conv_3d_transpose(filters=2, kernel_size=3).filters
+    2
     """
     if filters is None or kernel_size is None:
         raise TypeError("layer_conv_3d_transpose() needs `filters` and `kernel_size`.")

@@ -207,6 +207,19 @@ class SGD(Optimizer):
     nesterov : bool, default=False
     weight_decay, clipnorm, clipvalue, global_clipnorm, name
         See :class:`Optimizer`.
+
+    Examples
+    --------
+    One step on ``(gradient, variable)`` pairs, updated in place (a layer works the same,
+    with ``apply_gradients(layer)`` after ``layer.backward``):
+
+    >>> import numpy as np
+    >>> from tconv3d.optimizers import SGD
+    >>> w = np.array([1.0, -2.0])
+    >>> SGD(learning_rate=0.1).apply_gradients([(np.array([0.5, 0.5]), w)])   # iterations
+    1
+    >>> w
+    array([ 0.95, -2.05])
     """
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None,
@@ -254,6 +267,18 @@ class Adam(Optimizer):
     amsgrad : bool, default=False
     weight_decay, clipnorm, clipvalue, global_clipnorm, name
         See :class:`Optimizer`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d.layers import Conv3DTranspose
+    >>> from tconv3d.optimizers import Adam
+    >>> layer = Conv3DTranspose(2, 3, strides=2, padding="same", seed=0)
+    >>> y = layer(np.ones((1, 4, 4, 4, 3), np.float32))
+    >>> _ = layer.backward(y)                 # gradient of 0.5 * sum(y**2)
+    >>> optimizer = Adam(learning_rate=1e-3)
+    >>> optimizer.apply_gradients(layer)      # updates layer.kernel and layer.bias
+    1
     """
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,

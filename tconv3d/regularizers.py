@@ -96,7 +96,21 @@ class L1(L1L2):
 
 
 class L2(L1L2):
-    """``l2 * sum(x**2)``, ``l2`` default 0.01."""
+    """``l2 * sum(x**2)``, ``l2`` default 0.01.
+
+    Parameters
+    ----------
+    l2 : float, default=0.01
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d.regularizers import L2
+    >>> penalty = L2(0.01)
+    >>> x = np.array([1.0, -2.0])
+    >>> float(penalty(x)), penalty.gradient(x)
+    (0.05, array([ 0.02, -0.04]))
+    """
 
     def __init__(self, l2=0.01):
         super().__init__(l2=0.01 if l2 is None else l2)
