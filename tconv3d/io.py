@@ -54,6 +54,7 @@ __all__ = [
     "write_volume",
 ]
 
+#: File extension -> format name (the format of a path is that of its extension).
 FORMATS = {".nii.gz": "nifti", ".nii": "nifti", ".npy": "npy", ".npz": "npz"}
 NIFTI_HINT = "pip install 'tconv3d[nifti]'"
 

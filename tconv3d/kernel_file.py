@@ -45,7 +45,9 @@ __all__ = [
     "upsample_volumes",
 ]
 
+#: The ``format`` entry :func:`save_kernel` writes.
 FORMAT = "tconv3d-kernel"
+#: The ``version`` entry :func:`save_kernel` writes.
 VERSION = 1
 
 

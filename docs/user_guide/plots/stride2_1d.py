@@ -31,17 +31,17 @@ assert np.allclose(tconv("same", (0, 0, 0)), full[1:8])      # PyTorch p=1, op=0
 # PyTorch padding=1, output_padding=1 keeps full[1:9], which no Keras padding gives.
 
 colors = plt.cm.tab10(np.arange(n))
-fig, ax = plt.subplots(figsize=(8, 3.4))
+fig, ax = plt.subplots(figsize=(7, 3.3))
 for i in range(n):
     ax.bar(i * s + 0.5, 0.8, width=0.9, bottom=4.6, color=colors[i], alpha=0.9)
-    ax.text(i * s + 0.5, 5.0, f"x[{i}]", ha="center", va="center", fontsize=8)
+    ax.text(i * s + 0.5, 5.0, f"x[{i}]", ha="center", va="center", fontsize=9)
     for j in range(k):
         p = i * s + j
         ax.bar(p + 0.5, 0.5, width=0.9, bottom=3.4 - 0.55 * i, color=colors[i], alpha=0.6)
-        ax.text(p + 0.5, 3.65 - 0.55 * i, f"w[{j}]", ha="center", va="center", fontsize=7)
+        ax.text(p + 0.5, 3.65 - 0.55 * i, f"w[{j}]", ha="center", va="center", fontsize=8)
 for p in range(len(full)):
-    ax.text(p + 0.5, 1.05, f"{full[p]:g}", ha="center", va="center", fontsize=7)
-    ax.text(p + 0.5, 0.55, str(p), ha="center", va="center", fontsize=7, color="0.4")
+    ax.text(p + 0.5, 1.05, f"{full[p]:g}", ha="center", va="center", fontsize=8)
+    ax.text(p + 0.5, 0.55, str(p), ha="center", va="center", fontsize=8, color="0.4")
 ax.add_patch(plt.Rectangle((0, 0.8), len(full), 0.5, fill=False, lw=1))
 windows = [("Keras \"valid\": full[0:9]", 0, 9, -0.1, "0.3"),
            ("Keras \"same\": full[0:8], odd element cut on the right", 0, 8, -0.6,
@@ -51,9 +51,9 @@ for label, lo, hi, y, color in windows:
     ax.annotate("", xy=(lo, y), xytext=(hi, y),
                 arrowprops=dict(arrowstyle="|-|", color=color, lw=1.5))
     ax.text(hi + 0.2, y, label, va="center", fontsize=8, color=color)
-ax.text(-0.3, 5.0, "input", ha="right", va="center", fontsize=8)
-ax.text(-0.3, 2.8, "x[i] * w,\nplaced at\ni*2 + j", ha="right", va="center", fontsize=8)
-ax.text(-0.3, 1.05, "full", ha="right", va="center", fontsize=8)
+ax.text(-0.3, 5.0, "input", ha="right", va="center", fontsize=9)
+ax.text(-0.3, 2.8, "x[i] * w,\nplaced at\ni*2 + j", ha="right", va="center", fontsize=9)
+ax.text(-0.3, 1.05, "full", ha="right", va="center", fontsize=9)
 ax.set_xlim(-2.2, 19.5)
 ax.set_ylim(-1.5, 5.6)
 ax.axis("off")
