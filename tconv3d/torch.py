@@ -37,7 +37,25 @@ keeps the input's subclass.
 
 The thread count is PyTorch's (``torch.get_num_threads()``), so ``torch.set_num_threads``
 governs both libraries. All gradients (input, weight, bias) are computed by tconv3d and do
-not depend on the thread count. Double backward is not supported (``once_differentiable``).
+not depend on the thread count.
+
+Derivatives of any order, ``torch.func``
+----------------------------------------
+The backward is built from differentiable operations on the same kernels, so
+``create_graph=True`` (gradient penalties, Jacobian regularisers), ``torch.autograd.grad``
+of gradients, forward-mode AD (``torch.autograd.forward_ad``) and ``torch.func`` (``grad``,
+``vjp``, ``jvp``, ``jacrev``, ``jacfwd``, ``hessian``, ``vmap``, ``functional_call``) all
+give PyTorch's numbers. Three operators do all the work: the transposed convolution
+``F(x, W)`` (tconv3d's forward), its input gradient ``Gx(g, W)`` (tconv3d's ``grad_input``,
+a regular convolution) and its weight gradient ``Gw(g, x)`` (tconv3d's ``grad_kernel``),
+the three partial gradients of ``T(x, W, g) = <F(x, W), g>``; being linear in each
+argument, each one's derivatives are again these operators, e.g. the gradient of
+``<Gx(g, W), u>`` is ``F(u, W)`` for ``g`` and ``Gw(g, u)`` for ``W``. A plain
+``backward()`` computes the first-order gradients in one pass, as before; with
+``create_graph=True`` the same numbers come from one differentiable call per gradient.
+Under ``torch.func.vmap`` a vmapped dimension is folded into the batch (input only) or into
+the channels with ``groups`` multiplied by the vmap size (batched weights or bias), so a
+vmapped call is one tconv3d call.
 
 Memory layout
 -------------
@@ -90,7 +108,7 @@ TorchScript, ``torch.export`` and ``torch.compile``
   layers (as U-Nets do) keep everything but the transposed convolutions compiled.
 """
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional
 
 import numpy as np
@@ -104,7 +122,6 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 from torch.overrides import handle_torch_function, has_torch_function
 
 from ._ops import conv_transpose3d as _tconv_forward
@@ -272,9 +289,47 @@ def _backward_arrays(gy, x, w, use_bias, needs, plan, stride, dilation, groups,
 
 
 # --------------------------------------------------------------------------------------
-# torch side
+# torch side: differentiable to any order, composable with torch.func
 # --------------------------------------------------------------------------------------
+# With T(x, W, g) = <F(x, W), g> (F: the transposed convolution without bias), the three
+# operators below are the partial gradients of that trilinear form:
+#
+#   F(x, W)   = dT/dg    (Shape of y)   _ConvTranspose3dFunction  tconv3d's forward
+#   Gx(g, W)  = dT/dx    (Shape of x)   _GradInput                tconv3d's grad_input
+#   Gw(g, x)  = dT/dW    (Shape of W)   _GradWeight               tconv3d's grad_kernel
+#
+# so the vector-Jacobian product of each one is again one of them (each is linear in
+# each argument): for a cotangent u of Gx's output, <Gx(g, W), u> = T(u, W, g) gives
+# d/dg = F(u, W) and d/dW = Gw(g, u); for a cotangent V of Gw's output,
+# <Gw(g, x), V> = T(x, V, g) gives d/dg = F(x, V) and d/dx = Gx(g, V). The bias gradient
+# Gb(g) (sum of g over batch and space, _GradBias) has the broadcast as its adjoint.
+# Every backward calls these Functions, so derivatives of any order run on tconv3d's
+# kernels. Each Function has a vmap rule (torch.func.vmap, jacrev, ...): a vmapped
+# dimension is folded into the batch when only the batch-carrying operand has it, and
+# into the channels with `groups` multiplied by the vmap size otherwise.
+@dataclass(frozen=True)
+class _Call:
+    """The geometry of one convolution, shared by its forward and all its derivatives."""
+    plan: _Plan
+    stride: tuple
+    dilation: tuple
+    groups: int
+    in_spatial: tuple
+    kernel_size: tuple
+
+    def grouped(self, factor):
+        """The same call on ``factor`` independent problems stacked along the channels."""
+        return replace(self, groups=self.groups * factor)
+
+
+def _is_wrapped(t):
+    """Whether ``t`` is a torch.func wrapper (batched or grad-tracking): no data to read."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
 def _is_channels_last(t):
+    if _is_wrapped(t):  # the layout of a vmapped tensor is not queryable
+        return False
     return t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous()
 
 
@@ -290,34 +345,234 @@ def _as_tensor(a, channels_last):
     return t.permute(0, 4, 1, 2, 3) if channels_last else t
 
 
+def _placeholder(shape, dtype):
+    """A read-only array of ``shape`` without memory: an operand the kernels do not read."""
+    return np.broadcast_to(np.zeros((), dtype), shape)
+
+
+def _backward(grad_output, x, weight, use_bias, needs, call, channels_last):
+    """:func:`_backward_arrays` on tensors (``x``/``weight`` may be placeholder arrays)."""
+    return _backward_arrays(_as_array(grad_output, channels_last), x, weight, use_bias, needs,
+                            call.plan, call.stride, call.dilation, call.groups, channels_last,
+                            torch.get_num_threads())
+
+
+def _batch_first(t, dim, size):
+    """``t`` with its vmapped dimension first; broadcast to ``size`` when it has none."""
+    return t.expand(size, *t.shape) if dim is None else t.movedim(dim, 0)
+
+
+def _fold_channels(t, dim, size):
+    """A vmapped ``(batch, channels, ...)`` tensor as ``(batch, size * channels, ...)``.
+
+    The vmapped index becomes the slower channel index, as a ``groups`` multiple expects.
+    """
+    if dim is None:
+        t = t.unsqueeze(1).expand(t.shape[0], size, *t.shape[1:])
+    else:
+        t = t.movedim(dim, 1)
+    return t.flatten(1, 2)
+
+
+def _sum_terms(terms):
+    """The sum of the terms that are not None (a jvp's tangent)."""
+    terms = [t for t in terms if t is not None]
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
+
+
 class _ConvTranspose3dFunction(torch.autograd.Function):
-    """tconv3d's forward and backward for validated 5-D CPU float tensors."""
+    """``F(x, W) + b``: tconv3d's forward, for validated 5-D CPU float tensors."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, plan, stride, dilation, groups):
+    def forward(x, weight, bias, call):
         channels_last = _is_channels_last(x)
-        num_threads = torch.get_num_threads()
         y = _forward_arrays(_as_array(x, channels_last), _as_array(weight, False),
-                            None if bias is None else _as_array(bias, False), plan, stride,
-                            dilation, groups, channels_last, num_threads)
-        ctx.save_for_backward(x, weight)
-        ctx.config = (bias is not None, plan, stride, dilation, groups)
+                            None if bias is None else _as_array(bias, False), call.plan,
+                            call.stride, call.dilation, call.groups, channels_last,
+                            torch.get_num_threads())
         return _as_tensor(y, channels_last)
 
     @staticmethod
-    @once_differentiable
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, call = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
+        ctx.call, ctx.use_bias, ctx.shape = call, bias is not None, output.shape
+
+    @staticmethod
     def backward(ctx, grad_output):
         x, weight = ctx.saved_tensors
-        use_bias, plan, stride, dilation, groups = ctx.config
+        call = ctx.call
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
         channels_last = _is_channels_last(x)
-        gx, gw, gb = _backward_arrays(
-            _as_array(grad_output, channels_last), _as_array(x, channels_last),
-            _as_array(weight, False), use_bias, ctx.needs_input_grad[:3], plan, stride,
-            dilation, groups, channels_last, torch.get_num_threads())
-        return (None if gx is None else _as_tensor(gx, channels_last),
-                None if gw is None else torch.from_numpy(gw),
-                None if gb is None else torch.from_numpy(gb),
-                None, None, None, None)
+        if not torch.is_grad_enabled() and not any(map(_is_wrapped, (grad_output, x, weight))):
+            # First-order backward of plain tensors: all gradients in one pass.
+            gx, gw, gb = _backward(grad_output, _as_array(x, channels_last),
+                                   _as_array(weight, False), ctx.use_bias,
+                                   (need_x, need_w, need_b), call, channels_last)
+            return (None if gx is None else _as_tensor(gx, channels_last),
+                    None if gw is None else torch.from_numpy(gw),
+                    None if gb is None else torch.from_numpy(gb), None)
+        # create_graph=True, or torch.func: the gradients as differentiable operations.
+        return (_GradInput.apply(grad_output, weight, call, channels_last) if need_x else None,
+                _GradWeight.apply(grad_output, x, call) if need_w else None,
+                _GradBias.apply(grad_output, call, x.shape[1]) if need_b else None, None)
+
+    @staticmethod
+    def jvp(ctx, dx, dweight, dbias, _):
+        x, weight = ctx.saved_tensors
+        apply = _ConvTranspose3dFunction.apply
+        terms = [apply(dx, weight, None, ctx.call) if dx is not None else None,
+                 apply(x, dweight, None, ctx.call) if dweight is not None else None,
+                 None if dbias is None else dbias.reshape(1, -1, 1, 1, 1).expand(ctx.shape)]
+        return _sum_terms(terms)
+
+    @staticmethod
+    def vmap(info, in_dims, x, weight, bias, call):
+        x_dim, w_dim, b_dim = in_dims[:3]
+        apply = _ConvTranspose3dFunction.apply
+        if w_dim is None and b_dim is None:  # one weight: vmap and batch are one batch
+            x = x.movedim(x_dim, 0)
+            y = apply(x.flatten(0, 1), weight, bias, call)
+            return y.unflatten(0, x.shape[:2]), 0
+        size = info.batch_size
+        y = apply(_fold_channels(x, x_dim, size), _batch_first(weight, w_dim, size).flatten(0, 1),
+                  None if bias is None else _batch_first(bias, b_dim, size).flatten(),
+                  call.grouped(size))
+        return y.unflatten(1, (size, -1)), 1
+
+
+class _GradInput(torch.autograd.Function):
+    """``Gx(g, W)``: the gradient of ``F(x, W)`` with respect to ``x``, in ``x``'s layout."""
+
+    @staticmethod
+    def forward(grad_output, weight, call, channels_last):
+        dtype = _as_array(weight, False).dtype
+        x = _placeholder(_shape(channels_last, grad_output.shape[0], call.in_spatial,
+                                weight.shape[0]), dtype)
+        gx, _, _ = _backward(grad_output, x, _as_array(weight, False), False,
+                             (True, False, False), call, channels_last)
+        return _as_tensor(gx, channels_last)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_output, weight, call, channels_last = inputs
+        ctx.save_for_backward(grad_output, weight)
+        ctx.save_for_forward(grad_output, weight)
+        ctx.call, ctx.channels_last = call, channels_last
+
+    @staticmethod
+    def backward(ctx, u):
+        grad_output, weight = ctx.saved_tensors
+        need_g, need_w = ctx.needs_input_grad[:2]
+        return (_ConvTranspose3dFunction.apply(u, weight, None, ctx.call) if need_g else None,
+                _GradWeight.apply(grad_output, u, ctx.call) if need_w else None, None, None)
+
+    @staticmethod
+    def jvp(ctx, dgrad_output, dweight, *_):
+        grad_output, weight = ctx.saved_tensors
+        apply = _GradInput.apply
+        return _sum_terms([
+            None if dgrad_output is None else apply(dgrad_output, weight, ctx.call,
+                                                    ctx.channels_last),
+            None if dweight is None else apply(grad_output, dweight, ctx.call,
+                                               ctx.channels_last)])
+
+    @staticmethod
+    def vmap(info, in_dims, grad_output, weight, call, channels_last):
+        g_dim, w_dim = in_dims[:2]
+        if w_dim is None:
+            grad_output = grad_output.movedim(g_dim, 0)
+            gx = _GradInput.apply(grad_output.flatten(0, 1), weight, call, channels_last)
+            return gx.unflatten(0, grad_output.shape[:2]), 0
+        size = info.batch_size
+        gx = _GradInput.apply(_fold_channels(grad_output, g_dim, size),
+                              _batch_first(weight, w_dim, size).flatten(0, 1),
+                              call.grouped(size), channels_last)
+        return gx.unflatten(1, (size, -1)), 1
+
+
+class _GradWeight(torch.autograd.Function):
+    """``Gw(g, x)``: the gradient of ``F(x, W)`` with respect to ``W``, PyTorch's layout."""
+
+    @staticmethod
+    def forward(grad_output, x, call):
+        channels_last = _is_channels_last(x)
+        xa = _as_array(x, channels_last)
+        weight = _placeholder((x.shape[1], grad_output.shape[1] // call.groups,
+                               *call.kernel_size), xa.dtype)
+        _, gw, _ = _backward(grad_output, xa, weight, False, (False, True, False), call,
+                             channels_last)
+        return torch.from_numpy(gw)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_output, x, call = inputs
+        ctx.save_for_backward(grad_output, x)
+        ctx.save_for_forward(grad_output, x)
+        ctx.call = call
+
+    @staticmethod
+    def backward(ctx, v):
+        grad_output, x = ctx.saved_tensors
+        need_g, need_x = ctx.needs_input_grad[:2]
+        return (_ConvTranspose3dFunction.apply(x, v, None, ctx.call) if need_g else None,
+                _GradInput.apply(grad_output, v, ctx.call, _is_channels_last(x))
+                if need_x else None, None)
+
+    @staticmethod
+    def jvp(ctx, dgrad_output, dx, _):
+        grad_output, x = ctx.saved_tensors
+        apply = _GradWeight.apply
+        return _sum_terms([None if dgrad_output is None else apply(dgrad_output, x, ctx.call),
+                           None if dx is None else apply(grad_output, dx, ctx.call)])
+
+    @staticmethod
+    def vmap(info, in_dims, grad_output, x, call):
+        g_dim, x_dim = in_dims[:2]
+        size = info.batch_size
+        gw = _GradWeight.apply(_fold_channels(grad_output, g_dim, size),
+                               _fold_channels(x, x_dim, size), call.grouped(size))
+        return gw.unflatten(0, (size, -1)), 0
+
+
+class _GradBias(torch.autograd.Function):
+    """``Gb(g)``: the gradient of the bias, ``g`` summed over batch and space."""
+
+    @staticmethod
+    def forward(grad_output, call, in_channels):
+        channels_last = _is_channels_last(grad_output)
+        dtype = _as_array(grad_output, False).dtype
+        x = _placeholder(_shape(channels_last, grad_output.shape[0], call.in_spatial,
+                                in_channels), dtype)
+        weight = _placeholder((in_channels, grad_output.shape[1] // call.groups,
+                               *call.kernel_size), dtype)
+        _, _, gb = _backward(grad_output, x, weight, True, (False, False, True), call,
+                             channels_last)
+        return torch.from_numpy(gb)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_output, call, in_channels = inputs
+        ctx.shape, ctx.call, ctx.in_channels = grad_output.shape, call, in_channels
+
+    @staticmethod
+    def backward(ctx, c):
+        return c.reshape(1, -1, 1, 1, 1).expand(ctx.shape), None, None
+
+    @staticmethod
+    def jvp(ctx, dgrad_output, *_):
+        return _GradBias.apply(dgrad_output, ctx.call, ctx.in_channels)
+
+    @staticmethod
+    def vmap(info, in_dims, grad_output, call, in_channels):
+        size = info.batch_size
+        gb = _GradBias.apply(_fold_channels(grad_output, in_dims[0], size),
+                             call.grouped(size), in_channels * size)
+        return gb.unflatten(0, (size, -1)), 0
 
 
 def _tconv_plan(input, weight, bias, stride, padding, output_padding, groups, dilation):
@@ -400,13 +655,14 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
         return F.conv_transpose3d(input, weight, bias, stride, padding, output_padding,
                                   groups, dilation)
     plan, stride, dilation = config
-    return _apply(input, weight, bias, plan, stride, dilation, groups)
+    call = _Call(plan, stride, dilation, groups, tuple(input.shape[2:]), tuple(weight.shape[2:]))
+    return _apply(input, weight, bias, call)
 
 
 @torch.compiler.disable
-def _apply(input, weight, bias, plan, stride, dilation, groups):
+def _apply(input, weight, bias, call):
     # Dynamo cannot trace into compiled code: keep the call out of torch.compile's graphs.
-    return _ConvTranspose3dFunction.apply(input, weight, bias, plan, stride, dilation, groups)
+    return _ConvTranspose3dFunction.apply(input, weight, bias, call)
 
 
 class ConvTranspose3d(torch.nn.ConvTranspose3d):
