@@ -318,6 +318,119 @@ def test_first_order_gradients_are_the_same_with_create_graph():
 
 
 # --------------------------------------------------------------------------------------
+# torch.func: grad, vjp, jvp, jacrev, jacfwd, hessian, vmap
+# --------------------------------------------------------------------------------------
+def _func_pair(groups=1, seed=0):
+    return _pair(dict(kernel_size=3, stride=2, padding=1, output_padding=1), cin=4,
+                 cout=2 * groups, groups=groups, seed=seed)
+
+
+def _params(module):
+    return {name: p.detach() for name, p in module.named_parameters()}
+
+
+def _assert_trees_close(got, expected):
+    """Nested tuples/dicts of float64 tensors, the same structure and close values."""
+    (got, got_spec), (expected, expected_spec) = map(torch.utils._pytree.tree_flatten,
+                                                     (got, expected))
+    assert got_spec == expected_spec
+    for a, e in zip(got, expected):
+        assert a.shape == e.shape
+        _assert_close(a, e, torch.float64)
+
+
+def test_func_grad_of_functional_call_matches_torch():
+    # issue 18: raised "must override the setup_context staticmethod"
+    ref, ours = _func_pair()
+    x = torch.randn(2, 4, 3, 4, 3, dtype=torch.float64)
+    grads = [torch.func.grad(lambda p, m=m: torch.func.functional_call(m, p, (x,)).sum())(
+        _params(m)) for m in (ref, ours)]
+    _assert_trees_close(grads[1], grads[0])
+
+
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_func_vmap_of_the_module_matches_torch(groups, memory_format):
+    # issue 18: torch.func.vmap(m)(x[:, None]) raised
+    ref, ours = _func_pair(groups)
+    x = _to_format(torch.randn(3, 4, 3, 4, 3, dtype=torch.float64), memory_format)
+    _assert_close(torch.func.vmap(ours)(x[:, None]), torch.func.vmap(ref)(x[:, None]),
+                  torch.float64)
+    # the vmapped dimension anywhere, and unbatched samples
+    f = torch.func.vmap(ours, in_dims=2, out_dims=1)
+    expected = torch.func.vmap(ref, in_dims=2, out_dims=1)(x[:, :, None])
+    _assert_close(f(x[:, :, None]), expected, torch.float64)
+    _assert_close(torch.func.vmap(ours)(x), torch.func.vmap(ref)(x), torch.float64)
+
+
+@pytest.mark.parametrize("in_dims", [(0, 0, 0), (0, 0, None), (None, 0, None), (None, None, 0),
+                                     (1, 0, None), (None, 2, 0)])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_func_vmap_over_weights_and_bias(in_dims, groups):
+    torch.manual_seed(0)
+    size = 3
+    shapes = [(2, 4, 3, 4, 3), (4, 2, 3, 3, 2), (2 * groups,)]
+    args = []
+    for shape, dim in zip(shapes, in_dims):
+        t = torch.randn(shape, dtype=torch.float64)
+        args.append(t if dim is None else torch.stack([t] * size, dim) + torch.randn(
+            (size, *shape), dtype=torch.float64).movedim(0, dim))
+    kwargs = dict(stride=2, padding=1, output_padding=(1, 0, 1), groups=groups)
+    got = torch.func.vmap(lambda x, w, b: tt.conv_transpose3d(x, w, b, **kwargs),
+                          in_dims=in_dims)(*args)
+    expected = torch.func.vmap(lambda x, w, b: F.conv_transpose3d(x, w, b, **kwargs),
+                               in_dims=in_dims)(*args)
+    _assert_close(got, expected, torch.float64)
+
+
+def test_func_vjp_and_jvp_match_torch():
+    ref, ours = _func_pair(groups=2)
+    x = torch.randn(2, 4, 3, 4, 3, dtype=torch.float64)
+    params = _params(ours)
+    generator = torch.Generator().manual_seed(4)
+    results = []
+    for m in (ref, ours):
+        def f(x, p, m=m):
+            return torch.func.functional_call(m, p, (x,))
+        y, vjp_fn = torch.func.vjp(f, x, params)
+        cotangent = torch.randn(y.shape, dtype=y.dtype, generator=generator.manual_seed(5))
+        tangents = (torch.randn(x.shape, dtype=x.dtype, generator=generator.manual_seed(6)),
+                    {k: torch.randn(v.shape, dtype=v.dtype, generator=generator)
+                     for k, v in params.items()})
+        results.append((y, vjp_fn(cotangent), torch.func.jvp(f, (x, params), tangents)))
+    _assert_trees_close(results[1], results[0])
+
+
+def test_func_jacobians_and_hessian_match_torch():
+    ref, ours = _func_pair()
+    x = torch.randn(1, 4, 2, 2, 1, dtype=torch.float64)
+    params = _params(ours)
+    results = []
+    for m in (ref, ours):
+        def f(x, p, m=m):
+            return torch.func.functional_call(m, p, (x,))
+
+        def loss(x, p, m=m):
+            return torch.func.functional_call(m, p, (x,)).square().sum()
+        results.append((torch.func.jacrev(f, argnums=(0, 1))(x, params),
+                        torch.func.jacfwd(f, argnums=(0, 1))(x, params),
+                        torch.func.hessian(loss, argnums=(0, 1))(x, params),
+                        torch.func.jacrev(torch.func.jacrev(loss))(x, params)))
+    _assert_trees_close(results[1], results[0])
+
+
+def test_func_per_sample_gradients_match_torch():
+    ref, ours = _func_pair(groups=2)
+    x = torch.randn(3, 4, 3, 4, 3, dtype=torch.float64)
+    grads = []
+    for m in (ref, ours):
+        def loss(p, sample, m=m):
+            return torch.func.functional_call(m, p, (sample[None],)).square().sum()
+        grads.append(torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(_params(m), x))
+    _assert_trees_close(grads[1], grads[0])
+
+
+# --------------------------------------------------------------------------------------
 # padding mapping, layouts and copies
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=_geometry_id)
