@@ -14,7 +14,10 @@ torch.Size([1, 16, 16, 16, 16])
 same parameters (``weight`` of shape ``(in_channels, out_channels // groups, kd, kh, kw)``,
 ``bias``), same default initialisation and the same ``state_dict``; only ``forward`` differs.
 :func:`conv_transpose3d` mirrors :func:`torch.nn.functional.conv_transpose3d`, and
-:func:`convert` swaps the modules of an existing model.
+:func:`convert` converts the modules of an existing model in place (by swapping their class),
+so their hooks, hook-computed weights (``spectral_norm``, ``weight_norm``, ``prune``) and
+parametrizations (``torch.nn.utils.parametrizations``) keep working; it warns about each
+module it leaves to PyTorch and, with ``report=True``, returns a :class:`ConvertReport`.
 
 What runs where
 ---------------
@@ -122,12 +125,15 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.utils import parametrize
 from torch.overrides import handle_torch_function, has_torch_function
 
 from ._ops import conv_transpose3d as _tconv_forward
 from ._ops import conv_transpose3d_backward as _tconv_backward
 
-__all__ = ["ConvTranspose3d", "TconvFallbackWarning", "conv_transpose3d", "convert"]
+__all__ = ["ConvTranspose3d", "ConvertReport", "TconvFallbackWarning", "conv_transpose3d",
+           "convert"]
 
 _DTYPES = (torch.float32, torch.float64)
 _PLAIN_DISPATCH = torch.Tensor.__torch_dispatch__
@@ -713,19 +719,41 @@ class ConvTranspose3d(torch.nn.ConvTranspose3d):
 
     @classmethod
     def from_torch(cls, module):
-        """This class's module sharing ``module``'s parameters (no copy, no initialisation).
+        """A new module of this class sharing ``module``'s parameters (no copy, no init).
 
         Parameters
         ----------
         module : torch.nn.ConvTranspose3d
+            With its own ``weight`` Parameter: not parametrized, weight not computed by a
+            hook (``spectral_norm``, ``weight_norm``, ``prune``, ...).
 
         Returns
         -------
         ConvTranspose3d
             Uses the same ``weight`` and ``bias`` Parameter objects, so optimizers built
             on ``module.parameters()`` keep working; has ``module``'s training flag.
-            Module hooks are not carried over.
+            Module hooks are not carried over (a warning names them): :func:`convert`
+            converts a module in place and keeps its hooks and parametrizations.
+
+        Raises
+        ------
+        TypeError
+            If ``module`` is not a ``torch.nn.ConvTranspose3d`` or its weight is not a
+            Parameter of its own.
         """
+        if not isinstance(module, torch.nn.ConvTranspose3d):
+            raise TypeError(f"`module` must be a torch.nn.ConvTranspose3d, got "
+                            f"{type(module).__name__}.")
+        if "weight" not in module._parameters:
+            raise TypeError(f"`module`'s weight is computed ({_computed_weight(module)}), not "
+                            f"a Parameter of its own: tconv3d.torch.convert(module) converts "
+                            f"it in place and keeps that computation.")
+        hooks = _hook_kinds(module)
+        if hooks:
+            warnings.warn(f"tconv3d.torch.ConvTranspose3d.from_torch: the module's "
+                          f"{', '.join(hooks)} are not carried over to the new module; "
+                          f"tconv3d.torch.convert(module) converts it in place and keeps "
+                          f"them.", UserWarning, stacklevel=2)
         new = cls(module.in_channels, module.out_channels, module.kernel_size,
                   stride=module.stride, padding=module.padding,
                   output_padding=module.output_padding, groups=module.groups,
@@ -737,29 +765,136 @@ class ConvTranspose3d(torch.nn.ConvTranspose3d):
         return new
 
 
-def convert(model):
-    """Replace every :class:`torch.nn.ConvTranspose3d` of ``model`` by :class:`ConvTranspose3d`.
+_HOOKS = {"_forward_pre_hooks": "forward pre-hooks", "_forward_hooks": "forward hooks",
+          "_backward_pre_hooks": "backward pre-hooks", "_backward_hooks": "backward hooks",
+          "_state_dict_pre_hooks": "state_dict pre-hooks",
+          "_state_dict_hooks": "state_dict hooks",
+          "_load_state_dict_pre_hooks": "load_state_dict pre-hooks",
+          "_load_state_dict_post_hooks": "load_state_dict post-hooks"}
 
-    Only modules whose type is exactly ``torch.nn.ConvTranspose3d`` are replaced (not
-    subclasses such as ``LazyConvTranspose3d``, parametrized modules or user classes with
-    their own ``forward``); the new modules share the old ones' parameters, so weights,
-    ``state_dict`` keys and existing optimizers are unchanged. Everything else is left
-    untouched. Like :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`, ``model`` is
-    modified in place and returned (if ``model`` itself is a ``ConvTranspose3d``, the
-    replacement is returned).
+
+def _hook_kinds(module):
+    return [kind for attribute, kind in _HOOKS.items() if getattr(module, attribute, None)]
+
+
+def _computed_weight(module):
+    if parametrize.is_parametrized(module, "weight"):
+        return "parametrized"
+    return "by a forward pre-hook" if module._forward_pre_hooks else "not a Parameter"
+
+
+@dataclass(frozen=True)
+class ConvertReport:
+    """What :func:`convert` did, by qualified module name (``""`` is the model itself).
+
+    Attributes
+    ----------
+    converted : tuple of str
+        The modules that now run on tconv3d (their class was swapped in place).
+    skipped : dict of str to str
+        The transposed convolutions left to PyTorch, with the reason; :func:`convert`
+        also warned about each of them.
+    """
+    converted: tuple
+    skipped: dict
+
+    def __str__(self):
+        lines = [f"converted {len(self.converted)} module(s) to tconv3d.torch: "
+                 f"{', '.join(repr(n) for n in self.converted) or '-'}"]
+        lines += [f"skipped {name!r}: {reason}" for name, reason in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def _parametrized_class(cls, module):
+    """``cls`` (PyTorch's parametrized ConvTranspose3d class) rebuilt on :class:`ConvTranspose3d`.
+
+    ``torch.nn.utils.parametrize`` gives a parametrized module a class of its own deriving
+    from the module's class, holding one property per parametrized tensor; the same
+    attributes on a class deriving from tconv3d's module keep every parametrization
+    working (and ``remove_parametrizations`` gives a :class:`ConvTranspose3d` back).
+    Returns None when ``cls`` holds anything else (a user's subclass).
+    """
+    if cls.__bases__ != (torch.nn.ConvTranspose3d,):
+        return None
+    attributes = {name: value for name, value in vars(cls).items()
+                  if name not in ("__dict__", "__weakref__")}
+    own = {name for name in attributes if not name.startswith("__")}
+    if not own <= set(module.parametrizations.keys()):
+        return None
+    attributes["__module__"] = __name__
+    return type(cls.__name__, (ConvTranspose3d,), attributes)
+
+
+def _skip_reason(module):
+    """Why ``module`` (a torch.nn.ConvTranspose3d subclass) cannot be converted."""
+    if isinstance(module, LazyModuleMixin):
+        return ("an uninitialized lazy module: run one forward pass (it then becomes a "
+                "torch.nn.ConvTranspose3d) and convert again")
+    if parametrize.is_parametrized(module):
+        return (f"a parametrized {type(module).__bases__[0].__qualname__} (only parametrized "
+                f"torch.nn.ConvTranspose3d modules are converted)")
+    return (f"a subclass ({type(module).__qualname__}) of torch.nn.ConvTranspose3d, whose "
+            f"forward may differ")
+
+
+def convert(model, *, report=False):
+    """Make every :class:`torch.nn.ConvTranspose3d` of ``model`` run on tconv3d, in place.
+
+    Each module whose class is exactly ``torch.nn.ConvTranspose3d`` becomes a
+    :class:`ConvTranspose3d` by swapping its class in place (as
+    ``torch.nn.utils.parametrize`` does), so everything attached to it is kept:
+    parameters (weights, ``state_dict`` keys and existing optimizers are unchanged), hooks of
+    every kind (forward, forward pre-, full backward, backward pre-, ``state_dict`` and
+    ``load_state_dict`` hooks) and weights computed by hooks (``torch.nn.utils.spectral_norm``,
+    ``weight_norm``, ``torch.nn.utils.prune``). Modules parametrized with
+    ``torch.nn.utils.parametrize`` (``torch.nn.utils.parametrizations.weight_norm``,
+    ``spectral_norm``, ``orthogonal``, ...) are converted too, keeping their
+    parametrizations. Other subclasses of ``torch.nn.ConvTranspose3d`` (user classes,
+    uninitialized ``LazyConvTranspose3d``, ...) are left to PyTorch with a
+    :class:`UserWarning` saying why. Everything else is untouched; converting twice changes
+    nothing.
 
     Parameters
     ----------
     model : torch.nn.Module
+    report : bool, default=False
+        Also return a :class:`ConvertReport` of what was converted and what was skipped.
 
     Returns
     -------
-    torch.nn.Module
+    model : torch.nn.Module
+        ``model`` itself, modified in place (like
+        :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`, assign the result).
+    report : ConvertReport
+        Only with ``report=True``.
+
+    Examples
+    --------
+    >>> import torch, tconv3d.torch
+    >>> up = torch.nn.utils.parametrizations.weight_norm(torch.nn.ConvTranspose3d(4, 2, 2, 2))
+    >>> model, report = tconv3d.torch.convert(torch.nn.Sequential(up), report=True)
+    >>> report.converted, isinstance(model[0], tconv3d.torch.ConvTranspose3d)
+    (('0',), True)
     """
-    if type(model) is torch.nn.ConvTranspose3d:
-        return ConvTranspose3d.from_torch(model)
-    for name, child in model.named_children():
-        new = convert(child)
-        if new is not child:
-            setattr(model, name, new)
+    converted, skipped = [], {}
+    for name, module in model.named_modules():
+        if isinstance(module, ConvTranspose3d) or not isinstance(module,
+                                                                torch.nn.ConvTranspose3d):
+            continue
+        cls = type(module)
+        if cls is torch.nn.ConvTranspose3d:
+            new_cls = ConvTranspose3d
+        elif parametrize.is_parametrized(module):
+            new_cls = _parametrized_class(cls, module)
+        else:
+            new_cls = None
+        if new_cls is None:
+            skipped[name] = reason = _skip_reason(module)
+            warnings.warn(f"tconv3d.torch.convert: left {name or 'the model'!r} to PyTorch: "
+                          f"{reason}.", UserWarning, stacklevel=2)
+            continue
+        module.__class__ = new_cls
+        converted.append(name)
+    if report:
+        return model, ConvertReport(tuple(converted), skipped)
     return model

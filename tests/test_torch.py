@@ -722,7 +722,8 @@ def test_convert_unet_gives_the_same_outputs_and_gradients(memory_format):
     params = list(model.parameters())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     keys = list(model.state_dict())
-    converted = tt.convert(model)
+    with pytest.warns(UserWarning, match="'extra'.*_CustomConvTranspose"):
+        converted = tt.convert(model)
     assert converted is model
     assert type(model.up1) is tt.ConvTranspose3d and type(model.up2) is tt.ConvTranspose3d
     assert type(model.extra) is _CustomConvTranspose
@@ -751,12 +752,215 @@ def test_convert_unet_gives_the_same_outputs_and_gradients(memory_format):
 
 def test_convert_module_itself_and_lazy_modules():
     conv = torch.nn.ConvTranspose3d(2, 3, 2, stride=2)
+    weight, bias = conv.weight, conv.bias
     new = tt.convert(conv)
-    assert type(new) is tt.ConvTranspose3d and new.weight is conv.weight and new.bias is conv.bias
+    assert new is conv and type(new) is tt.ConvTranspose3d  # converted in place
+    assert new.weight is weight and new.bias is bias
     lazy = torch.nn.Sequential(torch.nn.LazyConvTranspose3d(3, 2))
-    assert type(tt.convert(lazy)[0]) is torch.nn.LazyConvTranspose3d
+    with pytest.warns(UserWarning, match="'0'.*lazy module: run one forward pass"):
+        assert type(tt.convert(lazy)[0]) is torch.nn.LazyConvTranspose3d
+    lazy(torch.randn(1, 2, 3, 3, 3))  # materialised: now a torch.nn.ConvTranspose3d
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert type(tt.convert(lazy)[0]) is tt.ConvTranspose3d
     conv.eval()
     assert not tt.ConvTranspose3d.from_torch(conv).training
+
+
+def _norm_wrappers():
+    import torch.nn.utils.prune as prune
+    p = torch.nn.utils.parametrizations
+    return {
+        "spectral_norm": (torch.nn.utils.spectral_norm, torch.nn.utils.remove_spectral_norm),
+        "weight_norm": (torch.nn.utils.weight_norm, torch.nn.utils.remove_weight_norm),
+        "parametrizations.weight_norm": (
+            p.weight_norm, lambda m: torch.nn.utils.parametrize.remove_parametrizations(
+                m, "weight")),
+        "parametrizations.spectral_norm": (
+            p.spectral_norm, lambda m: torch.nn.utils.parametrize.remove_parametrizations(
+                m, "weight")),
+        "prune": (lambda m: prune.l1_unstructured(m, "weight", amount=0.3),
+                  lambda m: prune.remove(m, "weight")),
+        "prune-twice": (lambda m: prune.ln_structured(
+            prune.random_unstructured(m, "weight", amount=0.2), "weight", amount=0.5, n=2,
+            dim=1), lambda m: prune.remove(m, "weight")),
+    }
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm.*is deprecated:FutureWarning")
+@pytest.mark.parametrize("wrapper", list(_norm_wrappers()))
+def test_convert_modules_with_computed_weights(wrapper):
+    # issue 18: convert raised "cannot assign 'torch.FloatTensor' as parameter 'weight'"
+    wrap, unwrap = _norm_wrappers()[wrapper]
+
+    def build():
+        torch.manual_seed(0)  # the same weights, masks and power-iteration vectors
+        return torch.nn.Sequential(
+            wrap(torch.nn.ConvTranspose3d(4, 3, 3, stride=2, padding=1, groups=1,
+                                          dtype=torch.float64)),
+            torch.nn.Tanh(),
+            wrap(torch.nn.ConvTranspose3d(3, 2, 2, stride=2, dtype=torch.float64)))
+
+    ref, model = build(), build()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model, report = tt.convert(model, report=True)
+    assert report.converted == ("0", "2") and report.skipped == {}
+    assert all(isinstance(model[i], tt.ConvTranspose3d) for i in (0, 2))
+    assert list(model.state_dict()) == list(ref.state_dict())
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (ref, model)]
+    x = torch.randn(2, 4, 3, 4, 3, dtype=torch.float64)
+    for step in range(3):  # the wrapper keeps working through optimizer steps
+        outputs = []
+        for m, optimizer in zip((ref, model), optimizers):
+            optimizer.zero_grad()
+            y = m(x)
+            y.square().mean().backward()
+            optimizer.step()
+            outputs.append((y.detach(), [p.grad for p in m.parameters()]))
+        (y_ref, g_ref), (y, g) = outputs
+        _assert_close(y, y_ref, torch.float64)
+        for a, e in zip(g, g_ref):
+            _assert_close(a, e, torch.float64)
+    for key, value in ref.state_dict().items():
+        _assert_close(model.state_dict()[key], value, torch.float64)
+    ref.eval()
+    model.eval()
+    with torch.no_grad():
+        _assert_close(model(x), ref(x), torch.float64)
+    for m in (ref, model):  # removing the wrapper leaves a plain module of the same kind
+        unwrap(m[0])
+        unwrap(m[2])
+    assert type(model[0]) is tt.ConvTranspose3d and type(ref[0]) is torch.nn.ConvTranspose3d
+    with torch.no_grad():
+        _assert_close(model(x), ref(x), torch.float64)
+
+
+def test_converted_parametrized_modules_deepcopy_and_refuse_pickling_like_torch():
+    up = torch.nn.utils.parametrizations.weight_norm(torch.nn.ConvTranspose3d(4, 2, 2, 2))
+    up = tt.convert(up)
+    assert type(up).__name__ == "ParametrizedConvTranspose3d"
+    twin = copy.deepcopy(up)
+    assert type(twin) is type(up) and twin.parametrizations.weight.original0 is not \
+        up.parametrizations.weight.original0
+    x = torch.randn(1, 4, 3, 3, 3)
+    with torch.no_grad():
+        assert torch.equal(twin(x), up(x))
+    with pytest.raises(RuntimeError, match="state_dict"):
+        torch.save(up, io.BytesIO())
+    # more parametrizations can be registered on the converted module
+    torch.nn.utils.parametrize.register_parametrization(up, "bias", _Double())
+    with torch.no_grad():
+        y = up(x)
+        up.parametrizations.bias.original.zero_()
+        assert not torch.equal(up(x), y)
+
+
+class _Double(torch.nn.Module):
+    def forward(self, t):
+        return 2 * t
+
+
+def test_convert_reports_and_warns_about_what_it_skips():
+    model = torch.nn.Sequential(
+        torch.nn.ConvTranspose3d(2, 2, 2),
+        _CustomConvTranspose(2, 2, 1),
+        torch.nn.LazyConvTranspose3d(2, 1),
+        torch.nn.utils.parametrizations.weight_norm(_CustomConvTranspose(2, 2, 1)),
+        torch.nn.Conv3d(2, 2, 1))
+    model.shared = model[0]  # one module under two names: converted once
+    with pytest.warns(UserWarning) as record:
+        model, report = tt.convert(model, report=True)
+    assert report.converted == ("0",)
+    assert list(report.skipped) == ["1", "2", "3"]
+    assert "_CustomConvTranspose" in report.skipped["1"]
+    assert "lazy" in report.skipped["2"]
+    assert "parametrized _CustomConvTranspose" in report.skipped["3"]
+    messages = [str(w.message) for w in record if "tconv3d" in str(w.message)]
+    assert len(messages) == 3
+    assert all(f"left '{name}' to PyTorch: {reason}" in message
+               for message, (name, reason) in zip(messages, report.skipped.items()))
+    assert "converted 1 module(s)" in str(report) and "skipped '2'" in str(report)
+    assert type(model[1]) is _CustomConvTranspose and type(model[4]) is torch.nn.Conv3d
+    # converting again changes nothing and reports the same skips
+    with pytest.warns(UserWarning):
+        again, report = tt.convert(model, report=True)
+    assert again is model and report.converted == () and list(report.skipped) == ["1", "2", "3"]
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm.*is deprecated:FutureWarning")
+def test_from_torch_refuses_computed_weights_and_warns_about_hooks():
+    for module in (torch.nn.utils.spectral_norm(torch.nn.ConvTranspose3d(2, 2, 2)),
+                   torch.nn.utils.parametrizations.weight_norm(torch.nn.ConvTranspose3d(2, 2, 2))):
+        with pytest.raises(TypeError, match="computed.*convert"):
+            tt.ConvTranspose3d.from_torch(module)
+    with pytest.raises(TypeError, match="torch.nn.ConvTranspose3d, got Conv3d"):
+        tt.ConvTranspose3d.from_torch(torch.nn.Conv3d(2, 2, 1))
+    module = torch.nn.ConvTranspose3d(2, 2, 2)
+    module.register_forward_hook(lambda m, args, y: None)
+    module.register_full_backward_pre_hook(lambda m, g: None)
+    with pytest.warns(UserWarning, match="forward hooks, backward pre-hooks are not carried"):
+        tt.ConvTranspose3d.from_torch(module)
+
+
+# --------------------------------------------------------------------------------------
+# hooks survive convert
+# --------------------------------------------------------------------------------------
+def _hooked(events):
+    """A torch.nn.ConvTranspose3d with every kind of module hook, logging to ``events``."""
+    torch.manual_seed(0)
+    module = torch.nn.ConvTranspose3d(2, 3, 2, stride=2, dtype=torch.float64)
+
+    def log(kind, value=None):
+        events.append((kind, value if value is None else value.detach().clone()))
+
+    handles = [
+        module.register_forward_pre_hook(lambda m, args: (log("pre", args[0]), (2 * args[0],))[1]),
+        module.register_forward_pre_hook(
+            lambda m, args, kwargs: log("pre-kwargs", args[0]), with_kwargs=True),
+        module.register_forward_hook(lambda m, args, y: (log("forward", y), y + 1)[1]),
+        module.register_forward_hook(lambda m, args, kwargs, y: log("forward-kwargs", y),
+                                     with_kwargs=True, always_call=True),
+        module.register_full_backward_pre_hook(lambda m, g: (log("backward-pre", g[0]),
+                                                             (3 * g[0],))[1]),
+        module.register_full_backward_hook(lambda m, gi, go: log("backward", gi[0])),
+        module.register_state_dict_pre_hook(lambda m, prefix, keep_vars: log("state-pre")),
+        module.register_state_dict_post_hook(lambda m, state, prefix, meta: log("state")),
+        module.register_load_state_dict_pre_hook(lambda m, *args: log("load-pre")),
+        module.register_load_state_dict_post_hook(lambda m, keys: log("load")),
+    ]
+    return module, handles
+
+
+def _exercise(module, x):
+    x = x.detach().requires_grad_()
+    module(x).sum().backward()
+    module.load_state_dict(module.state_dict())
+    return x.grad
+
+
+def test_convert_keeps_every_kind_of_hook():
+    # issue 18: hooks registered on the PyTorch module stopped firing after convert
+    x = torch.randn(1, 2, 3, 4, 3, dtype=torch.float64)
+    expected, got = [], []
+    ref, _ = _hooked(expected)
+    gx_ref = _exercise(ref, x)
+    module, handles = _hooked(got)
+    model = tt.convert(torch.nn.Sequential(module))
+    assert model[0] is module and type(module) is tt.ConvTranspose3d
+    gx = _exercise(module, x)
+    assert [kind for kind, _ in got] == [kind for kind, _ in expected] == [
+        "pre", "pre-kwargs", "forward", "forward-kwargs", "backward-pre", "backward",
+        "state-pre", "state", "load-pre", "load"]
+    for (kind, a), (_, e) in zip(got, expected):
+        if e is not None:
+            _assert_close(a, e, torch.float64)
+    _assert_close(gx, gx_ref, torch.float64)  # the hooks' changes to values are applied
+    for handle in handles:  # handles taken before convert still remove the hooks
+        handle.remove()
+    got.clear()
+    _exercise(module, x)
+    assert got == []
 
 
 # --------------------------------------------------------------------------------------
