@@ -17,9 +17,6 @@
 #ifndef TCONV3D_GEMM_H
 #define TCONV3D_GEMM_H
 
-#include <stdlib.h>
-#include <string.h>
-
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(TCONV3D_NO_VECTOR_EXT)
 #define TC_VECTOR_EXT 1
 #endif
@@ -138,8 +135,7 @@ static void NAME(Py_ssize_t n, T alpha, const T *x, Py_ssize_t incx, T *y)      
 TC_DEFINE_AXPY(tc_axpy_f32, float)
 TC_DEFINE_AXPY(tc_axpy_f64, double)
 
-/* Variants: 0 = baseline, 1 = AVX2+FMA, 2 = AVX-512. */
-static const char *tc_variant_names[] = {"baseline", "avx2", "avx512"};
+/* Variants: 0 = baseline, 1 = AVX2+FMA, 2 = AVX-512 (named in _kernels.pyx, SIMD_VARIANTS). */
 static tc_gemm_f32_t tc_gemm_f32 = tc_gemm_f32_base;
 static tc_gemm_f64_t tc_gemm_f64 = tc_gemm_f64_base;
 static int tc_variant = 0;

@@ -1,22 +1,24 @@
 # Compiled core of tconv3d: forward and backward 3D transposed convolution.
 #
 # These kernels trust their caller (tconv3d/_ops.py): shapes, dtypes and the geometry
-# have been validated there, output arrays allocated there. Nothing here raises.
+# have been validated there, output arrays allocated there. The geometry reaches the
+# kernels as one Problem struct, filled by _problem() from the Geometry's named fields.
+# Nothing here validates; the only error raised is MemoryError, for a workspace.
 #
 # Conventions shared by every kernel
 # - Arrays arrive as *logical* 5-D views (batch, depth, height, width, channels) with
 #   arbitrary element strides, so channels_first, Fortran-ordered, sliced or negatively
 #   strided inputs are read in place: the layout is just a set of strides.
-# - Per spatial axis, input i and kernel tap j feed full-length position p = i*s + j*d;
-#   output o is full position p = o + crop (crop >= 0). All numerators below are kept
+# - Per spatial axis, input i and kernel tap j feed full-length position i*s + j*d;
+#   output o is full position o + crop (crop >= 0). All numerators below are kept
 #   non-negative because `cdivision=True` makes // and % truncate toward zero.
-# - Work is split with `prange(..., schedule='static')` over whole output rows, each
-#   written by exactly one thread: no atomics, and the summation order of every output
-#   element does not depend on the thread count.
-# - Along the width axis the outputs of one stride phase r = (o + crop) % s use the same
+# - Work is split with `prange(..., schedule='static')` over whole rows (batch, depth,
+#   height) of the array being written, each written by exactly one thread: no atomics,
+#   and the summation order of every output element does not depend on the thread count.
+# - Along the width axis the outputs of one stride phase (o + crop) % s use the same
 #   taps and consecutive inputs, so a block of BLOCK of them is accumulated together:
 #   each kernel tap matrix is loaded once per block instead of once per voxel, and the
-#   channel contraction is an innermost, vectorisable axpy over contiguous channels.
+#   channel contraction is a GEMM whose vectors run over contiguous channels (_gemm.h).
 # - The kernel-gradient reduction runs over a fixed partition into chunks (independent
 #   of the thread count), each chunk into its own buffer, and the buffers are added in
 #   chunk order: results are bitwise identical for any number of threads.
@@ -166,32 +168,46 @@ cdef Py_ssize_t MIN_CHUNK_VOXELS = 256
 
 
 ctypedef struct Problem:
-    Py_ssize_t N, cin, cout
-    Py_ssize_t n_in[3]      # input spatial sizes (depth, height, width)
-    Py_ssize_t k[3]         # kernel spatial sizes
+    # One transposed convolution as the kernels see it, filled only by _problem().
+    Py_ssize_t batch, cin, cout  # batch size, input channels, filters
+    Py_ssize_t n_in[3]      # input spatial lengths (depth, height, width)
+    Py_ssize_t k[3]         # kernel lengths (taps per axis)
     Py_ssize_t s[3]         # strides
     Py_ssize_t d[3]         # dilations
-    Py_ssize_t n_out[3]     # output spatial sizes
+    Py_ssize_t n_out[3]     # output spatial lengths
     Py_ssize_t crop[3]      # left crop of the full-length axis
-    Py_ssize_t xs[5]        # element strides of x (n, d, h, w, c)
+    Py_ssize_t xs[5]        # element strides of x / grad_input (n, d, h, w, c)
     Py_ssize_t ys[5]        # element strides of y / grad_output (n, d, h, w, c)
 
 
-cdef Problem _problem(tuple geometry, tuple x_strides, tuple y_strides):
+cdef Problem _problem(geometry, tuple x_strides, tuple y_strides) except *:
+    """The Problem of `geometry` (the Python-side Geometry dataclass, read by field name)
+    and the element strides of the logical x-side and y-side arrays.
+
+    Python ints past Py_ssize_t raise OverflowError here, before any kernel runs.
+    """
     cdef Problem p
     cdef int a
-    p.N, p.cin, p.cout = geometry[0], geometry[1], geometry[2]
+    p.batch = geometry.batch
+    p.cin = geometry.in_channels
+    p.cout = geometry.filters
     for a in range(3):
-        p.n_in[a] = geometry[3 + a]
-        p.k[a] = geometry[6 + a]
-        p.s[a] = geometry[9 + a]
-        p.d[a] = geometry[12 + a]
-        p.n_out[a] = geometry[15 + a]
-        p.crop[a] = geometry[18 + a]
+        p.n_in[a] = geometry.in_spatial[a]
+        p.k[a] = geometry.kernel_spatial[a]
+        p.s[a] = geometry.strides[a]
+        p.d[a] = geometry.dilation[a]
+        p.n_out[a] = geometry.out_spatial[a]
+        p.crop[a] = geometry.crop[a]
     for a in range(5):
         p.xs[a] = x_strides[a]
         p.ys[a] = y_strides[a]
     return p
+
+
+cdef inline Py_ssize_t _output_index(const Problem *p, int a, Py_ssize_t i,
+                                     Py_ssize_t j) noexcept nogil:
+    """Output that input `i` feeds through tap `j` on axis `a` (may be outside the output)."""
+    return i * p.s[a] + j * p.d[a] - p.crop[a]
 
 
 cdef inline Py_ssize_t _output_taps(const Problem *p, int a, Py_ssize_t o,
@@ -214,7 +230,7 @@ cdef inline Py_ssize_t _input_taps(const Problem *p, int a, Py_ssize_t i,
     """Taps (j, o) of axis `a` fed by input `i`: o = i*s + j*d - crop, 0 <= o < n_out."""
     cdef Py_ssize_t j, o, count = 0
     for j in range(p.k[a]):
-        o = i * p.s[a] + j * p.d[a] - p.crop[a]
+        o = _output_index(p, a, i, j)
         if o >= p.n_out[a]:
             break
         if o >= 0:
@@ -249,60 +265,134 @@ cdef inline Py_ssize_t _block_size(Py_ssize_t channels) noexcept nogil:
     return 1 if b < 1 else (MAX_BLOCK if b > MAX_BLOCK else b)
 
 
+# ------------------------------------------------------------------ rows and their taps
+#
+# The forward walks the rows (batch, depth, height) of the output, the gradients those
+# of the input; along a row's width they work in blocks. What a row needs from the
+# other side of the convolution is given by its depth and height taps, found once per
+# row into lists that each thread allocates once.
+
+ctypedef struct Row:
+    Py_ssize_t n, d, h       # the row: batch index, depth, height
+    Py_ssize_t n_taps[2]     # number of its taps on depth (0) and height (1)
+    Py_ssize_t *j[2]         # those taps' kernel indices
+    Py_ssize_t *index[2]     # and the depth or height they join the row with on the
+                             # other side: inputs of an output row, outputs of an input row
+
+
+cdef inline void *_thread_malloc(size_t size, int *failed) noexcept nogil:
+    """malloc for a thread's workspace, flagging a failure in the shared `failed`."""
+    cdef void *ptr = malloc(size)
+    if ptr == NULL:
+        failed[0] = 1
+    return ptr
+
+
+cdef inline Row _thread_row(const Problem *p, int *failed) noexcept nogil:
+    """A thread's Row: its four tap lists in one allocation (j[0] NULL if none)."""
+    cdef Row r
+    cdef Py_ssize_t *lists = <Py_ssize_t *> _thread_malloc(
+        2 * (p.k[0] + p.k[1]) * sizeof(Py_ssize_t), failed)
+    memset(&r, 0, sizeof(Row))
+    if lists != NULL:
+        r.j[0] = lists
+        r.index[0] = lists + p.k[0]
+        r.j[1] = lists + 2 * p.k[0]
+        r.index[1] = lists + 2 * p.k[0] + p.k[1]
+    return r
+
+
+cdef inline void _split_row(Row *r, Py_ssize_t row, const Py_ssize_t *lengths) noexcept nogil:
+    """Position of row number `row` among (batch, lengths[0], lengths[1]) rows."""
+    r.n = row // (lengths[0] * lengths[1])
+    r.d = (row // lengths[1]) % lengths[0]
+    r.h = row % lengths[1]
+
+
+cdef inline void _output_row(const Problem *p, Py_ssize_t row, Row *r) noexcept nogil:
+    """Output row number `row` and the input rows that feed it."""
+    _split_row(r, row, p.n_out)
+    r.n_taps[0] = _output_taps(p, 0, r.d, r.j[0], r.index[0])
+    r.n_taps[1] = _output_taps(p, 1, r.h, r.j[1], r.index[1])
+
+
+cdef inline void _input_row(const Problem *p, Py_ssize_t row, Row *r) noexcept nogil:
+    """Input row number `row` and the output rows it feeds."""
+    _split_row(r, row, p.n_in)
+    r.n_taps[0] = _input_taps(p, 0, r.d, r.j[0], r.index[0])
+    r.n_taps[1] = _input_taps(p, 1, r.h, r.j[1], r.index[1])
+
+
+cdef inline Py_ssize_t _row_offset(const Py_ssize_t *strides, Py_ssize_t n, Py_ssize_t d,
+                                   Py_ssize_t h) noexcept nogil:
+    """Element offset of row (n, d, h) in a logical array of these element strides."""
+    return n * strides[0] + d * strides[1] + h * strides[2]
+
+
+cdef inline Py_ssize_t _tap_matrix(const Problem *p, const Row *r, Py_ssize_t td,
+                                   Py_ssize_t th, Py_ssize_t jw) noexcept nogil:
+    """Element offset of the channel matrix (Cin x Cout or Cout x Cin) of kernel tap
+    (r.j[0][td], r.j[1][th], jw) in a C-contiguous (kd, kh, kw, ., .) kernel."""
+    return ((r.j[0][td] * p.k[1] + r.j[1][th]) * p.k[2] + jw) * p.cin * p.cout
+
+
+cdef int _check(int status) except -1:
+    if status != 0:
+        raise MemoryError("tconv3d: no memory for a thread's workspace")
+    return 0
+
+
 # ----------------------------------------------------------------------------- forward
 
-cdef int _forward(const Problem *p,
-                   const floating *x,      # IN  logical (N, D, H, W, Cin), strides p.xs
-                   const floating *wt,     # IN  (kd, kh, kw, Cin, Cout) C-contiguous
-                   const floating *bias,   # IN  (Cout,) or NULL
-                   floating *y,            # OUT logical (N, OD, OH, OW, Cout), strides p.ys
-                   int num_threads) noexcept nogil:
+cdef int _conv_transpose(const Problem *p,
+                         const floating *x,     # IN  logical (N, D, H, W, Cin), strides p.xs
+                         const floating *wt,    # IN  (kd, kh, kw, Cin, Cout) C-contiguous
+                         const floating *bias,  # IN  (Cout,) or NULL
+                         floating *y,           # OUT logical (N, OD, OH, OW, Cout), strides p.ys
+                         int num_threads) noexcept nogil:
     cdef Py_ssize_t cin = p.cin, cout = p.cout
     cdef Py_ssize_t sw = p.s[2], dw = p.d[2], kw = p.k[2], iw_n = p.n_in[2], ow_n = p.n_out[2]
-    cdef Py_ssize_t rows = p.N * p.n_out[0] * p.n_out[1]
+    cdef Py_ssize_t rows = p.batch * p.n_out[0] * p.n_out[1]
     cdef Py_ssize_t block = _block_size(cout)
-    cdef Py_ssize_t row, n, od, oh, r, o0, count, q0, blk, tb, nb, b, blo, bhi, istart
-    cdef Py_ssize_t td, th, nd, nh, jw, m, co, ldc
+    cdef Py_ssize_t row, phase, o0, phase_len, q0, blk, tb, nb, b, blo, bhi, istart
+    cdef Py_ssize_t td, th, jw, m, co, ldc
+    cdef Py_ssize_t ystep = sw * p.ys[3]  # between consecutive outputs of a phase
     cdef bint direct = p.ys[4] == 1 and not (cin == 1 and cout == 1)
-    cdef Py_ssize_t *taps
-    cdef floating *acc
+    cdef Row r
+    cdef floating *acc = NULL
     cdef floating *cbuf
     cdef const floating *xrow
+    cdef const floating *xstart
     cdef const floating *wtap
     cdef floating *yp
 
     cdef int failed = 0
     cdef int *failed_ptr = &failed  # shared: written through a pointer in the region
 
+    memset(&r, 0, sizeof(Row))  # Cython copies r into the region (firstprivate): no garbage
     with parallel(num_threads=num_threads):
-        acc = <floating *> malloc(block * cout * sizeof(floating))
-        taps = <Py_ssize_t *> malloc(2 * (p.k[0] + p.k[1]) * sizeof(Py_ssize_t))
-        if acc == NULL or taps == NULL:
-            failed_ptr[0] = 1
+        acc = <floating *> _thread_malloc(block * cout * sizeof(floating), failed_ptr)
+        r = _thread_row(p, failed_ptr)
         for row in prange(rows, schedule='static'):
-            if acc == NULL or taps == NULL:
-                continue
-            n = row // (p.n_out[0] * p.n_out[1])
-            od = (row // p.n_out[1]) % p.n_out[0]
-            oh = row % p.n_out[1]
-            # taps[0:kd] depth j, [kd:2kd] depth i, then height j and i.
-            nd = _output_taps(p, 0, od, taps, taps + p.k[0])
-            nh = _output_taps(p, 1, oh, taps + 2 * p.k[0], taps + 2 * p.k[0] + p.k[1])
+            if acc == NULL or r.j[0] == NULL:
+                continue  # flagged in `failed`: the call raises MemoryError
+            _output_row(p, row, &r)
             for o0 in range(sw if sw < ow_n else ow_n):
-                # Outputs o0, o0 + sw, ... share the stride phase r; output o0 + t*sw
-                # reads input q0 + t - m through every width tap j with (j*dw) % sw == r.
-                r = (o0 + p.crop[2]) % sw
-                count = (ow_n - 1 - o0) // sw + 1
+                # Outputs o0, o0 + sw, ... share the stride phase (o0 + crop) % sw; output
+                # o0 + t*sw reads input q0 + t - m through every width tap j of that phase,
+                # (j*dw) % sw == phase.
+                phase = (o0 + p.crop[2]) % sw
+                phase_len = (ow_n - 1 - o0) // sw + 1
                 q0 = (o0 + p.crop[2]) // sw
-                for blk in range((count + block - 1) // block):
+                yp = y + _row_offset(p.ys, r.n, r.d, r.h) + o0 * p.ys[3]
+                for blk in range((phase_len + block - 1) // block):
                     tb = blk * block
-                    nb = block if count - tb > block else count - tb
-                    yp = y + n * p.ys[0] + od * p.ys[1] + oh * p.ys[2] + o0 * p.ys[3]
+                    nb = block if phase_len - tb > block else phase_len - tb
                     # With contiguous output channels the GEMMs accumulate straight into
-                    # y (rows sw*ys3 apart); otherwise into acc, stored afterwards.
+                    # y (rows ystep apart); otherwise into acc, stored afterwards.
                     if direct:
-                        cbuf = yp + tb * sw * p.ys[3]
-                        ldc = sw * p.ys[3]
+                        cbuf = yp + tb * ystep
+                        ldc = ystep
                     else:
                         cbuf = acc
                         ldc = cout
@@ -317,12 +407,11 @@ cdef int _forward(const Problem *p,
                                 memset(cbuf + b * ldc, 0, cout * sizeof(floating))
                             else:
                                 memcpy(cbuf + b * ldc, bias, cout * sizeof(floating))
-                    for td in range(nd):
-                        for th in range(nh):
-                            xrow = (x + n * p.xs[0] + taps[p.k[0] + td] * p.xs[1]
-                                    + taps[2 * p.k[0] + p.k[1] + th] * p.xs[2])
+                    for td in range(r.n_taps[0]):
+                        for th in range(r.n_taps[1]):
+                            xrow = x + _row_offset(p.xs, r.n, r.index[0][td], r.index[1][th])
                             for jw in range(kw):
-                                if (jw * dw) % sw != r:
+                                if (jw * dw) % sw != phase:
                                     continue
                                 m = (jw * dw) // sw
                                 istart = q0 + tb - m
@@ -330,39 +419,39 @@ cdef int _forward(const Problem *p,
                                 bhi = iw_n - istart if iw_n - istart < nb else nb
                                 if bhi <= blo:
                                     continue
-                                wtap = wt + ((taps[td] * p.k[1] + taps[2 * p.k[0] + th]) * kw
-                                             + jw) * cin * cout
+                                wtap = wt + _tap_matrix(p, &r, td, th, jw)
+                                xstart = xrow + (istart + blo) * p.xs[3]
                                 if cin == 1 and cout == 1:
-                                    _axpy(bhi - blo, wtap[0], xrow + (istart + blo) * p.xs[3],
-                                          p.xs[3], acc + blo)
+                                    _axpy(bhi - blo, wtap[0], xstart, p.xs[3], acc + blo)
                                 else:
-                                    _gemm(bhi - blo, cout, cin,
-                                          xrow + (istart + blo) * p.xs[3], p.xs[3], p.xs[4],
+                                    _gemm(bhi - blo, cout, cin, xstart, p.xs[3], p.xs[4],
                                           wtap, cout, cbuf + blo * ldc, ldc)
                     if direct:
                         continue
                     if cout == 1:  # no per-voxel inner loop (GCC would call memcpy)
                         for b in range(nb):
-                            yp[(tb + b) * sw * p.ys[3]] = acc[b]
+                            yp[(tb + b) * ystep] = acc[b]
                     else:  # strided channels (channels_first): channel by channel, along the row
                         for co in range(cout):
                             for b in range(nb):
-                                yp[(tb + b) * sw * p.ys[3] + co * p.ys[4]] = acc[b * cout + co]
-        free(taps)
+                                yp[(tb + b) * ystep + co * p.ys[4]] = acc[b * cout + co]
+        free(r.j[0])
         free(acc)
     return -1 if failed else 0
 
 
 def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
-            const floating[::1] bias, floating[:, :, :, :, :] y, tuple geometry,
-            tuple x_strides, tuple y_strides, int num_threads, bint use_bias):
-    """y = conv_transpose3d(x, wt, bias); see the module comment for the conventions."""
+            const floating[::1] bias, floating[:, :, :, :, :] y, geometry,
+            tuple x_strides, tuple y_strides, int num_threads):
+    """y = conv_transpose3d(x, wt, bias), bias None for none; see the module comment."""
     cdef Problem p = _problem(geometry, x_strides, y_strides)
-    cdef const floating *bias_ptr = &bias[0] if use_bias else NULL
+    cdef const floating *bias_ptr = NULL
+    if bias is not None:
+        bias_ptr = &bias[0]
     cdef int status
     with nogil:
-        status = _forward(&p, &x[0, 0, 0, 0, 0], &wt[0, 0, 0, 0, 0], bias_ptr,
-                          &y[0, 0, 0, 0, 0], num_threads)
+        status = _conv_transpose(&p, &x[0, 0, 0, 0, 0], &wt[0, 0, 0, 0, 0], bias_ptr,
+                                 &y[0, 0, 0, 0, 0], num_threads)
     _check(status)
 
 
@@ -374,77 +463,69 @@ cdef int _grad_input(const Problem *p,
                       floating *gx,         # OUT logical (N, D, H, W, Cin), strides p.xs
                       int num_threads) noexcept nogil:
     cdef Py_ssize_t cin = p.cin, cout = p.cout
-    cdef Py_ssize_t sw = p.s[2], dw = p.d[2], kw = p.k[2], iw_n = p.n_in[2]
-    cdef Py_ssize_t cw = p.crop[2]
-    cdef Py_ssize_t rows = p.N * p.n_in[0] * p.n_in[1]
+    cdef Py_ssize_t sw = p.s[2], kw = p.k[2], iw_n = p.n_in[2]
+    cdef Py_ssize_t rows = p.batch * p.n_in[0] * p.n_in[1]
     cdef Py_ssize_t block = _block_size(cin)
-    cdef Py_ssize_t row, n, i_d, i_h, blk, tb, nb, b, blo, bhi, td, th, nd, nh, jw, ci
-    cdef Py_ssize_t *taps
-    cdef floating *acc
+    cdef Py_ssize_t row, blk, tb, nb, b, blo, bhi, td, th, jw, ci
+    cdef Py_ssize_t gstep = sw * p.ys[3]  # between the outputs consecutive inputs feed
+    cdef Row r
+    cdef floating *acc = NULL
     cdef const floating *grow
+    cdef const floating *gstart
     cdef const floating *wtap
     cdef floating *ap
-    cdef floating *xp
+    cdef floating *gxp
 
     cdef int failed = 0
     cdef int *failed_ptr = &failed  # shared: written through a pointer in the region
 
+    memset(&r, 0, sizeof(Row))  # Cython copies r into the region (firstprivate): no garbage
     with parallel(num_threads=num_threads):
-        acc = <floating *> malloc(block * cin * sizeof(floating))
-        taps = <Py_ssize_t *> malloc(2 * (p.k[0] + p.k[1]) * sizeof(Py_ssize_t))
-        if acc == NULL or taps == NULL:
-            failed_ptr[0] = 1
+        acc = <floating *> _thread_malloc(block * cin * sizeof(floating), failed_ptr)
+        r = _thread_row(p, failed_ptr)
         for row in prange(rows, schedule='static'):
-            if acc == NULL or taps == NULL:
-                continue
-            n = row // (p.n_in[0] * p.n_in[1])
-            i_d = (row // p.n_in[1]) % p.n_in[0]
-            i_h = row % p.n_in[1]
-            nd = _input_taps(p, 0, i_d, taps, taps + p.k[0])
-            nh = _input_taps(p, 1, i_h, taps + 2 * p.k[0], taps + 2 * p.k[0] + p.k[1])
+            if acc == NULL or r.j[0] == NULL:
+                continue  # flagged in `failed`: the call raises MemoryError
+            _input_row(p, row, &r)
             for blk in range((iw_n + block - 1) // block):
                 tb = blk * block
                 nb = block if iw_n - tb > block else iw_n - tb
                 memset(acc, 0, nb * cin * sizeof(floating))
-                for td in range(nd):
-                    for th in range(nh):
-                        grow = (g + n * p.ys[0] + taps[p.k[0] + td] * p.ys[1]
-                                + taps[2 * p.k[0] + p.k[1] + th] * p.ys[2])
+                for td in range(r.n_taps[0]):
+                    for th in range(r.n_taps[1]):
+                        grow = g + _row_offset(p.ys, r.n, r.index[0][td], r.index[1][th])
                         for jw in range(kw):
                             blo = _first_reaching(p, jw, tb)
                             bhi = _end_reaching(p, jw, tb, nb)
                             if bhi <= blo:
                                 continue
-                            wtap = w + ((taps[td] * p.k[1] + taps[2 * p.k[0] + th]) * kw
-                                        + jw) * cout * cin
+                            wtap = w + _tap_matrix(p, &r, td, th, jw)
+                            gstart = grow + _output_index(p, 2, tb + blo, jw) * p.ys[3]
                             if cin == 1 and cout == 1:
-                                _axpy(bhi - blo, wtap[0],
-                                      grow + ((tb + blo) * sw + jw * dw - cw) * p.ys[3],
-                                      sw * p.ys[3], acc + blo)
+                                _axpy(bhi - blo, wtap[0], gstart, gstep, acc + blo)
                             else:
-                                _gemm(bhi - blo, cin, cout,
-                                      grow + ((tb + blo) * sw + jw * dw - cw) * p.ys[3],
-                                      sw * p.ys[3], p.ys[4], wtap, cin, acc + blo * cin, cin)
-                xp = gx + n * p.xs[0] + i_d * p.xs[1] + i_h * p.xs[2] + tb * p.xs[3]
+                                _gemm(bhi - blo, cin, cout, gstart, gstep, p.ys[4],
+                                      wtap, cin, acc + blo * cin, cin)
+                gxp = gx + _row_offset(p.xs, r.n, r.d, r.h) + tb * p.xs[3]
                 if cin == 1:  # no per-voxel inner loop (GCC would call memcpy)
                     for b in range(nb):
-                        xp[b * p.xs[3]] = acc[b]
+                        gxp[b * p.xs[3]] = acc[b]
                 elif p.xs[4] <= p.xs[3]:  # channels contiguous: voxel by voxel
                     for b in range(nb):
                         ap = acc + b * cin
                         for ci in range(cin):
-                            xp[b * p.xs[3] + ci * p.xs[4]] = ap[ci]
+                            gxp[b * p.xs[3] + ci * p.xs[4]] = ap[ci]
                 else:  # channels_first: channel by channel, along the row
                     for ci in range(cin):
                         for b in range(nb):
-                            xp[b * p.xs[3] + ci * p.xs[4]] = acc[b * cin + ci]
-        free(taps)
+                            gxp[b * p.xs[3] + ci * p.xs[4]] = acc[b * cin + ci]
+        free(r.j[0])
         free(acc)
     return -1 if failed else 0
 
 
 def grad_input(const floating[:, :, :, :, :] g, const floating[:, :, :, :, ::1] w,
-               floating[:, :, :, :, :] gx, tuple geometry, tuple x_strides,
+               floating[:, :, :, :, :] gx, geometry, tuple x_strides,
                tuple y_strides, int num_threads):
     """gx = adjoint of the forward map in x, applied to g."""
     cdef Problem p = _problem(geometry, x_strides, y_strides)
@@ -478,14 +559,13 @@ cdef int _grad_kernel(const Problem *p,
                        floating *gw,          # OUT (kd, kh, kw, Cout, Cin) C-contiguous
                        int num_threads) noexcept nogil:
     cdef Py_ssize_t cin = p.cin, cout = p.cout
-    cdef Py_ssize_t sw = p.s[2], dw = p.d[2], kw = p.k[2], iw_n = p.n_in[2]
-    cdef Py_ssize_t cw = p.crop[2]
+    cdef Py_ssize_t sw = p.s[2], kw = p.k[2], iw_n = p.n_in[2]
     cdef Py_ssize_t ksize = p.k[0] * p.k[1] * kw * cout * cin
-    cdef Py_ssize_t rows = p.N * p.n_in[0] * p.n_in[1]
-    cdef Py_ssize_t chunk, row, n, i_d, i_h, td, th, nd, nh, jw, lo, hi, e, c
-    cdef Py_ssize_t *taps
+    cdef Py_ssize_t rows = p.batch * p.n_in[0] * p.n_in[1]
+    cdef Py_ssize_t chunk, row, td, th, jw, lo, hi, e, c
+    cdef Py_ssize_t gstep = sw * p.ys[3]  # between the outputs consecutive inputs feed
+    cdef Row r
     cdef floating *buf
-    cdef floating *bp
     cdef const floating *grow
     cdef const floating *xrow
     cdef floating total
@@ -493,29 +573,21 @@ cdef int _grad_kernel(const Problem *p,
     cdef int failed = 0
     cdef int *failed_ptr = &failed  # shared: written through a pointer in the region
 
+    memset(&r, 0, sizeof(Row))  # Cython copies r into the region (firstprivate): no garbage
     with parallel(num_threads=num_threads):
-        taps = <Py_ssize_t *> malloc(2 * (p.k[0] + p.k[1]) * sizeof(Py_ssize_t))
-        if taps == NULL:
-            failed_ptr[0] = 1
+        r = _thread_row(p, failed_ptr)
         for chunk in prange(chunks, schedule='static'):
-            if taps == NULL:
-                continue
+            if r.j[0] == NULL:
+                continue  # flagged in `failed`: the call raises MemoryError
             buf = partial + chunk * ksize
             memset(buf, 0, ksize * sizeof(floating))
             for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
-                n = row // (p.n_in[0] * p.n_in[1])
-                i_d = (row // p.n_in[1]) % p.n_in[0]
-                i_h = row % p.n_in[1]
-                nd = _input_taps(p, 0, i_d, taps, taps + p.k[0])
-                nh = _input_taps(p, 1, i_h, taps + 2 * p.k[0], taps + 2 * p.k[0] + p.k[1])
-                for td in range(nd):
-                    for th in range(nh):
-                        grow = (g + n * p.ys[0] + taps[p.k[0] + td] * p.ys[1]
-                                + taps[2 * p.k[0] + p.k[1] + th] * p.ys[2])
-                        xrow = x + n * p.xs[0] + i_d * p.xs[1] + i_h * p.xs[2]
+                _input_row(p, row, &r)
+                xrow = x + _row_offset(p.xs, r.n, r.d, r.h)
+                for td in range(r.n_taps[0]):
+                    for th in range(r.n_taps[1]):
+                        grow = g + _row_offset(p.ys, r.n, r.index[0][td], r.index[1][th])
                         for jw in range(kw):
-                            bp = buf + ((taps[td] * p.k[1] + taps[2 * p.k[0] + th]) * kw
-                                        + jw) * cout * cin
                             # One GEMM (Cout x Cin) += g^T (Cout x k) x (k x Cin) over
                             # the inputs lo <= iw < hi that reach an output.
                             lo = _first_reaching(p, jw, 0)
@@ -523,9 +595,10 @@ cdef int _grad_kernel(const Problem *p,
                             if hi <= lo:
                                 continue
                             _gemm(cout, cin, hi - lo,
-                                  grow + (lo * sw + jw * dw - cw) * p.ys[3], p.ys[4],
-                                  sw * p.ys[3], xrow + lo * p.xs[3], p.xs[3], bp, cin)
-        free(taps)
+                                  grow + _output_index(p, 2, lo, jw) * p.ys[3], p.ys[4],
+                                  gstep, xrow + lo * p.xs[3], p.xs[3],
+                                  buf + _tap_matrix(p, &r, td, th, jw), cin)
+        free(r.j[0])
     if failed:
         return -1
 
@@ -538,20 +611,14 @@ cdef int _grad_kernel(const Problem *p,
     return 0
 
 
-cdef int _check(int status) except -1:
-    if status != 0:
-        raise MemoryError("tconv3d: no memory for a thread's workspace")
-    return 0
-
-
 def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x,
-                floating[:, :, :, :, ::1] gw, tuple geometry, tuple x_strides,
+                floating[:, :, :, :, ::1] gw, geometry, tuple x_strides,
                 tuple y_strides, int num_threads):
     """gw[j, co, ci] = sum over batch and space of g[o(i, j), co] * x[i, ci]."""
     cdef Problem p = _problem(geometry, x_strides, y_strides)
     cdef Py_ssize_t ksize = gw.size
-    cdef Py_ssize_t chunks = _num_chunks(p.N * p.n_in[0] * p.n_in[1],
-                                         p.N * p.n_in[0] * p.n_in[1] * p.n_in[2],
+    cdef Py_ssize_t chunks = _num_chunks(p.batch * p.n_in[0] * p.n_in[1],
+                                         p.batch * p.n_in[0] * p.n_in[1] * p.n_in[2],
                                          ksize * sizeof(floating))
     cdef floating *partial = <floating *> malloc(chunks * ksize * sizeof(floating))
     if partial == NULL:
@@ -566,6 +633,17 @@ def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x
 
 # ------------------------------------------------------------------------ grad of bias
 
+cdef inline const floating *_row_start(const floating *a, const Py_ssize_t *strides,
+                                       const Py_ssize_t *lengths,
+                                       Py_ssize_t row) noexcept nogil:
+    """Start of row number `row` of `a`, a logical array (batch, lengths[0], lengths[1],
+    ., .) of these element strides. (A local Row: a prange variable written only
+    through a pointer would be shared between threads.)"""
+    cdef Row r
+    _split_row(&r, row, lengths)
+    return a + _row_offset(strides, r.n, r.d, r.h)
+
+
 cdef void _grad_bias(const Problem *p,
                      const floating *g,     # IN  logical (N, OD, OH, OW, Cout), strides p.ys
                      floating *partial,     # WORK (chunks, OW, Cout)
@@ -575,9 +653,9 @@ cdef void _grad_bias(const Problem *p,
     # Each chunk adds its rows element-wise into a row-sized accumulator (independent
     # sums: vectorised, no serial dependency chain), reduced over the row only at the end.
     cdef Py_ssize_t cout = p.cout, ow_n = p.n_out[2], width = p.n_out[2] * p.cout
-    cdef Py_ssize_t rows = p.N * p.n_out[0] * p.n_out[1]
+    cdef Py_ssize_t rows = p.batch * p.n_out[0] * p.n_out[1]
     cdef bint contiguous_rows = p.ys[4] == 1 and p.ys[3] == cout
-    cdef Py_ssize_t chunk, row, n, od, oh, o, co, c
+    cdef Py_ssize_t chunk, row, o, co, c
     cdef floating *buf
     cdef const floating *grow
     cdef floating total
@@ -585,10 +663,7 @@ cdef void _grad_bias(const Problem *p,
         buf = partial + chunk * width
         memset(buf, 0, width * sizeof(floating))
         for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
-            n = row // (p.n_out[0] * p.n_out[1])
-            od = (row // p.n_out[1]) % p.n_out[0]
-            oh = row % p.n_out[1]
-            grow = g + n * p.ys[0] + od * p.ys[1] + oh * p.ys[2]
+            grow = _row_start(g, p.ys, p.n_out, row)
             if contiguous_rows:
                 _axpy(width, <floating> 1, grow, 1, buf)
             else:
@@ -605,12 +680,12 @@ cdef void _grad_bias(const Problem *p,
         gb[co] = total
 
 
-def grad_bias(const floating[:, :, :, :, :] g, floating[::1] gb, tuple geometry,
+def grad_bias(const floating[:, :, :, :, :] g, floating[::1] gb, geometry,
               tuple y_strides, int num_threads):
     """gb[co] = sum over batch and space of g[..., co], reduced in a fixed order."""
-    cdef Problem p = _problem(geometry, (0, 0, 0, 0, 0), y_strides)
-    cdef Py_ssize_t chunks = _num_chunks(p.N * p.n_out[0] * p.n_out[1],
-                                         p.N * p.n_out[0] * p.n_out[1] * p.n_out[2],
+    cdef Problem p = _problem(geometry, (0, 0, 0, 0, 0), y_strides)  # no x-side array
+    cdef Py_ssize_t chunks = _num_chunks(p.batch * p.n_out[0] * p.n_out[1],
+                                         p.batch * p.n_out[0] * p.n_out[1] * p.n_out[2],
                                          p.n_out[2] * p.cout * sizeof(floating))
     cdef floating *partial = <floating *> malloc(chunks * p.n_out[2] * p.cout
                                                  * sizeof(floating))

@@ -1,10 +1,10 @@
 """Public functions: validate, allocate, call the compiled kernels."""
 import numpy as np
 
-from . import _kernels
+from . import _kernels, _threads
 from ._validation import (as_array, check_allocation, make_geometry, normalize_bool,
                           normalize_compute, normalize_num_threads, normalize_shape,
-                          working_dtype)
+                          without_dtype, working_dtype)
 
 __all__ = ["conv_transpose3d", "conv_transpose3d_backward", "conv_transpose3d_output_shape"]
 
@@ -57,32 +57,21 @@ def _check_copies(dtype, *operands):
             check_allocation(a.shape, dtype, name, copy=True)
 
 
-# Below about this many multiply-adds (plus output elements) per thread, starting and
-# joining a parallel region costs more than it saves, and waiting threads spin on a
-# loaded machine. Results never depend on the thread count, so this only changes speed.
-MIN_WORK_PER_THREAD = 1 << 18
-
-
 def _threads_for(num_threads, geom):
     macs = geom.batch * geom.in_channels * geom.filters
     for n, k in zip(geom.in_spatial, geom.kernel_spatial):
         macs *= n * k
     work = macs + geom.batch * geom.filters * int(np.prod(geom.out_spatial))
-    return int(max(1, min(num_threads, work // MIN_WORK_PER_THREAD)))
-
-
-def _geometry_tuple(geom):
-    return (geom.batch, geom.in_channels, geom.filters, *geom.in_spatial,
-            *geom.kernel_spatial, *geom.strides, *geom.dilation, *geom.out_spatial,
-            *geom.crop)
+    return _threads.team_size(normalize_num_threads(num_threads), work)
 
 
 def _prepare(x, kernel, strides, padding, output_padding, dilation_rate, data_format,
              extra=()):
+    weak = without_dtype(("x", x), ("kernel", kernel), *extra)
     x = as_array(x, "x")
     kernel = as_array(kernel, "kernel")
     extra = [(name, as_array(a, name)) for name, a in extra]
-    dtype = working_dtype(("x", x), ("kernel", kernel), *extra)
+    dtype = working_dtype(("x", x), ("kernel", kernel), *extra, weak=weak)
     geom = make_geometry(x.shape, kernel.shape, strides, padding, output_padding,
                          dilation_rate, data_format)
     return geom, dtype, x, kernel, dict(extra)
@@ -119,8 +108,11 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
     -------
     y : ndarray of shape (batch, out_depth, out_height, out_width, filters)
         Or channels-first. Each output length follows Keras' ``deconv_output_length``.
-        dtype float32 when every input is float32, float64 otherwise (integer, bool and
-        float16 inputs are computed in float64). The result does not depend on
+        The dtype, which is also the one computed in, is NumPy's promotion of the dtypes of
+        the operands given as arrays (``np.result_type``; lists and scalars do not widen
+        it, as NumPy 2 treats Python scalars), with float16 raised to float32 and bool or
+        integers alone to float64: float32 inputs give float32, uint8 ``x`` with a float32
+        kernel float32, int64 with float32 float64. The result does not depend on
         ``num_threads``.
 
     Notes
@@ -148,7 +140,7 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
     check_allocation(geom.output_shape, dtype, "output")
     _check_copies(dtype, ("x", x, False), ("kernel", kernel, True))
     bias = None if bias is None else np.require(extra["bias"], dtype, "CA")
-    return _forward(x, pack_kernel(kernel, dtype), bias, geom, num_threads)
+    return forward_packed(x, pack_kernel(kernel, dtype), bias, geom, num_threads)
 
 
 def pack_kernel(kernel, dtype):
@@ -160,10 +152,11 @@ def pack_kernel(kernel, dtype):
     return np.require(np.asarray(kernel, dtype=dtype).transpose(0, 1, 2, 4, 3), None, "CA")
 
 
-def _forward(x, wt, bias, geom, num_threads):
+def forward_packed(x, wt, bias, geom, num_threads):
     """Allocate the output and run the compiled forward pass on a validated geometry.
 
-    ``geom`` need not come from Keras' padding rules (any crop >= 0 and output length:
+    The one internal entry that :mod:`tconv3d._plan` and :mod:`tconv3d.dask` share with
+    :func:`conv_transpose3d`. ``geom`` need not come from Keras' padding rules (any crop >= 0 and output length:
     tconv3d.dask computes chunks with it); ``x`` in ``geom``'s layout, any dtype; ``wt``
     from :func:`pack_kernel`; ``bias`` of shape ``(Cout,)`` and ``wt``'s dtype, or None.
     """
@@ -171,9 +164,8 @@ def _forward(x, wt, bias, geom, num_threads):
     x = _logical(_operand(x, dtype), geom)
     y = np.empty(geom.output_shape, dtype=dtype)
     y_logical = _logical(y, geom)
-    _kernels.forward(x, wt, np.zeros(1, dtype) if bias is None else bias, y_logical,
-                     _geometry_tuple(geom), _element_strides(x), _element_strides(y_logical),
-                     _threads_for(normalize_num_threads(num_threads), geom), bias is not None)
+    _kernels.forward(x, wt, bias, y_logical, geom, _element_strides(x),
+                     _element_strides(y_logical), _threads_for(num_threads, geom))
     return y
 
 
@@ -202,6 +194,8 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     Returns
     -------
     grad_input : ndarray with x's shape, or None
+        Every gradient has the dtype of the forward call (the promotion of ``x``,
+        ``kernel`` and ``grad_output``, as :func:`conv_transpose3d` describes).
     grad_kernel : ndarray of shape (kd, kh, kw, filters, in_channels), or None
     grad_bias : ndarray of shape (filters,), or None
 
@@ -221,28 +215,29 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
                          f"{geom.output_shape}, got {grad_output.shape}.")
     compute = normalize_compute(compute)
     use_bias = normalize_bool(use_bias, "use_bias")
-    num_threads = _threads_for(normalize_num_threads(num_threads), geom)
-    check_allocation(geom.input_shape, dtype, "grad_input")
-    _check_copies(dtype, ("grad_output", grad_output, False), ("x", x, False),
-                  ("kernel", kernel, True))
+    num_threads = _threads_for(num_threads, geom)
+    if "input" in compute:     # only what is computed is allocated (and checked)
+        check_allocation(geom.input_shape, dtype, "grad_input")
+    _check_copies(dtype, ("grad_output", grad_output, False),
+                  *([("x", x, False)] if "kernel" in compute else []),
+                  *([("kernel", kernel, True)] if "input" in compute else []))
 
     g = _logical(_operand(grad_output, dtype), geom)
-    gtuple = _geometry_tuple(geom)
     grad_input = grad_kernel = grad_bias = None
     if "input" in compute:
         w = np.require(kernel, dtype, "CA")
         grad_input = np.empty(geom.input_shape, dtype=dtype)
         gx = _logical(grad_input, geom)
-        _kernels.grad_input(g, w, gx, gtuple, _element_strides(gx), _element_strides(g),
+        _kernels.grad_input(g, w, gx, geom, _element_strides(gx), _element_strides(g),
                             num_threads)
     if "kernel" in compute:
         xl = _logical(_operand(x, dtype), geom)
         if xl.strides[-1] != xl.itemsize:  # the GEMM reads x's channels as vectors
             xl = np.require(xl, None, "CA")
         grad_kernel = np.empty(geom.kernel_shape, dtype=dtype)
-        _kernels.grad_kernel(g, xl, grad_kernel, gtuple, _element_strides(xl),
+        _kernels.grad_kernel(g, xl, grad_kernel, geom, _element_strides(xl),
                              _element_strides(g), num_threads)
     if "bias" in compute and use_bias:
         grad_bias = np.empty(geom.filters, dtype=dtype)
-        _kernels.grad_bias(g, grad_bias, gtuple, _element_strides(g), num_threads)
+        _kernels.grad_bias(g, grad_bias, geom, _element_strides(g), num_threads)
     return grad_input, grad_kernel, grad_bias

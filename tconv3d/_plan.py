@@ -195,7 +195,7 @@ def _convolve(x, chunk, step, kernel, bias, num_threads, output):
     wt = np.ascontiguousarray(kernel.transpose(*order, 3, 4))  # Cin = Cout = 1: packed
     geom = dataclasses.replace(step.geom, batch=len(x))
     check_allocation(geom.output_shape, wt.dtype, output)
-    z = _ops._forward(part, wt, bias, geom, num_threads)
+    z = _ops.forward_packed(part, wt, bias, geom, num_threads)
     return z.transpose(0, *(order.index(a) + 1 for a in range(3)), 4)
 
 

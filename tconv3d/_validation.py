@@ -1,25 +1,28 @@
-"""Argument normalisation, dtype rules and shape arithmetic: every error message lives here.
+"""Argument normalisation, dtype rules and memory checks: every error message lives here.
 
-The compiled kernels trust what they are given; this module is what makes that safe.
+The compiled kernels trust what they are given; this module is what makes that safe. The
+shape arithmetic it checks (output lengths, crops, Keras <-> PyTorch padding) is computed by
+:mod:`tconv3d._geometry`.
 """
 import numbers
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping, Set, ValuesView
 
 import numpy as np
 
+from . import _threads
+from ._geometry import Geometry, axis_geometry, find_keras_padding, keras_trim, torch_window
+
+UNORDERED = (Set, Mapping, ValuesView)
 PADDINGS = ("valid", "same")
 DATA_FORMATS = ("channels_last", "channels_first")
+FLOAT_DTYPES = ("float32", "float64")
 GRADIENTS = ("input", "kernel", "bias")
 _INTP_MAX = np.iinfo(np.intp).max
 # Largest uncropped axis length (in - 1)*stride + (kernel - 1)*dilation + 1 accepted: the
 # kernels add and subtract such lengths (tap positions, crops, output lengths) in Py_ssize_t,
 # so a quarter of the index range leaves every intermediate sum representable.
 MAX_AXIS_LENGTH = _INTP_MAX // 4
-# OpenMP aborts the process (or segfaults) when it cannot create the threads it is asked
-# for (about 30 000 here); results do not depend on the thread count, so a fixed, generous
-# limit costs nothing but turns a crash into an error.
-MAX_NUM_THREADS = 1024
 # Arrays smaller than this are not checked against the available memory: reading
 # /proc/meminfo and the cgroup files costs more than a small problem's whole computation.
 MEMORY_CHECK_MIN_BYTES = 16 << 20
@@ -36,12 +39,11 @@ def normalize_triple(value, name, *, minimum=1, allow_none=False):
         return None
     items = (value,) * 3 if isinstance(value, numbers.Integral) else value
     try:
-        items = tuple(items)
+        # sets and dict views have no order: {3, 1, 2} would silently become (1, 2, 3)
+        items = None if isinstance(items, UNORDERED) else tuple(items)
     except TypeError:
         items = None
-    if (items is None or len(items) != 3
-            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                       for v in items)):
+    if items is None or len(items) != 3 or not all(is_int(v) for v in items):
         raise ValueError(f"`{name}` must be an int or a tuple of 3 ints, got {value!r}.")
     items = tuple(int(v) for v in items)
     if any(v < minimum for v in items):
@@ -63,16 +65,11 @@ def normalize_data_format(data_format):
 
 
 def normalize_num_threads(num_threads):
-    """``None`` -> the OpenMP default at call time (honours threadpoolctl); else an int in
-    ``[1, MAX_NUM_THREADS]``."""
-    if num_threads is None:
-        from ._kernels import default_num_threads
-        return max(1, min(default_num_threads(), MAX_NUM_THREADS))
-    if not isinstance(num_threads, numbers.Integral) or isinstance(num_threads, bool) \
-            or not 1 <= num_threads <= MAX_NUM_THREADS:
-        raise ValueError(f"`num_threads` must be None or an int between 1 and "
-                         f"{MAX_NUM_THREADS}, got {num_threads!r}.")
-    return int(num_threads)
+    """The threads a call runs on: ``None`` (OpenMP's default at call time) or an int >= 1,
+    capped and adjusted after ``fork`` as :mod:`tconv3d._threads` explains."""
+    if num_threads is not None and (not is_int(num_threads) or num_threads < 1):
+        raise ValueError(f"`num_threads` must be None or an int >= 1, got {num_threads!r}.")
+    return _threads.resolve(None if num_threads is None else int(num_threads))
 
 
 def normalize_shape(shape, name):
@@ -81,58 +78,138 @@ def normalize_shape(shape, name):
         items = tuple(shape)
     except TypeError:
         items = None
-    if items is None or not all(isinstance(n, numbers.Integral) and not isinstance(n, bool)
-                                for n in items):
+    if items is None or not all(is_int(n) for n in items):
         raise ValueError(f"`{name}` must be a tuple of ints, got {shape!r}.")
     return tuple(int(n) for n in items)
 
 
-def deconv_output_length(length, kernel_size, stride, dilation, padding, output_padding):
-    """Output length of one axis, exactly as Keras' ``deconv_output_length``."""
-    k = (kernel_size - 1) * dilation + 1
+def is_int(value):
+    """Whether ``value`` is an integer (Python or numpy) and not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def normalize_int(value, name, *, minimum, allow_none=False):
+    """``value`` as a Python int >= ``minimum`` (or None when ``allow_none``)."""
+    if value is None and allow_none:
+        return None
+    if not is_int(value) or value < minimum:
+        accepted = "None or an int" if allow_none else "an int"
+        raise ValueError(f"`{name}` must be {accepted} >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def normalize_optional_string(value, name):
+    """``value`` if it is a string or None."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"`{name}` must be a string or None, got {value!r}.")
+    return value
+
+
+def normalize_float_dtype(dtype):
+    """float32 or float64 as a numpy dtype (None: float32); accepts dtype names, numpy
+    dtypes and Keras ``DTypePolicy`` objects or configs."""
+    if dtype is None:
+        return np.dtype("float32")
+    if isinstance(dtype, dict):  # a Keras DTypePolicy config
+        dtype = (dtype.get("config") or {}).get("name", dtype)
+    name = getattr(dtype, "name", dtype)  # Keras DTypePolicy objects
+    try:
+        dt = np.dtype(name)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in FLOAT_DTYPES:
+        raise ValueError(f"`dtype` must be 'float32' or 'float64' (or None for float32), got "
+                         f"{dtype!r}.")
+    return dt
+
+
+def check_output_padding(output_padding, strides):
+    """Refuse an ``output_padding`` (None or 3 ints) not smaller than ``strides``."""
     if output_padding is None:
-        if padding == "valid":
-            return length * stride + max(k - stride, 0)
-        return length * stride
-    pad = k // 2 if padding == "same" else 0
-    return (length - 1) * stride + k - 2 * pad + output_padding
+        return
+    for axis, (op, s) in enumerate(zip(output_padding, strides)):
+        if op >= s:
+            raise ValueError(f"`output_padding` must be smaller than `strides` on every "
+                             f"axis, got output_padding={output_padding} and "
+                             f"strides={strides} (axis {axis}).")
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """Per-axis sizes of one transposed convolution (spatial axes depth, height, width).
+def normalize_optional_shape(value, name, rank):
+    """``value`` as a tuple of ``rank`` entries, each None or an int >= 1 (or None)."""
+    if value is None:
+        return None
+    try:
+        shape = tuple(value)
+    except TypeError:
+        raise ValueError(f"`{name}` must be a tuple of {rank} ints or None, got "
+                         f"{value!r}.") from None
+    if len(shape) != rank or not all(n is None or (is_int(n) and n >= 1) for n in shape):
+        raise ValueError(f"`{name}` must be a tuple of {rank} ints >= 1 or None, got "
+                         f"{value!r}.")
+    return tuple(None if n is None else int(n) for n in shape)
 
-    ``full`` is the uncropped length ``(in - 1) * stride + (k - 1) * dilation + 1``;
-    ``crop`` is how much of it is cut on the left: output ``o`` is full position
-    ``o + crop``, and positions past ``full`` are zero (plus bias).
-    """
-    batch: int
-    in_channels: int
-    filters: int
-    in_spatial: tuple
-    kernel_spatial: tuple
-    strides: tuple
-    dilation: tuple
-    out_spatial: tuple
-    crop: tuple
-    channels_last: bool
 
-    def _shape(self, spatial, channels):
-        if self.channels_last:
-            return (self.batch, *spatial, channels)
-        return (self.batch, channels, *spatial)
+def normalize_batch_input_shape(input_shape, batch_input_shape, batch_size):
+    """The 5-entry input shape (batch axis first, None for unknown sizes) that Keras' three
+    ways of declaring it describe together, or None when none is given."""
+    input_shape = normalize_optional_shape(input_shape, "input_shape", 4)
+    batch_input_shape = normalize_optional_shape(batch_input_shape, "batch_input_shape", 5)
+    batch_size = normalize_int(batch_size, "batch_size", minimum=1, allow_none=True)
+    if input_shape is not None and batch_input_shape is not None \
+            and input_shape != batch_input_shape[1:]:
+        raise ValueError(f"`input_shape`={input_shape} and `batch_input_shape`="
+                         f"{batch_input_shape} disagree; give one of them.")
+    if batch_input_shape is None and input_shape is not None:
+        batch_input_shape = (None, *input_shape)
+    if batch_size is not None:
+        if batch_input_shape is None:
+            batch_input_shape = (None,) * 5
+        if batch_input_shape[0] not in (None, batch_size):
+            raise ValueError(f"`batch_size`={batch_size} disagrees with "
+                             f"`batch_input_shape`={batch_input_shape}.")
+        batch_input_shape = (batch_size, *batch_input_shape[1:])
+    return batch_input_shape
 
-    @property
-    def input_shape(self):
-        return self._shape(self.in_spatial, self.in_channels)
 
-    @property
-    def output_shape(self):
-        return self._shape(self.out_spatial, self.filters)
+def check_5d(array, name, layout):
+    """``array`` if it is 5-D, else ValueError naming its expected ``layout`` of axes."""
+    if array.ndim != 5:
+        raise ValueError(f"`{name}` must be 5-D {layout}, got shape {array.shape}.")
+    return array
 
-    @property
-    def kernel_shape(self):
-        return (*self.kernel_spatial, self.filters, self.in_channels)
+
+def keras_padding_from_torch(kernel_size, stride, dilation, padding, output_padding):
+    """Keras ``(padding, output_padding)`` equal to PyTorch's on every axis, else ValueError."""
+    found = find_keras_padding(kernel_size, stride, dilation, padding, output_padding)
+    if found is None:
+        raise ValueError(
+            f"The torch module's padding={tuple(padding)} and output_padding="
+            f"{tuple(output_padding)} (kernel_size={tuple(kernel_size)}, stride="
+            f"{tuple(stride)}, dilation={tuple(dilation)}) have no Keras equivalent: Keras "
+            "crops either nothing ('valid', torch padding 0) or the 'same' amount (torch "
+            "padding (dilation * (kernel - 1) + 1) // 2 with output_padding 0, or a smaller "
+            "padding balanced by an even Keras output_padding), with Keras' output_padding < "
+            "stride.")
+    return found
+
+
+def torch_padding_from_keras(kernel_size, stride, dilation, padding, output_padding):
+    """PyTorch ``(padding, output_padding)`` equal to the Keras setting, else ValueError."""
+    ops = output_padding or (None,) * 3
+    torch_padding, torch_output_padding = [], []
+    for axis, (k, s, d, op) in enumerate(zip(kernel_size, stride, dilation, ops)):
+        p, top, surplus = torch_window(keras_trim(k, s, d, padding, op))
+        if surplus or top >= max(s, d):
+            raise ValueError(
+                f"padding={padding!r} with output_padding={output_padding}, kernel_size="
+                f"{tuple(kernel_size)}, strides={tuple(stride)}, dilation_rate="
+                f"{tuple(dilation)} crops the output asymmetrically on axis {axis}, which "
+                "torch's ConvTranspose3d (symmetric padding, output_padding < max(stride, "
+                "dilation)) cannot express. Use padding='valid', or a kernel/stride with an "
+                "even difference (or an even output_padding) for 'same'.")
+        torch_padding.append(p)
+        torch_output_padding.append(top)
+    return tuple(torch_padding), tuple(torch_output_padding)
 
 
 def make_geometry(input_shape, kernel_shape, strides, padding, output_padding,
@@ -167,49 +244,53 @@ def make_geometry(input_shape, kernel_shape, strides, padding, output_padding,
         raise ValueError(f"`kernel` expects {kernel_in} input channels (its last axis) but `x` "
                          f"has {in_channels} channels (shape {input_shape}, "
                          f"data_format={data_format!r}).")
-    if output_padding is not None:
-        for axis, (op, s) in enumerate(zip(output_padding, strides)):
-            if op >= s:
-                raise ValueError(f"`output_padding` must be smaller than `strides` on every "
-                                 f"axis, got output_padding={output_padding} and "
-                                 f"strides={strides} (axis {axis}).")
+    check_output_padding(output_padding, strides)
     ops = output_padding if output_padding is not None else (None,) * 3
     out, crop = [], []
     for n, k, s, d, op in zip(in_spatial, kernel_spatial, strides, dilation, ops):
-        o = deconv_output_length(n, k, s, d, padding, op)
+        full, o, c = axis_geometry(n, k, s, d, padding, op)
         if o < 1:
             raise ValueError(
                 f"These arguments give an output of length {o} on a spatial axis: input length "
                 f"{n}, kernel {k}, stride {s}, dilation {d}, padding {padding!r}, output_padding "
                 f"{op}. Use a longer input, padding='valid' or a larger output_padding.")
-        full = (n - 1) * s + (k - 1) * d + 1
         if full > MAX_AXIS_LENGTH or o > MAX_AXIS_LENGTH:
             raise ValueError(
                 f"These arguments give a spatial axis of length {max(full, o)} (input length "
                 f"{n}, kernel {k}, stride {s}, dilation {d}): more than the {MAX_AXIS_LENGTH} "
                 f"a 64-bit index can safely address. Use smaller `strides` or `dilation_rate`.")
         out.append(o)
-        crop.append(max(0, (full - o) // 2))
+        crop.append(c)
     return Geometry(int(batch), int(in_channels), int(filters),
                     tuple(map(int, in_spatial)), tuple(map(int, kernel_spatial)),
                     strides, dilation, tuple(out), tuple(crop), channels_last)
 
 
-def working_dtype(*arrays):
-    """float32 if every input is float32 (or narrower floats mixed with float32), float64 else.
+def working_dtype(*arrays, weak=()):
+    """The dtype a call computes and returns in, from its operands ``(name, array)``.
 
-    Real inputs that are not float32/float64 (ints, bools, float16) compute in float64, as
-    scikit-learn does; complex, object, string and other dtypes raise ``TypeError``.
+    NumPy's promotion of the operands' dtypes (``np.result_type``), then: float32 and
+    float64 stay; float16 computes in float32; bool and integers alone compute in float64.
+    So uint8 with float32 gives float32 and int64 with float32 float64, as in NumPy.
+    Operands named in ``weak`` (given as Python lists, tuples or scalars, which have no
+    dtype) do not take part, as NumPy 2 treats Python scalars: a list bias keeps a float32
+    call float32. Complex, object, string and other dtypes raise ``TypeError``.
     """
     for name, a in arrays:
-        kind = a.dtype.kind
-        if kind not in "biuf":
+        if a.dtype.kind not in "biuf":
             raise TypeError(f"`{name}` must hold real numbers (float32 or float64 preferred), "
                             f"got dtype {a.dtype}.")
-    dtype = np.result_type(*(a.dtype for _, a in arrays))
+    typed = [a.dtype for name, a in arrays if name not in weak]
+    dtype = np.result_type(*typed) if typed else np.dtype(np.float64)
     # by kind and size, so that byte-swapped float32 (">f4" here) also stays float32
-    single = dtype.kind == "f" and dtype.itemsize == 4
-    return np.dtype(np.float32) if single else np.dtype(np.float64)
+    if dtype.kind == "f" and dtype.itemsize <= 4:
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+def without_dtype(*named):
+    """Names of the operands ``(name, value)`` given without a dtype (lists, scalars)."""
+    return {name for name, value in named if not hasattr(value, "dtype")}
 
 
 def normalize_bool(value, name):
@@ -221,6 +302,10 @@ def normalize_bool(value, name):
 
 def as_array(value, name):
     """View ``value`` as an ndarray without copying, with a clear error for non-arrays."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"`{name}` is a masked array, whose mask the computation would ignore "
+                        f"(masked values would flow into the result): pass "
+                        f"`np.ma.filled({name}, fill_value)` or `{name}.data` explicitly.")
     try:
         return np.asarray(value)
     except Exception as exc:  # e.g. ragged nested lists
@@ -313,11 +398,6 @@ def normalize_compute(compute):
     if compute is None or any(c not in GRADIENTS for c in compute):
         raise ValueError(f"`compute` must be a subset of {GRADIENTS}, got {compute!r}.")
     return frozenset(compute)
-
-
-def is_int(value):
-    """Whether ``value`` is an integer (Python or numpy) and not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_bias_shape(bias, filters):

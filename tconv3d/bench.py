@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from . import _kernels
+from ._geometry import keras_to_torch_kernel, keras_trim, torch_window
 from ._ops import conv_transpose3d, conv_transpose3d_backward
 
 # name: (batch, in_channels, out_channels, input size, kernel, stride, padding)
@@ -51,16 +52,12 @@ def _torch_padding(k, s, padding):
     """The torch ``padding``/``output_padding`` a user would pass for this Keras padding,
     and the shift ``delta`` between the two outputs.
 
-    Keras crops ``total = k - s`` elements (cubic case, stride <= output) as ``total // 2``
-    on the left; torch crops ``padding`` on both sides and adds ``output_padding`` on the
-    right. When ``total`` is odd torch's window starts one element later (``delta = 1``):
-    the outputs have the same shape and timing, and agree up to that shift.
+    Torch's output has Keras' length; when Keras crops an odd number of elements (odd
+    ``k - s`` for ``"same"``) torch's window starts one element later (``delta = 1``): the
+    outputs have the same shape and timing, and agree up to that shift.
     """
-    total = k - s if padding == "same" else -max(0, s - k)
-    if total < 0:
-        return 0, -total, 0
-    pad = (total + 1) // 2
-    return pad, 2 * pad - total, pad - total // 2
+    pad, output_padding, delta = torch_window(keras_trim(k, s, 1, padding, None))
+    return pad + delta, output_padding + delta, delta
 
 
 class _TorchPeer:
@@ -78,7 +75,7 @@ class _TorchPeer:
         xt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
         if channels_last_3d:
             xt = xt.contiguous(memory_format=torch.channels_last_3d)
-        wt = torch.from_numpy(np.ascontiguousarray(w.transpose(4, 3, 0, 1, 2)))
+        wt = torch.from_numpy(np.ascontiguousarray(keras_to_torch_kernel(w)))
         bt = torch.from_numpy(b)
         xg = xt.clone().requires_grad_()
         wg = wt.clone().requires_grad_()
@@ -245,6 +242,86 @@ def run_upsampler(threads, repeat=7, out=sys.stdout):
     return times
 
 
+# Upsampling factor sweep: every factor writes a 192^3 float32 volume (27 MiB), from an
+# input of 192 / factor voxels per side.
+SWEEP_FACTORS, SWEEP_OUTPUT_SIDE = (2, 4, 8, 16, 32, 64), 192
+
+
+def run_factor_sweep(threads, factors=SWEEP_FACTORS, repeat=5, out=sys.stdout):
+    """Trilinear and nearest upsampling at each factor: VolumeUpsampler against
+    ``torch.nn.functional.interpolate`` (``align_corners=False``; ``"nearest"`` is
+    ``np.repeat`` for integer factors), same data and threads, results checked first.
+    Returns ``{(kernel, factor): {"tconv3d_ms", "torch_ms"}}``."""
+    from .upsampling import VolumeUpsampler
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    else:
+        torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    times = {}
+    print(f"upsampling factor sweep, float32, output {SWEEP_OUTPUT_SIDE}^3, {threads} "
+          f"thread(s) (ms; ratio = tconv3d / torch interpolate):", file=out)
+    for kernel in ("trilinear", "nearest"):
+        for factor in factors:
+            side = max(1, SWEEP_OUTPUT_SIDE // factor)
+            x = rng.standard_normal((1, side, side, side)).astype(np.float32)
+            up = VolumeUpsampler(factor=factor, kernel=kernel, num_threads=threads).fit(x)
+            row = {"tconv3d_ms": _median_ms(lambda: up.transform(x), repeat, warmup=1)}
+            if torch is not None:
+                xt = torch.from_numpy(x)[:, None]
+
+                def interpolate():
+                    with torch.inference_mode():
+                        return torch.nn.functional.interpolate(
+                            xt, scale_factor=factor, mode=kernel,
+                            **({"align_corners": False} if kernel == "trilinear" else {}))
+                np.testing.assert_allclose(interpolate()[:, 0].numpy(), up.transform(x),
+                                           atol=1e-5)
+                row["torch_ms"] = _median_ms(interpolate, repeat, warmup=1)
+            times[(kernel, factor)] = row
+            ratio = row["tconv3d_ms"] / row["torch_ms"] if "torch_ms" in row else float("nan")
+            print(f"  {kernel:9s} x{factor:<3d} input {side:3d}^3  tconv3d "
+                  f"{row['tconv3d_ms']:8.2f}  torch {row.get('torch_ms', float('nan')):8.2f}"
+                  f"  ratio {ratio:5.2f}", file=out, flush=True)
+    return times
+
+
+# A stride as long as the kernel on one axis: each output is reached by one tap, so the
+# work is the output's size (tconv3d once scanned every tap per output: 30 s here).
+LARGE_STRIDE = dict(x=(1, 32, 32, 1, 1), kernel=(1, 1, 4096, 1, 1), strides=(1, 1, 4096))
+
+
+def run_large_stride(threads, repeat=5, out=sys.stdout):
+    """The :data:`LARGE_STRIDE` forward against ``torch.nn.functional.conv_transpose3d``."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(LARGE_STRIDE["x"]).astype(np.float32)
+    w = rng.standard_normal(LARGE_STRIDE["kernel"]).astype(np.float32)
+    kw = dict(strides=LARGE_STRIDE["strides"], num_threads=threads)
+    row = {"tconv3d_ms": _median_ms(lambda: conv_transpose3d(x, w, **kw), repeat, warmup=1)}
+    try:
+        import torch
+    except ImportError:
+        pass
+    else:
+        torch.set_num_threads(threads)
+        xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3)
+        wt = torch.from_numpy(np.ascontiguousarray(w.transpose(4, 3, 0, 1, 2)))
+
+        def theirs():
+            with torch.inference_mode():
+                return torch.nn.functional.conv_transpose3d(xt, wt,
+                                                            stride=LARGE_STRIDE["strides"])
+        np.testing.assert_allclose(theirs().permute(0, 2, 3, 4, 1).numpy(),
+                                   conv_transpose3d(x, w, **kw), rtol=1e-5, atol=1e-5)
+        row["torch_ms"] = _median_ms(theirs, repeat, warmup=1)
+    print(f"large stride: x {LARGE_STRIDE['x']}, kernel {LARGE_STRIDE['kernel']}, strides "
+          f"{LARGE_STRIDE['strides']}, {threads} thread(s): tconv3d {row['tconv3d_ms']:.2f} "
+          f"ms, torch {row.get('torch_ms', float('nan')):.2f} ms", file=out, flush=True)
+    return row
+
+
 def run(cases=None, threads=(2,), dtypes=("float32",), repeat=7, peers=("torch",),
         backward=True, out=sys.stdout):
     """Run the suite; returns a list of result dicts (one per case, dtype and threads)."""
@@ -357,7 +434,8 @@ def main(argv=None, prog="python -m tconv3d.bench"):
     parser.add_argument("--peers", nargs="*", default=["torch", "tensorflow"])
     parser.add_argument("--no-backward", action="store_true")
     parser.add_argument("--no-upsampler", action="store_true",
-                        help="skip the VolumeUpsampler vs interpolate/zoom comparison")
+                        help="skip the VolumeUpsampler comparisons (vs interpolate/zoom, "
+                             "and the factor sweep)")
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--plot", help="write a PNG of the ratios")
     args = parser.parse_args(argv)
@@ -368,10 +446,13 @@ def main(argv=None, prog="python -m tconv3d.bench"):
         print(f"sgemm (numpy/BLAS, 2048^2, {t} thr): {sgemm_gflops(t):.1f} GFLOP/s")
     results = run(args.cases, args.threads, args.dtypes, args.repeat, args.peers,
                   not args.no_backward)
-    upsampler = {}
+    upsampler, sweep, large_stride = {}, {}, {}
     if not args.no_upsampler:
         for t in args.threads:
             upsampler[t] = run_upsampler(t, args.repeat)
+            sweep[t] = {f"{k} x{f}": v for (k, f), v in run_factor_sweep(t).items()}
+    for t in args.threads:
+        large_stride[t] = run_large_stride(t)
     mem = peak_memory_forward()
     print("forward peak memory on unet_up (MiB): input {input_MiB:.1f}, output {output_MiB:.1f}, "
           "peak RSS growth {peak_growth_MiB:.1f} (extra beyond output {extra_MiB:.1f})"
@@ -379,6 +460,7 @@ def main(argv=None, prog="python -m tconv3d.bench"):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"results": results, "memory": mem, "upsampler_ms": upsampler,
+                       "factor_sweep_ms": sweep, "large_stride_ms": large_stride,
                        "sgemm_gflops": {t: sgemm_gflops(t) for t in set(args.threads)},
                        "simd": _kernels.simd_variant(), "machine": platform.machine()},
                       f, indent=1)

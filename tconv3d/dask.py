@@ -75,7 +75,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 
 from . import _ops, _plan
 from ._validation import (as_array, check_allocation, check_bias_shape, make_geometry,
-                          normalize_num_threads, working_dtype)
+                          normalize_num_threads, without_dtype, working_dtype)
 
 __all__ = ["conv_transpose3d", "upsample"]
 
@@ -193,7 +193,7 @@ def _constants(name, kernel, bias):
 def _conv_chunk(pieces, region, wt, bias, geom, num_threads):
     """One output chunk of :func:`conv_transpose3d`."""
     check_allocation(geom.output_shape, wt.dtype, "output chunk")
-    return _ops._forward(_assemble(pieces, region), wt, bias, geom, num_threads)
+    return _ops.forward_packed(_assemble(pieces, region), wt, bias, geom, num_threads)
 
 
 def _upsample_chunk(pieces, region, kernel, bias, chunk, num_threads):
@@ -237,10 +237,11 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
         (see the module docstring). Computed, it is bitwise equal to
         ``tconv3d.conv_transpose3d`` on the whole array.
     """
+    weak = without_dtype(("kernel", kernel), ("bias", bias))
     x = _as_dask(x, "x")
     kernel = as_array(kernel, "kernel")
     extra = () if bias is None else (("bias", as_array(bias, "bias")),)
-    dtype = working_dtype(("x", x), ("kernel", kernel), *extra)
+    dtype = working_dtype(("x", x), ("kernel", kernel), *extra, weak=weak)
     geom = make_geometry(x.shape, kernel.shape, strides, padding, output_padding,
                          dilation_rate, data_format)
     if bias is not None:

@@ -10,13 +10,10 @@ backward passes of :mod:`tconv3d._ops`, and is trained with :mod:`tconv3d.optimi
 
 Weights are interchangeable with Keras (``layer.set_weights(keras_layer.get_weights())``)
 and with PyTorch (:meth:`Conv3DTranspose.from_torch`, :meth:`Conv3DTranspose.to_torch`,
-:func:`kernel_from_torch`, :func:`kernel_to_torch`).
+:func:`kernel_from_torch`, :func:`kernel_to_torch`); that interoperability lives in
+:mod:`tconv3d._interop` and the weight handling in :mod:`tconv3d._layer_weights`.
 """
-import json
-import numbers
-import os
 import threading
-import warnings
 
 import numpy as np
 
@@ -24,15 +21,18 @@ from . import activations as _activations
 from . import constraints as _constraints
 from . import initializers as _initializers
 from . import regularizers as _regularizers
+from ._geometry import deconv_output_length
+from ._interop import LayerInterop, image_data_format, kernel_from_torch, kernel_to_torch
+from ._layer_weights import LayerWeights
 from ._ops import conv_transpose3d, conv_transpose3d_backward
-from ._validation import (as_array, deconv_output_length, normalize_data_format,
-                          normalize_num_threads, normalize_padding, normalize_triple,
-                          working_dtype)
+from ._validation import (as_array, check_output_padding, normalize_batch_input_shape,
+                          normalize_bool, normalize_data_format, normalize_float_dtype,
+                          normalize_int, normalize_num_threads, normalize_optional_string,
+                          normalize_padding, normalize_triple, working_dtype)
 
 __all__ = ["Conv3DTranspose", "layer_conv_3d_transpose", "kernel_from_torch",
            "kernel_to_torch", "image_data_format"]
 
-_DTYPES = ("float32", "float64")
 _name_lock = threading.Lock()
 _name_uids = {}
 
@@ -45,85 +45,7 @@ def _unique_name(prefix):
     return prefix if uid == 0 else f"{prefix}_{uid}"
 
 
-def _keras_config_path():
-    """Where Keras reads ``keras.json``: ``$KERAS_HOME``, else ``~/.keras`` (``/tmp/.keras``
-    when the home directory is not writable), as ``keras.src.backend.config`` does."""
-    if "KERAS_HOME" in os.environ:
-        base = os.environ["KERAS_HOME"]
-    else:
-        home = os.path.expanduser("~")
-        if not os.access(home, os.W_OK):
-            home = "/tmp"
-        base = os.path.join(home, ".keras")
-    return os.path.expanduser(os.path.join(base, "keras.json"))
-
-
-def image_data_format():
-    """The ``image_data_format`` of the Keras config file, ``"channels_last"`` without one.
-
-    Read at each call (no Keras import needed), from ``$KERAS_HOME/keras.json`` or
-    ``~/.keras/keras.json``. A file that is not valid JSON is ignored, as Keras does.
-
-    Returns
-    -------
-    {"channels_last", "channels_first"}
-    """
-    path = _keras_config_path()
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (OSError, ValueError):
-        return "channels_last"
-    value = config.get("image_data_format", "channels_last") if isinstance(config, dict) \
-        else "channels_last"
-    if value not in ("channels_last", "channels_first"):
-        raise ValueError(f"Invalid `image_data_format` {value!r} in the Keras config file "
-                         f"{path}: expected 'channels_last' or 'channels_first'.")
-    return value
-
-
-def _normalize_dtype(dtype):
-    if dtype is None:
-        return np.dtype("float32")
-    if isinstance(dtype, dict):  # a Keras DTypePolicy config
-        dtype = (dtype.get("config") or {}).get("name", dtype)
-    name = getattr(dtype, "name", dtype)  # Keras DTypePolicy objects
-    try:
-        dt = np.dtype(name)
-    except TypeError:
-        dt = None
-    if dt is None or dt.name not in _DTYPES:
-        raise ValueError(f"`dtype` must be 'float32' or 'float64' (or None for float32), got "
-                         f"{dtype!r}.")
-    return dt
-
-
-def _optional_shape(value, name, rank):
-    if value is None:
-        return None
-    try:
-        shape = tuple(value)
-    except TypeError:
-        raise ValueError(f"`{name}` must be a tuple of {rank} ints or None, got "
-                         f"{value!r}.") from None
-    if len(shape) != rank or not all(
-            n is None or (isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1)
-            for n in shape):
-        raise ValueError(f"`{name}` must be a tuple of {rank} ints >= 1 or None, got "
-                         f"{value!r}.")
-    return tuple(None if n is None else int(n) for n in shape)
-
-
-def _derived_seed(seed, index):
-    """A reproducible int seed for weight ``index`` (0 kernel, 1 bias) of a layer ``seed``."""
-    return int(np.random.SeedSequence(seed).spawn(2)[index].generate_state(1)[0])
-
-
-def _nonlinear(activation):
-    return activation.fn is not _activations.linear.fn
-
-
-class Conv3DTranspose:
+class Conv3DTranspose(LayerWeights, LayerInterop):
     """3D transposed convolution layer with Keras' arguments, defaults and numbers.
 
     Parameters
@@ -188,6 +110,11 @@ callable or None, default=None
     losses : list of float
         Activity penalty of the last call, then kernel and bias penalties (Keras' order).
 
+    Notes
+    -----
+    Weight handling is inherited from :class:`tconv3d._layer_weights.LayerWeights`, configs
+    and PyTorch conversion from :class:`tconv3d._interop.LayerInterop`.
+
     Examples
     --------
     >>> import numpy as np
@@ -207,29 +134,18 @@ callable or None, default=None
                  activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
                  input_shape=None, batch_input_shape=None, batch_size=None, dtype=None,
                  name=None, trainable=True, weights=None, seed=None, num_threads=None):
-        if isinstance(filters, bool) or not isinstance(filters, numbers.Integral) \
-                or filters < 1:
-            raise ValueError(f"`filters` must be an int >= 1, got {filters!r}.")
-        self.filters = int(filters)
+        self.filters = normalize_int(filters, "filters", minimum=1)
         self.kernel_size = normalize_triple(kernel_size, "kernel_size")
         self.strides = normalize_triple(strides, "strides")
         self.dilation_rate = normalize_triple(dilation_rate, "dilation_rate")
         self.padding = normalize_padding(padding)
         self.output_padding = normalize_triple(output_padding, "output_padding", minimum=0,
                                                allow_none=True)
-        if self.output_padding is not None:
-            for axis, (op, s) in enumerate(zip(self.output_padding, self.strides)):
-                if op >= s:
-                    raise ValueError(
-                        "`output_padding` must be smaller than `strides` on every axis, got "
-                        f"output_padding={self.output_padding} and strides={self.strides} "
-                        f"(axis {axis}).")
+        check_output_padding(self.output_padding, self.strides)
         self.data_format = normalize_data_format(
             image_data_format() if data_format is None else data_format)
         self.activation = _activations.get(activation)
-        if not isinstance(use_bias, (bool, np.bool_)):
-            raise ValueError(f"`use_bias` must be True or False, got {use_bias!r}.")
-        self.use_bias = bool(use_bias)
+        self.use_bias = normalize_bool(use_bias, "use_bias")
         self.kernel_initializer = _initializers.get(
             "glorot_uniform" if kernel_initializer is None else kernel_initializer)
         self.bias_initializer = _initializers.get(
@@ -239,22 +155,16 @@ callable or None, default=None
         self.activity_regularizer = _regularizers.get(activity_regularizer)
         self.kernel_constraint = _constraints.get(kernel_constraint)
         self.bias_constraint = _constraints.get(bias_constraint)
-        self.dtype = _normalize_dtype(dtype).name
-        if name is not None and not isinstance(name, str):
-            raise ValueError(f"`name` must be a string or None, got {name!r}.")
+        self.dtype = normalize_float_dtype(dtype).name
+        name = normalize_optional_string(name, "name")
         self.name = _unique_name("conv3d_transpose") if name is None else name
-        if not isinstance(trainable, (bool, np.bool_)):
-            raise ValueError(f"`trainable` must be True or False, got {trainable!r}.")
-        self.trainable = bool(trainable)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-                                 or seed < 0):
-            raise ValueError(f"`seed` must be None or an int >= 0, got {seed!r}.")
-        self.seed = None if seed is None else int(seed)
+        self.trainable = normalize_bool(trainable, "trainable")
+        self.seed = normalize_int(seed, "seed", minimum=0, allow_none=True)
         if num_threads is not None:
             normalize_num_threads(num_threads)
         self.num_threads = num_threads
-        self.batch_input_shape = self._declared_shape(input_shape, batch_input_shape,
-                                                      batch_size)
+        self.batch_input_shape = normalize_batch_input_shape(input_shape, batch_input_shape,
+                                                             batch_size)
         if weights is not None and not isinstance(weights, (list, tuple)):
             raise ValueError("`weights` must be a list [kernel, bias] (or [kernel] without "
                              f"bias), got {type(weights).__name__}.")
@@ -266,214 +176,13 @@ callable or None, default=None
         self.bias_grad = None
         self._cache = None
         self._activity_loss = None
-        channels = None if self.batch_input_shape is None else \
-            self.batch_input_shape[-1 if self.data_format == "channels_last" else 1]
-        if channels is not None:
+        if self.batch_input_shape is not None \
+                and self._channels_of(self.batch_input_shape) is not None:
             self.build(self.batch_input_shape)
 
-    # --- construction helpers ------------------------------------------------------------
-    def _declared_shape(self, input_shape, batch_input_shape, batch_size):
-        input_shape = _optional_shape(input_shape, "input_shape", 4)
-        batch_input_shape = _optional_shape(batch_input_shape, "batch_input_shape", 5)
-        if batch_size is not None and (isinstance(batch_size, bool)
-                                       or not isinstance(batch_size, numbers.Integral)
-                                       or batch_size < 1):
-            raise ValueError(f"`batch_size` must be None or an int >= 1, got {batch_size!r}.")
-        if input_shape is not None and batch_input_shape is not None \
-                and input_shape != batch_input_shape[1:]:
-            raise ValueError(f"`input_shape`={input_shape} and `batch_input_shape`="
-                             f"{batch_input_shape} disagree; give one of them.")
-        if batch_input_shape is None and input_shape is not None:
-            batch_input_shape = (None, *input_shape)
-        if batch_size is not None:
-            if batch_input_shape is None:
-                batch_input_shape = (None,) * 5
-            if batch_input_shape[0] not in (None, batch_size):
-                raise ValueError(f"`batch_size`={batch_size} disagrees with "
-                                 f"`batch_input_shape`={batch_input_shape}.")
-            batch_input_shape = (int(batch_size), *batch_input_shape[1:])
-        return batch_input_shape
-
-    def _layout(self):
-        return ("(batch, depth, height, width, channels)" if self.data_format == "channels_last"
-                else "(batch, channels, depth, height, width)")
-
-    def _channels_of(self, shape):
-        return shape[-1] if self.data_format == "channels_last" else shape[1]
-
-    # --- weights -------------------------------------------------------------------------
-    @property
-    def built(self):
-        """bool: whether the weights exist."""
-        return self._kernel is not None
-
-    @property
-    def in_channels(self):
-        """int or None: input channels (known once built)."""
-        return None if self._kernel is None else self._kernel.shape[-1]
-
-    @property
-    def kernel(self):
-        """ndarray of shape (kd, kh, kw, filters, in_channels): the live kernel (Keras layout).
-
-        Assigning copies the values in place (shape checked), so optimizers keep tracking it.
-        """
-        return self._kernel
-
-    @kernel.setter
-    def kernel(self, value):
-        self._assign("kernel", value)
-
-    @property
-    def bias(self):
-        """ndarray of shape (filters,), or None when ``use_bias=False``."""
-        return self._bias
-
-    @bias.setter
-    def bias(self, value):
-        self._assign("bias", value)
-
-    def _assign(self, which, value):
-        if not self.built:
-            raise ValueError(f"Layer {self.name!r} is not built yet: call it on an input, give "
-                             "`input_shape`, or use `set_weights`, before assigning "
-                             f"`{which}`.")
-        target = self._kernel if which == "kernel" else self._bias
-        if target is None:
-            raise ValueError(f"Layer {self.name!r} has no bias (use_bias=False).")
-        value = as_array(value, which)
-        if value.shape != target.shape:
-            raise ValueError(f"`{which}` of layer {self.name!r} has shape {target.shape}, got "
-                             f"a value of shape {value.shape}.")
-        working_dtype((which, value))  # refuses non-real dtypes
-        target[...] = value
-
-    @property
-    def weights(self):
-        """list of ndarray: ``[kernel, bias]`` (live arrays), empty before building."""
-        if not self.built:
-            return []
-        return [self._kernel] + ([self._bias] if self.use_bias else [])
-
-    @property
-    def trainable_weights(self):
-        """``weights`` if ``trainable`` else ``[]``."""
-        return self.weights if self.trainable else []
-
-    @property
-    def non_trainable_weights(self):
-        """``[]`` if ``trainable`` else ``weights``."""
-        return [] if self.trainable else self.weights
-
-    def build(self, input_shape):
-        """Create the weights for inputs of ``input_shape`` (5 entries; only channels needed).
-
-        Parameters
-        ----------
-        input_shape : tuple of 5 ints/None
-            In the layer's ``data_format``; the channel entry must be known.
-        """
-        shape = tuple(input_shape)
-        if len(shape) != 5:
-            raise ValueError(f"Layer {self.name!r} takes 5-D inputs {self._layout()}, got an "
-                             f"input shape {shape}.")
-        channels = self._channels_of(shape)
-        if channels is None or isinstance(channels, bool) \
-                or not isinstance(channels, numbers.Integral) or channels < 1:
-            raise ValueError(f"Layer {self.name!r} needs a known channel count to build, got "
-                             f"input shape {shape} (data_format={self.data_format!r}).")
-        if self.built:
-            if channels != self.in_channels:
-                raise ValueError(f"Layer {self.name!r} is built for {self.in_channels} input "
-                                 f"channels, got input shape {shape}.")
-            return
-        self._build_weights(int(channels))
-
-    def _build_weights(self, in_channels):
-        kernel_shape = (*self.kernel_size, self.filters, in_channels)
-        kernel_init = self._seeded(self.kernel_initializer, 0)
-        self._kernel = self._initial_value(kernel_init, kernel_shape, "kernel_initializer")
-        if self.use_bias:
-            bias_init = self._seeded(self.bias_initializer, 1)
-            self._bias = self._initial_value(bias_init, (self.filters,), "bias_initializer")
-        if self._initial_weights is not None:
-            initial, self._initial_weights = self._initial_weights, None
-            try:
-                self.set_weights(initial)
-            except ValueError:
-                self._kernel = self._bias = None
-                raise
-
-    def _seeded(self, initializer, index):
-        if (self.seed is None or not isinstance(initializer, _initializers.RandomInitializer)
-                or initializer.seed is not None):
-            return initializer
-        config = dict(initializer.get_config(), seed=_derived_seed(self.seed, index))
-        return type(initializer).from_config(config)
-
-    def _initial_value(self, initializer, shape, argname):
-        value = as_array(initializer(shape, dtype=self.dtype), argname)
-        if value.shape != shape:
-            raise ValueError(f"`{argname}` returned an array of shape {value.shape}, expected "
-                             f"{shape}.")
-        return np.array(value, dtype=self.dtype, order="C", copy=True)
-
-    def get_weights(self):
-        """Copies of ``[kernel, bias]`` in Keras' layout (``[kernel]`` without bias).
-
-        Returns
-        -------
-        list of ndarray
-            kernel of shape (kd, kh, kw, filters, in_channels), bias of shape (filters,).
-        """
-        return [w.copy() for w in self.weights]
-
-    def set_weights(self, weights):
-        """Set ``[kernel, bias]`` (Keras' layout and order), checking count and shapes.
-
-        An unbuilt layer is built from the kernel's last axis (its input channels).
-        Values are cast to the layer's dtype and copied into the existing arrays.
-
-        Parameters
-        ----------
-        weights : list of array-like
-            kernel of shape (kd, kh, kw, filters, in_channels), then bias of shape (filters,)
-            when ``use_bias``.
-        """
-        if not isinstance(weights, (list, tuple)):
-            raise ValueError(f"`weights` must be a list, got {type(weights).__name__}.")
-        expected = 2 if self.use_bias else 1
-        if len(weights) != expected:
-            names = "[kernel, bias]" if self.use_bias else "[kernel]"
-            raise ValueError(f"Layer {self.name!r} (use_bias={self.use_bias}) expects "
-                             f"{expected} weight array(s) {names}, got {len(weights)}.")
-        arrays = [as_array(w, "weights") for w in weights]
-        for w in arrays:
-            working_dtype(("weights", w))
-        kshape = arrays[0].shape
-        if len(kshape) != 5 or tuple(kshape[:4]) != (*self.kernel_size, self.filters):
-            raise ValueError("weights[0] (kernel) must have shape "
-                             f"{(*self.kernel_size, self.filters)} + (in_channels,), got "
-                             f"{kshape}.")
-        if self.built and kshape[-1] != self.in_channels:
-            raise ValueError(f"weights[0] (kernel) must have shape {self._kernel.shape}, got "
-                             f"{kshape}.")
-        if self.use_bias and arrays[1].shape != (self.filters,):
-            raise ValueError(f"weights[1] (bias) must have shape ({self.filters},), got "
-                             f"{arrays[1].shape}.")
-        if not self.built:
-            self._kernel = np.empty(kshape, dtype=self.dtype)
-            self._bias = np.empty((self.filters,), dtype=self.dtype) if self.use_bias else None
-        self._kernel[...] = arrays[0]
-        if self.use_bias:
-            self._bias[...] = arrays[1]
-
-    def count_params(self):
-        """Number of scalars in the weights (the layer must be built)."""
-        if not self.built:
-            raise ValueError(f"Layer {self.name!r} is not built, so it has no parameters yet: "
-                             "call it on an input or give `input_shape`.")
-        return int(sum(w.size for w in self.weights))
+    def _activates(self):
+        """Whether the activation is not the identity (``backward`` needs its derivative)."""
+        return self.activation.fn is not _activations.linear.fn
 
     # --- computation ---------------------------------------------------------------------
     def _check_input(self, x):
@@ -520,7 +229,7 @@ callable or None, default=None
         z = conv_transpose3d(x, self._kernel, self._bias if self.use_bias else None,
                              **self._op_kwargs())
         y = z
-        if _nonlinear(self.activation):
+        if self._activates():
             y = np.asarray(self.activation(z))
             if y.shape != z.shape:
                 raise ValueError(f"The activation {self.activation.name!r} changed the shape "
@@ -562,7 +271,7 @@ callable or None, default=None
         g = g.astype(self.dtype, copy=False)
         if self.activity_regularizer is not None:
             g = g + (self.activity_regularizer.gradient(y) / y.shape[0]).astype(self.dtype)
-        if _nonlinear(self.activation):
+        if self._activates():
             g = g * self.activation.derivative(z).astype(self.dtype, copy=False)
         compute = ("input",)
         if self.trainable:
@@ -621,48 +330,6 @@ callable or None, default=None
             return (shape[0], *out, self.filters)
         return (shape[0], self.filters, *out)
 
-    # --- config --------------------------------------------------------------------------
-    def get_config(self):
-        """Constructor arguments (Keras' names) as a dict; ``from_config`` inverts it.
-
-        Built-in activations, initializers, regularizers and constraints are serialized as
-        names or ``{"class_name", "config"}`` dicts; custom objects are stored as is.
-        """
-        config = {
-            "name": self.name, "trainable": self.trainable, "dtype": self.dtype,
-            "filters": self.filters, "kernel_size": self.kernel_size, "strides": self.strides,
-            "padding": self.padding, "output_padding": self.output_padding,
-            "data_format": self.data_format, "dilation_rate": self.dilation_rate,
-            "activation": _activations.serialize(self.activation), "use_bias": self.use_bias,
-            "kernel_initializer": _initializers.serialize(self.kernel_initializer),
-            "bias_initializer": _initializers.serialize(self.bias_initializer),
-            "kernel_regularizer": _serialize_or_none(_regularizers, self.kernel_regularizer),
-            "bias_regularizer": _serialize_or_none(_regularizers, self.bias_regularizer),
-            "activity_regularizer": _serialize_or_none(_regularizers,
-                                                       self.activity_regularizer),
-            "kernel_constraint": _serialize_or_none(_constraints, self.kernel_constraint),
-            "bias_constraint": _serialize_or_none(_constraints, self.bias_constraint),
-            "seed": self.seed, "num_threads": self.num_threads,
-        }
-        if self.batch_input_shape is not None:
-            config["batch_input_shape"] = self.batch_input_shape
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        """Layer from :meth:`get_config` output, or from a Keras ``Conv3DTranspose`` config.
-
-        Keras-only keys that do not change the numbers (``"groups"`` of 1, ``"autocast"``,
-        ``"quantization_config"`` of None, ...) are ignored; weights are not part of a
-        config (use :meth:`set_weights`).
-        """
-        config = dict(config)
-        for key, neutral in (("groups", 1), ("autocast", True), ("quantization_config", None),
-                             ("lora_rank", None), ("lora_alpha", None)):
-            if key in config and config[key] in (neutral, None):
-                config.pop(key)
-        return cls(**config)
-
     def __repr__(self):
         parts = [f"name={self.name!r}", f"filters={self.filters}",
                  f"kernel_size={self.kernel_size}"]
@@ -673,217 +340,11 @@ callable or None, default=None
             if getattr(self, key) != default:
                 parts.append(f"{key}={getattr(self, key)!r}")
         parts.append(f"data_format={self.data_format!r}")
-        if _nonlinear(self.activation):
+        if self._activates():
             parts.append(f"activation={self.activation.name!r}")
         parts.append(f"in_channels={self.in_channels}, params={self.count_params()}"
                      if self.built else "built=False")
         return f"Conv3DTranspose({', '.join(parts)})"
-
-    # --- PyTorch interoperability ----------------------------------------------------------
-    @classmethod
-    def from_torch(cls, module, data_format="channels_first", **kwargs):
-        """The layer equivalent to a ``torch.nn.ConvTranspose3d``.
-
-        Parameters
-        ----------
-        module : torch.nn.ConvTranspose3d
-            ``groups=1``, ``padding_mode="zeros"``, float32 or float64 weights. Its padding
-            ``p`` and ``output_padding`` must have a Keras equivalent on every axis:
-            ``p = 0`` ('valid') or the crop of ``'same'``; otherwise ``ValueError``.
-        data_format : {"channels_first", "channels_last"}, default="channels_first"
-            Layout of the layer's inputs (the module's is channels_first).
-        **kwargs
-            Other constructor arguments (``activation``, ``name``, ...).
-
-        Returns
-        -------
-        Conv3DTranspose
-            Built, with the module's weights (kernel converted by :func:`kernel_from_torch`).
-        """
-        torch = _import_torch()
-        if not isinstance(module, torch.nn.ConvTranspose3d):
-            raise TypeError("`module` must be a torch.nn.ConvTranspose3d, got "
-                            f"{type(module).__name__}.")
-        if module.groups != 1:
-            raise ValueError(f"Only groups=1 has a Keras equivalent, got groups={module.groups}.")
-        if module.padding_mode != "zeros":
-            raise ValueError("Only padding_mode='zeros' has a Keras equivalent, got "
-                             f"{module.padding_mode!r}.")
-        padding, output_padding = _keras_padding_from_torch(
-            module.kernel_size, module.stride, module.dilation, module.padding,
-            module.output_padding)
-        weight = module.weight.detach().cpu().numpy()
-        for key in ("filters", "kernel_size", "strides", "padding", "output_padding",
-                    "dilation_rate", "use_bias", "dtype", "weights"):
-            if key in kwargs:
-                raise TypeError(f"`{key}` is taken from the module; do not pass it.")
-        layer = cls(module.out_channels, tuple(module.kernel_size), strides=tuple(module.stride),
-                    padding=padding, output_padding=output_padding, data_format=data_format,
-                    dilation_rate=tuple(module.dilation), use_bias=module.bias is not None,
-                    dtype=_normalize_dtype(weight.dtype.name).name, **kwargs)
-        weights = [kernel_from_torch(weight)]
-        if module.bias is not None:
-            weights.append(module.bias.detach().cpu().numpy())
-        layer.set_weights(weights)
-        return layer
-
-    def to_torch(self):
-        """The equivalent ``torch.nn.ConvTranspose3d`` (channels_first inputs), weights copied.
-
-        The activation is not part of the module (a warning says so when there is one).
-
-        Raises
-        ------
-        ValueError
-            If the layer is not built, or its padding crops asymmetrically ('same' with
-            ``(effective_kernel - stride)`` odd, or an odd ``output_padding``), which
-            ``ConvTranspose3d``'s symmetric ``padding`` cannot express.
-        """
-        torch = _import_torch()
-        if not self.built:
-            raise ValueError(f"Layer {self.name!r} is not built: call it or give `input_shape` "
-                             "before `to_torch()`.")
-        padding, output_padding = _torch_padding_from_keras(
-            self.kernel_size, self.strides, self.dilation_rate, self.padding,
-            self.output_padding)
-        if _nonlinear(self.activation):
-            warnings.warn(f"to_torch(): the activation {self.activation.name!r} of layer "
-                          f"{self.name!r} is not included in the ConvTranspose3d module.",
-                          stacklevel=2)
-        module = torch.nn.ConvTranspose3d(
-            self.in_channels, self.filters, self.kernel_size, stride=self.strides,
-            padding=padding, output_padding=output_padding, bias=self.use_bias,
-            dilation=self.dilation_rate, dtype=getattr(torch, self.dtype))
-        with torch.no_grad():
-            module.weight.copy_(torch.from_numpy(kernel_to_torch(self._kernel).copy()))
-            if self.use_bias:
-                module.bias.copy_(torch.from_numpy(self._bias.copy()))
-        return module
-
-
-def _serialize_or_none(module, obj):
-    return None if obj is None else module.serialize(obj)
-
-
-def _import_torch():
-    try:
-        import torch
-    except ImportError:
-        raise ImportError("PyTorch is needed for from_torch()/to_torch(); kernel_from_torch() "
-                          "and kernel_to_torch() convert numpy kernels without it.") from None
-    return torch
-
-
-# --- padding equivalence between Keras and torch --------------------------------------------
-# Keras' (and tconv3d's) output of an axis is the full-length result
-# full = (n - 1) * s + (k - 1) * d + 1, cropped by crop = max(0, (full - out) // 2) on the
-# left and zero-extended or cut on the right to ``out``. Torch crops ``padding`` on the left
-# and gives out = full - 2 * padding + output_padding. Both are affine in n with slope s, so
-# two input lengths decide whether a Keras setting and a torch setting agree.
-_PROBE_LENGTHS = (5, 6)
-
-
-def _keras_axis(n, k, s, d, padding, op):
-    full = (n - 1) * s + (k - 1) * d + 1
-    out = deconv_output_length(n, k, s, d, padding, op)
-    return out, max(0, (full - out) // 2)
-
-
-def _torch_axis(n, k, s, d, p, op):
-    full = (n - 1) * s + (k - 1) * d + 1
-    return full - 2 * p + op, p
-
-
-def _keras_padding_from_torch(kernel, stride, dilation, padding, output_padding):
-    """Keras ``(padding, output_padding)`` equal to torch's on every axis, else ValueError."""
-    axes = list(zip(kernel, stride, dilation, padding, output_padding))
-    for mode in ("valid", "same"):
-        if all(all(_keras_axis(n, k, s, d, mode, None) == _torch_axis(n, k, s, d, p, op)
-                   for n in _PROBE_LENGTHS) for k, s, d, p, op in axes):
-            return mode, None
-        chosen = []
-        for k, s, d, p, op in axes:
-            match = [o for o in range(s) if all(
-                _keras_axis(n, k, s, d, mode, o) == _torch_axis(n, k, s, d, p, op)
-                for n in _PROBE_LENGTHS)]
-            if not match:
-                break
-            chosen.append(match[0])
-        else:
-            return mode, tuple(chosen)
-    raise ValueError(
-        f"The torch module's padding={tuple(padding)} and output_padding="
-        f"{tuple(output_padding)} (kernel_size={tuple(kernel)}, stride={tuple(stride)}, "
-        f"dilation={tuple(dilation)}) have no Keras equivalent: Keras crops either nothing "
-        "('valid', torch padding 0) or the 'same' amount (torch padding "
-        "(dilation * (kernel - 1) + 1) // 2 with output_padding 0, or a smaller padding "
-        "balanced by an even Keras output_padding), with Keras' output_padding < stride.")
-
-
-def _torch_padding_from_keras(kernel, stride, dilation, padding, output_padding):
-    """Torch ``(padding, output_padding)`` equal to the Keras setting, else ValueError."""
-    ops = output_padding or (None,) * 3
-    torch_padding, torch_output_padding = [], []
-    for axis, (k, s, d, op) in enumerate(zip(kernel, stride, dilation, ops)):
-        found = None
-        for n in _PROBE_LENGTHS:
-            out, crop = _keras_axis(n, k, s, d, padding, op)
-            full = (n - 1) * s + (k - 1) * d + 1
-            cand = (crop, out - (full - 2 * crop))
-            found = cand if found in (None, cand) else "mismatch"
-        if found == "mismatch" or not 0 <= found[1] < max(s, d):
-            raise ValueError(
-                f"padding={padding!r} with output_padding={output_padding}, kernel_size="
-                f"{tuple(kernel)}, strides={tuple(stride)}, dilation_rate={tuple(dilation)} "
-                f"crops the output asymmetrically on axis {axis}, which torch's "
-                "ConvTranspose3d (symmetric padding, output_padding < max(stride, dilation)) "
-                "cannot express. Use padding='valid', or a kernel/stride with an even "
-                "difference (or an even output_padding) for 'same'.")
-        torch_padding.append(found[0])
-        torch_output_padding.append(found[1])
-    return tuple(torch_padding), tuple(torch_output_padding)
-
-
-def kernel_from_torch(weight):
-    """Convert a ``ConvTranspose3d`` weight to Keras' kernel layout (no torch needed).
-
-    Parameters
-    ----------
-    weight : array-like (or torch tensor) of shape (in_channels, filters, kd, kh, kw)
-
-    Returns
-    -------
-    ndarray of shape (kd, kh, kw, filters, in_channels), same dtype (a copy)
-    """
-    w = _as_numpy(weight, "weight")
-    if w.ndim != 5:
-        raise ValueError("`weight` must be 5-D (in_channels, filters, kd, kh, kw), got shape "
-                         f"{w.shape}.")
-    return np.ascontiguousarray(w.transpose(2, 3, 4, 1, 0))
-
-
-def kernel_to_torch(kernel):
-    """Convert a Keras kernel to ``ConvTranspose3d``'s weight layout (no torch needed).
-
-    Parameters
-    ----------
-    kernel : array-like of shape (kd, kh, kw, filters, in_channels)
-
-    Returns
-    -------
-    ndarray of shape (in_channels, filters, kd, kh, kw), same dtype (a copy)
-    """
-    k = _as_numpy(kernel, "kernel")
-    if k.ndim != 5:
-        raise ValueError("`kernel` must be 5-D (kd, kh, kw, filters, in_channels), got shape "
-                         f"{k.shape}.")
-    return np.ascontiguousarray(k.transpose(4, 3, 0, 1, 2))
-
-
-def _as_numpy(value, name):
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
-        value = value.detach().cpu().numpy()
-    return as_array(value, name)
 
 
 def layer_conv_3d_transpose(object=None, filters=None, kernel_size=None, strides=(1, 1, 1),

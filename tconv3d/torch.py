@@ -129,6 +129,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
 from torch.overrides import handle_torch_function, has_torch_function
 
+from ._geometry import TorchPlan, keras_to_torch_kernel, torch_plan, torch_to_keras_kernel
 from ._ops import conv_transpose3d as _tconv_forward
 from ._ops import conv_transpose3d_backward as _tconv_backward
 
@@ -153,61 +154,6 @@ def _warn_once(reason):
                       f"(warned once).", TconvFallbackWarning, stacklevel=4)
 
 
-# --------------------------------------------------------------------------------------
-# Geometry: PyTorch's padding/output_padding onto tconv3d's Keras geometry
-# --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Plan:
-    """How one PyTorch geometry is computed with tconv3d (spatial triples).
-
-    tconv3d is called with ``padding`` and ``output_padding`` and returns ``computed``
-    lengths; PyTorch's output (lengths ``out``) is ``computed[start : start + out]``, with
-    positions past ``computed`` holding only the bias.
-    """
-    padding: str
-    output_padding: tuple
-    start: tuple
-    out: tuple
-    computed: tuple
-
-    @property
-    def exact(self):
-        return self.computed == self.out and not any(self.start)
-
-    @property
-    def covers(self):
-        return all(s + o <= c for s, o, c in zip(self.start, self.out, self.computed))
-
-    def overlap(self):
-        """Spatial slices (in the computed volume, in the output) of their common part."""
-        src = tuple(slice(s, min(s + o, c))
-                    for s, o, c in zip(self.start, self.out, self.computed))
-        dst = tuple(slice(0, min(o, c - s))
-                    for s, o, c in zip(self.start, self.out, self.computed))
-        return src, dst
-
-
-def _plan(in_spatial, kernel_size, stride, padding, output_padding, dilation):
-    """The :class:`_Plan` of one call; all arguments are triples of valid ints."""
-    axes = tuple(zip(in_spatial, kernel_size, stride, padding, output_padding, dilation))
-    full = tuple((n - 1) * s + (k - 1) * d + 1 for n, k, s, p, op, d in axes)
-    out = tuple(length - 2 * p + op for length, (n, k, s, p, op, d) in zip(full, axes))
-    zero = (0, 0, 0)
-    # Keras "valid" with output_padding op' returns full[0 : L + op'], op' < stride.
-    if all(p == 0 and op < s for n, k, s, p, op, d in axes):
-        return _Plan("valid", output_padding, zero, out, out)
-    # Keras "same" (pad = k_eff // 2) with output_padding op' returns a window of length
-    # L - 2*pad + op' starting at max(0, floor((2*pad - op') / 2)); with
-    # op' = op + 2*(pad - p) that is PyTorch's window exactly when p == 0 or op == 0.
-    same = tuple(op + 2 * (((k - 1) * d + 1) // 2 - p) for n, k, s, p, op, d in axes)
-    if all((p == 0 or op == 0) and 0 <= q < s for q, (n, k, s, p, op, d) in zip(same, axes)):
-        return _Plan("same", same, zero, out, out)
-    # No exact Keras geometry: compute full[0 : L + q] and take PyTorch's window of it.
-    q = tuple(min(max(op - p, 0), s - 1) for n, k, s, p, op, d in axes)
-    computed = tuple(length + qa for length, qa in zip(full, q))
-    return _Plan("valid", q, padding, out, computed)
-
-
 def _triple(value):
     if isinstance(value, int):
         return (value,) * 3
@@ -227,18 +173,13 @@ def _shape(channels_last, batch, spatial, channels):
     return (batch, *spatial, channels) if channels_last else (batch, channels, *spatial)
 
 
-def _keras_kernel(w):
-    """PyTorch weight ``(in, out, kd, kh, kw)`` as a Keras kernel ``(kd, kh, kw, out, in)``."""
-    return w.transpose(2, 3, 4, 1, 0)
-
-
 def _forward_arrays(x, w, b, plan, stride, dilation, groups, channels_last, num_threads):
     """PyTorch's conv_transpose3d on arrays; x in the layout `channels_last` names."""
     kwargs = dict(strides=stride, padding=plan.padding, output_padding=plan.output_padding,
                   dilation_rate=dilation, num_threads=num_threads,
                   data_format="channels_last" if channels_last else "channels_first")
     if plan.exact and groups == 1:
-        return _tconv_forward(x, _keras_kernel(w), b, **kwargs)
+        return _tconv_forward(x, torch_to_keras_kernel(w), b, **kwargs)
     cin_g, cout_g = w.shape[0] // groups, w.shape[1]
     y = np.empty(_shape(channels_last, x.shape[0], plan.out, cout_g * groups), dtype=x.dtype)
     if not plan.covers:
@@ -246,8 +187,8 @@ def _forward_arrays(x, w, b, plan, stride, dilation, groups, channels_last, num_
     src, dst = plan.overlap()
     for g in range(groups):
         ci, co = slice(g * cin_g, (g + 1) * cin_g), slice(g * cout_g, (g + 1) * cout_g)
-        z = _tconv_forward(x[_index(channels_last, channels=ci)], _keras_kernel(w[ci]),
-                           None if b is None else b[co], **kwargs)
+        z = _tconv_forward(x[_index(channels_last, channels=ci)],
+                           torch_to_keras_kernel(w[ci]), None if b is None else b[co], **kwargs)
         y[_index(channels_last, dst, co)] = z[_index(channels_last, src)]
     return y
 
@@ -265,9 +206,9 @@ def _backward_arrays(gy, x, w, use_bias, needs, plan, stride, dilation, groups,
     compute = tuple(name for name, need in
                     zip(("input", "kernel", "bias"), (need_x, need_w, tconv_bias)) if need)
     if plan.exact and groups == 1:
-        gx, gk, gb = _tconv_backward(gy, x, _keras_kernel(w), use_bias=tconv_bias,
+        gx, gk, gb = _tconv_backward(gy, x, torch_to_keras_kernel(w), use_bias=tconv_bias,
                                      compute=compute, **kwargs)
-        return gx, None if gk is None else np.ascontiguousarray(gk.transpose(4, 3, 0, 1, 2)), gb
+        return gx, None if gk is None else np.ascontiguousarray(keras_to_torch_kernel(gk)), gb
     cin_g, cout_g = w.shape[0] // groups, w.shape[1]
     gx = np.empty(x.shape, dtype=x.dtype) if need_x else None
     gw = np.empty(w.shape, dtype=w.dtype) if need_w else None
@@ -283,12 +224,12 @@ def _backward_arrays(gy, x, w, use_bias, needs, plan, stride, dilation, groups,
             gz = np.zeros(_shape(channels_last, gy.shape[0], plan.computed, cout_g), gy.dtype)
             gz[_index(channels_last, src)] = gy[_index(channels_last, dst, co)]
         gx_g, gk_g, gb_g = _tconv_backward(gz, x[_index(channels_last, channels=ci)],
-                                           _keras_kernel(w[ci]), use_bias=tconv_bias,
+                                           torch_to_keras_kernel(w[ci]), use_bias=tconv_bias,
                                            compute=compute, **kwargs)
         if need_x:
             gx[_index(channels_last, channels=ci)] = gx_g
         if need_w:
-            gw[ci] = gk_g.transpose(4, 3, 0, 1, 2)
+            gw[ci] = keras_to_torch_kernel(gk_g)
         if tconv_bias:
             gb[co] = gb_g
     return gx, gw, gb
@@ -316,7 +257,7 @@ def _backward_arrays(gy, x, w, use_bias, needs, plan, stride, dilation, groups,
 @dataclass(frozen=True)
 class _Call:
     """The geometry of one convolution, shared by its forward and all its derivatives."""
-    plan: _Plan
+    plan: TorchPlan
     stride: tuple
     dilation: tuple
     groups: int
@@ -582,7 +523,8 @@ class _GradBias(torch.autograd.Function):
 
 
 def _tconv_plan(input, weight, bias, stride, padding, output_padding, groups, dilation):
-    """The :class:`_Plan` when tconv3d can run this call; else (None, fallback reason)."""
+    """The :class:`~tconv3d._geometry.TorchPlan` when tconv3d can run this call; else
+    (None, fallback reason)."""
     tensors = (input, weight) if bias is None else (input, weight, bias)
     if any(type(t).__torch_dispatch__ is not _PLAIN_DISPATCH for t in tensors):
         return None, None  # FakeTensor, FunctionalTensor, ...: no data to hand to numpy
@@ -610,8 +552,8 @@ def _tconv_plan(input, weight, bias, stride, padding, output_padding, groups, di
             and min(stride + dilation) >= 1 and min(padding + output_padding) >= 0
             and all(op < max(s, d) for op, s, d in zip(output_padding, stride, dilation))):
         return None, None
-    plan = _plan(tuple(input.shape[2:]), tuple(weight.shape[2:]), stride, padding,
-                 output_padding, dilation)
+    plan = torch_plan(tuple(input.shape[2:]), tuple(weight.shape[2:]), stride, padding,
+                      output_padding, dilation)
     if min(plan.out) < 1:
         return None, None
     return (plan, stride, dilation), None

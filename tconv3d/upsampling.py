@@ -44,9 +44,9 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
 from . import _plan
+from ._geometry import deconv_output_length
 from ._ops import conv_transpose3d, conv_transpose3d_backward, conv_transpose3d_output_shape
-from ._validation import (deconv_output_length, make_geometry, normalize_num_threads,
-                          normalize_triple)
+from ._validation import make_geometry, normalize_num_threads, normalize_triple
 
 __all__ = ["VolumeUpsampler"]
 

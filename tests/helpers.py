@@ -1,6 +1,8 @@
 """Shared helpers of the test suite: problem generation and tolerances."""
 import numpy as np
 
+from tconv3d._geometry import full_length, torch_window
+
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
 
 
@@ -24,14 +26,14 @@ def to_torch_args(geometry_kwargs, x_spatial, kernel_spatial, out_spatial):
     """torch `padding`/`output_padding` that reproduce our crop, plus a final slice.
 
     Our output is full[c : c + O] (c = max(0, (L - O)//2)); torch's is
-    full[p : L - p + op]. With p = c and op = max(0, O - L + 2c) torch covers ours; the
-    slice [:O] drops the one element torch keeps when our crop is asymmetric.
+    full[p : L - p + op]. :func:`tconv3d._geometry.torch_window` gives p = c and the op
+    with which torch covers ours; the slice [:O] drops the one element torch keeps when our
+    crop is asymmetric. The crop itself is checked independently by ``tests/reference.py``.
     """
     s, d = geometry_kwargs["strides"], geometry_kwargs["dilation_rate"]
     pads, ops = [], []
     for n, k, o in zip(x_spatial, kernel_spatial, out_spatial):
-        L = (n - 1) * s + (k - 1) * d + 1
-        c = max(0, (L - o) // 2)
-        pads.append(c)
-        ops.append(max(0, o - L + 2 * c))
+        p, op, _ = torch_window(full_length(n, k, s, d) - o)
+        pads.append(p)
+        ops.append(op)
     return tuple(pads), tuple(ops)

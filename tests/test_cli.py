@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tconv3d import cli
-from tconv3d.cli import KernelFile, load_kernel, main, save_kernel, upsampled_affine
+from tconv3d.cli import _common, main, show, upsample
+from tconv3d.io import upsampled_affine
+from tconv3d.kernel_file import KernelFile, load_kernel, save_kernel
 from tconv3d.upsampling import VolumeUpsampler, _trilinear_kernel
 
 SPATIAL = (7, 11, 13)   # odd lengths, as elsewhere in the suite
@@ -96,7 +97,7 @@ def data_path(nib):
 def test_nearest_is_np_repeat(capsys, tmp_path, npy, volume, factor):
     out = tmp_path / "out.npy"
     stdout, _ = ok(capsys, "upsample", npy, out, "--factor", factor, "--kernel", "nearest")
-    f = cli._factor(factor)
+    f = _common.parse_factor(factor)
     result = np.load(out)
     assert result.dtype == np.float32
     np.testing.assert_array_equal(result, repeat(volume, f))
@@ -142,11 +143,20 @@ def test_dtype_option(capsys, tmp_path, rng):
     assert same.dtype == np.int16
     np.testing.assert_array_equal(same, repeat(volume, (2, 2, 2)))  # exact
 
-    ok(capsys, "upsample", tmp_path / "in.npy", tmp_path / "u8.npy", "--dtype", "uint8")
+    # values up to 999 do not fit uint8: refused, unless clipping is asked for
+    fails(capsys, "upsample", tmp_path / "in.npy", tmp_path / "u8.npy", "--dtype", "uint8",
+          match="voxels of OUT fall outside uint8's range [0, 255]; choose a wider --dtype, "
+                "or pass --clip to clip them")
+    assert not (tmp_path / "u8.npy").exists()
+    out, err = ok(capsys, "upsample", tmp_path / "in.npy", tmp_path / "u8.npy", "--dtype",
+                  "uint8", "--clip")
     expected = trilinear(volume, (2, 2, 2), np.float32)
     u8 = np.load(tmp_path / "u8.npy")
     assert u8.dtype == np.uint8
     np.testing.assert_array_equal(u8, np.clip(np.rint(expected), 0, 255))  # rounded, clipped
+    clipped = int(np.count_nonzero(np.rint(expected) > 255))
+    assert err == f"tconv3d: warning: clipped {clipped} of {u8.size} voxels to uint8's range " \
+                  "[0, 255]\n"
 
     ok(capsys, "upsample", tmp_path / "in.npy", tmp_path / "f8.npy", "--dtype", "float64")
     f8 = np.load(tmp_path / "f8.npy")
@@ -210,7 +220,7 @@ def test_progress_bar_redraws_on_a_terminal():
             return True
 
     stream = Terminal()
-    progress = cli.Progress(4, "upsampling", stream=stream, width=8)
+    progress = upsample.Progress(4, "upsampling", stream=stream, width=8)
     for done in range(1, 5):
         progress.update(done)
     assert stream.text.count("\r") == 4 and stream.text.endswith("\n")
@@ -308,7 +318,7 @@ def test_fit_then_upsample(capsys, tmp_path, rng):
     spec = load_kernel(tmp_path / "k.npz")
     assert spec.kernel.shape == (4, 4, 4) and spec.factor == (2, 2, 2) and spec.bias == 0
 
-    low = cli.block_average(high[2][None], (2, 2, 2))[0]
+    low = _common.block_average(high[2][None], (2, 2, 2))[0]
     np.save(tmp_path / "low.npy", low)
     ok(capsys, "upsample", tmp_path / "low.npy", tmp_path / "up.npy", "--kernel",
        tmp_path / "k.npz")
@@ -316,7 +326,7 @@ def test_fit_then_upsample(capsys, tmp_path, rng):
     expected = VolumeUpsampler(kernel=spec.kernel).fit(low[None]).transform(low[None])[0]
     expected += spec.relative_bias * np.percentile(np.abs(low), 99)
     np.testing.assert_allclose(up, expected, rtol=1e-6, atol=1e-6)
-    assert cli.psnr(high[2], up) > cli.psnr(high[2], trilinear(low, (2, 2, 2))) + 0.5
+    assert _common.psnr(high[2], up) > _common.psnr(high[2], trilinear(low, (2, 2, 2))) + 0.5
 
 
 def test_fit_crops_volumes_to_a_common_shape(capsys, tmp_path, rng):
@@ -517,12 +527,32 @@ def test_show_nifti_series(capsys, tmp_path, data_path):
 
 def test_middle_slices_orientation():
     volume = np.zeros((4, 6, 8))
-    panels = cli._middle_slices(volume, (1.0, 2.0, 3.0), ("x (R)", "y (A)", "z (S)"),
+    panels = show._middle_slices(volume, (1.0, 2.0, 3.0), ("x (R)", "y (A)", "z (S)"),
                                 ("sagittal", "coronal", "axial"))
     shapes = [image.shape for _, image, *_ in panels]
     assert shapes == [(8, 6), (8, 4), (6, 4)]           # rows: the later axis, upward
     assert [p[2] for p in panels] == [1.5, 3.0, 2.0]    # aspect = row zoom / column zoom
     assert panels[2][0] == "axial, z = 4"
+
+
+def test_middle_slices_of_an_array_name_their_axes():
+    panels = show._middle_slices(np.zeros((4, 6, 8)), (1.0, 1.0, 1.0),
+                                 ("axis 0", "axis 1", "axis 2"), ("slice",) * 3)
+    assert [p[0] for p in panels] == ["slice, axis 0 = 2", "slice, axis 1 = 3",
+                                      "slice, axis 2 = 4"]
+
+
+def test_show_writes_the_format_of_the_extension(capsys, tmp_path, npy):
+    pytest.importorskip("matplotlib")
+    ok(capsys, "show", npy, "--out", tmp_path / "s.svg")
+    assert b"<svg" in (tmp_path / "s.svg").read_bytes()[:500]
+    ok(capsys, "show", npy, "--out", tmp_path / "s.pdf")
+    assert (tmp_path / "s.pdf").read_bytes()[:5] == b"%PDF-"
+    fails(capsys, "show", npy, "--out", tmp_path / "s.txt",
+          match=f"--out {str(tmp_path / 's.txt')!r}: matplotlib cannot write .txt; use one of")
+    assert not (tmp_path / "s.txt").exists()
+    fails(capsys, "demo", "--phantom", "--out", tmp_path / "d.txt",
+          match="matplotlib cannot write .txt")
 
 
 def test_show_without_matplotlib(capsys, tmp_path, npy, monkeypatch):
@@ -730,8 +760,6 @@ ERRORS = {
                           "three of them as 2,2,1, got '2,2'", 2),
     "threads zero": (None, ["upsample", "in.npy", "o.npy", "--threads", "0"],
                      "argument --threads: expected an integer >= 1", 2),
-    "threads too many": (None, ["upsample", "in.npy", "o.npy", "--threads", "100000"],
-                         "between 1 and 1024", 2),
     "kernel name": (None, ["upsample", "in.npy", "o.npy", "--kernel", "cubic"],
                     "expected trilinear, nearest or a kernel file ending in .npz", 2),
     "learned without a file": (None, ["upsample", "in.npy", "o.npy", "--kernel", "learned"],
@@ -849,7 +877,7 @@ def test_failed_nifti_write_leaves_nothing(capsys, tmp_path, npy, nib, monkeypat
 def test_unexpected_errors_are_one_line_unless_debugging(capsys, monkeypatch, npy, tmp_path):
     def broken(args):
         raise ZeroDivisionError("division by zero")
-    monkeypatch.setattr(cli, "cmd_upsample", broken)
+    monkeypatch.setattr(upsample, "cmd_upsample", broken)
     fails(capsys, "upsample", npy, tmp_path / "o.npy",
           match="ZeroDivisionError: division by zero (unexpected; TCONV3D_DEBUG=1")
     monkeypatch.setenv("TCONV3D_DEBUG", "1")
@@ -863,7 +891,7 @@ def test_warnings_are_one_line(capsys, monkeypatch, npy, tmp_path):
     def noisy(args):
         warnings.warn("first line\n   second line", UserWarning, stacklevel=1)
         return 0
-    monkeypatch.setattr(cli, "cmd_upsample", noisy)
+    monkeypatch.setattr(upsample, "cmd_upsample", noisy)
     status, _, err = run(capsys, "upsample", npy, tmp_path / "o.npy")
     assert status == 0 and err == "tconv3d: warning: first line second line\n"
 
@@ -918,3 +946,146 @@ def test_permission_checks_without_root_privileges(capsys, tmp_path, npy, monkey
                         real(p, mode))
     fails(capsys, "upsample", npy, tmp_path / "o.npy", match="is not writable")
     assert files(tmp_path) == ["in.npy"]
+
+
+# --- integer output keeps the physical values ------------------------------------------------
+
+SCALED = [  # stored dtype, slope, intercept
+    ("int8", 0.5, -3.0), ("uint8", 10.0, 0.0), ("int16", 10.0, 0.0), ("int16", 0.25, -100.0),
+    ("uint16", 3.0, -500.0), ("int32", 0.1, 7.5),
+]
+
+
+def _scaled_nifti(nib, path, rng, dtype, slope, inter, shape=(6, 7, 5)):
+    """A NIfTI file storing ``dtype`` with ``scl_slope``/``scl_inter``, values over the
+    type's whole range; returns its physical values as nibabel reads them."""
+    info = np.iinfo(dtype)
+    stored = rng.integers(max(info.min, -2**20), min(info.max, 2**20), shape, endpoint=True)
+    stored.flat[:2] = max(info.min, -2**20), min(info.max, 2**20)
+    image = nib.Nifti1Image(stored.astype(dtype), np.diag([2.0, 2.0, 3.0, 1.0]))
+    image.header.set_slope_inter(slope, inter)
+    nib.save(image, path)
+    return nib.load(path).get_fdata()
+
+
+@pytest.mark.parametrize("dtype, slope, inter", SCALED)
+def test_scaled_nifti_nearest_is_lossless(capsys, tmp_path, nib, rng, dtype, slope, inter):
+    physical = _scaled_nifti(nib, tmp_path / "in.nii", rng, dtype, slope, inter)
+    out, _ = ok(capsys, "upsample", tmp_path / "in.nii", tmp_path / "o.nii", "--kernel",
+                "nearest", "--dtype", "input")
+    image = nib.load(tmp_path / "o.nii")
+    assert image.get_data_dtype() == np.dtype(dtype)
+    np.testing.assert_array_equal(image.get_fdata(), repeat(physical, (2, 2, 2)))
+    assert f" {dtype} (slope {np.float32(slope):g}, intercept {np.float32(inter):g});" in out
+
+
+@pytest.mark.parametrize("dtype, slope, inter", SCALED)
+def test_scaled_nifti_trilinear_within_half_a_step(capsys, tmp_path, nib, rng, dtype, slope,
+                                                    inter):
+    physical = _scaled_nifti(nib, tmp_path / "in.nii", rng, dtype, slope, inter)
+    ok(capsys, "upsample", tmp_path / "in.nii", tmp_path / "o.nii", "--dtype", "input")
+    image = nib.load(tmp_path / "o.nii")
+    assert image.get_data_dtype() == np.dtype(dtype)
+    exact = trilinear(physical, (2, 2, 2), np.float64)
+    got = image.get_fdata()
+    step = float(np.float32(slope))
+    # trilinear stays within the input's range, so the input's grid holds every value
+    assert np.abs(got - exact).max() <= step / 2 + 1e-6 * np.abs(exact).max()
+
+
+def test_narrow_nifti_dtype_rescales_instead_of_clipping(capsys, tmp_path, nib, data_path):
+    """``--dtype uint8`` on the T1 scan (values up to several hundred): the slope spans the
+    values' range, every voxel within half a step (not 255 everywhere)."""
+    ok(capsys, "upsample", data_path / "anatomical.nii", tmp_path / "o.nii", "--dtype",
+       "uint8", "--kernel", "nearest")
+    physical = nib.load(data_path / "anatomical.nii").get_fdata()
+    image = nib.load(tmp_path / "o.nii")
+    assert image.get_data_dtype() == np.uint8
+    got, want = image.get_fdata(), repeat(physical, (2, 2, 2))
+    slope = (want.max() - want.min()) / 255
+    assert np.abs(got - want).max() <= slope / 2 * (1 + 1e-6)
+    assert len(np.unique(got)) > 100
+
+
+def test_anatomical_resaved_with_slope_10_survives(capsys, tmp_path, nib, data_path):
+    source = nib.load(data_path / "anatomical.nii")
+    stored = np.asarray(source.dataobj).astype(np.int16)
+    image = nib.Nifti1Image(stored, source.affine)
+    image.header.set_slope_inter(10.0, 0.0)
+    nib.save(image, tmp_path / "slope10.nii")
+    physical = nib.load(tmp_path / "slope10.nii").get_fdata()
+    assert physical.max() > 32767          # past int16 in physical units
+    ok(capsys, "upsample", tmp_path / "slope10.nii", tmp_path / "o.nii", "--kernel",
+       "nearest", "--dtype", "input")
+    np.testing.assert_array_equal(nib.load(tmp_path / "o.nii").get_fdata(),
+                                  repeat(physical, (2, 2, 2)))
+
+
+def test_encode_integers():
+    from tconv3d.io import FileError, encode_integers
+    values = np.array([-3.0, 0.5, 7.0, 60.0])
+    q, scaling, clipped = encode_integers(values, np.int8, grid=(0.5, -3.0))
+    assert scaling == (0.5, -3.0) and clipped == 0
+    np.testing.assert_array_equal(q * 0.5 - 3.0, values)              # on the grid: exact
+    with pytest.raises(FileError, match=r"2 voxels of OUT fall outside uint8's range"):
+        encode_integers(np.array([-1.0, 3.0, 256.0]), np.uint8)
+    q, scaling, clipped = encode_integers(np.array([-1.0, 3.0, 256.0]), np.uint8, clip=True)
+    assert q.tolist() == [0, 3, 255] and clipped == 2
+    q, (slope, inter), clipped = encode_integers(values, np.uint8, can_scale=True)
+    assert clipped == 0 and np.abs(q * slope + inter - values).max() <= slope / 2 * (1 + 1e-6)
+    with pytest.raises(FileError, match="1 NaN or infinite values, which int16 cannot store"):
+        encode_integers(np.array([1.0, np.nan]), np.int16, can_scale=True)
+
+
+def test_symbolic_link_loop_and_dangling_link(capsys, tmp_path):
+    (tmp_path / "a.npy").symlink_to(tmp_path / "b.npy")
+    (tmp_path / "b.npy").symlink_to(tmp_path / "a.npy")
+    fails(capsys, "upsample", tmp_path / "a.npy", tmp_path / "o.npy",
+          match="is a symbolic link loop")
+    (tmp_path / "c.npy").symlink_to(tmp_path / "gone.npy")
+    fails(capsys, "upsample", tmp_path / "c.npy", tmp_path / "o.npy",
+          match=f"is a symbolic link to {str(tmp_path / 'gone.npy')!r}, which does not exist")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_unwritable_output_is_named_as_given(capsys, tmp_path, npy):
+    """/proc passes the directory checks for root, but no file can be created there: the
+    message names OUT, not the temporary file."""
+    line = fails(capsys, "upsample", npy, "/proc/o.npy", match="cannot write OUT '/proc/o.npy'")
+    assert ".part" not in line
+
+
+# --- fit: degenerate training data ------------------------------------------------------------
+
+def test_fit_refuses_volumes_too_small_for_the_kernel(capsys, tmp_path, rng):
+    np.save(tmp_path / "tiny.npy", rng.random((3, 3, 3)))
+    fails(capsys, "fit", tmp_path / "tiny.npy", "--out", tmp_path / "k.npz",
+          match="are too small to fit a 6x6x6 kernel for factor 2x2x2: each axis needs at "
+                "least 8x8x8 voxels")
+    assert not (tmp_path / "k.npz").exists()
+
+
+def test_fit_on_constant_volumes_warns_and_prints_no_nan(capsys, tmp_path):
+    np.save(tmp_path / "flat.npy", np.full((12, 12, 12), 7.0))
+    out, err = ok(capsys, "fit", tmp_path / "flat.npy", "--out", tmp_path / "k.npz",
+                  "--max-iter", 3, "--threads", 1)
+    assert "1 of 1 training volumes are constant" in err
+    assert "nan" not in out.lower() and "inf" not in out.lower()
+    assert "training PSNR over trilinear not defined" in out
+
+
+def test_fit_warns_when_the_common_crop_discards_most_voxels(capsys, tmp_path, rng):
+    np.save(tmp_path / "big.npy", smooth_volumes(rng, 1, (24, 24, 24))[0])
+    np.save(tmp_path / "thin.npy", smooth_volumes(rng, 1, (24, 24, 8))[0])
+    out, err = ok(capsys, "fit", tmp_path / "big.npy", tmp_path / "thin.npy", "--out",
+                  tmp_path / "k.npz", "--max-iter", 3, "--threads", 1)
+    assert f"keeps only 33% of the voxels of {str(tmp_path / 'big.npy')!r}" in err
+    assert "thin.npy" not in err
+    assert "centre-cropped to a common 24x24x8" in out
+
+
+def test_huge_factor_is_a_clear_error(capsys, tmp_path, npy):
+    fails(capsys, "upsample", npy, tmp_path / "o.npy", "--factor", 10**9,
+          match="--factor 1000000000: `OUT` of shape")
+    fails(capsys, "upsample", npy, tmp_path / "o.npy", "--factor", 10**4,
+          match="not enough memory: `OUT` of shape")

@@ -78,8 +78,7 @@ EXPECTED = {
 def run_example(run_python):
     """Run ``examples/name`` in a child process that imports the tconv3d under test."""
     def run(name, *args, timeout, pythonpath=()):
-        env = {"OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg",
-               "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "torch")}
+        env = {"OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}   # KERAS_BACKEND: conftest
         if pythonpath:
             env["PYTHONPATH"] = os.pathsep.join(map(str, pythonpath))
         return run_python(EXAMPLES / name, *args, env=env, timeout=timeout)

@@ -3,15 +3,12 @@
 Keras (torch backend) and torch are oracles where importable; derivatives and gradients are
 also checked by finite differences, which need neither.
 """
-import os
 
 import numpy as np
 import pytest
 
-os.environ.setdefault("KERAS_BACKEND", "torch")
-
-from helpers import tol  # noqa: E402
-from tconv3d import activations, constraints, initializers, optimizers, regularizers  # noqa: E402
+from helpers import tol
+from tconv3d import activations, constraints, initializers, optimizers, regularizers
 
 # Keras 3's torch backend calls np.array(tensor, copy=False) internally (its noise, not ours).
 pytestmark = pytest.mark.filterwarnings(
@@ -23,16 +20,6 @@ KERNEL = (3, 2, 5, 4, 6)  # (kd, kh, kw, filters, in_channels)
 # Activation kinks and switch points: finite differences and torch's subgradient conventions
 # are only compared at least this far from them.
 KINKS = np.array([-6.0, -3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0, 6.0])
-
-
-@pytest.fixture(scope="module")
-def keras():
-    return pytest.importorskip("keras")
-
-
-@pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch")
 
 
 def _smooth_points(rng, n=200, low=-7.0, high=7.0, gap=1e-3):

@@ -9,12 +9,10 @@ import warnings
 import numpy as np
 import pytest
 
-os.environ.setdefault("KERAS_BACKEND", "torch")
-
-from helpers import tol  # noqa: E402
-from reference import conv_transpose3d_ref  # noqa: E402
-from tconv3d import activations, constraints, initializers, optimizers, regularizers  # noqa: E402
-from tconv3d.layers import (Conv3DTranspose, image_data_format, kernel_from_torch,  # noqa: E402
+from helpers import tol
+from reference import conv_transpose3d_ref
+from tconv3d import activations, constraints, initializers, optimizers, regularizers
+from tconv3d.layers import (Conv3DTranspose, image_data_format, kernel_from_torch,
                             kernel_to_torch, layer_conv_3d_transpose)
 
 # Keras 3's torch backend calls np.array(tensor, copy=False) internally (its noise, not ours).
@@ -24,16 +22,6 @@ pytestmark = pytest.mark.filterwarnings(
 DTYPES = [np.float32, np.float64]
 FORMATS = ["channels_last", "channels_first"]
 SPATIAL = (3, 4, 2)
-
-
-@pytest.fixture(scope="module")
-def keras():
-    return pytest.importorskip("keras")
-
-
-@pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch")
 
 
 @pytest.fixture(autouse=True)

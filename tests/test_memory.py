@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import tconv3d
-from tconv3d import _ops, _validation
+from tconv3d import _validation
 from reference import conv_transpose3d_backward_ref, conv_transpose3d_ref
 
 INT32_MAX = 2**31 - 1
@@ -52,8 +52,6 @@ def test_geometry_crop_and_lengths_are_exact_past_int32():
     full = 6 + 2 * (2**40 + 3) + 1
     assert geom.out_spatial == (7, 7, 7)
     assert geom.crop == ((full - 7) // 2,) * 3 == (2**40 + 3,) * 3
-    # the tuple handed to the kernels carries the same exact Python ints
-    assert _ops._geometry_tuple(geom)[-3:] == (2**40 + 3,) * 3
 
 
 def test_allocation_check_counts_past_int32_exactly(monkeypatch):
@@ -272,7 +270,7 @@ def _failing_calls():
         lambda: tconv3d.conv_transpose3d(x, w, strides=0),                      # ValueError
         lambda: tconv3d.conv_transpose3d(x, np.ones((2, 2, 2, 3, 5))),          # channels
         lambda: tconv3d.conv_transpose3d(x, w, np.ones(4)),                     # bias
-        lambda: tconv3d.conv_transpose3d(x, w, num_threads=10**6),              # threads
+        lambda: tconv3d.conv_transpose3d(x, w, num_threads=0),                  # threads
         lambda: tconv3d.conv_transpose3d(x, w, strides=2**14),                  # MemoryError
         lambda: tconv3d.conv_transpose3d(x, w, strides=2**25),                  # index range
         lambda: tconv3d.conv_transpose3d(x, huge, padding="same", output_padding=0),  # copy

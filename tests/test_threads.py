@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tconv3d
-from tconv3d import _ops
+from tconv3d import _ops, _threads
 from helpers import random_problem, tol
 from reference import conv_transpose3d_backward_ref, conv_transpose3d_ref
 
@@ -18,10 +18,12 @@ FORMATS = ["channels_last", "channels_first"]
 def every_thread(monkeypatch):
     """Use every thread asked for, however small the problem.
 
-    By default a call runs on at most one thread per ``_ops.MIN_WORK_PER_THREAD``
-    multiply-adds, so the small problems here would otherwise never be split.
+    By default a call runs on at most one thread per ``_threads.MIN_WORK_PER_THREAD``
+    multiply-adds, so the small problems here would otherwise never be split, and on at
+    most ``_threads.THREADS_PER_CORE`` threads per core.
     """
-    monkeypatch.setattr(_ops, "MIN_WORK_PER_THREAD", 1, raising=False)
+    monkeypatch.setattr(_threads, "MIN_WORK_PER_THREAD", 1)
+    monkeypatch.setattr(_threads, "THREADS_PER_CORE", 64)
 
 # Odd sizes; strides, dilation and output padding differ per axis, so every branch of the
 # phase and crop arithmetic runs. Rows (batch * depth * height) are many more than 8, so
@@ -290,3 +292,112 @@ def test_every_thread_fixture_reaches_the_thread_count(every_thread):
     geom = tconv3d._validation.make_geometry((3, 5, 7, 6, 5), (3, 2, 4, 7, 5), 1, "valid",
                                              None, 1, "channels_last")
     assert threads_for(8, geom) == 8
+
+
+# --- thread requests never end the process --------------------------------------------------
+
+@pytest.mark.parametrize("requested", [10**3, 10**6, 2**64])
+def test_thread_requests_are_capped_not_refused(rng, requested):
+    x, w, b = random_problem(rng, batch=1, spatial=(5, 6, 7), cin=3, cout=4, kernel=(2, 3, 2),
+                             data_format="channels_last", dtype=np.float64)
+    assert _threads.resolve(requested) == _threads.max_threads()
+    want = tconv3d.conv_transpose3d(x, w, b, strides=2, num_threads=1)
+    got = tconv3d.conv_transpose3d(x, w, b, strides=2, num_threads=requested)
+    assert np.array_equal(got, want)
+
+
+_MEMORY_LIMITED = """
+import resource, sys
+import numpy as np
+import tconv3d
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+x, k = np.ones((1, 32, 32, 32, 16), np.float32), np.ones((3, 3, 3, 16, 16), np.float32)
+y = tconv3d.conv_transpose3d(x, k, num_threads=1024)
+tconv3d.conv_transpose3d_backward(np.ones_like(y), x, k, num_threads=1024)
+print("survived", float(y.sum()))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="Linux only")
+def test_many_threads_under_a_memory_limit(run_python):
+    """1024 thread stacks do not fit in 3 GiB of address space: libgomp would end the
+    process ('Thread creation failed'); the cap keeps the request within the cores."""
+    done = run_python("-c", _MEMORY_LIMITED, env={"OMP_NUM_THREADS": None})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("survived")
+
+
+# --- fork -------------------------------------------------------------------------------------
+
+_FORKED_WORKERS = """
+import json, multiprocessing, os, sys, warnings
+import numpy as np
+import tconv3d
+from tconv3d import _threads
+
+rng = np.random.default_rng(0)
+x = rng.standard_normal((1, 24, 24, 24, 16)).astype(np.float32)
+k = rng.standard_normal((3, 3, 3, 16, 16)).astype(np.float32)
+vol = rng.standard_normal((2, 24, 24, 24)).astype(np.float32)
+parallel_first = sys.argv[1] == "parallel"
+
+def forward(num_threads=None):
+    return tconv3d.conv_transpose3d(x, k, strides=2, num_threads=num_threads)
+
+def backward():
+    return tconv3d.conv_transpose3d_backward(forward(), x, k, strides=2)[1]
+
+def layer():
+    return tconv3d.Conv3DTranspose(16, 3, strides=2, seed=0)(x)
+
+def upsample():
+    return tconv3d.VolumeUpsampler(factor=2).fit(vol).transform(vol)
+
+def explicit():
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        y = forward(num_threads=2)
+    return y, [str(w.message) for w in seen], _threads.resolve(2)
+
+if parallel_first:     # the parent starts an OpenMP team before forking
+    assert _threads.team_size(_threads.resolve(2), 1 << 30) == 2
+jobs = {"forward": forward, "backward": backward, "layer": layer, "upsample": upsample}
+try:
+    import torch, tconv3d.torch
+    module = tconv3d.torch.ConvTranspose3d(16, 8, 3, stride=2).double()
+    xt = torch.from_numpy(x.astype(np.float64)).permute(0, 4, 1, 2, 3)
+    def torch_module():
+        with torch.no_grad():
+            return module(xt).numpy()
+    jobs["torch"] = torch_module
+except ImportError:
+    pass
+want = {name: job() for name, job in jobs.items()}
+want_explicit = forward(num_threads=2 if parallel_first else 1)
+with multiprocessing.get_context("fork").Pool(1) as pool:
+    got, warned, resolved = pool.apply_async(explicit).get(timeout=60)
+    assert np.array_equal(got, want_explicit)
+    for name, job in jobs.items():
+        got = pool.apply_async(job).get(timeout=60)
+        assert np.array_equal(got, want[name]), name
+print(json.dumps({"jobs": sorted(jobs), "warned": warned, "resolved": resolved}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "register_at_fork"), reason="needs fork")
+@pytest.mark.parametrize("parent", ["parallel", "serial"])
+def test_forked_workers_compute_and_do_not_hang(run_python, parent):
+    """GNU libgomp hangs in a forked child whose parent ran a parallel region; tconv3d runs
+    such children on one thread (same numbers) and says so when threads were asked for."""
+    import json
+    threads = "2" if parent == "parallel" else "1"   # the parent's default
+    done = run_python("-c", _FORKED_WORKERS, parent, env={"OMP_NUM_THREADS": threads},
+                      timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {"forward", "backward", "layer", "upsample"} <= set(report["jobs"])
+    if parent == "parallel":
+        assert report["resolved"] == 1
+        assert len(report["warned"]) == 1 and "forked" in report["warned"][0]
+    else:   # no team to inherit: an explicit request is honoured
+        assert report["resolved"] == 2 and report["warned"] == []

@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 
 import tconv3d  # noqa: E402
 import tconv3d.torch as tt  # noqa: E402
+from tconv3d._geometry import torch_plan  # noqa: E402
 from helpers import tol  # noqa: E402
 
 F = torch.nn.functional
@@ -436,7 +437,7 @@ def test_func_per_sample_gradients_match_torch():
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=_geometry_id)
 def test_plan_is_what_tconv3d_computes(geometry):
     k, s, p, d, op = geometry
-    plan = tt._plan(SPATIAL, (k,) * 3, (s,) * 3, (p,) * 3, (op,) * 3, (d,) * 3)
+    plan = torch_plan(SPATIAL, (k,) * 3, (s,) * 3, (p,) * 3, (op,) * 3, (d,) * 3)
     shape = tconv3d.conv_transpose3d_output_shape(
         (1, *SPATIAL, 2), (k, k, k, 3, 2), strides=s, padding=plan.padding,
         output_padding=plan.output_padding, dilation_rate=d)
@@ -461,8 +462,8 @@ def test_plan_is_what_tconv3d_computes(geometry):
 def test_common_layers_take_the_exact_path(kwargs, exact):
     kw = {key: tt._triple(kwargs.get(key, 1 if key in ("stride", "dilation") else 0))
           for key in ("kernel_size", "stride", "padding", "output_padding", "dilation")}
-    plan = tt._plan((8, 8, 8), kw["kernel_size"], kw["stride"], kw["padding"],
-                    kw["output_padding"], kw["dilation"])
+    plan = torch_plan((8, 8, 8), kw["kernel_size"], kw["stride"], kw["padding"],
+                      kw["output_padding"], kw["dilation"])
     assert plan.exact == exact
 
 

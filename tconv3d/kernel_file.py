@@ -1,0 +1,238 @@
+"""Kernel files: a learned (or hand-made) upsampling kernel saved as a .npz archive.
+
+>>> from tconv3d.kernel_file import fit_kernel_file, load_kernel, save_kernel
+>>> spec, learned, converged = fit_kernel_file(low, high, (2, 2, 2), (6, 6, 6),
+...                                            max_iter=200, threads=None)  # doctest: +SKIP
+>>> save_kernel("k.npz", spec)                                              # doctest: +SKIP
+>>> load_kernel("k.npz").factor                                             # doctest: +SKIP
+(2, 2, 2)
+
+The archive's entries (written by :func:`save_kernel` and ``tconv3d fit``, or by hand with
+``numpy.savez``; read by :func:`load_kernel`):
+
+``kernel``
+    float array ``(kd, kh, kw)``, required: the taps applied to every volume, aligned as
+    the trilinear kernel of the same size (see :mod:`tconv3d.upsampling`).
+``factor``
+    1 or 3 ints, optional: the upsampling factor the kernel was made for.
+``bias``
+    float, optional (default 0): added to every output voxel, in the volume's units.
+``relative_bias``
+    float, optional (default 0): added to every output voxel times the volume's robust
+    scale (:func:`robust_scale`), so that the kernel does not depend on intensity units.
+``format``, ``version``
+    ``"tconv3d-kernel"`` and 1 (:data:`FORMAT`, :data:`VERSION`): written, not required.
+
+A volume ``x`` is upsampled as ``VolumeUpsampler(factor, kernel=kernel).transform(x) +
+bias + relative_bias * robust_scale(x)`` (:func:`upsample_volumes`).
+"""
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from .io import FileError, describe_error, write_atomically
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "KernelFile",
+    "fit_kernel_file",
+    "load_kernel",
+    "robust_scale",
+    "save_kernel",
+    "upsample_volumes",
+]
+
+FORMAT = "tconv3d-kernel"
+VERSION = 1
+
+
+def robust_scale(volumes):
+    """99th percentile of ``|volumes|`` per ``(d, h, w)`` volume, shape ``(n, 1, 1, 1)``
+    (1 where it is 0)."""
+    scale = np.percentile(np.abs(volumes), 99, axis=(1, 2, 3), keepdims=True)
+    return np.where(scale > 0, scale, 1.0)
+
+
+@dataclass(frozen=True)
+class KernelFile:
+    """The contents of a kernel file (format in the module docstring).
+
+    Attributes
+    ----------
+    kernel : ndarray of shape (kd, kh, kw), dtype=float64, or None
+        The taps (``None`` stands for a fixed kernel, trilinear or nearest, and no bias).
+    factor : tuple of 3 ints or None
+        The upsampling factor the kernel was made for, if known.
+    bias, relative_bias : float
+        Added to every output voxel: ``bias`` as it is, ``relative_bias`` times the
+        volume's :func:`robust_scale`.
+    """
+    kernel: np.ndarray
+    factor: tuple = None
+    bias: float = 0.0
+    relative_bias: float = 0.0
+
+    def offset(self, volumes):
+        """What is added to the upsampled ``(n, d, h, w)`` ``volumes``: ``(n, 1, 1, 1)``."""
+        offset = np.full((len(volumes), 1, 1, 1), self.bias)
+        if self.relative_bias:
+            offset += self.relative_bias * robust_scale(volumes)
+        return offset
+
+
+def upsample_volumes(upsampler, spec, volumes):
+    """``upsampler.transform(volumes)`` plus the kernel file's biases, same dtype.
+
+    Parameters
+    ----------
+    upsampler : VolumeUpsampler
+        Fitted with ``spec.kernel`` (or a fixed kernel when ``spec.kernel`` is ``None``).
+    spec : KernelFile
+        The kernel file whose biases are added.
+    volumes : ndarray of shape (n, d, h, w)
+        The volumes to upsample.
+
+    Returns
+    -------
+    ndarray of shape (n, d*fd, h*fh, w*fw)
+        In the dtype ``upsampler.transform`` returns.
+    """
+    out = upsampler.transform(volumes)
+    offset = spec.offset(volumes)
+    if offset.any():
+        out += offset.astype(out.dtype)
+    return out
+
+
+def save_kernel(path, kernel_file, overwrite=True):
+    """Write ``kernel_file`` (a :class:`KernelFile` with a factor) to ``path``, atomically.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The .npz file to write.
+    kernel_file : KernelFile
+        Its ``factor`` must be set.
+    overwrite : bool, default=True
+        If ``False``, refuse (:class:`tconv3d.io.FileError`) a ``path`` that exists by
+        the time the file is complete.
+    """
+    arrays = dict(kernel=np.asarray(kernel_file.kernel, np.float64),
+                  factor=np.asarray(kernel_file.factor, np.int64),
+                  bias=np.float64(kernel_file.bias),
+                  relative_bias=np.float64(kernel_file.relative_bias),
+                  format=np.str_(FORMAT), version=np.int64(VERSION))
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    write_atomically(path, write, overwrite, role="--out")
+
+
+def load_kernel(path):
+    """The :class:`KernelFile` at ``path``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A .npz archive with at least a ``kernel`` entry (format in the module docstring).
+
+    Returns
+    -------
+    KernelFile
+        ``kernel`` as float64, ``factor`` as 3 ints (or ``None``), the biases as floats.
+
+    Raises
+    ------
+    tconv3d.io.FileError
+        If the file is missing, not a .npz archive, or an entry is invalid; the message
+        names the file as the ``tconv3d`` command's ``--kernel``.
+    """
+    if not os.path.isfile(path):
+        raise FileError(f"--kernel {str(path)!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            entries = {k: archive[k] for k in archive.files}
+    except Exception as exc:
+        raise FileError(f"cannot read --kernel {str(path)!r} as a .npz kernel file: "
+                        f"{describe_error(exc)}") from None
+    where = f"--kernel {str(path)!r}"
+    if "kernel" not in entries:
+        raise FileError(f"{where} has no 'kernel' entry (it has: "
+                        f"{', '.join(entries) or 'nothing'}); see `tconv3d upsample --help`")
+    kernel = entries["kernel"]
+    if kernel.ndim != 3 or kernel.size == 0 or kernel.dtype.kind not in "iuf" \
+            or not np.isfinite(kernel).all():
+        raise FileError(f"{where}: 'kernel' must be a 3-D array of finite numbers, got "
+                        f"shape {kernel.shape} and dtype {kernel.dtype}")
+    biases = {}
+    for name in ("bias", "relative_bias"):
+        value = entries.get(name, np.float64(0.0))
+        if value.size != 1 or value.dtype.kind not in "iuf" or not np.isfinite(value).all():
+            raise FileError(f"{where}: {name!r} must be one finite number, got {value!r}")
+        biases[name] = float(value.ravel()[0])
+    factor = entries.get("factor")
+    if factor is not None:
+        values = factor.ravel().tolist() if factor.dtype.kind in "iu" else []
+        if factor.size not in (1, 3) or len(values) != factor.size or min(values) < 1:
+            raise FileError(f"{where}: 'factor' must be 1 or 3 integers >= 1, got "
+                            f"{factor!r}")
+        factor = tuple(int(v) for v in values * (3 // len(values)))
+    return KernelFile(kernel.astype(np.float64), factor, **biases)
+
+
+def fit_learned(low, high, factor, kernel_size, max_iter, threads):
+    """Learned ``VolumeUpsampler`` of ``(n, d, h, w)`` ``low`` -> ``high``, and whether the
+    fit converged before ``max_iter``."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    from .upsampling import VolumeUpsampler
+
+    upsampler = VolumeUpsampler(factor=factor, kernel="learned", kernel_size=kernel_size,
+                                max_iter=max_iter, num_threads=threads)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        upsampler.fit(low, high)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return upsampler, converged
+
+
+def fit_kernel_file(low, high, factor, kernel_size, max_iter, threads):
+    """A :class:`KernelFile` learned from pairs of volumes.
+
+    Each pair is divided by the :func:`robust_scale` of its ``low`` volume, so the
+    learned bias is saved as ``relative_bias`` and the kernel carries over between
+    intensity units.
+
+    Parameters
+    ----------
+    low : ndarray of shape (n, d, h, w)
+        The low-resolution volumes.
+    high : ndarray of shape (n, d*fd, h*fh, w*fw)
+        The high-resolution volumes they should be upsampled to.
+    factor : tuple of 3 ints
+        The upsampling factor ``(fd, fh, fw)``.
+    kernel_size : tuple of 3 ints
+        Taps per axis of the learned kernel.
+    max_iter : int
+        L-BFGS iterations at most.
+    threads : int or None
+        Threads of the compiled core (``None``: OpenMP's default).
+
+    Returns
+    -------
+    spec : KernelFile
+        The learned kernel, ``factor`` and ``relative_bias``.
+    learned : VolumeUpsampler
+        The fitted upsampler (on the scaled volumes), e.g. for ``n_iter_``.
+    converged : bool
+        Whether the fit converged before ``max_iter``.
+    """
+    scale = robust_scale(low)
+    learned, converged = fit_learned(low / scale, high / scale, factor, kernel_size,
+                                     max_iter, threads)
+    spec = KernelFile(learned.kernel_, tuple(factor), relative_bias=learned.bias_)
+    return spec, learned, converged
