@@ -55,7 +55,7 @@ def forward_arrays(x, w, b, plan, stride, dilation, groups, channels_last, num_t
 
 
 def backward_arrays(gy, x, w, use_bias, needs, plan, stride, dilation, groups,
-                     channels_last, num_threads):
+                    channels_last, num_threads):
     """Gradients (input, weight in PyTorch's layout, bias) of :func:`forward_arrays`."""
     kwargs = dict(strides=stride, padding=plan.padding, output_padding=plan.output_padding,
                   dilation_rate=dilation, num_threads=num_threads,
@@ -161,8 +161,8 @@ def _placeholder(shape, dtype):
 def _backward(grad_output, x, weight, use_bias, needs, call, channels_last):
     """:func:`backward_arrays` on tensors (``x``/``weight`` may be placeholder arrays)."""
     return backward_arrays(_as_array(grad_output, channels_last), x, weight, use_bias, needs,
-                            call.plan, call.stride, call.dilation, call.groups, channels_last,
-                            torch.get_num_threads())
+                           call.plan, call.stride, call.dilation, call.groups, channels_last,
+                           torch.get_num_threads())
 
 
 def _batch_first(t, dim, size):
@@ -198,9 +198,9 @@ class ConvTranspose3dFunction(torch.autograd.Function):
     def forward(x, weight, bias, call):
         channels_last = _is_channels_last(x)
         y = forward_arrays(_as_array(x, channels_last), _as_array(weight, False),
-                            None if bias is None else _as_array(bias, False), call.plan,
-                            call.stride, call.dilation, call.groups, channels_last,
-                            torch.get_num_threads())
+                           None if bias is None else _as_array(bias, False), call.plan,
+                           call.stride, call.dilation, call.groups, channels_last,
+                           torch.get_num_threads())
         return _as_tensor(y, channels_last)
 
     @staticmethod
@@ -298,8 +298,8 @@ class GradInput(torch.autograd.Function):
             return gx.unflatten(0, grad_output.shape[:2]), 0
         size = info.batch_size
         gx = GradInput.apply(_fold_channels(grad_output, g_dim, size),
-                              _batch_first(weight, w_dim, size).flatten(0, 1),
-                              call.grouped(size), channels_last)
+                             _batch_first(weight, w_dim, size).flatten(0, 1),
+                             call.grouped(size), channels_last)
         return gx.unflatten(1, (size, -1)), 1
 
 
@@ -343,7 +343,7 @@ class GradWeight(torch.autograd.Function):
         g_dim, x_dim = in_dims[:2]
         size = info.batch_size
         gw = GradWeight.apply(_fold_channels(grad_output, g_dim, size),
-                               _fold_channels(x, x_dim, size), call.grouped(size))
+                              _fold_channels(x, x_dim, size), call.grouped(size))
         return gw.unflatten(0, (size, -1)), 0
 
 
@@ -379,5 +379,5 @@ class GradBias(torch.autograd.Function):
     def vmap(info, in_dims, grad_output, call, in_channels):
         size = info.batch_size
         gb = GradBias.apply(_fold_channels(grad_output, in_dims[0], size),
-                             call.grouped(size), in_channels * size)
+                            call.grouped(size), in_channels * size)
         return gb.unflatten(0, (size, -1)), 0
