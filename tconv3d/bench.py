@@ -322,6 +322,44 @@ def run_large_stride(threads, repeat=5, out=sys.stdout):
     return row
 
 
+def run_keras_fit(threads, steps=20, out=sys.stdout):
+    """Training steps per second of a small Keras 3D decoder (``model.fit`` on the torch
+    backend, float32, batch 4, 8^3x32 -> 32^3x1 through three stride-2 layers) with
+    ``keras.layers.Conv3DTranspose`` and with :class:`tconv3d.keras.Conv3DTranspose`,
+    same weights and data. Returns ``{layer: steps/s}`` (empty without Keras)."""
+    import os
+    if os.environ.setdefault("KERAS_BACKEND", "torch") != "torch":
+        return {}
+    try:
+        import keras
+        import torch
+
+        from .keras import Conv3DTranspose
+    except ImportError:
+        return {}
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((steps * 4, 8, 8, 8, 32)).astype(np.float32)
+    rates = {}
+    for name, layer in (("keras", keras.layers.Conv3DTranspose),
+                        ("tconv3d.keras", Conv3DTranspose)):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input(x.shape[1:]),
+                                  layer(32, 3, strides=2, padding="same", activation="relu"),
+                                  layer(16, 3, strides=2, padding="same", activation="relu"),
+                                  layer(1, 2, strides=1, padding="same")])
+        model.compile(optimizer="adam", loss="mse")
+        y = rng.standard_normal((len(x), *model.output_shape[1:])).astype(np.float32)
+        model.fit(x[:8], y[:8], batch_size=4, epochs=1, verbose=0)   # warm-up
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
+        rates[name] = steps / (time.perf_counter() - start)
+    print(f"keras model.fit, 3D decoder (batch 4, 8^3x32 -> 32^3x1), {threads} thread(s): "
+          + ", ".join(f"{k} {v:.2f} steps/s" for k, v in rates.items())
+          + f" ({rates['tconv3d.keras'] / rates['keras']:.2f}x)", file=out, flush=True)
+    return rates
+
+
 def run(cases=None, threads=(2,), dtypes=("float32",), repeat=7, peers=("torch",),
         backward=True, out=sys.stdout):
     """Run the suite; returns a list of result dicts (one per case, dtype and threads)."""
@@ -451,8 +489,10 @@ def main(argv=None, prog="python -m tconv3d.bench"):
         for t in args.threads:
             upsampler[t] = run_upsampler(t, args.repeat)
             sweep[t] = {f"{k} x{f}": v for (k, f), v in run_factor_sweep(t).items()}
+    keras_fit = {}
     for t in args.threads:
         large_stride[t] = run_large_stride(t)
+        keras_fit[t] = run_keras_fit(t)
     mem = peak_memory_forward()
     print("forward peak memory on unet_up (MiB): input {input_MiB:.1f}, output {output_MiB:.1f}, "
           "peak RSS growth {peak_growth_MiB:.1f} (extra beyond output {extra_MiB:.1f})"
@@ -461,6 +501,7 @@ def main(argv=None, prog="python -m tconv3d.bench"):
         with open(args.json, "w") as f:
             json.dump({"results": results, "memory": mem, "upsampler_ms": upsampler,
                        "factor_sweep_ms": sweep, "large_stride_ms": large_stride,
+                       "keras_fit_steps_per_s": keras_fit,
                        "sgemm_gflops": {t: sgemm_gflops(t) for t in set(args.threads)},
                        "simd": _kernels.simd_variant(), "machine": platform.machine()},
                       f, indent=1)
