@@ -210,33 +210,147 @@ cdef inline Py_ssize_t _output_index(const Problem *p, int a, Py_ssize_t i,
     return i * p.s[a] + j * p.d[a] - p.crop[a]
 
 
-cdef inline Py_ssize_t _output_taps(const Problem *p, int a, Py_ssize_t o,
+# ------------------------------------------------------------- taps, by arithmetic
+#
+# Nothing scans all the taps of an axis: the taps that reach an output, or that an input
+# reaches, are enumerated arithmetically, so the work is proportional to the multiply-adds
+# performed plus the size of the arrays, for any stride, dilation and kernel length.
+# Taps are always taken in increasing j, the summation order of every kernel.
+#
+# - From input i the taps form one range: o = i*s + j*d - crop in [0, n_out).
+# - Into output o come the taps of o's stride phase, (j*d) % s == (o + crop) % s. With
+#   g = gcd(s, d) these are j0, j0 + step, j0 + 2*step, ... (step = s/g), whose inputs
+#   go down by shift = d/g from one to the next, for the smallest such tap j0. Outputs
+#   o and o + s share the phase, so j0 is found once per call for each o < min(s, n_out):
+#   a Phase, built in O(min(k, step) + min(s, n_out)) by _fill_phases.
+
+cdef inline Py_ssize_t _floor_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """floor(a / b) for b > 0 and a of either sign, dividing non-negative numbers only
+    (`cdivision` truncates toward zero). b == 1, i.e. no dilation, skips the division."""
+    if b == 1:
+        return a
+    if a >= 0:
+        return a // b
+    return -((-a - 1) // b) - 1
+
+
+cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """ceil(a / b) for b > 0 and a of either sign (as _floor_div)."""
+    if b == 1:
+        return a
+    if a <= 0:
+        return -((-a) // b)
+    return (a - 1) // b + 1
+
+
+ctypedef struct Phase:
+    # The outputs o0, o0 + s, o0 + 2s, ... of one axis (0 <= o0 < min(s, n_out)).
+    Py_ssize_t outputs    # how many of them are below n_out
+    Py_ssize_t q          # (o0 + crop) // s: output o0 + t*s is at full position
+                          # (q + t)*s + (o0 + crop) % s
+    Py_ssize_t first_tap  # j0, the phase's smallest tap (-1 if none: then taps == 0)
+    Py_ssize_t taps       # its taps below k are j0 + u*step, 0 <= u < taps
+    Py_ssize_t m          # (j0*d) // s: tap j0 + u*step feeds output o0 + t*s from
+                          # input q + t - m - u*shift
+
+
+ctypedef struct Phases:
+    # The taps of each axis grouped by stride phase, filled only by _fill_phases().
+    Py_ssize_t step[3]    # s / gcd(s, d): taps j and j + step have the same phase
+    Py_ssize_t shift[3]   # d / gcd(s, d): and read inputs this far apart
+    Py_ssize_t count[3]   # min(s, n_out): the phases that have outputs
+    Phase *of[3]          # of[a][o % s]: the phase of output o on axis a
+
+
+cdef inline Py_ssize_t _gcd(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    cdef Py_ssize_t t
+    while b != 0:
+        t = a % b
+        a = b
+        b = t
+    return a
+
+
+cdef inline Py_ssize_t _phase_count(const Problem *p) noexcept nogil:
+    """Entries of the table _fill_phases needs: sum over axes of min(s, n_out)."""
+    cdef Py_ssize_t total = 0
+    cdef int a
+    for a in range(3):
+        total += p.s[a] if p.s[a] < p.n_out[a] else p.n_out[a]
+    return total
+
+
+cdef void _fill_phases(const Problem *p, Phase *table, Phases *ph) noexcept nogil:
+    """Fill `ph`, its Phase entries stored in `table` (_phase_count(p) of them)."""
+    cdef int a
+    cdef Py_ssize_t s, d, count, o0, j, phase, crop_phase
+    cdef Phase *f
+    for a in range(3):
+        s = p.s[a]
+        d = p.d[a]
+        ph.step[a] = s // _gcd(s, d)
+        ph.shift[a] = d // _gcd(s, d)
+        count = s if s < p.n_out[a] else p.n_out[a]
+        ph.count[a] = count
+        ph.of[a] = table
+        table += count
+        for o0 in range(count):
+            f = &ph.of[a][o0]
+            f.outputs = (p.n_out[a] - 1 - o0) // s + 1
+            f.q = (o0 + p.crop[a]) // s
+            f.first_tap = -1
+            f.taps = 0
+            f.m = 0
+        # Taps j < step have distinct phases (j*d) % s and each is the first of its
+        # phase; that phase's outputs start at o0 = ((j*d) % s - crop) mod s.
+        crop_phase = p.crop[a] % s
+        for j in range(ph.step[a] if ph.step[a] < p.k[a] else p.k[a]):
+            phase = (j * d) % s
+            o0 = phase - crop_phase if phase >= crop_phase else phase - crop_phase + s
+            if o0 < count:
+                f = &ph.of[a][o0]
+                f.first_tap = j
+                f.taps = (p.k[a] - 1 - j) // ph.step[a] + 1
+                f.m = (j * d) // s
+
+
+cdef inline Py_ssize_t _output_taps(const Problem *p, const Phases *ph, int a, Py_ssize_t o,
                                     Py_ssize_t *tap_j, Py_ssize_t *tap_i) noexcept nogil:
     """Taps (j, i) of axis `a` feeding output `o`: i*s + j*d == o + crop, 0 <= i < n_in."""
-    cdef Py_ssize_t pos = o + p.crop[a], j, t, count = 0
-    for j in range(p.k[a]):
-        t = pos - j * p.d[a]
-        if t < 0:
-            break
-        if t % p.s[a] == 0 and t // p.s[a] < p.n_in[a]:
-            tap_j[count] = j
-            tap_i[count] = t // p.s[a]
-            count += 1
+    cdef const Phase *f = &ph.of[a][o % p.s[a]]
+    cdef Py_ssize_t top = f.q + o // p.s[a] - f.m   # the input of the phase's first tap
+    cdef Py_ssize_t u, ulo, uhi, count = 0
+    if f.taps == 0 or top < 0:
+        return 0
+    # Tap u reads input top - u*shift, which must lie in [0, n_in).
+    uhi = _floor_div(top, ph.shift[a])
+    if uhi > f.taps - 1:
+        uhi = f.taps - 1
+    ulo = _ceil_div(top - p.n_in[a] + 1, ph.shift[a])
+    if ulo < 0:
+        ulo = 0
+    for u in range(ulo, uhi + 1):
+        tap_j[count] = f.first_tap + u * ph.step[a]
+        tap_i[count] = top - u * ph.shift[a]
+        count += 1
     return count
 
 
 cdef inline Py_ssize_t _input_taps(const Problem *p, int a, Py_ssize_t i,
                                    Py_ssize_t *tap_j, Py_ssize_t *tap_o) noexcept nogil:
     """Taps (j, o) of axis `a` fed by input `i`: o = i*s + j*d - crop, 0 <= o < n_out."""
-    cdef Py_ssize_t j, o, count = 0
-    for j in range(p.k[a]):
-        o = _output_index(p, a, i, j)
-        if o >= p.n_out[a]:
-            break
-        if o >= 0:
-            tap_j[count] = j
-            tap_o[count] = o
-            count += 1
+    cdef Py_ssize_t base = i * p.s[a] - p.crop[a]   # the output of tap 0
+    cdef Py_ssize_t j, count = 0
+    cdef Py_ssize_t jlo = _ceil_div(-base, p.d[a])
+    cdef Py_ssize_t jhi = _floor_div(p.n_out[a] - 1 - base, p.d[a])
+    if jlo < 0:
+        jlo = 0
+    if jhi > p.k[a] - 1:
+        jhi = p.k[a] - 1
+    for j in range(jlo, jhi + 1):
+        tap_j[count] = j
+        tap_o[count] = base + j * p.d[a]
+        count += 1
     return count
 
 
@@ -260,6 +374,52 @@ cdef inline Py_ssize_t _end_reaching(const Problem *p, Py_ssize_t jw, Py_ssize_t
     return count if num > count else num
 
 
+# The width taps reaching inputs [first, first + count) lie in [_lowest_tap, _highest_tap];
+# every tap there reaches one of them unless the outputs are fewer than the stride: then
+# the outputs of consecutive inputs leave gaps, and _next_tap jumps over a gap.
+
+cdef inline Py_ssize_t _lowest_tap(const Problem *p, Py_ssize_t first,
+                                   Py_ssize_t count) noexcept nogil:
+    cdef Py_ssize_t j = _ceil_div(p.crop[2] - (first + count - 1) * p.s[2], p.d[2])
+    return 0 if j < 0 else j
+
+
+cdef inline Py_ssize_t _highest_tap(const Problem *p, Py_ssize_t first) noexcept nogil:
+    cdef Py_ssize_t j = _floor_div(p.n_out[2] - 1 + p.crop[2] - first * p.s[2], p.d[2])
+    return p.k[2] - 1 if j > p.k[2] - 1 else j
+
+
+cdef inline Py_ssize_t _next_tap(const Problem *p, Py_ssize_t jw,
+                                 Py_ssize_t first) noexcept nogil:
+    """After tap `jw` reached none of the inputs >= first: the first tap of the next
+    input down, the one whose outputs start past jw*d - crop (k when it is below first).
+    Inputs that jw already passed (theirs end before it) are done with, so this is a
+    jump over a gap, at most one per input."""
+    cdef Py_ssize_t i = _ceil_div(p.crop[2] - jw * p.d[2], p.s[2]) - 1
+    if i < first:
+        return p.k[2]
+    return _ceil_div(p.crop[2] - i * p.s[2], p.d[2])
+
+
+cdef inline void _width_taps(const Problem *p, Py_ssize_t first, Py_ssize_t count,
+                             Row *r) noexcept nogil:
+    """The width taps reaching inputs [first, first + count), into r.wj, r.wlo, r.whi."""
+    cdef Py_ssize_t jw = _lowest_tap(p, first, count), jhi = _highest_tap(p, first)
+    cdef Py_ssize_t lo, hi, n = 0
+    while jw <= jhi:
+        lo = _first_reaching(p, jw, first)
+        hi = _end_reaching(p, jw, first, count)
+        if hi <= lo:
+            jw = _next_tap(p, jw, first)
+            continue
+        r.wj[n] = jw
+        r.wlo[n] = lo
+        r.whi[n] = hi
+        n += 1
+        jw += 1
+    r.n_wtaps = n
+
+
 cdef inline Py_ssize_t _block_size(Py_ssize_t channels) noexcept nogil:
     cdef Py_ssize_t b = ACC_ELEMENTS // channels
     return 1 if b < 1 else (MAX_BLOCK if b > MAX_BLOCK else b)
@@ -278,6 +438,11 @@ ctypedef struct Row:
     Py_ssize_t *j[2]         # those taps' kernel indices
     Py_ssize_t *index[2]     # and the depth or height they join the row with on the
                              # other side: inputs of an output row, outputs of an input row
+    # The gradients' width taps of a run of inputs (_width_taps), NULL in the forward
+    Py_ssize_t n_wtaps       # how many
+    Py_ssize_t *wj           # their kernel indices, increasing
+    Py_ssize_t *wlo          # each reaches inputs first + [wlo, whi) of the run
+    Py_ssize_t *whi
 
 
 cdef inline void *_thread_malloc(size_t size, int *failed) noexcept nogil:
@@ -288,17 +453,23 @@ cdef inline void *_thread_malloc(size_t size, int *failed) noexcept nogil:
     return ptr
 
 
-cdef inline Row _thread_row(const Problem *p, int *failed) noexcept nogil:
-    """A thread's Row: its four tap lists in one allocation (j[0] NULL if none)."""
+cdef inline Row _thread_row(const Problem *p, bint width, int *failed) noexcept nogil:
+    """A thread's Row: its tap lists in one allocation (j[0] NULL if none); the width
+    lists only if `width`."""
     cdef Row r
     cdef Py_ssize_t *lists = <Py_ssize_t *> _thread_malloc(
-        2 * (p.k[0] + p.k[1]) * sizeof(Py_ssize_t), failed)
+        (2 * (p.k[0] + p.k[1]) + (3 * p.k[2] if width else 0)) * sizeof(Py_ssize_t),
+        failed)
     memset(&r, 0, sizeof(Row))
     if lists != NULL:
         r.j[0] = lists
         r.index[0] = lists + p.k[0]
         r.j[1] = lists + 2 * p.k[0]
         r.index[1] = lists + 2 * p.k[0] + p.k[1]
+        if width:
+            r.wj = lists + 2 * (p.k[0] + p.k[1])
+            r.wlo = r.wj + p.k[2]
+            r.whi = r.wlo + p.k[2]
     return r
 
 
@@ -309,11 +480,12 @@ cdef inline void _split_row(Row *r, Py_ssize_t row, const Py_ssize_t *lengths) n
     r.h = row % lengths[1]
 
 
-cdef inline void _output_row(const Problem *p, Py_ssize_t row, Row *r) noexcept nogil:
+cdef inline void _output_row(const Problem *p, const Phases *ph, Py_ssize_t row,
+                             Row *r) noexcept nogil:
     """Output row number `row` and the input rows that feed it."""
     _split_row(r, row, p.n_out)
-    r.n_taps[0] = _output_taps(p, 0, r.d, r.j[0], r.index[0])
-    r.n_taps[1] = _output_taps(p, 1, r.h, r.j[1], r.index[1])
+    r.n_taps[0] = _output_taps(p, ph, 0, r.d, r.j[0], r.index[0])
+    r.n_taps[1] = _output_taps(p, ph, 1, r.h, r.j[1], r.index[1])
 
 
 cdef inline void _input_row(const Problem *p, Py_ssize_t row, Row *r) noexcept nogil:
@@ -345,18 +517,19 @@ cdef int _check(int status) except -1:
 # ----------------------------------------------------------------------------- forward
 
 cdef int _conv_transpose(const Problem *p,
+                         const Phases *ph,
                          const floating *x,     # IN  logical (N, D, H, W, Cin), strides p.xs
                          const floating *wt,    # IN  (kd, kh, kw, Cin, Cout) C-contiguous
                          const floating *bias,  # IN  (Cout,) or NULL
                          floating *y,           # OUT logical (N, OD, OH, OW, Cout), strides p.ys
                          int num_threads) noexcept nogil:
-    cdef Py_ssize_t cin = p.cin, cout = p.cout
-    cdef Py_ssize_t sw = p.s[2], dw = p.d[2], kw = p.k[2], iw_n = p.n_in[2], ow_n = p.n_out[2]
+    cdef Py_ssize_t cin = p.cin, cout = p.cout, iw_n = p.n_in[2]
+    cdef Py_ssize_t stepw = ph.step[2], shiftw = ph.shift[2]
     cdef Py_ssize_t rows = p.batch * p.n_out[0] * p.n_out[1]
     cdef Py_ssize_t block = _block_size(cout)
-    cdef Py_ssize_t row, phase, o0, phase_len, q0, blk, tb, nb, b, blo, bhi, istart
-    cdef Py_ssize_t td, th, jw, m, co, ldc
-    cdef Py_ssize_t ystep = sw * p.ys[3]  # between consecutive outputs of a phase
+    cdef Py_ssize_t row, o0, phase_len, q, m, first_tap, taps, blk, tb, nb, b, blo, bhi
+    cdef Py_ssize_t istart, ulo, uhi, u, td, th, co, ldc
+    cdef Py_ssize_t ystep = p.s[2] * p.ys[3]  # between consecutive outputs of a phase
     cdef bint direct = p.ys[4] == 1 and not (cin == 1 and cout == 1)
     cdef Row r
     cdef floating *acc = NULL
@@ -372,18 +545,20 @@ cdef int _conv_transpose(const Problem *p,
     memset(&r, 0, sizeof(Row))  # Cython copies r into the region (firstprivate): no garbage
     with parallel(num_threads=num_threads):
         acc = <floating *> _thread_malloc(block * cout * sizeof(floating), failed_ptr)
-        r = _thread_row(p, failed_ptr)
+        r = _thread_row(p, False, failed_ptr)
         for row in prange(rows, schedule='static'):
             if acc == NULL or r.j[0] == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
-            _output_row(p, row, &r)
-            for o0 in range(sw if sw < ow_n else ow_n):
-                # Outputs o0, o0 + sw, ... share the stride phase (o0 + crop) % sw; output
-                # o0 + t*sw reads input q0 + t - m through every width tap j of that phase,
-                # (j*dw) % sw == phase.
-                phase = (o0 + p.crop[2]) % sw
-                phase_len = (ow_n - 1 - o0) // sw + 1
-                q0 = (o0 + p.crop[2]) // sw
+            _output_row(p, ph, row, &r)
+            for o0 in range(ph.count[2]):
+                # Outputs o0 + t*sw (0 <= t < phase_len) share a stride phase; output
+                # o0 + t*sw reads input q + t - m - u*shiftw through the phase's width
+                # tap first_tap + u*stepw, 0 <= u < taps (see Phase).
+                phase_len = ph.of[2][o0].outputs
+                q = ph.of[2][o0].q
+                m = ph.of[2][o0].m
+                first_tap = ph.of[2][o0].first_tap
+                taps = ph.of[2][o0].taps
                 yp = y + _row_offset(p.ys, r.n, r.d, r.h) + o0 * p.ys[3]
                 for blk in range((phase_len + block - 1) // block):
                     tb = blk * block
@@ -407,19 +582,22 @@ cdef int _conv_transpose(const Problem *p,
                                 memset(cbuf + b * ldc, 0, cout * sizeof(floating))
                             else:
                                 memcpy(cbuf + b * ldc, bias, cout * sizeof(floating))
-                    for td in range(r.n_taps[0]):
+                    # The taps u whose inputs q + t - m - u*shiftw, tb <= t < tb + nb,
+                    # meet [0, iw_n): each of them reaches at least one output of the block.
+                    ulo = _ceil_div(q + tb - m - iw_n + 1, shiftw)
+                    if ulo < 0:
+                        ulo = 0
+                    uhi = _floor_div(q + tb + nb - 1 - m, shiftw)
+                    if uhi > taps - 1:
+                        uhi = taps - 1
+                    for td in range(r.n_taps[0] if ulo <= uhi else 0):
                         for th in range(r.n_taps[1]):
                             xrow = x + _row_offset(p.xs, r.n, r.index[0][td], r.index[1][th])
-                            for jw in range(kw):
-                                if (jw * dw) % sw != phase:
-                                    continue
-                                m = (jw * dw) // sw
-                                istart = q0 + tb - m
+                            for u in range(ulo, uhi + 1):
+                                istart = q + tb - m - u * shiftw
                                 blo = -istart if istart < 0 else 0
                                 bhi = iw_n - istart if iw_n - istart < nb else nb
-                                if bhi <= blo:
-                                    continue
-                                wtap = wt + _tap_matrix(p, &r, td, th, jw)
+                                wtap = wt + _tap_matrix(p, &r, td, th, first_tap + u * stepw)
                                 xstart = xrow + (istart + blo) * p.xs[3]
                                 if cin == 1 and cout == 1:
                                     _axpy(bhi - blo, wtap[0], xstart, p.xs[3], acc + blo)
@@ -448,10 +626,16 @@ def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
     cdef const floating *bias_ptr = NULL
     if bias is not None:
         bias_ptr = &bias[0]
+    cdef Phases ph
+    cdef Phase *table = <Phase *> malloc((_phase_count(&p) + 1) * sizeof(Phase))
+    if table == NULL:
+        raise MemoryError("tconv3d: no memory for the stride-phase table")
     cdef int status
     with nogil:
-        status = _conv_transpose(&p, &x[0, 0, 0, 0, 0], &wt[0, 0, 0, 0, 0], bias_ptr,
+        _fill_phases(&p, table, &ph)
+        status = _conv_transpose(&p, &ph, &x[0, 0, 0, 0, 0], &wt[0, 0, 0, 0, 0], bias_ptr,
                                  &y[0, 0, 0, 0, 0], num_threads)
+    free(table)
     _check(status)
 
 
@@ -466,7 +650,7 @@ cdef int _grad_input(const Problem *p,
     cdef Py_ssize_t sw = p.s[2], kw = p.k[2], iw_n = p.n_in[2]
     cdef Py_ssize_t rows = p.batch * p.n_in[0] * p.n_in[1]
     cdef Py_ssize_t block = _block_size(cin)
-    cdef Py_ssize_t row, blk, tb, nb, b, blo, bhi, td, th, jw, ci
+    cdef Py_ssize_t row, blk, tb, nb, b, blo, bhi, td, th, t, jw, ci
     cdef Py_ssize_t gstep = sw * p.ys[3]  # between the outputs consecutive inputs feed
     cdef Row r
     cdef floating *acc = NULL
@@ -482,7 +666,7 @@ cdef int _grad_input(const Problem *p,
     memset(&r, 0, sizeof(Row))  # Cython copies r into the region (firstprivate): no garbage
     with parallel(num_threads=num_threads):
         acc = <floating *> _thread_malloc(block * cin * sizeof(floating), failed_ptr)
-        r = _thread_row(p, failed_ptr)
+        r = _thread_row(p, True, failed_ptr)
         for row in prange(rows, schedule='static'):
             if acc == NULL or r.j[0] == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
@@ -491,14 +675,14 @@ cdef int _grad_input(const Problem *p,
                 tb = blk * block
                 nb = block if iw_n - tb > block else iw_n - tb
                 memset(acc, 0, nb * cin * sizeof(floating))
-                for td in range(r.n_taps[0]):
+                _width_taps(p, tb, nb, &r)
+                for td in range(r.n_taps[0] if r.n_wtaps > 0 else 0):
                     for th in range(r.n_taps[1]):
                         grow = g + _row_offset(p.ys, r.n, r.index[0][td], r.index[1][th])
-                        for jw in range(kw):
-                            blo = _first_reaching(p, jw, tb)
-                            bhi = _end_reaching(p, jw, tb, nb)
-                            if bhi <= blo:
-                                continue
+                        for t in range(r.n_wtaps):
+                            jw = r.wj[t]
+                            blo = r.wlo[t]
+                            bhi = r.whi[t]
                             wtap = w + _tap_matrix(p, &r, td, th, jw)
                             gstart = grow + _output_index(p, 2, tb + blo, jw) * p.ys[3]
                             if cin == 1 and cout == 1:
@@ -562,7 +746,7 @@ cdef int _grad_kernel(const Problem *p,
     cdef Py_ssize_t sw = p.s[2], kw = p.k[2], iw_n = p.n_in[2]
     cdef Py_ssize_t ksize = p.k[0] * p.k[1] * kw * cout * cin
     cdef Py_ssize_t rows = p.batch * p.n_in[0] * p.n_in[1]
-    cdef Py_ssize_t chunk, row, td, th, jw, lo, hi, e, c
+    cdef Py_ssize_t chunk, row, td, th, t, jw, lo, hi, e, c
     cdef Py_ssize_t gstep = sw * p.ys[3]  # between the outputs consecutive inputs feed
     cdef Row r
     cdef floating *buf
@@ -575,7 +759,9 @@ cdef int _grad_kernel(const Problem *p,
 
     memset(&r, 0, sizeof(Row))  # Cython copies r into the region (firstprivate): no garbage
     with parallel(num_threads=num_threads):
-        r = _thread_row(p, failed_ptr)
+        r = _thread_row(p, True, failed_ptr)
+        if r.j[0] != NULL:
+            _width_taps(p, 0, iw_n, &r)  # the same for every row: whole rows
         for chunk in prange(chunks, schedule='static'):
             if r.j[0] == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
@@ -587,13 +773,12 @@ cdef int _grad_kernel(const Problem *p,
                 for td in range(r.n_taps[0]):
                     for th in range(r.n_taps[1]):
                         grow = g + _row_offset(p.ys, r.n, r.index[0][td], r.index[1][th])
-                        for jw in range(kw):
+                        for t in range(r.n_wtaps):
                             # One GEMM (Cout x Cin) += g^T (Cout x k) x (k x Cin) over
-                            # the inputs lo <= iw < hi that reach an output.
-                            lo = _first_reaching(p, jw, 0)
-                            hi = _end_reaching(p, jw, 0, iw_n)
-                            if hi <= lo:
-                                continue
+                            # the inputs lo <= iw < hi that tap jw takes to an output.
+                            jw = r.wj[t]
+                            lo = r.wlo[t]
+                            hi = r.whi[t]
                             _gemm(cout, cin, hi - lo,
                                   grow + _output_index(p, 2, lo, jw) * p.ys[3], p.ys[4],
                                   gstep, xrow + lo * p.xs[3], p.xs[3],
