@@ -148,16 +148,17 @@ static void tc_gemm_f64_base(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const dou
                              double *C, Py_ssize_t ldc) { TC_SCALAR_COLUMNS(double, 0, TC_BASE_MADD) }
 #endif
 
-/* y[i] += alpha * x[i*incx]: the single-channel (volume upsampling) case, where a GEMM
- * tile would be 1 x 1; the unit-stride branch is vectorised by the compiler. */
+/* y[i*incy] += alpha * x[i*incx]: the single-channel (volume upsampling) case, where a
+ * GEMM tile would be 1 x 1; the unit-stride branch is vectorised by the compiler. */
 #define TC_DEFINE_AXPY(NAME, T)                                                         \
-static void NAME(Py_ssize_t n, T alpha, const T *x, Py_ssize_t incx, T *y)              \
+static void NAME(Py_ssize_t n, T alpha, const T *x, Py_ssize_t incx, T *y,              \
+                 Py_ssize_t incy)                                                       \
 {                                                                                       \
-    if (incx == 1) {                                                                    \
+    if (incx == 1 && incy == 1) {                                                       \
         for (Py_ssize_t i = 0; i < n; i++) y[i] = TC_BASE_MADD(T)(alpha, x[i], y[i]);   \
     } else {                                                                            \
         for (Py_ssize_t i = 0; i < n; i++)                                              \
-            y[i] = TC_BASE_MADD(T)(alpha, x[i * incx], y[i]);                           \
+            y[i * incy] = TC_BASE_MADD(T)(alpha, x[i * incx], y[i * incy]);             \
     }                                                                                   \
 }
 TC_DEFINE_AXPY(tc_axpy_f32, float)
