@@ -320,11 +320,15 @@ cdef void _fill_phases(const Problem *p, Phase *table, Phases *ph) noexcept nogi
 cdef inline TapRange _taps_into(const Problem *p, const Phases *ph, int a,
                                 Py_ssize_t o) noexcept nogil:
     """The taps of axis `a` feeding output `o`: i*s + j*d == o + crop, 0 <= i < n_in."""
-    cdef const Phase *f = &ph.of[a][o % p.s[a]]
+    cdef Py_ssize_t phase = 0, later = o   # o = phase + later*s (no division if s == 1)
+    if p.s[a] != 1:
+        phase = o % p.s[a]
+        later = o // p.s[a]
+    cdef const Phase *f = &ph.of[a][phase]
     cdef TapRange t
     t.first = f.first_tap
     t.step = ph.step[a]
-    t.top = f.q + o // p.s[a] - f.m   # the input of the phase's first tap
+    t.top = f.q + later - f.m   # the input of the phase's first tap
     t.shift = ph.shift[a]
     t.ulo = 0
     t.uhi = -1
@@ -543,10 +547,18 @@ cdef inline Row _thread_row(const Problem *p, int *failed) noexcept nogil:
 
 
 cdef inline void _split_row(Row *r, Py_ssize_t row, const Py_ssize_t *lengths) noexcept nogil:
-    """Position of row number `row` among (batch, lengths[0], lengths[1]) rows."""
-    r.n = row // (lengths[0] * lengths[1])
-    r.d = (row // lengths[1]) % lengths[0]
-    r.h = row % lengths[1]
+    """Position of row number `row` among (batch, lengths[0], lengths[1]) rows. (Two
+    divisions, none by a length of 1: on long thin volumes they are most of a row.)"""
+    cdef Py_ssize_t rest = row
+    r.h = 0
+    if lengths[1] != 1:
+        r.h = rest % lengths[1]
+        rest = rest // lengths[1]
+    r.d = rest
+    r.n = 0
+    if rest >= lengths[0]:
+        r.d = rest % lengths[0]
+        r.n = rest // lengths[0]
 
 
 cdef inline void _output_row(const Problem *p, const Phases *ph, Py_ssize_t row,
