@@ -383,6 +383,10 @@ def run(cases=None, threads=(2,), dtypes=("float32",), repeat=7, peers=("torch",
                        "gflop": _flops(case) / 1e9}
                 row["tconv3d_fwd_ms"] = _median_ms(lambda: conv_transpose3d(x, w, b, **kw),
                                                    repeat)
+                # the same into a reused buffer (out=): no allocation, no first-touch faults
+                y_out = np.empty_like(y)
+                row["tconv3d_fwd_out_ms"] = _median_ms(
+                    lambda: conv_transpose3d(x, w, b, out=y_out, **kw), repeat)
                 if backward:
                     row["tconv3d_fwdbwd_ms"] = _median_ms(
                         lambda: (conv_transpose3d(x, w, b, **kw),
@@ -420,7 +424,8 @@ def _add_ratios(row):
 
 
 def _print_row(row, out, headers_printed):
-    cols = ["tconv3d_fwd_ms", "tconv3d_fwdbwd_ms", "torch_ncdhw_fwd_ms", "torch_ncdhw_fwdbwd_ms",
+    cols = ["tconv3d_fwd_ms", "tconv3d_fwd_out_ms", "tconv3d_fwdbwd_ms", "torch_ncdhw_fwd_ms",
+            "torch_ncdhw_fwdbwd_ms",
             "torch_cl3d_fwd_ms", "torch_cl3d_fwdbwd_ms", "tensorflow_ndhwc_fwd_ms",
             "tensorflow_ndhwc_fwdbwd_ms"]
     cols = [c for c in cols if c in row]
