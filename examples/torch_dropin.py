@@ -27,8 +27,10 @@ def main(side=12):
     torch.save(trained.state_dict(), checkpoint)
 
     # 1. Convert the model in place: the ConvTranspose3d modules keep their parameters
-    #    (the same Parameter objects), so state_dict keys and optimizers are unchanged.
-    model = tconv3d.torch.convert(copy.deepcopy(trained))
+    #    (the same Parameter objects), hooks and parametrizations, so state_dict keys and
+    #    optimizers are unchanged. report=True also says what was converted or skipped.
+    model, report = tconv3d.torch.convert(copy.deepcopy(trained), report=True)
+    print(report)
     print("converted:", [f"{type(m).__module__}.{type(m).__name__}" for m in model])
 
     # 2. Or build the tconv3d module directly and load a PyTorch checkpoint into it.
@@ -54,6 +56,14 @@ def main(side=12):
     loss.backward()
     optimizer.step()
     print(f"one training step, loss {loss.item():.4f}")
+
+    # 5. Second derivatives too: a gradient penalty on the input (as in WGAN-GP).
+    x = x.detach().requires_grad_()
+    y = model(x)
+    (grad_x,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    penalty = (grad_x.flatten(1).norm(dim=1) - 1).square().mean()
+    (y.mean() + penalty).backward()
+    print(f"gradient penalty {penalty.item():.4f}, backpropagated through tconv3d")
     return difference
 
 

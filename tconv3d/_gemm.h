@@ -8,7 +8,11 @@
  * column stride and are read as vectors.
  *
  * Every output element is summed over p in order, whatever the tile path, so results
- * depend only on the shapes and the selected variant, never on the thread count.
+ * depend only on the shapes and the selected variant, never on the thread count or the
+ * strides. The rounding of each multiply-add is fixed too (TC_MADD): left to the
+ * compiler, GCC fuses a*b + c into one FMA in some versions of a loop and not in others
+ * (it versions loops on unit strides and vectorises the products alone), so the bits
+ * would follow the memory layout.
  *
  * The body is written once with GCC/Clang vector extensions and stamped out per ISA with
  * a `target` attribute: the default build runs on any x86-64 (SSE2) and reaches AVX2 or
@@ -16,6 +20,8 @@
  */
 #ifndef TCONV3D_GEMM_H
 #define TCONV3D_GEMM_H
+
+#include <math.h>
 
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(TCONV3D_NO_VECTOR_EXT)
 #define TC_VECTOR_EXT 1
@@ -30,10 +36,29 @@ typedef void (*tc_gemm_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *,
 typedef void (*tc_gemm_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double *, Py_ssize_t,
                               Py_ssize_t, const double *, Py_ssize_t, double *, Py_ssize_t);
 
+/* c + a*b with a rounding fixed per variant. TC_FUSED(T) variants round once (an FMA
+ * instruction, as the vector tiles' contracted `c += a * b` do); TC_UNFUSED(T) variants
+ * round the product and the sum, and are used only where the target has no FMA, so the
+ * compiler cannot contract them either. */
+#define TC_FUSED_float(a, b, c) fmaf((a), (b), (c))
+#define TC_FUSED_double(a, b, c) fma((a), (b), (c))
+#define TC_UNFUSED_float(a, b, c) ((c) + (a) * (b))
+#define TC_UNFUSED_double(a, b, c) ((c) + (a) * (b))
+#define TC_FUSED(T) TC_FUSED_##T
+#define TC_UNFUSED(T) TC_UNFUSED_##T
+/* The baseline build's rounding: fused where the compile-time target has FMA (e.g.
+ * AArch64, or CFLAGS with -mfma), so that it never depends on what the compiler did. */
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA) || defined(__FP_FAST_FMA)
+#define TC_BASE_MADD TC_FUSED
+#else
+#define TC_BASE_MADD TC_UNFUSED
+#endif
+
 /* Columns left over after the vector tiles (n % VL), and the scalar fallback. Four
  * partial sums (p mod 4), added in a fixed order, break the dependency chain of a long
- * contraction (single-channel kernel gradients) without depending on anything but k. */
-#define TC_SCALAR_COLUMNS(T, j0)                                                        \
+ * contraction (single-channel kernel gradients) without depending on anything but k.
+ * MADD is TC_FUSED or TC_UNFUSED. */
+#define TC_SCALAR_COLUMNS(T, j0, MADD)                                                  \
     for (Py_ssize_t jj = (j0); jj < n; jj++) {                                          \
         for (Py_ssize_t ii = 0; ii < m; ii++) {                                         \
             const T *a = A + ii * sai;                                                  \
@@ -41,13 +66,13 @@ typedef void (*tc_gemm_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double *
             T s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                           \
             Py_ssize_t p = 0;                                                           \
             for (; p + 4 <= k; p += 4) {                                                \
-                s0 += a[p * sap] * b[p * ldb];                                          \
-                s1 += a[(p + 1) * sap] * b[(p + 1) * ldb];                              \
-                s2 += a[(p + 2) * sap] * b[(p + 2) * ldb];                              \
-                s3 += a[(p + 3) * sap] * b[(p + 3) * ldb];                              \
+                s0 = MADD(T)(a[p * sap], b[p * ldb], s0);                               \
+                s1 = MADD(T)(a[(p + 1) * sap], b[(p + 1) * ldb], s1);                   \
+                s2 = MADD(T)(a[(p + 2) * sap], b[(p + 2) * ldb], s2);                   \
+                s3 = MADD(T)(a[(p + 3) * sap], b[(p + 3) * ldb], s3);                   \
             }                                                                           \
             for (; p < k; p++)                                                          \
-                s0 += a[p * sap] * b[p * ldb];                                          \
+                s0 = MADD(T)(a[p * sap], b[p * ldb], s0);                               \
             C[ii * ldc + jj] += (s0 + s1) + (s2 + s3);                                  \
         }                                                                               \
     }
@@ -83,7 +108,7 @@ typedef void (*tc_gemm_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double *
     if (m - i >= 2) { TC_TILE(V, T, 2, NV); i += 2; }                                   \
     if (m - i >= 1) { TC_TILE(V, T, 1, NV); i += 1; }
 
-#define TC_DEFINE_GEMM(NAME, T, VBYTES, MR, ATTR)                                       \
+#define TC_DEFINE_GEMM(NAME, T, VBYTES, MR, MADD, ATTR)                                 \
 typedef T NAME##_vec __attribute__((vector_size(VBYTES), aligned(sizeof(T))));         \
 ATTR static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,                        \
                       const T *A, Py_ssize_t sai, Py_ssize_t sap,                      \
@@ -99,37 +124,41 @@ ATTR static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,                 
         for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE(NAME##_vec, T, MR, 1);            \
         TC_ROW_REMAINDER(NAME##_vec, T, 1)                                              \
     }                                                                                   \
-    TC_SCALAR_COLUMNS(T, j)                                                             \
+    TC_SCALAR_COLUMNS(T, j, MADD)                                                       \
 }
 
-TC_DEFINE_GEMM(tc_gemm_f32_base, float, 16, 6, )
-TC_DEFINE_GEMM(tc_gemm_f64_base, double, 16, 6, )
+TC_DEFINE_GEMM(tc_gemm_f32_base, float, 16, 6, TC_BASE_MADD, )
+TC_DEFINE_GEMM(tc_gemm_f64_base, double, 16, 6, TC_BASE_MADD, )
 #ifdef TC_X86_DISPATCH
-TC_DEFINE_GEMM(tc_gemm_f32_avx2, float, 32, 6, __attribute__((target("avx2,fma"))))
-TC_DEFINE_GEMM(tc_gemm_f64_avx2, double, 32, 6, __attribute__((target("avx2,fma"))))
-TC_DEFINE_GEMM(tc_gemm_f32_avx512, float, 64, 8, __attribute__((target("avx512f,fma"))))
-TC_DEFINE_GEMM(tc_gemm_f64_avx512, double, 64, 8, __attribute__((target("avx512f,fma"))))
+TC_DEFINE_GEMM(tc_gemm_f32_avx2, float, 32, 6, TC_FUSED, __attribute__((target("avx2,fma"))))
+TC_DEFINE_GEMM(tc_gemm_f64_avx2, double, 32, 6, TC_FUSED, __attribute__((target("avx2,fma"))))
+TC_DEFINE_GEMM(tc_gemm_f32_avx512, float, 64, 8, TC_FUSED,
+               __attribute__((target("avx512f,fma"))))
+TC_DEFINE_GEMM(tc_gemm_f64_avx512, double, 64, 8, TC_FUSED,
+               __attribute__((target("avx512f,fma"))))
 #endif
 
 #else  /* no vector extensions (e.g. MSVC): plain loops, left to the compiler */
 
 static void tc_gemm_f32_base(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A,
                              Py_ssize_t sai, Py_ssize_t sap, const float *B, Py_ssize_t ldb,
-                             float *C, Py_ssize_t ldc) { TC_SCALAR_COLUMNS(float, 0) }
+                             float *C, Py_ssize_t ldc) { TC_SCALAR_COLUMNS(float, 0, TC_BASE_MADD) }
 static void tc_gemm_f64_base(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double *A,
                              Py_ssize_t sai, Py_ssize_t sap, const double *B, Py_ssize_t ldb,
-                             double *C, Py_ssize_t ldc) { TC_SCALAR_COLUMNS(double, 0) }
+                             double *C, Py_ssize_t ldc) { TC_SCALAR_COLUMNS(double, 0, TC_BASE_MADD) }
 #endif
 
-/* y[i] += alpha * x[i*incx]: the single-channel (volume upsampling) case, where a GEMM
- * tile would be 1 x 1; the unit-stride branch is vectorised by the compiler. */
+/* y[i*incy] += alpha * x[i*incx]: the single-channel (volume upsampling) case, where a
+ * GEMM tile would be 1 x 1; the unit-stride branch is vectorised by the compiler. */
 #define TC_DEFINE_AXPY(NAME, T)                                                         \
-static void NAME(Py_ssize_t n, T alpha, const T *x, Py_ssize_t incx, T *y)              \
+static void NAME(Py_ssize_t n, T alpha, const T *x, Py_ssize_t incx, T *y,              \
+                 Py_ssize_t incy)                                                       \
 {                                                                                       \
-    if (incx == 1) {                                                                    \
-        for (Py_ssize_t i = 0; i < n; i++) y[i] += alpha * x[i];                        \
+    if (incx == 1 && incy == 1) {                                                       \
+        for (Py_ssize_t i = 0; i < n; i++) y[i] = TC_BASE_MADD(T)(alpha, x[i], y[i]);   \
     } else {                                                                            \
-        for (Py_ssize_t i = 0; i < n; i++) y[i] += alpha * x[i * incx];                 \
+        for (Py_ssize_t i = 0; i < n; i++)                                              \
+            y[i * incy] = TC_BASE_MADD(T)(alpha, x[i * incx], y[i * incy]);             \
     }                                                                                   \
 }
 TC_DEFINE_AXPY(tc_axpy_f32, float)

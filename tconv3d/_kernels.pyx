@@ -15,10 +15,16 @@
 # - Work is split with `prange(..., schedule='static')` over whole rows (batch, depth,
 #   height) of the array being written, each written by exactly one thread: no atomics,
 #   and the summation order of every output element does not depend on the thread count.
-# - Along the width axis the outputs of one stride phase (o + crop) % s use the same
-#   taps and consecutive inputs, so a block of BLOCK of them is accumulated together:
-#   each kernel tap matrix is loaded once per block instead of once per voxel, and the
-#   channel contraction is a GEMM whose vectors run over contiguous channels (_gemm.h).
+# - Taps are never scanned: those joining an output to inputs, or an input to outputs,
+#   are enumerated arithmetically ("taps, by arithmetic" below), so the cost is the
+#   multiply-adds performed plus the size of the arrays, for any stride, dilation and
+#   kernel length; every element still takes its taps in increasing order.
+# - Along the width axis a row is worked in runs of consecutive voxels accumulated
+#   together: each kernel tap matrix is loaded once per run instead of once per voxel,
+#   and the channel contraction is a GEMM whose vectors run over contiguous channels
+#   (_gemm.h). Which GEMMs a run takes is the same in every row, listed once per call.
+# - The order of every sum depends only on the problem: not on the thread count, the
+#   memory layout (strides), nor on where an element falls in a run or a GEMM tile.
 # - The kernel-gradient reduction runs over a fixed partition into chunks (independent
 #   of the thread count), each chunk into its own buffer, and the buffers are added in
 #   chunk order: results are bitwise identical for any number of threads.
@@ -76,9 +82,9 @@ cdef extern from "_gemm.h":
     tc_gemm_f64_t tc_gemm_f64
     int tc_variant
     void tc_axpy_f32(Py_ssize_t n, float alpha, const float *x, Py_ssize_t incx,
-                     float *y) noexcept nogil
+                     float *y, Py_ssize_t incy) noexcept nogil
     void tc_axpy_f64(Py_ssize_t n, double alpha, const double *x, Py_ssize_t incx,
-                     double *y) noexcept nogil
+                     double *y, Py_ssize_t incy) noexcept nogil
     int tc_variant_supported(int variant) noexcept nogil
     int tc_select_variant(int variant) noexcept nogil
     int tc_best_variant() noexcept nogil
@@ -134,12 +140,12 @@ cdef inline void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
 
 
 cdef inline void _axpy(Py_ssize_t n, floating alpha, const floating *x, Py_ssize_t incx,
-                       floating *y) noexcept nogil:
-    """y[i] += alpha * x[i*incx] (see _gemm.h)."""
+                       floating *y, Py_ssize_t incy) noexcept nogil:
+    """y[i*incy] += alpha * x[i*incx] (see _gemm.h)."""
     if floating is float:
-        tc_axpy_f32(n, alpha, x, incx, y)
+        tc_axpy_f32(n, alpha, x, incx, y, incy)
     else:
-        tc_axpy_f64(n, alpha, x, incx, y)
+        tc_axpy_f64(n, alpha, x, incx, y, incy)
 
 
 def openmp_enabled():
@@ -157,7 +163,7 @@ def simd_flags():
     return tconv3d_simd_flags().decode().split()
 
 
-# Width-axis block (voxels accumulated together) is sized so the accumulator stays in L1.
+# Width-axis runs (voxels accumulated together) are sized so the accumulator stays in L1.
 cdef Py_ssize_t ACC_ELEMENTS = 2048
 cdef Py_ssize_t MAX_BLOCK = 512
 # Kernel-gradient partition: at most this many chunks, and at most this many bytes of
@@ -204,60 +210,298 @@ cdef Problem _problem(geometry, tuple x_strides, tuple y_strides) except *:
     return p
 
 
-cdef inline Py_ssize_t _output_index(const Problem *p, int a, Py_ssize_t i,
-                                     Py_ssize_t j) noexcept nogil:
-    """Output that input `i` feeds through tap `j` on axis `a` (may be outside the output)."""
-    return i * p.s[a] + j * p.d[a] - p.crop[a]
+# ------------------------------------------------------------- taps, by arithmetic
+#
+# Nothing scans all the taps of an axis: the taps that join an output to inputs, or an
+# input to outputs, are enumerated arithmetically, so the work is proportional to the
+# multiply-adds performed plus the size of the arrays, for any stride, dilation and
+# kernel length. Each output or input still takes its taps in increasing j: the
+# summation order, and so every bit of the results, is the scan's.
+#
+# - From input i the taps form one range: o = i*s + j*d - crop in [0, n_out).
+# - Into output o come the taps of o's stride phase, (j*d) % s == (o + crop) % s. With
+#   g = gcd(s, d) these are j0, j0 + step, j0 + 2*step, ... (step = s/g), whose inputs
+#   go down by shift = d/g from one to the next, for the smallest such tap j0. Outputs
+#   o and o + s share the phase, so j0 is found once per call for each o < min(s, n_out)
+#   (a Phase), in O(min(k, step) + min(s, n_out)) by _fill_phases.
+
+cdef inline Py_ssize_t _floor_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """floor(a / b) for b > 0 and a of either sign, dividing non-negative numbers only
+    (`cdivision` truncates toward zero). b == 1 (no dilation, unit stride) skips it."""
+    if b == 1:
+        return a
+    if a >= 0:
+        return a // b
+    return -((-a - 1) // b) - 1
 
 
-cdef inline Py_ssize_t _output_taps(const Problem *p, int a, Py_ssize_t o,
+cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """ceil(a / b) for b > 0 and a of either sign (as _floor_div)."""
+    if b == 1:
+        return a
+    if a <= 0:
+        return -((-a) // b)
+    return (a - 1) // b + 1
+
+
+ctypedef struct Phase:
+    # The outputs o0, o0 + s, o0 + 2s, ... of one axis (0 <= o0 < min(s, n_out)).
+    Py_ssize_t q          # (o0 + crop) // s: output o0 + t*s is at full position
+                          # (q + t)*s + (o0 + crop) % s
+    Py_ssize_t first_tap  # j0, the phase's smallest tap (-1 if none: then taps == 0)
+    Py_ssize_t taps       # its taps below k are j0 + u*step, 0 <= u < taps
+    Py_ssize_t m          # (j0*d) // s: tap j0 + u*step feeds output o0 + t*s from
+                          # input q + t - m - u*shift
+
+
+ctypedef struct Phases:
+    # The taps of each axis grouped by stride phase, filled only by _fill_phases().
+    Py_ssize_t step[3]    # s / gcd(s, d): taps j and j + step have the same phase
+    Py_ssize_t shift[3]   # d / gcd(s, d): and read inputs this far apart
+    Phase *of[3]          # of[a][o % s]: the phase of output o on axis a
+
+
+ctypedef struct TapRange:
+    # The taps into one output: j = first + u*step from input i = top - u*shift, for
+    # ulo <= u <= uhi (none when uhi < ulo).
+    Py_ssize_t first, step, top, shift, ulo, uhi
+
+
+cdef inline Py_ssize_t _gcd(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    cdef Py_ssize_t t
+    while b != 0:
+        t = a % b
+        a = b
+        b = t
+    return a
+
+
+cdef inline Py_ssize_t _phase_count(const Problem *p) noexcept nogil:
+    """Entries of the table _fill_phases needs: sum over axes of min(s, n_out)."""
+    cdef Py_ssize_t total = 0
+    cdef int a
+    for a in range(3):
+        total += p.s[a] if p.s[a] < p.n_out[a] else p.n_out[a]
+    return total
+
+
+cdef void _fill_phases(const Problem *p, Phase *table, Phases *ph) noexcept nogil:
+    """Fill `ph`, its Phase entries stored in `table` (_phase_count(p) of them)."""
+    cdef int a
+    cdef Py_ssize_t s, d, count, o0, j, phase, crop_phase
+    cdef Phase *f
+    for a in range(3):
+        s = p.s[a]
+        d = p.d[a]
+        ph.step[a] = s // _gcd(s, d)
+        ph.shift[a] = d // _gcd(s, d)
+        count = s if s < p.n_out[a] else p.n_out[a]
+        ph.of[a] = table
+        table += count
+        for o0 in range(count):
+            f = &ph.of[a][o0]
+            f.q = (o0 + p.crop[a]) // s
+            f.first_tap = -1
+            f.taps = 0
+            f.m = 0
+        # Taps j < step have distinct phases (j*d) % s and each is the first of its
+        # phase; that phase's outputs start at o0 = ((j*d) % s - crop) mod s.
+        crop_phase = p.crop[a] % s
+        for j in range(ph.step[a] if ph.step[a] < p.k[a] else p.k[a]):
+            phase = (j * d) % s
+            o0 = phase - crop_phase if phase >= crop_phase else phase - crop_phase + s
+            if o0 < count:
+                f = &ph.of[a][o0]
+                f.first_tap = j
+                f.taps = (p.k[a] - 1 - j) // ph.step[a] + 1
+                f.m = (j * d) // s
+
+
+cdef inline TapRange _taps_into(const Problem *p, const Phases *ph, int a,
+                                Py_ssize_t o) noexcept nogil:
+    """The taps of axis `a` feeding output `o`: i*s + j*d == o + crop, 0 <= i < n_in."""
+    cdef Py_ssize_t phase = 0, later = o   # o = phase + later*s (no division if s == 1)
+    if p.s[a] != 1:
+        phase = o % p.s[a]
+        later = o // p.s[a]
+    cdef const Phase *f = &ph.of[a][phase]
+    cdef TapRange t
+    t.first = f.first_tap
+    t.step = ph.step[a]
+    t.top = f.q + later - f.m   # the input of the phase's first tap
+    t.shift = ph.shift[a]
+    t.ulo = 0
+    t.uhi = -1
+    if f.taps == 0 or t.top < 0:
+        return t
+    # Tap u reads input top - u*shift, which must lie in [0, n_in).
+    t.uhi = _floor_div(t.top, t.shift)
+    if t.uhi > f.taps - 1:
+        t.uhi = f.taps - 1
+    t.ulo = _ceil_div(t.top - p.n_in[a] + 1, t.shift)
+    if t.ulo < 0:
+        t.ulo = 0
+    return t
+
+
+cdef inline Py_ssize_t _output_taps(const Problem *p, const Phases *ph, int a, Py_ssize_t o,
                                     Py_ssize_t *tap_j, Py_ssize_t *tap_i) noexcept nogil:
-    """Taps (j, i) of axis `a` feeding output `o`: i*s + j*d == o + crop, 0 <= i < n_in."""
-    cdef Py_ssize_t pos = o + p.crop[a], j, t, count = 0
-    for j in range(p.k[a]):
-        t = pos - j * p.d[a]
-        if t < 0:
-            break
-        if t % p.s[a] == 0 and t // p.s[a] < p.n_in[a]:
-            tap_j[count] = j
-            tap_i[count] = t // p.s[a]
-            count += 1
-    return count
+    """Taps (j, i) of axis `a` feeding output `o`, into the lists; their number."""
+    cdef TapRange t = _taps_into(p, ph, a, o)
+    cdef Py_ssize_t u
+    for u in range(t.ulo, t.uhi + 1):
+        tap_j[u - t.ulo] = t.first + u * t.step
+        tap_i[u - t.ulo] = t.top - u * t.shift
+    return t.uhi - t.ulo + 1 if t.uhi >= t.ulo else 0
 
 
 cdef inline Py_ssize_t _input_taps(const Problem *p, int a, Py_ssize_t i,
                                    Py_ssize_t *tap_j, Py_ssize_t *tap_o) noexcept nogil:
     """Taps (j, o) of axis `a` fed by input `i`: o = i*s + j*d - crop, 0 <= o < n_out."""
-    cdef Py_ssize_t j, o, count = 0
-    for j in range(p.k[a]):
-        o = _output_index(p, a, i, j)
-        if o >= p.n_out[a]:
-            break
-        if o >= 0:
-            tap_j[count] = j
-            tap_o[count] = o
-            count += 1
+    cdef Py_ssize_t base = i * p.s[a] - p.crop[a]   # the output of tap 0
+    cdef Py_ssize_t j, count = 0
+    cdef Py_ssize_t jlo = _ceil_div(-base, p.d[a])
+    cdef Py_ssize_t jhi = _floor_div(p.n_out[a] - 1 - base, p.d[a])
+    if jlo < 0:
+        jlo = 0
+    if jhi > p.k[a] - 1:
+        jhi = p.k[a] - 1
+    for j in range(jlo, jhi + 1):
+        tap_j[count] = j
+        tap_o[count] = base + j * p.d[a]
+        count += 1
     return count
 
 
-# Width inputs first + b (0 <= b < count) whose tap jw lands on an output, i.e.
-# 0 <= (first + b)*s + jw*d - crop < n_out, are b in [_first_reaching, _end_reaching).
-# Numerators are kept non-negative (cdivision). Two functions, not out-pointers: a prange
-# variable assigned only through a pointer would be shared between threads.
+# ---------------------------------------------------------------------- the width axis
+#
+# A row is cut along the width into runs of consecutive voxels (outputs in the forward,
+# inputs in the gradients), short enough for a run's accumulator to stay in L1. What a
+# run takes from the other side is the same in every row: a list of GEMMs, one per
+# width tap j and range of inputs lo <= i < hi, whose outputs i*s + j*d - crop are s
+# apart. The lists are built once per call (Runs); a row then only runs its GEMMs, and
+# each output or input still takes its taps in increasing j.
+#
+# A run at least a stride long on the output side (the forward's runs, or the whole
+# output axis in the gradients) is reached by every tap between its first and last one,
+# with one range of inputs each. Shorter, a tap reaches at most one input; the lists
+# then hold each voxel's own taps (one GEMM row each), so that no tap is scanned in vain.
 
-cdef inline Py_ssize_t _first_reaching(const Problem *p, Py_ssize_t jw,
-                                       Py_ssize_t first) noexcept nogil:
-    cdef Py_ssize_t num = p.crop[2] - jw * p.d[2] - first * p.s[2]
-    return 0 if num <= 0 else (num + p.s[2] - 1) // p.s[2]
+ctypedef struct Runs:
+    # The GEMMs of each run, filled only by _make_runs(); entry e is tap j[e] taking
+    # inputs lo[e] <= i < hi[e] to outputs o[e] + (i - lo[e])*s.
+    Py_ssize_t length     # voxels per run (the last one may be shorter)
+    Py_ssize_t count      # runs
+    Py_ssize_t *first     # run r's entries are first[r] <= e < first[r + 1]
+    Py_ssize_t *j
+    Py_ssize_t *lo
+    Py_ssize_t *hi
+    Py_ssize_t *o
 
 
-cdef inline Py_ssize_t _end_reaching(const Problem *p, Py_ssize_t jw, Py_ssize_t first,
-                                     Py_ssize_t count) noexcept nogil:
-    cdef Py_ssize_t num = p.n_out[2] - 1 + p.crop[2] - jw * p.d[2] - first * p.s[2]
-    if num < 0:
-        return 0
-    num = num // p.s[2] + 1
-    return count if num > count else num
+cdef inline Py_ssize_t _entry(Runs *runs, Py_ssize_t e, Py_ssize_t j, Py_ssize_t lo,
+                              Py_ssize_t hi, Py_ssize_t o) noexcept nogil:
+    """Write entry e (unless only counting: runs.j NULL); the next entry's number."""
+    if runs.j != NULL:
+        runs.j[e] = j
+        runs.lo[e] = lo
+        runs.hi[e] = hi
+        runs.o[e] = o
+    return e + 1
+
+
+cdef Py_ssize_t _output_run(const Problem *p, const Phases *ph, Py_ssize_t oa,
+                            Py_ssize_t ob, Runs *runs, Py_ssize_t e) noexcept nogil:
+    """The forward's entries for outputs [oa, ob) of a row, from entry e; the next e."""
+    cdef Py_ssize_t s = p.s[2], d = p.d[2], crop = p.crop[2], n_in = p.n_in[2]
+    cdef Py_ssize_t j, jlo, jhi, lo, hi, o, u
+    cdef TapRange t
+    if ob - oa >= s:
+        jlo = _ceil_div(oa + crop - (n_in - 1) * s, d)
+        jhi = _floor_div(ob - 1 + crop, d)
+        for j in range(0 if jlo < 0 else jlo, jhi + 1 if jhi < p.k[2] else p.k[2]):
+            lo = _ceil_div(oa + crop - j * d, s)
+            hi = _floor_div(ob - 1 + crop - j * d, s) + 1
+            lo = 0 if lo < 0 else lo
+            hi = n_in if hi > n_in else hi
+            e = _entry(runs, e, j, lo, hi, lo * s + j * d - crop)
+    else:
+        for o in range(oa, ob):
+            t = _taps_into(p, ph, 2, o)
+            for u in range(t.ulo, t.uhi + 1):
+                e = _entry(runs, e, t.first + u * t.step, t.top - u * t.shift,
+                           t.top - u * t.shift + 1, o)
+    return e
+
+
+cdef Py_ssize_t _input_run(const Problem *p, Py_ssize_t ia, Py_ssize_t ib, Runs *runs,
+                           Py_ssize_t e) noexcept nogil:
+    """The gradients' entries for inputs [ia, ib) of a row, from entry e; the next e."""
+    cdef Py_ssize_t s = p.s[2], d = p.d[2], crop = p.crop[2], n_out = p.n_out[2]
+    cdef Py_ssize_t j, jlo, jhi, lo, hi, i
+    if n_out >= s:
+        jlo = _ceil_div(crop - (ib - 1) * s, d)
+        jhi = _floor_div(n_out - 1 + crop - ia * s, d)
+        for j in range(0 if jlo < 0 else jlo, jhi + 1 if jhi < p.k[2] else p.k[2]):
+            lo = _ceil_div(crop - j * d, s)
+            hi = _floor_div(n_out - 1 + crop - j * d, s) + 1
+            lo = ia if lo < ia else lo
+            hi = ib if hi > ib else hi
+            e = _entry(runs, e, j, lo, hi, lo * s + j * d - crop)
+    else:
+        for i in range(ia, ib):
+            jlo = _ceil_div(crop - i * s, d)
+            jhi = _floor_div(n_out - 1 + crop - i * s, d)
+            for j in range(0 if jlo < 0 else jlo, jhi + 1 if jhi < p.k[2] else p.k[2]):
+                e = _entry(runs, e, j, i, i + 1, i * s + j * d - crop)
+    return e
+
+
+cdef Py_ssize_t _fill_runs(const Problem *p, const Phases *ph, Runs *runs) noexcept nogil:
+    """runs.first and, unless runs.j is NULL, the entries; the number of entries. The
+    forward's runs (ph not NULL) are of outputs, the gradients' of inputs."""
+    cdef Py_ssize_t r, start, end, e = 0
+    cdef Py_ssize_t n = p.n_out[2] if ph != NULL else p.n_in[2]
+    for r in range(runs.count):
+        runs.first[r] = e
+        start = r * runs.length
+        end = start + runs.length if n - start > runs.length else n
+        if ph != NULL:
+            e = _output_run(p, ph, start, end, runs, e)
+        else:
+            e = _input_run(p, start, end, runs, e)
+    runs.first[runs.count] = e
+    return e
+
+
+cdef int _make_runs(const Problem *p, const Phases *ph, Py_ssize_t length,
+                    Runs *runs) except -1:
+    """Build the Runs of `length` voxels (see _fill_runs); _free_runs frees them."""
+    cdef Py_ssize_t n = p.n_out[2] if ph != NULL else p.n_in[2], entries
+    memset(runs, 0, sizeof(Runs))
+    runs.length = length
+    runs.count = (n + length - 1) // length
+    runs.first = <Py_ssize_t *> malloc((runs.count + 1) * sizeof(Py_ssize_t))
+    if runs.first == NULL:
+        raise MemoryError("tconv3d: no memory for the width-tap lists")
+    with nogil:
+        entries = _fill_runs(p, ph, runs)  # counting: runs.j is NULL
+    runs.j = <Py_ssize_t *> malloc((4 * entries + 1) * sizeof(Py_ssize_t))
+    if runs.j == NULL:
+        free(runs.first)
+        runs.first = NULL
+        raise MemoryError("tconv3d: no memory for the width-tap lists")
+    runs.lo = runs.j + entries
+    runs.hi = runs.lo + entries
+    runs.o = runs.hi + entries
+    with nogil:
+        _fill_runs(p, ph, runs)
+    return 0
+
+
+cdef void _free_runs(Runs *runs) noexcept nogil:
+    free(runs.j)
+    free(runs.first)
 
 
 cdef inline Py_ssize_t _block_size(Py_ssize_t channels) noexcept nogil:
@@ -268,9 +512,9 @@ cdef inline Py_ssize_t _block_size(Py_ssize_t channels) noexcept nogil:
 # ------------------------------------------------------------------ rows and their taps
 #
 # The forward walks the rows (batch, depth, height) of the output, the gradients those
-# of the input; along a row's width they work in blocks. What a row needs from the
-# other side of the convolution is given by its depth and height taps, found once per
-# row into lists that each thread allocates once.
+# of the input; along a row's width they work in runs. What a row needs from the other
+# side of the convolution is given by its depth and height taps, found once per row
+# into lists that each thread allocates once.
 
 ctypedef struct Row:
     Py_ssize_t n, d, h       # the row: batch index, depth, height
@@ -303,17 +547,26 @@ cdef inline Row _thread_row(const Problem *p, int *failed) noexcept nogil:
 
 
 cdef inline void _split_row(Row *r, Py_ssize_t row, const Py_ssize_t *lengths) noexcept nogil:
-    """Position of row number `row` among (batch, lengths[0], lengths[1]) rows."""
-    r.n = row // (lengths[0] * lengths[1])
-    r.d = (row // lengths[1]) % lengths[0]
-    r.h = row % lengths[1]
+    """Position of row number `row` among (batch, lengths[0], lengths[1]) rows. (Two
+    divisions, none by a length of 1: on long thin volumes they are most of a row.)"""
+    cdef Py_ssize_t rest = row
+    r.h = 0
+    if lengths[1] != 1:
+        r.h = rest % lengths[1]
+        rest = rest // lengths[1]
+    r.d = rest
+    r.n = 0
+    if rest >= lengths[0]:
+        r.d = rest % lengths[0]
+        r.n = rest // lengths[0]
 
 
-cdef inline void _output_row(const Problem *p, Py_ssize_t row, Row *r) noexcept nogil:
+cdef inline void _output_row(const Problem *p, const Phases *ph, Py_ssize_t row,
+                             Row *r) noexcept nogil:
     """Output row number `row` and the input rows that feed it."""
     _split_row(r, row, p.n_out)
-    r.n_taps[0] = _output_taps(p, 0, r.d, r.j[0], r.index[0])
-    r.n_taps[1] = _output_taps(p, 1, r.h, r.j[1], r.index[1])
+    r.n_taps[0] = _output_taps(p, ph, 0, r.d, r.j[0], r.index[0])
+    r.n_taps[1] = _output_taps(p, ph, 1, r.h, r.j[1], r.index[1])
 
 
 cdef inline void _input_row(const Problem *p, Py_ssize_t row, Row *r) noexcept nogil:
@@ -345,96 +598,81 @@ cdef int _check(int status) except -1:
 # ----------------------------------------------------------------------------- forward
 
 cdef int _conv_transpose(const Problem *p,
+                         const Phases *ph,      # IN  taps into output rows (depth, height)
+                         const Runs *runs,      # IN  the width GEMMs of runs of outputs
                          const floating *x,     # IN  logical (N, D, H, W, Cin), strides p.xs
                          const floating *wt,    # IN  (kd, kh, kw, Cin, Cout) C-contiguous
                          const floating *bias,  # IN  (Cout,) or NULL
                          floating *y,           # OUT logical (N, OD, OH, OW, Cout), strides p.ys
                          int num_threads) noexcept nogil:
-    cdef Py_ssize_t cin = p.cin, cout = p.cout
-    cdef Py_ssize_t sw = p.s[2], dw = p.d[2], kw = p.k[2], iw_n = p.n_in[2], ow_n = p.n_out[2]
+    cdef Py_ssize_t cin = p.cin, cout = p.cout, ow_n = p.n_out[2], sw = p.s[2]
     cdef Py_ssize_t rows = p.batch * p.n_out[0] * p.n_out[1]
-    cdef Py_ssize_t block = _block_size(cout)
-    cdef Py_ssize_t row, phase, o0, phase_len, q0, blk, tb, nb, b, blo, bhi, istart
-    cdef Py_ssize_t td, th, jw, m, co, ldc
-    cdef Py_ssize_t ystep = sw * p.ys[3]  # between consecutive outputs of a phase
+    cdef Py_ssize_t row, run, o0, nb, b, e, td, th, co, ldc
     cdef bint direct = p.ys[4] == 1 and not (cin == 1 and cout == 1)
     cdef Row r
     cdef floating *acc = NULL
     cdef floating *cbuf
-    cdef const floating *xrow
-    cdef const floating *xstart
-    cdef const floating *wtap
     cdef floating *yp
+    cdef const floating *xrow
+    cdef const floating *wtap
 
     cdef int failed = 0
     cdef int *failed_ptr = &failed  # shared: written through a pointer in the region
 
     memset(&r, 0, sizeof(Row))  # Cython copies r into the region (firstprivate): no garbage
     with parallel(num_threads=num_threads):
-        acc = <floating *> _thread_malloc(block * cout * sizeof(floating), failed_ptr)
+        acc = <floating *> _thread_malloc(runs.length * cout * sizeof(floating), failed_ptr)
         r = _thread_row(p, failed_ptr)
         for row in prange(rows, schedule='static'):
             if acc == NULL or r.j[0] == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
-            _output_row(p, row, &r)
-            for o0 in range(sw if sw < ow_n else ow_n):
-                # Outputs o0, o0 + sw, ... share the stride phase (o0 + crop) % sw; output
-                # o0 + t*sw reads input q0 + t - m through every width tap j of that phase,
-                # (j*dw) % sw == phase.
-                phase = (o0 + p.crop[2]) % sw
-                phase_len = (ow_n - 1 - o0) // sw + 1
-                q0 = (o0 + p.crop[2]) // sw
+            _output_row(p, ph, row, &r)
+            for run in range(runs.count):
+                o0 = run * runs.length
+                nb = runs.length if ow_n - o0 > runs.length else ow_n - o0
                 yp = y + _row_offset(p.ys, r.n, r.d, r.h) + o0 * p.ys[3]
-                for blk in range((phase_len + block - 1) // block):
-                    tb = blk * block
-                    nb = block if phase_len - tb > block else phase_len - tb
-                    # With contiguous output channels the GEMMs accumulate straight into
-                    # y (rows ystep apart); otherwise into acc, stored afterwards.
-                    if direct:
-                        cbuf = yp + tb * ystep
-                        ldc = ystep
-                    else:
-                        cbuf = acc
-                        ldc = cout
-                    if bias == NULL and not direct:
-                        memset(acc, 0, nb * cout * sizeof(floating))
-                    elif cout == 1:
-                        for b in range(nb):
-                            cbuf[b * ldc] = 0 if bias == NULL else bias[0]
-                    else:
-                        for b in range(nb):
-                            if bias == NULL:
-                                memset(cbuf + b * ldc, 0, cout * sizeof(floating))
+                # With contiguous output channels the GEMMs accumulate straight into
+                # y (outputs ldc apart); otherwise into acc, stored afterwards.
+                if direct:
+                    cbuf = yp
+                    ldc = p.ys[3]
+                else:
+                    cbuf = acc
+                    ldc = cout
+                if bias == NULL and not direct:
+                    memset(acc, 0, nb * cout * sizeof(floating))
+                elif cout == 1:
+                    for b in range(nb):
+                        cbuf[b * ldc] = 0 if bias == NULL else bias[0]
+                else:
+                    for b in range(nb):
+                        if bias == NULL:
+                            memset(cbuf + b * ldc, 0, cout * sizeof(floating))
+                        else:
+                            memcpy(cbuf + b * ldc, bias, cout * sizeof(floating))
+                for td in range(r.n_taps[0] if runs.first[run] < runs.first[run + 1] else 0):
+                    for th in range(r.n_taps[1]):
+                        xrow = x + _row_offset(p.xs, r.n, r.index[0][td], r.index[1][th])
+                        for e in range(runs.first[run], runs.first[run + 1]):
+                            # Outputs o, o + sw, ... of the run from inputs lo <= i < hi.
+                            wtap = wt + _tap_matrix(p, &r, td, th, runs.j[e])
+                            if cin == 1 and cout == 1:
+                                _axpy(runs.hi[e] - runs.lo[e], wtap[0],
+                                      xrow + runs.lo[e] * p.xs[3], p.xs[3],
+                                      acc + (runs.o[e] - o0), sw)
                             else:
-                                memcpy(cbuf + b * ldc, bias, cout * sizeof(floating))
-                    for td in range(r.n_taps[0]):
-                        for th in range(r.n_taps[1]):
-                            xrow = x + _row_offset(p.xs, r.n, r.index[0][td], r.index[1][th])
-                            for jw in range(kw):
-                                if (jw * dw) % sw != phase:
-                                    continue
-                                m = (jw * dw) // sw
-                                istart = q0 + tb - m
-                                blo = -istart if istart < 0 else 0
-                                bhi = iw_n - istart if iw_n - istart < nb else nb
-                                if bhi <= blo:
-                                    continue
-                                wtap = wt + _tap_matrix(p, &r, td, th, jw)
-                                xstart = xrow + (istart + blo) * p.xs[3]
-                                if cin == 1 and cout == 1:
-                                    _axpy(bhi - blo, wtap[0], xstart, p.xs[3], acc + blo)
-                                else:
-                                    _gemm(bhi - blo, cout, cin, xstart, p.xs[3], p.xs[4],
-                                          wtap, cout, cbuf + blo * ldc, ldc)
-                    if direct:
-                        continue
-                    if cout == 1:  # no per-voxel inner loop (GCC would call memcpy)
+                                _gemm(runs.hi[e] - runs.lo[e], cout, cin,
+                                      xrow + runs.lo[e] * p.xs[3], p.xs[3], p.xs[4],
+                                      wtap, cout, cbuf + (runs.o[e] - o0) * ldc, sw * ldc)
+                if direct:
+                    continue
+                if cout == 1:  # no per-voxel inner loop (GCC would call memcpy)
+                    for b in range(nb):
+                        yp[b * p.ys[3]] = acc[b]
+                else:  # strided channels (channels_first): channel by channel, along the row
+                    for co in range(cout):
                         for b in range(nb):
-                            yp[(tb + b) * ystep] = acc[b]
-                    else:  # strided channels (channels_first): channel by channel, along the row
-                        for co in range(cout):
-                            for b in range(nb):
-                                yp[(tb + b) * ystep + co * p.ys[4]] = acc[b * cout + co]
+                            yp[b * p.ys[3] + co * p.ys[4]] = acc[b * cout + co]
         free(r.j[0])
         free(acc)
     return -1 if failed else 0
@@ -448,30 +686,39 @@ def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
     cdef const floating *bias_ptr = NULL
     if bias is not None:
         bias_ptr = &bias[0]
+    cdef Phases ph
+    cdef Runs runs
     cdef int status
-    with nogil:
-        status = _conv_transpose(&p, &x[0, 0, 0, 0, 0], &wt[0, 0, 0, 0, 0], bias_ptr,
-                                 &y[0, 0, 0, 0, 0], num_threads)
+    cdef Phase *table = <Phase *> malloc((_phase_count(&p) + 1) * sizeof(Phase))
+    if table == NULL:
+        raise MemoryError("tconv3d: no memory for the stride-phase table")
+    try:
+        _fill_phases(&p, table, &ph)
+        _make_runs(&p, &ph, _block_size(p.cout), &runs)
+        with nogil:
+            status = _conv_transpose(&p, &ph, &runs, &x[0, 0, 0, 0, 0], &wt[0, 0, 0, 0, 0],
+                                     bias_ptr, &y[0, 0, 0, 0, 0], num_threads)
+        _free_runs(&runs)
+    finally:
+        free(table)
     _check(status)
 
 
 # ----------------------------------------------------------------------- grad of input
 
 cdef int _grad_input(const Problem *p,
+                      const Runs *runs,     # IN  the width GEMMs of runs of inputs
                       const floating *g,    # IN  logical (N, OD, OH, OW, Cout), strides p.ys
                       const floating *w,    # IN  (kd, kh, kw, Cout, Cin) C-contiguous
                       floating *gx,         # OUT logical (N, D, H, W, Cin), strides p.xs
                       int num_threads) noexcept nogil:
-    cdef Py_ssize_t cin = p.cin, cout = p.cout
-    cdef Py_ssize_t sw = p.s[2], kw = p.k[2], iw_n = p.n_in[2]
+    cdef Py_ssize_t cin = p.cin, cout = p.cout, iw_n = p.n_in[2]
     cdef Py_ssize_t rows = p.batch * p.n_in[0] * p.n_in[1]
-    cdef Py_ssize_t block = _block_size(cin)
-    cdef Py_ssize_t row, blk, tb, nb, b, blo, bhi, td, th, jw, ci
-    cdef Py_ssize_t gstep = sw * p.ys[3]  # between the outputs consecutive inputs feed
+    cdef Py_ssize_t row, run, i0, nb, b, e, td, th, ci
+    cdef Py_ssize_t gstep = p.s[2] * p.ys[3]  # between the outputs consecutive inputs feed
     cdef Row r
     cdef floating *acc = NULL
     cdef const floating *grow
-    cdef const floating *gstart
     cdef const floating *wtap
     cdef floating *ap
     cdef floating *gxp
@@ -481,32 +728,30 @@ cdef int _grad_input(const Problem *p,
 
     memset(&r, 0, sizeof(Row))  # Cython copies r into the region (firstprivate): no garbage
     with parallel(num_threads=num_threads):
-        acc = <floating *> _thread_malloc(block * cin * sizeof(floating), failed_ptr)
+        acc = <floating *> _thread_malloc(runs.length * cin * sizeof(floating), failed_ptr)
         r = _thread_row(p, failed_ptr)
         for row in prange(rows, schedule='static'):
             if acc == NULL or r.j[0] == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
             _input_row(p, row, &r)
-            for blk in range((iw_n + block - 1) // block):
-                tb = blk * block
-                nb = block if iw_n - tb > block else iw_n - tb
+            for run in range(runs.count):
+                i0 = run * runs.length
+                nb = runs.length if iw_n - i0 > runs.length else iw_n - i0
                 memset(acc, 0, nb * cin * sizeof(floating))
-                for td in range(r.n_taps[0]):
+                for td in range(r.n_taps[0] if runs.first[run] < runs.first[run + 1] else 0):
                     for th in range(r.n_taps[1]):
                         grow = g + _row_offset(p.ys, r.n, r.index[0][td], r.index[1][th])
-                        for jw in range(kw):
-                            blo = _first_reaching(p, jw, tb)
-                            bhi = _end_reaching(p, jw, tb, nb)
-                            if bhi <= blo:
-                                continue
-                            wtap = w + _tap_matrix(p, &r, td, th, jw)
-                            gstart = grow + _output_index(p, 2, tb + blo, jw) * p.ys[3]
+                        for e in range(runs.first[run], runs.first[run + 1]):
+                            wtap = w + _tap_matrix(p, &r, td, th, runs.j[e])
                             if cin == 1 and cout == 1:
-                                _axpy(bhi - blo, wtap[0], gstart, gstep, acc + blo)
+                                _axpy(runs.hi[e] - runs.lo[e], wtap[0],
+                                      grow + runs.o[e] * p.ys[3], gstep,
+                                      acc + (runs.lo[e] - i0), 1)
                             else:
-                                _gemm(bhi - blo, cin, cout, gstart, gstep, p.ys[4],
-                                      wtap, cin, acc + blo * cin, cin)
-                gxp = gx + _row_offset(p.xs, r.n, r.d, r.h) + tb * p.xs[3]
+                                _gemm(runs.hi[e] - runs.lo[e], cin, cout,
+                                      grow + runs.o[e] * p.ys[3], gstep, p.ys[4],
+                                      wtap, cin, acc + (runs.lo[e] - i0) * cin, cin)
+                gxp = gx + _row_offset(p.xs, r.n, r.d, r.h) + i0 * p.xs[3]
                 if cin == 1:  # no per-voxel inner loop (GCC would call memcpy)
                     for b in range(nb):
                         gxp[b * p.xs[3]] = acc[b]
@@ -529,10 +774,13 @@ def grad_input(const floating[:, :, :, :, :] g, const floating[:, :, :, :, ::1] 
                tuple y_strides, int num_threads):
     """gx = adjoint of the forward map in x, applied to g."""
     cdef Problem p = _problem(geometry, x_strides, y_strides)
+    cdef Runs runs
     cdef int status
+    _make_runs(&p, NULL, _block_size(p.cin), &runs)
     with nogil:
-        status = _grad_input(&p, &g[0, 0, 0, 0, 0], &w[0, 0, 0, 0, 0], &gx[0, 0, 0, 0, 0],
-                             num_threads)
+        status = _grad_input(&p, &runs, &g[0, 0, 0, 0, 0], &w[0, 0, 0, 0, 0],
+                             &gx[0, 0, 0, 0, 0], num_threads)
+        _free_runs(&runs)
     _check(status)
 
 
@@ -552,6 +800,7 @@ cdef inline Py_ssize_t _num_chunks(Py_ssize_t rows, Py_ssize_t voxels,
 
 
 cdef int _grad_kernel(const Problem *p,
+                       const Runs *runs,      # IN  the width GEMMs of whole input rows
                        const floating *g,     # IN  logical (N, OD, OH, OW, Cout), strides p.ys
                        const floating *x,     # IN  logical (N, D, H, W, Cin), strides p.xs
                        floating *partial,     # WORK (chunks, kd, kh, kw, Cout, Cin)
@@ -559,11 +808,11 @@ cdef int _grad_kernel(const Problem *p,
                        floating *gw,          # OUT (kd, kh, kw, Cout, Cin) C-contiguous
                        int num_threads) noexcept nogil:
     cdef Py_ssize_t cin = p.cin, cout = p.cout
-    cdef Py_ssize_t sw = p.s[2], kw = p.k[2], iw_n = p.n_in[2]
-    cdef Py_ssize_t ksize = p.k[0] * p.k[1] * kw * cout * cin
+    cdef Py_ssize_t ksize = p.k[0] * p.k[1] * p.k[2] * cout * cin
     cdef Py_ssize_t rows = p.batch * p.n_in[0] * p.n_in[1]
-    cdef Py_ssize_t chunk, row, td, th, jw, lo, hi, e, c
-    cdef Py_ssize_t gstep = sw * p.ys[3]  # between the outputs consecutive inputs feed
+    cdef Py_ssize_t entries = runs.first[runs.count]
+    cdef Py_ssize_t chunk, row, td, th, e, c
+    cdef Py_ssize_t gstep = p.s[2] * p.ys[3]  # between the outputs consecutive inputs feed
     cdef Row r
     cdef floating *buf
     cdef const floating *grow
@@ -584,20 +833,16 @@ cdef int _grad_kernel(const Problem *p,
             for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
                 _input_row(p, row, &r)
                 xrow = x + _row_offset(p.xs, r.n, r.d, r.h)
-                for td in range(r.n_taps[0]):
+                for td in range(r.n_taps[0] if entries > 0 else 0):
                     for th in range(r.n_taps[1]):
                         grow = g + _row_offset(p.ys, r.n, r.index[0][td], r.index[1][th])
-                        for jw in range(kw):
+                        for e in range(entries):
                             # One GEMM (Cout x Cin) += g^T (Cout x k) x (k x Cin) over
-                            # the inputs lo <= iw < hi that reach an output.
-                            lo = _first_reaching(p, jw, 0)
-                            hi = _end_reaching(p, jw, 0, iw_n)
-                            if hi <= lo:
-                                continue
-                            _gemm(cout, cin, hi - lo,
-                                  grow + _output_index(p, 2, lo, jw) * p.ys[3], p.ys[4],
-                                  gstep, xrow + lo * p.xs[3], p.xs[3],
-                                  buf + _tap_matrix(p, &r, td, th, jw), cin)
+                            # the inputs lo <= iw < hi that tap j takes to an output.
+                            _gemm(cout, cin, runs.hi[e] - runs.lo[e],
+                                  grow + runs.o[e] * p.ys[3], p.ys[4], gstep,
+                                  xrow + runs.lo[e] * p.xs[3], p.xs[3],
+                                  buf + _tap_matrix(p, &r, td, th, runs.j[e]), cin)
         free(r.j[0])
     if failed:
         return -1
@@ -620,14 +865,19 @@ def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x
     cdef Py_ssize_t chunks = _num_chunks(p.batch * p.n_in[0] * p.n_in[1],
                                          p.batch * p.n_in[0] * p.n_in[1] * p.n_in[2],
                                          ksize * sizeof(floating))
+    cdef Runs runs
+    cdef int status
     cdef floating *partial = <floating *> malloc(chunks * ksize * sizeof(floating))
     if partial == NULL:
         raise MemoryError("tconv3d: no memory for the kernel-gradient partial sums")
-    cdef int status
-    with nogil:
-        status = _grad_kernel(&p, &g[0, 0, 0, 0, 0], &x[0, 0, 0, 0, 0], partial, chunks,
-                              &gw[0, 0, 0, 0, 0], num_threads)
-    free(partial)
+    try:
+        _make_runs(&p, NULL, p.n_in[2], &runs)  # one run: the whole row
+        with nogil:
+            status = _grad_kernel(&p, &runs, &g[0, 0, 0, 0, 0], &x[0, 0, 0, 0, 0], partial,
+                                  chunks, &gw[0, 0, 0, 0, 0], num_threads)
+            _free_runs(&runs)
+    finally:
+        free(partial)
     _check(status)
 
 
@@ -665,7 +915,7 @@ cdef void _grad_bias(const Problem *p,
         for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
             grow = _row_start(g, p.ys, p.n_out, row)
             if contiguous_rows:
-                _axpy(width, <floating> 1, grow, 1, buf)
+                _axpy(width, <floating> 1, grow, 1, buf, 1)
             else:
                 for o in range(ow_n):
                     for co in range(cout):

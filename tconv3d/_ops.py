@@ -2,7 +2,8 @@
 import numpy as np
 
 from . import _kernels, _threads
-from ._validation import (as_array, check_allocation, make_geometry, normalize_bool,
+from ._validation import (as_array, check_allocation, check_bias_shape, check_out,
+                          make_geometry, normalize_bool,
                           normalize_compute, normalize_num_threads, normalize_shape,
                           without_dtype, working_dtype)
 
@@ -79,7 +80,7 @@ def _prepare(x, kernel, strides, padding, output_padding, dilation_rate, data_fo
 
 def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
                      output_padding=None, dilation_rate=1, data_format="channels_last",
-                     num_threads=None):
+                     num_threads=None, out=None):
     """3D transposed convolution, with the numbers of Keras' ``Conv3DTranspose``.
 
     Parameters
@@ -103,6 +104,10 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
     num_threads : int, optional
         Threads for this call. ``None`` uses the OpenMP default, which honours
         ``threadpoolctl.threadpool_limits``.
+    out : ndarray, optional
+        Where to write the result (returned): exactly the result's shape and dtype, any
+        aligned layout, sharing no memory with the inputs. Reusing one buffer across calls
+        saves allocating (and, for large outputs, first touching) a fresh one.
 
     Returns
     -------
@@ -134,13 +139,16 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
     geom, dtype, x, kernel, extra = _prepare(
         x, kernel, strides, padding, output_padding, dilation_rate, data_format,
         extra=() if bias is None else (("bias", bias),))
-    if bias is not None and extra["bias"].shape != (geom.filters,):
-        raise ValueError(f"`bias` must have shape ({geom.filters},) (the kernel's filters), "
-                         f"got {extra['bias'].shape}.")
-    check_allocation(geom.output_shape, dtype, "output")
+    if bias is not None:
+        check_bias_shape(extra["bias"], geom.filters)
+    if out is None:
+        check_allocation(geom.output_shape, dtype, "output")
+    else:
+        check_out(out, "out", geom.output_shape, dtype, [("x", x), ("kernel", kernel),
+                                                          *extra.items()])
     _check_copies(dtype, ("x", x, False), ("kernel", kernel, True))
     bias = None if bias is None else np.require(extra["bias"], dtype, "CA")
-    return forward_packed(x, pack_kernel(kernel, dtype), bias, geom, num_threads)
+    return forward_packed(x, pack_kernel(kernel, dtype), bias, geom, num_threads, out)
 
 
 def pack_kernel(kernel, dtype):
@@ -152,17 +160,18 @@ def pack_kernel(kernel, dtype):
     return np.require(np.asarray(kernel, dtype=dtype).transpose(0, 1, 2, 4, 3), None, "CA")
 
 
-def forward_packed(x, wt, bias, geom, num_threads):
-    """Allocate the output and run the compiled forward pass on a validated geometry.
+def forward_packed(x, wt, bias, geom, num_threads, out=None):
+    """Run the compiled forward pass on a validated geometry, into ``out`` or a new array.
 
     The one internal entry that :mod:`tconv3d._plan` and :mod:`tconv3d.dask` share with
-    :func:`conv_transpose3d`. ``geom`` need not come from Keras' padding rules (any crop >= 0 and output length:
-    tconv3d.dask computes chunks with it); ``x`` in ``geom``'s layout, any dtype; ``wt``
-    from :func:`pack_kernel`; ``bias`` of shape ``(Cout,)`` and ``wt``'s dtype, or None.
+    :func:`conv_transpose3d`. ``geom`` need not come from Keras' padding rules (any crop
+    >= 0 and output length: tconv3d.dask computes chunks with it); ``x`` in ``geom``'s
+    layout, any dtype; ``wt`` from :func:`pack_kernel`; ``bias`` of shape ``(Cout,)`` and
+    ``wt``'s dtype, or None; ``out`` checked by :func:`~tconv3d._validation.check_out`.
     """
     dtype = wt.dtype
     x = _logical(_operand(x, dtype), geom)
-    y = np.empty(geom.output_shape, dtype=dtype)
+    y = np.empty(geom.output_shape, dtype=dtype) if out is None else out
     y_logical = _logical(y, geom)
     _kernels.forward(x, wt, bias, y_logical, geom, _element_strides(x),
                      _element_strides(y_logical), _threads_for(num_threads, geom))
@@ -172,7 +181,8 @@ def forward_packed(x, wt, bias, geom, num_threads):
 def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="valid",
                               output_padding=None, dilation_rate=1,
                               data_format="channels_last", use_bias=True,
-                              compute=("input", "kernel", "bias"), num_threads=None):
+                              compute=("input", "kernel", "bias"), num_threads=None,
+                              out=None):
     """Gradients of :func:`conv_transpose3d` with respect to its input, kernel and bias.
 
     Parameters
@@ -190,6 +200,10 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
         Gradients to compute; the others are returned as None and cost nothing.
     num_threads : int, optional
         Threads for this call; ``None`` uses the OpenMP default.
+    out : tuple of 3 (ndarray or None), optional
+        Buffers ``(grad_input, grad_kernel, grad_bias)`` to write the computed gradients
+        into (a None entry: a new array), as ``out`` of :func:`conv_transpose3d`;
+        ``grad_kernel`` and ``grad_bias`` buffers must be C-contiguous.
 
     Returns
     -------
@@ -216,7 +230,9 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     compute = normalize_compute(compute)
     use_bias = normalize_bool(use_bias, "use_bias")
     num_threads = _threads_for(num_threads, geom)
-    if "input" in compute:     # only what is computed is allocated (and checked)
+    buffers = _gradient_buffers(out, geom, dtype, compute, use_bias,
+                                [("grad_output", grad_output), ("x", x), ("kernel", kernel)])
+    if "input" in compute and buffers[0] is None:   # only what is computed is allocated
         check_allocation(geom.input_shape, dtype, "grad_input")
     _check_copies(dtype, ("grad_output", grad_output, False),
                   *([("x", x, False)] if "kernel" in compute else []),
@@ -226,7 +242,8 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     grad_input = grad_kernel = grad_bias = None
     if "input" in compute:
         w = np.require(kernel, dtype, "CA")
-        grad_input = np.empty(geom.input_shape, dtype=dtype)
+        grad_input = np.empty(geom.input_shape, dtype=dtype) if buffers[0] is None \
+            else buffers[0]
         gx = _logical(grad_input, geom)
         _kernels.grad_input(g, w, gx, geom, _element_strides(gx), _element_strides(g),
                             num_threads)
@@ -234,10 +251,34 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
         xl = _logical(_operand(x, dtype), geom)
         if xl.strides[-1] != xl.itemsize:  # the GEMM reads x's channels as vectors
             xl = np.require(xl, None, "CA")
-        grad_kernel = np.empty(geom.kernel_shape, dtype=dtype)
+        grad_kernel = np.empty(geom.kernel_shape, dtype=dtype) if buffers[1] is None \
+            else buffers[1]
         _kernels.grad_kernel(g, xl, grad_kernel, geom, _element_strides(xl),
                              _element_strides(g), num_threads)
     if "bias" in compute and use_bias:
-        grad_bias = np.empty(geom.filters, dtype=dtype)
+        grad_bias = np.empty(geom.filters, dtype=dtype) if buffers[2] is None else buffers[2]
         _kernels.grad_bias(g, grad_bias, geom, _element_strides(g), num_threads)
     return grad_input, grad_kernel, grad_bias
+
+
+def _gradient_buffers(out, geom, dtype, compute, use_bias, inputs):
+    """The checked ``out=`` buffers of the backward, None where a new array is made."""
+    if out is None:
+        return None, None, None
+    if not isinstance(out, (tuple, list)) or len(out) != 3:
+        raise TypeError("`out` must be a tuple (grad_input, grad_kernel, grad_bias) of arrays "
+                        f"or None, got {type(out).__name__}.")
+    wanted = (("input", "out[0] (grad_input)", geom.input_shape, False),
+              ("kernel", "out[1] (grad_kernel)", geom.kernel_shape, True),
+              ("bias", "out[2] (grad_bias)", (geom.filters,), True))
+    buffers = []
+    for buffer, (gradient, name, shape, contiguous) in zip(out, wanted):
+        computed = gradient in compute and (gradient != "bias" or use_bias)
+        if buffer is not None and computed:
+            check_out(buffer, name, shape, dtype, inputs, contiguous=contiguous)
+        buffers.append(buffer if computed else None)
+    checked = [b for b in buffers if b is not None]
+    for i, a in enumerate(checked):   # three gradients, three separate buffers
+        if any(np.may_share_memory(a, b) for b in checked[i + 1:]):
+            raise ValueError("`out` buffers must not share memory with each other.")
+    return tuple(buffers)

@@ -400,6 +400,40 @@ def normalize_compute(compute):
     return frozenset(compute)
 
 
+def check_out(out, name, shape, dtype, inputs, *, contiguous=False):
+    """Refuse an ``out=`` buffer the call cannot write its result into.
+
+    ``out`` must be a writeable ndarray of exactly ``shape`` and ``dtype`` (the call's:
+    no casting), with aligned, non-overlapping element strides (C-contiguous if
+    ``contiguous``), sharing no memory with the ``inputs`` ``(name, array)``: the kernels
+    read the inputs while they write ``out``.
+    """
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"`{name}` must be a numpy.ndarray, got {type(out).__name__}.")
+    if out.shape != tuple(shape):
+        raise ValueError(f"`{name}` must have shape {tuple(shape)}, got {out.shape}.")
+    if out.dtype != dtype:
+        raise TypeError(f"`{name}` must have dtype {np.dtype(dtype)} (the dtype the call "
+                        f"computes in), got {out.dtype}.")
+    if not out.flags.writeable:
+        raise ValueError(f"`{name}` is read-only.")
+    overlapping = any(s == 0 and n > 1 for s, n in zip(out.strides, out.shape))
+    if not out.flags.aligned or any(s % out.itemsize for s in out.strides) or overlapping \
+            or (contiguous and not out.flags.c_contiguous):
+        need = "C-contiguous" if contiguous else "aligned, with a distinct element per index"
+        raise ValueError(f"`{name}` must be {need}, got strides {out.strides}.")
+    for input_name, a in inputs:
+        if isinstance(a, np.ndarray) and np.may_share_memory(out, a):
+            try:
+                shared = np.shares_memory(out, a, max_work=10**6)
+            except np.exceptions.TooHardError if hasattr(np, "exceptions") else Exception:
+                shared = True
+            if shared:
+                raise ValueError(f"`{name}` shares memory with `{input_name}`, which the "
+                                 "call reads while it writes: pass a separate buffer.")
+    return out
+
+
 def check_bias_shape(bias, filters):
     """Refuse a bias that is not one value per filter."""
     if bias.shape != (filters,):

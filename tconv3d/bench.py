@@ -242,6 +242,124 @@ def run_upsampler(threads, repeat=7, out=sys.stdout):
     return times
 
 
+# Upsampling factor sweep: every factor writes a 192^3 float32 volume (27 MiB), from an
+# input of 192 / factor voxels per side.
+SWEEP_FACTORS, SWEEP_OUTPUT_SIDE = (2, 4, 8, 16, 32, 64), 192
+
+
+def run_factor_sweep(threads, factors=SWEEP_FACTORS, repeat=5, out=sys.stdout):
+    """Trilinear and nearest upsampling at each factor: VolumeUpsampler against
+    ``torch.nn.functional.interpolate`` (``align_corners=False``; ``"nearest"`` is
+    ``np.repeat`` for integer factors), same data and threads, results checked first.
+    Returns ``{(kernel, factor): {"tconv3d_ms", "torch_ms"}}``."""
+    from .upsampling import VolumeUpsampler
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    else:
+        torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    times = {}
+    print(f"upsampling factor sweep, float32, output {SWEEP_OUTPUT_SIDE}^3, {threads} "
+          f"thread(s) (ms; ratio = tconv3d / torch interpolate):", file=out)
+    for kernel in ("trilinear", "nearest"):
+        for factor in factors:
+            side = max(1, SWEEP_OUTPUT_SIDE // factor)
+            x = rng.standard_normal((1, side, side, side)).astype(np.float32)
+            up = VolumeUpsampler(factor=factor, kernel=kernel, num_threads=threads).fit(x)
+            row = {"tconv3d_ms": _median_ms(lambda: up.transform(x), repeat, warmup=1)}
+            if torch is not None:
+                xt = torch.from_numpy(x)[:, None]
+
+                def interpolate():
+                    with torch.inference_mode():
+                        return torch.nn.functional.interpolate(
+                            xt, scale_factor=factor, mode=kernel,
+                            **({"align_corners": False} if kernel == "trilinear" else {}))
+                np.testing.assert_allclose(interpolate()[:, 0].numpy(), up.transform(x),
+                                           atol=1e-5)
+                row["torch_ms"] = _median_ms(interpolate, repeat, warmup=1)
+            times[(kernel, factor)] = row
+            ratio = row["tconv3d_ms"] / row["torch_ms"] if "torch_ms" in row else float("nan")
+            print(f"  {kernel:9s} x{factor:<3d} input {side:3d}^3  tconv3d "
+                  f"{row['tconv3d_ms']:8.2f}  torch {row.get('torch_ms', float('nan')):8.2f}"
+                  f"  ratio {ratio:5.2f}", file=out, flush=True)
+    return times
+
+
+# A stride as long as the kernel on one axis: each output is reached by one tap, so the
+# work is the output's size (tconv3d once scanned every tap per output: 30 s here).
+LARGE_STRIDE = dict(x=(1, 32, 32, 1, 1), kernel=(1, 1, 4096, 1, 1), strides=(1, 1, 4096))
+
+
+def run_large_stride(threads, repeat=5, out=sys.stdout):
+    """The :data:`LARGE_STRIDE` forward against ``torch.nn.functional.conv_transpose3d``."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(LARGE_STRIDE["x"]).astype(np.float32)
+    w = rng.standard_normal(LARGE_STRIDE["kernel"]).astype(np.float32)
+    kw = dict(strides=LARGE_STRIDE["strides"], num_threads=threads)
+    row = {"tconv3d_ms": _median_ms(lambda: conv_transpose3d(x, w, **kw), repeat, warmup=1)}
+    try:
+        import torch
+    except ImportError:
+        pass
+    else:
+        torch.set_num_threads(threads)
+        xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3)
+        wt = torch.from_numpy(np.ascontiguousarray(w.transpose(4, 3, 0, 1, 2)))
+
+        def theirs():
+            with torch.inference_mode():
+                return torch.nn.functional.conv_transpose3d(xt, wt,
+                                                            stride=LARGE_STRIDE["strides"])
+        np.testing.assert_allclose(theirs().permute(0, 2, 3, 4, 1).numpy(),
+                                   conv_transpose3d(x, w, **kw), rtol=1e-5, atol=1e-5)
+        row["torch_ms"] = _median_ms(theirs, repeat, warmup=1)
+    print(f"large stride: x {LARGE_STRIDE['x']}, kernel {LARGE_STRIDE['kernel']}, strides "
+          f"{LARGE_STRIDE['strides']}, {threads} thread(s): tconv3d {row['tconv3d_ms']:.2f} "
+          f"ms, torch {row.get('torch_ms', float('nan')):.2f} ms", file=out, flush=True)
+    return row
+
+
+def run_keras_fit(threads, steps=20, out=sys.stdout):
+    """Training steps per second of a small Keras 3D decoder (``model.fit`` on the torch
+    backend, float32, batch 4, 8^3x32 -> 32^3x1 through three stride-2 layers) with
+    ``keras.layers.Conv3DTranspose`` and with :class:`tconv3d.keras.Conv3DTranspose`,
+    same weights and data. Returns ``{layer: steps/s}`` (empty without Keras)."""
+    import os
+    if os.environ.setdefault("KERAS_BACKEND", "torch") != "torch":
+        return {}
+    try:
+        import keras
+        import torch
+
+        from .keras import Conv3DTranspose
+    except ImportError:
+        return {}
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((steps * 4, 8, 8, 8, 32)).astype(np.float32)
+    rates = {}
+    for name, layer in (("keras", keras.layers.Conv3DTranspose),
+                        ("tconv3d.keras", Conv3DTranspose)):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input(x.shape[1:]),
+                                  layer(32, 3, strides=2, padding="same", activation="relu"),
+                                  layer(16, 3, strides=2, padding="same", activation="relu"),
+                                  layer(1, 2, strides=1, padding="same")])
+        model.compile(optimizer="adam", loss="mse")
+        y = rng.standard_normal((len(x), *model.output_shape[1:])).astype(np.float32)
+        model.fit(x[:8], y[:8], batch_size=4, epochs=1, verbose=0)   # warm-up
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
+        rates[name] = steps / (time.perf_counter() - start)
+    print(f"keras model.fit, 3D decoder (batch 4, 8^3x32 -> 32^3x1), {threads} thread(s): "
+          + ", ".join(f"{k} {v:.2f} steps/s" for k, v in rates.items())
+          + f" ({rates['tconv3d.keras'] / rates['keras']:.2f}x)", file=out, flush=True)
+    return rates
+
+
 def run(cases=None, threads=(2,), dtypes=("float32",), repeat=7, peers=("torch",),
         backward=True, out=sys.stdout):
     """Run the suite; returns a list of result dicts (one per case, dtype and threads)."""
@@ -265,6 +383,10 @@ def run(cases=None, threads=(2,), dtypes=("float32",), repeat=7, peers=("torch",
                        "gflop": _flops(case) / 1e9}
                 row["tconv3d_fwd_ms"] = _median_ms(lambda: conv_transpose3d(x, w, b, **kw),
                                                    repeat)
+                # the same into a reused buffer (out=): no allocation, no first-touch faults
+                y_out = np.empty_like(y)
+                row["tconv3d_fwd_out_ms"] = _median_ms(
+                    lambda: conv_transpose3d(x, w, b, out=y_out, **kw), repeat)
                 if backward:
                     row["tconv3d_fwdbwd_ms"] = _median_ms(
                         lambda: (conv_transpose3d(x, w, b, **kw),
@@ -302,7 +424,8 @@ def _add_ratios(row):
 
 
 def _print_row(row, out, headers_printed):
-    cols = ["tconv3d_fwd_ms", "tconv3d_fwdbwd_ms", "torch_ncdhw_fwd_ms", "torch_ncdhw_fwdbwd_ms",
+    cols = ["tconv3d_fwd_ms", "tconv3d_fwd_out_ms", "tconv3d_fwdbwd_ms", "torch_ncdhw_fwd_ms",
+            "torch_ncdhw_fwdbwd_ms",
             "torch_cl3d_fwd_ms", "torch_cl3d_fwdbwd_ms", "tensorflow_ndhwc_fwd_ms",
             "tensorflow_ndhwc_fwdbwd_ms"]
     cols = [c for c in cols if c in row]
@@ -354,7 +477,8 @@ def main(argv=None, prog="python -m tconv3d.bench"):
     parser.add_argument("--peers", nargs="*", default=["torch", "tensorflow"])
     parser.add_argument("--no-backward", action="store_true")
     parser.add_argument("--no-upsampler", action="store_true",
-                        help="skip the VolumeUpsampler vs interpolate/zoom comparison")
+                        help="skip the VolumeUpsampler comparisons (vs interpolate/zoom, "
+                             "and the factor sweep)")
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--plot", help="write a PNG of the ratios")
     args = parser.parse_args(argv)
@@ -365,10 +489,15 @@ def main(argv=None, prog="python -m tconv3d.bench"):
         print(f"sgemm (numpy/BLAS, 2048^2, {t} thr): {sgemm_gflops(t):.1f} GFLOP/s")
     results = run(args.cases, args.threads, args.dtypes, args.repeat, args.peers,
                   not args.no_backward)
-    upsampler = {}
+    upsampler, sweep, large_stride = {}, {}, {}
     if not args.no_upsampler:
         for t in args.threads:
             upsampler[t] = run_upsampler(t, args.repeat)
+            sweep[t] = {f"{k} x{f}": v for (k, f), v in run_factor_sweep(t).items()}
+    keras_fit = {}
+    for t in args.threads:
+        large_stride[t] = run_large_stride(t)
+        keras_fit[t] = run_keras_fit(t)
     mem = peak_memory_forward()
     print("forward peak memory on unet_up (MiB): input {input_MiB:.1f}, output {output_MiB:.1f}, "
           "peak RSS growth {peak_growth_MiB:.1f} (extra beyond output {extra_MiB:.1f})"
@@ -376,6 +505,8 @@ def main(argv=None, prog="python -m tconv3d.bench"):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"results": results, "memory": mem, "upsampler_ms": upsampler,
+                       "factor_sweep_ms": sweep, "large_stride_ms": large_stride,
+                       "keras_fit_steps_per_s": keras_fit,
                        "sgemm_gflops": {t: sgemm_gflops(t) for t in set(args.threads)},
                        "simd": _kernels.simd_variant(), "machine": platform.machine()},
                       f, indent=1)

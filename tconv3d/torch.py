@@ -14,7 +14,10 @@ torch.Size([1, 16, 16, 16, 16])
 same parameters (``weight`` of shape ``(in_channels, out_channels // groups, kd, kh, kw)``,
 ``bias``), same default initialisation and the same ``state_dict``; only ``forward`` differs.
 :func:`conv_transpose3d` mirrors :func:`torch.nn.functional.conv_transpose3d`, and
-:func:`convert` swaps the modules of an existing model.
+:func:`convert` converts the modules of an existing model in place (by swapping their class),
+so their hooks, hook-computed weights (``spectral_norm``, ``weight_norm``, ``prune``) and
+parametrizations (``torch.nn.utils.parametrizations``) keep working; it warns about each
+module it leaves to PyTorch and, with ``report=True``, returns a :class:`ConvertReport`.
 
 What runs where
 ---------------
@@ -37,7 +40,25 @@ keeps the input's subclass.
 
 The thread count is PyTorch's (``torch.get_num_threads()``), so ``torch.set_num_threads``
 governs both libraries. All gradients (input, weight, bias) are computed by tconv3d and do
-not depend on the thread count. Double backward is not supported (``once_differentiable``).
+not depend on the thread count.
+
+Derivatives of any order, ``torch.func``
+----------------------------------------
+The backward is built from differentiable operations on the same kernels, so
+``create_graph=True`` (gradient penalties, Jacobian regularisers), ``torch.autograd.grad``
+of gradients, forward-mode AD (``torch.autograd.forward_ad``) and ``torch.func`` (``grad``,
+``vjp``, ``jvp``, ``jacrev``, ``jacfwd``, ``hessian``, ``vmap``, ``functional_call``) all
+give PyTorch's numbers. Three operators do all the work: the transposed convolution
+``F(x, W)`` (tconv3d's forward), its input gradient ``Gx(g, W)`` (tconv3d's ``grad_input``,
+a regular convolution) and its weight gradient ``Gw(g, x)`` (tconv3d's ``grad_kernel``),
+the three partial gradients of ``T(x, W, g) = <F(x, W), g>``; being linear in each
+argument, each one's derivatives are again these operators, e.g. the gradient of
+``<Gx(g, W), u>`` is ``F(u, W)`` for ``g`` and ``Gw(g, u)`` for ``W``. A plain
+``backward()`` computes the first-order gradients in one pass, as before; with
+``create_graph=True`` the same numbers come from one differentiable call per gradient.
+Under ``torch.func.vmap`` a vmapped dimension is folded into the batch (input only) or into
+the channels with ``groups`` multiplied by the vmap size (batched weights or bias), so a
+vmapped call is one tconv3d call.
 
 Memory layout
 -------------
@@ -90,9 +111,8 @@ TorchScript, ``torch.export`` and ``torch.compile``
   layers (as U-Nets do) keep everything but the transposed convolutions compiled.
 """
 import warnings
+from dataclasses import dataclass
 from typing import List, Optional
-
-import numpy as np
 
 try:
     import torch  # absolute import: the top-level PyTorch package, not this module
@@ -103,14 +123,15 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.utils import parametrize
 from torch.overrides import handle_torch_function, has_torch_function
 
-from ._geometry import keras_to_torch_kernel, torch_plan, torch_to_keras_kernel
-from ._ops import conv_transpose3d as _tconv_forward
-from ._ops import conv_transpose3d_backward as _tconv_backward
+from ._geometry import torch_plan
+from ._torch_autograd import Call, ConvTranspose3dFunction
 
-__all__ = ["ConvTranspose3d", "TconvFallbackWarning", "conv_transpose3d", "convert"]
+__all__ = ["ConvTranspose3d", "ConvertReport", "TconvFallbackWarning", "conv_transpose3d",
+           "convert"]
 
 _DTYPES = (torch.float32, torch.float64)
 _PLAIN_DISPATCH = torch.Tensor.__torch_dispatch__
@@ -134,130 +155,6 @@ def _triple(value):
     if isinstance(value, int):
         return (value,) * 3
     return tuple(int(v) for v in value)
-
-
-# --------------------------------------------------------------------------------------
-# numpy side: arrays in, arrays out
-# --------------------------------------------------------------------------------------
-def _index(channels_last, spatial=(slice(None),) * 3, channels=slice(None)):
-    if channels_last:
-        return (slice(None), *spatial, channels)
-    return (slice(None), channels, *spatial)
-
-
-def _shape(channels_last, batch, spatial, channels):
-    return (batch, *spatial, channels) if channels_last else (batch, channels, *spatial)
-
-
-def _forward_arrays(x, w, b, plan, stride, dilation, groups, channels_last, num_threads):
-    """PyTorch's conv_transpose3d on arrays; x in the layout `channels_last` names."""
-    kwargs = dict(strides=stride, padding=plan.padding, output_padding=plan.output_padding,
-                  dilation_rate=dilation, num_threads=num_threads,
-                  data_format="channels_last" if channels_last else "channels_first")
-    if plan.exact and groups == 1:
-        return _tconv_forward(x, torch_to_keras_kernel(w), b, **kwargs)
-    cin_g, cout_g = w.shape[0] // groups, w.shape[1]
-    y = np.empty(_shape(channels_last, x.shape[0], plan.out, cout_g * groups), dtype=x.dtype)
-    if not plan.covers:
-        y[...] = 0 if b is None else (b if channels_last else b[:, None, None, None])
-    src, dst = plan.overlap()
-    for g in range(groups):
-        ci, co = slice(g * cin_g, (g + 1) * cin_g), slice(g * cout_g, (g + 1) * cout_g)
-        z = _tconv_forward(x[_index(channels_last, channels=ci)],
-                           torch_to_keras_kernel(w[ci]), None if b is None else b[co], **kwargs)
-        y[_index(channels_last, dst, co)] = z[_index(channels_last, src)]
-    return y
-
-
-def _backward_arrays(gy, x, w, use_bias, needs, plan, stride, dilation, groups,
-                     channels_last, num_threads):
-    """Gradients (input, weight in PyTorch's layout, bias) of :func:`_forward_arrays`."""
-    kwargs = dict(strides=stride, padding=plan.padding, output_padding=plan.output_padding,
-                  dilation_rate=dilation, num_threads=num_threads,
-                  data_format="channels_last" if channels_last else "channels_first")
-    need_x, need_w, need_b = needs
-    need_b = need_b and use_bias
-    # Past the computed volume the output is only bias: its gradient there is a plain sum.
-    tconv_bias = need_b and plan.covers
-    compute = tuple(name for name, need in
-                    zip(("input", "kernel", "bias"), (need_x, need_w, tconv_bias)) if need)
-    if plan.exact and groups == 1:
-        gx, gk, gb = _tconv_backward(gy, x, torch_to_keras_kernel(w), use_bias=tconv_bias,
-                                     compute=compute, **kwargs)
-        return gx, None if gk is None else np.ascontiguousarray(keras_to_torch_kernel(gk)), gb
-    cin_g, cout_g = w.shape[0] // groups, w.shape[1]
-    gx = np.empty(x.shape, dtype=x.dtype) if need_x else None
-    gw = np.empty(w.shape, dtype=w.dtype) if need_w else None
-    gb = np.empty(cout_g * groups, dtype=w.dtype) if need_b else None
-    if need_b and not tconv_bias:
-        gb[...] = gy.sum(axis=(0, 1, 2, 3) if channels_last else (0, 2, 3, 4))
-    src, dst = plan.overlap()
-    for g in range(groups):
-        ci, co = slice(g * cin_g, (g + 1) * cin_g), slice(g * cout_g, (g + 1) * cout_g)
-        if plan.exact:
-            gz = gy[_index(channels_last, channels=co)]
-        else:  # zero-pad grad_output back into the computed volume
-            gz = np.zeros(_shape(channels_last, gy.shape[0], plan.computed, cout_g), gy.dtype)
-            gz[_index(channels_last, src)] = gy[_index(channels_last, dst, co)]
-        gx_g, gk_g, gb_g = _tconv_backward(gz, x[_index(channels_last, channels=ci)],
-                                           torch_to_keras_kernel(w[ci]), use_bias=tconv_bias,
-                                           compute=compute, **kwargs)
-        if need_x:
-            gx[_index(channels_last, channels=ci)] = gx_g
-        if need_w:
-            gw[ci] = keras_to_torch_kernel(gk_g)
-        if tconv_bias:
-            gb[co] = gb_g
-    return gx, gw, gb
-
-
-# --------------------------------------------------------------------------------------
-# torch side
-# --------------------------------------------------------------------------------------
-def _is_channels_last(t):
-    return t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous()
-
-
-def _as_array(t, channels_last):
-    """Zero-copy ndarray view of a CPU tensor, NCDHW tensors seen as NDHWC when asked."""
-    a = t.detach().resolve_neg().numpy()
-    return np.moveaxis(a, 1, -1) if channels_last else a
-
-
-def _as_tensor(a, channels_last):
-    """Zero-copy tensor of an ndarray; an NDHWC array becomes a channels_last_3d tensor."""
-    t = torch.from_numpy(a)
-    return t.permute(0, 4, 1, 2, 3) if channels_last else t
-
-
-class _ConvTranspose3dFunction(torch.autograd.Function):
-    """tconv3d's forward and backward for validated 5-D CPU float tensors."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, plan, stride, dilation, groups):
-        channels_last = _is_channels_last(x)
-        num_threads = torch.get_num_threads()
-        y = _forward_arrays(_as_array(x, channels_last), _as_array(weight, False),
-                            None if bias is None else _as_array(bias, False), plan, stride,
-                            dilation, groups, channels_last, num_threads)
-        ctx.save_for_backward(x, weight)
-        ctx.config = (bias is not None, plan, stride, dilation, groups)
-        return _as_tensor(y, channels_last)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        x, weight = ctx.saved_tensors
-        use_bias, plan, stride, dilation, groups = ctx.config
-        channels_last = _is_channels_last(x)
-        gx, gw, gb = _backward_arrays(
-            _as_array(grad_output, channels_last), _as_array(x, channels_last),
-            _as_array(weight, False), use_bias, ctx.needs_input_grad[:3], plan, stride,
-            dilation, groups, channels_last, torch.get_num_threads())
-        return (None if gx is None else _as_tensor(gx, channels_last),
-                None if gw is None else torch.from_numpy(gw),
-                None if gb is None else torch.from_numpy(gb),
-                None, None, None, None)
 
 
 def _tconv_plan(input, weight, bias, stride, padding, output_padding, groups, dilation):
@@ -341,13 +238,14 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
         return F.conv_transpose3d(input, weight, bias, stride, padding, output_padding,
                                   groups, dilation)
     plan, stride, dilation = config
-    return _apply(input, weight, bias, plan, stride, dilation, groups)
+    call = Call(plan, stride, dilation, groups, tuple(input.shape[2:]), tuple(weight.shape[2:]))
+    return _apply(input, weight, bias, call)
 
 
 @torch.compiler.disable
-def _apply(input, weight, bias, plan, stride, dilation, groups):
+def _apply(input, weight, bias, call):
     # Dynamo cannot trace into compiled code: keep the call out of torch.compile's graphs.
-    return _ConvTranspose3dFunction.apply(input, weight, bias, plan, stride, dilation, groups)
+    return ConvTranspose3dFunction.apply(input, weight, bias, call)
 
 
 class ConvTranspose3d(torch.nn.ConvTranspose3d):
@@ -398,19 +296,41 @@ class ConvTranspose3d(torch.nn.ConvTranspose3d):
 
     @classmethod
     def from_torch(cls, module):
-        """This class's module sharing ``module``'s parameters (no copy, no initialisation).
+        """A new module of this class sharing ``module``'s parameters (no copy, no init).
 
         Parameters
         ----------
         module : torch.nn.ConvTranspose3d
+            With its own ``weight`` Parameter: not parametrized, weight not computed by a
+            hook (``spectral_norm``, ``weight_norm``, ``prune``, ...).
 
         Returns
         -------
         ConvTranspose3d
             Uses the same ``weight`` and ``bias`` Parameter objects, so optimizers built
             on ``module.parameters()`` keep working; has ``module``'s training flag.
-            Module hooks are not carried over.
+            Module hooks are not carried over (a warning names them): :func:`convert`
+            converts a module in place and keeps its hooks and parametrizations.
+
+        Raises
+        ------
+        TypeError
+            If ``module`` is not a ``torch.nn.ConvTranspose3d`` or its weight is not a
+            Parameter of its own.
         """
+        if not isinstance(module, torch.nn.ConvTranspose3d):
+            raise TypeError(f"`module` must be a torch.nn.ConvTranspose3d, got "
+                            f"{type(module).__name__}.")
+        if "weight" not in module._parameters:
+            raise TypeError(f"`module`'s weight is computed ({_computed_weight(module)}), not "
+                            f"a Parameter of its own: tconv3d.torch.convert(module) converts "
+                            f"it in place and keeps that computation.")
+        hooks = _hook_kinds(module)
+        if hooks:
+            warnings.warn(f"tconv3d.torch.ConvTranspose3d.from_torch: the module's "
+                          f"{', '.join(hooks)} are not carried over to the new module; "
+                          f"tconv3d.torch.convert(module) converts it in place and keeps "
+                          f"them.", UserWarning, stacklevel=2)
         new = cls(module.in_channels, module.out_channels, module.kernel_size,
                   stride=module.stride, padding=module.padding,
                   output_padding=module.output_padding, groups=module.groups,
@@ -422,29 +342,136 @@ class ConvTranspose3d(torch.nn.ConvTranspose3d):
         return new
 
 
-def convert(model):
-    """Replace every :class:`torch.nn.ConvTranspose3d` of ``model`` by :class:`ConvTranspose3d`.
+_HOOKS = {"_forward_pre_hooks": "forward pre-hooks", "_forward_hooks": "forward hooks",
+          "_backward_pre_hooks": "backward pre-hooks", "_backward_hooks": "backward hooks",
+          "_state_dict_pre_hooks": "state_dict pre-hooks",
+          "_state_dict_hooks": "state_dict hooks",
+          "_load_state_dict_pre_hooks": "load_state_dict pre-hooks",
+          "_load_state_dict_post_hooks": "load_state_dict post-hooks"}
 
-    Only modules whose type is exactly ``torch.nn.ConvTranspose3d`` are replaced (not
-    subclasses such as ``LazyConvTranspose3d``, parametrized modules or user classes with
-    their own ``forward``); the new modules share the old ones' parameters, so weights,
-    ``state_dict`` keys and existing optimizers are unchanged. Everything else is left
-    untouched. Like :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`, ``model`` is
-    modified in place and returned (if ``model`` itself is a ``ConvTranspose3d``, the
-    replacement is returned).
+
+def _hook_kinds(module):
+    return [kind for attribute, kind in _HOOKS.items() if getattr(module, attribute, None)]
+
+
+def _computed_weight(module):
+    if parametrize.is_parametrized(module, "weight"):
+        return "parametrized"
+    return "by a forward pre-hook" if module._forward_pre_hooks else "not a Parameter"
+
+
+@dataclass(frozen=True)
+class ConvertReport:
+    """What :func:`convert` did, by qualified module name (``""`` is the model itself).
+
+    Attributes
+    ----------
+    converted : tuple of str
+        The modules that now run on tconv3d (their class was swapped in place).
+    skipped : dict of str to str
+        The transposed convolutions left to PyTorch, with the reason; :func:`convert`
+        also warned about each of them.
+    """
+    converted: tuple
+    skipped: dict
+
+    def __str__(self):
+        lines = [f"converted {len(self.converted)} module(s) to tconv3d.torch: "
+                 f"{', '.join(repr(n) for n in self.converted) or '-'}"]
+        lines += [f"skipped {name!r}: {reason}" for name, reason in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def _parametrized_class(cls, module):
+    """``cls`` (PyTorch's parametrized ConvTranspose3d class) rebuilt on :class:`ConvTranspose3d`.
+
+    ``torch.nn.utils.parametrize`` gives a parametrized module a class of its own deriving
+    from the module's class, holding one property per parametrized tensor; the same
+    attributes on a class deriving from tconv3d's module keep every parametrization
+    working (and ``remove_parametrizations`` gives a :class:`ConvTranspose3d` back).
+    Returns None when ``cls`` holds anything else (a user's subclass).
+    """
+    if cls.__bases__ != (torch.nn.ConvTranspose3d,):
+        return None
+    attributes = {name: value for name, value in vars(cls).items()
+                  if name not in ("__dict__", "__weakref__")}
+    own = {name for name in attributes if not name.startswith("__")}
+    if not own <= set(module.parametrizations.keys()):
+        return None
+    attributes["__module__"] = __name__
+    return type(cls.__name__, (ConvTranspose3d,), attributes)
+
+
+def _skip_reason(module):
+    """Why ``module`` (a torch.nn.ConvTranspose3d subclass) cannot be converted."""
+    if isinstance(module, LazyModuleMixin):
+        return ("an uninitialized lazy module: run one forward pass (it then becomes a "
+                "torch.nn.ConvTranspose3d) and convert again")
+    if parametrize.is_parametrized(module):
+        return (f"a parametrized {type(module).__bases__[0].__qualname__} (only parametrized "
+                f"torch.nn.ConvTranspose3d modules are converted)")
+    return (f"a subclass ({type(module).__qualname__}) of torch.nn.ConvTranspose3d, whose "
+            f"forward may differ")
+
+
+def convert(model, *, report=False):
+    """Make every :class:`torch.nn.ConvTranspose3d` of ``model`` run on tconv3d, in place.
+
+    Each module whose class is exactly ``torch.nn.ConvTranspose3d`` becomes a
+    :class:`ConvTranspose3d` by swapping its class in place (as
+    ``torch.nn.utils.parametrize`` does), so everything attached to it is kept:
+    parameters (weights, ``state_dict`` keys and existing optimizers are unchanged), hooks of
+    every kind (forward, forward pre-, full backward, backward pre-, ``state_dict`` and
+    ``load_state_dict`` hooks) and weights computed by hooks (``torch.nn.utils.spectral_norm``,
+    ``weight_norm``, ``torch.nn.utils.prune``). Modules parametrized with
+    ``torch.nn.utils.parametrize`` (``torch.nn.utils.parametrizations.weight_norm``,
+    ``spectral_norm``, ``orthogonal``, ...) are converted too, keeping their
+    parametrizations. Other subclasses of ``torch.nn.ConvTranspose3d`` (user classes,
+    uninitialized ``LazyConvTranspose3d``, ...) are left to PyTorch with a
+    :class:`UserWarning` saying why. Everything else is untouched; converting twice changes
+    nothing.
 
     Parameters
     ----------
     model : torch.nn.Module
+    report : bool, default=False
+        Also return a :class:`ConvertReport` of what was converted and what was skipped.
 
     Returns
     -------
-    torch.nn.Module
+    model : torch.nn.Module
+        ``model`` itself, modified in place (like
+        :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`, assign the result).
+    report : ConvertReport
+        Only with ``report=True``.
+
+    Examples
+    --------
+    >>> import torch, tconv3d.torch
+    >>> up = torch.nn.utils.parametrizations.weight_norm(torch.nn.ConvTranspose3d(4, 2, 2, 2))
+    >>> model, report = tconv3d.torch.convert(torch.nn.Sequential(up), report=True)
+    >>> report.converted, isinstance(model[0], tconv3d.torch.ConvTranspose3d)
+    (('0',), True)
     """
-    if type(model) is torch.nn.ConvTranspose3d:
-        return ConvTranspose3d.from_torch(model)
-    for name, child in model.named_children():
-        new = convert(child)
-        if new is not child:
-            setattr(model, name, new)
+    converted, skipped = [], {}
+    for name, module in model.named_modules():
+        if isinstance(module, ConvTranspose3d) or not isinstance(module,
+                                                                torch.nn.ConvTranspose3d):
+            continue
+        cls = type(module)
+        if cls is torch.nn.ConvTranspose3d:
+            new_cls = ConvTranspose3d
+        elif parametrize.is_parametrized(module):
+            new_cls = _parametrized_class(cls, module)
+        else:
+            new_cls = None
+        if new_cls is None:
+            skipped[name] = reason = _skip_reason(module)
+            warnings.warn(f"tconv3d.torch.convert: left {name or 'the model'!r} to PyTorch: "
+                          f"{reason}.", UserWarning, stacklevel=2)
+            continue
+        module.__class__ = new_cls
+        converted.append(name)
+    if report:
+        return model, ConvertReport(tuple(converted), skipped)
     return model

@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import tconv3d  # noqa: E402
+import tconv3d._torch_autograd as autograd_impl  # noqa: E402
 import tconv3d.torch as tt  # noqa: E402
 from tconv3d._geometry import torch_plan  # noqa: E402
 from helpers import tol  # noqa: E402
@@ -203,6 +204,235 @@ def test_gradients_do_not_depend_on_thread_count():
 
 
 # --------------------------------------------------------------------------------------
+# derivatives of any order: the backward is made of tconv3d's differentiable Functions
+# --------------------------------------------------------------------------------------
+def _inputs(kernel_size, *, cin=2, cout=3, groups=1, bias=True, spatial=(5, 6, 5),
+            memory_format="ncdhw", seed=0):
+    """x, weight, bias (float64, requiring grad) of a call; bias None when not wanted."""
+    torch.manual_seed(seed)
+    x = _to_format(torch.randn(1, cin, *spatial, dtype=torch.float64), memory_format)
+    w = torch.randn(cin, cout, *tt._triple(kernel_size), dtype=torch.float64)
+    b = torch.randn(cout * groups, dtype=torch.float64) if bias else None
+    return tuple(t.requires_grad_() for t in (x, w, b) if t is not None)
+
+
+def _functional(stride, padding, output_padding, groups, dilation):
+    def f(x, w, b=None):
+        return tt.conv_transpose3d(x, w, b, stride, padding, output_padding, groups, dilation)
+    return f
+
+
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=_geometry_id)
+def test_gradgradcheck_fast_mode_over_grid(geometry, memory_format):
+    # second derivatives w.r.t. input, weight, bias and grad_output; groups and bias
+    # alternate over the grid so that every geometry meets both values of each
+    index = GEOMETRIES.index(geometry)
+    groups, bias = (1, 2)[index % 2], (True, False)[(index // 2) % 2]
+    k, s, p, d, op = geometry
+    args = _inputs(k, groups=groups, bias=bias, memory_format=memory_format, seed=index)
+    assert torch.autograd.gradgradcheck(_functional(s, p, op, groups, d), args,
+                                        fast_mode=True)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("kwargs,groups", [
+    (dict(kernel_size=(1, 2, 3), stride=(2, 1, 3), padding=(0, 1, 2), output_padding=(1, 0, 2),
+          dilation=(1, 2, 1)), 1),
+    (dict(kernel_size=(4, 1, 3), stride=(3, 2, 1), padding=(2, 0, 1), output_padding=(1, 1, 0),
+          dilation=(2, 1, 2)), 2),
+    (dict(kernel_size=(2, 3, 2), stride=(2, 1, 2), padding=(0, 1, 0)), 3),
+], ids=["anisotropic", "anisotropic-groups", "valid-same-mix-groups"])
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+def test_gradgradcheck_fast_mode_per_axis_arguments(kwargs, groups, bias, memory_format):
+    args = _inputs(kwargs["kernel_size"], cin=3 * groups, cout=2, groups=groups, bias=bias,
+                   memory_format=memory_format)
+    f = _functional(*(kwargs.get(key, 0 if "padding" in key else 1)
+                      for key in ("stride", "padding", "output_padding")), groups,
+                    kwargs.get("dilation", 1))
+    assert torch.autograd.gradgradcheck(f, args, fast_mode=True, check_fwd_over_rev=True)
+
+
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+@pytest.mark.parametrize("kwargs", [dict(stride=2), dict(stride=2, padding=1, output_padding=1)],
+                         ids=["exact", "cropped"])
+def test_gradgradcheck_full_jacobian(kwargs, memory_format):
+    args = _inputs(2, cout=2, groups=2, spatial=(2, 2, 1), memory_format=memory_format)
+    f = _functional(kwargs["stride"], kwargs.get("padding", 0),
+                    kwargs.get("output_padding", 0), 2, 1)
+    assert torch.autograd.gradgradcheck(f, args)
+
+
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+@pytest.mark.parametrize("kwargs,groups", [
+    (dict(kernel_size=3, stride=2), 1),                                        # the issue's
+    (dict(kernel_size=3, stride=2, padding=1, output_padding=1), 2),           # cropped window
+    (dict(kernel_size=2, stride=1, dilation=2, output_padding=1), 1),          # bias-only plane
+], ids=["k3s2", "k3s2p1op1-groups", "k2d2op1"])
+def test_gradient_penalty_matches_torch(kwargs, groups, memory_format):
+    # issue 18: y.mean() + |dy/dx|^2 (WGAN-GP, Jacobian regularisers) lost its second
+    # term under once_differentiable
+    ref, ours = _pair(kwargs, groups=groups)
+    x = _to_format(torch.randn(2, 4, 3, 4, 3, dtype=torch.float64), memory_format)
+    results = []
+    for module in (ref, ours):
+        module.zero_grad(set_to_none=True)
+        xi = x.detach().requires_grad_()
+        y = module(xi)
+        (g,) = torch.autograd.grad(y.sum(), xi, create_graph=True)
+        assert g.requires_grad
+        (y.mean() + (g ** 2).sum()).backward()
+        results.append((g.detach(), module.weight.grad, module.bias.grad))
+    for got, expected in zip(*results[::-1]):
+        _assert_close(got, expected, torch.float64)
+
+
+def test_second_derivatives_match_torch_for_every_pair_of_operands():
+    ref, ours = _pair(dict(kernel_size=3, stride=2, padding=1, output_padding=1), groups=2)
+    x = torch.randn(2, 4, 3, 4, 3, dtype=torch.float64)
+    grads = []
+    for module in (ref, ours):
+        xi = x.detach().requires_grad_()
+        operands = (xi, module.weight, module.bias)
+        y = module(xi)
+        first = torch.autograd.grad(y.square().sum(), operands, create_graph=True)
+        # d/d(operands) of <first-order gradient, fixed random direction>, for each gradient
+        generator = torch.Generator().manual_seed(2)
+        grads.append([torch.autograd.grad(
+            (g * torch.randn(g.shape, dtype=g.dtype, generator=generator)).sum(), operands,
+            retain_graph=True, allow_unused=True, materialize_grads=True) for g in first])
+    for row_ref, row in zip(*grads):
+        for e, a in zip(row_ref, row):
+            _assert_close(a, e, torch.float64)
+
+
+def test_first_order_gradients_are_the_same_with_create_graph():
+    # the create_graph path splits the backward into Functions, with the same numbers
+    _, ours = _pair(dict(kernel_size=4, stride=2, padding=1), groups=2, dtype=torch.float32)
+    x = torch.randn(2, 4, *SPATIAL).requires_grad_()
+    y = ours(x)
+    grad_output = torch.randn(y.shape)
+    operands = (x, ours.weight, ours.bias)
+    plain = torch.autograd.grad(y, operands, grad_output, retain_graph=True)
+    graph = torch.autograd.grad(y, operands, grad_output, create_graph=True)
+    assert graph[0].requires_grad and graph[1].requires_grad  # grad_bias: grad_output only
+    assert all(torch.equal(a, b) for a, b in zip(plain, graph))
+
+
+# --------------------------------------------------------------------------------------
+# torch.func: grad, vjp, jvp, jacrev, jacfwd, hessian, vmap
+# --------------------------------------------------------------------------------------
+def _func_pair(groups=1, seed=0):
+    return _pair(dict(kernel_size=3, stride=2, padding=1, output_padding=1), cin=4,
+                 cout=2 * groups, groups=groups, seed=seed)
+
+
+def _params(module):
+    return {name: p.detach() for name, p in module.named_parameters()}
+
+
+def _assert_trees_close(got, expected):
+    """Nested tuples/dicts of float64 tensors, the same structure and close values."""
+    (got, got_spec), (expected, expected_spec) = map(torch.utils._pytree.tree_flatten,
+                                                     (got, expected))
+    assert got_spec == expected_spec
+    for a, e in zip(got, expected):
+        assert a.shape == e.shape
+        _assert_close(a, e, torch.float64)
+
+
+def test_func_grad_of_functional_call_matches_torch():
+    # issue 18: raised "must override the setup_context staticmethod"
+    ref, ours = _func_pair()
+    x = torch.randn(2, 4, 3, 4, 3, dtype=torch.float64)
+    grads = [torch.func.grad(lambda p, m=m: torch.func.functional_call(m, p, (x,)).sum())(
+        _params(m)) for m in (ref, ours)]
+    _assert_trees_close(grads[1], grads[0])
+
+
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_func_vmap_of_the_module_matches_torch(groups, memory_format):
+    # issue 18: torch.func.vmap(m)(x[:, None]) raised
+    ref, ours = _func_pair(groups)
+    x = _to_format(torch.randn(3, 4, 3, 4, 3, dtype=torch.float64), memory_format)
+    _assert_close(torch.func.vmap(ours)(x[:, None]), torch.func.vmap(ref)(x[:, None]),
+                  torch.float64)
+    # the vmapped dimension anywhere, and unbatched samples
+    f = torch.func.vmap(ours, in_dims=2, out_dims=1)
+    expected = torch.func.vmap(ref, in_dims=2, out_dims=1)(x[:, :, None])
+    _assert_close(f(x[:, :, None]), expected, torch.float64)
+    _assert_close(torch.func.vmap(ours)(x), torch.func.vmap(ref)(x), torch.float64)
+
+
+@pytest.mark.parametrize("in_dims", [(0, 0, 0), (0, 0, None), (None, 0, None), (None, None, 0),
+                                     (1, 0, None), (None, 2, 0)])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_func_vmap_over_weights_and_bias(in_dims, groups):
+    torch.manual_seed(0)
+    size = 3
+    shapes = [(2, 4, 3, 4, 3), (4, 2, 3, 3, 2), (2 * groups,)]
+    args = []
+    for shape, dim in zip(shapes, in_dims):
+        t = torch.randn(shape, dtype=torch.float64)
+        args.append(t if dim is None else torch.stack([t] * size, dim) + torch.randn(
+            (size, *shape), dtype=torch.float64).movedim(0, dim))
+    kwargs = dict(stride=2, padding=1, output_padding=(1, 0, 1), groups=groups)
+    got = torch.func.vmap(lambda x, w, b: tt.conv_transpose3d(x, w, b, **kwargs),
+                          in_dims=in_dims)(*args)
+    expected = torch.func.vmap(lambda x, w, b: F.conv_transpose3d(x, w, b, **kwargs),
+                               in_dims=in_dims)(*args)
+    _assert_close(got, expected, torch.float64)
+
+
+def test_func_vjp_and_jvp_match_torch():
+    ref, ours = _func_pair(groups=2)
+    x = torch.randn(2, 4, 3, 4, 3, dtype=torch.float64)
+    params = _params(ours)
+    generator = torch.Generator().manual_seed(4)
+    results = []
+    for m in (ref, ours):
+        def f(x, p, m=m):
+            return torch.func.functional_call(m, p, (x,))
+        y, vjp_fn = torch.func.vjp(f, x, params)
+        cotangent = torch.randn(y.shape, dtype=y.dtype, generator=generator.manual_seed(5))
+        tangents = (torch.randn(x.shape, dtype=x.dtype, generator=generator.manual_seed(6)),
+                    {k: torch.randn(v.shape, dtype=v.dtype, generator=generator)
+                     for k, v in params.items()})
+        results.append((y, vjp_fn(cotangent), torch.func.jvp(f, (x, params), tangents)))
+    _assert_trees_close(results[1], results[0])
+
+
+def test_func_jacobians_and_hessian_match_torch():
+    ref, ours = _func_pair()
+    x = torch.randn(1, 4, 2, 2, 1, dtype=torch.float64)
+    params = _params(ours)
+    results = []
+    for m in (ref, ours):
+        def f(x, p, m=m):
+            return torch.func.functional_call(m, p, (x,))
+
+        def loss(x, p, m=m):
+            return torch.func.functional_call(m, p, (x,)).square().sum()
+        results.append((torch.func.jacrev(f, argnums=(0, 1))(x, params),
+                        torch.func.jacfwd(f, argnums=(0, 1))(x, params),
+                        torch.func.hessian(loss, argnums=(0, 1))(x, params),
+                        torch.func.jacrev(torch.func.jacrev(loss))(x, params)))
+    _assert_trees_close(results[1], results[0])
+
+
+def test_func_per_sample_gradients_match_torch():
+    ref, ours = _func_pair(groups=2)
+    x = torch.randn(3, 4, 3, 4, 3, dtype=torch.float64)
+    grads = []
+    for m in (ref, ours):
+        def loss(p, sample, m=m):
+            return torch.func.functional_call(m, p, (sample[None],)).square().sum()
+        grads.append(torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(_params(m), x))
+    _assert_trees_close(grads[1], grads[0])
+
+
+# --------------------------------------------------------------------------------------
 # padding mapping, layouts and copies
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=_geometry_id)
@@ -247,7 +477,7 @@ def test_exact_path_copies_neither_input_nor_output(monkeypatch, memory_format):
         calls.append((x, kwargs["data_format"], y))
         return y
 
-    monkeypatch.setattr(tt, "_tconv_forward", spy)
+    monkeypatch.setattr(autograd_impl, "_tconv_forward", spy)
     ours = tt.ConvTranspose3d(4, 6, 2, stride=2)
     x = _to_format(torch.randn(2, 4, *SPATIAL), memory_format)
     with torch.no_grad():
@@ -399,14 +629,6 @@ def test_fake_tensors_get_torch_shapes():
     assert type(y) is FakeTensor and y.shape == (2, 6, 10, 12, 14)
 
 
-def test_double_backward_raises():
-    ours = tt.ConvTranspose3d(2, 2, 2, stride=2, dtype=torch.float64)
-    x = torch.randn(1, 2, 3, 3, 3, dtype=torch.float64, requires_grad=True)
-    (gx,) = torch.autograd.grad(ours(x).square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
-        gx.sum().backward()
-
-
 # --------------------------------------------------------------------------------------
 # fallbacks and errors: PyTorch's own op
 # --------------------------------------------------------------------------------------
@@ -502,7 +724,8 @@ def test_convert_unet_gives_the_same_outputs_and_gradients(memory_format):
     params = list(model.parameters())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     keys = list(model.state_dict())
-    converted = tt.convert(model)
+    with pytest.warns(UserWarning, match="'extra'.*_CustomConvTranspose"):
+        converted = tt.convert(model)
     assert converted is model
     assert type(model.up1) is tt.ConvTranspose3d and type(model.up2) is tt.ConvTranspose3d
     assert type(model.extra) is _CustomConvTranspose
@@ -531,12 +754,215 @@ def test_convert_unet_gives_the_same_outputs_and_gradients(memory_format):
 
 def test_convert_module_itself_and_lazy_modules():
     conv = torch.nn.ConvTranspose3d(2, 3, 2, stride=2)
+    weight, bias = conv.weight, conv.bias
     new = tt.convert(conv)
-    assert type(new) is tt.ConvTranspose3d and new.weight is conv.weight and new.bias is conv.bias
+    assert new is conv and type(new) is tt.ConvTranspose3d  # converted in place
+    assert new.weight is weight and new.bias is bias
     lazy = torch.nn.Sequential(torch.nn.LazyConvTranspose3d(3, 2))
-    assert type(tt.convert(lazy)[0]) is torch.nn.LazyConvTranspose3d
+    with pytest.warns(UserWarning, match="'0'.*lazy module: run one forward pass"):
+        assert type(tt.convert(lazy)[0]) is torch.nn.LazyConvTranspose3d
+    lazy(torch.randn(1, 2, 3, 3, 3))  # materialised: now a torch.nn.ConvTranspose3d
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert type(tt.convert(lazy)[0]) is tt.ConvTranspose3d
     conv.eval()
     assert not tt.ConvTranspose3d.from_torch(conv).training
+
+
+def _norm_wrappers():
+    import torch.nn.utils.prune as prune
+    p = torch.nn.utils.parametrizations
+    return {
+        "spectral_norm": (torch.nn.utils.spectral_norm, torch.nn.utils.remove_spectral_norm),
+        "weight_norm": (torch.nn.utils.weight_norm, torch.nn.utils.remove_weight_norm),
+        "parametrizations.weight_norm": (
+            p.weight_norm, lambda m: torch.nn.utils.parametrize.remove_parametrizations(
+                m, "weight")),
+        "parametrizations.spectral_norm": (
+            p.spectral_norm, lambda m: torch.nn.utils.parametrize.remove_parametrizations(
+                m, "weight")),
+        "prune": (lambda m: prune.l1_unstructured(m, "weight", amount=0.3),
+                  lambda m: prune.remove(m, "weight")),
+        "prune-twice": (lambda m: prune.ln_structured(
+            prune.random_unstructured(m, "weight", amount=0.2), "weight", amount=0.5, n=2,
+            dim=1), lambda m: prune.remove(m, "weight")),
+    }
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm.*is deprecated:FutureWarning")
+@pytest.mark.parametrize("wrapper", list(_norm_wrappers()))
+def test_convert_modules_with_computed_weights(wrapper):
+    # issue 18: convert raised "cannot assign 'torch.FloatTensor' as parameter 'weight'"
+    wrap, unwrap = _norm_wrappers()[wrapper]
+
+    def build():
+        torch.manual_seed(0)  # the same weights, masks and power-iteration vectors
+        return torch.nn.Sequential(
+            wrap(torch.nn.ConvTranspose3d(4, 3, 3, stride=2, padding=1, groups=1,
+                                          dtype=torch.float64)),
+            torch.nn.Tanh(),
+            wrap(torch.nn.ConvTranspose3d(3, 2, 2, stride=2, dtype=torch.float64)))
+
+    ref, model = build(), build()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model, report = tt.convert(model, report=True)
+    assert report.converted == ("0", "2") and report.skipped == {}
+    assert all(isinstance(model[i], tt.ConvTranspose3d) for i in (0, 2))
+    assert list(model.state_dict()) == list(ref.state_dict())
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (ref, model)]
+    x = torch.randn(2, 4, 3, 4, 3, dtype=torch.float64)
+    for step in range(3):  # the wrapper keeps working through optimizer steps
+        outputs = []
+        for m, optimizer in zip((ref, model), optimizers):
+            optimizer.zero_grad()
+            y = m(x)
+            y.square().mean().backward()
+            optimizer.step()
+            outputs.append((y.detach(), [p.grad for p in m.parameters()]))
+        (y_ref, g_ref), (y, g) = outputs
+        _assert_close(y, y_ref, torch.float64)
+        for a, e in zip(g, g_ref):
+            _assert_close(a, e, torch.float64)
+    for key, value in ref.state_dict().items():
+        _assert_close(model.state_dict()[key], value, torch.float64)
+    ref.eval()
+    model.eval()
+    with torch.no_grad():
+        _assert_close(model(x), ref(x), torch.float64)
+    for m in (ref, model):  # removing the wrapper leaves a plain module of the same kind
+        unwrap(m[0])
+        unwrap(m[2])
+    assert type(model[0]) is tt.ConvTranspose3d and type(ref[0]) is torch.nn.ConvTranspose3d
+    with torch.no_grad():
+        _assert_close(model(x), ref(x), torch.float64)
+
+
+def test_converted_parametrized_modules_deepcopy_and_refuse_pickling_like_torch():
+    up = torch.nn.utils.parametrizations.weight_norm(torch.nn.ConvTranspose3d(4, 2, 2, 2))
+    up = tt.convert(up)
+    assert type(up).__name__ == "ParametrizedConvTranspose3d"
+    twin = copy.deepcopy(up)
+    assert type(twin) is type(up) and twin.parametrizations.weight.original0 is not \
+        up.parametrizations.weight.original0
+    x = torch.randn(1, 4, 3, 3, 3)
+    with torch.no_grad():
+        assert torch.equal(twin(x), up(x))
+    with pytest.raises(RuntimeError, match="state_dict"):
+        torch.save(up, io.BytesIO())
+    # more parametrizations can be registered on the converted module
+    torch.nn.utils.parametrize.register_parametrization(up, "bias", _Double())
+    with torch.no_grad():
+        y = up(x)
+        up.parametrizations.bias.original.zero_()
+        assert not torch.equal(up(x), y)
+
+
+class _Double(torch.nn.Module):
+    def forward(self, t):
+        return 2 * t
+
+
+def test_convert_reports_and_warns_about_what_it_skips():
+    model = torch.nn.Sequential(
+        torch.nn.ConvTranspose3d(2, 2, 2),
+        _CustomConvTranspose(2, 2, 1),
+        torch.nn.LazyConvTranspose3d(2, 1),
+        torch.nn.utils.parametrizations.weight_norm(_CustomConvTranspose(2, 2, 1)),
+        torch.nn.Conv3d(2, 2, 1))
+    model.shared = model[0]  # one module under two names: converted once
+    with pytest.warns(UserWarning) as record:
+        model, report = tt.convert(model, report=True)
+    assert report.converted == ("0",)
+    assert list(report.skipped) == ["1", "2", "3"]
+    assert "_CustomConvTranspose" in report.skipped["1"]
+    assert "lazy" in report.skipped["2"]
+    assert "parametrized _CustomConvTranspose" in report.skipped["3"]
+    messages = [str(w.message) for w in record if "tconv3d" in str(w.message)]
+    assert len(messages) == 3
+    assert all(f"left '{name}' to PyTorch: {reason}" in message
+               for message, (name, reason) in zip(messages, report.skipped.items()))
+    assert "converted 1 module(s)" in str(report) and "skipped '2'" in str(report)
+    assert type(model[1]) is _CustomConvTranspose and type(model[4]) is torch.nn.Conv3d
+    # converting again changes nothing and reports the same skips
+    with pytest.warns(UserWarning):
+        again, report = tt.convert(model, report=True)
+    assert again is model and report.converted == () and list(report.skipped) == ["1", "2", "3"]
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm.*is deprecated:FutureWarning")
+def test_from_torch_refuses_computed_weights_and_warns_about_hooks():
+    for module in (torch.nn.utils.spectral_norm(torch.nn.ConvTranspose3d(2, 2, 2)),
+                   torch.nn.utils.parametrizations.weight_norm(torch.nn.ConvTranspose3d(2, 2, 2))):
+        with pytest.raises(TypeError, match="computed.*convert"):
+            tt.ConvTranspose3d.from_torch(module)
+    with pytest.raises(TypeError, match="torch.nn.ConvTranspose3d, got Conv3d"):
+        tt.ConvTranspose3d.from_torch(torch.nn.Conv3d(2, 2, 1))
+    module = torch.nn.ConvTranspose3d(2, 2, 2)
+    module.register_forward_hook(lambda m, args, y: None)
+    module.register_full_backward_pre_hook(lambda m, g: None)
+    with pytest.warns(UserWarning, match="forward hooks, backward pre-hooks are not carried"):
+        tt.ConvTranspose3d.from_torch(module)
+
+
+# --------------------------------------------------------------------------------------
+# hooks survive convert
+# --------------------------------------------------------------------------------------
+def _hooked(events):
+    """A torch.nn.ConvTranspose3d with every kind of module hook, logging to ``events``."""
+    torch.manual_seed(0)
+    module = torch.nn.ConvTranspose3d(2, 3, 2, stride=2, dtype=torch.float64)
+
+    def log(kind, value=None):
+        events.append((kind, value if value is None else value.detach().clone()))
+
+    handles = [
+        module.register_forward_pre_hook(lambda m, args: (log("pre", args[0]), (2 * args[0],))[1]),
+        module.register_forward_pre_hook(
+            lambda m, args, kwargs: log("pre-kwargs", args[0]), with_kwargs=True),
+        module.register_forward_hook(lambda m, args, y: (log("forward", y), y + 1)[1]),
+        module.register_forward_hook(lambda m, args, kwargs, y: log("forward-kwargs", y),
+                                     with_kwargs=True, always_call=True),
+        module.register_full_backward_pre_hook(lambda m, g: (log("backward-pre", g[0]),
+                                                             (3 * g[0],))[1]),
+        module.register_full_backward_hook(lambda m, gi, go: log("backward", gi[0])),
+        module.register_state_dict_pre_hook(lambda m, prefix, keep_vars: log("state-pre")),
+        module.register_state_dict_post_hook(lambda m, state, prefix, meta: log("state")),
+        module.register_load_state_dict_pre_hook(lambda m, *args: log("load-pre")),
+        module.register_load_state_dict_post_hook(lambda m, keys: log("load")),
+    ]
+    return module, handles
+
+
+def _exercise(module, x):
+    x = x.detach().requires_grad_()
+    module(x).sum().backward()
+    module.load_state_dict(module.state_dict())
+    return x.grad
+
+
+def test_convert_keeps_every_kind_of_hook():
+    # issue 18: hooks registered on the PyTorch module stopped firing after convert
+    x = torch.randn(1, 2, 3, 4, 3, dtype=torch.float64)
+    expected, got = [], []
+    ref, _ = _hooked(expected)
+    gx_ref = _exercise(ref, x)
+    module, handles = _hooked(got)
+    model = tt.convert(torch.nn.Sequential(module))
+    assert model[0] is module and type(module) is tt.ConvTranspose3d
+    gx = _exercise(module, x)
+    assert [kind for kind, _ in got] == [kind for kind, _ in expected] == [
+        "pre", "pre-kwargs", "forward", "forward-kwargs", "backward-pre", "backward",
+        "state-pre", "state", "load-pre", "load"]
+    for (kind, a), (_, e) in zip(got, expected):
+        if e is not None:
+            _assert_close(a, e, torch.float64)
+    _assert_close(gx, gx_ref, torch.float64)  # the hooks' changes to values are applied
+    for handle in handles:  # handles taken before convert still remove the hooks
+        handle.remove()
+    got.clear()
+    _exercise(module, x)
+    assert got == []
 
 
 # --------------------------------------------------------------------------------------
@@ -603,7 +1029,7 @@ def test_torch_compile_breaks_the_graph_around_tconv3d(monkeypatch):
         graphs.append(graph_module)
         return graph_module.forward
 
-    monkeypatch.setattr(tt, "_tconv_forward", spy)
+    monkeypatch.setattr(autograd_impl, "_tconv_forward", spy)
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = _TinyUNet()

@@ -282,9 +282,12 @@ def oracle_backward(g, x, kernel, kw):
 
 
 def _expected_dtype(*arrays):
-    """float32 when the inputs promote to a 4-byte float (any byte order), else float64."""
-    dtype = np.result_type(*(np.asarray(a).dtype for a in arrays))
-    return np.float32 if dtype.kind == "f" and dtype.itemsize == 4 else np.float64
+    """The documented rule: NumPy's promotion of the operands that have a dtype (lists
+    do not widen it); a float of 4 bytes or fewer (any byte order) gives float32,
+    anything else (8-byte floats, integers or bool alone) float64."""
+    typed = [a.dtype for a in arrays if hasattr(a, "dtype")]
+    dtype = np.result_type(*typed) if typed else np.dtype(np.float64)
+    return np.float32 if dtype.kind == "f" and dtype.itemsize <= 4 else np.float64
 
 
 def _assert_close(got, want, dtype, name):

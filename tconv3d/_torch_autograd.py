@@ -1,0 +1,383 @@
+"""The autograd Functions of :mod:`tconv3d.torch`: tconv3d's kernels, differentiable to any
+order.
+
+:func:`forward_arrays` and :func:`backward_arrays` compute PyTorch's ``conv_transpose3d``
+and its gradients on arrays (the Keras geometry of a :class:`~tconv3d._geometry.TorchPlan`,
+one tconv3d call per group); the Functions below wrap them for tensors, zero-copy, with
+``setup_context`` (as :mod:`torch.func` requires), ``vmap`` rules and ``jvp`` (forward
+mode). :mod:`tconv3d.torch` validates every call before it reaches
+:class:`ConvTranspose3dFunction`.
+"""
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch  # absolute import: the top-level PyTorch package
+
+from ._geometry import TorchPlan, keras_to_torch_kernel, torch_to_keras_kernel
+from ._ops import conv_transpose3d as _tconv_forward
+from ._ops import conv_transpose3d_backward as _tconv_backward
+
+__all__ = ["Call", "ConvTranspose3dFunction", "GradBias", "GradInput", "GradWeight",
+           "backward_arrays", "forward_arrays"]
+
+
+# --------------------------------------------------------------------------------------
+# numpy side: arrays in, arrays out
+# --------------------------------------------------------------------------------------
+def _index(channels_last, spatial=(slice(None),) * 3, channels=slice(None)):
+    if channels_last:
+        return (slice(None), *spatial, channels)
+    return (slice(None), channels, *spatial)
+
+
+def _shape(channels_last, batch, spatial, channels):
+    return (batch, *spatial, channels) if channels_last else (batch, channels, *spatial)
+
+
+def forward_arrays(x, w, b, plan, stride, dilation, groups, channels_last, num_threads):
+    """PyTorch's conv_transpose3d on arrays; x in the layout `channels_last` names."""
+    kwargs = dict(strides=stride, padding=plan.padding, output_padding=plan.output_padding,
+                  dilation_rate=dilation, num_threads=num_threads,
+                  data_format="channels_last" if channels_last else "channels_first")
+    if plan.exact and groups == 1:
+        return _tconv_forward(x, torch_to_keras_kernel(w), b, **kwargs)
+    cin_g, cout_g = w.shape[0] // groups, w.shape[1]
+    y = np.empty(_shape(channels_last, x.shape[0], plan.out, cout_g * groups), dtype=x.dtype)
+    if not plan.covers:
+        y[...] = 0 if b is None else (b if channels_last else b[:, None, None, None])
+    src, dst = plan.overlap()
+    for g in range(groups):
+        ci, co = slice(g * cin_g, (g + 1) * cin_g), slice(g * cout_g, (g + 1) * cout_g)
+        z = _tconv_forward(x[_index(channels_last, channels=ci)],
+                           torch_to_keras_kernel(w[ci]), None if b is None else b[co], **kwargs)
+        y[_index(channels_last, dst, co)] = z[_index(channels_last, src)]
+    return y
+
+
+def backward_arrays(gy, x, w, use_bias, needs, plan, stride, dilation, groups,
+                    channels_last, num_threads):
+    """Gradients (input, weight in PyTorch's layout, bias) of :func:`forward_arrays`."""
+    kwargs = dict(strides=stride, padding=plan.padding, output_padding=plan.output_padding,
+                  dilation_rate=dilation, num_threads=num_threads,
+                  data_format="channels_last" if channels_last else "channels_first")
+    need_x, need_w, need_b = needs
+    need_b = need_b and use_bias
+    # Past the computed volume the output is only bias: its gradient there is a plain sum.
+    tconv_bias = need_b and plan.covers
+    compute = tuple(name for name, need in
+                    zip(("input", "kernel", "bias"), (need_x, need_w, tconv_bias)) if need)
+    if plan.exact and groups == 1:
+        gx, gk, gb = _tconv_backward(gy, x, torch_to_keras_kernel(w), use_bias=tconv_bias,
+                                     compute=compute, **kwargs)
+        return gx, None if gk is None else np.ascontiguousarray(keras_to_torch_kernel(gk)), gb
+    cin_g, cout_g = w.shape[0] // groups, w.shape[1]
+    gx = np.empty(x.shape, dtype=x.dtype) if need_x else None
+    gw = np.empty(w.shape, dtype=w.dtype) if need_w else None
+    gb = np.empty(cout_g * groups, dtype=w.dtype) if need_b else None
+    if need_b and not tconv_bias:
+        gb[...] = gy.sum(axis=(0, 1, 2, 3) if channels_last else (0, 2, 3, 4))
+    src, dst = plan.overlap()
+    for g in range(groups):
+        ci, co = slice(g * cin_g, (g + 1) * cin_g), slice(g * cout_g, (g + 1) * cout_g)
+        if plan.exact:
+            gz = gy[_index(channels_last, channels=co)]
+        else:  # zero-pad grad_output back into the computed volume
+            gz = np.zeros(_shape(channels_last, gy.shape[0], plan.computed, cout_g), gy.dtype)
+            gz[_index(channels_last, src)] = gy[_index(channels_last, dst, co)]
+        gx_g, gk_g, gb_g = _tconv_backward(gz, x[_index(channels_last, channels=ci)],
+                                           torch_to_keras_kernel(w[ci]), use_bias=tconv_bias,
+                                           compute=compute, **kwargs)
+        if need_x:
+            gx[_index(channels_last, channels=ci)] = gx_g
+        if need_w:
+            gw[ci] = keras_to_torch_kernel(gk_g)
+        if tconv_bias:
+            gb[co] = gb_g
+    return gx, gw, gb
+
+
+# --------------------------------------------------------------------------------------
+# torch side: differentiable to any order, composable with torch.func
+# --------------------------------------------------------------------------------------
+# With T(x, W, g) = <F(x, W), g> (F: the transposed convolution without bias), the three
+# operators below are the partial gradients of that trilinear form:
+#
+#   F(x, W)   = dT/dg    (Shape of y)   ConvTranspose3dFunction  tconv3d's forward
+#   Gx(g, W)  = dT/dx    (Shape of x)   GradInput                tconv3d's grad_input
+#   Gw(g, x)  = dT/dW    (Shape of W)   GradWeight               tconv3d's grad_kernel
+#
+# so the vector-Jacobian product of each one is again one of them (each is linear in
+# each argument): for a cotangent u of Gx's output, <Gx(g, W), u> = T(u, W, g) gives
+# d/dg = F(u, W) and d/dW = Gw(g, u); for a cotangent V of Gw's output,
+# <Gw(g, x), V> = T(x, V, g) gives d/dg = F(x, V) and d/dx = Gx(g, V). The bias gradient
+# Gb(g) (sum of g over batch and space, GradBias) has the broadcast as its adjoint.
+# Every backward calls these Functions, so derivatives of any order run on tconv3d's
+# kernels. Each Function has a vmap rule (torch.func.vmap, jacrev, ...): a vmapped
+# dimension is folded into the batch when only the batch-carrying operand has it, and
+# into the channels with `groups` multiplied by the vmap size otherwise.
+@dataclass(frozen=True)
+class Call:
+    """The geometry of one convolution, shared by its forward and all its derivatives."""
+    plan: TorchPlan
+    stride: tuple
+    dilation: tuple
+    groups: int
+    in_spatial: tuple
+    kernel_size: tuple
+
+    def grouped(self, factor):
+        """The same call on ``factor`` independent problems stacked along the channels."""
+        return replace(self, groups=self.groups * factor)
+
+
+def _is_wrapped(t):
+    """Whether ``t`` is a torch.func wrapper (batched or grad-tracking): no data to read."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
+def _is_channels_last(t):
+    if _is_wrapped(t):  # the layout of a vmapped tensor is not queryable
+        return False
+    return t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous()
+
+
+def _as_array(t, channels_last):
+    """Zero-copy ndarray view of a CPU tensor, NCDHW tensors seen as NDHWC when asked."""
+    a = t.detach().resolve_neg().numpy()
+    return np.moveaxis(a, 1, -1) if channels_last else a
+
+
+def _as_tensor(a, channels_last):
+    """Zero-copy tensor of an ndarray; an NDHWC array becomes a channels_last_3d tensor."""
+    t = torch.from_numpy(a)
+    return t.permute(0, 4, 1, 2, 3) if channels_last else t
+
+
+def _placeholder(shape, dtype):
+    """A read-only array of ``shape`` without memory: an operand the kernels do not read."""
+    return np.broadcast_to(np.zeros((), dtype), shape)
+
+
+def _backward(grad_output, x, weight, use_bias, needs, call, channels_last):
+    """:func:`backward_arrays` on tensors (``x``/``weight`` may be placeholder arrays)."""
+    return backward_arrays(_as_array(grad_output, channels_last), x, weight, use_bias, needs,
+                           call.plan, call.stride, call.dilation, call.groups, channels_last,
+                           torch.get_num_threads())
+
+
+def _batch_first(t, dim, size):
+    """``t`` with its vmapped dimension first; broadcast to ``size`` when it has none."""
+    return t.expand(size, *t.shape) if dim is None else t.movedim(dim, 0)
+
+
+def _fold_channels(t, dim, size):
+    """A vmapped ``(batch, channels, ...)`` tensor as ``(batch, size * channels, ...)``.
+
+    The vmapped index becomes the slower channel index, as a ``groups`` multiple expects.
+    """
+    if dim is None:
+        t = t.unsqueeze(1).expand(t.shape[0], size, *t.shape[1:])
+    else:
+        t = t.movedim(dim, 1)
+    return t.flatten(1, 2)
+
+
+def _sum_terms(terms):
+    """The sum of the terms that are not None (a jvp's tangent)."""
+    terms = [t for t in terms if t is not None]
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
+
+
+class ConvTranspose3dFunction(torch.autograd.Function):
+    """``F(x, W) + b``: tconv3d's forward, for validated 5-D CPU float tensors."""
+
+    @staticmethod
+    def forward(x, weight, bias, call):
+        channels_last = _is_channels_last(x)
+        y = forward_arrays(_as_array(x, channels_last), _as_array(weight, False),
+                           None if bias is None else _as_array(bias, False), call.plan,
+                           call.stride, call.dilation, call.groups, channels_last,
+                           torch.get_num_threads())
+        return _as_tensor(y, channels_last)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, call = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
+        ctx.call, ctx.use_bias, ctx.shape = call, bias is not None, output.shape
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, weight = ctx.saved_tensors
+        call = ctx.call
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        channels_last = _is_channels_last(x)
+        if not torch.is_grad_enabled() and not any(map(_is_wrapped, (grad_output, x, weight))):
+            # First-order backward of plain tensors: all gradients in one pass.
+            gx, gw, gb = _backward(grad_output, _as_array(x, channels_last),
+                                   _as_array(weight, False), ctx.use_bias,
+                                   (need_x, need_w, need_b), call, channels_last)
+            return (None if gx is None else _as_tensor(gx, channels_last),
+                    None if gw is None else torch.from_numpy(gw),
+                    None if gb is None else torch.from_numpy(gb), None)
+        # create_graph=True, or torch.func: the gradients as differentiable operations.
+        return (GradInput.apply(grad_output, weight, call, channels_last) if need_x else None,
+                GradWeight.apply(grad_output, x, call) if need_w else None,
+                GradBias.apply(grad_output, call, x.shape[1]) if need_b else None, None)
+
+    @staticmethod
+    def jvp(ctx, dx, dweight, dbias, _):
+        x, weight = ctx.saved_tensors
+        apply = ConvTranspose3dFunction.apply
+        terms = [apply(dx, weight, None, ctx.call) if dx is not None else None,
+                 apply(x, dweight, None, ctx.call) if dweight is not None else None,
+                 None if dbias is None else dbias.reshape(1, -1, 1, 1, 1).expand(ctx.shape)]
+        return _sum_terms(terms)
+
+    @staticmethod
+    def vmap(info, in_dims, x, weight, bias, call):
+        x_dim, w_dim, b_dim = in_dims[:3]
+        apply = ConvTranspose3dFunction.apply
+        if w_dim is None and b_dim is None:  # one weight: vmap and batch are one batch
+            x = x.movedim(x_dim, 0)
+            y = apply(x.flatten(0, 1), weight, bias, call)
+            return y.unflatten(0, x.shape[:2]), 0
+        size = info.batch_size
+        y = apply(_fold_channels(x, x_dim, size), _batch_first(weight, w_dim, size).flatten(0, 1),
+                  None if bias is None else _batch_first(bias, b_dim, size).flatten(),
+                  call.grouped(size))
+        return y.unflatten(1, (size, -1)), 1
+
+
+class GradInput(torch.autograd.Function):
+    """``Gx(g, W)``: the gradient of ``F(x, W)`` with respect to ``x``, in ``x``'s layout."""
+
+    @staticmethod
+    def forward(grad_output, weight, call, channels_last):
+        dtype = _as_array(weight, False).dtype
+        x = _placeholder(_shape(channels_last, grad_output.shape[0], call.in_spatial,
+                                weight.shape[0]), dtype)
+        gx, _, _ = _backward(grad_output, x, _as_array(weight, False), False,
+                             (True, False, False), call, channels_last)
+        return _as_tensor(gx, channels_last)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_output, weight, call, channels_last = inputs
+        ctx.save_for_backward(grad_output, weight)
+        ctx.save_for_forward(grad_output, weight)
+        ctx.call, ctx.channels_last = call, channels_last
+
+    @staticmethod
+    def backward(ctx, u):
+        grad_output, weight = ctx.saved_tensors
+        need_g, need_w = ctx.needs_input_grad[:2]
+        return (ConvTranspose3dFunction.apply(u, weight, None, ctx.call) if need_g else None,
+                GradWeight.apply(grad_output, u, ctx.call) if need_w else None, None, None)
+
+    @staticmethod
+    def jvp(ctx, dgrad_output, dweight, *_):
+        grad_output, weight = ctx.saved_tensors
+        apply = GradInput.apply
+        return _sum_terms([
+            None if dgrad_output is None else apply(dgrad_output, weight, ctx.call,
+                                                    ctx.channels_last),
+            None if dweight is None else apply(grad_output, dweight, ctx.call,
+                                               ctx.channels_last)])
+
+    @staticmethod
+    def vmap(info, in_dims, grad_output, weight, call, channels_last):
+        g_dim, w_dim = in_dims[:2]
+        if w_dim is None:
+            grad_output = grad_output.movedim(g_dim, 0)
+            gx = GradInput.apply(grad_output.flatten(0, 1), weight, call, channels_last)
+            return gx.unflatten(0, grad_output.shape[:2]), 0
+        size = info.batch_size
+        gx = GradInput.apply(_fold_channels(grad_output, g_dim, size),
+                             _batch_first(weight, w_dim, size).flatten(0, 1),
+                             call.grouped(size), channels_last)
+        return gx.unflatten(1, (size, -1)), 1
+
+
+class GradWeight(torch.autograd.Function):
+    """``Gw(g, x)``: the gradient of ``F(x, W)`` with respect to ``W``, PyTorch's layout."""
+
+    @staticmethod
+    def forward(grad_output, x, call):
+        channels_last = _is_channels_last(x)
+        xa = _as_array(x, channels_last)
+        weight = _placeholder((x.shape[1], grad_output.shape[1] // call.groups,
+                               *call.kernel_size), xa.dtype)
+        _, gw, _ = _backward(grad_output, xa, weight, False, (False, True, False), call,
+                             channels_last)
+        return torch.from_numpy(gw)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_output, x, call = inputs
+        ctx.save_for_backward(grad_output, x)
+        ctx.save_for_forward(grad_output, x)
+        ctx.call = call
+
+    @staticmethod
+    def backward(ctx, v):
+        grad_output, x = ctx.saved_tensors
+        need_g, need_x = ctx.needs_input_grad[:2]
+        return (ConvTranspose3dFunction.apply(x, v, None, ctx.call) if need_g else None,
+                GradInput.apply(grad_output, v, ctx.call, _is_channels_last(x))
+                if need_x else None, None)
+
+    @staticmethod
+    def jvp(ctx, dgrad_output, dx, _):
+        grad_output, x = ctx.saved_tensors
+        apply = GradWeight.apply
+        return _sum_terms([None if dgrad_output is None else apply(dgrad_output, x, ctx.call),
+                           None if dx is None else apply(grad_output, dx, ctx.call)])
+
+    @staticmethod
+    def vmap(info, in_dims, grad_output, x, call):
+        g_dim, x_dim = in_dims[:2]
+        size = info.batch_size
+        gw = GradWeight.apply(_fold_channels(grad_output, g_dim, size),
+                              _fold_channels(x, x_dim, size), call.grouped(size))
+        return gw.unflatten(0, (size, -1)), 0
+
+
+class GradBias(torch.autograd.Function):
+    """``Gb(g)``: the gradient of the bias, ``g`` summed over batch and space."""
+
+    @staticmethod
+    def forward(grad_output, call, in_channels):
+        channels_last = _is_channels_last(grad_output)
+        dtype = _as_array(grad_output, False).dtype
+        x = _placeholder(_shape(channels_last, grad_output.shape[0], call.in_spatial,
+                                in_channels), dtype)
+        weight = _placeholder((in_channels, grad_output.shape[1] // call.groups,
+                               *call.kernel_size), dtype)
+        _, _, gb = _backward(grad_output, x, weight, True, (False, False, True), call,
+                             channels_last)
+        return torch.from_numpy(gb)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_output, call, in_channels = inputs
+        ctx.shape, ctx.call, ctx.in_channels = grad_output.shape, call, in_channels
+
+    @staticmethod
+    def backward(ctx, c):
+        return c.reshape(1, -1, 1, 1, 1).expand(ctx.shape), None, None
+
+    @staticmethod
+    def jvp(ctx, dgrad_output, *_):
+        return GradBias.apply(dgrad_output, ctx.call, ctx.in_channels)
+
+    @staticmethod
+    def vmap(info, in_dims, grad_output, call, in_channels):
+        size = info.batch_size
+        gb = GradBias.apply(_fold_channels(grad_output, in_dims[0], size),
+                            call.grouped(size), in_channels * size)
+        return gb.unflatten(0, (size, -1)), 0
