@@ -1,258 +1,223 @@
-"""The upsampling plan of ``VolumeUpsampler``, executed by ``transform`` and ``tconv3d.dask``.
+"""The upsampling of ``VolumeUpsampler``, executed by ``transform`` and ``tconv3d.dask``.
 
 The definition of the upsampling (an edge-replicated transposed convolution of stride
-``factor`` cut to ``n*s`` outputs per axis) is in the ``tconv3d.upsampling`` docstring. This
-module computes any box ("chunk") of its output; the in-memory ``transform`` is the chunk
-that is the whole volume and ``tconv3d.dask.upsample`` runs one chunk per task, so both run
-the same transposed convolutions on the same inputs and their results are bitwise equal.
+``factor`` cut to ``n*s`` outputs per axis) is in the ``tconv3d.upsampling`` docstring.
+:class:`Upsampling` holds what a fitted upsampler computes (kernel, bias, factor, NaN
+policy) and computes any box ("chunk") of its output; the in-memory ``transform`` is the
+chunk that is the whole volume and ``tconv3d.dask.upsample`` runs one chunk per task, so
+both run the same compiled convolutions on the same inputs and their results are bitwise
+equal. The plan of a chunk depends on the kernel:
 
-Per spatial axis, with ``n`` input voxels, ``k >= s`` taps (smaller kernels are first
-zero-padded, :func:`embed_small`) and ``c = (k - s) // 2``, output ``o`` is full-length
-position ``o + c`` of the scatter ``z[i*s + j] += x[i] * w[j]``, so the outputs
-``[first, stop)`` read the inputs (:meth:`Plan.reach`)::
+- a 3-D kernel: ``tconv3d._conv_plan`` (strided convolution plus border slabs);
 
-    [ceil((first + c - k + 1) / s), floor((stop - 1 + c) / s) + 1)
-
-where indices outside ``[0, n)`` read the nearest edge voxel. A chunk is computed in passes
-(:meth:`Plan.chunk`), each one call of the compiled forward kernel with a geometry that lands
-exactly on its outputs (crop ``first + c - lo*s``):
-
-1. the chunk from the input voxels inside the volume: exact wherever no tap reaches past
-   the volume, i.e. all but the first ``ceil((k - s)/2)`` and the last ``(k - s) // 2``
-   outputs of each axis (the "border slabs", :func:`borders`);
-2. the parts of the border slabs in the chunk, each from its edge-replicated input and
-   written over the first pass's result, in a fixed order, each with the axes reordered
-   so that its whole slab's longest axis is innermost (where the core runs its inner loop).
-
-No padded copy of the volume is made: only the thin slabs read edge-replicated copies.
+Non-finite input (``nan_policy``, see :meth:`Upsampling.run`) is handled here, on top of
+the plan: every policy is a few runs of the same plan on masks and filled volumes.
 """
-import dataclasses
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
-from . import _ops
-from ._validation import check_allocation, is_int, make_geometry, normalize_num_threads
+from . import _conv_plan
+from ._validation import is_int
 
-# --------------------------------------------------------------------------------- kernel
-
-
-def embed_small(kernel, factor):
-    """Zero-pad the axes with fewer taps than the factor to ``factor`` taps (same ``y``).
-
-    Returns the kernel and the slices of it that hold the given taps.
-    """
-    front = [max(0, -((k - s) // 2)) for k, s in zip(kernel.shape, factor)]
-    back = [max(0, s - k - f) for k, s, f in zip(kernel.shape, factor, front)]
-    taps = tuple(slice(f, f + k) for f, k in zip(front, kernel.shape))
-    if any(front) or any(back):
-        kernel = np.pad(kernel, list(zip(front, back)))
-    return kernel, taps
+NAN_POLICIES = ("propagate", "ignore", "error")
 
 
-def prepare(kernel, bias, factor, dtype):
-    """The kernel and bias as the passes use them.
-
-    Returns the embedded kernel as ``(kd, kh, kw, 1, 1)`` of ``dtype`` and the bias as an
-    array of shape ``(1,)`` (``None`` for a zero bias).
-    """
-    kernel = embed_small(kernel, factor)[0].astype(dtype)[..., None, None]
-    return kernel, None if bias == 0 else np.full(1, bias, dtype)
-
-
-def borders(in_spatial, kernel_shape, factor):
-    """The border slabs, outputs that read past the volume: ``(axis, first, stop)``."""
-    slabs = []
-    for axis, (n, k, s) in enumerate(zip(in_spatial, kernel_shape, factor)):
-        length = n * s
-        for first, stop in ((0, k - s - (k - s) // 2), (length - (k - s) // 2, length)):
-            first, stop = max(first, 0), min(stop, length)
-            if first < stop:
-                slabs.append((axis, first, stop))
-    return slabs
+def check_ignore_kernel(kernel):
+    """Refuse ``nan_policy="ignore"`` for a kernel with a negative tap."""
+    kernel = np.asarray(kernel)
+    if (kernel < 0).any():
+        raise ValueError(
+            "nan_policy='ignore' computes each output as the kernel-weighted mean of the "
+            "finite inputs it reaches, which needs a kernel without negative taps; this "
+            f"kernel has {int(np.count_nonzero(kernel < 0))} negative taps (min "
+            f"{kernel.min():.3g}). Use nan_policy='propagate', or fit kernel='learned' with "
+            "nan_policy='ignore' (the learned taps are then constrained to be >= 0).")
 
 
-# ----------------------------------------------------------------------------------- plan
-
-@dataclasses.dataclass(frozen=True)
-class Pass:
-    """One transposed convolution of a chunk.
-
-    ``order``: the axis order it runs in; ``source``: per axis ``(lo, hi)``, the volume's
-    input voxels it reads (outside ``[0, n)``: the nearest edge voxel); ``geom``: its
-    :class:`~tconv3d._validation.Geometry` in ``order`` (batch set when run); ``target``:
-    the slices of the chunk it writes, ``None`` for the first pass (the whole chunk).
-    """
-    order: tuple
-    source: tuple
-    geom: object
-    target: tuple = None
-
-
-@dataclasses.dataclass(frozen=True)
-class ChunkPlan:
-    """The passes of one output chunk and the input voxels ``reads`` (per axis ``(lo, hi)``,
-    inside the volume of ``in_spatial`` voxels) they read together."""
-    in_spatial: tuple
-    reads: tuple
-    passes: tuple
-
-
-class Plan:
-    """How to compute any chunk of the upsampled volume (module docstring).
+class Upsampling:
+    """What a fitted ``VolumeUpsampler`` computes, for volumes of any size.
 
     Parameters
     ----------
-    in_spatial : tuple of 3 ints
-        Voxels of the volume per axis.
-    kernel_shape : tuple of 3 ints
-        Taps of the embedded kernel (at least ``factor``) per axis.
     factor : tuple of 3 ints
+    kernel : ndarray of shape (kd, kh, kw)
+        The kernel (float64).
+    bias : float, default=0.0
+    nan_policy : {"propagate", "ignore", "error"}, default="propagate"
+        See :meth:`run`.
+
+    Notes
+    -----
+    Instances are sent once to each Dask worker; the kernels prepared for a dtype are
+    cached on the instance.
     """
 
-    def __init__(self, in_spatial, kernel_shape, factor):
-        self.in_spatial, self.factor = tuple(in_spatial), tuple(factor)
-        self.kernel_shape = tuple(kernel_shape)
-        # The whole volume's "same" convolution: length n*s, crop (k - s)//2 per axis.
-        self.whole = make_geometry((1, *in_spatial, 1), (*kernel_shape, 1, 1), factor,
-                                   "same", None, 1, "channels_last")
-        self.out_spatial, self.crop = self.whole.out_spatial, self.whole.crop
-        # Each slab with the axis order of its whole extent (longest innermost).
-        self.slabs = []
-        for axis, first, stop in borders(in_spatial, kernel_shape, factor):
-            lengths = [stop - first if a == axis else self.out_spatial[a] for a in range(3)]
-            self.slabs.append((axis, first, stop,
-                               tuple(np.argsort(lengths, kind="stable").tolist())))
+    def __init__(self, factor, kernel, *, bias=0.0, nan_policy="propagate"):
+        self.factor = tuple(int(s) for s in factor)
+        self.bias = float(bias)
+        self.nan_policy = nan_policy
+        self.kernel = _conv_plan.embed_small(np.asarray(kernel, np.float64), self.factor)[0]
+        self.has_negative = bool((self.kernel < 0).any())
+        if nan_policy == "ignore":
+            check_ignore_kernel(self.kernel)
+        self._operators = {}
 
-    def reach(self, axis, first, stop):
-        """Inputs ``[lo, hi)`` (edge-replicated past the volume) that the outputs
-        ``[first, stop)`` of ``axis`` read."""
-        k, s, c = self.kernel_shape[axis], self.factor[axis], self.crop[axis]
-        return -(-(first + c - (k - 1)) // s), (stop - 1 + c) // s + 1
+    def __dask_tokenize__(self):
+        return ("tconv3d._plan.Upsampling", self.factor, self.bias, self.nan_policy,
+                self.kernel.shape, self.kernel.tobytes())
 
-    def reads(self, axis, first, stop):
-        """The voxels of the volume that the outputs ``[first, stop)`` of ``axis`` read."""
-        lo, hi = self.reach(axis, first, stop)
-        return max(lo, 0), min(hi, self.in_spatial[axis])
+    def __getstate__(self):  # the prepared kernels are rebuilt where they are used
+        return {**self.__dict__, "_operators": {}}
 
-    def local(self, axis, first, stop, lo):
-        """Output length and crop of the outputs ``[first, stop)`` computed from input
-        ``lo`` on: their positions in that convolution's full-length result start at
-        ``crop``."""
-        return stop - first, first + self.crop[axis] - lo * self.factor[axis]
+    # -- plan ---------------------------------------------------------------------------
 
-    def _pass(self, order, ranges, inside, target=None):
-        """The pass computing the outputs ``ranges``, from the voxels inside the volume
-        (``inside``) or from the edge-replicated input."""
-        source, local = [], []
-        for a, (first, stop) in enumerate(ranges):
-            lo, hi = self.reads(a, first, stop) if inside else self.reach(a, first, stop)
-            source.append((lo, hi))
-            local.append((hi - lo, *self.local(a, first, stop, lo)))
-        geom = dataclasses.replace(
-            self.whole, in_spatial=tuple(local[a][0] for a in order),
-            kernel_spatial=tuple(self.kernel_shape[a] for a in order),
-            strides=tuple(self.factor[a] for a in order),
-            out_spatial=tuple(local[a][1] for a in order),
-            crop=tuple(local[a][2] for a in order))
-        return Pass(tuple(order), tuple(source), geom, target)
+    def plan(self, in_spatial):
+        """The plan of volumes of ``in_spatial`` voxels: ``.reads(axis, first, stop)``,
+        the voxels of the volume the outputs ``[first, stop)`` of ``axis`` read, and
+        ``.chunk(ranges)``, the chunk of the outputs ``ranges`` for :meth:`run`."""
+        return _conv_plan.Plan(in_spatial, self.kernel.shape, self.factor)
 
-    def chunk(self, ranges):
-        """The :class:`ChunkPlan` of the outputs ``ranges`` (per axis ``(first, stop)``)."""
-        ranges = tuple(tuple(r) for r in ranges)
-        passes = [self._pass((0, 1, 2), ranges, inside=True)]
-        for axis, first, stop, order in self.slabs:
-            first, stop = max(first, ranges[axis][0]), min(stop, ranges[axis][1])
-            if first >= stop:
-                continue
-            part = list(ranges)
-            part[axis] = (first, stop)
-            target = tuple(slice(f - c0, t - c0) for (f, t), (c0, _) in zip(part, ranges))
-            passes.append(self._pass(order, part, inside=False, target=target))
-        reads = tuple(self.reads(a, *r) for a, r in enumerate(ranges))
-        return ChunkPlan(self.in_spatial, reads, tuple(passes))
+    def _operator(self, name, dtype):
+        """The prepared kernel ``name`` in ``dtype``: "kernel" (with the bias), "weights"
+        (without), "support" (1 on the nonzero taps), "positive", "negative"."""
+        key = (name, np.dtype(dtype).str)
+        if key not in self._operators:
+            kernel, bias = self.kernel, 0.0
+            if name == "kernel":
+                bias = self.bias
+            elif name == "support":
+                kernel = (kernel != 0).astype(np.float64)
+            elif name == "positive":
+                kernel = (kernel > 0).astype(np.float64)
+            elif name == "negative":
+                kernel = (kernel < 0).astype(np.float64)
+            self._operators[key] = _conv_plan.prepare(kernel, bias, dtype)
+        return self._operators[key]
 
+    def _linear(self, x, chunk, name, num_threads, output, side_by_side):
+        """The chunk of the single-channel volumes ``x`` upsampled with kernel ``name``."""
+        return _conv_plan.run(x, chunk, self._operator(name, x.dtype), num_threads,
+                              output=output, side_by_side=side_by_side)
 
-# ------------------------------------------------------------------------------ execution
+    def _phase_sums(self, ranges):
+        """Sum of the taps each output of the chunk ``ranges`` receives (all of its stride
+        phase: edge replication supplies every input), broadcastable to the chunk."""
+        kernel = self.kernel
+        k, s = kernel.shape, self.factor
+        padded = np.pad(kernel, [(0, -n % f) for n, f in zip(k, s)])
+        table = padded.reshape(-1, s[0], padded.shape[1] // s[1], s[1],
+                               padded.shape[2] // s[2], s[2]).sum(axis=(0, 2, 4))
+        index = [(np.arange(first, stop) + (n - f) // 2) % f
+                 for (first, stop), n, f in zip(ranges, k, s)]
+        return table[np.ix_(*index)][None, ..., None]
 
-def read_edge_replicated(x, x_lo, in_spatial, source):
-    """The input voxels ``source`` (per axis ``(lo, hi)``) of ``x``, whose first voxel is
-    voxel ``x_lo`` of a volume of ``in_spatial`` voxels; voxels outside the volume read
-    its nearest edge voxel. A view when ``source`` lies inside the volume."""
-    if all(0 <= lo and hi <= n for (lo, hi), n in zip(source, in_spatial)):
-        return x[(slice(None), *(slice(lo - o, hi - o) for (lo, hi), o in zip(source, x_lo)))]
-    d, h, w = (np.clip(np.arange(lo, hi), 0, n - 1) - o
-               for (lo, hi), n, o in zip(source, in_spatial, x_lo))
-    return x[:, d[:, None, None], h[None, :, None], w[None, None, :]]
+    # -- execution ------------------------------------------------------------------------
 
+    def run(self, x, chunk, num_threads, *, output="output", side_by_side=False):
+        """Compute one chunk of the upsampled volumes.
 
-def _convolve(x, chunk, step, kernel, bias, num_threads, output):
-    """Run one :class:`Pass` on the single-channel volumes ``x`` (``chunk.reads``)."""
-    part = read_edge_replicated(x, [lo for lo, _ in chunk.reads], chunk.in_spatial,
-                                step.source)
-    order = list(step.order)
-    part = part.transpose(0, *(a + 1 for a in order), 4)
-    wt = np.ascontiguousarray(kernel.transpose(*order, 3, 4))  # Cin = Cout = 1: packed
-    geom = dataclasses.replace(step.geom, batch=len(x))
-    check_allocation(geom.output_shape, wt.dtype, output)
-    z = _ops._forward(part, wt, bias, geom, num_threads)
-    return z.transpose(0, *(order.index(a) + 1 for a in range(3)), 4)
+        Parameters
+        ----------
+        x : ndarray of shape (n, d, h, w, c)
+            The input voxels ``chunk.reads`` of each volume, float32 or float64.
+        chunk : object
+            From ``self.plan(in_spatial).chunk(ranges)``.
+        num_threads : int or None
+            OpenMP threads of each compiled call.
+        output : str
+            How a too-large output is named in the ``MemoryError``.
+        side_by_side : bool
+            Let the plan run its small passes side by side on Python threads (results do
+            not depend on it).
 
+        Returns
+        -------
+        y : ndarray of shape (n, D, H, W, c)
+            The chunk, new and C-contiguous, of ``x.dtype``.
 
-def run(x, chunk, kernel, bias, num_threads, *, output="output", side_by_side=False):
-    """Compute one chunk of the upsampled volumes.
+        Notes
+        -----
+        Non-finite inputs, by ``nan_policy``:
 
-    Parameters
-    ----------
-    x : ndarray of shape (n, d, h, w, c)
-        The input voxels ``chunk.reads`` of each volume, float32 or float64.
-    chunk : ChunkPlan
-    kernel, bias : from :func:`prepare` with ``x.dtype``
-    num_threads : int or None
-        OpenMP threads of each pass.
-    output : str
-        How a too-large output is named in the ``MemoryError``.
-    side_by_side : bool
-        Run the border passes (thin, up to six) side by side on Python threads with one
-        OpenMP thread each (the core releases the GIL) rather than one after the other:
-        six small OpenMP regions, whose every barrier waits for the slowest thread, are
-        costly on a busy machine. Results do not depend on it.
+        - ``"error"``: ``ValueError``.
+        - ``"propagate"``: each output is what IEEE arithmetic gives over the terms of its
+          sum with a nonzero tap: NaN if one of them reads NaN or if they read infinities
+          of both signs (after the sign of the tap), else the signed infinity they read,
+          else the finite sum. A tap of weight 0 never spreads a NaN (``0 * nan`` is not
+          computed). Computed as the convolution of ``x`` with non-finite voxels set to 0,
+          then the counts of NaN and signed infinite terms (convolutions of indicator
+          volumes with the 0/1 support of the positive and of the negative taps).
+        - ``"ignore"``: the outputs whose sum has a nonzero tap on a non-finite input
+          become ``bias + g * sum(w x) / sum(w)`` over their finite inputs, where ``g`` is
+          the sum of all their taps (the kernel's response to a finite volume; 1 for
+          ``nearest`` and ``trilinear``, so the kernel-weighted mean of the finite
+          inputs); NaN if no finite input has a nonzero tap. Other outputs are those of
+          a finite volume. Needs a kernel without negative taps.
+        """
+        n, c = x.shape[0], x.shape[-1]
+        if c != 1:
+            x = np.moveaxis(x, -1, 1).reshape(n * c, *x.shape[1:4], 1)
+        y = self._run(x, chunk, num_threads, output, side_by_side)
+        if c == 1:
+            return y
+        return np.ascontiguousarray(np.moveaxis(y.reshape(n, c, *y.shape[1:4]), 1, -1))
 
-    Returns
-    -------
-    y : ndarray of shape (n, D, H, W, c)
-        The chunk, new and C-contiguous, of ``x.dtype``.
-    """
-    n, c = x.shape[0], x.shape[-1]
-    x = x if c == 1 else np.moveaxis(x, -1, 1).reshape(n * c, *x.shape[1:4], 1)
-    first, *slabs = chunk.passes
-    y = _convolve(x, chunk, first, kernel, bias, num_threads, output)
-    if slabs:
-        if side_by_side:
-            with ThreadPoolExecutor(min(len(slabs), normalize_num_threads(num_threads))) as pool:
-                results = pool.map(
-                    lambda step: _convolve(x, chunk, step, kernel, bias, 1, output), slabs)
-                for step, values in zip(slabs, results):
-                    y[(slice(None), *step.target)] = values
+    def _run(self, x, chunk, num_threads, output, side_by_side):
+        def linear(volumes, name):
+            return self._linear(volumes, chunk, name, num_threads, output, side_by_side)
+
+        finite = np.isfinite(x)
+        if finite.all():
+            return linear(x, "kernel")
+        if self.nan_policy == "error":
+            bad = finite.size - int(np.count_nonzero(finite))
+            raise ValueError(f"Input X contains {bad} NaN or infinite values, which "
+                             "nan_policy='error' refuses; nan_policy='propagate' or "
+                             "'ignore' upsamples them.")
+        y = linear(np.where(finite, x, 0), "kernel")
+        if self.nan_policy == "propagate":
+            _propagate(y, x, linear, self.has_negative)
         else:
-            for step in slabs:
-                y[(slice(None), *step.target)] = _convolve(x, chunk, step, kernel, bias,
-                                                           num_threads, output)
-    if c == 1:
+            hit = linear((~finite).astype(np.float32), "support") > 0
+            weight = linear(finite.astype(x.dtype), "weights")[hit]
+            gain = np.broadcast_to(self._phase_sums(chunk.ranges), y.shape)[hit]
+            part = (y[hit].astype(np.float64) - self.bias) * (gain / np.where(
+                weight > 0, weight, 1))
+            y[hit] = np.where(weight > 0, self.bias + part, np.nan)
         return y
-    return np.ascontiguousarray(np.moveaxis(y.reshape(n, c, *y.shape[1:4]), 1, -1))
 
 
-def upsample(volumes, kernel, bias, factor, num_threads):
-    """Upsample ``(n, d, h, w, c)`` volumes with one ``(kd, kh, kw)`` kernel per channel: the
-    chunk that is the whole volume.
+def _propagate(y, x, linear, has_negative):
+    """Set the outputs of ``y`` (computed with non-finite inputs as 0) whose nonzero taps
+    read non-finite inputs to what IEEE arithmetic gives (see :meth:`Upsampling.run`)."""
+    n = len(x)
+    signs = np.concatenate([x == np.inf, x == -np.inf, np.isnan(x)]).astype(np.float32)
+    counts = linear(signs, "positive")
+    plus, minus, nan = counts[:n], counts[n:2 * n], counts[2 * n:]
+    if has_negative:
+        flipped = linear(signs, "negative")
+        plus += flipped[n:2 * n]
+        minus += flipped[:n]
+        nan += flipped[2 * n:]
+    plus, minus = plus > 0, minus > 0
+    y[plus] = np.inf
+    y[minus] = -np.inf
+    y[(nan > 0) | (plus & minus)] = np.nan
+
+
+def from_estimator(upsampler):
+    """The :class:`Upsampling` of a fitted ``VolumeUpsampler`` (its public attributes)."""
+    return Upsampling(upsampler.factor_, upsampler.kernel_, bias=upsampler.bias_,
+                      nan_policy=upsampler.nan_policy)
+
+
+def upsample(volumes, upsampling, num_threads):
+    """Upsample ``(n, d, h, w, c)`` volumes: the chunk that is the whole volume.
 
     Returns a new C-contiguous ``(n, d*sd, h*sh, w*sw, c)`` array of ``volumes.dtype``.
     """
-    kernel, bias = prepare(kernel, bias, factor, volumes.dtype)
-    plan = Plan(volumes.shape[1:4], kernel.shape[:3], factor)
-    whole = plan.chunk([(0, length) for length in plan.out_spatial])
-    return run(volumes, whole, kernel, bias, num_threads, side_by_side=True)
+    plan = upsampling.plan(volumes.shape[1:4])
+    whole = plan.chunk([(0, n * s) for n, s in zip(volumes.shape[1:4], upsampling.factor)])
+    return upsampling.run(volumes, whole, num_threads, side_by_side=True)
 
 
 # ------------------------------------------------------------------------- volumes layout

@@ -39,11 +39,11 @@ from scipy.optimize import minimize
 from sklearn.base import (BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                           _fit_context)
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
-from . import _plan
+from . import _conv_plan, _plan
 from ._ops import conv_transpose3d, conv_transpose3d_backward, conv_transpose3d_output_shape
 from ._validation import (deconv_output_length, make_geometry, normalize_num_threads,
                           normalize_triple)
@@ -101,6 +101,27 @@ default="trilinear"
     kernel_size : int or tuple of 3 ints, default=None
         Taps of the learned kernel per axis; ``None`` means ``2 * factor``. Only used
         with ``kernel="learned"``.
+    nan_policy : {"propagate", "ignore", "error"}, default="propagate"
+        What non-finite input voxels (NaN, +-inf; e.g. outside the field of view of a
+        resampled or statistical map) do:
+
+        - ``"propagate"``: they flow through the convolution as IEEE arithmetic does,
+          into the outputs whose kernel taps on them are nonzero, and only those (a tap
+          of weight 0 does not spread a NaN). ``"nearest"`` is then exactly
+          ``np.repeat``; ``"trilinear"`` gives NaN to the outputs within one input voxel
+          of a NaN. No value is ever invented.
+        - ``"ignore"``: normalised convolution. An output whose kernel reaches a
+          non-finite input is the kernel-weighted mean of the finite inputs it reaches,
+          ``bias + g * sum(w*x) / sum(w)`` over those (``g``: the sum of the output's
+          taps, 1 for ``"nearest"`` and ``"trilinear"``); NaN only where no finite input
+          has a nonzero tap. Other outputs are unchanged. Needs a kernel without
+          negative taps: refused for such a given kernel, and ``kernel="learned"``
+          then learns taps ``>= 0``.
+        - ``"error"``: ``ValueError`` (``fit`` and ``transform``).
+
+        ``fit`` with ``kernel="learned"`` (policies other than ``"error"``) learns from
+        the voxels of ``y`` that are finite and whose inputs (the whole
+        ``kernel_size`` box) are all finite; the others are left out of the loss.
     max_iter : int, default=200
         Maximum L-BFGS iterations of the learned fit; ``>= 1``.
     tol : float, default=1e-6
@@ -124,7 +145,8 @@ default="trilinear"
     n_iter_ : int
         L-BFGS iterations of the learned fit (``kernel="learned"`` only).
     loss_ : float
-        Training mean squared error of the learned fit (``kernel="learned"`` only).
+        Training mean squared error of the learned fit (``kernel="learned"`` only), over
+        the voxels it learned from.
     volume_shape_ : tuple of 3 or 4 ints
         Shape of one volume, ``-1`` resolved (fitted on 2-D ``X`` only).
     n_features_in_ : int
@@ -170,6 +192,7 @@ default="trilinear"
         "kernel": [str, "array-like"],
         "volume_shape": [None, "array-like"],
         "kernel_size": [None, Integral, "array-like"],
+        "nan_policy": [StrOptions(set(_plan.NAN_POLICIES))],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "num_threads": [None, Integral],
@@ -177,11 +200,13 @@ default="trilinear"
     }
 
     def __init__(self, factor=2, kernel="trilinear", volume_shape=None, kernel_size=None,
-                 max_iter=200, tol=1e-6, num_threads=None, verbose=0):
+                 nan_policy="propagate", max_iter=200, tol=1e-6, num_threads=None,
+                 verbose=0):
         self.factor = factor
         self.kernel = kernel
         self.volume_shape = volume_shape
         self.kernel_size = kernel_size
+        self.nan_policy = nan_policy
         self.max_iter = max_iter
         self.tol = tol
         self.num_threads = num_threads
@@ -218,8 +243,10 @@ default="trilinear"
         """``X`` as float ``(n, d, h, w, c)`` volumes, and the ndim of ``X``."""
         if not hasattr(X, "ndim"):  # lists and other array-likes
             X = np.asarray(X)
+        finite = self.nan_policy == "error"
         if X.ndim in (4, 5):
-            X = check_array(X, allow_nd=True, dtype=_FLOATS, estimator=self)
+            X = check_array(X, allow_nd=True, dtype=_FLOATS, ensure_all_finite=finite,
+                            estimator=self)
             _plan.check_volumes_shape(X.shape)
             if reset:  # forget the shape of an earlier 2-D fit
                 for name in ("n_features_in_", "feature_names_in_", "volume_shape_"):
@@ -227,7 +254,7 @@ default="trilinear"
             return _plan.as_volumes(X), X.ndim
         if X.ndim > 2:
             _plan.check_volumes_shape(np.shape(X))
-        X = validate_data(self, X, reset=reset, dtype=_FLOATS)
+        X = validate_data(self, X, reset=reset, dtype=_FLOATS, ensure_all_finite=finite)
         if reset or not hasattr(self, "volume_shape_"):
             shape = _plan.resolve_volume_shape(self.volume_shape, X.shape[1])
             if reset:
@@ -256,6 +283,8 @@ default="trilinear"
         """
         factor = normalize_triple(self.factor, "factor")
         kernel = self._initial_kernel(factor)
+        if self.nan_policy == "ignore" and not self._learns():
+            _plan.check_ignore_kernel(kernel)
         if self.num_threads is not None:
             normalize_num_threads(self.num_threads)
         volumes, ndim = self._validate_volumes(X, reset=True)
@@ -264,7 +293,8 @@ default="trilinear"
             targets = self._check_targets(y, volumes, ndim, factor)
             kernel, bias, self.n_iter_, self.loss_ = _fit_kernel(
                 volumes, targets, kernel, factor, max_iter=self.max_iter, tol=self.tol,
-                num_threads=self.num_threads, verbose=self.verbose)
+                num_threads=self.num_threads, verbose=self.verbose,
+                nonnegative=self.nan_policy == "ignore")
         self.factor_, self.kernel_, self.bias_ = factor, kernel, float(bias)
         return self
 
@@ -290,7 +320,7 @@ default="trilinear"
             from .dask import upsample
             return upsample(self, X)
         volumes, ndim = self._validate_volumes(X, reset=False)
-        out = _plan.upsample(volumes, self.kernel_, self.bias_, self.factor_, self.num_threads)
+        out = _plan.upsample(volumes, _plan.from_estimator(self), self.num_threads)
         return out.reshape(_plan.layout(out.shape, ndim))
 
     @property
@@ -325,6 +355,7 @@ default="trilinear"
         # PatchExtractor): here 4-D and 5-D volumes; 2-D needs `volume_shape`.
         tags.input_tags.three_d_array = True
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        tags.input_tags.allow_nan = self.nan_policy != "error"
         tags.target_tags.required = self._learns()
         return tags
 
@@ -336,7 +367,8 @@ default="trilinear"
             raise ValueError("kernel='learned' learns from examples: call fit(X, y) with y "
                              f"the high-resolution volumes matching X, of shape {expected}.")
         y = check_array(y, allow_nd=True, ensure_2d=False, dtype=np.float64,
-                        input_name="y", estimator=self)
+                        ensure_all_finite=self.nan_policy == "error", input_name="y",
+                        estimator=self)
         if y.shape != expected:
             raise ValueError(f"kernel='learned': y must hold the high-resolution volumes "
                              f"matching X, of shape {expected} (X's with each spatial axis "
@@ -363,38 +395,61 @@ def _window_call(x_shape, kernel_shape, factor, window):
     return {"strides": factor, "padding": padding, "output_padding": output_padding}, slices
 
 
-def _fit_kernel(volumes, targets, kernel, factor, *, max_iter, tol, num_threads, verbose):
+def _fit_kernel(volumes, targets, kernel, factor, *, max_iter, tol, num_threads, verbose,
+                nonnegative=False):
     """Least-squares kernel and bias: L-BFGS with the compiled gradient.
 
-    Minimises ``mean((upsample(volumes) - targets)**2)`` from ``kernel``. Data are divided
-    by the root mean square of ``targets`` (values near 1 whatever the units) and the loss
-    by its value at the starting kernel, so ``tol`` is relative to the starting error
-    whatever the intensity units and offset (L-BFGS-B's ``ftol`` is absolute for losses
-    below 1). Returns ``(kernel, bias, n_iter, mse)``.
+    Minimises ``mean((upsample(volumes) - targets)**2)`` from ``kernel``, over the target
+    voxels that are finite and whose inputs (the whole kernel box) are all finite; with
+    ``nonnegative``, the taps are bounded below by 0. Data are divided by the root mean
+    square of the targets used (values near 1 whatever the units) and the loss by its
+    value at the starting kernel, so ``tol`` is relative to the starting error whatever
+    the intensity units and offset (L-BFGS-B's ``ftol`` is absolute for losses below 1).
+    Returns ``(kernel, bias, n_iter, mse)``.
     """
-    scale = float(np.sqrt(np.mean(np.square(targets)))) or 1.0
-    embedded, taps = _plan.embed_small(kernel, factor)
+    embedded, taps = _conv_plan.embed_small(kernel, factor)
     n, c = volumes.shape[0], volumes.shape[-1]
     channels = np.moveaxis(volumes, -1, 1).reshape(n * c, *volumes.shape[1:4], 1)
     # The whole output in one convolution of the edge-replicated input it reads; window:
     # its positions in that convolution's full-length result.
-    plan = _plan.Plan(volumes.shape[1:4], embedded.shape, factor)
+    plan = _conv_plan.Plan(volumes.shape[1:4], embedded.shape, factor)
     source = [plan.reach(a, 0, length) for a, length in enumerate(plan.out_spatial)]
-    x = _plan.read_edge_replicated(channels.astype(np.float64) / scale, (0, 0, 0),
-                                   plan.in_spatial, source)
+    x = _conv_plan.read_edge_replicated(channels.astype(np.float64), (0, 0, 0),
+                                        plan.in_spatial, source)
     window = []
     for a, (lo, _) in enumerate(source):
         length, crop = plan.local(a, 0, plan.out_spatial[a], lo)
         window.append((crop, crop + length))
     call, slices = _window_call(x.shape, (*embedded.shape, 1, 1), factor, window)
     # The residual lives in the frame of that convolution: targets are placed there once
-    # and everything outside the outputs is masked out.
+    # and everything outside the outputs used is masked out.
     frame = conv_transpose3d_output_shape(x.shape, (*embedded.shape, 1, 1), **call)
     target = np.zeros(frame)
-    target[(slice(None), *slices)] = np.moveaxis(targets / scale, -1, 1).reshape(
+    target[(slice(None), *slices)] = np.moveaxis(targets, -1, 1).reshape(
         n * c, *targets.shape[1:4], 1)
     inside = np.zeros((1, *frame[1:]), bool)
     inside[(slice(None), *slices)] = True
+    finite_x = np.isfinite(x)
+    if finite_x.all() and np.isfinite(targets).all():
+        scale = float(np.sqrt(np.mean(np.square(targets)))) or 1.0
+    else:
+        # Leave out the outputs with a non-finite target or a non-finite input anywhere
+        # in their kernel box (the learned taps may all become nonzero).
+        box = np.zeros((*embedded.shape, 1, 1))
+        box[taps] = 1.0
+        reached = conv_transpose3d(~finite_x, box, **call, num_threads=num_threads) > 0
+        inside = inside & ~reached & np.isfinite(target)
+        x = np.where(finite_x, x, 0.0)
+        target = np.where(inside, target, 0.0)
+        if not inside.any():
+            raise ValueError(
+                "kernel='learned' found no voxel of y to learn from: each is non-finite "
+                "or has a non-finite voxel of X within the kernel_size="
+                f"{kernel.shape} box of its inputs.")
+        scale = float(np.sqrt(np.sum(np.square(target)) / np.count_nonzero(inside))) or 1.0
+    used = int(np.count_nonzero(inside)) * (n * c if len(inside) == 1 else 1)
+    x /= scale
+    target /= scale
     evaluated = {}
 
     def loss_and_grad(theta):
@@ -404,12 +459,12 @@ def _fit_kernel(volumes, targets, kernel, factor, *, max_iter, tol, num_threads,
         residual = conv_transpose3d(x, w, theta[-1:], **call, num_threads=num_threads)
         residual -= target
         residual *= inside
-        loss = np.vdot(residual, residual) / targets.size
+        loss = np.vdot(residual, residual) / used
         _, grad_w, grad_b = conv_transpose3d_backward(
             residual, x, w, **call, compute=("kernel", "bias"), num_threads=num_threads)
         evaluated["theta"], evaluated["loss"] = theta.copy(), loss
         grad = np.append(grad_w[..., 0, 0][taps].ravel(), grad_b)
-        return loss, grad * (2.0 / targets.size)
+        return loss, grad * (2.0 / used)
 
     start = time.perf_counter()
     iteration = [0]
@@ -426,13 +481,17 @@ def _fit_kernel(volumes, targets, kernel, factor, *, max_iter, tol, num_threads,
     # compete with the core's.
     with threadpool_limits(limits=1, user_api="blas"):
         theta0 = np.append(kernel.ravel(), 0.0)
+        bounds = None
+        if nonnegative:  # taps >= 0, bias free
+            theta0[:-1] = np.maximum(theta0[:-1], 0.0)
+            bounds = [(0.0, None)] * (len(theta0) - 1) + [(None, None)]
         unit = loss_and_grad(theta0)[0] or 1.0
 
         def relative_loss_and_grad(theta):
             loss, grad = loss_and_grad(theta)
             return loss / unit, grad / unit
 
-        result = minimize(relative_loss_and_grad, theta0, jac=True,
+        result = minimize(relative_loss_and_grad, theta0, jac=True, bounds=bounds,
                           method="L-BFGS-B", callback=report if verbose > 0 else None,
                           options={"maxiter": max_iter, "ftol": tol, "gtol": 0.0})
     if result.status == 1:
