@@ -8,14 +8,18 @@ chunk that is the whole volume and ``tconv3d.dask.upsample`` runs one chunk per 
 both run the same compiled convolutions on the same inputs and their results are bitwise
 equal. The plan of a chunk depends on the kernel:
 
-- a 3-D kernel: ``tconv3d._conv_plan`` (strided convolution plus border slabs);
+- a separable kernel (``nearest``, ``trilinear``): ``tconv3d._separable``, one axis at a
+  time, at a cost linear in the output size for any factor;
+- any other kernel: ``tconv3d._conv_plan`` (strided 3-D convolution plus border slabs).
 
 Non-finite input (``nan_policy``, see :meth:`Upsampling.run`) is handled here, on top of
 the plan: every policy is a few runs of the same plan on masks and filled volumes.
 """
+import weakref
+
 import numpy as np
 
-from . import _conv_plan
+from . import _conv_plan, _separable
 from ._validation import is_int
 
 NAN_POLICIES = ("propagate", "ignore", "error")
@@ -39,8 +43,11 @@ class Upsampling:
     Parameters
     ----------
     factor : tuple of 3 ints
-    kernel : ndarray of shape (kd, kh, kw)
+    kernel : ndarray of shape (kd, kh, kw), optional
         The kernel (float64).
+    taps : tuple of 3 ndarrays, optional
+        Instead of ``kernel``: the 1-D kernels, without negative taps, whose outer product
+        is the kernel (run one axis at a time; no bias).
     bias : float, default=0.0
     nan_policy : {"propagate", "ignore", "error"}, default="propagate"
         See :meth:`run`.
@@ -51,19 +58,28 @@ class Upsampling:
     cached on the instance.
     """
 
-    def __init__(self, factor, kernel, *, bias=0.0, nan_policy="propagate"):
+    def __init__(self, factor, kernel=None, *, taps=None, bias=0.0, nan_policy="propagate"):
         self.factor = tuple(int(s) for s in factor)
         self.bias = float(bias)
         self.nan_policy = nan_policy
-        self.kernel = _conv_plan.embed_small(np.asarray(kernel, np.float64), self.factor)[0]
-        self.has_negative = bool((self.kernel < 0).any())
-        if nan_policy == "ignore":
-            check_ignore_kernel(self.kernel)
+        self.kernel = self.taps = None
+        if taps is not None:
+            self.taps = tuple(np.asarray(t, np.float64) for t in taps)
+            if self.bias != 0 or any((t < 0).any() for t in self.taps):
+                raise ValueError("separable taps must be >= 0, without a bias")
+            self.has_negative = False
+        else:
+            self.kernel = _conv_plan.embed_small(np.asarray(kernel, np.float64),
+                                                 self.factor)[0]
+            self.has_negative = bool((self.kernel < 0).any())
+            if nan_policy == "ignore":
+                check_ignore_kernel(self.kernel)
         self._operators = {}
 
     def __dask_tokenize__(self):
+        arrays = (self.kernel,) if self.taps is None else self.taps
         return ("tconv3d._plan.Upsampling", self.factor, self.bias, self.nan_policy,
-                self.kernel.shape, self.kernel.tobytes())
+                *((a.shape, a.tobytes()) for a in arrays))
 
     def __getstate__(self):  # the prepared kernels are rebuilt where they are used
         return {**self.__dict__, "_operators": {}}
@@ -74,13 +90,24 @@ class Upsampling:
         """The plan of volumes of ``in_spatial`` voxels: ``.reads(axis, first, stop)``,
         the voxels of the volume the outputs ``[first, stop)`` of ``axis`` read, and
         ``.chunk(ranges)``, the chunk of the outputs ``ranges`` for :meth:`run`."""
+        if self.taps is not None:
+            passes = [_separable.axis_pass(t, s, a)
+                      for a, (t, s) in enumerate(zip(self.taps, self.factor))]
+            return _separable.SeparablePlan(in_spatial, passes, self.factor)
         return _conv_plan.Plan(in_spatial, self.kernel.shape, self.factor)
 
     def _operator(self, name, dtype):
         """The prepared kernel ``name`` in ``dtype``: "kernel" (with the bias), "weights"
         (without), "support" (1 on the nonzero taps), "positive", "negative"."""
         key = (name, np.dtype(dtype).str)
-        if key not in self._operators:
+        if key in self._operators:
+            return self._operators[key]
+        if self.taps is not None:  # no negative taps, no bias
+            taps = self.taps
+            if name in ("support", "positive"):
+                taps = [(t != 0).astype(np.float64) for t in taps]
+            self._operators[key] = _separable.prepare(taps, self.factor, dtype)
+        else:
             kernel, bias = self.kernel, 0.0
             if name == "kernel":
                 bias = self.bias
@@ -95,14 +122,26 @@ class Upsampling:
 
     def _linear(self, x, chunk, name, num_threads, output, side_by_side):
         """The chunk of the single-channel volumes ``x`` upsampled with kernel ``name``."""
-        return _conv_plan.run(x, chunk, self._operator(name, x.dtype), num_threads,
-                              output=output, side_by_side=side_by_side)
+        run = _conv_plan.run if self.taps is None else _separable.run
+        return run(x, chunk, self._operator(name, x.dtype), num_threads, output=output,
+                   side_by_side=side_by_side)
 
     def _phase_sums(self, ranges):
         """Sum of the taps each output of the chunk ``ranges`` receives (all of its stride
         phase: edge replication supplies every input), broadcastable to the chunk."""
+        s = self.factor
+        if self.taps is not None:
+            sums = 1.0
+            for axis, (t, (first, stop)) in enumerate(zip(self.taps, ranges)):
+                t = _separable.embed(t, s[axis])
+                table = np.pad(t, (0, -len(t) % s[axis])).reshape(-1, s[axis]).sum(axis=0)
+                shape = [1] * 5
+                shape[1 + axis] = stop - first
+                sums = sums * table[(np.arange(first, stop) + (len(t) - s[axis]) // 2)
+                                    % s[axis]].reshape(shape)
+            return sums
         kernel = self.kernel
-        k, s = kernel.shape, self.factor
+        k = kernel.shape
         padded = np.pad(kernel, [(0, -n % f) for n, f in zip(k, s)])
         table = padded.reshape(-1, s[0], padded.shape[1] // s[1], s[1],
                                padded.shape[2] // s[2], s[2]).sum(axis=(0, 2, 4))
@@ -205,9 +244,38 @@ def _propagate(y, x, linear, has_negative):
 
 
 def from_estimator(upsampler):
-    """The :class:`Upsampling` of a fitted ``VolumeUpsampler`` (its public attributes)."""
-    return Upsampling(upsampler.factor_, upsampler.kernel_, bias=upsampler.bias_,
-                      nan_policy=upsampler.nan_policy)
+    """The :class:`Upsampling` of a fitted ``VolumeUpsampler`` (its public attributes):
+    separable for ``kernel="nearest"`` and ``"trilinear"``, whose ``kernel_`` is the
+    outer product of their 1-D kernels (checked, so a changed ``kernel_`` is honoured)."""
+    name, factor, kernel = upsampler.kernel, upsampler.factor_, upsampler.kernel_
+    policy = upsampler.nan_policy
+    if isinstance(name, str) and name in _separable.SEPARABLE_KERNELS \
+            and upsampler.bias_ == 0:
+        taps = _separable.named_taps(name, factor)
+        if _is_outer(kernel, taps, (name, factor)):
+            return Upsampling(factor, taps=taps, nan_policy=policy)
+    return Upsampling(factor, kernel, bias=upsampler.bias_, nan_policy=policy)
+
+
+_OUTER_CHECKED = {}   # id(kernel) -> (weak reference to it, what, outcome)
+
+
+def _is_outer(kernel, taps, what):
+    """Whether ``kernel`` is the outer product of ``taps``; remembered per kernel array (a
+    fitted ``kernel_`` is checked once, not at every transform: it costs as much as
+    upsampling a small volume by 64)."""
+    seen = _OUTER_CHECKED.get(id(kernel))
+    if seen is not None and seen[0]() is kernel and seen[1] == what:
+        return seen[2]
+    outcome = (isinstance(kernel, np.ndarray) and kernel.shape == tuple(map(len, taps))
+               and np.array_equal(kernel, _separable.outer(taps)))
+    if len(_OUTER_CHECKED) > 64:
+        _OUTER_CHECKED.clear()
+    try:
+        _OUTER_CHECKED[id(kernel)] = (weakref.ref(kernel), what, outcome)
+    except TypeError:  # not weak-referenceable: checked every time
+        pass
+    return outcome
 
 
 def upsample(volumes, upsampling, num_threads):

@@ -25,10 +25,13 @@ kernel's centre tap on the output voxel whose centre is the input voxel's centre
   ``-((k - s) // 2)`` zeros in front, which leaves ``y`` unchanged and makes ``c >= 0``.
 
 Computation: ``tconv3d._plan`` (one plan executed by ``transform`` on the whole volume and
-by ``tconv3d.dask.upsample`` on each chunk): the strided ``padding="same"`` transposed
-convolution of the unpadded volume, then the thin border slabs whose taps reach past the
-volume recomputed from edge-replicated input and written over. No padded copy of the volume
-is made and the output needs no cropping copy.
+by ``tconv3d.dask.upsample`` on each chunk, so both give the same bits). ``"nearest"`` and
+``"trilinear"`` are outer products of 1-D kernels and run one axis at a time
+(``tconv3d._separable``: three 1-D transposed convolutions, each output a sum of at most 3
+terms, a cost linear in the output size for any factor). Other kernels run as the strided
+``padding="same"`` 3-D transposed convolution of the unpadded volume, then the thin border
+slabs whose taps reach past the volume recomputed from edge-replicated input and written
+over (``tconv3d._conv_plan``). No padded copy of the volume is made.
 """
 import time
 import warnings
@@ -43,7 +46,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
-from . import _conv_plan, _plan
+from . import _conv_plan, _plan, _separable
 from ._ops import conv_transpose3d, conv_transpose3d_backward, conv_transpose3d_output_shape
 from ._validation import (deconv_output_length, make_geometry, normalize_num_threads,
                           normalize_triple)
@@ -54,20 +57,11 @@ KERNELS = ("nearest", "trilinear", "learned")
 _FLOATS = (np.float64, np.float32)
 
 
-def _triangle(factor, size):
-    """Taps of linear interpolation along one axis, ``(size,)`` float64 (module docstring)."""
-    u = (np.arange(size) - (size - factor) // 2 + 0.5) / factor - 0.5
-    return np.maximum(0.0, 1.0 - np.abs(u))
-
-
-def _separable(taps):
-    """Outer product of three 1-D kernels: ``(kd, kh, kw)``."""
-    return taps[0][:, None, None] * taps[1][None, :, None] * taps[2][None, None, :]
-
-
 def _trilinear_kernel(factor, size=None):
-    size = tuple(2 * s - s % 2 for s in factor) if size is None else size
-    return _separable([_triangle(s, k) for s, k in zip(factor, size)])
+    """The trilinear kernel of ``factor`` (``size`` taps per axis, default as in
+    :func:`tconv3d._separable.triangle`), float64."""
+    size = (None,) * 3 if size is None else size
+    return _separable.outer([_separable.triangle(s, k) for s, k in zip(factor, size)])
 
 
 class VolumeUpsampler(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):

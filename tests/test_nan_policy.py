@@ -267,7 +267,8 @@ def test_learned_fit_leaves_out_non_finite_voxels(rng):
     X[1, 0, 0, 0] = np.inf
     Y[2, 5:9, 3, :] = np.nan
     Y[3, 0, 0, 0] = -np.inf
-    up = VolumeUpsampler(kernel="learned", tol=1e-14, max_iter=500, num_threads=1).fit(X, Y)
+    up = VolumeUpsampler(kernel="learned", kernel_size=4, tol=1e-14, max_iter=500,
+                         num_threads=1).fit(X, Y)
     np.testing.assert_allclose(up.kernel_, true, atol=1e-6)
     assert up.bias_ == pytest.approx(0.3, abs=1e-6) and up.loss_ < 1e-10
     # The voxels left out are those the fitted kernel cannot reproduce: NaN on propagate.
