@@ -10,7 +10,8 @@ equal. The plan of a chunk depends on the kernel:
 
 - a separable kernel (``nearest``, ``trilinear``): ``tconv3d._separable``, one axis at a
   time, at a cost linear in the output size for any factor;
-- any other kernel: ``tconv3d._conv_plan`` (strided 3-D convolution plus border slabs).
+- any other kernel: ``tconv3d._conv_plan`` (strided 3-D convolution plus border slabs);
+- ``kernel="label"``: ``tconv3d._labels`` (a trilinear-weighted vote, no convolution).
 
 Non-finite input (``nan_policy``, see :meth:`Upsampling.run`) is handled here, on top of
 the plan: every policy is a few runs of the same plan on masks and filled volumes.
@@ -19,7 +20,7 @@ import weakref
 
 import numpy as np
 
-from . import _conv_plan, _separable
+from . import _conv_plan, _labels, _separable
 from ._validation import is_int
 
 NAN_POLICIES = ("propagate", "ignore", "error")
@@ -51,6 +52,9 @@ class Upsampling:
     bias : float, default=0.0
     nan_policy : {"propagate", "ignore", "error"}, default="propagate"
         See :meth:`run`.
+    label : bool, default=False
+        Instead of a kernel: label maps, upsampled by a trilinear-weighted vote
+        (``tconv3d._labels``).
 
     Notes
     -----
@@ -58,16 +62,20 @@ class Upsampling:
     cached on the instance.
     """
 
-    def __init__(self, factor, kernel=None, *, taps=None, bias=0.0, nan_policy="propagate"):
+    def __init__(self, factor, kernel=None, *, taps=None, bias=0.0, nan_policy="propagate",
+                 label=False):
         self.factor = tuple(int(s) for s in factor)
         self.bias = float(bias)
         self.nan_policy = nan_policy
+        self.label = bool(label)
         self.kernel = self.taps = None
-        if taps is not None:
+        self.has_negative = False
+        if self.label:
+            pass
+        elif taps is not None:
             self.taps = tuple(np.asarray(t, np.float64) for t in taps)
             if self.bias != 0 or any((t < 0).any() for t in self.taps):
                 raise ValueError("separable taps must be >= 0, without a bias")
-            self.has_negative = False
         else:
             self.kernel = _conv_plan.embed_small(np.asarray(kernel, np.float64),
                                                  self.factor)[0]
@@ -79,7 +87,7 @@ class Upsampling:
     def __dask_tokenize__(self):
         arrays = (self.kernel,) if self.taps is None else self.taps
         return ("tconv3d._plan.Upsampling", self.factor, self.bias, self.nan_policy,
-                *((a.shape, a.tobytes()) for a in arrays))
+                self.label, *((a.shape, a.tobytes()) for a in arrays if a is not None))
 
     def __getstate__(self):  # the prepared kernels are rebuilt where they are used
         return {**self.__dict__, "_operators": {}}
@@ -90,6 +98,8 @@ class Upsampling:
         """The plan of volumes of ``in_spatial`` voxels: ``.reads(axis, first, stop)``,
         the voxels of the volume the outputs ``[first, stop)`` of ``axis`` read, and
         ``.chunk(ranges)``, the chunk of the outputs ``ranges`` for :meth:`run`."""
+        if self.label:
+            return _labels.LabelPlan(in_spatial, self.factor)
         if self.taps is not None:
             passes = [_separable.axis_pass(t, s, a)
                       for a, (t, s) in enumerate(zip(self.taps, self.factor))]
@@ -157,7 +167,8 @@ class Upsampling:
         Parameters
         ----------
         x : ndarray of shape (n, d, h, w, c)
-            The input voxels ``chunk.reads`` of each volume, float32 or float64.
+            The input voxels ``chunk.reads`` of each volume, float32 or float64 (label
+            maps: any real dtype, kept).
         chunk : object
             From ``self.plan(in_spatial).chunk(ranges)``.
         num_threads : int or None
@@ -201,6 +212,9 @@ class Upsampling:
         return np.ascontiguousarray(np.moveaxis(y.reshape(n, c, *y.shape[1:4]), 1, -1))
 
     def _run(self, x, chunk, num_threads, output, side_by_side):
+        if self.label:
+            return _labels.run(x, chunk, self.factor, output=output)
+
         def linear(volumes, name):
             return self._linear(volumes, chunk, name, num_threads, output, side_by_side)
 
@@ -249,6 +263,8 @@ def from_estimator(upsampler):
     outer product of their 1-D kernels (checked, so a changed ``kernel_`` is honoured)."""
     name, factor, kernel = upsampler.kernel, upsampler.factor_, upsampler.kernel_
     policy = upsampler.nan_policy
+    if isinstance(name, str) and name == "label":
+        return Upsampling(factor, label=True, nan_policy=policy)
     if isinstance(name, str) and name in _separable.SEPARABLE_KERNELS \
             and upsampler.bias_ == 0:
         taps = _separable.named_taps(name, factor)

@@ -355,7 +355,8 @@ def _dask_volumes(upsampler, X):
     chunk is computed)."""
     if X.dtype.kind not in "biuf":
         raise ValueError(f"X must hold real numbers, got dtype {X.dtype}.")
-    if X.dtype not in (np.float32, np.float64):
+    labels = isinstance(upsampler.kernel, str) and upsampler.kernel == "label"
+    if X.dtype not in (np.float32, np.float64) and not labels:   # label maps keep theirs
         X = X.astype(np.float64)
     ndim = _plan.check_volumes_shape(X.shape)
     if ndim != 2:

@@ -53,7 +53,7 @@ from ._validation import (deconv_output_length, make_geometry, normalize_num_thr
 
 __all__ = ["VolumeUpsampler"]
 
-KERNELS = ("nearest", "trilinear", "learned")
+KERNELS = ("nearest", "trilinear", "learned", "label")
 _FLOATS = (np.float64, np.float32)
 
 
@@ -75,11 +75,18 @@ class VolumeUpsampler(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     ----------
     factor : int or tuple of 3 ints, default=2
         Upsampling factor along depth, height and width; each ``>= 1``.
-    kernel : {"trilinear", "nearest", "learned"} or ndarray of shape (kd, kh, kw), \
+    kernel : {"trilinear", "nearest", "learned", "label"} or ndarray of shape (kd, kh, kw), \
 default="trilinear"
         - ``"nearest"``: each voxel repeated ``factor`` times per axis (``np.repeat``).
         - ``"trilinear"``: the numbers of ``torch.nn.functional.interpolate(...,
           mode="trilinear", align_corners=False)``, borders included.
+        - ``"label"``: for label maps (segmentations): labels in, labels out, in the
+          input's dtype (any integer or bool; floats must hold whole numbers, NaN is
+          refused). Each output voxel takes, among the input voxels with a nonzero
+          trilinear weight on it (at most 8), the label whose weights add up to the
+          most; ties go to the smallest label. Smoother than ``"nearest"`` (boundaries
+          follow the trilinear interpolation of each label's mask) and never a label
+          that is not among the neighbours. ``kernel_`` holds the trilinear weights.
         - ``"learned"``: ``fit(X, y)`` learns a kernel of ``kernel_size`` taps and a bias
           that minimise the mean squared error between ``transform(X)`` and the
           high-resolution volumes ``y``, starting from the trilinear kernel.
@@ -222,6 +229,8 @@ default="trilinear"
                                  f"(kd, kh, kw), got {self.kernel!r}.")
             if self.kernel == "nearest":
                 return np.ones(factor)
+            if self.kernel == "label":   # the weights of the vote
+                return _trilinear_kernel(factor)
             size = None
             if self.kernel == "learned":
                 size = normalize_triple(self.kernel_size, "kernel_size", allow_none=True)
@@ -246,13 +255,24 @@ default="trilinear"
             raise ValueError("`kernel` must hold finite numbers.")
         return kernel
 
+    def _labels(self):
+        return isinstance(self.kernel, str) and self.kernel == "label"
+
     def _validate_volumes(self, X, *, reset):
-        """``X`` as float ``(n, d, h, w, c)`` volumes, and the ndim of ``X``."""
+        """``X`` as float ``(n, d, h, w, c)`` volumes (label maps: their dtype), and the
+        ndim of ``X``."""
         if not hasattr(X, "ndim"):  # lists and other array-likes
             X = np.asarray(X)
         finite = self.nan_policy == "error"
+        dtype = _FLOATS
+        if self._labels():   # the labels' own dtype; their values are checked when used
+            finite, dtype = False, None
+            kind = getattr(getattr(X, "dtype", None), "kind", "i")  # (DataFrames: later)
+            if kind not in "biuf":
+                raise ValueError("kernel='label' upsamples label maps (integers), got "
+                                 f"dtype {X.dtype}.")
         if X.ndim in (4, 5):
-            X = check_array(X, allow_nd=True, dtype=_FLOATS, ensure_all_finite=finite,
+            X = check_array(X, allow_nd=True, dtype=dtype, ensure_all_finite=finite,
                             estimator=self)
             _plan.check_volumes_shape(X.shape)
             if reset:  # forget the shape of an earlier 2-D fit
@@ -261,7 +281,7 @@ default="trilinear"
             return _plan.as_volumes(X), X.ndim
         if X.ndim > 2:
             _plan.check_volumes_shape(np.shape(X))
-        X = validate_data(self, X, reset=reset, dtype=_FLOATS, ensure_all_finite=finite)
+        X = validate_data(self, X, reset=reset, dtype=dtype, ensure_all_finite=finite)
         if reset or not hasattr(self, "volume_shape_"):
             shape = _plan.resolve_volume_shape(self.volume_shape, X.shape[1])
             if reset:

@@ -326,9 +326,9 @@ def test_dask_and_upsampling_import_one_way():
     import ast
     import inspect
 
-    from tconv3d import _conv_plan, _plan, _separable
+    from tconv3d import _conv_plan, _labels, _plan, _separable
 
-    for module in (tdask, _plan, _conv_plan, _separable):
+    for module in (tdask, _plan, _conv_plan, _separable, _labels):
         imported = set()
         for node in ast.walk(ast.parse(inspect.getsource(module))):
             if isinstance(node, ast.ImportFrom):
