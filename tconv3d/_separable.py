@@ -224,10 +224,9 @@ def prepare(taps, factor, dtype):
 
 
 def _view(a, shape):
-    """``a`` reshaped to ``shape`` without a copy (the output is written through it)."""
-    view = a.view()
-    view.shape = shape
-    return view
+    """``a`` reshaped to ``shape`` without a copy (the output is written through it);
+    ``ValueError`` if that needs a copy."""
+    return np.reshape(a, shape, copy=False)
 
 
 def _call(piece, target, step, first, src_lo, num_threads):
@@ -258,17 +257,23 @@ def _call(piece, target, step, first, src_lo, num_threads):
                      _ops._threads_for(normalize_num_threads(num_threads), geom), False)
 
 
-def _pass(v, step, lo, n, ranges, num_threads, output):
+def _pass(v, step, lo, n, ranges, num_threads, output, out=None):
     """The pass ``step`` over the volumes ``v`` ``(N, A0, A1, A2)``, whose rows along its
     axis are the volume's voxels ``[lo, lo + v.shape[1 + axis])`` (``n`` in all): the
-    outputs ``ranges = (first, stop)`` of the axis, a new C-contiguous array."""
+    outputs ``ranges = (first, stop)`` of the axis, in ``out`` if given and its layout
+    allows, else a new C-contiguous array."""
     axis, (first, stop) = step.axis, ranges
     shape = list(v.shape)
     shape[1 + axis] = stop - first
-    check_allocation(shape, step.kernel.dtype, output)
-    y = np.empty(shape, step.kernel.dtype)
     before, after = int(np.prod(shape[:1 + axis])), int(np.prod(shape[2 + axis:]))
-    y3 = _view(y, (before, stop - first, after))
+    try:
+        if out is None:
+            raise ValueError
+        y, y3 = out, _view(out, (before, stop - first, after))
+    except ValueError:   # no out, or one whose axes do not merge
+        check_allocation(shape, step.kernel.dtype, output)
+        y = np.empty(shape, step.kernel.dtype)
+        y3 = _view(y, (before, stop - first, after))
     v3 = v.reshape(before, v.shape[1 + axis], after)
     inner_lo, inner_hi = step.inside(n)
     if step.form == "polyphase":    # whole blocks
@@ -291,7 +296,7 @@ def _pass(v, step, lo, n, ranges, num_threads, output):
     return y
 
 
-def run(x, chunk, operator, num_threads, *, output="output", side_by_side=False):
+def run(x, chunk, operator, num_threads, *, output="output", side_by_side=False, out=None):
     """Compute one chunk of the upsampled single-channel volumes.
 
     Parameters
@@ -307,11 +312,14 @@ def run(x, chunk, operator, num_threads, *, output="output", side_by_side=False)
         How a too-large output is named in the ``MemoryError``.
     side_by_side : bool
         Unused (the passes depend on each other).
+    out : ndarray of shape (n, D, H, W, 1), optional
+        Where to write the chunk: the last pass writes straight into it when its layout
+        allows.
 
     Returns
     -------
     y : ndarray of shape (n, D, H, W, 1)
-        The chunk, new and C-contiguous, of ``x.dtype``.
+        The chunk of ``x.dtype``: ``out``, or new and C-contiguous.
     """
     lows = [lo for lo, _ in chunk.reads]
     index = [slice(None)] * 4          # identity axes: the chunk's own voxels
@@ -322,10 +330,15 @@ def run(x, chunk, operator, num_threads, *, output="output", side_by_side=False)
     v = x[(*index, 0)]
     factor = tuple(1 if step is None else step.factor for step in operator)
     passes = [operator[a] for a in order(factor) if operator[a] is not None]
-    for step in passes:
+    last = None if out is None else out[..., 0]
+    for i, step in enumerate(passes):
         a = step.axis
         v = _pass(v, step, lows[a], chunk.in_spatial[a], chunk.ranges[a], num_threads,
-                  output)
+                  output, last if i == len(passes) - 1 else None)
+    if out is not None:
+        if v is not last:
+            last[...] = v
+        return out
     if not passes:
         check_allocation(v.shape, x.dtype, output)
         v = np.array(v, dtype=x.dtype, order="C")
