@@ -35,7 +35,7 @@ def main(argv=None):
     p.add_argument("--batches", default="1,8")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"| kernel | volume | batch | factor | output | tconv3d ms | torch ms | ratio |")
+    print("| kernel | volume | batch | factor | output | tconv3d ms | torch ms | ratio |")
     print("|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for mode in args.modes.split(","):
