@@ -29,6 +29,7 @@ piece of input it comes from or the thread count, so ``transform`` and ``tconv3d
 agree bitwise. The passes run in a fixed axis order (:func:`order`).
 """
 import dataclasses
+import math
 
 import numpy as np
 
@@ -254,7 +255,7 @@ def _call(piece, target, step, first, src_lo, num_threads):
                     crop3, True)
     _kernels.forward(x5, kernel, np.zeros(1, kernel.dtype), y5, _ops._geometry_tuple(geom),
                      _ops._element_strides(x5), _ops._element_strides(y5),
-                     _ops._threads_for(normalize_num_threads(num_threads), geom), False)
+                     _ops._threads_for(num_threads, geom), False)
 
 
 def _pass(v, step, lo, n, ranges, num_threads, output, out=None):
@@ -265,7 +266,7 @@ def _pass(v, step, lo, n, ranges, num_threads, output, out=None):
     axis, (first, stop) = step.axis, ranges
     shape = list(v.shape)
     shape[1 + axis] = stop - first
-    before, after = int(np.prod(shape[:1 + axis])), int(np.prod(shape[2 + axis:]))
+    before, after = math.prod(shape[:1 + axis]), math.prod(shape[2 + axis:])
     try:
         if out is None:
             raise ValueError
@@ -321,6 +322,7 @@ def run(x, chunk, operator, num_threads, *, output="output", side_by_side=False,
     y : ndarray of shape (n, D, H, W, 1)
         The chunk of ``x.dtype``: ``out``, or new and C-contiguous.
     """
+    num_threads = normalize_num_threads(num_threads)
     lows = [lo for lo, _ in chunk.reads]
     index = [slice(None)] * 4          # identity axes: the chunk's own voxels
     for axis, step in enumerate(operator):
