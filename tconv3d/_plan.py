@@ -144,6 +144,12 @@ class Upsampling:
         out[...] = y
         return out
 
+    def _copies(self):
+        """Whether each output is a copy of one input (nearest), which propagates NaN
+        and infinities as they are."""
+        return self.taps is not None and all(
+            len(t) == s and (t == 1).all() for t, s in zip(self.taps, self.factor))
+
     def _phase_sums(self, ranges):
         """Sum of the taps each output of the chunk ``ranges`` receives (all of its stride
         phase: edge replication supplies every input), broadcastable to the chunk."""
@@ -237,7 +243,7 @@ class Upsampling:
                                 out)
 
         finite = np.isfinite(x)
-        if finite.all():
+        if finite.all() or (self.nan_policy == "propagate" and self._copies()):
             return linear(x, "kernel", out)
         if self.nan_policy == "error":
             bad = finite.size - int(np.count_nonzero(finite))
@@ -325,11 +331,12 @@ MIN_PARALLEL_VOXELS = 1 << 18
 def upsample(volumes, upsampling, num_threads):
     """Upsample ``(n, d, h, w, c)`` volumes: the chunk that is the whole volume.
 
-    Separable kernels on ``num_threads > 1`` threads compute it as that many chunks
-    (volumes, else slabs along depth), side by side on Python threads with one OpenMP
-    thread each, written straight into the output: no barrier between the passes, which
-    on a loaded machine cost more than the passes themselves (each waits for the slowest
-    thread to be scheduled). Chunks give the same bits as the whole (as on Dask).
+    Separable kernels on ``num_threads > 1`` threads compute it as up to that many chunks
+    (volumes, else slabs along depth) of at least ``MIN_PARALLEL_VOXELS`` outputs, side by
+    side on Python threads with one OpenMP thread each, written straight into the output:
+    no barrier between the passes, which on a loaded machine cost more than the passes
+    themselves (each waits for the slowest thread to be scheduled); a smaller output is
+    one chunk on one thread. Chunks give the same bits as the whole (as on Dask).
 
     Returns a new C-contiguous ``(n, d*sd, h*sh, w*sw, c)`` array of ``volumes.dtype``.
     """
@@ -344,7 +351,8 @@ def upsample(volumes, upsampling, num_threads):
         parts = int(min(threads, size // MIN_PARALLEL_VOXELS, max(n, spatial[0])))
     if parts <= 1:
         whole = plan.chunk([(0, m) for m in out_spatial])
-        return upsampling.run(volumes, whole, num_threads, side_by_side=True)
+        threads = 1 if upsampling.taps is not None else num_threads
+        return upsampling.run(volumes, whole, threads, side_by_side=True)
     shape = (n, *out_spatial, c)
     check_allocation(shape, volumes.dtype, "output")
     y = np.empty(shape, volumes.dtype)

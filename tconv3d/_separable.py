@@ -22,6 +22,9 @@ takes one of two forms, by the factor alone (:data:`MIN_CHANNEL_PHASES`):
   vector GEMMs and writes straight to their places ``Q*s + r'`` (a strided view: no
   interleaving copy). Blocks ``[Q0, Q1)`` read ``[Q0 + shift - M + 1, Q1 + shift)``.
 
+* **repeat** (the box of ``s`` ones, ``"nearest"``): each output is a copy of its input,
+  ``np.repeat`` written through strided views, exact (NaN payloads and ``-0.0`` too).
+
 Outputs whose inputs lie past the volume are computed from small edge-replicated copies,
 the others from a view of the input (small volumes: one edge-replicated copy, one call).
 Every output of a pass is the same sum (taps in a fixed order), whatever the chunk, the
@@ -104,10 +107,10 @@ def polyphase(taps, factor):
 
 @dataclasses.dataclass(frozen=True)
 class AxisPass:
-    """The pass along ``axis``: ``form`` "strided" or "polyphase", ``factor``, ``kernel``
-    (packed for the core: ``(k, 1, 1, 1, 1)``/``(1, 1, k, 1, 1)`` strided,
-    ``(M, 1, 1, 1, s)``/``(1, 1, M, 1, s)`` polyphase, for depth or height/width) and
-    ``offset`` (``c`` strided, ``shift`` polyphase)."""
+    """The pass along ``axis``: ``form`` "strided", "polyphase" or "repeat", ``factor``,
+    ``kernel`` (packed for the core: ``(k, 1, 1, 1, 1)``/``(1, 1, k, 1, 1)`` strided,
+    ``(M, 1, 1, 1, s)``/``(1, 1, M, 1, s)`` polyphase, for depth or height/width; ``None``
+    for repeat) and ``offset`` (``c`` strided, ``shift`` polyphase, 0 for repeat)."""
     axis: int
     form: str
     factor: int
@@ -116,6 +119,8 @@ class AxisPass:
 
     @property
     def taps(self):
+        if self.kernel is None:
+            return 1
         return self.kernel.shape[0] if self.axis < 2 else self.kernel.shape[2]
 
     def reach(self, first, stop):
@@ -124,14 +129,14 @@ class AxisPass:
         s, k, c = self.factor, self.taps, self.offset
         if self.form == "strided":
             return -(-(first + c - k + 1) // s), (stop - 1 + c) // s + 1
-        return first // s + c - k + 1, -(-stop // s) + c
+        return first // s + c - k + 1, -(-stop // s) + c      # polyphase, repeat
 
     def inside(self, n):
         """The outputs ``[lo, hi)`` that read only voxels of a volume of ``n``."""
         s, k, c = self.factor, self.taps, self.offset
         if self.form == "strided":
             return k - c - s, n * s - c
-        return (k - 1 - c) * s, (n - c) * s
+        return (k - 1 - c) * s, (n - c) * s                  # polyphase, repeat
 
 
 _PREPARED = {}   # (taps, factor, axis, dtype) -> AxisPass: named kernels repeat (every
@@ -155,6 +160,8 @@ def _axis_pass(taps, s, axis, dtype):
     taps = embed(taps, s)
     if s == 1 and len(taps) == 1 and taps[0] == 1:
         return None
+    if len(taps) == s and (taps == 1).all():   # the box of nearest: a copy
+        return AxisPass(axis, "repeat", s, None, 0)
     if s < MIN_CHANNEL_PHASES:
         w, offset, form = taps[:, None], (len(taps) - s) // 2, "strided"
     else:
@@ -272,10 +279,19 @@ def _pass(v, step, lo, n, ranges, num_threads, output, out=None):
             raise ValueError
         y, y3 = out, _view(out, (before, stop - first, after))
     except ValueError:   # no out, or one whose axes do not merge
-        check_allocation(shape, step.kernel.dtype, output)
-        y = np.empty(shape, step.kernel.dtype)
+        check_allocation(shape, v.dtype, output)
+        y = np.empty(shape, v.dtype)
         y3 = _view(y, (before, stop - first, after))
     v3 = v.reshape(before, v.shape[1 + axis], after)
+    if step.form == "repeat":       # output o is input o // s: inside the volume
+        s = step.factor
+        q0, q1 = first // s, -(-stop // s)
+        src = v3[:, q0 - lo:q1 - lo]
+        if after > 1 and first % s == 0 and stop % s == 0:
+            _view(y3, (before, q1 - q0, s, after))[...] = src[:, :, None, :]
+        else:
+            y3[...] = np.repeat(src, s, axis=1)[:, first - q0 * s:stop - q0 * s]
+        return y
     inner_lo, inner_hi = step.inside(n)
     if step.form == "polyphase":    # whole blocks
         s = step.factor

@@ -134,12 +134,17 @@ def test_all_nan_and_nan_corner(rng, policy, where, kind):
 @pytest.mark.parametrize("factor", [1, 2, 3, (1, 2, 3)])
 def test_nearest_propagate_is_np_repeat(rng, dtype, factor):
     x = _volumes(rng, dtype, shape=(2, 3, 5, 4))
-    y = VolumeUpsampler(factor=factor, kernel="nearest").fit_transform(x)
     f = (factor,) * 3 if isinstance(factor, int) else factor
+    x.flat[3] = -0.0
+    x.flat[5] = np.float64(np.nan).astype(dtype) * -1      # another NaN payload
+    y = VolumeUpsampler(factor=factor, kernel="nearest").fit_transform(x)
     expected = x
     for axis, s in enumerate(f):
         expected = np.repeat(expected, s, axis=1 + axis)
-    np.testing.assert_array_equal(y, expected)   # NaN where NaN, same infinities
+    assert y.tobytes() == expected.tobytes()   # bit for bit: NaN payloads, -0.0, infinities
+    got = tdask.upsample(VolumeUpsampler(factor=factor, kernel="nearest").fit(x),
+                         da.from_array(x, chunks=(1, 2, 3, 2))).compute()
+    assert got.tobytes() == y.tobytes()
 
 
 @pytest.mark.parametrize("factor", [2, 4, (2, 4, 2)])
