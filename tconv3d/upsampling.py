@@ -67,9 +67,10 @@ def _trilinear_kernel(factor, size=None):
 class VolumeUpsampler(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Upsample volumes by an integer factor with a fixed or learned kernel.
 
-    Each channel of each volume is upsampled independently, by one compiled transposed
+    Each channel of each volume is upsampled independently, by a compiled transposed
     convolution of stride ``factor`` over an edge-replicated border (see the module
-    docstring for the geometry).
+    docstring for the geometry); ``"nearest"`` and ``"trilinear"`` run it one axis at a
+    time, at a cost linear in the output size for any factor.
 
     Parameters
     ----------
@@ -175,7 +176,13 @@ default="trilinear"
     A kernel only looks at neighbouring voxels, so volumes of any spatial size (and any
     number of channels) can be transformed once the estimator is fitted on 4-D or 5-D
     ``X``; after a fit on 2-D ``X``, ``transform`` expects ``n_features_in_`` features.
-    The output is float32 for float32 input and float64 otherwise.
+    The output is float32 for float32 input and float64 otherwise (``kernel="label"``:
+    the input's dtype).
+
+    On ``num_threads > 1`` threads, ``"nearest"`` and ``"trilinear"`` upsample large
+    outputs as chunks (volumes, else depth slabs) side by side, one thread each; every
+    output voxel is computed exactly as in one piece, so the result does not depend on
+    the thread count, nor on the Dask chunking (:func:`tconv3d.dask.upsample`).
 
     Examples
     --------
@@ -344,7 +351,8 @@ default="trilinear"
         -------
         X_up : ndarray of shape (n_samples, d*fd, h*fh, w*fw[, c]) or \
 (n_samples, n_features * fd*fh*fw)
-            Same layout as ``X``; float32 for float32 ``X``, float64 otherwise. A
+            Same layout as ``X``; float32 for float32 ``X``, float64 otherwise (label
+            maps: ``X``'s dtype). A
             ``dask.array`` ``X`` gives a lazy ``dask.array``, chunked by sample and space,
             equal to the in-memory result (see :func:`tconv3d.dask.upsample`).
         """
