@@ -71,13 +71,11 @@ class Upsampling:
         self.label = bool(label)
         self.kernel = self.taps = None
         self.has_negative = False
-        if self.label:
-            pass
-        elif taps is not None:
+        if taps is not None and not self.label:
             self.taps = tuple(np.asarray(t, np.float64) for t in taps)
             if self.bias != 0 or any((t < 0).any() for t in self.taps):
                 raise ValueError("separable taps must be >= 0, without a bias")
-        else:
+        elif not self.label:
             self.kernel = _conv_plan.embed_small(np.asarray(kernel, np.float64),
                                                  self.factor)[0]
             self.has_negative = bool((self.kernel < 0).any())
