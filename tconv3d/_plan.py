@@ -321,9 +321,10 @@ def _is_outer(kernel, taps, what):
     return outcome
 
 
-# Output voxels per Python thread below which one call computes the whole volume: each
-# chunk costs about a hundred microseconds of Python.
-MIN_PARALLEL_VOXELS = 1 << 18
+# Output voxels per Python thread below which one call computes the whole volume: a
+# thread costs about 0.1 ms to start on an idle machine and a scheduling delay of 1 ms or
+# more on a loaded one, about the time nearest takes for 2M voxels (trilinear 3-8 ms).
+MIN_PARALLEL_VOXELS = 1 << 21
 
 
 def upsample(volumes, upsampling, num_threads):

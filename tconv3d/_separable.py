@@ -221,6 +221,11 @@ class SeparablePlan:
     def chunk(self, ranges):
         """The :class:`SeparableChunk` of the outputs ``ranges``."""
         ranges = tuple(tuple(int(v) for v in r) for r in ranges)
+        for step, (first, stop) in zip(self.passes, ranges):
+            if step is not None and step.form == "polyphase" \
+                    and (first % step.factor or stop % step.factor):
+                raise ValueError(f"a polyphase pass computes whole blocks of {step.factor} "
+                                 f"outputs, not [{first}, {stop})")
         reads = tuple(self.reads(a, *r) for a, r in enumerate(ranges))
         return SeparableChunk(self.in_spatial, ranges, reads)
 
@@ -251,7 +256,7 @@ def _call(piece, target, step, first, src_lo, num_threads):
         y = _view(target, (before, out, s, after)).transpose(0, 1, 3, 2)
     if step.axis < 2:   # logical (before, rows, 1, after, 1) -> (before, out, 1, after, ch)
         x5 = piece.reshape(before, rows, 1, after, 1)
-        y5 = y.reshape(before, out, 1, after, channels) if channels == 1 else y[:, :, None]
+        y5 = _view(y, (before, out, 1, after, 1)) if channels == 1 else y[:, :, None]
         in_sp, out_sp, crop3, st = (rows, 1, after), (out, 1, after), (crop, 0, 0), (strides, 1, 1)
     else:               # logical (before, 1, 1, rows, 1) -> (before, 1, 1, out, ch)
         x5 = piece.reshape(before, 1, 1, rows, 1)
