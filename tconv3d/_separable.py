@@ -318,6 +318,33 @@ def _pass(v, step, lo, n, ranges, num_threads, output, out=None):
     return y
 
 
+def _repeat(v, ranges, factor, lows, out, output):
+    """Nearest (every pass a copy) on whole blocks: ``np.repeat`` along width, then one
+    broadcast copy for depth and height, into ``out`` if given (fewer passes over the
+    output than one per axis)."""
+    sd, sh, sw = factor
+    q = [(first // s - lo, stop // s - lo) for (first, stop), s, lo in zip(ranges, factor, lows)]
+    src = v[:, q[0][0]:q[0][1], q[1][0]:q[1][1], q[2][0]:q[2][1]]
+    rows = np.repeat(src, sw, axis=3) if sw > 1 else src
+    n, qd, qh, width = rows.shape
+    shape = (n, qd * sd, qh * sh, width)
+    try:
+        if out is None:
+            raise ValueError
+        y = out[..., 0]
+        view = _view(y, (n, qd, sd, qh, sh, width))
+    except ValueError:   # no out, or one whose axes do not merge
+        check_allocation(shape, v.dtype, output)
+        y = np.empty(shape, v.dtype)
+        view = _view(y, (n, qd, sd, qh, sh, width))
+    view[...] = rows[:, :, None, :, None, :]
+    if out is not None:
+        if not np.shares_memory(y, out):
+            out[..., 0] = y
+        return out
+    return y[..., None]
+
+
 def run(x, chunk, operator, num_threads, *, output="output", side_by_side=False, out=None):
     """Compute one chunk of the upsampled single-channel volumes.
 
@@ -353,6 +380,11 @@ def run(x, chunk, operator, num_threads, *, output="output", side_by_side=False,
     v = x[(*index, 0)]
     factor = tuple(1 if step is None else step.factor for step in operator)
     passes = [operator[a] for a in order(factor) if operator[a] is not None]
+    if passes and all(step.form == "repeat" for step in passes) and all(
+            first % s == 0 and stop % s == 0 for (first, stop), s in zip(chunk.ranges, factor)):
+        lows = [first if step is None else lo
+                for step, (first, _), lo in zip(operator, chunk.ranges, lows)]
+        return _repeat(v, chunk.ranges, factor, lows, out, output)
     last = None if out is None else out[..., 0]
     for i, step in enumerate(passes):
         a = step.axis
