@@ -130,16 +130,19 @@ def test_huge_factor_on_one_axis_is_fast():
 @pytest.mark.parametrize("shape", [(5, 7, 4, 3), (1, 7, 4, 3), (2, 5, 3, 4, 3), (1, 2, 9, 9)])
 @pytest.mark.parametrize("factor", [(2, 3, 2), (1, 2, 17), (3, 1, 1)])
 @pytest.mark.parametrize("policy", ["propagate", "ignore"])
+@pytest.mark.parametrize("kernel", ["trilinear", "nearest"])
 def test_chunks_on_python_threads_are_bitwise_one_call(rng, monkeypatch, shape, factor,
-                                                       policy):
+                                                       policy, kernel):
     # num_threads > 1 splits the volume into chunks (volumes, else depth slabs) computed
     # side by side, each written straight into the output where its layout allows.
     from tconv3d import _plan
 
     x = rng.standard_normal(shape).astype(np.float32)
     x.flat[::17] = np.nan
-    ref = VolumeUpsampler(factor=factor, nan_policy=policy, num_threads=1).fit_transform(x)
+    ref = VolumeUpsampler(factor=factor, kernel=kernel, nan_policy=policy,
+                          num_threads=1).fit_transform(x)
     monkeypatch.setattr(_plan, "MIN_PARALLEL_VOXELS", 1)
     for threads in (2, 3):
-        up = VolumeUpsampler(factor=factor, nan_policy=policy, num_threads=threads)
+        up = VolumeUpsampler(factor=factor, kernel=kernel, nan_policy=policy,
+                             num_threads=threads)
         assert up.fit_transform(x).tobytes() == ref.tobytes()
