@@ -1,258 +1,377 @@
-"""The upsampling plan of ``VolumeUpsampler``, executed by ``transform`` and ``tconv3d.dask``.
+"""The upsampling of ``VolumeUpsampler``, executed by ``transform`` and ``tconv3d.dask``.
 
 The definition of the upsampling (an edge-replicated transposed convolution of stride
-``factor`` cut to ``n*s`` outputs per axis) is in the ``tconv3d.upsampling`` docstring. This
-module computes any box ("chunk") of its output; the in-memory ``transform`` is the chunk
-that is the whole volume and ``tconv3d.dask.upsample`` runs one chunk per task, so both run
-the same transposed convolutions on the same inputs and their results are bitwise equal.
+``factor`` cut to ``n*s`` outputs per axis) is in the ``tconv3d.upsampling`` docstring.
+:class:`Upsampling` holds what a fitted upsampler computes (kernel, bias, factor, NaN
+policy) and computes any box ("chunk") of its output; the in-memory ``transform`` is the
+chunk that is the whole volume and ``tconv3d.dask.upsample`` runs one chunk per task, so
+both run the same compiled convolutions on the same inputs and their results are bitwise
+equal. The plan of a chunk depends on the kernel:
 
-Per spatial axis, with ``n`` input voxels, ``k >= s`` taps (smaller kernels are first
-zero-padded, :func:`embed_small`) and ``c = (k - s) // 2``, output ``o`` is full-length
-position ``o + c`` of the scatter ``z[i*s + j] += x[i] * w[j]``, so the outputs
-``[first, stop)`` read the inputs (:meth:`Plan.reach`)::
+- a separable kernel (``nearest``, ``trilinear``): ``tconv3d._separable``, one axis at a
+  time, at a cost linear in the output size for any factor;
+- any other kernel: ``tconv3d._conv_plan`` (strided 3-D convolution plus border slabs);
+- ``kernel="label"``: ``tconv3d._labels`` (a trilinear-weighted vote, no convolution).
 
-    [ceil((first + c - k + 1) / s), floor((stop - 1 + c) / s) + 1)
-
-where indices outside ``[0, n)`` read the nearest edge voxel. A chunk is computed in passes
-(:meth:`Plan.chunk`), each one call of the compiled forward kernel with a geometry that lands
-exactly on its outputs (crop ``first + c - lo*s``):
-
-1. the chunk from the input voxels inside the volume: exact wherever no tap reaches past
-   the volume, i.e. all but the first ``ceil((k - s)/2)`` and the last ``(k - s) // 2``
-   outputs of each axis (the "border slabs", :func:`borders`);
-2. the parts of the border slabs in the chunk, each from its edge-replicated input and
-   written over the first pass's result, in a fixed order, each with the axes reordered
-   so that its whole slab's longest axis is innermost (where the core runs its inner loop).
-
-No padded copy of the volume is made: only the thin slabs read edge-replicated copies.
+Non-finite input (``nan_policy``, see :meth:`Upsampling.run`) is handled here, on top of
+the plan: every policy is a few runs of the same plan on masks and filled volumes.
 """
-import dataclasses
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import _ops
-from ._validation import check_allocation, is_int, make_geometry, normalize_num_threads
+from . import _conv_plan, _labels, _separable
+from ._validation import check_allocation, is_int, normalize_num_threads
 
-# --------------------------------------------------------------------------------- kernel
-
-
-def embed_small(kernel, factor):
-    """Zero-pad the axes with fewer taps than the factor to ``factor`` taps (same ``y``).
-
-    Returns the kernel and the slices of it that hold the given taps.
-    """
-    front = [max(0, -((k - s) // 2)) for k, s in zip(kernel.shape, factor)]
-    back = [max(0, s - k - f) for k, s, f in zip(kernel.shape, factor, front)]
-    taps = tuple(slice(f, f + k) for f, k in zip(front, kernel.shape))
-    if any(front) or any(back):
-        kernel = np.pad(kernel, list(zip(front, back)))
-    return kernel, taps
+NAN_POLICIES = ("propagate", "ignore", "error")
 
 
-def prepare(kernel, bias, factor, dtype):
-    """The kernel and bias as the passes use them.
-
-    Returns the embedded kernel as ``(kd, kh, kw, 1, 1)`` of ``dtype`` and the bias as an
-    array of shape ``(1,)`` (``None`` for a zero bias).
-    """
-    kernel = embed_small(kernel, factor)[0].astype(dtype)[..., None, None]
-    return kernel, None if bias == 0 else np.full(1, bias, dtype)
-
-
-def borders(in_spatial, kernel_shape, factor):
-    """The border slabs, outputs that read past the volume: ``(axis, first, stop)``."""
-    slabs = []
-    for axis, (n, k, s) in enumerate(zip(in_spatial, kernel_shape, factor)):
-        length = n * s
-        for first, stop in ((0, k - s - (k - s) // 2), (length - (k - s) // 2, length)):
-            first, stop = max(first, 0), min(stop, length)
-            if first < stop:
-                slabs.append((axis, first, stop))
-    return slabs
+def check_ignore_kernel(kernel):
+    """Refuse ``nan_policy="ignore"`` for a kernel with a negative tap."""
+    kernel = np.asarray(kernel)
+    if (kernel < 0).any():
+        raise ValueError(
+            "nan_policy='ignore' computes each output as the kernel-weighted mean of the "
+            "finite inputs it reaches, which needs a kernel without negative taps; this "
+            f"kernel has {int(np.count_nonzero(kernel < 0))} negative taps (min "
+            f"{kernel.min():.3g}). Use nan_policy='propagate', or fit kernel='learned' with "
+            "nan_policy='ignore' (the learned taps are then constrained to be >= 0).")
 
 
-# ----------------------------------------------------------------------------------- plan
-
-@dataclasses.dataclass(frozen=True)
-class Pass:
-    """One transposed convolution of a chunk.
-
-    ``order``: the axis order it runs in; ``source``: per axis ``(lo, hi)``, the volume's
-    input voxels it reads (outside ``[0, n)``: the nearest edge voxel); ``geom``: its
-    :class:`~tconv3d._validation.Geometry` in ``order`` (batch set when run); ``target``:
-    the slices of the chunk it writes, ``None`` for the first pass (the whole chunk).
-    """
-    order: tuple
-    source: tuple
-    geom: object
-    target: tuple = None
-
-
-@dataclasses.dataclass(frozen=True)
-class ChunkPlan:
-    """The passes of one output chunk and the input voxels ``reads`` (per axis ``(lo, hi)``,
-    inside the volume of ``in_spatial`` voxels) they read together."""
-    in_spatial: tuple
-    reads: tuple
-    passes: tuple
-
-
-class Plan:
-    """How to compute any chunk of the upsampled volume (module docstring).
+class Upsampling:
+    """What a fitted ``VolumeUpsampler`` computes, for volumes of any size.
 
     Parameters
     ----------
-    in_spatial : tuple of 3 ints
-        Voxels of the volume per axis.
-    kernel_shape : tuple of 3 ints
-        Taps of the embedded kernel (at least ``factor``) per axis.
     factor : tuple of 3 ints
+    kernel : ndarray of shape (kd, kh, kw), optional
+        The kernel (float64).
+    taps : tuple of 3 ndarrays, optional
+        Instead of ``kernel``: the 1-D kernels, without negative taps, whose outer product
+        is the kernel (run one axis at a time; no bias).
+    bias : float, default=0.0
+    nan_policy : {"propagate", "ignore", "error"}, default="propagate"
+        See :meth:`run`.
+    label : bool, default=False
+        Instead of a kernel: label maps, upsampled by a trilinear-weighted vote
+        (``tconv3d._labels``).
+
+    Notes
+    -----
+    Instances are sent once to each Dask worker; the kernels prepared for a dtype are
+    cached on the instance.
     """
 
-    def __init__(self, in_spatial, kernel_shape, factor):
-        self.in_spatial, self.factor = tuple(in_spatial), tuple(factor)
-        self.kernel_shape = tuple(kernel_shape)
-        # The whole volume's "same" convolution: length n*s, crop (k - s)//2 per axis.
-        self.whole = make_geometry((1, *in_spatial, 1), (*kernel_shape, 1, 1), factor,
-                                   "same", None, 1, "channels_last")
-        self.out_spatial, self.crop = self.whole.out_spatial, self.whole.crop
-        # Each slab with the axis order of its whole extent (longest innermost).
-        self.slabs = []
-        for axis, first, stop in borders(in_spatial, kernel_shape, factor):
-            lengths = [stop - first if a == axis else self.out_spatial[a] for a in range(3)]
-            self.slabs.append((axis, first, stop,
-                               tuple(np.argsort(lengths, kind="stable").tolist())))
+    def __init__(self, factor, kernel=None, *, taps=None, bias=0.0, nan_policy="propagate",
+                 label=False):
+        self.factor = tuple(int(s) for s in factor)
+        self.bias = float(bias)
+        self.nan_policy = nan_policy
+        self.label = bool(label)
+        self.kernel = self.taps = None
+        self.has_negative = False
+        if taps is not None and not self.label:
+            self.taps = tuple(np.asarray(t, np.float64) for t in taps)
+            if self.bias != 0 or any((t < 0).any() for t in self.taps):
+                raise ValueError("separable taps must be >= 0, without a bias")
+        elif not self.label:
+            self.kernel = _conv_plan.embed_small(np.asarray(kernel, np.float64),
+                                                 self.factor)[0]
+            self.has_negative = bool((self.kernel < 0).any())
+            if nan_policy == "ignore":
+                check_ignore_kernel(self.kernel)
+        self._operators = {}
 
-    def reach(self, axis, first, stop):
-        """Inputs ``[lo, hi)`` (edge-replicated past the volume) that the outputs
-        ``[first, stop)`` of ``axis`` read."""
-        k, s, c = self.kernel_shape[axis], self.factor[axis], self.crop[axis]
-        return -(-(first + c - (k - 1)) // s), (stop - 1 + c) // s + 1
+    def __dask_tokenize__(self):
+        arrays = (self.kernel,) if self.taps is None else self.taps
+        return ("tconv3d._plan.Upsampling", self.factor, self.bias, self.nan_policy,
+                self.label, *((a.shape, a.tobytes()) for a in arrays if a is not None))
 
-    def reads(self, axis, first, stop):
-        """The voxels of the volume that the outputs ``[first, stop)`` of ``axis`` read."""
-        lo, hi = self.reach(axis, first, stop)
-        return max(lo, 0), min(hi, self.in_spatial[axis])
+    def __getstate__(self):  # the prepared kernels are rebuilt where they are used
+        return {**self.__dict__, "_operators": {}}
 
-    def local(self, axis, first, stop, lo):
-        """Output length and crop of the outputs ``[first, stop)`` computed from input
-        ``lo`` on: their positions in that convolution's full-length result start at
-        ``crop``."""
-        return stop - first, first + self.crop[axis] - lo * self.factor[axis]
+    # -- plan ---------------------------------------------------------------------------
 
-    def _pass(self, order, ranges, inside, target=None):
-        """The pass computing the outputs ``ranges``, from the voxels inside the volume
-        (``inside``) or from the edge-replicated input."""
-        source, local = [], []
-        for a, (first, stop) in enumerate(ranges):
-            lo, hi = self.reads(a, first, stop) if inside else self.reach(a, first, stop)
-            source.append((lo, hi))
-            local.append((hi - lo, *self.local(a, first, stop, lo)))
-        geom = dataclasses.replace(
-            self.whole, in_spatial=tuple(local[a][0] for a in order),
-            kernel_spatial=tuple(self.kernel_shape[a] for a in order),
-            strides=tuple(self.factor[a] for a in order),
-            out_spatial=tuple(local[a][1] for a in order),
-            crop=tuple(local[a][2] for a in order))
-        return Pass(tuple(order), tuple(source), geom, target)
+    def plan(self, in_spatial):
+        """The plan of volumes of ``in_spatial`` voxels: ``.reads(axis, first, stop)``,
+        the voxels of the volume the outputs ``[first, stop)`` of ``axis`` read, and
+        ``.chunk(ranges)``, the chunk of the outputs ``ranges`` for :meth:`run`."""
+        if self.label:
+            return _labels.LabelPlan(in_spatial, self.factor)
+        if self.taps is not None:
+            passes = [_separable.axis_pass(t, s, a)
+                      for a, (t, s) in enumerate(zip(self.taps, self.factor))]
+            return _separable.SeparablePlan(in_spatial, passes, self.factor)
+        return _conv_plan.Plan(in_spatial, self.kernel.shape, self.factor)
 
-    def chunk(self, ranges):
-        """The :class:`ChunkPlan` of the outputs ``ranges`` (per axis ``(first, stop)``)."""
-        ranges = tuple(tuple(r) for r in ranges)
-        passes = [self._pass((0, 1, 2), ranges, inside=True)]
-        for axis, first, stop, order in self.slabs:
-            first, stop = max(first, ranges[axis][0]), min(stop, ranges[axis][1])
-            if first >= stop:
-                continue
-            part = list(ranges)
-            part[axis] = (first, stop)
-            target = tuple(slice(f - c0, t - c0) for (f, t), (c0, _) in zip(part, ranges))
-            passes.append(self._pass(order, part, inside=False, target=target))
-        reads = tuple(self.reads(a, *r) for a, r in enumerate(ranges))
-        return ChunkPlan(self.in_spatial, reads, tuple(passes))
-
-
-# ------------------------------------------------------------------------------ execution
-
-def read_edge_replicated(x, x_lo, in_spatial, source):
-    """The input voxels ``source`` (per axis ``(lo, hi)``) of ``x``, whose first voxel is
-    voxel ``x_lo`` of a volume of ``in_spatial`` voxels; voxels outside the volume read
-    its nearest edge voxel. A view when ``source`` lies inside the volume."""
-    if all(0 <= lo and hi <= n for (lo, hi), n in zip(source, in_spatial)):
-        return x[(slice(None), *(slice(lo - o, hi - o) for (lo, hi), o in zip(source, x_lo)))]
-    d, h, w = (np.clip(np.arange(lo, hi), 0, n - 1) - o
-               for (lo, hi), n, o in zip(source, in_spatial, x_lo))
-    return x[:, d[:, None, None], h[None, :, None], w[None, None, :]]
-
-
-def _convolve(x, chunk, step, kernel, bias, num_threads, output):
-    """Run one :class:`Pass` on the single-channel volumes ``x`` (``chunk.reads``)."""
-    part = read_edge_replicated(x, [lo for lo, _ in chunk.reads], chunk.in_spatial,
-                                step.source)
-    order = list(step.order)
-    part = part.transpose(0, *(a + 1 for a in order), 4)
-    wt = np.ascontiguousarray(kernel.transpose(*order, 3, 4))  # Cin = Cout = 1: packed
-    geom = dataclasses.replace(step.geom, batch=len(x))
-    check_allocation(geom.output_shape, wt.dtype, output)
-    z = _ops.forward_packed(part, wt, bias, geom, num_threads)
-    return z.transpose(0, *(order.index(a) + 1 for a in range(3)), 4)
-
-
-def run(x, chunk, kernel, bias, num_threads, *, output="output", side_by_side=False):
-    """Compute one chunk of the upsampled volumes.
-
-    Parameters
-    ----------
-    x : ndarray of shape (n, d, h, w, c)
-        The input voxels ``chunk.reads`` of each volume, float32 or float64.
-    chunk : ChunkPlan
-    kernel, bias : from :func:`prepare` with ``x.dtype``
-    num_threads : int or None
-        OpenMP threads of each pass.
-    output : str
-        How a too-large output is named in the ``MemoryError``.
-    side_by_side : bool
-        Run the border passes (thin, up to six) side by side on Python threads with one
-        OpenMP thread each (the core releases the GIL) rather than one after the other:
-        six small OpenMP regions, whose every barrier waits for the slowest thread, are
-        costly on a busy machine. Results do not depend on it.
-
-    Returns
-    -------
-    y : ndarray of shape (n, D, H, W, c)
-        The chunk, new and C-contiguous, of ``x.dtype``.
-    """
-    n, c = x.shape[0], x.shape[-1]
-    x = x if c == 1 else np.moveaxis(x, -1, 1).reshape(n * c, *x.shape[1:4], 1)
-    first, *slabs = chunk.passes
-    y = _convolve(x, chunk, first, kernel, bias, num_threads, output)
-    if slabs:
-        if side_by_side:
-            with ThreadPoolExecutor(min(len(slabs), normalize_num_threads(num_threads))) as pool:
-                results = pool.map(
-                    lambda step: _convolve(x, chunk, step, kernel, bias, 1, output), slabs)
-                for step, values in zip(slabs, results):
-                    y[(slice(None), *step.target)] = values
+    def _operator(self, name, dtype):
+        """The prepared kernel ``name`` in ``dtype``: "kernel" (with the bias), "weights"
+        (without), "support" (1 on the nonzero taps), "positive", "negative"."""
+        key = (name, np.dtype(dtype).str)
+        if key in self._operators:
+            return self._operators[key]
+        if self.taps is not None:  # no negative taps, no bias
+            taps = self.taps
+            if name in ("support", "positive"):
+                taps = [(t != 0).astype(np.float64) for t in taps]
+            self._operators[key] = _separable.prepare(taps, self.factor, dtype)
         else:
-            for step in slabs:
-                y[(slice(None), *step.target)] = _convolve(x, chunk, step, kernel, bias,
-                                                           num_threads, output)
-    if c == 1:
+            kernel, bias = self.kernel, 0.0
+            if name == "kernel":
+                bias = self.bias
+            elif name == "support":
+                kernel = (kernel != 0).astype(np.float64)
+            elif name == "positive":
+                kernel = (kernel > 0).astype(np.float64)
+            elif name == "negative":
+                kernel = (kernel < 0).astype(np.float64)
+            self._operators[key] = _conv_plan.prepare(kernel, bias, dtype)
+        return self._operators[key]
+
+    def _linear(self, x, chunk, name, num_threads, output, side_by_side, out=None):
+        """The chunk of the single-channel volumes ``x`` upsampled with kernel ``name``
+        (in ``out`` if given)."""
+        operator = self._operator(name, x.dtype)
+        if self.taps is not None:
+            return _separable.run(x, chunk, operator, num_threads, output=output, out=out)
+        y = _conv_plan.run(x, chunk, operator, num_threads, output=output,
+                           side_by_side=side_by_side)
+        if out is None:
+            return y
+        out[...] = y
+        return out
+
+    def _copies(self):
+        """Whether each output is a copy of one input (nearest), which propagates NaN
+        and infinities as they are."""
+        return self.taps is not None and all(
+            len(t) == s and (t == 1).all() for t, s in zip(self.taps, self.factor))
+
+    def _phase_sums(self, ranges):
+        """Sum of the taps each output of the chunk ``ranges`` receives (all of its stride
+        phase: edge replication supplies every input), broadcastable to the chunk."""
+        s = self.factor
+        if self.taps is not None:
+            sums = 1.0
+            for axis, (t, (first, stop)) in enumerate(zip(self.taps, ranges)):
+                t = _separable.embed(t, s[axis])
+                table = np.pad(t, (0, -len(t) % s[axis])).reshape(-1, s[axis]).sum(axis=0)
+                shape = [1] * 5
+                shape[1 + axis] = stop - first
+                sums = sums * table[(np.arange(first, stop) + (len(t) - s[axis]) // 2)
+                                    % s[axis]].reshape(shape)
+            return sums
+        kernel = self.kernel
+        k = kernel.shape
+        padded = np.pad(kernel, [(0, -n % f) for n, f in zip(k, s)])
+        table = padded.reshape(-1, s[0], padded.shape[1] // s[1], s[1],
+                               padded.shape[2] // s[2], s[2]).sum(axis=(0, 2, 4))
+        index = [(np.arange(first, stop) + (n - f) // 2) % f
+                 for (first, stop), n, f in zip(ranges, k, s)]
+        return table[np.ix_(*index)][None, ..., None]
+
+    # -- execution ------------------------------------------------------------------------
+
+    def run(self, x, chunk, num_threads, *, output="output", side_by_side=False, out=None):
+        """Compute one chunk of the upsampled volumes.
+
+        Parameters
+        ----------
+        x : ndarray of shape (n, d, h, w, c)
+            The input voxels ``chunk.reads`` of each volume, float32 or float64 (label
+            maps: any real dtype, kept).
+        chunk : object
+            From ``self.plan(in_spatial).chunk(ranges)``.
+        num_threads : int or None
+            OpenMP threads of each compiled call.
+        output : str
+            How a too-large output is named in the ``MemoryError``.
+        side_by_side : bool
+            Let the plan run its small passes side by side on Python threads (results do
+            not depend on it).
+        out : ndarray of shape (n, D, H, W, c), optional
+            Where to write the chunk (the separable passes write straight into it).
+
+        Returns
+        -------
+        y : ndarray of shape (n, D, H, W, c)
+            The chunk of ``x.dtype``: ``out``, or new and C-contiguous.
+
+        Notes
+        -----
+        Non-finite inputs, by ``nan_policy``:
+
+        - ``"error"``: ``ValueError``.
+        - ``"propagate"``: each output is what IEEE arithmetic gives over the terms of its
+          sum with a nonzero tap: NaN if one of them reads NaN or if they read infinities
+          of both signs (after the sign of the tap), else the signed infinity they read,
+          else the finite sum. A tap of weight 0 never spreads a NaN (``0 * nan`` is not
+          computed). Computed as the convolution of ``x`` with non-finite voxels set to 0,
+          then the counts of NaN and signed infinite terms (convolutions of indicator
+          volumes with the 0/1 support of the positive and of the negative taps).
+        - ``"ignore"``: the outputs whose sum has a nonzero tap on a non-finite input
+          become ``bias + g * sum(w x) / sum(w)`` over their finite inputs, where ``g`` is
+          the sum of all their taps (the kernel's response to a finite volume; 1 for
+          ``nearest`` and ``trilinear``, so the kernel-weighted mean of the finite
+          inputs); NaN if no finite input has a nonzero tap. Other outputs are those of
+          a finite volume. Needs a kernel without negative taps.
+        """
+        n, c = x.shape[0], x.shape[-1]
+        if c == 1:
+            y = self._run(x, chunk, num_threads, output, side_by_side, out)
+            if out is None or y is out:
+                return y
+            out[...] = y
+            return out
+        x = np.moveaxis(x, -1, 1).reshape(n * c, *x.shape[1:4], 1)
+        y = np.moveaxis(self._run(x, chunk, num_threads, output, side_by_side, None).reshape(
+            n, c, *y_shape(chunk)), 1, -1)
+        if out is None:
+            return np.ascontiguousarray(y)
+        out[...] = y
+        return out
+
+    def _run(self, x, chunk, num_threads, output, side_by_side, out):
+        if self.label:
+            return _labels.run(x, chunk, self.factor, output=output)
+
+        def linear(volumes, name, out=None):
+            return self._linear(volumes, chunk, name, num_threads, output, side_by_side,
+                                out)
+
+        finite = np.isfinite(x)
+        if finite.all() or (self.nan_policy == "propagate" and self._copies()):
+            return linear(x, "kernel", out)
+        if self.nan_policy == "error":
+            bad = finite.size - int(np.count_nonzero(finite))
+            raise ValueError(f"Input X contains {bad} NaN or infinite values, which "
+                             "nan_policy='error' refuses; nan_policy='propagate' or "
+                             "'ignore' upsamples them.")
+        y = linear(np.where(finite, x, 0), "kernel", out)
+        if self.nan_policy == "propagate":
+            _propagate(y, x, linear, self.has_negative)
+        else:
+            hit = linear((~finite).astype(np.float32), "support") > 0
+            weight = linear(finite.astype(x.dtype), "weights")[hit]
+            gain = np.broadcast_to(self._phase_sums(chunk.ranges), y.shape)[hit]
+            part = (y[hit].astype(np.float64) - self.bias) * (gain / np.where(
+                weight > 0, weight, 1))
+            y[hit] = np.where(weight > 0, self.bias + part, np.nan)
         return y
-    return np.ascontiguousarray(np.moveaxis(y.reshape(n, c, *y.shape[1:4]), 1, -1))
 
 
-def upsample(volumes, kernel, bias, factor, num_threads):
-    """Upsample ``(n, d, h, w, c)`` volumes with one ``(kd, kh, kw)`` kernel per channel: the
-    chunk that is the whole volume.
+def y_shape(chunk):
+    """The spatial shape of the outputs of ``chunk``."""
+    return tuple(stop - first for first, stop in chunk.ranges)
+
+
+def _propagate(y, x, linear, has_negative):
+    """Set the outputs of ``y`` (computed with non-finite inputs as 0) whose nonzero taps
+    read non-finite inputs to what IEEE arithmetic gives (see :meth:`Upsampling.run`)."""
+    n = len(x)
+    signs = np.concatenate([x == np.inf, x == -np.inf, np.isnan(x)]).astype(np.float32)
+    counts = linear(signs, "positive")
+    plus, minus, nan = counts[:n], counts[n:2 * n], counts[2 * n:]
+    if has_negative:
+        flipped = linear(signs, "negative")
+        plus += flipped[n:2 * n]
+        minus += flipped[:n]
+        nan += flipped[2 * n:]
+    plus, minus = plus > 0, minus > 0
+    y[plus] = np.inf
+    y[minus] = -np.inf
+    y[(nan > 0) | (plus & minus)] = np.nan
+
+
+def from_estimator(upsampler):
+    """The :class:`Upsampling` of a fitted ``VolumeUpsampler`` (its public attributes):
+    separable for ``kernel="nearest"`` and ``"trilinear"``, whose ``kernel_`` is the
+    outer product of their 1-D kernels (checked, so a changed ``kernel_`` is honoured)."""
+    name, factor, kernel = upsampler.kernel, upsampler.factor_, upsampler.kernel_
+    policy = upsampler.nan_policy
+    if isinstance(name, str) and name == "label":
+        return Upsampling(factor, label=True, nan_policy=policy)
+    if isinstance(name, str) and name in _separable.SEPARABLE_KERNELS \
+            and upsampler.bias_ == 0:
+        taps = _separable.named_taps(name, factor)
+        if _is_outer(kernel, taps, (name, factor)):
+            return Upsampling(factor, taps=taps, nan_policy=policy)
+    return Upsampling(factor, kernel, bias=upsampler.bias_, nan_policy=policy)
+
+
+_OUTER_CHECKED = {}   # id(kernel) -> (weak reference to it, what, outcome)
+
+
+def _is_outer(kernel, taps, what):
+    """Whether ``kernel`` is the outer product of ``taps``; remembered per kernel array (a
+    fitted ``kernel_`` is checked once, not at every transform: it costs as much as
+    upsampling a small volume by 64)."""
+    seen = _OUTER_CHECKED.get(id(kernel))
+    if seen is not None and seen[0]() is kernel and seen[1] == what:
+        return seen[2]
+    outcome = (isinstance(kernel, np.ndarray) and kernel.shape == tuple(map(len, taps))
+               and np.array_equal(kernel, _separable.outer(taps)))
+    if len(_OUTER_CHECKED) > 64:
+        _OUTER_CHECKED.clear()
+    try:
+        _OUTER_CHECKED[id(kernel)] = (weakref.ref(kernel), what, outcome)
+    except TypeError:  # not weak-referenceable: checked every time
+        pass
+    return outcome
+
+
+# Output voxels per Python thread below which one call computes the whole volume: a
+# thread costs about 0.1 ms to start on an idle machine and a scheduling delay of 1 ms or
+# more on a loaded one, about the time nearest takes for 2M voxels (trilinear 3-8 ms).
+MIN_PARALLEL_VOXELS = 1 << 21
+
+
+def upsample(volumes, upsampling, num_threads):
+    """Upsample ``(n, d, h, w, c)`` volumes: the chunk that is the whole volume.
+
+    Separable kernels on ``num_threads > 1`` threads compute it as up to that many chunks
+    (volumes, else slabs along depth) of at least ``MIN_PARALLEL_VOXELS`` outputs, side by
+    side on Python threads with one OpenMP thread each, written straight into the output:
+    no barrier between the passes, which on a loaded machine cost more than the passes
+    themselves (each waits for the slowest thread to be scheduled); a smaller output is
+    one chunk on one thread. Chunks give the same bits as the whole (as on Dask).
 
     Returns a new C-contiguous ``(n, d*sd, h*sh, w*sw, c)`` array of ``volumes.dtype``.
     """
-    kernel, bias = prepare(kernel, bias, factor, volumes.dtype)
-    plan = Plan(volumes.shape[1:4], kernel.shape[:3], factor)
-    whole = plan.chunk([(0, length) for length in plan.out_spatial])
-    return run(volumes, whole, kernel, bias, num_threads, side_by_side=True)
+    n, spatial, c = len(volumes), volumes.shape[1:4], volumes.shape[4]
+    factor = upsampling.factor
+    plan = upsampling.plan(spatial)
+    out_spatial = tuple(m * s for m, s in zip(spatial, factor))
+    threads = normalize_num_threads(num_threads)
+    size = n * c * int(np.prod(out_spatial, dtype=np.float64))
+    parts = 1
+    if upsampling.taps is not None and threads > 1:
+        parts = int(min(threads, size // MIN_PARALLEL_VOXELS, max(n, spatial[0])))
+    if parts <= 1:
+        whole = plan.chunk([(0, m) for m in out_spatial])
+        threads = 1 if upsampling.taps is not None else num_threads
+        return upsampling.run(volumes, whole, threads, side_by_side=True)
+    shape = (n, *out_spatial, c)
+    check_allocation(shape, volumes.dtype, "output")
+    y = np.empty(shape, volumes.dtype)
+    if n >= parts:    # whole volumes
+        bounds = np.linspace(0, n, parts + 1).astype(int)
+        boxes = [((b0, b1), (0, spatial[0])) for b0, b1 in zip(bounds[:-1], bounds[1:])]
+    else:             # slabs along depth
+        bounds = np.linspace(0, spatial[0], parts + 1).astype(int)
+        boxes = [((0, n), (d0, d1)) for d0, d1 in zip(bounds[:-1], bounds[1:])]
+
+    def work(box):
+        (b0, b1), (d0, d1) = box
+        ranges = [(d0 * factor[0], d1 * factor[0]), (0, out_spatial[1]), (0, out_spatial[2])]
+        chunk = plan.chunk(ranges)
+        x = volumes[(slice(b0, b1), *(slice(lo, hi) for lo, hi in chunk.reads))]
+        upsampling.run(x, chunk, 1, out=y[b0:b1, slice(*ranges[0])])
+
+    with ThreadPoolExecutor(parts) as pool:
+        list(pool.map(work, boxes))
+    return y
 
 
 # ------------------------------------------------------------------------- volumes layout

@@ -155,7 +155,7 @@ def _graph(name, x, channel_axis, windows, block_task, constants):
     ``windows[a]``: the output chunks of spatial axis ``a``, as ``(size, input range
     [lo, hi) read, local numbers)``; ``block_task(keys, region, local numbers of the three
     axes, batch)`` builds the task of a block.
-    ``constants`` (key: array) are added once, so that the kernel is sent to a worker
+    ``constants`` (key: value) are added once, so that the kernel is sent to a worker
     once rather than pickled into every task.
     """
     axes = tuple(ax for ax in range(1, 5) if ax != channel_axis)
@@ -196,14 +196,11 @@ def _conv_chunk(pieces, region, wt, bias, geom, num_threads):
     return _ops.forward_packed(_assemble(pieces, region), wt, bias, geom, num_threads)
 
 
-def _upsample_chunk(pieces, region, kernel, bias, chunk, num_threads):
-    """One output chunk of :func:`upsample`: the :class:`tconv3d._plan.ChunkPlan` ``chunk``
-    run on the voxels it reads."""
-    x = _assemble(pieces, region)
-    if not np.isfinite(x).all():
-        raise ValueError("Input X contains NaN or infinity (VolumeUpsampler refuses "
-                         "non-finite volumes).")
-    return _plan.run(x, chunk, kernel, bias, num_threads, output="output chunk")
+def _upsample_chunk(pieces, region, upsampling, chunk, num_threads):
+    """One output chunk of :func:`upsample`: the :class:`tconv3d._plan.Upsampling` run on
+    the plan of the chunk ``chunk`` and the voxels it reads."""
+    return upsampling.run(_assemble(pieces, region), chunk, num_threads,
+                          output="output chunk")
 
 
 # ----------------------------------------------------------------------- public functions
@@ -309,18 +306,17 @@ def upsample(upsampler, X, *, num_threads=None):
     Returns
     -------
     X_up : dask.array.Array
-        Of the shape and dtype ``transform`` returns; its sample chunks are ``X``'s and its
+        Of the shape and dtype ``transform`` returns (label maps keep their dtype); its sample chunks are ``X``'s and its
         spatial chunks ``X``'s times the factor. Computed, it is bitwise equal to
-        ``upsampler.transform(X.compute())``. Non-finite voxels raise ``ValueError`` when
-        the chunk holding them is computed.
+        ``upsampler.transform(X.compute())``, non-finite voxels included (with
+        ``nan_policy="error"`` they raise ``ValueError`` when a chunk reading them is
+        computed).
 
     Notes
     -----
     ``transform`` computes the chunk of the upsampling plan (``tconv3d._plan``) that is the
-    whole volume; each task here computes its chunk of the same plan: the strided
-    convolution, then the parts of the border slabs that fall in it, in the same order and
-    each with the axis order of its whole slab, so every voxel is summed exactly as in
-    memory.
+    whole volume; each task here computes its chunk of the same plan, with the same
+    compiled calls per voxel, so every voxel is summed exactly as in memory.
     """
     from sklearn.utils.validation import check_is_fitted
 
@@ -333,22 +329,21 @@ def upsample(upsampler, X, *, num_threads=None):
     if volumes.numblocks[4] > 1:
         volumes = volumes.rechunk({4: -1})
     factor = upsampler.factor_
-    kernel, bias = _plan.prepare(upsampler.kernel_, upsampler.bias_, factor, volumes.dtype)
-    plan = _plan.Plan(volumes.shape[1:4], kernel.shape[:3], factor)
+    upsampling = _plan.from_estimator(upsampler)
+    plan = upsampling.plan(volumes.shape[1:4])
     windows = []   # per axis: the input chunks times the factor, and the voxels they read
     for a, s in enumerate(factor):
         bounds = _bounds(volumes.chunks[1 + a])
         windows.append([((hi - lo) * s, plan.reads(a, lo * s, hi * s), (lo * s, hi * s))
                         for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo])
 
-    name = f"volumeupsampler-transform-{tokenize(volumes, kernel, bias, factor, num_threads)}"
-    constants, kernel_key, bias_key = _constants(name, kernel, bias)
+    name = f"volumeupsampler-transform-{tokenize(volumes, upsampling, num_threads)}"
+    spec_key = f"{name}-upsampling"
 
     def block_task(keys, region, local, batch):
-        return (_upsample_chunk, keys, region, kernel_key, bias_key, plan.chunk(local),
-                num_threads)
+        return (_upsample_chunk, keys, region, spec_key, plan.chunk(local), num_threads)
 
-    graph = _graph(name, volumes, 4, windows, block_task, constants)
+    graph = _graph(name, volumes, 4, windows, block_task, {spec_key: upsampling})
     chunks = (volumes.chunks[0], *(tuple(v[0] for v in axis) for axis in windows),
               volumes.chunks[4])
     out = da.Array(graph, name, chunks=chunks, meta=np.empty((0,) * 5, volumes.dtype))
@@ -357,11 +352,12 @@ def upsample(upsampler, X, *, num_threads=None):
 
 def _dask_volumes(upsampler, X):
     """``X`` as ``(n, d, h, w, c)`` float volumes, and its ndim: the checks of
-    ``VolumeUpsampler.transform`` that need no data (non-finite values are refused when
-    a chunk is computed)."""
+    ``VolumeUpsampler.transform`` that need no data (the NaN policy is applied when a
+    chunk is computed)."""
     if X.dtype.kind not in "biuf":
         raise ValueError(f"X must hold real numbers, got dtype {X.dtype}.")
-    if X.dtype not in (np.float32, np.float64):
+    labels = isinstance(upsampler.kernel, str) and upsampler.kernel == "label"
+    if X.dtype not in (np.float32, np.float64) and not labels:   # label maps keep theirs
         X = X.astype(np.float64)
     ndim = _plan.check_volumes_shape(X.shape)
     if ndim != 2:

@@ -25,10 +25,13 @@ kernel's centre tap on the output voxel whose centre is the input voxel's centre
   ``-((k - s) // 2)`` zeros in front, which leaves ``y`` unchanged and makes ``c >= 0``.
 
 Computation: ``tconv3d._plan`` (one plan executed by ``transform`` on the whole volume and
-by ``tconv3d.dask.upsample`` on each chunk): the strided ``padding="same"`` transposed
-convolution of the unpadded volume, then the thin border slabs whose taps reach past the
-volume recomputed from edge-replicated input and written over. No padded copy of the volume
-is made and the output needs no cropping copy.
+by ``tconv3d.dask.upsample`` on each chunk, so both give the same bits). ``"nearest"`` and
+``"trilinear"`` are outer products of 1-D kernels and run one axis at a time
+(``tconv3d._separable``: three 1-D transposed convolutions, each output a sum of at most 3
+terms, a cost linear in the output size for any factor). Other kernels run as the strided
+``padding="same"`` 3-D transposed convolution of the unpadded volume, then the thin border
+slabs whose taps reach past the volume recomputed from edge-replicated input and written
+over (``tconv3d._conv_plan``). No padded copy of the volume is made.
 """
 import time
 import warnings
@@ -39,53 +42,52 @@ from scipy.optimize import minimize
 from sklearn.base import (BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                           _fit_context)
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
-from . import _plan
+from . import _conv_plan, _plan, _separable
 from ._geometry import deconv_output_length
 from ._ops import conv_transpose3d, conv_transpose3d_backward, conv_transpose3d_output_shape
 from ._validation import make_geometry, normalize_num_threads, normalize_triple
 
 __all__ = ["VolumeUpsampler"]
 
-KERNELS = ("nearest", "trilinear", "learned")
+KERNELS = ("nearest", "trilinear", "learned", "label")
 _FLOATS = (np.float64, np.float32)
 
 
-def _triangle(factor, size):
-    """Taps of linear interpolation along one axis, ``(size,)`` float64 (module docstring)."""
-    u = (np.arange(size) - (size - factor) // 2 + 0.5) / factor - 0.5
-    return np.maximum(0.0, 1.0 - np.abs(u))
-
-
-def _separable(taps):
-    """Outer product of three 1-D kernels: ``(kd, kh, kw)``."""
-    return taps[0][:, None, None] * taps[1][None, :, None] * taps[2][None, None, :]
-
-
 def _trilinear_kernel(factor, size=None):
-    size = tuple(2 * s - s % 2 for s in factor) if size is None else size
-    return _separable([_triangle(s, k) for s, k in zip(factor, size)])
+    """The trilinear kernel of ``factor`` (``size`` taps per axis, default as in
+    :func:`tconv3d._separable.triangle`), float64."""
+    size = (None,) * 3 if size is None else size
+    return _separable.outer([_separable.triangle(s, k) for s, k in zip(factor, size)])
 
 
 class VolumeUpsampler(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Upsample volumes by an integer factor with a fixed or learned kernel.
 
-    Each channel of each volume is upsampled independently, by one compiled transposed
+    Each channel of each volume is upsampled independently, by a compiled transposed
     convolution of stride ``factor`` over an edge-replicated border (see the module
-    docstring for the geometry).
+    docstring for the geometry); ``"nearest"`` and ``"trilinear"`` run it one axis at a
+    time, at a cost linear in the output size for any factor.
 
     Parameters
     ----------
     factor : int or tuple of 3 ints, default=2
         Upsampling factor along depth, height and width; each ``>= 1``.
-    kernel : {"trilinear", "nearest", "learned"} or ndarray of shape (kd, kh, kw), \
+    kernel : {"trilinear", "nearest", "learned", "label"} or ndarray of shape (kd, kh, kw), \
 default="trilinear"
         - ``"nearest"``: each voxel repeated ``factor`` times per axis (``np.repeat``).
         - ``"trilinear"``: the numbers of ``torch.nn.functional.interpolate(...,
           mode="trilinear", align_corners=False)``, borders included.
+        - ``"label"``: for label maps (segmentations): labels in, labels out, in the
+          input's dtype (any integer or bool; floats must hold whole numbers, NaN is
+          refused). Each output voxel takes, among the input voxels with a nonzero
+          trilinear weight on it (at most 8), the label whose weights add up to the
+          most; ties go to the smallest label. Smoother than ``"nearest"`` (boundaries
+          follow the trilinear interpolation of each label's mask) and never a label
+          that is not among the neighbours. ``kernel_`` holds the trilinear weights.
         - ``"learned"``: ``fit(X, y)`` learns a kernel of ``kernel_size`` taps and a bias
           that minimise the mean squared error between ``transform(X)`` and the
           high-resolution volumes ``y``, starting from the trilinear kernel.
@@ -99,8 +101,34 @@ default="trilinear"
         features alone does not say which voxels are neighbours, and guessing would
         silently upsample the wrong neighbours. Not used for 4-D and 5-D ``X``.
     kernel_size : int or tuple of 3 ints, default=None
-        Taps of the learned kernel per axis; ``None`` means ``2 * factor``. Only used
-        with ``kernel="learned"``.
+        Taps of the learned kernel per axis; ``None`` means ``3 * factor`` (the default
+        of ``tconv3d fit`` too): each output then reads three input voxels per axis,
+        room for the negative lobes of a sharpening kernel, where ``2 * factor`` taps
+        (two voxels, as trilinear) can only re-weight linear interpolation. On
+        nibabel's ``anatomical.nii`` (x2, learned on one half, scored on the other)
+        ``2 * factor`` gains 0.6 dB PSNR over trilinear, ``3 * factor`` 1.3 dB and
+        ``4 * factor`` no more. Only used with ``kernel="learned"``.
+    nan_policy : {"propagate", "ignore", "error"}, default="propagate"
+        What non-finite input voxels (NaN, +-inf; e.g. outside the field of view of a
+        resampled or statistical map) do:
+
+        - ``"propagate"``: they flow through the convolution as IEEE arithmetic does,
+          into the outputs whose kernel taps on them are nonzero, and only those (a tap
+          of weight 0 does not spread a NaN). ``"nearest"`` is then exactly
+          ``np.repeat``; ``"trilinear"`` gives NaN to the outputs within one input voxel
+          of a NaN. No value is ever invented.
+        - ``"ignore"``: normalised convolution. An output whose kernel reaches a
+          non-finite input is the kernel-weighted mean of the finite inputs it reaches,
+          ``bias + g * sum(w*x) / sum(w)`` over those (``g``: the sum of the output's
+          taps, 1 for ``"nearest"`` and ``"trilinear"``); NaN only where no finite input
+          has a nonzero tap. Other outputs are unchanged. Needs a kernel without
+          negative taps: refused for such a given kernel, and ``kernel="learned"``
+          then learns taps ``>= 0``.
+        - ``"error"``: ``ValueError`` (``fit`` and ``transform``).
+
+        ``fit`` with ``kernel="learned"`` (policies other than ``"error"``) learns from
+        the voxels of ``y`` that are finite and whose inputs (the whole
+        ``kernel_size`` box) are all finite; the others are left out of the loss.
     max_iter : int, default=200
         Maximum L-BFGS iterations of the learned fit; ``>= 1``.
     tol : float, default=1e-6
@@ -124,7 +152,8 @@ default="trilinear"
     n_iter_ : int
         L-BFGS iterations of the learned fit (``kernel="learned"`` only).
     loss_ : float
-        Training mean squared error of the learned fit (``kernel="learned"`` only).
+        Training mean squared error of the learned fit (``kernel="learned"`` only), over
+        the voxels it learned from.
     volume_shape_ : tuple of 3 or 4 ints
         Shape of one volume, ``-1`` resolved (fitted on 2-D ``X`` only).
     n_features_in_ : int
@@ -147,7 +176,13 @@ default="trilinear"
     A kernel only looks at neighbouring voxels, so volumes of any spatial size (and any
     number of channels) can be transformed once the estimator is fitted on 4-D or 5-D
     ``X``; after a fit on 2-D ``X``, ``transform`` expects ``n_features_in_`` features.
-    The output is float32 for float32 input and float64 otherwise.
+    The output is float32 for float32 input and float64 otherwise (``kernel="label"``:
+    the input's dtype).
+
+    On ``num_threads > 1`` threads, ``"nearest"`` and ``"trilinear"`` upsample large
+    outputs as chunks (volumes, else depth slabs) side by side, one thread each; every
+    output voxel is computed exactly as in one piece, so the result does not depend on
+    the thread count, nor on the Dask chunking (:func:`tconv3d.dask.upsample`).
 
     Examples
     --------
@@ -170,6 +205,7 @@ default="trilinear"
         "kernel": [str, "array-like"],
         "volume_shape": [None, "array-like"],
         "kernel_size": [None, Integral, "array-like"],
+        "nan_policy": [StrOptions(set(_plan.NAN_POLICIES))],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "num_threads": [None, Integral],
@@ -177,11 +213,13 @@ default="trilinear"
     }
 
     def __init__(self, factor=2, kernel="trilinear", volume_shape=None, kernel_size=None,
-                 max_iter=200, tol=1e-6, num_threads=None, verbose=0):
+                 nan_policy="propagate", max_iter=200, tol=1e-6, num_threads=None,
+                 verbose=0):
         self.factor = factor
         self.kernel = kernel
         self.volume_shape = volume_shape
         self.kernel_size = kernel_size
+        self.nan_policy = nan_policy
         self.max_iter = max_iter
         self.tol = tol
         self.num_threads = num_threads
@@ -198,13 +236,23 @@ default="trilinear"
                                  f"(kd, kh, kw), got {self.kernel!r}.")
             if self.kernel == "nearest":
                 return np.ones(factor)
+            if self.kernel == "label":   # the weights of the vote
+                return _trilinear_kernel(factor)
             size = None
             if self.kernel == "learned":
                 size = normalize_triple(self.kernel_size, "kernel_size", allow_none=True)
-                size = size or tuple(2 * s for s in factor)
+                size = size or tuple(3 * s for s in factor)
             return _trilinear_kernel(factor, size)
         try:
-            kernel = np.array(self.kernel, dtype=np.float64)
+            kernel = np.asarray(self.kernel)
+        except (TypeError, ValueError):
+            kernel = None
+        if kernel is not None and kernel.dtype.kind == "c":
+            raise TypeError(f"`kernel` must hold real numbers, got a complex array (dtype "
+                            f"{kernel.dtype}); pass the part you mean explicitly, e.g. "
+                            "`kernel.real` or `abs(kernel)`.")
+        try:
+            kernel = None if kernel is None else np.array(kernel, dtype=np.float64)
         except (TypeError, ValueError):
             kernel = None
         if kernel is None or kernel.ndim != 3 or kernel.size == 0:
@@ -214,12 +262,31 @@ default="trilinear"
             raise ValueError("`kernel` must hold finite numbers.")
         return kernel
 
+    def _labels(self):
+        return isinstance(self.kernel, str) and self.kernel == "label"
+
     def _validate_volumes(self, X, *, reset):
-        """``X`` as float ``(n, d, h, w, c)`` volumes, and the ndim of ``X``."""
+        """``X`` as float ``(n, d, h, w, c)`` volumes (label maps: their dtype), and the
+        ndim of ``X``."""
         if not hasattr(X, "ndim"):  # lists and other array-likes
             X = np.asarray(X)
+        finite = self.nan_policy == "error"
+        dtype = _FLOATS
+        if self._labels():   # the labels' own dtype; their values are checked when used
+            finite, dtype = False, None
+            kind = getattr(getattr(X, "dtype", None), "kind", "i")  # (DataFrames: later)
+            if kind not in "biuf":
+                raise ValueError("kernel='label' upsamples label maps (integers), got "
+                                 f"dtype {X.dtype}.")
         if X.ndim in (4, 5):
-            X = check_array(X, allow_nd=True, dtype=_FLOATS, estimator=self)
+            # Float volumes in memory need no conversion: scikit-learn's checks (about
+            # 0.1 ms) are skipped unless they would raise.
+            plain = (type(X) is np.ndarray and len(X) >= 1
+                     and (X.dtype in _FLOATS if dtype is not None else X.dtype.kind in "biuf")
+                     and not (finite and not np.isfinite(X).all()))
+            if not plain:
+                X = check_array(X, allow_nd=True, dtype=dtype, ensure_all_finite=finite,
+                                estimator=self)
             _plan.check_volumes_shape(X.shape)
             if reset:  # forget the shape of an earlier 2-D fit
                 for name in ("n_features_in_", "feature_names_in_", "volume_shape_"):
@@ -227,7 +294,7 @@ default="trilinear"
             return _plan.as_volumes(X), X.ndim
         if X.ndim > 2:
             _plan.check_volumes_shape(np.shape(X))
-        X = validate_data(self, X, reset=reset, dtype=_FLOATS)
+        X = validate_data(self, X, reset=reset, dtype=dtype, ensure_all_finite=finite)
         if reset or not hasattr(self, "volume_shape_"):
             shape = _plan.resolve_volume_shape(self.volume_shape, X.shape[1])
             if reset:
@@ -256,6 +323,8 @@ default="trilinear"
         """
         factor = normalize_triple(self.factor, "factor")
         kernel = self._initial_kernel(factor)
+        if self.nan_policy == "ignore" and not self._learns():
+            _plan.check_ignore_kernel(kernel)
         if self.num_threads is not None:
             normalize_num_threads(self.num_threads)
         volumes, ndim = self._validate_volumes(X, reset=True)
@@ -264,7 +333,8 @@ default="trilinear"
             targets = self._check_targets(y, volumes, ndim, factor)
             kernel, bias, self.n_iter_, self.loss_ = _fit_kernel(
                 volumes, targets, kernel, factor, max_iter=self.max_iter, tol=self.tol,
-                num_threads=self.num_threads, verbose=self.verbose)
+                num_threads=self.num_threads, verbose=self.verbose,
+                nonnegative=self.nan_policy == "ignore")
         self.factor_, self.kernel_, self.bias_ = factor, kernel, float(bias)
         return self
 
@@ -281,7 +351,8 @@ default="trilinear"
         -------
         X_up : ndarray of shape (n_samples, d*fd, h*fh, w*fw[, c]) or \
 (n_samples, n_features * fd*fh*fw)
-            Same layout as ``X``; float32 for float32 ``X``, float64 otherwise. A
+            Same layout as ``X``; float32 for float32 ``X``, float64 otherwise (label
+            maps: ``X``'s dtype). A
             ``dask.array`` ``X`` gives a lazy ``dask.array``, chunked by sample and space,
             equal to the in-memory result (see :func:`tconv3d.dask.upsample`).
         """
@@ -290,7 +361,7 @@ default="trilinear"
             from .dask import upsample
             return upsample(self, X)
         volumes, ndim = self._validate_volumes(X, reset=False)
-        out = _plan.upsample(volumes, self.kernel_, self.bias_, self.factor_, self.num_threads)
+        out = _plan.upsample(volumes, _plan.from_estimator(self), self.num_threads)
         return out.reshape(_plan.layout(out.shape, ndim))
 
     @property
@@ -325,6 +396,7 @@ default="trilinear"
         # PatchExtractor): here 4-D and 5-D volumes; 2-D needs `volume_shape`.
         tags.input_tags.three_d_array = True
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        tags.input_tags.allow_nan = self.nan_policy != "error"
         tags.target_tags.required = self._learns()
         return tags
 
@@ -336,7 +408,8 @@ default="trilinear"
             raise ValueError("kernel='learned' learns from examples: call fit(X, y) with y "
                              f"the high-resolution volumes matching X, of shape {expected}.")
         y = check_array(y, allow_nd=True, ensure_2d=False, dtype=np.float64,
-                        input_name="y", estimator=self)
+                        ensure_all_finite=self.nan_policy == "error", input_name="y",
+                        estimator=self)
         if y.shape != expected:
             raise ValueError(f"kernel='learned': y must hold the high-resolution volumes "
                              f"matching X, of shape {expected} (X's with each spatial axis "
@@ -363,38 +436,61 @@ def _window_call(x_shape, kernel_shape, factor, window):
     return {"strides": factor, "padding": padding, "output_padding": output_padding}, slices
 
 
-def _fit_kernel(volumes, targets, kernel, factor, *, max_iter, tol, num_threads, verbose):
+def _fit_kernel(volumes, targets, kernel, factor, *, max_iter, tol, num_threads, verbose,
+                nonnegative=False):
     """Least-squares kernel and bias: L-BFGS with the compiled gradient.
 
-    Minimises ``mean((upsample(volumes) - targets)**2)`` from ``kernel``. Data are divided
-    by the root mean square of ``targets`` (values near 1 whatever the units) and the loss
-    by its value at the starting kernel, so ``tol`` is relative to the starting error
-    whatever the intensity units and offset (L-BFGS-B's ``ftol`` is absolute for losses
-    below 1). Returns ``(kernel, bias, n_iter, mse)``.
+    Minimises ``mean((upsample(volumes) - targets)**2)`` from ``kernel``, over the target
+    voxels that are finite and whose inputs (the whole kernel box) are all finite; with
+    ``nonnegative``, the taps are bounded below by 0. Data are divided by the root mean
+    square of the targets used (values near 1 whatever the units) and the loss by its
+    value at the starting kernel, so ``tol`` is relative to the starting error whatever
+    the intensity units and offset (L-BFGS-B's ``ftol`` is absolute for losses below 1).
+    Returns ``(kernel, bias, n_iter, mse)``.
     """
-    scale = float(np.sqrt(np.mean(np.square(targets)))) or 1.0
-    embedded, taps = _plan.embed_small(kernel, factor)
+    embedded, taps = _conv_plan.embed_small(kernel, factor)
     n, c = volumes.shape[0], volumes.shape[-1]
     channels = np.moveaxis(volumes, -1, 1).reshape(n * c, *volumes.shape[1:4], 1)
     # The whole output in one convolution of the edge-replicated input it reads; window:
     # its positions in that convolution's full-length result.
-    plan = _plan.Plan(volumes.shape[1:4], embedded.shape, factor)
+    plan = _conv_plan.Plan(volumes.shape[1:4], embedded.shape, factor)
     source = [plan.reach(a, 0, length) for a, length in enumerate(plan.out_spatial)]
-    x = _plan.read_edge_replicated(channels.astype(np.float64) / scale, (0, 0, 0),
-                                   plan.in_spatial, source)
+    x = _conv_plan.read_edge_replicated(channels.astype(np.float64), (0, 0, 0),
+                                        plan.in_spatial, source)
     window = []
     for a, (lo, _) in enumerate(source):
         length, crop = plan.local(a, 0, plan.out_spatial[a], lo)
         window.append((crop, crop + length))
     call, slices = _window_call(x.shape, (*embedded.shape, 1, 1), factor, window)
     # The residual lives in the frame of that convolution: targets are placed there once
-    # and everything outside the outputs is masked out.
+    # and everything outside the outputs used is masked out.
     frame = conv_transpose3d_output_shape(x.shape, (*embedded.shape, 1, 1), **call)
     target = np.zeros(frame)
-    target[(slice(None), *slices)] = np.moveaxis(targets / scale, -1, 1).reshape(
+    target[(slice(None), *slices)] = np.moveaxis(targets, -1, 1).reshape(
         n * c, *targets.shape[1:4], 1)
     inside = np.zeros((1, *frame[1:]), bool)
     inside[(slice(None), *slices)] = True
+    finite_x = np.isfinite(x)
+    if finite_x.all() and np.isfinite(targets).all():
+        scale = float(np.sqrt(np.mean(np.square(targets)))) or 1.0
+    else:
+        # Leave out the outputs with a non-finite target or a non-finite input anywhere
+        # in their kernel box (the learned taps may all become nonzero).
+        box = np.zeros((*embedded.shape, 1, 1))
+        box[taps] = 1.0
+        reached = conv_transpose3d(~finite_x, box, **call, num_threads=num_threads) > 0
+        inside = inside & ~reached & np.isfinite(target)
+        x = np.where(finite_x, x, 0.0)
+        target = np.where(inside, target, 0.0)
+        if not inside.any():
+            raise ValueError(
+                "kernel='learned' found no voxel of y to learn from: each is non-finite "
+                "or has a non-finite voxel of X within the kernel_size="
+                f"{kernel.shape} box of its inputs.")
+        scale = float(np.sqrt(np.sum(np.square(target)) / np.count_nonzero(inside))) or 1.0
+    used = int(np.count_nonzero(inside)) * (n * c if len(inside) == 1 else 1)
+    x /= scale
+    target /= scale
     evaluated = {}
 
     def loss_and_grad(theta):
@@ -404,12 +500,12 @@ def _fit_kernel(volumes, targets, kernel, factor, *, max_iter, tol, num_threads,
         residual = conv_transpose3d(x, w, theta[-1:], **call, num_threads=num_threads)
         residual -= target
         residual *= inside
-        loss = np.vdot(residual, residual) / targets.size
+        loss = np.vdot(residual, residual) / used
         _, grad_w, grad_b = conv_transpose3d_backward(
             residual, x, w, **call, compute=("kernel", "bias"), num_threads=num_threads)
         evaluated["theta"], evaluated["loss"] = theta.copy(), loss
         grad = np.append(grad_w[..., 0, 0][taps].ravel(), grad_b)
-        return loss, grad * (2.0 / targets.size)
+        return loss, grad * (2.0 / used)
 
     start = time.perf_counter()
     iteration = [0]
@@ -426,13 +522,17 @@ def _fit_kernel(volumes, targets, kernel, factor, *, max_iter, tol, num_threads,
     # compete with the core's.
     with threadpool_limits(limits=1, user_api="blas"):
         theta0 = np.append(kernel.ravel(), 0.0)
+        bounds = None
+        if nonnegative:  # taps >= 0, bias free
+            theta0[:-1] = np.maximum(theta0[:-1], 0.0)
+            bounds = [(0.0, None)] * (len(theta0) - 1) + [(None, None)]
         unit = loss_and_grad(theta0)[0] or 1.0
 
         def relative_loss_and_grad(theta):
             loss, grad = loss_and_grad(theta)
             return loss / unit, grad / unit
 
-        result = minimize(relative_loss_and_grad, theta0, jac=True,
+        result = minimize(relative_loss_and_grad, theta0, jac=True, bounds=bounds,
                           method="L-BFGS-B", callback=report if verbose > 0 else None,
                           options={"maxiter": max_iter, "ftol": tol, "gtol": 0.0})
     if result.status == 1:

@@ -326,9 +326,9 @@ def test_dask_and_upsampling_import_one_way():
     import ast
     import inspect
 
-    from tconv3d import _plan
+    from tconv3d import _conv_plan, _labels, _plan, _separable
 
-    for module in (tdask, _plan):
+    for module in (tdask, _plan, _conv_plan, _separable, _labels):
         imported = set()
         for node in ast.walk(ast.parse(inspect.getsource(module))):
             if isinstance(node, ast.ImportFrom):
@@ -361,6 +361,7 @@ def test_upsample_layouts_dtypes_and_errors(rng):
         tdask.upsample(VolumeUpsampler(), Xd)
     bad = X.copy()
     bad[3, 4, 5, 6] = np.nan
+    up.set_params(nan_policy="error")      # the default, "propagate", gives NaN outputs
     Yd = tdask.upsample(up, da.from_array(bad, chunks=(3, 2, 4, 3)))          # lazy...
     with pytest.raises(ValueError, match="NaN"):
         Yd.compute(scheduler="sync")                                           # ...raises

@@ -296,6 +296,23 @@ def test_fit_errors(params, X, match):
         VolumeUpsampler(**params).fit(X, np.ones((1, 4, 4, 4)))
 
 
+@pytest.mark.parametrize("kernel", [np.ones((2, 2, 2), np.complex128),
+                                    [[[1 + 0j, 2j]]], np.ones((3, 1, 1), np.complex64)])
+def test_complex_kernel_is_refused(kernel):
+    # Not truncated to its real part (numpy's ComplexWarning): a TypeError naming it.
+    with pytest.raises(TypeError, match=r"`kernel` must hold real numbers, got a complex"):
+        VolumeUpsampler(kernel=kernel).fit(np.ones((1, 2, 2, 2)))
+
+
+def test_learned_kernel_size_defaults_to_three_times_the_factor(rng):
+    X = rng.standard_normal((1, 3, 4, 2))
+    Y = rng.standard_normal((1, 6, 12, 2))
+    up = VolumeUpsampler(factor=(2, 3, 1), kernel="learned", max_iter=1)
+    with pytest.warns(ConvergenceWarning):
+        up.fit(X, Y)
+    assert up.kernel_.shape == (6, 9, 3)
+
+
 @pytest.mark.parametrize("params,match", [
     ({"max_iter": "a"}, r"'max_iter' parameter .* an int in the range \[1, inf\)\. Got 'a'"),
     ({"max_iter": -1}, r"'max_iter' parameter .* Got -1 instead"),
