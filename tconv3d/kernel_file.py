@@ -52,9 +52,14 @@ VERSION = 1
 
 
 def robust_scale(volumes):
-    """99th percentile of ``|volumes|`` per ``(d, h, w)`` volume, shape ``(n, 1, 1, 1)``
-    (1 where it is 0)."""
-    scale = np.percentile(np.abs(volumes), 99, axis=(1, 2, 3), keepdims=True)
+    """99th percentile of the finite ``|volumes|`` per ``(d, h, w)`` volume, shape
+    ``(n, 1, 1, 1)`` (1 where it is 0 or no value is finite: NaN outside a scan's field of
+    view must not turn the relative bias into NaN everywhere)."""
+    magnitude = np.abs(volumes)
+    magnitude = np.where(np.isfinite(magnitude), magnitude, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN volumes: handled below
+        scale = np.nanpercentile(magnitude, 99, axis=(1, 2, 3), keepdims=True)
     return np.where(scale > 0, scale, 1.0)
 
 

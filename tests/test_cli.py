@@ -709,7 +709,8 @@ ERRORS = {
     "empty array": (lambda d: np.save(d / "e.npy", np.zeros((0, 3, 3))),
                     ["upsample", "e.npy", "o.npy"], "empty array of shape (0, 3, 3)", 1),
     "nan": (lambda d: np.save(d / "n.npy", np.full((2, 2, 2), np.nan)),
-            ["upsample", "n.npy", "o.npy"], "holds 8 NaN or infinite values", 1),
+            ["upsample", "n.npy", "o.npy", "--nan", "error"], "holds 8 NaN or infinite values",
+            1),
     "too large": (None, ["upsample", "in.npy", "o.npy", "--factor", "1000"],
                   "not enough memory", 1),
     "kernel file missing": (None, ["upsample", "in.npy", "o.npy", "--kernel", "k.npz"],
@@ -761,7 +762,7 @@ ERRORS = {
     "threads zero": (None, ["upsample", "in.npy", "o.npy", "--threads", "0"],
                      "argument --threads: expected an integer >= 1", 2),
     "kernel name": (None, ["upsample", "in.npy", "o.npy", "--kernel", "cubic"],
-                    "expected trilinear, nearest or a kernel file ending in .npz", 2),
+                    "expected trilinear, nearest, label or a kernel file ending in .npz", 2),
     "learned without a file": (None, ["upsample", "in.npy", "o.npy", "--kernel", "learned"],
                                "learn one with `tconv3d fit`", 2),
     "bad dtype": (None, ["upsample", "in.npy", "o.npy", "--dtype", "float16"],
@@ -1089,3 +1090,47 @@ def test_huge_factor_is_a_clear_error(capsys, tmp_path, npy):
           match="--factor 1000000000: `OUT` of shape")
     fails(capsys, "upsample", npy, tmp_path / "o.npy", "--factor", 10**4,
           match="not enough memory: `OUT` of shape")
+
+
+# --- NaN policy and label maps ------------------------------------------------------------------
+
+def test_nan_policies(capsys, tmp_path):
+    volume = np.arange(np.prod(SPATIAL), dtype=np.float32).reshape(SPATIAL)
+    volume[3, 5, 6] = np.nan
+    np.save(tmp_path / "in.npy", volume)
+    ok(capsys, "upsample", tmp_path / "in.npy", tmp_path / "near.npy", "--kernel", "nearest")
+    np.testing.assert_array_equal(np.load(tmp_path / "near.npy"), repeat(volume, (2, 2, 2)))
+    ok(capsys, "upsample", tmp_path / "in.npy", tmp_path / "prop.npy")   # propagate: default
+    propagated = np.load(tmp_path / "prop.npy")
+    # the trilinear taps of one input voxel reach 4 outputs per axis at factor 2
+    assert np.isnan(propagated).sum() == 4 ** 3
+    ok(capsys, "upsample", tmp_path / "in.npy", tmp_path / "ign.npy", "--nan", "ignore")
+    ignored = np.load(tmp_path / "ign.npy")
+    assert np.isfinite(ignored).all()                # every output reaches a finite input
+    finite = np.isfinite(propagated)
+    np.testing.assert_array_equal(ignored[finite], propagated[finite])   # others unchanged
+    fails(capsys, "upsample", tmp_path / "in.npy", tmp_path / "err.npy", "--nan", "error",
+          match="holds 1 NaN or infinite values")
+
+
+def test_nibabels_resampled_scan_with_nan(capsys, tmp_path, nib, data_path):
+    source = data_path / "resampled_anat_moved.nii"
+    if not source.is_file():
+        pytest.skip("nibabel's resampled_anat_moved.nii is not installed")
+    physical = nib.load(source).get_fdata()
+    assert np.isnan(physical).any()
+    ok(capsys, "upsample", source, tmp_path / "o.nii", "--kernel", "nearest")
+    np.testing.assert_array_equal(nib.load(tmp_path / "o.nii").get_fdata(),
+                                  repeat(physical, (2, 2, 2)))
+
+
+def test_label_maps_keep_their_labels_and_dtype(capsys, tmp_path, rng):
+    labels = rng.integers(0, 5, SPATIAL).astype(np.uint16) * 1000
+    np.save(tmp_path / "seg.npy", labels)
+    ok(capsys, "upsample", tmp_path / "seg.npy", tmp_path / "o.npy", "--kernel", "label")
+    out = np.load(tmp_path / "o.npy")
+    assert out.dtype == np.uint16 and out.shape == tuple(2 * n for n in SPATIAL)
+    assert set(np.unique(out)) <= set(np.unique(labels))
+    from tconv3d.upsampling import VolumeUpsampler    # (its own tests: tests/test_labels.py)
+    np.testing.assert_array_equal(
+        out, VolumeUpsampler(kernel="label").fit_transform(labels[None])[0])

@@ -14,7 +14,8 @@ from ._common import (EXIT_OK, KERNEL_FILE_HELP, CommandError, HelpFormatter, fa
                       parse_factor, parse_positive_int, require_finite, shape_text,
                       size_text)
 
-FIXED_KERNELS = ("trilinear", "nearest")
+FIXED_KERNELS = ("trilinear", "nearest", "label")
+NAN_POLICIES = ("propagate", "ignore", "error")
 OUTPUT_DTYPES = ("float32", "float64", "int8", "uint8", "int16", "uint16", "int32",
                  "uint32", "int64", "uint64")
 
@@ -24,7 +25,8 @@ def _kernel_choice(text):
         return text
     hint = " (learn one with `tconv3d fit`)" if text == "learned" else ""
     raise argparse.ArgumentTypeError(
-        f"expected trilinear, nearest or a kernel file ending in .npz{hint}, got {text!r}")
+        f"expected trilinear, nearest, label or a kernel file ending in .npz{hint}, "
+        f"got {text!r}")
 
 
 def add_parser(commands):
@@ -52,7 +54,16 @@ def add_parser(commands):
                          "file's)")
     up.add_argument("--kernel", type=_kernel_choice, default="trilinear",
                     help="trilinear (default; PyTorch's align_corners=False numbers), "
-                         "nearest (np.repeat), or a .npz kernel file (see below)")
+                         "nearest (np.repeat), label (segmentations: each voxel takes the "
+                         "label with the largest trilinear weight, ties to the smallest; "
+                         "the dtype is kept), or a .npz kernel file (see below)")
+    up.add_argument("--nan", choices=NAN_POLICIES, default="propagate",
+                    help="what NaN and infinite voxels (e.g. outside a resampled scan's "
+                         "field of view) do: propagate (default) into the outputs whose "
+                         "taps on them are nonzero, as arithmetic does (nearest: exactly "
+                         "np.repeat); ignore: those outputs become the kernel-weighted "
+                         "mean of the finite inputs they reach (NaN where there is none); "
+                         "error: refuse them")
     up.add_argument("--threads", type=parse_positive_int, default=None, metavar="N",
                     help="threads of the compiled core (default: OpenMP's default)")
     up.add_argument("--dtype", choices=("input",) + OUTPUT_DTYPES, default=None,
@@ -129,10 +140,14 @@ def _kernel_spec(kernel_arg, factor_arg):
     return spec, spec.kernel, factor, name
 
 
-def _fitted_upsampler(kernel, factor, threads):
+def _fitted_upsampler(kernel, factor, threads, nan_policy):
     from ..upsampling import VolumeUpsampler
-    upsampler = VolumeUpsampler(factor=factor, kernel=kernel, num_threads=threads)
-    return upsampler.fit(np.zeros((1, 1, 1, 1)))  # sets the kernel; no data needed
+    upsampler = VolumeUpsampler(factor=factor, kernel=kernel, num_threads=threads,
+                                nan_policy=nan_policy)
+    try:
+        return upsampler.fit(np.zeros((1, 1, 1, 1)))  # sets the kernel; no data needed
+    except ValueError as exc:   # e.g. --nan ignore with a kernel file's negative taps
+        raise CommandError(str(exc)) from None
 
 
 def cmd_upsample(args):
@@ -145,13 +160,14 @@ def cmd_upsample(args):
     spec, kernel, factor, name = _kernel_spec(args.kernel, args.factor)
     source = open_volume(args.input)
     stored = source.stored_dtype
-    if args.dtype == "input":
-        out_dtype = np.dtype(np.uint8) if stored.kind == "b" else stored
+    if args.dtype == "input" or (args.dtype is None and args.kernel == "label"):
+        out_dtype = np.dtype(np.uint8) if stored.kind == "b" else stored   # labels stay labels
     elif args.dtype is not None:
         out_dtype = np.dtype(args.dtype)
     else:
         out_dtype = np.dtype(np.float64 if stored == np.float64 else np.float32)
-    work = _work_dtype(stored, out_dtype)
+    # labels are whole numbers: float64 holds every int32 label exactly
+    work = np.float64 if args.kernel == "label" else _work_dtype(stored, out_dtype)
     integer_out = out_dtype.kind in "iu"
     out_spatial = tuple(n * f for n, f in zip(source.spatial, factor))
     out_shape = out_spatial + source.extra
@@ -161,7 +177,7 @@ def cmd_upsample(args):
             check_allocation(out_shape, work, "OUT before encoding")
     except ValueError as exc:   # past the index range: the factor is the cause
         raise CommandError(f"--factor {factor_text(factor)}: {exc}") from None
-    upsampler = _fitted_upsampler(kernel, factor, args.threads)
+    upsampler = _fitted_upsampler(kernel, factor, args.threads, args.nan)
 
     start = time.perf_counter()
     compute = 0.0
@@ -170,7 +186,9 @@ def cmd_upsample(args):
     out = np.empty(out_spatial + (source.n_volumes,), work if integer_out else out_dtype) \
         if series else None
     for k in range(source.n_volumes):
-        volume = require_finite(np.asarray(source.volume(k), dtype=work), args.input)
+        volume = np.asarray(source.volume(k), dtype=work)
+        if args.nan == "error":
+            require_finite(volume, args.input)
         tic = time.perf_counter()
         up = upsample_volumes(upsampler, spec, volume[np.newaxis])[0]
         if not integer_out:
