@@ -148,7 +148,7 @@ extensions = [
         "tconv3d._kernels",
         ["tconv3d/_kernels.pyx"],
         include_dirs=[np.get_include(), "tconv3d"],
-        depends=["tconv3d/_gemm.h"],
+        depends=["tconv3d/_gemm.h", "tconv3d/_taps.pxi"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     )
 ]
