@@ -49,7 +49,8 @@ from threadpoolctl import threadpool_limits
 from . import _conv_plan, _plan, _separable
 from ._geometry import deconv_output_length
 from ._ops import conv_transpose3d, conv_transpose3d_backward, conv_transpose3d_output_shape
-from ._validation import make_geometry, normalize_num_threads, normalize_triple
+from ._validation import (check_allocation, make_geometry, normalize_num_threads,
+                          normalize_triple)
 
 __all__ = ["VolumeUpsampler"]
 
@@ -234,15 +235,19 @@ default="trilinear"
             if self.kernel not in KERNELS:
                 raise ValueError(f"`kernel` must be one of {KERNELS} or an array of shape "
                                  f"(kd, kh, kw), got {self.kernel!r}.")
-            if self.kernel == "nearest":
-                return np.ones(factor)
-            if self.kernel == "label":   # the weights of the vote
-                return _trilinear_kernel(factor)
             size = None
             if self.kernel == "learned":
                 size = normalize_triple(self.kernel_size, "kernel_size", allow_none=True)
                 size = size or tuple(3 * s for s in factor)
-            return _trilinear_kernel(factor, size)
+            shape = factor if self.kernel == "nearest" else size or tuple(
+                2 * s - s % 2 for s in factor)
+            try:   # the fitted kernel_ is (kd, kh, kw): refuse one that cannot exist
+                check_allocation(shape, np.float64, "kernel_")
+            except (MemoryError, ValueError) as exc:
+                raise type(exc)(f"`factor` {factor}: {exc}") from None
+            if self.kernel == "nearest":
+                return np.ones(factor)
+            return _trilinear_kernel(factor, size)   # "label": the weights of the vote
         try:
             kernel = np.asarray(self.kernel)
         except (TypeError, ValueError):

@@ -440,3 +440,19 @@ def test_learned_clone_and_pickle(rng):
     np.testing.assert_array_equal(again.transform(X), up.transform(X))
     for a, b in itertools.combinations([up, again, clone(up).fit(X, Y)], 2):
         np.testing.assert_array_equal(a.kernel_, b.kernel_)
+
+
+@pytest.mark.parametrize("kernel", ["trilinear", "nearest", "label", "learned"])
+def test_huge_factors_are_refused_before_allocating(kernel):
+    """The fitted kernel_ of factor 10**4 would need TiB (10**9: past the index range):
+    a clear error naming the factor, at once, instead of the OOM killer."""
+    x = np.ones((1, 2, 2, 2))
+    with pytest.raises(MemoryError, match=r"`factor` \(10000, 10000, 10000\): `kernel_` of "
+                                          r"shape .* needs .* TiB"):
+        VolumeUpsampler(factor=10**4, kernel=kernel).fit(x, x if kernel == "learned" else None)
+    with pytest.raises(ValueError, match=r"`factor` \(1000000000, .*`kernel_` .* more than a "
+                                         r"64-bit index"):
+        VolumeUpsampler(factor=10**9, kernel=kernel).fit(x, x if kernel == "learned" else None)
+    up = VolumeUpsampler(factor=(1, 1, 10**5), kernel=kernel if kernel != "learned" else
+                         "trilinear").fit(x)
+    assert up.transform(x).shape == (1, 2, 2, 2 * 10**5)
