@@ -60,6 +60,15 @@ Under ``torch.func.vmap`` a vmapped dimension is folded into the batch (input on
 the channels with ``groups`` multiplied by the vmap size (batched weights or bias), so a
 vmapped call is one tconv3d call.
 
+Under ``torch.autocast("cpu")`` the call computes, as PyTorch's op does, in the autocast
+dtype: tconv3d has no bfloat16/float16 kernels, so such calls run PyTorch's op (with the
+one-time :class:`TconvFallbackWarning`).
+
+Non-finite weights: PyTorch computes the input gradient over the uncropped output and so
+multiplies the zeros at cropped (``padding``) positions by the taps; an infinite tap then
+gives NaN there. tconv3d never touches cropped positions, so its gradients hold only what
+the definition gives (the same infinities, no NaN): the exact numbers.
+
 Memory layout
 -------------
 Tensors and arrays share memory both ways (``Tensor.numpy()``, ``torch.from_numpy``); the
@@ -225,6 +234,13 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
         return F.conv_transpose3d(input, weight, bias, stride, padding, output_padding,
                                   groups, dilation)
     if torch.compiler.is_exporting():  # torch.export records PyTorch's op
+        return F.conv_transpose3d(input, weight, bias, stride, padding, output_padding,
+                                  groups, dilation)
+    if input.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        # autocast's contract: compute in its dtype (bfloat16 or float16), which tconv3d
+        # has no kernels for: PyTorch's op, which autocast casts for
+        _warn_once(f"torch.autocast('cpu', dtype={torch.get_autocast_dtype('cpu')}) "
+                   "(tconv3d computes float32 and float64)")
         return F.conv_transpose3d(input, weight, bias, stride, padding, output_padding,
                                   groups, dilation)
     if input.dim() == 4:  # unbatched, as PyTorch accepts

@@ -1089,3 +1089,47 @@ def test_module_named_torch_does_not_shadow_pytorch(run_python):
                      "print(torch.__name__, hasattr(torch, 'nn'), tconv3d.torch.__name__)")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["torch", "True", "tconv3d.torch"]
+
+
+# --------------------------------------------------------------------------------------
+# autocast, and non-finite weights at cropped borders
+# --------------------------------------------------------------------------------------
+def test_autocast_follows_torchs_dtype_contract(monkeypatch):
+    """Under CPU autocast torch computes conv_transpose3d in the autocast dtype; tconv3d has
+    no bfloat16/float16 kernels, so it hands the call to torch's op, with one warning."""
+    monkeypatch.setattr(tt, "_warned", set())
+    torch.manual_seed(0)
+    stock = torch.nn.ConvTranspose3d(2, 3, 3, stride=2, padding=1)
+    ours = tt.ConvTranspose3d(2, 3, 3, stride=2, padding=1)
+    ours.load_state_dict(stock.state_dict())
+    x = torch.randn(1, 2, 4, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.warns(tt.TconvFallbackWarning, match=r"torch.autocast\('cpu', "
+                                                         r"dtype=torch.bfloat16\)"):
+            y = ours(x)
+        want = stock(x)
+    assert y.dtype == want.dtype == torch.bfloat16
+    assert torch.equal(y, want)
+    assert ours(x).dtype == torch.float32          # outside autocast: tconv3d again
+
+
+def test_infinite_weight_at_a_cropped_border_gives_exact_gradients():
+    """PyTorch's input gradient multiplies the cropped (padding) positions' zeros by an
+    infinite tap and gets NaN there; tconv3d never touches cropped positions, so its
+    gradient holds only the infinities the definition gives (pinned difference)."""
+    torch.manual_seed(0)
+    stock = torch.nn.ConvTranspose3d(2, 3, 3, stride=2, padding=1).double()
+    with torch.no_grad():
+        stock.weight[0, 0, 0, 0, 0] = float("inf")
+    ours = tt.ConvTranspose3d(2, 3, 3, stride=2, padding=1).double()
+    ours.load_state_dict(stock.state_dict())
+    x = torch.randn(1, 2, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+    grads = {}
+    for name, module in (("torch", stock), ("tconv3d", ours)):
+        y = module(x)
+        grads[name], = torch.autograd.grad(y.sum(), x)
+    assert torch.isnan(grads["torch"]).sum() > 0
+    assert torch.isnan(grads["tconv3d"]).sum() == 0
+    finite = torch.isfinite(grads["torch"])
+    assert torch.equal(torch.isinf(grads["tconv3d"]), torch.isinf(grads["torch"]))
+    torch.testing.assert_close(grads["tconv3d"][finite], grads["torch"][finite])
