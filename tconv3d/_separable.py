@@ -240,7 +240,13 @@ def prepare(taps, factor, dtype):
 def _view(a, shape):
     """``a`` reshaped to ``shape`` without a copy (the output is written through it);
     ``ValueError`` if that needs a copy."""
-    return np.reshape(a, shape, copy=False)
+    try:
+        return np.reshape(a, shape, copy=False)
+    except TypeError:   # numpy < 2.1 has no `copy`: a reshape that copied shares nothing
+        view = a.reshape(shape)
+        if view.size and not np.may_share_memory(view, a):
+            raise ValueError("the reshape needs a copy") from None
+        return view
 
 
 def _call(piece, target, step, first, src_lo, num_threads):
