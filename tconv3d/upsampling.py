@@ -159,7 +159,7 @@ default="trilinear"
         Shape of one volume, ``-1`` resolved (fitted on 2-D ``X`` only).
     n_features_in_ : int
         Number of features seen during fit (fitted on 2-D ``X`` only).
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Names of features seen during fit, when ``X`` has string column names.
 
     Notes
@@ -195,6 +195,28 @@ default="trilinear"
     >>> flat = X.reshape(1, -1)
     >>> VolumeUpsampler(factor=(1, 1, 3), volume_shape=(2, 2, 2)).fit_transform(flat).shape
     (1, 24)
+
+    Along one axis, trilinear interpolation (the default kernel, ``[1, 3, 3, 1]/4`` for a
+    factor of 2) with replicated edges; the dtype is kept:
+
+    >>> up = VolumeUpsampler(factor=(2, 1, 1)).fit(X)
+    >>> up.kernel_.ravel()
+    array([0.25, 0.75, 0.75, 0.25])
+    >>> Y = up.transform(X)
+    >>> Y.shape, Y.dtype
+    ((1, 4, 2, 2), dtype('float32'))
+    >>> Y[0, :, 0, 0]
+    array([0., 1., 3., 4.], dtype=float32)
+
+    A learned kernel: from pairs of low- and high-resolution volumes (here made by
+    ``"nearest"``), ``kernel="learned"`` finds the kernel that maps one to the other:
+
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.random((2, 4, 4, 4))
+    >>> y = VolumeUpsampler(factor=2, kernel="nearest").fit_transform(X)
+    >>> learned = VolumeUpsampler(factor=2, kernel="learned", kernel_size=2).fit(X, y)
+    >>> learned.kernel_.shape, bool(np.allclose(learned.kernel_, 1.0))
+    ((2, 2, 2), True)
     """
 
     # Checked by scikit-learn when fit starts (its messages). factor, kernel, volume_shape,
@@ -325,6 +347,31 @@ default="trilinear"
         -------
         self : VolumeUpsampler
             The fitted estimator.
+
+        Raises
+        ------
+        ValueError
+            If a parameter has a value it does not accept (scikit-learn's
+            ``InvalidParameterError``, a ``ValueError``, for ``nan_policy``, ``max_iter``,
+            ``tol``, ``verbose`` and the types of the others; tconv3d's messages for the
+            values of ``factor``, ``kernel``, ``volume_shape``, ``kernel_size`` and
+            ``num_threads``); if ``X`` is not 2-D, 4-D or 5-D, has an empty axis, or is
+            2-D without a ``volume_shape`` that fits its rows; if ``X`` holds non-finite
+            values with ``nan_policy="error"``; if a given kernel has negative taps with
+            ``nan_policy="ignore"``; with ``kernel="label"``, if ``X`` does not hold real
+            numbers; with ``kernel="learned"``, if ``y`` is missing, not of the shape
+            ``transform(X)`` returns, or leaves no voxel to learn from.
+        TypeError
+            If ``kernel`` is a complex array.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from tconv3d.upsampling import VolumeUpsampler
+        >>> X = np.zeros((1, 2, 2, 2))
+        >>> up = VolumeUpsampler(factor=(1, 2, 3), kernel="nearest").fit(X)
+        >>> up.factor_, up.kernel_.shape, up.bias_
+        ((1, 2, 3), (1, 2, 3), 0.0)
         """
         factor = normalize_triple(self.factor, "factor")
         kernel = self._initial_kernel(factor)
@@ -360,6 +407,36 @@ default="trilinear"
             maps: ``X``'s dtype). A
             ``dask.array`` ``X`` gives a lazy ``dask.array``, chunked by sample and space,
             equal to the in-memory result (see :func:`tconv3d.dask.upsample`).
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            If the estimator is not fitted (a ``ValueError``).
+        ValueError
+            If ``X`` is not 2-D, 4-D or 5-D or has an empty axis; if the estimator was
+            fitted on 2-D ``X`` and ``X`` has another number of features (or other
+            feature names); if ``X`` holds non-finite values with
+            ``nan_policy="error"``; with ``kernel="label"``, if ``X`` does not hold
+            whole numbers; or if the output would have more elements than a 64-bit
+            index can address.
+        MemoryError
+            If the output would not fit in the memory available (checked before any
+            work).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from tconv3d.upsampling import VolumeUpsampler
+        >>> up = VolumeUpsampler(factor=2, kernel="nearest").fit(np.zeros((1, 2, 2, 2)))
+
+        Once fitted on volumes, any volume size and number of channels:
+
+        >>> X = np.arange(3, dtype=np.float32).reshape(1, 3, 1, 1, 1)
+        >>> Y = up.transform(X)
+        >>> Y.shape, Y.dtype
+        ((1, 6, 2, 2, 1), dtype('float32'))
+        >>> Y[0, :, 0, 0, 0]
+        array([0., 0., 1., 1., 2., 2.], dtype=float32)
         """
         check_is_fitted(self)
         if hasattr(X, "__dask_graph__"):  # a dask array: stay lazy (tconv3d[dask])
@@ -387,6 +464,26 @@ default="trilinear"
         feature_names_out : ndarray of str objects
             ``volumeupsampler0``, ``volumeupsampler1``, ... in the order of the flattened
             output (C order of ``(d*fd, h*fh, w*fw[, c])``).
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            If the estimator is not fitted (a ``ValueError``).
+        ValueError
+            If the estimator was fitted on 4-D or 5-D volumes (their output is not a
+            table of features), or if ``input_features`` differs from the names or
+            number of features seen in ``fit``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from tconv3d.upsampling import VolumeUpsampler
+        >>> flat = np.zeros((3, 4))     # 3 volumes of shape (1, 2, 2), flattened
+        >>> up = VolumeUpsampler(factor=(1, 1, 2), volume_shape=(1, 2, 2)).fit(flat)
+        >>> up.transform(flat).shape
+        (3, 8)
+        >>> up.get_feature_names_out()[:2]
+        array(['volumeupsampler0', 'volumeupsampler1'], dtype=object)
         """
         check_is_fitted(self)
         if not hasattr(self, "volume_shape_"):
