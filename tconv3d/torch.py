@@ -147,7 +147,26 @@ _PLAIN_DISPATCH = torch.Tensor.__torch_dispatch__
 
 
 class TconvFallbackWarning(UserWarning):
-    """PyTorch's own ``conv_transpose3d`` ran instead of tconv3d's kernels."""
+    """PyTorch's own ``conv_transpose3d`` ran instead of tconv3d's kernels.
+
+    Issued once per reason and process (tensors on another device than the CPU, a dtype
+    other than float32 and float64, ``torch.jit.trace``): the call still gives PyTorch's
+    result, at PyTorch's speed. Invalid arguments fall back without it (PyTorch raises).
+
+    Examples
+    --------
+    Silence it where PyTorch's op is expected, e.g. for a half-precision model:
+
+    >>> import warnings, torch, tconv3d.torch
+    >>> up = tconv3d.torch.ConvTranspose3d(2, 1, 2, stride=2).to(torch.float16)
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore", tconv3d.torch.TconvFallbackWarning)
+    ...     y = up(torch.ones(1, 2, 3, 3, 3, dtype=torch.float16))
+    >>> y.shape, y.dtype
+    (torch.Size([1, 1, 6, 6, 6]), torch.float16)
+    >>> issubclass(tconv3d.torch.TconvFallbackWarning, UserWarning)
+    True
+    """
 
 
 _warned = set()
@@ -213,17 +232,70 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
         Or unbatched ``(in_channels, depth, height, width)``. Contiguous or
         ``channels_last_3d``, float32 or float64 (see the module docstring for the rest).
     weight : Tensor of shape (in_channels, out_channels // groups, kd, kh, kw)
+        PyTorch's layout.
     bias : Tensor of shape (out_channels,), optional
-    stride, padding, output_padding, dilation : int or tuple of 3 ints
-        PyTorch's meaning: ``output_padding`` must be smaller than ``stride`` or
+        Added to every output voxel of its channel.
+    stride : int or tuple of 3 ints, default=1
+        Each >= 1.
+    padding : int or tuple of 3 ints, default=0
+        Planes cropped from both sides of each output axis (PyTorch's meaning); each >= 0.
+    output_padding : int or tuple of 3 ints, default=0
+        Extra planes on the high side of each output axis; smaller than ``stride`` or
         ``dilation`` on each axis.
     groups : int, default=1
+        Blocked connections: ``in_channels`` and ``out_channels`` split into ``groups``
+        groups, each convolved with its own slice of ``weight``.
+    dilation : int or tuple of 3 ints, default=1
+        Spacing between kernel taps; each >= 1.
 
     Returns
     -------
-    Tensor of shape (batch, out_channels, out_depth, out_height, out_width)
+    output : Tensor of shape (batch, out_channels, out_depth, out_height, out_width)
         Each length is ``(in - 1)*stride - 2*padding + dilation*(k - 1) + output_padding + 1``;
         ``channels_last_3d`` when the input is, contiguous otherwise; input's dtype.
+        Unbatched input gives unbatched output.
+
+    Raises
+    ------
+    RuntimeError
+        PyTorch's error, for the arguments PyTorch's own ``conv_transpose3d`` refuses
+        (wrong channel count, mixed dtypes, ``output_padding`` too large, an empty
+        output, ...): such calls are handed to it.
+    MemoryError
+        If the output or a working copy would not fit in the memory available (checked
+        before any work; tconv3d's path only).
+
+    Warns
+    -----
+    TconvFallbackWarning
+        Once per reason, when valid arguments run on PyTorch's op instead (another device
+        or dtype, ``torch.jit.trace``).
+
+    See Also
+    --------
+    ConvTranspose3d : The module.
+    tconv3d.conv_transpose3d : The NumPy function, with Keras' numbers.
+
+    Examples
+    --------
+    >>> import torch, tconv3d.torch
+    >>> x = torch.ones(1, 2, 3, 3, 3)
+    >>> w = torch.ones(2, 4, 2, 2, 2)
+    >>> y = tconv3d.torch.conv_transpose3d(x, w, stride=2)
+    >>> y.shape, y.dtype
+    (torch.Size([1, 4, 6, 6, 6]), torch.float32)
+
+    The same numbers as PyTorch's op, gradients included:
+
+    >>> x = torch.arange(3.0).reshape(1, 1, 3, 1, 1).requires_grad_()
+    >>> y = tconv3d.torch.conv_transpose3d(x, torch.ones(1, 1, 2, 1, 1))
+    >>> y.flatten()
+    tensor([0., 1., 3., 2.], grad_fn=<ViewBackward0>)
+    >>> torch.equal(y, torch.nn.functional.conv_transpose3d(x, torch.ones(1, 1, 2, 1, 1)))
+    True
+    >>> y.sum().backward()
+    >>> x.grad.flatten()
+    tensor([2., 2., 2.])
     """
     tensors = (input, weight) if bias is None else (input, weight, bias)
     if has_torch_function(tensors):  # __torch_function__ subclasses, as torch.nn.functional
@@ -273,15 +345,47 @@ class ConvTranspose3d(torch.nn.ConvTranspose3d):
 
     Parameters
     ----------
-    in_channels, out_channels : int
+    in_channels : int
+        Channels of the input.
+    out_channels : int
+        Channels of the output.
     kernel_size : int or tuple of 3 ints
-    stride, padding, output_padding, dilation : int or tuple of 3 ints
+        Taps per spatial axis.
+    stride : int or tuple of 3 ints, default=1
+        Each >= 1.
+    padding : int or tuple of 3 ints, default=0
+        Planes cropped from both sides of each output axis (PyTorch's meaning).
+    output_padding : int or tuple of 3 ints, default=0
+        Extra planes on the high side of each output axis; smaller than ``stride`` or
+        ``dilation``.
     groups : int, default=1
+        Blocked connections from input to output channels; divides both channel counts.
     bias : bool, default=True
+        Whether the module has a learnable ``bias``.
+    dilation : int or tuple of 3 ints, default=1
+        Spacing between kernel taps.
     padding_mode : {"zeros"}, default="zeros"
         PyTorch's ``ConvTranspose3d`` only supports ``"zeros"``; so does this class.
     device, dtype : optional
         Factory arguments, as in PyTorch.
+
+    Attributes
+    ----------
+    weight : torch.nn.Parameter of shape (in_channels, out_channels // groups, kd, kh, kw)
+        Initialised as PyTorch's.
+    bias : torch.nn.Parameter of shape (out_channels,) or None
+        Initialised as PyTorch's.
+
+    Raises
+    ------
+    ValueError
+        PyTorch's, from the constructor: a ``padding_mode`` other than ``"zeros"``,
+        ``groups`` not dividing the channel counts, ...
+
+    See Also
+    --------
+    convert : Converts the modules of an existing model in place.
+    conv_transpose3d : The function ``forward`` calls.
 
     Examples
     --------
@@ -292,9 +396,44 @@ class ConvTranspose3d(torch.nn.ConvTranspose3d):
     >>> x = torch.randn(2, 8, 5, 5, 5)
     >>> torch.allclose(up(x), torch_up(x), atol=1e-5)
     True
+    >>> up(x).shape
+    torch.Size([2, 4, 10, 10, 10])
     """
 
     def forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
+        """The transposed convolution of ``input``, on tconv3d's kernels for CPU tensors.
+
+        Parameters
+        ----------
+        input : Tensor of shape (batch, in_channels, depth, height, width)
+            Or unbatched ``(in_channels, depth, height, width)``.
+        output_size : list of int, optional
+            The output's spatial size (or full shape), as in PyTorch: it chooses the
+            ``output_padding`` of this call among the sizes the stride makes ambiguous.
+
+        Returns
+        -------
+        output : Tensor of shape (batch, out_channels, out_depth, out_height, out_width)
+            As :func:`conv_transpose3d` returns; the input's dtype.
+
+        Raises
+        ------
+        ValueError
+            If ``padding_mode`` is not ``"zeros"``, or ``output_size`` cannot be reached
+            (PyTorch's message).
+        RuntimeError
+            PyTorch's error for the input PyTorch's op refuses (e.g. the wrong number of
+            channels).
+
+        Examples
+        --------
+        >>> import torch, tconv3d.torch
+        >>> up = tconv3d.torch.ConvTranspose3d(2, 1, kernel_size=2, stride=2)
+        >>> up(torch.ones(1, 2, 3, 3, 3)).shape
+        torch.Size([1, 1, 6, 6, 6])
+        >>> up(torch.ones(1, 2, 3, 3, 3), output_size=[7, 7, 7]).shape
+        torch.Size([1, 1, 7, 7, 7])
+        """
         if self.padding_mode != "zeros":
             raise ValueError("Only `zeros` padding mode is supported for ConvTranspose3d")
         output_padding = self._output_padding(
@@ -333,6 +472,22 @@ class ConvTranspose3d(torch.nn.ConvTranspose3d):
         TypeError
             If ``module`` is not a ``torch.nn.ConvTranspose3d`` or its weight is not a
             Parameter of its own.
+
+        Warns
+        -----
+        UserWarning
+            If ``module`` has hooks, which the new module does not get.
+
+        Examples
+        --------
+        >>> import torch, tconv3d.torch
+        >>> module = torch.nn.ConvTranspose3d(4, 2, kernel_size=2, stride=2)
+        >>> up = tconv3d.torch.ConvTranspose3d.from_torch(module)
+        >>> type(up).__name__, up.weight is module.weight
+        ('ConvTranspose3d', True)
+        >>> x = torch.randn(1, 4, 3, 3, 3, generator=torch.Generator().manual_seed(0))
+        >>> torch.allclose(up(x), module(x), atol=1e-6)
+        True
         """
         if not isinstance(module, torch.nn.ConvTranspose3d):
             raise TypeError(f"`module` must be a torch.nn.ConvTranspose3d, got "
@@ -380,6 +535,15 @@ def _computed_weight(module):
 class ConvertReport:
     """What :func:`convert` did, by qualified module name (``""`` is the model itself).
 
+    Made by ``convert(model, report=True)``; ``str(report)`` is a readable summary.
+
+    Parameters
+    ----------
+    converted : tuple of str
+        As the attribute.
+    skipped : dict of str to str
+        As the attribute.
+
     Attributes
     ----------
     converted : tuple of str
@@ -387,6 +551,22 @@ class ConvertReport:
     skipped : dict of str to str
         The transposed convolutions left to PyTorch, with the reason; :func:`convert`
         also warned about each of them.
+
+    Examples
+    --------
+    >>> import warnings, torch, tconv3d.torch
+    >>> class Custom(torch.nn.ConvTranspose3d):
+    ...     pass
+    >>> model = torch.nn.Sequential(torch.nn.ConvTranspose3d(4, 2, 2, 2), Custom(2, 1, 2, 2))
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")         # the warning about the skipped module
+    ...     model, report = tconv3d.torch.convert(model, report=True)
+    >>> report.converted
+    ('0',)
+    >>> list(report.skipped)
+    ['1']
+    >>> print(str(report).splitlines()[0])
+    converted 1 module(s) to tconv3d.torch: '0'
     """
     converted: tuple
     skipped: dict
@@ -460,6 +640,17 @@ def convert(model, *, report=False):
         :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`, assign the result).
     report : ConvertReport
         Only with ``report=True``.
+
+    Raises
+    ------
+    AttributeError
+        If ``model`` is not a :class:`torch.nn.Module` (has no ``named_modules``).
+
+    Warns
+    -----
+    UserWarning
+        For each subclass of ``torch.nn.ConvTranspose3d`` left to PyTorch, with the
+        reason.
 
     Examples
     --------
