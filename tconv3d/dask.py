@@ -340,11 +340,11 @@ def upsample(upsampler, X, *, num_threads=None):
     Returns
     -------
     X_up : dask.array.Array
-        Of the shape and dtype ``transform`` returns (label maps keep their dtype); its sample chunks are ``X``'s and its
-        spatial chunks ``X``'s times the factor. Computed, it is bitwise equal to
-        ``upsampler.transform(X.compute())``, non-finite voxels included (with
-        ``nan_policy="error"`` they raise ``ValueError`` when a chunk reading them is
-        computed).
+        Of the shape and dtype ``transform`` returns (label maps keep their dtype); its
+        sample chunks are ``X``'s and its spatial chunks ``X``'s times the factor.
+        Computed, it is bitwise equal to ``upsampler.transform(X.compute())``, non-finite
+        voxels included (with ``nan_policy="error"`` they raise ``ValueError`` when a
+        chunk reading them is computed).
 
     Raises
     ------
