@@ -82,21 +82,65 @@ class Initializer(_config.Configurable):
 
 
 class Zeros(Initializer):
-    """All zeros."""
+    """All zeros.
+
+    Call as ``init(shape, dtype=None)``: ``shape`` a tuple of non-negative ints, ``dtype``
+    float32 (``None``) or another floating dtype; returns an ndarray of that shape and
+    dtype, and raises ``ValueError`` for a shape that is not a tuple of non-negative ints
+    or a dtype that is not floating.
+
+    Examples
+    --------
+    >>> from tconv3d.initializers import Zeros
+    >>> Zeros()((2, 3))
+    array([[0., 0., 0.],
+           [0., 0., 0.]], dtype=float32)
+    """
 
     def __call__(self, shape, dtype=None):
         return np.zeros(_shape(shape), dtype=_dtype(dtype))
 
 
 class Ones(Initializer):
-    """All ones."""
+    """All ones.
+
+    Call as ``init(shape, dtype=None)``: ``shape`` a tuple of non-negative ints, ``dtype``
+    float32 (``None``) or another floating dtype; returns an ndarray of that shape and
+    dtype, and raises ``ValueError`` for a shape that is not a tuple of non-negative ints
+    or a dtype that is not floating.
+
+    Examples
+    --------
+    >>> from tconv3d.initializers import Ones
+    >>> Ones()((2,), dtype="float64")
+    array([1., 1.])
+    """
 
     def __call__(self, shape, dtype=None):
         return np.ones(_shape(shape), dtype=_dtype(dtype))
 
 
 class Constant(Initializer):
-    """Every element equal to ``value`` (a scalar, default 0.0)."""
+    """Every element equal to ``value`` (a scalar, default 0.0).
+
+    Parameters
+    ----------
+    value : float, default=0.0
+        The value of every element (a real scalar).
+
+    Raises
+    ------
+    ValueError
+        If ``value`` is not a real scalar (an array: pass it to :func:`get` instead).
+
+    Examples
+    --------
+    >>> from tconv3d.initializers import Constant
+    >>> Constant(0.1)((3,))
+    array([0.1, 0.1, 0.1], dtype=float32)
+    >>> Constant(0.1).get_config()
+    {'value': 0.1}
+    """
 
     def __init__(self, value=0.0):
         if not isinstance(value, numbers.Real):
@@ -143,7 +187,39 @@ def _truncated_standard_normal(rng, shape):
 
 
 class RandomNormal(RandomInitializer):
-    """Normal with ``mean`` (0.0) and ``stddev`` (0.05)."""
+    """Normal with ``mean`` (0.0) and ``stddev`` (0.05).
+
+    Parameters
+    ----------
+    mean : float, default=0.0
+        Mean of the values.
+    stddev : float, default=0.05
+        Standard deviation of the values.
+    seed : int, None or numpy.random.Generator, default=None
+        An int: every call returns the same values; ``None``: a seed drawn once here,
+        so every call of this instance returns the same values; a Generator: fresh
+        values at each call (module docstring).
+
+    Raises
+    ------
+    ValueError
+        If ``seed`` is none of the above.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d.initializers import RandomNormal
+    >>> init = RandomNormal(stddev=0.01, seed=0)
+    >>> w = init((3, 3, 3, 4, 8))
+    >>> w.shape, w.dtype, bool(np.array_equal(w, init((3, 3, 3, 4, 8))))
+    ((3, 3, 3, 4, 8), dtype('float32'), True)
+
+    With a Generator, each call draws new values:
+
+    >>> init = RandomNormal(seed=np.random.default_rng(0))
+    >>> bool(np.array_equal(init((4,)), init((4,))))
+    False
+    """
 
     def __init__(self, mean=0.0, stddev=0.05, seed=None):
         self.mean, self.stddev = mean, stddev
@@ -158,7 +234,32 @@ class RandomNormal(RandomInitializer):
 
 
 class RandomUniform(RandomInitializer):
-    """Uniform on ``[minval, maxval)`` (defaults -0.05, 0.05)."""
+    """Uniform on ``[minval, maxval)`` (defaults -0.05, 0.05).
+
+    Parameters
+    ----------
+    minval : float, default=-0.05
+        Lower bound, included.
+    maxval : float, default=0.05
+        Upper bound, excluded.
+    seed : int, None or numpy.random.Generator, default=None
+        An int: every call returns the same values; ``None``: a seed drawn once here,
+        so every call of this instance returns the same values; a Generator: fresh
+        values at each call (module docstring).
+
+    Raises
+    ------
+    ValueError
+        If ``seed`` is none of the above.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d.initializers import RandomUniform
+    >>> w = RandomUniform(-1.0, 1.0, seed=0)((1000,))
+    >>> bool(w.min() >= -1.0 and w.max() < 1.0)
+    True
+    """
 
     def __init__(self, minval=-0.05, maxval=0.05, seed=None):
         self.minval, self.maxval = minval, maxval
@@ -173,7 +274,32 @@ class RandomUniform(RandomInitializer):
 
 
 class TruncatedNormal(RandomInitializer):
-    """Normal with ``mean`` (0.0) and ``stddev`` (0.05), redrawn beyond 2 ``stddev``."""
+    """Normal with ``mean`` (0.0) and ``stddev`` (0.05), redrawn beyond 2 ``stddev``.
+
+    Parameters
+    ----------
+    mean : float, default=0.0
+        Mean of the normal before truncation.
+    stddev : float, default=0.05
+        Standard deviation of the normal before truncation.
+    seed : int, None or numpy.random.Generator, default=None
+        An int: every call returns the same values; ``None``: a seed drawn once here,
+        so every call of this instance returns the same values; a Generator: fresh
+        values at each call (module docstring).
+
+    Raises
+    ------
+    ValueError
+        If ``seed`` is none of the above.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d.initializers import TruncatedNormal
+    >>> w = TruncatedNormal(stddev=1.0, seed=0)((1000,))
+    >>> bool(np.abs(w).max() < 2.0)
+    True
+    """
 
     def __init__(self, mean=0.0, stddev=0.05, seed=None):
         self.mean, self.stddev = mean, stddev
@@ -203,6 +329,24 @@ class VarianceScaling(RandomInitializer):
     seed : int, None or numpy.random.Generator
     input_axes, output_axes : list of int or None
         Passed to :func:`compute_fans`.
+
+    Raises
+    ------
+    ValueError
+        If ``scale`` is not positive, ``mode`` or ``distribution`` is not one of its
+        values, or ``seed`` is not None, an int or a Generator.
+
+    Examples
+    --------
+    For a kernel ``(kd, kh, kw, filters, in_channels)``, ``fan_in`` is
+    ``27 * filters = 108``:
+
+    >>> from tconv3d.initializers import VarianceScaling
+    >>> init = VarianceScaling(scale=2.0, mode="fan_in", distribution="uniform", seed=0)
+    >>> init.variance((3, 3, 3, 4, 8)) == 2.0 / 108
+    True
+    >>> init((3, 3, 3, 4, 8)).shape
+    (3, 3, 3, 4, 8)
     """
 
     def __init__(self, scale=1.0, mode="fan_in", distribution="truncated_normal", seed=None,
@@ -287,12 +431,43 @@ class GlorotUniform(_FixedVarianceScaling):
 
 
 class HeNormal(_FixedVarianceScaling):
-    """Truncated normal, ``stddev = sqrt(2 / fan_in)`` (after truncation)."""
+    """Truncated normal, ``stddev = sqrt(2 / fan_in)`` (after truncation).
+
+    ``VarianceScaling(2.0, "fan_in", "truncated_normal")``; suited to ReLU networks.
+
+    Parameters
+    ----------
+    seed, input_axes, output_axes
+        See :class:`VarianceScaling`.
+
+    Examples
+    --------
+    >>> from tconv3d.initializers import HeNormal
+    >>> kernel = HeNormal(seed=0)((3, 3, 3, 4, 8))
+    >>> kernel.shape, kernel.dtype
+    ((3, 3, 3, 4, 8), dtype('float32'))
+    >>> HeNormal(seed=0).variance((3, 3, 3, 4, 8)) == 2 / (27 * 4)    # fan_in: 27 x filters
+    True
+    """
     _args = (2.0, "fan_in", "truncated_normal")
 
 
 class HeUniform(_FixedVarianceScaling):
-    """Uniform on ``[-limit, limit]``, ``limit = sqrt(6 / fan_in)``."""
+    """Uniform on ``[-limit, limit]``, ``limit = sqrt(6 / fan_in)``.
+
+    Parameters
+    ----------
+    seed, input_axes, output_axes
+        See :class:`VarianceScaling`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d.initializers import HeUniform
+    >>> kernel = HeUniform(seed=0)((3, 3, 3, 4, 8))
+    >>> bool(np.abs(kernel).max() <= np.sqrt(6 / (27 * 4)))
+    True
+    """
     _args = (2.0, "fan_in", "uniform")
 
 
@@ -311,6 +486,28 @@ class Orthogonal(RandomInitializer):
 
     The matrix has ``prod(shape[:-1])`` rows and ``shape[-1]`` columns: orthonormal columns if
     it has at least as many rows, else orthonormal rows.
+
+    Parameters
+    ----------
+    gain : float, default=1.0
+        Multiplies the orthogonal matrix.
+    seed : int, None or numpy.random.Generator, default=None
+        An int: every call returns the same values; ``None``: a seed drawn once here,
+        so every call of this instance returns the same values; a Generator: fresh
+        values at each call (module docstring).
+
+    Raises
+    ------
+    ValueError
+        If ``seed`` is none of the above; when called, if ``shape`` has fewer than 2 axes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d.initializers import Orthogonal
+    >>> q = Orthogonal(seed=0)((4, 3))
+    >>> bool(np.allclose(q.T @ q, np.eye(3), atol=1e-6))
+    True
     """
 
     def __init__(self, gain=1.0, seed=None):
@@ -413,10 +610,51 @@ def get(identifier):
 
 
 def serialize(initializer):
-    """``{"class_name": ..., "config": ...}`` for built-ins; the object itself otherwise."""
+    """``{"class_name": ..., "config": ...}`` for built-ins; the object itself otherwise.
+
+    Parameters
+    ----------
+    initializer : Initializer or callable
+        The initializer to serialize.
+
+    Returns
+    -------
+    config : dict or object
+        Keras' config dict for the initializers of this module; ``initializer`` itself
+        otherwise (e.g. a plain function).
+
+    Examples
+    --------
+    >>> from tconv3d.initializers import Constant, deserialize, serialize
+    >>> serialize(Constant(0.5))
+    {'class_name': 'Constant', 'config': {'value': 0.5}}
+    >>> deserialize(serialize(Constant(0.5)))
+    Constant(value=0.5)
+    """
     return _config.serialize(initializer, _CLASSES)
 
 
 def deserialize(config):
-    """Initializer from a ``{"class_name": ..., "config": ...}`` dict."""
+    """Initializer from a ``{"class_name": ..., "config": ...}`` dict.
+
+    Parameters
+    ----------
+    config : dict
+        ``class_name`` one of :data:`NAMES`; ``config`` the constructor's arguments.
+
+    Returns
+    -------
+    initializer : Initializer
+
+    Raises
+    ------
+    ValueError
+        If ``config`` is not a dict with a ``class_name`` key, or the name is unknown.
+
+    Examples
+    --------
+    >>> from tconv3d.initializers import deserialize
+    >>> deserialize({"class_name": "HeNormal", "config": {"seed": 1}})
+    HeNormal(seed=1, input_axes=None, output_axes=None)
+    """
     return _config.deserialize(config, NAMES, "initializer")
