@@ -195,28 +195,6 @@ default="trilinear"
     >>> flat = X.reshape(1, -1)
     >>> VolumeUpsampler(factor=(1, 1, 3), volume_shape=(2, 2, 2)).fit_transform(flat).shape
     (1, 24)
-
-    Along one axis, trilinear interpolation (the default kernel, ``[1, 3, 3, 1]/4`` for a
-    factor of 2) with replicated edges; the dtype is kept:
-
-    >>> up = VolumeUpsampler(factor=(2, 1, 1)).fit(X)
-    >>> up.kernel_.ravel()
-    array([0.25, 0.75, 0.75, 0.25])
-    >>> Y = up.transform(X)
-    >>> Y.shape, Y.dtype
-    ((1, 4, 2, 2), dtype('float32'))
-    >>> Y[0, :, 0, 0]
-    array([0., 1., 3., 4.], dtype=float32)
-
-    A learned kernel: from pairs of low- and high-resolution volumes (here made by
-    ``"nearest"``), ``kernel="learned"`` finds the kernel that maps one to the other:
-
-    >>> rng = np.random.default_rng(0)
-    >>> X = rng.random((2, 4, 4, 4))
-    >>> y = VolumeUpsampler(factor=2, kernel="nearest").fit_transform(X)
-    >>> learned = VolumeUpsampler(factor=2, kernel="learned", kernel_size=2).fit(X, y)
-    >>> learned.kernel_.shape, bool(np.allclose(learned.kernel_, 1.0))
-    ((2, 2, 2), True)
     """
 
     # Checked by scikit-learn when fit starts (its messages). factor, kernel, volume_shape,
@@ -351,27 +329,16 @@ default="trilinear"
         Raises
         ------
         ValueError
-            If a parameter has a value it does not accept (scikit-learn's
-            ``InvalidParameterError``, a ``ValueError``, for ``nan_policy``, ``max_iter``,
-            ``tol``, ``verbose`` and the types of the others; tconv3d's messages for the
-            values of ``factor``, ``kernel``, ``volume_shape``, ``kernel_size`` and
-            ``num_threads``); if ``X`` is not 2-D, 4-D or 5-D, has an empty axis, or is
-            2-D without a ``volume_shape`` that fits its rows; if ``X`` holds non-finite
-            values with ``nan_policy="error"``; if a given kernel has negative taps with
-            ``nan_policy="ignore"``; with ``kernel="label"``, if ``X`` does not hold real
-            numbers; with ``kernel="learned"``, if ``y`` is missing, not of the shape
-            ``transform(X)`` returns, or leaves no voxel to learn from.
-        TypeError
-            If ``kernel`` is a complex array.
+            For an invalid parameter or ``X`` (see :meth:`transform`), a negative tap with
+            ``nan_policy="ignore"``, or (``kernel="learned"``) a missing or misshapen ``y``.
 
         Examples
         --------
-        >>> import numpy as np
-        >>> from tconv3d.upsampling import VolumeUpsampler
-        >>> X = np.zeros((1, 2, 2, 2))
-        >>> up = VolumeUpsampler(factor=(1, 2, 3), kernel="nearest").fit(X)
-        >>> up.factor_, up.kernel_.shape, up.bias_
-        ((1, 2, 3), (1, 2, 3), 0.0)
+        >>> X = np.random.default_rng(0).random((2, 4, 4, 4))
+        >>> y = VolumeUpsampler(factor=2, kernel="nearest").fit_transform(X)
+        >>> up = VolumeUpsampler(factor=2, kernel="learned", kernel_size=2).fit(X, y)
+        >>> up.kernel_.shape, bool(np.allclose(up.kernel_, 1.0))   # learned: nearest's box
+        ((2, 2, 2), True)
         """
         factor = normalize_triple(self.factor, "factor")
         kernel = self._initial_kernel(factor)
@@ -410,33 +377,17 @@ default="trilinear"
 
         Raises
         ------
-        sklearn.exceptions.NotFittedError
-            If the estimator is not fitted (a ``ValueError``).
         ValueError
-            If ``X`` is not 2-D, 4-D or 5-D or has an empty axis; if the estimator was
-            fitted on 2-D ``X`` and ``X`` has another number of features (or other
-            feature names); if ``X`` holds non-finite values with
-            ``nan_policy="error"``; with ``kernel="label"``, if ``X`` does not hold
-            whole numbers; or if the output would have more elements than a 64-bit
-            index can address.
+            If not fitted (``NotFittedError``); ``X`` not 2-D, 4-D or 5-D, with an empty
+            axis, other features than the fit's, or non-finite with ``nan_policy="error"``.
         MemoryError
-            If the output would not fit in the memory available (checked before any
-            work).
+            If the output would not fit in memory (checked first).
 
         Examples
         --------
-        >>> import numpy as np
-        >>> from tconv3d.upsampling import VolumeUpsampler
         >>> up = VolumeUpsampler(factor=2, kernel="nearest").fit(np.zeros((1, 2, 2, 2)))
-
-        Once fitted on volumes, any volume size and number of channels:
-
-        >>> X = np.arange(3, dtype=np.float32).reshape(1, 3, 1, 1, 1)
-        >>> Y = up.transform(X)
-        >>> Y.shape, Y.dtype
-        ((1, 6, 2, 2, 1), dtype('float32'))
-        >>> Y[0, :, 0, 0, 0]
-        array([0., 0., 1., 1., 2., 2.], dtype=float32)
+        >>> up.transform(np.arange(3.0).reshape(1, 3, 1, 1, 1))[0, :, 0, 0, 0]   # any size
+        array([0., 0., 1., 1., 2., 2.])
         """
         check_is_fitted(self)
         if hasattr(X, "__dask_graph__"):  # a dask array: stay lazy (tconv3d[dask])
@@ -467,21 +418,12 @@ default="trilinear"
 
         Raises
         ------
-        sklearn.exceptions.NotFittedError
-            If the estimator is not fitted (a ``ValueError``).
         ValueError
-            If the estimator was fitted on 4-D or 5-D volumes (their output is not a
-            table of features), or if ``input_features`` differs from the names or
-            number of features seen in ``fit``.
+            If not fitted, fitted on 4-D or 5-D volumes, or given other ``input_features``.
 
         Examples
         --------
-        >>> import numpy as np
-        >>> from tconv3d.upsampling import VolumeUpsampler
-        >>> flat = np.zeros((3, 4))     # 3 volumes of shape (1, 2, 2), flattened
-        >>> up = VolumeUpsampler(factor=(1, 1, 2), volume_shape=(1, 2, 2)).fit(flat)
-        >>> up.transform(flat).shape
-        (3, 8)
+        >>> up = VolumeUpsampler(factor=(1, 1, 2), volume_shape=(1, 2, 2)).fit(np.zeros((3, 4)))
         >>> up.get_feature_names_out()[:2]
         array(['volumeupsampler0', 'volumeupsampler1'], dtype=object)
         """
