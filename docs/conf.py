@@ -5,7 +5,6 @@ compiled core (a source tree built in place), else from the installed package (C
 the docs against the installed wheel). The gallery runs ``examples/`` during the build.
 """
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -187,19 +186,7 @@ html_static_path = []
 html_show_sourcelink = False
 
 
-# -- Docstring fixes that do not touch the modules ---------------------------------------
-_SHAPE_OF_ATTRIBUTE = re.compile(r"\(([A-Za-z]\w*_),\)")
-
-
-def _quote_fitted_attribute_shapes(app, what, name, obj, options, lines):
-    """``ndarray of shape (n_features_in_,)``: a fitted attribute's name, not a link target.
-
-    reST reads a word ending in ``_`` as a hyperlink reference; scikit-learn's convention
-    in type lines (``VolumeUpsampler.feature_names_in_``) would otherwise be an error.
-    """
-    lines[:] = [_SHAPE_OF_ATTRIBUTE.sub(r"(``\1``,)", line) for line in lines]
-
-
+# -- Members documented ------------------------------------------------------------------
 def _skip_foreign_members(app, what, name, obj, skip, options):
     """Document a class's own and tconv3d-inherited members, not torch's or sklearn's.
 
@@ -216,5 +203,4 @@ def _skip_foreign_members(app, what, name, obj, skip, options):
 
 
 def setup(app):
-    app.connect("autodoc-process-docstring", _quote_fitted_attribute_shapes)
     app.connect("autodoc-skip-member", _skip_foreign_members)

@@ -15,14 +15,63 @@ def conv_transpose3d_output_shape(input_shape, kernel_shape, *, strides=1, paddi
                                   data_format="channels_last"):
     """Shape of :func:`conv_transpose3d`'s output, without computing it.
 
-    Parameters are those of :func:`conv_transpose3d`, with the shapes of ``x`` and
-    ``kernel`` in place of the arrays.
+    Parameters
+    ----------
+    input_shape : tuple of 5 ints
+        Shape of ``x``: ``(batch, depth, height, width, in_channels)``, or
+        ``(batch, in_channels, depth, height, width)`` with
+        ``data_format="channels_first"``. Every size >= 1.
+    kernel_shape : tuple of 5 ints
+        Shape of ``kernel``: ``(kernel_depth, kernel_height, kernel_width, filters,
+        in_channels)`` (Keras' layout, whatever ``data_format``). Every size >= 1; its
+        ``in_channels`` must be ``input_shape``'s.
+    strides : int or tuple of 3 ints, default=1
+        Each >= 1.
+    padding : {"valid", "same"}, default="valid"
+        Case-insensitive.
+    output_padding : int or tuple of 3 ints, optional
+        Extra length on the high side of each output axis; must be smaller than the
+        stride on that axis. ``None`` and ``0`` differ for ``"same"``, as in Keras.
+    dilation_rate : int or tuple of 3 ints, default=1
+        Each >= 1.
+    data_format : {"channels_last", "channels_first"}, default="channels_last"
+        The layout of ``input_shape`` and of the returned shape.
 
     Returns
     -------
     shape : tuple of 5 ints
         In ``data_format``'s layout; each spatial length follows Keras'
         ``deconv_output_length``.
+
+    Raises
+    ------
+    ValueError
+        If a shape is not a sequence of ints, not 5-D or has a size below 1; if the
+        kernel's ``in_channels`` differ from the input's; if ``strides``,
+        ``dilation_rate`` or ``output_padding`` is not an int or 3 ints, is below its
+        minimum (1, 1, 0) or ``output_padding >= strides`` on an axis; if ``padding`` or
+        ``data_format`` is not one of its values; or if the arguments give an output
+        length below 1 or above what a 64-bit index can address.
+
+    See Also
+    --------
+    conv_transpose3d : The computation whose shape this is.
+
+    Examples
+    --------
+    >>> import tconv3d
+    >>> tconv3d.conv_transpose3d_output_shape((1, 4, 4, 4, 8), (3, 3, 3, 16, 8), strides=2)
+    (1, 9, 9, 9, 16)
+    >>> tconv3d.conv_transpose3d_output_shape((1, 4, 4, 4, 8), (3, 3, 3, 16, 8), strides=2,
+    ...                                       padding="same")
+    (1, 8, 8, 8, 16)
+
+    Channels first, with ``output_padding``:
+
+    >>> tconv3d.conv_transpose3d_output_shape((1, 8, 4, 4, 4), (3, 3, 3, 16, 8), strides=2,
+    ...                                       padding="same", output_padding=1,
+    ...                                       data_format="channels_first")
+    (1, 16, 8, 8, 8)
     """
     return make_geometry(normalize_shape(input_shape, "input_shape"),
                          normalize_shape(kernel_shape, "kernel_shape"), strides, padding,
@@ -128,6 +177,30 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
     ``c = max(0, (L - out) // 2)`` (for ``"same"`` the odd extra element is cropped on
     the right, as TensorFlow and Keras do), zero past ``L``, plus ``bias``.
 
+    Raises
+    ------
+    ValueError
+        If an argument has a value it does not accept (``x`` or ``kernel`` not 5-D or with
+        an empty axis, mismatched input channels, ``bias`` not of shape ``(filters,)``,
+        ``strides``, ``dilation_rate``, ``output_padding``, ``padding``, ``data_format`` or
+        ``num_threads`` out of range, an output length below 1); if the output or a
+        working copy has more elements than a 64-bit index can address; or if ``out`` has
+        the wrong shape, is read-only, has overlapping or unaligned strides, or shares
+        memory with ``x``, ``kernel`` or ``bias``.
+    TypeError
+        If ``x``, ``kernel`` or ``bias`` is not array-like, is a masked array or holds
+        anything but real numbers (complex, object, strings); or if ``out`` is not an
+        ndarray or not of the computed dtype.
+    MemoryError
+        If the output or a working copy of an input would not fit in the memory available
+        (checked before any work, the process' cgroup limit included), or a thread cannot
+        allocate its workspace.
+
+    See Also
+    --------
+    conv_transpose3d_backward : The gradients of this function.
+    conv_transpose3d_output_shape : The output's shape, without computing it.
+
     Examples
     --------
     >>> import numpy as np, tconv3d
@@ -135,6 +208,24 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
     >>> w = np.ones((2, 2, 2, 16, 8), dtype=np.float32)
     >>> tconv3d.conv_transpose3d(x, w, strides=2).shape
     (1, 8, 8, 8, 16)
+
+    Along one axis, each input value adds a copy of the kernel at its position times the
+    stride (integer inputs compute in float64):
+
+    >>> x = np.arange(3).reshape(1, 3, 1, 1, 1)
+    >>> w = np.ones((2, 1, 1, 1, 1))
+    >>> tconv3d.conv_transpose3d(x, w).ravel()
+    array([0., 1., 3., 2.])
+    >>> tconv3d.conv_transpose3d(x, w, strides=(2, 1, 1)).ravel()
+    array([0., 0., 1., 1., 2., 2.])
+
+    Writing into a preallocated buffer:
+
+    >>> out = np.empty((1, 4, 1, 1, 1))
+    >>> tconv3d.conv_transpose3d(x, w, bias=[10.0], out=out) is out
+    True
+    >>> out.ravel()
+    array([10., 11., 13., 12.])
     """
     geom, dtype, x, kernel, extra = _prepare(
         x, kernel, strides, padding, output_padding, dilation_rate, data_format,
@@ -219,6 +310,50 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     is a gather in which each element is summed by one thread in a fixed order, and the
     ``grad_kernel`` and ``grad_bias`` reductions run over a fixed partition of the work
     whose partial sums are added in a fixed order. (PyTorch does not promise this.)
+
+    Raises
+    ------
+    ValueError
+        For the arguments shared with :func:`conv_transpose3d`, as it raises; if
+        ``grad_output`` does not have the forward output's shape; if ``use_bias`` is not a
+        bool or ``compute`` not a subset of ``{"input", "kernel", "bias"}``; or if an
+        ``out`` buffer has the wrong shape, is read-only, is not C-contiguous where
+        required, or shares memory with an input or another buffer.
+    TypeError
+        If ``grad_output``, ``x`` or ``kernel`` is not array-like, is a masked array or
+        holds anything but real numbers; if ``out`` is not a tuple of 3 entries, or one of
+        its buffers not an ndarray of the computed dtype.
+    MemoryError
+        If a computed gradient or a working copy would not fit in the memory available
+        (checked before any work), or a thread cannot allocate its partial sums.
+
+    See Also
+    --------
+    conv_transpose3d : The forward computation.
+
+    Examples
+    --------
+    >>> import numpy as np, tconv3d
+    >>> x = np.ones((1, 2, 2, 2, 1), dtype=np.float32)
+    >>> w = np.ones((2, 2, 2, 1, 1), dtype=np.float32)
+    >>> y = tconv3d.conv_transpose3d(x, w, strides=2)
+    >>> grad_x, grad_w, grad_b = tconv3d.conv_transpose3d_backward(np.ones_like(y), x, w,
+    ...                                                            strides=2)
+    >>> grad_x.shape, grad_x.dtype, grad_w.shape, grad_b
+    ((1, 2, 2, 2, 1), dtype('float32'), (2, 2, 2, 1, 1), array([64.], dtype=float32))
+
+    With a loss ``y.sum()``, each input element's gradient is the sum of the kernel's
+    eight taps:
+
+    >>> grad_x.ravel()
+    array([8., 8., 8., 8., 8., 8., 8., 8.], dtype=float32)
+
+    Only the kernel's gradient:
+
+    >>> grad_x, grad_w, grad_b = tconv3d.conv_transpose3d_backward(
+    ...     np.ones_like(y), x, w, strides=2, compute=["kernel"])
+    >>> grad_x is None, grad_w.shape, grad_b is None
+    (True, (2, 2, 2, 1, 1), True)
     """
     geom, dtype, x, kernel, extra = _prepare(
         x, kernel, strides, padding, output_padding, dilation_rate, data_format,

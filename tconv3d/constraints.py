@@ -92,7 +92,21 @@ class NonNeg(Constraint):
 
 
 class UnitNorm(Constraint):
-    """Each slice divided by its L2 norm over ``axis`` (default 0)."""
+    """Each slice divided by its L2 norm over ``axis`` (default 0).
+
+    Parameters
+    ----------
+    axis : int or list of int, default=0
+        The axes the norm is taken over (module docstring).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d.constraints import UnitNorm
+    >>> UnitNorm(axis=0)(np.array([[3.0], [4.0]])).round(6)
+    array([[0.6],
+           [0.8]])
+    """
 
     def __init__(self, axis=0):
         self.axis = axis
@@ -113,9 +127,28 @@ class MinMaxNorm(Constraint):
     Parameters
     ----------
     min_value : float, default=0.0
+        Smallest norm kept.
     max_value : float, default=1.0
+        Largest norm kept.
     rate : float, default=1.0
+        1 projects onto ``[min_value, max_value]`` at once; smaller values move the norm
+        only part of the way at each step.
     axis : int or list of int, default=0
+        The axes the norm is taken over (module docstring).
+
+    Examples
+    --------
+    A slice of norm 5 moved into ``[1, 2]``, at once or half-way:
+
+    >>> import numpy as np
+    >>> from tconv3d.constraints import MinMaxNorm
+    >>> w = np.array([[3.0], [4.0]])
+    >>> MinMaxNorm(1.0, 2.0)(w).round(6)
+    array([[1.2],
+           [1.6]])
+    >>> MinMaxNorm(1.0, 2.0, rate=0.5)(w).round(6)
+    array([[2.1],
+           [2.8]])
     """
 
     def __init__(self, min_value=0.0, max_value=1.0, rate=1.0, axis=0):
@@ -142,7 +175,33 @@ NAMES = {**{c.__name__: c for c in _CLASSES}, "max_norm": MaxNorm, "non_neg": No
 def get(identifier):
     """Return a constraint: ``None``; a name from :data:`NAMES` (Keras defaults); a config dict
     ``{"class_name": ..., "config": {...}}``; an instance or class; a ``keras.constraints``
-    object (mapped through its config); or a callable ``fn(w) -> w``."""
+    object (mapped through its config); or a callable ``fn(w) -> w``.
+
+    Parameters
+    ----------
+    identifier : None, str, dict, Constraint, class or callable
+        As above.
+
+    Returns
+    -------
+    constraint : Constraint, callable or None
+        ``None`` for ``None``; a callable given is returned as it is.
+
+    Raises
+    ------
+    ValueError
+        Unknown names, invalid configs and identifiers that are none of the above.
+
+    Examples
+    --------
+    >>> from tconv3d import constraints
+    >>> constraints.get("max_norm")
+    MaxNorm(max_value=2, axis=0)
+    >>> constraints.get({"class_name": "UnitNorm", "config": {"axis": [0, 1, 2, 3]}})
+    UnitNorm(axis=[0, 1, 2, 3])
+    >>> constraints.get(None) is None
+    True
+    """
     if identifier is None:
         return None
     if isinstance(identifier, str):
@@ -160,10 +219,49 @@ def get(identifier):
 
 
 def serialize(constraint):
-    """``{"class_name": ..., "config": ...}`` for built-ins; the object itself otherwise."""
+    """``{"class_name": ..., "config": ...}`` for built-ins; the object itself otherwise.
+
+    Parameters
+    ----------
+    constraint : Constraint or callable
+        The constraint to serialize.
+
+    Returns
+    -------
+    config : dict or object
+        Keras' config dict for this module's constraints; ``constraint`` itself
+        otherwise.
+
+    Examples
+    --------
+    >>> from tconv3d.constraints import MaxNorm, serialize
+    >>> serialize(MaxNorm(3, axis=[0, 1, 2, 3]))
+    {'class_name': 'MaxNorm', 'config': {'max_value': 3, 'axis': [0, 1, 2, 3]}}
+    """
     return _config.serialize(constraint, _CLASSES)
 
 
 def deserialize(config):
-    """Constraint from a ``{"class_name": ..., "config": ...}`` dict (Keras' too)."""
+    """Constraint from a ``{"class_name": ..., "config": ...}`` dict (Keras' too).
+
+    Parameters
+    ----------
+    config : dict
+        ``class_name`` one of :data:`NAMES`; ``config`` the constructor's arguments.
+
+    Returns
+    -------
+    constraint : Constraint
+
+    Raises
+    ------
+    ValueError
+        If ``config`` is not a dict with a ``class_name`` key, or the name is unknown.
+
+    Examples
+    --------
+    >>> from tconv3d.constraints import deserialize
+    >>> deserialize({"class_name": "non_neg", "config": {}})
+    NonNeg()
+    """
     return _config.deserialize(config, NAMES, "constraint")

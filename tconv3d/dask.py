@@ -233,6 +233,40 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
         batch chunks are ``x``'s; its spatial chunk boundaries are ``x``'s times the stride
         (see the module docstring). Computed, it is bitwise equal to
         ``tconv3d.conv_transpose3d`` on the whole array.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is neither a dask array nor array-like; if ``x``, ``kernel`` or ``bias``
+        is a masked array or holds anything but real numbers.
+    ValueError
+        If ``x`` has unknown chunk sizes (``x.compute_chunk_sizes()`` first); for the
+        shapes and arguments :func:`tconv3d.conv_transpose3d` refuses (checked when the
+        graph is built, from the shapes alone); or if ``num_threads`` is not None or an
+        int >= 1.
+    MemoryError
+        When computed, if a task cannot allocate its chunk or workspace.
+
+    See Also
+    --------
+    tconv3d.conv_transpose3d : The in-memory computation.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, tconv3d, tconv3d.dask
+    >>> x = da.ones((2, 4, 4, 4, 3), chunks=(1, 2, 4, 4, 3), dtype=np.float32)
+    >>> w = np.ones((2, 2, 2, 5, 3), dtype=np.float32)
+    >>> y = tconv3d.dask.conv_transpose3d(x, w, strides=2)
+    >>> y.shape, y.dtype
+    ((2, 8, 8, 8, 5), dtype('float32'))
+    >>> y.chunks
+    ((1, 1), (4, 4), (8,), (8,), (5,))
+
+    Computed, the same bits as in memory:
+
+    >>> result = y.compute()
+    >>> np.array_equal(result, tconv3d.conv_transpose3d(x.compute(), w, strides=2))
+    True
     """
     weak = without_dtype(("kernel", kernel), ("bias", bias))
     x = _as_dask(x, "x")
@@ -306,11 +340,48 @@ def upsample(upsampler, X, *, num_threads=None):
     Returns
     -------
     X_up : dask.array.Array
-        Of the shape and dtype ``transform`` returns (label maps keep their dtype); its sample chunks are ``X``'s and its
-        spatial chunks ``X``'s times the factor. Computed, it is bitwise equal to
-        ``upsampler.transform(X.compute())``, non-finite voxels included (with
-        ``nan_policy="error"`` they raise ``ValueError`` when a chunk reading them is
-        computed).
+        Of the shape and dtype ``transform`` returns (label maps keep their dtype); its
+        sample chunks are ``X``'s and its spatial chunks ``X``'s times the factor.
+        Computed, it is bitwise equal to ``upsampler.transform(X.compute())``, non-finite
+        voxels included (with ``nan_policy="error"`` they raise ``ValueError`` when a
+        chunk reading them is computed).
+
+    Raises
+    ------
+    sklearn.exceptions.NotFittedError
+        If ``upsampler`` is not fitted (a ``ValueError``).
+    TypeError
+        If ``X`` is neither a dask array nor array-like, or is a masked array.
+    ValueError
+        When the graph is built: if ``X`` has unknown chunk sizes, does not hold real
+        numbers, is not 2-D, 4-D or 5-D or has an empty axis; if 2-D ``X`` has another
+        number of features than the fit saw or no ``volume_shape`` fits its rows; if
+        ``num_threads`` is not None or an int >= 1. When a chunk is computed: non-finite
+        voxels with ``nan_policy="error"``, or (``kernel="label"``) values that are not
+        whole numbers.
+
+    See Also
+    --------
+    tconv3d.upsampling.VolumeUpsampler.transform : Calls this function for dask input.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, tconv3d.dask
+    >>> from tconv3d.upsampling import VolumeUpsampler
+    >>> up = VolumeUpsampler(factor=2, kernel="nearest").fit(np.zeros((1, 2, 2, 2)))
+    >>> X = da.arange(16, dtype=np.float32).reshape(2, 2, 2, 2).rechunk((1, 1, 2, 2))
+    >>> Y = tconv3d.dask.upsample(up, X)
+    >>> Y.shape, Y.dtype
+    ((2, 4, 4, 4), dtype('float32'))
+    >>> Y.chunks
+    ((1, 1), (2, 2), (4,), (4,))
+    >>> np.array_equal(Y.compute(), up.transform(X.compute()))
+    True
+
+    ``transform`` of a dask array returns the same lazy array:
+
+    >>> type(up.transform(X)).__name__
+    'Array'
 
     Notes
     -----

@@ -93,6 +93,12 @@ def file_format(path, role):
     ------
     FileError
         If the extension is none of :data:`FORMATS`.
+
+    Examples
+    --------
+    >>> from tconv3d.io import file_format
+    >>> file_format("t1.NII.GZ", "IN"), file_format("scan.npy", "IN")
+    ('nifti', 'npy')
     """
     lower = str(path).lower()
     for suffix, kind in FORMATS.items():
@@ -209,6 +215,11 @@ def write_atomically(path, write, overwrite=True, role="OUT"):
         If ``False``, refuse (:class:`FileError`) a ``path`` that appeared meanwhile.
     role : str, default="OUT"
         How an error message names the file.
+
+    Raises
+    ------
+    FileError
+        If the file cannot be written or renamed (naming ``path``), or ``path`` appeared.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -310,6 +321,17 @@ def open_volume(path, role="IN"):
     FileError
         For every failure: missing file, unsupported format, unreadable contents, not
         numbers, fewer than three axes, an empty array.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from tconv3d.io import open_volume
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> np.save(os.path.join(tmp.name, "v.npy"), np.zeros((4, 3, 2, 5), np.int16))
+    >>> source = open_volume(os.path.join(tmp.name, "v.npy"))
+    >>> source.spatial, source.n_volumes, source.volume(4).dtype
+    ((4, 3, 2), 5, dtype('int16'))
+    >>> tmp.cleanup()
     """
     kind = check_input(path, role)
     nibabel = require_nibabel(path) if kind == "nifti" else None
@@ -484,6 +506,12 @@ def encode_integers(values, dtype, *, grid=None, can_scale=False, clip=False, ro
     FileError
         NaN or infinite values (no integer holds them), or values outside the type's
         range that may be neither rescaled nor clipped.
+
+    Examples
+    --------
+    >>> from tconv3d.io import encode_integers
+    >>> encode_integers(np.array([0.0, 1.0, 2.6]), "uint8")
+    (array([0, 1, 3], dtype=uint8), (1.0, 0.0), 0)
     """
     dtype = np.dtype(dtype)
     info = np.iinfo(dtype)
@@ -546,6 +574,11 @@ def write_volume(path, kind, data, source, factor, overwrite, scaling=(None, Non
     scaling : (slope, inter), optional
         NIfTI only: the physical values are ``slope * data + inter``
         (:func:`encode_integers`); ``(None, None)`` stores ``data`` as they are.
+
+    Raises
+    ------
+    FileError
+        If ``path`` exists without ``overwrite``, cannot be written, or needs nibabel.
     """
     if kind == "npy":
         def write(tmp):

@@ -54,7 +54,32 @@ VERSION = 1
 def robust_scale(volumes):
     """99th percentile of the finite ``|volumes|`` per ``(d, h, w)`` volume, shape
     ``(n, 1, 1, 1)`` (1 where it is 0 or no value is finite: NaN outside a scan's field of
-    view must not turn the relative bias into NaN everywhere)."""
+    view must not turn the relative bias into NaN everywhere).
+
+    Parameters
+    ----------
+    volumes : ndarray of shape (n, d, h, w)
+        Real numbers; NaN and infinities are left out.
+
+    Returns
+    -------
+    scale : ndarray of shape (n, 1, 1, 1), dtype=float64
+        One positive scale per volume, broadcastable against ``volumes``.
+
+    Raises
+    ------
+    numpy.exceptions.AxisError
+        If ``volumes`` has fewer than 4 dimensions.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d.kernel_file import robust_scale
+    >>> volumes = np.stack([np.full((2, 2, 2), -3.0), np.zeros((2, 2, 2)),
+    ...                     np.full((2, 2, 2), np.nan)])
+    >>> robust_scale(volumes).ravel()
+    array([3., 1., 1.])
+    """
     magnitude = np.abs(volumes)
     magnitude = np.where(np.isfinite(magnitude), magnitude, np.nan)
     with warnings.catch_warnings():
@@ -76,6 +101,25 @@ class KernelFile:
     bias, relative_bias : float
         Added to every output voxel: ``bias`` as it is, ``relative_bias`` times the
         volume's :func:`robust_scale`.
+
+    Parameters
+    ----------
+    kernel : ndarray of shape (kd, kh, kw), or None
+        As the attribute.
+    factor : tuple of 3 ints, optional
+        As the attribute; required by :func:`save_kernel`.
+    bias : float, default=0.0
+        As the attribute.
+    relative_bias : float, default=0.0
+        As the attribute.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d.kernel_file import KernelFile
+    >>> spec = KernelFile(np.ones((2, 2, 2)), factor=(2, 2, 2), bias=1.0, relative_bias=0.5)
+    >>> spec.offset(np.full((1, 2, 2, 2), 4.0)).ravel()    # 1 + 0.5 * 4
+    array([3.])
     """
     kernel: np.ndarray
     factor: tuple = None
@@ -104,8 +148,27 @@ def upsample_volumes(upsampler, spec, volumes):
 
     Returns
     -------
-    ndarray of shape (n, d*fd, h*fh, w*fw)
+    upsampled : ndarray of shape (n, d*fd, h*fh, w*fw)
         In the dtype ``upsampler.transform`` returns.
+
+    Raises
+    ------
+    ValueError
+        What ``upsampler.transform`` raises (not fitted, wrong shape, non-finite values
+        refused by its ``nan_policy``, ...).
+    MemoryError
+        If the output would not fit in the memory available.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d.kernel_file import KernelFile, upsample_volumes
+    >>> from tconv3d.upsampling import VolumeUpsampler
+    >>> spec = KernelFile(np.ones((2, 2, 2)), factor=(2, 2, 2), bias=1.0)
+    >>> up = VolumeUpsampler(factor=spec.factor, kernel=spec.kernel).fit(np.zeros((1, 2, 2, 2)))
+    >>> out = upsample_volumes(up, spec, np.ones((1, 2, 2, 2), dtype=np.float32))
+    >>> out.shape, out.dtype, np.unique(out)
+    ((1, 4, 4, 4), dtype('float32'), array([2.], dtype=float32))
     """
     out = upsampler.transform(volumes)
     offset = spec.offset(volumes)
@@ -127,10 +190,16 @@ def save_kernel(path, kernel_file, overwrite=True):
         If ``False``, refuse (:class:`tconv3d.io.FileError`) a ``path`` that exists by
         the time the file is complete.
 
+    Returns
+    -------
+    None
+
     Raises
     ------
     tconv3d.io.FileError
         If ``path`` exists and ``overwrite`` is False, or it cannot be written.
+    TypeError
+        If ``kernel_file.factor`` is None (it cannot be stored as integers).
 
     Examples
     --------
@@ -140,11 +209,13 @@ def save_kernel(path, kernel_file, overwrite=True):
     >>> import numpy as np
     >>> from tconv3d.kernel_file import KernelFile, load_kernel, save_kernel
     >>> taps = np.array([1, 3, 3, 1], float).reshape(1, 1, 4) / 4
-    >>> path = os.path.join(tempfile.mkdtemp(), "k.npz")
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(tmp.name, "k.npz")
     >>> save_kernel(path, KernelFile(taps, factor=(1, 1, 2)))
     >>> spec = load_kernel(path)
     >>> spec.factor, spec.kernel.shape, spec.bias
     ((1, 1, 2), (1, 1, 4), 0.0)
+    >>> tmp.cleanup()
     """
     arrays = dict(kernel=np.asarray(kernel_file.kernel, np.float64),
                   factor=np.asarray(kernel_file.factor, np.int64),
@@ -266,6 +337,27 @@ def fit_kernel_file(low, high, factor, kernel_size, max_iter, threads):
         The fitted upsampler (on the scaled volumes), e.g. for ``n_iter_``.
     converged : bool
         Whether the fit converged before ``max_iter``.
+
+    Raises
+    ------
+    ValueError
+        What ``VolumeUpsampler(kernel="learned").fit`` raises: ``high`` not of the
+        upsampled shape of ``low``, invalid ``factor``, ``kernel_size``, ``max_iter`` or
+        ``threads``, no finite voxel to learn from, ...
+
+    Examples
+    --------
+    From one pair made by nearest-neighbour upsampling, the fit finds the box kernel:
+
+    >>> import numpy as np
+    >>> from tconv3d.kernel_file import fit_kernel_file
+    >>> from tconv3d.upsampling import VolumeUpsampler
+    >>> low = np.random.default_rng(0).random((1, 4, 4, 4))
+    >>> high = VolumeUpsampler(factor=2, kernel="nearest").fit_transform(low)
+    >>> spec, learned, converged = fit_kernel_file(low, high, (2, 2, 2), (2, 2, 2),
+    ...                                            max_iter=100, threads=1)
+    >>> spec.factor, converged, bool(np.allclose(spec.kernel, 1.0))
+    ((2, 2, 2), True, True)
     """
     scale = robust_scale(low)
     learned, converged = fit_learned(low / scale, high / scale, factor, kernel_size,

@@ -70,8 +70,28 @@ class Optimizer:
 
         Returns
         -------
-        int
+        iterations : int
             ``iterations`` after the step.
+
+        Raises
+        ------
+        TypeError
+            If ``target`` is none of the above, or a variable is not a writeable float
+            ndarray.
+        ValueError
+            If a gradient's shape differs from its variable's, a layer has no gradients
+            (``backward`` not called), or the variables are not those of the first step.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from tconv3d.optimizers import SGD
+        >>> w = np.array([1.0, 2.0])
+        >>> opt = SGD(learning_rate=0.1)
+        >>> opt.apply_gradients([(np.array([1.0, -1.0]), w)])
+        1
+        >>> w                                    # updated in place: w - 0.1 * g
+        array([0.9, 2.1])
         """
         pairs, constraints = self._collect(target)
         if not pairs:
@@ -320,7 +340,34 @@ class Adam(Optimizer):
 
 def get(identifier):
     """``"sgd"`` / ``"adam"`` (Keras defaults, any case), a config dict
-    ``{"class_name": ..., "config": {...}}``, or an Optimizer instance."""
+    ``{"class_name": ..., "config": {...}}``, or an Optimizer instance.
+
+    Parameters
+    ----------
+    identifier : str, dict or Optimizer
+        As above; an instance is returned as it is.
+
+    Returns
+    -------
+    optimizer : Optimizer
+
+    Raises
+    ------
+    ValueError
+        For any other identifier, or (from the constructor) an invalid argument in the
+        config.
+    TypeError
+        If the config has an argument the optimizer does not take.
+
+    Examples
+    --------
+    >>> from tconv3d import optimizers
+    >>> opt = optimizers.get("Adam")
+    >>> type(opt).__name__, opt.learning_rate
+    ('Adam', 0.001)
+    >>> optimizers.get({"class_name": "SGD", "config": {"learning_rate": 0.1}}).learning_rate
+    0.1
+    """
     if isinstance(identifier, Optimizer):
         return identifier
     classes = {"sgd": SGD, "adam": Adam}

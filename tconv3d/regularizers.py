@@ -54,6 +54,23 @@ class L1L2(Regularizer):
     Parameters
     ----------
     l1, l2 : float >= 0, default=0.0
+        The factors of the L1 and L2 terms (``None``: 0.0).
+
+    Raises
+    ------
+    ValueError
+        If a factor is negative, infinite, NaN or not a number.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d.regularizers import L1L2
+    >>> penalty = L1L2(l1=0.5, l2=0.25)
+    >>> x = np.array([1.0, -2.0, 0.0])
+    >>> float(penalty(x))                    # 0.5 * 3 + 0.25 * 5
+    2.75
+    >>> penalty.gradient(x)                  # 0.5 * sign(x) + 0.5 * x
+    array([ 1. , -1.5,  0. ])
     """
 
     def __init__(self, l1=0.0, l2=0.0):
@@ -86,7 +103,27 @@ class L1L2(Regularizer):
 
 
 class L1(L1L2):
-    """``l1 * sum(|x|)``, ``l1`` default 0.01."""
+    """``l1 * sum(|x|)``, ``l1`` default 0.01.
+
+    Parameters
+    ----------
+    l1 : float >= 0, default=0.01
+        The factor (``None``: 0.01).
+
+    Raises
+    ------
+    ValueError
+        If ``l1`` is negative, infinite, NaN or not a number.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d.regularizers import L1
+    >>> penalty = L1(0.5)
+    >>> x = np.array([1.0, -2.0, 0.0])
+    >>> float(penalty(x)), penalty.gradient(x)
+    (1.5, array([ 0.5, -0.5,  0. ]))
+    """
 
     def __init__(self, l1=0.01):
         super().__init__(l1=0.01 if l1 is None else l1)
@@ -120,7 +157,30 @@ class L2(L1L2):
 
 
 def l1_l2(l1=0.01, l2=0.01):
-    """``L1L2`` with R keras' and Keras 2's defaults (0.01 and 0.01)."""
+    """``L1L2`` with R keras' and Keras 2's defaults (0.01 and 0.01).
+
+    Parameters
+    ----------
+    l1, l2 : float >= 0, default=0.01
+        The factors of the L1 and L2 terms.
+
+    Returns
+    -------
+    regularizer : L1L2
+
+    Raises
+    ------
+    ValueError
+        If a factor is negative, infinite, NaN or not a number.
+
+    Examples
+    --------
+    >>> from tconv3d.regularizers import l1_l2
+    >>> l1_l2()
+    L1L2(l1=0.01, l2=0.01)
+    >>> l1_l2(l2=0.5)
+    L1L2(l1=0.01, l2=0.5)
+    """
     return L1L2(l1=l1, l2=l2)
 
 
@@ -129,6 +189,30 @@ class FunctionRegularizer(Regularizer):
 
     ``gradient=None`` keeps the penalty usable in ``layer.losses``; a layer's ``backward``
     then raises :class:`NotImplementedError`.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(x) -> scalar``, the penalty of an ndarray ``x``.
+    gradient : callable, optional
+        ``gradient(x) -> ndarray like x``, the penalty's gradient.
+    name : str, optional
+        For messages; default ``fn.__name__``.
+
+    Raises
+    ------
+    TypeError
+        If ``fn`` is not callable, or ``gradient`` neither callable nor None.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d.regularizers import FunctionRegularizer
+    >>> quartic = FunctionRegularizer(lambda x: float(np.sum(x**4)), lambda x: 4 * x**3,
+    ...                               name="quartic")
+    >>> x = np.array([1.0, -2.0])
+    >>> quartic(x), quartic.gradient(x)
+    (17.0, array([  4., -32.]))
     """
 
     def __init__(self, fn, gradient=None, name=None):
@@ -176,6 +260,25 @@ def get(identifier):
         config), or a callable ``fn(x) -> scalar`` (wrapped in
         :class:`FunctionRegularizer`, with its ``gradient`` method if it has one).
         ``None`` gives ``None``.
+
+    Returns
+    -------
+    regularizer : Regularizer or None
+
+    Raises
+    ------
+    ValueError
+        Unknown names, invalid configs and identifiers that are none of the above.
+
+    Examples
+    --------
+    >>> from tconv3d import regularizers
+    >>> regularizers.get("l2")
+    L2(l2=0.01)
+    >>> regularizers.get("l1_l2"), regularizers.get("L1L2")    # name vs. class defaults
+    (L1L2(l1=0.01, l2=0.01), L1L2(l1=0.0, l2=0.0))
+    >>> regularizers.get({"class_name": "L2", "config": {"l2": 0.1}})
+    L2(l2=0.1)
     """
     if identifier is None:
         return None
@@ -197,12 +300,52 @@ def get(identifier):
 
 
 def serialize(regularizer):
-    """``{"class_name": ..., "config": ...}`` for L1/L2/L1L2; the object itself otherwise."""
+    """``{"class_name": ..., "config": ...}`` for L1/L2/L1L2; the object itself otherwise.
+
+    Parameters
+    ----------
+    regularizer : Regularizer or callable
+        The regularizer to serialize.
+
+    Returns
+    -------
+    config : dict or object
+        Keras' config dict for L1, L2 and L1L2; ``regularizer`` itself otherwise.
+
+    Examples
+    --------
+    >>> from tconv3d.regularizers import L1, serialize
+    >>> serialize(L1(0.5))
+    {'class_name': 'L1', 'config': {'l1': 0.5}}
+    """
     return _config.serialize(regularizer, _CLASSES.values())
 
 
 def deserialize(config):
-    """Regularizer from a ``{"class_name": ..., "config": ...}`` dict (Keras' too)."""
+    """Regularizer from a ``{"class_name": ..., "config": ...}`` dict (Keras' too).
+
+    Parameters
+    ----------
+    config : dict
+        ``class_name`` one of :data:`NAMES`; ``config`` overrides the arguments that name
+        gives.
+
+    Returns
+    -------
+    regularizer : Regularizer
+
+    Raises
+    ------
+    ValueError
+        If ``config`` is not a dict with a ``class_name`` key, the name is unknown, or a
+        factor is invalid.
+
+    Examples
+    --------
+    >>> from tconv3d.regularizers import deserialize
+    >>> deserialize({"class_name": "l1_l2", "config": {"l2": 0.5}})
+    L1L2(l1=0.01, l2=0.5)
+    """
     return _config.deserialize(config, NAMES, "regularizer", _with_defaults)
 
 

@@ -147,7 +147,20 @@ _PLAIN_DISPATCH = torch.Tensor.__torch_dispatch__
 
 
 class TconvFallbackWarning(UserWarning):
-    """PyTorch's own ``conv_transpose3d`` ran instead of tconv3d's kernels."""
+    """PyTorch's own ``conv_transpose3d`` ran instead of tconv3d's kernels.
+
+    Issued once per reason (another device, a dtype other than float32/float64, autocast,
+    ``torch.jit.trace``); the result is PyTorch's.
+
+    Examples
+    --------
+    >>> import warnings, torch, tconv3d.torch
+    >>> up = tconv3d.torch.ConvTranspose3d(2, 1, 2, stride=2).to(torch.float16)
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore", tconv3d.torch.TconvFallbackWarning)
+    ...     up(torch.ones(1, 2, 3, 3, 3, dtype=torch.float16)).dtype
+    torch.float16
+    """
 
 
 _warned = set()
@@ -215,15 +228,39 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
     weight : Tensor of shape (in_channels, out_channels // groups, kd, kh, kw)
     bias : Tensor of shape (out_channels,), optional
     stride, padding, output_padding, dilation : int or tuple of 3 ints
-        PyTorch's meaning: ``output_padding`` must be smaller than ``stride`` or
-        ``dilation`` on each axis.
+        PyTorch's meaning (defaults 1, 0, 0, 1): ``output_padding`` must be smaller than
+        ``stride`` or ``dilation`` on each axis.
     groups : int, default=1
+        Channels split into ``groups`` independent convolutions.
 
     Returns
     -------
-    Tensor of shape (batch, out_channels, out_depth, out_height, out_width)
+    output : Tensor of shape (batch, out_channels, out_depth, out_height, out_width)
         Each length is ``(in - 1)*stride - 2*padding + dilation*(k - 1) + output_padding + 1``;
         ``channels_last_3d`` when the input is, contiguous otherwise; input's dtype.
+
+    Raises
+    ------
+    RuntimeError
+        PyTorch's, for the arguments its own op refuses (those calls are handed to it).
+    MemoryError
+        If tconv3d's output or a working copy would not fit in memory (checked first).
+
+    Warns
+    -----
+    TconvFallbackWarning
+        Once per reason, when valid arguments run on PyTorch's op instead.
+
+    Examples
+    --------
+    >>> import torch, tconv3d.torch
+    >>> x = torch.arange(3.0).reshape(1, 1, 3, 1, 1).requires_grad_()
+    >>> y = tconv3d.torch.conv_transpose3d(x, torch.ones(1, 1, 2, 1, 1))
+    >>> y.flatten().tolist(), y.shape
+    ([0.0, 1.0, 3.0, 2.0], torch.Size([1, 1, 4, 1, 1]))
+    >>> y.sum().backward()
+    >>> x.grad.flatten().tolist()
+    [2.0, 2.0, 2.0]
     """
     tensors = (input, weight) if bias is None else (input, weight, bias)
     if has_torch_function(tensors):  # __torch_function__ subclasses, as torch.nn.functional
@@ -274,14 +311,24 @@ class ConvTranspose3d(torch.nn.ConvTranspose3d):
     Parameters
     ----------
     in_channels, out_channels : int
+        Channels of the input and of the output.
     kernel_size : int or tuple of 3 ints
+        Taps per spatial axis.
     stride, padding, output_padding, dilation : int or tuple of 3 ints
+        PyTorch's meaning (defaults 1, 0, 0, 1), as :func:`conv_transpose3d`.
     groups : int, default=1
+        Channels split into ``groups`` independent convolutions.
     bias : bool, default=True
+        Whether the module has a learnable ``bias``.
     padding_mode : {"zeros"}, default="zeros"
         PyTorch's ``ConvTranspose3d`` only supports ``"zeros"``; so does this class.
     device, dtype : optional
         Factory arguments, as in PyTorch.
+
+    Raises
+    ------
+    ValueError
+        PyTorch's: ``padding_mode`` not ``"zeros"``, ``groups`` not dividing the channels.
 
     Examples
     --------
@@ -295,6 +342,34 @@ class ConvTranspose3d(torch.nn.ConvTranspose3d):
     """
 
     def forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
+        """The transposed convolution of ``input``; tconv3d's kernels for CPU tensors.
+
+        Parameters
+        ----------
+        input : Tensor of shape (batch, in_channels, depth, height, width)
+            Or unbatched ``(in_channels, depth, height, width)``.
+        output_size : list of int, optional
+            The output's spatial size, as in PyTorch: chooses this call's output_padding.
+
+        Returns
+        -------
+        output : Tensor of shape (batch, out_channels, out_depth, out_height, out_width)
+            As :func:`conv_transpose3d` returns.
+
+        Raises
+        ------
+        ValueError
+            PyTorch's, if ``output_size`` cannot be reached.
+        RuntimeError
+            PyTorch's, for input its op refuses (e.g. the wrong number of channels).
+
+        Examples
+        --------
+        >>> import torch, tconv3d.torch
+        >>> up = tconv3d.torch.ConvTranspose3d(2, 1, kernel_size=2, stride=2)
+        >>> up(torch.ones(1, 2, 3, 3, 3), output_size=[7, 7, 7]).shape
+        torch.Size([1, 1, 7, 7, 7])
+        """
         if self.padding_mode != "zeros":
             raise ValueError("Only `zeros` padding mode is supported for ConvTranspose3d")
         output_padding = self._output_padding(
@@ -333,6 +408,13 @@ class ConvTranspose3d(torch.nn.ConvTranspose3d):
         TypeError
             If ``module`` is not a ``torch.nn.ConvTranspose3d`` or its weight is not a
             Parameter of its own.
+
+        Examples
+        --------
+        >>> import torch, tconv3d.torch
+        >>> module = torch.nn.ConvTranspose3d(4, 2, kernel_size=2, stride=2)
+        >>> tconv3d.torch.ConvTranspose3d.from_torch(module).weight is module.weight
+        True
         """
         if not isinstance(module, torch.nn.ConvTranspose3d):
             raise TypeError(f"`module` must be a torch.nn.ConvTranspose3d, got "
@@ -380,6 +462,11 @@ def _computed_weight(module):
 class ConvertReport:
     """What :func:`convert` did, by qualified module name (``""`` is the model itself).
 
+    Parameters
+    ----------
+    converted, skipped
+        As the attributes; made by ``convert(model, report=True)``.
+
     Attributes
     ----------
     converted : tuple of str
@@ -387,6 +474,13 @@ class ConvertReport:
     skipped : dict of str to str
         The transposed convolutions left to PyTorch, with the reason; :func:`convert`
         also warned about each of them.
+
+    Examples
+    --------
+    >>> import torch, tconv3d.torch
+    >>> model = torch.nn.Sequential(torch.nn.ConvTranspose3d(4, 2, 2, 2))
+    >>> print(tconv3d.torch.convert(model, report=True)[1])
+    converted 1 module(s) to tconv3d.torch: '0'
     """
     converted: tuple
     skipped: dict
@@ -460,6 +554,11 @@ def convert(model, *, report=False):
         :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`, assign the result).
     report : ConvertReport
         Only with ``report=True``.
+
+    Warns
+    -----
+    UserWarning
+        For each subclass of ``torch.nn.ConvTranspose3d`` left to PyTorch, with the reason.
 
     Examples
     --------

@@ -159,7 +159,7 @@ default="trilinear"
         Shape of one volume, ``-1`` resolved (fitted on 2-D ``X`` only).
     n_features_in_ : int
         Number of features seen during fit (fitted on 2-D ``X`` only).
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Names of features seen during fit, when ``X`` has string column names.
 
     Notes
@@ -325,6 +325,20 @@ default="trilinear"
         -------
         self : VolumeUpsampler
             The fitted estimator.
+
+        Raises
+        ------
+        ValueError
+            For an invalid parameter or ``X`` (see :meth:`transform`), a negative tap with
+            ``nan_policy="ignore"``, or (``kernel="learned"``) a missing or misshapen ``y``.
+
+        Examples
+        --------
+        >>> X = np.random.default_rng(0).random((2, 4, 4, 4))
+        >>> y = VolumeUpsampler(factor=2, kernel="nearest").fit_transform(X)
+        >>> up = VolumeUpsampler(factor=2, kernel="learned", kernel_size=2).fit(X, y)
+        >>> up.kernel_.shape, bool(np.allclose(up.kernel_, 1.0))   # learned: nearest's box
+        ((2, 2, 2), True)
         """
         factor = normalize_triple(self.factor, "factor")
         kernel = self._initial_kernel(factor)
@@ -360,6 +374,20 @@ default="trilinear"
             maps: ``X``'s dtype). A
             ``dask.array`` ``X`` gives a lazy ``dask.array``, chunked by sample and space,
             equal to the in-memory result (see :func:`tconv3d.dask.upsample`).
+
+        Raises
+        ------
+        ValueError
+            If not fitted (``NotFittedError``); ``X`` not 2-D, 4-D or 5-D, with an empty
+            axis, other features than the fit's, or non-finite with ``nan_policy="error"``.
+        MemoryError
+            If the output would not fit in memory (checked first).
+
+        Examples
+        --------
+        >>> up = VolumeUpsampler(factor=2, kernel="nearest").fit(np.zeros((1, 2, 2, 2)))
+        >>> up.transform(np.arange(3.0).reshape(1, 3, 1, 1, 1))[0, :, 0, 0, 0]   # any size
+        array([0., 0., 1., 1., 2., 2.])
         """
         check_is_fitted(self)
         if hasattr(X, "__dask_graph__"):  # a dask array: stay lazy (tconv3d[dask])
@@ -387,6 +415,17 @@ default="trilinear"
         feature_names_out : ndarray of str objects
             ``volumeupsampler0``, ``volumeupsampler1``, ... in the order of the flattened
             output (C order of ``(d*fd, h*fh, w*fw[, c])``).
+
+        Raises
+        ------
+        ValueError
+            If not fitted, fitted on 4-D or 5-D volumes, or given other ``input_features``.
+
+        Examples
+        --------
+        >>> up = VolumeUpsampler(factor=(1, 1, 2), volume_shape=(1, 2, 2)).fit(np.zeros((3, 4)))
+        >>> up.get_feature_names_out()[:2]
+        array(['volumeupsampler0', 'volumeupsampler1'], dtype=object)
         """
         check_is_fitted(self)
         if not hasattr(self, "volume_shape_"):
