@@ -16,7 +16,6 @@ equal. The plan of a chunk depends on the kernel:
 Non-finite input (``nan_policy``, see :meth:`Upsampling.run`) is handled here, on top of
 the plan: every policy is a few runs of the same plan on masks and filled volumes.
 """
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -286,39 +285,14 @@ def _propagate(y, x, linear, has_negative):
 
 def from_estimator(upsampler):
     """The :class:`Upsampling` of a fitted ``VolumeUpsampler`` (its public attributes):
-    separable for ``kernel="nearest"`` and ``"trilinear"``, whose ``kernel_`` is the
-    outer product of their 1-D kernels (checked, so a changed ``kernel_`` is honoured)."""
-    name, factor, kernel = upsampler.kernel, upsampler.factor_, upsampler.kernel_
-    policy = upsampler.nan_policy
-    if isinstance(name, str) and name == "label":
+    separable when it has ``kernel_taps_`` (``"nearest"``, ``"trilinear"``) and no bias."""
+    factor, policy = upsampler.factor_, upsampler.nan_policy
+    if isinstance(upsampler.kernel, str) and upsampler.kernel == "label":
         return Upsampling(factor, label=True, nan_policy=policy)
-    if isinstance(name, str) and name in _separable.SEPARABLE_KERNELS \
-            and upsampler.bias_ == 0:
-        taps = _separable.named_taps(name, factor)
-        if _is_outer(kernel, taps, (name, factor)):
-            return Upsampling(factor, taps=taps, nan_policy=policy)
-    return Upsampling(factor, kernel, bias=upsampler.bias_, nan_policy=policy)
-
-
-_OUTER_CHECKED = {}   # id(kernel) -> (weak reference to it, what, outcome)
-
-
-def _is_outer(kernel, taps, what):
-    """Whether ``kernel`` is the outer product of ``taps``; remembered per kernel array (a
-    fitted ``kernel_`` is checked once, not at every transform: it costs as much as
-    upsampling a small volume by 64)."""
-    seen = _OUTER_CHECKED.get(id(kernel))
-    if seen is not None and seen[0]() is kernel and seen[1] == what:
-        return seen[2]
-    outcome = (isinstance(kernel, np.ndarray) and kernel.shape == tuple(map(len, taps))
-               and np.array_equal(kernel, _separable.outer(taps)))
-    if len(_OUTER_CHECKED) > 64:
-        _OUTER_CHECKED.clear()
-    try:
-        _OUTER_CHECKED[id(kernel)] = (weakref.ref(kernel), what, outcome)
-    except TypeError:  # not weak-referenceable: checked every time
-        pass
-    return outcome
+    taps = getattr(upsampler, "kernel_taps_", None)
+    if taps is not None and upsampler.bias_ == 0:
+        return Upsampling(factor, taps=taps, nan_policy=policy)
+    return Upsampling(factor, upsampler.kernel_, bias=upsampler.bias_, nan_policy=policy)
 
 
 # Output voxels per Python thread below which one call computes the whole volume: a

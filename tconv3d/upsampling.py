@@ -33,24 +33,17 @@ terms, a cost linear in the output size for any factor). Other kernels run as th
 slabs whose taps reach past the volume recomputed from edge-replicated input and written
 over (``tconv3d._conv_plan``). No padded copy of the volume is made.
 """
-import time
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
-from scipy.optimize import minimize
 from sklearn.base import (BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                           _fit_context)
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
-from threadpoolctl import threadpool_limits
 
-from . import _conv_plan, _plan, _separable
-from ._geometry import deconv_output_length
-from ._ops import conv_transpose3d, conv_transpose3d_backward, conv_transpose3d_output_shape
-from ._validation import (check_allocation, make_geometry, normalize_num_threads,
-                          normalize_triple)
+from . import _plan, _separable
+from ._learning import WORKING_COPIES, fit_kernel
+from ._validation import check_allocation, normalize_num_threads, normalize_triple
 
 __all__ = ["VolumeUpsampler"]
 
@@ -147,7 +140,12 @@ default="trilinear"
     factor_ : tuple of 3 ints
         The upsampling factor per axis.
     kernel_ : ndarray of shape (kd, kh, kw), dtype=float64
-        The kernel applied to every channel.
+        The kernel applied to every channel (for ``"nearest"``, ``"trilinear"`` and
+        ``"label"``: the outer product of ``kernel_taps_``, computed on access).
+    kernel_taps_ : tuple of 3 ndarrays of shape (kd,), (kh,), (kw,), or None
+        For ``"nearest"``, ``"trilinear"`` and ``"label"``: the 1-D kernels whose outer
+        product is the kernel, run one axis at a time; the 3-D kernel is never built.
+        ``None`` for other kernels.
     bias_ : float
         Added to every output voxel; 0 unless learned.
     n_iter_ : int
@@ -230,24 +228,24 @@ default="trilinear"
         return isinstance(self.kernel, str) and self.kernel == "learned"
 
     def _initial_kernel(self, factor):
-        """The kernel to use (fixed) or to start from (learned), float64."""
+        """The kernel to use (fixed) or to start from (learned), float64: for
+        ``"nearest"``, ``"trilinear"`` and ``"label"`` the tuple of its three 1-D kernels,
+        which are never multiplied out; otherwise the 3-D array."""
         if isinstance(self.kernel, str):
             if self.kernel not in KERNELS:
                 raise ValueError(f"`kernel` must be one of {KERNELS} or an array of shape "
                                  f"(kd, kh, kw), got {self.kernel!r}.")
-            size = None
-            if self.kernel == "learned":
-                size = normalize_triple(self.kernel_size, "kernel_size", allow_none=True)
-                size = size or tuple(3 * s for s in factor)
-            shape = factor if self.kernel == "nearest" else size or tuple(
-                2 * s - s % 2 for s in factor)
-            try:   # the fitted kernel_ is (kd, kh, kw): refuse one that cannot exist
-                check_allocation(shape, np.float64, "kernel_")
+            if self.kernel != "learned":   # "label": the trilinear weights of the vote
+                name = "nearest" if self.kernel == "nearest" else "trilinear"
+                return _separable.named_taps(name, factor)
+            size = normalize_triple(self.kernel_size, "kernel_size", allow_none=True)
+            size = size or tuple(3 * s for s in factor)
+            try:   # the learned kernel_ is (kd, kh, kw): refuse a fit that cannot run
+                check_allocation((WORKING_COPIES, *size), np.float64,
+                                 "learned kernel_'s working copies")
             except (MemoryError, ValueError) as exc:
                 raise type(exc)(f"`factor` {factor}: {exc}") from None
-            if self.kernel == "nearest":
-                return np.ones(factor)
-            return _trilinear_kernel(factor, size)   # "label": the weights of the vote
+            return _trilinear_kernel(factor, size)
         try:
             kernel = np.asarray(self.kernel)
         except (TypeError, ValueError):
@@ -341,21 +339,53 @@ default="trilinear"
         ((2, 2, 2), True)
         """
         factor = normalize_triple(self.factor, "factor")
-        kernel = self._initial_kernel(factor)
-        if self.nan_policy == "ignore" and not self._learns():
-            _plan.check_ignore_kernel(kernel)
         if self.num_threads is not None:
             normalize_num_threads(self.num_threads)
         volumes, ndim = self._validate_volumes(X, reset=True)
+        try:   # a factor no transform can serve: one voxel's output alone is too large
+            check_allocation(factor, volumes.dtype, "output of one voxel")
+        except (MemoryError, ValueError) as exc:
+            raise type(exc)(f"`factor` {factor}: {exc}") from None
+        kernel = self._initial_kernel(factor)
+        taps = kernel if isinstance(kernel, tuple) else None
+        if self.nan_policy == "ignore" and not self._learns() and taps is None:
+            _plan.check_ignore_kernel(kernel)
         bias = 0.0
         if self._learns():
             targets = self._check_targets(y, volumes, ndim, factor)
-            kernel, bias, self.n_iter_, self.loss_ = _fit_kernel(
+            kernel, bias, self.n_iter_, self.loss_ = fit_kernel(
                 volumes, targets, kernel, factor, max_iter=self.max_iter, tol=self.tol,
                 num_threads=self.num_threads, verbose=self.verbose,
                 nonnegative=self.nan_policy == "ignore")
-        self.factor_, self.kernel_, self.bias_ = factor, kernel, float(bias)
+        self.factor_, self.bias_ = factor, float(bias)
+        if taps is None:
+            self.kernel_ = kernel
+        else:
+            self.__dict__.pop("_kernel", None)
+            self.kernel_taps_ = taps
         return self
+
+    @property
+    def kernel_(self):
+        """The kernel applied to every channel, ndarray of shape (kd, kh, kw), float64.
+
+        For ``"nearest"``, ``"trilinear"`` and ``"label"`` it is the outer product of
+        ``kernel_taps_``, computed here on access (``transform`` never builds it). A
+        kernel assigned to it replaces the fitted one and runs as given.
+        """
+        kernel = self.__dict__.get("_kernel")
+        if kernel is None:
+            taps = self.__dict__.get("kernel_taps_")
+            if taps is None:
+                raise AttributeError("'VolumeUpsampler' object has no attribute 'kernel_'")
+            check_allocation(tuple(map(len, taps)), np.float64, "kernel_")
+            kernel = _separable.outer(taps)
+        return kernel
+
+    @kernel_.setter
+    def kernel_(self, kernel):
+        self.__dict__["_kernel"] = kernel
+        self.kernel_taps_ = None
 
     def transform(self, X):
         """Upsample ``X``.
@@ -459,136 +489,6 @@ default="trilinear"
                              f"matching X, of shape {expected} (X's with each spatial axis "
                              f"times factor={factor}), got {y.shape}.")
         return y.reshape(shape)
-
-
-def _window_call(x_shape, kernel_shape, factor, window):
-    """Keyword arguments of the transposed convolution that computes the fewest positions
-    holding the full-length positions ``window``, and the slices of its result there."""
-    # Keras' centred crops: "same" with output_padding=0 keeps (n - 1)*s + k - 2*(k//2)
-    # positions (none for an even kernel on one voxel), with None n*s, and "valid" keeps
-    # all of them (no crop).
-    for padding, output_padding in (("same", 0), ("same", None), ("valid", None)):
-        if any(deconv_output_length(n, k, s, 1, padding, output_padding) < 1
-               for n, k, s in zip(x_shape[1:4], kernel_shape[:3], factor)):
-            continue
-        geom = make_geometry(x_shape, kernel_shape, factor, padding, output_padding, 1,
-                             "channels_last")
-        if all(crop <= a and b <= crop + out
-               for (a, b), crop, out in zip(window, geom.crop, geom.out_spatial)):
-            break
-    slices = tuple(slice(a - crop, b - crop) for (a, b), crop in zip(window, geom.crop))
-    return {"strides": factor, "padding": padding, "output_padding": output_padding}, slices
-
-
-def _fit_kernel(volumes, targets, kernel, factor, *, max_iter, tol, num_threads, verbose,
-                nonnegative=False):
-    """Least-squares kernel and bias: L-BFGS with the compiled gradient.
-
-    Minimises ``mean((upsample(volumes) - targets)**2)`` from ``kernel``, over the target
-    voxels that are finite and whose inputs (the whole kernel box) are all finite; with
-    ``nonnegative``, the taps are bounded below by 0. Data are divided by the root mean
-    square of the targets used (values near 1 whatever the units) and the loss by its
-    value at the starting kernel, so ``tol`` is relative to the starting error whatever
-    the intensity units and offset (L-BFGS-B's ``ftol`` is absolute for losses below 1).
-    Returns ``(kernel, bias, n_iter, mse)``.
-    """
-    embedded, taps = _conv_plan.embed_small(kernel, factor)
-    n, c = volumes.shape[0], volumes.shape[-1]
-    channels = np.moveaxis(volumes, -1, 1).reshape(n * c, *volumes.shape[1:4], 1)
-    # The whole output in one convolution of the edge-replicated input it reads; window:
-    # its positions in that convolution's full-length result.
-    plan = _conv_plan.Plan(volumes.shape[1:4], embedded.shape, factor)
-    source = [plan.reach(a, 0, length) for a, length in enumerate(plan.out_spatial)]
-    x = _conv_plan.read_edge_replicated(channels.astype(np.float64), (0, 0, 0),
-                                        plan.in_spatial, source)
-    window = []
-    for a, (lo, _) in enumerate(source):
-        length, crop = plan.local(a, 0, plan.out_spatial[a], lo)
-        window.append((crop, crop + length))
-    call, slices = _window_call(x.shape, (*embedded.shape, 1, 1), factor, window)
-    # The residual lives in the frame of that convolution: targets are placed there once
-    # and everything outside the outputs used is masked out.
-    frame = conv_transpose3d_output_shape(x.shape, (*embedded.shape, 1, 1), **call)
-    target = np.zeros(frame)
-    target[(slice(None), *slices)] = np.moveaxis(targets, -1, 1).reshape(
-        n * c, *targets.shape[1:4], 1)
-    inside = np.zeros((1, *frame[1:]), bool)
-    inside[(slice(None), *slices)] = True
-    finite_x = np.isfinite(x)
-    if finite_x.all() and np.isfinite(targets).all():
-        scale = float(np.sqrt(np.mean(np.square(targets)))) or 1.0
-    else:
-        # Leave out the outputs with a non-finite target or a non-finite input anywhere
-        # in their kernel box (the learned taps may all become nonzero).
-        box = np.zeros((*embedded.shape, 1, 1))
-        box[taps] = 1.0
-        reached = conv_transpose3d(~finite_x, box, **call, num_threads=num_threads) > 0
-        inside = inside & ~reached & np.isfinite(target)
-        x = np.where(finite_x, x, 0.0)
-        target = np.where(inside, target, 0.0)
-        if not inside.any():
-            raise ValueError(
-                "kernel='learned' found no voxel of y to learn from: each is non-finite "
-                "or has a non-finite voxel of X within the kernel_size="
-                f"{kernel.shape} box of its inputs.")
-        scale = float(np.sqrt(np.sum(np.square(target)) / np.count_nonzero(inside))) or 1.0
-    used = int(np.count_nonzero(inside)) * (n * c if len(inside) == 1 else 1)
-    x /= scale
-    target /= scale
-    evaluated = {}
-
-    def loss_and_grad(theta):
-        w = np.zeros_like(embedded)
-        w[taps] = theta[:-1].reshape(kernel.shape)
-        w = w[..., None, None]
-        residual = conv_transpose3d(x, w, theta[-1:], **call, num_threads=num_threads)
-        residual -= target
-        residual *= inside
-        loss = np.vdot(residual, residual) / used
-        _, grad_w, grad_b = conv_transpose3d_backward(
-            residual, x, w, **call, compute=("kernel", "bias"), num_threads=num_threads)
-        evaluated["theta"], evaluated["loss"] = theta.copy(), loss
-        grad = np.append(grad_w[..., 0, 0][taps].ravel(), grad_b)
-        return loss, grad * (2.0 / used)
-
-    start = time.perf_counter()
-    iteration = [0]
-
-    def report(theta):
-        iteration[0] += 1
-        if iteration[0] % verbose == 0 and np.array_equal(theta, evaluated["theta"]):
-            print(f"[VolumeUpsampler] iteration {iteration[0]:4d}  "
-                  f"mse {evaluated['loss'] * scale**2:.6g}  "
-                  f"({time.perf_counter() - start:.2f} s)", flush=True)
-
-    # The loop alternates the core's OpenMP threads with small BLAS calls (the loss, the
-    # L-BFGS update), which gain nothing from BLAS threads: spinning BLAS threads would only
-    # compete with the core's.
-    with threadpool_limits(limits=1, user_api="blas"):
-        theta0 = np.append(kernel.ravel(), 0.0)
-        bounds = None
-        if nonnegative:  # taps >= 0, bias free
-            theta0[:-1] = np.maximum(theta0[:-1], 0.0)
-            bounds = [(0.0, None)] * (len(theta0) - 1) + [(None, None)]
-        unit = loss_and_grad(theta0)[0] or 1.0
-
-        def relative_loss_and_grad(theta):
-            loss, grad = loss_and_grad(theta)
-            return loss / unit, grad / unit
-
-        result = minimize(relative_loss_and_grad, theta0, jac=True, bounds=bounds,
-                          method="L-BFGS-B", callback=report if verbose > 0 else None,
-                          options={"maxiter": max_iter, "ftol": tol, "gtol": 0.0})
-    if result.status == 1:
-        warnings.warn(f"The learned fit stopped at max_iter={max_iter} iterations before "
-                      f"reaching tol={tol}; increase max_iter.", ConvergenceWarning)
-    if verbose > 0:
-        print(f"[VolumeUpsampler] done: {result.nit} iterations, mse "
-              f"{result.fun * unit * scale**2:.6g} ({time.perf_counter() - start:.2f} s): "
-              f"{result.message}", flush=True)
-    theta = result.x
-    return (theta[:-1].reshape(kernel.shape), theta[-1] * scale, int(result.nit),
-            float(result.fun * unit * scale**2))
 
 
 def _expected_failed_checks(estimator):

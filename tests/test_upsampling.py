@@ -444,15 +444,46 @@ def test_learned_clone_and_pickle(rng):
 
 @pytest.mark.parametrize("kernel", ["trilinear", "nearest", "label", "learned"])
 def test_huge_factors_are_refused_before_allocating(kernel):
-    """The fitted kernel_ of factor 10**4 would need TiB (10**9: past the index range):
+    """Each voxel's output at factor 10**4 would need TiB (10**9: past the index range):
     a clear error naming the factor, at once, instead of the OOM killer."""
     x = np.ones((1, 2, 2, 2))
-    with pytest.raises(MemoryError, match=r"`factor` \(10000, 10000, 10000\): `kernel_` of "
-                                          r"shape .* needs .* TiB"):
+    with pytest.raises(MemoryError, match=r"`factor` \(10000, 10000, 10000\): `output of one "
+                                          r"voxel` of shape .* needs .* TiB"):
         VolumeUpsampler(factor=10**4, kernel=kernel).fit(x, x if kernel == "learned" else None)
-    with pytest.raises(ValueError, match=r"`factor` \(1000000000, .*`kernel_` .* more than a "
-                                         r"64-bit index"):
+    with pytest.raises(ValueError, match=r"`factor` \(1000000000, .*`output of one voxel` .* "
+                                         r"more than a 64-bit index"):
         VolumeUpsampler(factor=10**9, kernel=kernel).fit(x, x if kernel == "learned" else None)
     up = VolumeUpsampler(factor=(1, 1, 10**5), kernel=kernel if kernel != "learned" else
                          "trilinear").fit(x)
     assert up.transform(x).shape == (1, 2, 2, 2 * 10**5)
+
+
+def test_learned_fit_too_large_for_memory_is_refused_before_allocating():
+    """kernel_size (1200,)*3 fits in memory (12.9 GiB) but not the fit's working copies."""
+    with pytest.raises(MemoryError, match=r"`factor` \(400, 400, 400\): `learned kernel_'s "
+                                          r"working copies` of shape \(28, 1200, 1200, 1200\)"
+                                          r" .* needs 360.5 GiB"):
+        VolumeUpsampler(factor=400, kernel="learned").fit(np.ones((1, 1, 1, 1)))
+
+
+@pytest.mark.parametrize("kernel", ["trilinear", "nearest", "label"])
+def test_separable_kernels_are_never_multiplied_out(rng, kernel, monkeypatch):
+    """fit and transform keep the three 1-D kernels; kernel_ is built on access only."""
+    x = rng.integers(0, 3, (2, 3, 4, 5)).astype(np.float64)
+    up = VolumeUpsampler(factor=(2, 3, 4), kernel=kernel)
+    expected = up.fit_transform(x)
+    product = upsampling._separable.outer
+
+    def refuse(taps):
+        raise AssertionError("the 3-D kernel was built")
+
+    monkeypatch.setattr(upsampling._separable, "outer", refuse)
+    np.testing.assert_array_equal(up.fit_transform(x), expected)
+    assert [t.shape for t in up.kernel_taps_] == ([(2,), (3,), (4,)] if kernel == "nearest"
+                                                  else [(4,), (5,), (8,)])
+    monkeypatch.setattr(upsampling._separable, "outer", product)
+    np.testing.assert_array_equal(up.kernel_, product(up.kernel_taps_))
+    # a refit with another kind of kernel forgets the taps, and back again
+    up.set_params(kernel=np.ones((2, 2, 2))).fit(x)
+    assert up.kernel_taps_ is None and up.kernel_.shape == (2, 2, 2)
+    np.testing.assert_array_equal(up.set_params(kernel=kernel).fit_transform(x), expected)
