@@ -35,6 +35,14 @@ typedef void (*tc_gemm_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *,
                               Py_ssize_t, const float *, Py_ssize_t, float *, Py_ssize_t);
 typedef void (*tc_gemm_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double *, Py_ssize_t,
                               Py_ssize_t, const double *, Py_ssize_t, double *, Py_ssize_t);
+#define TC_CHANNELWISE_TYPES(T, S)                                                       \
+typedef void (*tc_axpy_##S##_t)(Py_ssize_t, T, const T *, Py_ssize_t, T *, Py_ssize_t);  \
+typedef void (*tc_cmadd_##S##_t)(Py_ssize_t, Py_ssize_t, const T *, Py_ssize_t, const T *, \
+                                 T *, Py_ssize_t);                                      \
+typedef void (*tc_cdot_##S##_t)(Py_ssize_t, Py_ssize_t, const T *, Py_ssize_t, const T *, \
+                                Py_ssize_t, T *);
+TC_CHANNELWISE_TYPES(float, f32)
+TC_CHANNELWISE_TYPES(double, f64)
 
 /* c + a*b with a rounding fixed per variant. TC_FUSED(T) variants round once (an FMA
  * instruction, as the vector tiles' contracted `c += a * b` do); TC_UNFUSED(T) variants
@@ -79,18 +87,19 @@ typedef void (*tc_gemm_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double *
 
 #ifdef TC_VECTOR_EXT
 
-/* One tile of ROWS rows x NV vectors, accumulators held in registers over the k loop. */
-#define TC_TILE(V, T, ROWS, NV)                                                         \
+/* One tile of ROWS rows x NV vectors of L lanes, accumulators held in registers over the
+ * k loop. */
+#define TC_TILE(V, T, ROWS, NV, L)                                                      \
     do {                                                                                \
         V c[ROWS][NV];                                                                  \
         for (int r = 0; r < (ROWS); r++)                                                \
             for (int v = 0; v < (NV); v++)                                              \
-                c[r][v] = *(const V *)(C + (i + r) * ldc + j + v * VL);                 \
+                c[r][v] = *(const V *)(C + (i + r) * ldc + j + v * (L));                \
         const T *a = A + i * sai;                                                       \
         for (Py_ssize_t p = 0; p < k; p++) {                                            \
             V b[NV];                                                                    \
             for (int v = 0; v < (NV); v++)                                              \
-                b[v] = *(const V *)(B + p * ldb + j + v * VL);                          \
+                b[v] = *(const V *)(B + p * ldb + j + v * (L));                         \
             for (int r = 0; r < (ROWS); r++) {                                          \
                 T av = a[r * sai + p * sap];                                            \
                 for (int v = 0; v < (NV); v++)                                          \
@@ -99,30 +108,46 @@ typedef void (*tc_gemm_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double *
         }                                                                               \
         for (int r = 0; r < (ROWS); r++)                                                \
             for (int v = 0; v < (NV); v++)                                              \
-                *(V *)(C + (i + r) * ldc + j + v * VL) = c[r][v];                       \
+                *(V *)(C + (i + r) * ldc + j + v * (L)) = c[r][v];                      \
     } while (0)
 
 /* Rows left after the MR-row tiles (MR <= 8): tiles of 4, 2 and 1 rows. */
-#define TC_ROW_REMAINDER(V, T, NV)                                                      \
-    if (m - i >= 4) { TC_TILE(V, T, 4, NV); i += 4; }                                   \
-    if (m - i >= 2) { TC_TILE(V, T, 2, NV); i += 2; }                                   \
-    if (m - i >= 1) { TC_TILE(V, T, 1, NV); i += 1; }
+#define TC_ROW_REMAINDER(V, T, NV, L)                                                   \
+    if (m - i >= 4) { TC_TILE(V, T, 4, NV, L); i += 4; }                                \
+    if (m - i >= 2) { TC_TILE(V, T, 2, NV, L); i += 2; }                                \
+    if (m - i >= 1) { TC_TILE(V, T, 1, NV, L); i += 1; }
+
+/* Bytes of the narrower vectors that take the columns left after the full-width ones
+ * (half, then quarter width, at least 16 bytes): with AVX-512, 8 or 4 float channels (a
+ * grouped convolution's) still run as vectors instead of the scalar loop. */
+#define TC_NARROW(VBYTES, D) ((VBYTES) / (D) >= 16 ? (VBYTES) / (D) : 16)
 
 #define TC_DEFINE_GEMM(NAME, T, VBYTES, MR, MADD, ATTR)                                 \
 typedef T NAME##_vec __attribute__((vector_size(VBYTES), aligned(sizeof(T))));         \
+typedef T NAME##_v2 __attribute__((vector_size(TC_NARROW(VBYTES, 2)), aligned(sizeof(T)))); \
+typedef T NAME##_v4 __attribute__((vector_size(TC_NARROW(VBYTES, 4)), aligned(sizeof(T)))); \
 ATTR static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,                        \
                       const T *A, Py_ssize_t sai, Py_ssize_t sap,                      \
                       const T *B, Py_ssize_t ldb, T *C, Py_ssize_t ldc)                \
 {                                                                                       \
-    enum { VL = (VBYTES) / sizeof(T) };                                                 \
+    enum { VL = (VBYTES) / sizeof(T), VL2 = TC_NARROW(VBYTES, 2) / sizeof(T),          \
+           VL4 = TC_NARROW(VBYTES, 4) / sizeof(T) };                                    \
     Py_ssize_t i, j = 0;                                                                \
     for (; j + 2 * VL <= n; j += 2 * VL) {                                              \
-        for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE(NAME##_vec, T, MR, 2);            \
-        TC_ROW_REMAINDER(NAME##_vec, T, 2)                                              \
+        for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE(NAME##_vec, T, MR, 2, VL);        \
+        TC_ROW_REMAINDER(NAME##_vec, T, 2, VL)                                          \
     }                                                                                   \
     for (; j + VL <= n; j += VL) {                                                      \
-        for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE(NAME##_vec, T, MR, 1);            \
-        TC_ROW_REMAINDER(NAME##_vec, T, 1)                                              \
+        for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE(NAME##_vec, T, MR, 1, VL);        \
+        TC_ROW_REMAINDER(NAME##_vec, T, 1, VL)                                          \
+    }                                                                                   \
+    for (; VL2 < VL && j + VL2 <= n; j += VL2) {                                        \
+        for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE(NAME##_v2, T, MR, 1, VL2);        \
+        TC_ROW_REMAINDER(NAME##_v2, T, 1, VL2)                                          \
+    }                                                                                   \
+    for (; VL4 < VL2 && j + VL4 <= n; j += VL4) {                                       \
+        for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE(NAME##_v4, T, MR, 1, VL4);        \
+        TC_ROW_REMAINDER(NAME##_v4, T, 1, VL4)                                          \
     }                                                                                   \
     TC_SCALAR_COLUMNS(T, j, MADD)                                                       \
 }
@@ -148,26 +173,109 @@ static void tc_gemm_f64_base(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const dou
                              double *C, Py_ssize_t ldc) { TC_SCALAR_COLUMNS(double, 0, TC_BASE_MADD) }
 #endif
 
-/* y[i*incy] += alpha * x[i*incx]: the single-channel (volume upsampling) case, where a
- * GEMM tile would be 1 x 1; the unit-stride branch is vectorised by the compiler. */
-#define TC_DEFINE_AXPY(NAME, T)                                                         \
-static void NAME(Py_ssize_t n, T alpha, const T *x, Py_ssize_t incx, T *y,              \
-                 Py_ssize_t incy)                                                       \
+/* Channel-wise kernels, the single-channel and depthwise cases where a GEMM tile would be
+ * 1 x 1 (each sums in the order of its loops, one MADD per product, like the GEMM):
+ *   axpy:   y[i*incy] += alpha * x[i*incx]                       (one channel, a row)
+ *   cmadd:  C[i*ldc + j] += A[i*sai + j] * B[j]                   (per-channel weights B)
+ *   cdot:   C[j] += sum_i A[i*sai + j] * X[i*sxi + j], i in order  (per-channel reduction)
+ * with unit stride over the channels j, which run as vectors. */
+#define TC_DEFINE_CHANNELWISE(S, SUFFIX, T, VBYTES, MADD, ATTR)                          \
+typedef T tc_cw_##S##SUFFIX##_vec __attribute__((vector_size(VBYTES), aligned(sizeof(T)))); \
+ATTR static void tc_axpy_##S##SUFFIX(Py_ssize_t n, T alpha, const T *x, Py_ssize_t incx, \
+                                     T *y, Py_ssize_t incy)                             \
 {                                                                                       \
+    typedef tc_cw_##S##SUFFIX##_vec V;                                                  \
+    enum { VL = (VBYTES) / sizeof(T) };                                                 \
+    Py_ssize_t i = 0;                                                                   \
     if (incx == 1 && incy == 1) {                                                       \
-        for (Py_ssize_t i = 0; i < n; i++) y[i] = TC_BASE_MADD(T)(alpha, x[i], y[i]);   \
-    } else {                                                                            \
-        for (Py_ssize_t i = 0; i < n; i++)                                              \
-            y[i * incy] = TC_BASE_MADD(T)(alpha, x[i * incx], y[i * incy]);             \
+        V a = alpha - (V){0};                                                           \
+        for (; i + VL <= n; i += VL)                                                    \
+            *(V *)(y + i) = *(const V *)(y + i) + a * *(const V *)(x + i);              \
+    }                                                                                   \
+    for (; i < n; i++)                                                                  \
+        y[i * incy] = MADD(T)(alpha, x[i * incx], y[i * incy]);                         \
+}                                                                                       \
+ATTR static void tc_cmadd_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, const T *A,           \
+                                      Py_ssize_t sai, const T *B, T *C, Py_ssize_t ldc) \
+{                                                                                       \
+    typedef tc_cw_##S##SUFFIX##_vec V;                                                  \
+    enum { VL = (VBYTES) / sizeof(T) };                                                 \
+    for (Py_ssize_t i = 0; i < m; i++) {                                                \
+        const T *a = A + i * sai;                                                       \
+        T *c = C + i * ldc;                                                             \
+        Py_ssize_t j = 0;                                                               \
+        for (; j + VL <= n; j += VL)                                                    \
+            *(V *)(c + j) = *(const V *)(c + j) + *(const V *)(a + j) * *(const V *)(B + j); \
+        for (; j < n; j++)                                                              \
+            c[j] = MADD(T)(a[j], B[j], c[j]);                                           \
+    }                                                                                   \
+}                                                                                       \
+ATTR static void tc_cdot_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, const T *A,            \
+                                     Py_ssize_t sai, const T *X, Py_ssize_t sxi, T *C)  \
+{                                                                                       \
+    typedef tc_cw_##S##SUFFIX##_vec V;                                                  \
+    enum { VL = (VBYTES) / sizeof(T) };                                                 \
+    Py_ssize_t j = 0;                                                                   \
+    for (; j + VL <= n; j += VL) {                                                      \
+        V c = *(const V *)(C + j);                                                      \
+        for (Py_ssize_t i = 0; i < m; i++)                                              \
+            c += *(const V *)(A + i * sai + j) * *(const V *)(X + i * sxi + j);         \
+        *(V *)(C + j) = c;                                                              \
+    }                                                                                   \
+    for (; j < n; j++) {                                                                \
+        T c = C[j];                                                                     \
+        for (Py_ssize_t i = 0; i < m; i++)                                              \
+            c = MADD(T)(A[i * sai + j], X[i * sxi + j], c);                             \
+        C[j] = c;                                                                       \
     }                                                                                   \
 }
-TC_DEFINE_AXPY(tc_axpy_f32, float)
-TC_DEFINE_AXPY(tc_axpy_f64, double)
+
+#ifdef TC_VECTOR_EXT
+TC_DEFINE_CHANNELWISE(f32, _base, float, 16, TC_BASE_MADD, )
+TC_DEFINE_CHANNELWISE(f64, _base, double, 16, TC_BASE_MADD, )
+#ifdef TC_X86_DISPATCH
+TC_DEFINE_CHANNELWISE(f32, _avx2, float, 32, TC_FUSED, __attribute__((target("avx2,fma"))))
+TC_DEFINE_CHANNELWISE(f64, _avx2, double, 32, TC_FUSED, __attribute__((target("avx2,fma"))))
+TC_DEFINE_CHANNELWISE(f32, _avx512, float, 64, TC_FUSED,
+                      __attribute__((target("avx512f,fma"))))
+TC_DEFINE_CHANNELWISE(f64, _avx512, double, 64, TC_FUSED,
+                      __attribute__((target("avx512f,fma"))))
+#endif
+#else  /* no vector extensions: the scalar loops only */
+#define TC_DEFINE_SCALAR_CHANNELWISE(S, T)                                               \
+static void tc_axpy_##S##_base(Py_ssize_t n, T alpha, const T *x, Py_ssize_t incx, T *y, \
+                               Py_ssize_t incy)                                         \
+{ for (Py_ssize_t i = 0; i < n; i++) y[i * incy] = TC_BASE_MADD(T)(alpha, x[i * incx], y[i * incy]); } \
+static void tc_cmadd_##S##_base(Py_ssize_t m, Py_ssize_t n, const T *A, Py_ssize_t sai,  \
+                                const T *B, T *C, Py_ssize_t ldc)                       \
+{ for (Py_ssize_t i = 0; i < m; i++) for (Py_ssize_t j = 0; j < n; j++)                 \
+      C[i * ldc + j] = TC_BASE_MADD(T)(A[i * sai + j], B[j], C[i * ldc + j]); }         \
+static void tc_cdot_##S##_base(Py_ssize_t m, Py_ssize_t n, const T *A, Py_ssize_t sai,   \
+                               const T *X, Py_ssize_t sxi, T *C)                        \
+{ for (Py_ssize_t j = 0; j < n; j++) for (Py_ssize_t i = 0; i < m; i++)                 \
+      C[j] = TC_BASE_MADD(T)(A[i * sai + j], X[i * sxi + j], C[j]); }
+TC_DEFINE_SCALAR_CHANNELWISE(f32, float)
+TC_DEFINE_SCALAR_CHANNELWISE(f64, double)
+#endif
 
 /* Variants: 0 = baseline, 1 = AVX2+FMA, 2 = AVX-512 (named in _kernels.pyx, SIMD_VARIANTS). */
 static tc_gemm_f32_t tc_gemm_f32 = tc_gemm_f32_base;
 static tc_gemm_f64_t tc_gemm_f64 = tc_gemm_f64_base;
+static tc_axpy_f32_t tc_axpy_f32 = tc_axpy_f32_base;
+static tc_axpy_f64_t tc_axpy_f64 = tc_axpy_f64_base;
+static tc_cmadd_f32_t tc_cmadd_f32 = tc_cmadd_f32_base;
+static tc_cmadd_f64_t tc_cmadd_f64 = tc_cmadd_f64_base;
+static tc_cdot_f32_t tc_cdot_f32 = tc_cdot_f32_base;
+static tc_cdot_f64_t tc_cdot_f64 = tc_cdot_f64_base;
 static int tc_variant = 0;
+
+#define TC_SELECT(SUFFIX)                                                               \
+    do {                                                                                \
+        tc_gemm_f32 = tc_gemm_f32##SUFFIX; tc_gemm_f64 = tc_gemm_f64##SUFFIX;           \
+        tc_axpy_f32 = tc_axpy_f32##SUFFIX; tc_axpy_f64 = tc_axpy_f64##SUFFIX;           \
+        tc_cmadd_f32 = tc_cmadd_f32##SUFFIX; tc_cmadd_f64 = tc_cmadd_f64##SUFFIX;       \
+        tc_cdot_f32 = tc_cdot_f32##SUFFIX; tc_cdot_f64 = tc_cdot_f64##SUFFIX;           \
+    } while (0)
 
 static int tc_variant_supported(int variant)
 {
@@ -187,11 +295,10 @@ static int tc_select_variant(int variant)
 {
     if (variant < 0 || variant > 2 || !tc_variant_supported(variant)) return 0;
     tc_variant = variant;
-    tc_gemm_f32 = tc_gemm_f32_base;
-    tc_gemm_f64 = tc_gemm_f64_base;
+    TC_SELECT(_base);
 #ifdef TC_X86_DISPATCH
-    if (variant == 1) { tc_gemm_f32 = tc_gemm_f32_avx2; tc_gemm_f64 = tc_gemm_f64_avx2; }
-    if (variant == 2) { tc_gemm_f32 = tc_gemm_f32_avx512; tc_gemm_f64 = tc_gemm_f64_avx512; }
+    if (variant == 1) TC_SELECT(_avx2);
+    if (variant == 2) TC_SELECT(_avx512);
 #endif
     return 1;
 }

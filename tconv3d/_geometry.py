@@ -88,11 +88,13 @@ class Geometry:
 
     ``full`` is the uncropped length ``(in - 1) * stride + (k - 1) * dilation + 1``;
     ``crop`` is how much of it is cut on the left: output ``o`` is full position
-    ``o + crop``, and positions past ``full`` are zero (plus bias).
+    ``o + crop``, and positions past ``full`` are zero (plus bias). With ``groups`` G,
+    input channels ``[g*C/G, (g+1)*C/G)`` feed only filters ``[g*F/G, (g+1)*F/G)``, and the
+    kernel holds ``F/G`` filters (PyTorch's ``groups``).
     """
     batch: int
     in_channels: int
-    filters: int
+    filters: int    # of all groups
     in_spatial: tuple
     kernel_spatial: tuple
     strides: tuple
@@ -100,6 +102,7 @@ class Geometry:
     out_spatial: tuple
     crop: tuple
     channels_last: bool
+    groups: int = 1
 
     def _shape(self, spatial, channels):
         if self.channels_last:
@@ -116,7 +119,7 @@ class Geometry:
 
     @property
     def kernel_shape(self):
-        return (*self.kernel_spatial, self.filters, self.in_channels)
+        return (*self.kernel_spatial, self.filters // self.groups, self.in_channels)
 
 
 # --------------------------------------------------------------------------------------

@@ -85,6 +85,14 @@ cdef extern from "_gemm.h":
                      float *y, Py_ssize_t incy) noexcept nogil
     void tc_axpy_f64(Py_ssize_t n, double alpha, const double *x, Py_ssize_t incx,
                      double *y, Py_ssize_t incy) noexcept nogil
+    void tc_cmadd_f32(Py_ssize_t m, Py_ssize_t n, const float *A, Py_ssize_t sai,
+                      const float *B, float *C, Py_ssize_t ldc) noexcept nogil
+    void tc_cmadd_f64(Py_ssize_t m, Py_ssize_t n, const double *A, Py_ssize_t sai,
+                      const double *B, double *C, Py_ssize_t ldc) noexcept nogil
+    void tc_cdot_f32(Py_ssize_t m, Py_ssize_t n, const float *A, Py_ssize_t sai,
+                     const float *X, Py_ssize_t sxi, float *C) noexcept nogil
+    void tc_cdot_f64(Py_ssize_t m, Py_ssize_t n, const double *A, Py_ssize_t sai,
+                     const double *X, Py_ssize_t sxi, double *C) noexcept nogil
     int tc_variant_supported(int variant) noexcept nogil
     int tc_select_variant(int variant) noexcept nogil
     int tc_best_variant() noexcept nogil
@@ -148,6 +156,24 @@ cdef inline void _axpy(Py_ssize_t n, floating alpha, const floating *x, Py_ssize
         tc_axpy_f64(n, alpha, x, incx, y, incy)
 
 
+cdef inline void _cmadd(Py_ssize_t m, Py_ssize_t n, const floating *A, Py_ssize_t sai,
+                        const floating *B, floating *C, Py_ssize_t ldc) noexcept nogil:
+    """C[i*ldc + j] += A[i*sai + j] * B[j]: depthwise taps, channels as vectors."""
+    if floating is float:
+        tc_cmadd_f32(m, n, A, sai, B, C, ldc)
+    else:
+        tc_cmadd_f64(m, n, A, sai, B, C, ldc)
+
+
+cdef inline void _cdot(Py_ssize_t m, Py_ssize_t n, const floating *A, Py_ssize_t sai,
+                       const floating *X, Py_ssize_t sxi, floating *C) noexcept nogil:
+    """C[j] += sum over i in order of A[i*sai + j] * X[i*sxi + j] (see _gemm.h)."""
+    if floating is float:
+        tc_cdot_f32(m, n, A, sai, X, sxi, C)
+    else:
+        tc_cdot_f64(m, n, A, sai, X, sxi, C)
+
+
 def openmp_enabled():
     """True when the extension was compiled with OpenMP."""
     return bool(TCONV3D_OPENMP)
@@ -175,7 +201,8 @@ cdef Py_ssize_t MIN_CHUNK_VOXELS = 256
 
 ctypedef struct Problem:
     # One transposed convolution as the kernels see it, filled only by _problem().
-    Py_ssize_t batch, cin, cout  # batch size, input channels, filters
+    Py_ssize_t batch, cin, cout  # batch size, input channels and filters of one group
+    Py_ssize_t groups       # independent convolutions side by side along the channels
     Py_ssize_t n_in[3]      # input spatial lengths (depth, height, width)
     Py_ssize_t k[3]         # kernel lengths (taps per axis)
     Py_ssize_t s[3]         # strides
@@ -195,8 +222,9 @@ cdef Problem _problem(geometry, tuple x_strides, tuple y_strides) except *:
     cdef Problem p
     cdef int a
     p.batch = geometry.batch
-    p.cin = geometry.in_channels
-    p.cout = geometry.filters
+    p.groups = geometry.groups
+    p.cin = geometry.in_channels // p.groups
+    p.cout = geometry.filters // p.groups
     for a in range(3):
         p.n_in[a] = geometry.in_spatial[a]
         p.k[a] = geometry.kernel_spatial[a]
@@ -221,85 +249,160 @@ cdef int _check(int status) except -1:
     return 0
 
 
+cdef inline const floating *_channels_contiguous(const floating *row, Py_ssize_t n,
+                                                 Py_ssize_t c, const Py_ssize_t *strides,
+                                                 floating *buf) noexcept nogil:
+    """A row of n voxels x c channels (element strides strides[3], strides[4]) with its
+    channels contiguous, voxel after voxel: the row itself (voxels strides[3] apart), or
+    its copy in `buf` (voxels c apart)."""
+    cdef Py_ssize_t v, ch
+    if strides[4] == 1:
+        return row
+    for ch in range(c):
+        for v in range(n):
+            buf[v * c + ch] = row[v * strides[3] + ch * strides[4]]
+    return buf
+
+
+cdef inline bint _depthwise(const Problem *p) noexcept nogil:
+    """One input channel to one filter per group: the kernels then take all the groups
+    at once, the channels as vectors (_cmadd, _cdot), instead of group by group."""
+    return p.cin == 1 and p.cout == 1 and p.groups > 1
+
+
+cdef inline Py_ssize_t _block_channels(const Problem *p, Py_ssize_t channels) noexcept nogil:
+    """Channels a run accumulates per voxel: every group's when depthwise."""
+    return p.groups if _depthwise(p) else channels
+
+
 # ----------------------------------------------------------------------------- forward
 
 cdef int _conv_transpose(const Problem *p,
                          const Phases *ph,      # IN  taps into output rows (depth, height)
                          const Runs *runs,      # IN  the width GEMMs of runs of outputs
-                         const floating *x,     # IN  logical (N, D, H, W, Cin), strides p.xs
-                         const floating *wt,    # IN  (kd, kh, kw, Cin, Cout) C-contiguous
-                         const floating *bias,  # IN  (Cout,) or NULL
-                         floating *y,           # OUT logical (N, OD, OH, OW, Cout), strides p.ys
+                         const floating *x,     # IN  logical (N, D, H, W, G*Cin), strides p.xs
+                         const floating *wt,    # IN  (kd, kh, kw, G, Cin, Cout) C-contiguous
+                         const floating *bias,  # IN  (G*Cout,) or NULL
+                         floating *y,           # OUT logical (N, OD, OH, OW, G*Cout), strides p.ys
                          int num_threads) noexcept nogil:
+    # Each thread takes whole output rows, and in each row every group in turn (the
+    # groups of a row read the same input rows: they share the cache).
     cdef Py_ssize_t cin = p.cin, cout = p.cout, ow_n = p.n_out[2], sw = p.s[2]
     cdef Py_ssize_t rows = p.batch * p.n_out[0] * p.n_out[1]
-    cdef Py_ssize_t row, run, o0, nb, b, e, td, th, co, ldc
+    cdef Py_ssize_t row, grp, run, o0, nb, b, e, td, th, co, ldc
     cdef bint direct = p.ys[4] == 1 and not (cin == 1 and cout == 1)
+    # Depthwise: all groups at once, the channels as vectors (rows of other layouts are
+    # copied channel-contiguous into xbuf, and accumulated in acc).
+    cdef Py_ssize_t groups = p.groups
+    cdef bint depthwise = _depthwise(p)
+    cdef Py_ssize_t acc_channels = _block_channels(p, cout)
+    cdef Py_ssize_t xstep = groups if depthwise and p.xs[4] != 1 else p.xs[3]
     cdef Row r
     cdef floating *acc = NULL
+    cdef floating *xbuf = NULL
     cdef floating *cbuf
     cdef floating *yp
     cdef const floating *xrow
     cdef const floating *wtap
+    cdef const floating *xg
+    cdef const floating *wg
+    cdef const floating *bg
 
     cdef int failed = 0
     cdef int *failed_ptr = &failed  # shared: written through a pointer in the region
 
     memset(&r, 0, sizeof(Row))  # Cython copies r into the region (firstprivate): no garbage
     with parallel(num_threads=num_threads):
-        acc = <floating *> _thread_malloc(runs.length * cout * sizeof(floating), failed_ptr)
+        acc = <floating *> _thread_malloc(runs.length * acc_channels * sizeof(floating),
+                                          failed_ptr)
+        xbuf = <floating *> _thread_malloc(p.n_in[2] * groups * sizeof(floating), failed_ptr)
         r = _thread_row(p, failed_ptr)
         for row in prange(rows, schedule='static'):
-            if acc == NULL or r.j[0] == NULL:
+            if acc == NULL or xbuf == NULL or r.j[0] == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
             _output_row(p, ph, row, &r)
-            for run in range(runs.count):
+            for run in range(runs.count if depthwise else 0):
                 o0 = run * runs.length
                 nb = runs.length if ow_n - o0 > runs.length else ow_n - o0
                 yp = y + _row_offset(p.ys, r.n, r.d, r.h) + o0 * p.ys[3]
-                # With contiguous output channels the GEMMs accumulate straight into
-                # y (outputs ldc apart); otherwise into acc, stored afterwards.
-                if direct:
-                    cbuf = yp
-                    ldc = p.ys[3]
-                else:
-                    cbuf = acc
-                    ldc = cout
-                if bias == NULL and not direct:
-                    memset(acc, 0, nb * cout * sizeof(floating))
-                elif cout == 1:
-                    for b in range(nb):
-                        cbuf[b * ldc] = 0 if bias == NULL else bias[0]
-                else:
-                    for b in range(nb):
-                        if bias == NULL:
-                            memset(cbuf + b * ldc, 0, cout * sizeof(floating))
-                        else:
-                            memcpy(cbuf + b * ldc, bias, cout * sizeof(floating))
+                cbuf = yp if p.ys[4] == 1 else acc
+                ldc = p.ys[3] if p.ys[4] == 1 else groups
+                for b in range(nb):
+                    if bias == NULL:
+                        memset(cbuf + b * ldc, 0, groups * sizeof(floating))
+                    else:
+                        memcpy(cbuf + b * ldc, bias, groups * sizeof(floating))
                 for td in range(r.n_taps[0] if runs.first[run] < runs.first[run + 1] else 0):
                     for th in range(r.n_taps[1]):
-                        xrow = x + _row_offset(p.xs, r.n, r.index[0][td], r.index[1][th])
+                        xrow = _channels_contiguous(
+                            x + _row_offset(p.xs, r.n, r.index[0][td], r.index[1][th]),
+                            p.n_in[2], groups, p.xs, xbuf)
                         for e in range(runs.first[run], runs.first[run + 1]):
-                            # Outputs o, o + sw, ... of the run from inputs lo <= i < hi.
-                            wtap = wt + _tap_matrix(p, &r, td, th, runs.j[e])
-                            if cin == 1 and cout == 1:
-                                _axpy(runs.hi[e] - runs.lo[e], wtap[0],
-                                      xrow + runs.lo[e] * p.xs[3], p.xs[3],
-                                      acc + (runs.o[e] - o0), sw)
-                            else:
-                                _gemm(runs.hi[e] - runs.lo[e], cout, cin,
-                                      xrow + runs.lo[e] * p.xs[3], p.xs[3], p.xs[4],
-                                      wtap, cout, cbuf + (runs.o[e] - o0) * ldc, sw * ldc)
-                if direct:
-                    continue
-                if cout == 1:  # no per-voxel inner loop (GCC would call memcpy)
-                    for b in range(nb):
-                        yp[b * p.ys[3]] = acc[b]
-                else:  # strided channels (channels_first): channel by channel, along the row
-                    for co in range(cout):
+                            _cmadd(runs.hi[e] - runs.lo[e], groups,
+                                   xrow + runs.lo[e] * xstep, xstep,
+                                   wt + _tap_matrix(p, &r, td, th, runs.j[e]),
+                                   cbuf + (runs.o[e] - o0) * ldc, sw * ldc)
+                if p.ys[4] != 1:  # strided channels (channels_first): channel by channel
+                    for co in range(groups):
                         for b in range(nb):
-                            yp[b * p.ys[3] + co * p.ys[4]] = acc[b * cout + co]
+                            yp[b * p.ys[3] + co * p.ys[4]] = acc[b * groups + co]
+            for grp in range(0 if depthwise else groups):
+                xg = x + grp * cin * p.xs[4]
+                wg = wt + grp * cin * cout
+                bg = bias
+                if bias != NULL:
+                    bg = bias + grp * cout
+                for run in range(runs.count):
+                    o0 = run * runs.length
+                    nb = runs.length if ow_n - o0 > runs.length else ow_n - o0
+                    yp = (y + _row_offset(p.ys, r.n, r.d, r.h) + o0 * p.ys[3]
+                          + grp * cout * p.ys[4])
+                    # With contiguous output channels the GEMMs accumulate straight into
+                    # y (outputs ldc apart); otherwise into acc, stored afterwards.
+                    if direct:
+                        cbuf = yp
+                        ldc = p.ys[3]
+                    else:
+                        cbuf = acc
+                        ldc = cout
+                    if bg == NULL and not direct:
+                        memset(acc, 0, nb * cout * sizeof(floating))
+                    elif cout == 1:
+                        for b in range(nb):
+                            cbuf[b * ldc] = 0 if bg == NULL else bg[0]
+                    else:
+                        for b in range(nb):
+                            if bg == NULL:
+                                memset(cbuf + b * ldc, 0, cout * sizeof(floating))
+                            else:
+                                memcpy(cbuf + b * ldc, bg, cout * sizeof(floating))
+                    for td in range(r.n_taps[0] if runs.first[run] < runs.first[run + 1]
+                                    else 0):
+                        for th in range(r.n_taps[1]):
+                            xrow = xg + _row_offset(p.xs, r.n, r.index[0][td],
+                                                    r.index[1][th])
+                            for e in range(runs.first[run], runs.first[run + 1]):
+                                # Outputs o, o + sw, ... of the run from inputs lo <= i < hi.
+                                wtap = wg + _tap_matrix(p, &r, td, th, runs.j[e])
+                                if cin == 1 and cout == 1:
+                                    _axpy(runs.hi[e] - runs.lo[e], wtap[0],
+                                          xrow + runs.lo[e] * p.xs[3], p.xs[3],
+                                          acc + (runs.o[e] - o0), sw)
+                                else:
+                                    _gemm(runs.hi[e] - runs.lo[e], cout, cin,
+                                          xrow + runs.lo[e] * p.xs[3], p.xs[3], p.xs[4],
+                                          wtap, cout, cbuf + (runs.o[e] - o0) * ldc, sw * ldc)
+                    if direct:
+                        continue
+                    if cout == 1:  # no per-voxel inner loop (GCC would call memcpy)
+                        for b in range(nb):
+                            yp[b * p.ys[3]] = acc[b]
+                    else:  # strided channels (channels_first): channel by channel
+                        for co in range(cout):
+                            for b in range(nb):
+                                yp[b * p.ys[3] + co * p.ys[4]] = acc[b * cout + co]
         free(r.j[0])
+        free(xbuf)
         free(acc)
     return -1 if failed else 0
 
@@ -320,7 +423,7 @@ def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
         raise MemoryError("tconv3d: no memory for the stride-phase table")
     try:
         _fill_phases(&p, table, &ph)
-        _make_runs(&p, &ph, _block_size(p.cout), &runs)
+        _make_runs(&p, &ph, _block_size(_block_channels(&p, p.cout)), &runs)
         with nogil:
             status = _conv_transpose(&p, &ph, &runs, &x[0, 0, 0, 0, 0], &wt[0, 0, 0, 0, 0],
                                      bias_ptr, &y[0, 0, 0, 0, 0], num_threads)
@@ -334,18 +437,29 @@ def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
 
 cdef int _grad_input(const Problem *p,
                       const Runs *runs,     # IN  the width GEMMs of runs of inputs
-                      const floating *g,    # IN  logical (N, OD, OH, OW, Cout), strides p.ys
-                      const floating *w,    # IN  (kd, kh, kw, Cout, Cin) C-contiguous
-                      floating *gx,         # OUT logical (N, D, H, W, Cin), strides p.xs
+                      const floating *g,    # IN  logical (N, OD, OH, OW, G*Cout), strides p.ys
+                      const floating *w,    # IN  (kd, kh, kw, G, Cout, Cin) C-contiguous
+                      floating *gx,         # OUT logical (N, D, H, W, G*Cin), strides p.xs
                       int num_threads) noexcept nogil:
+    # Each thread takes whole input rows, and in each row every group in turn.
     cdef Py_ssize_t cin = p.cin, cout = p.cout, iw_n = p.n_in[2]
     cdef Py_ssize_t rows = p.batch * p.n_in[0] * p.n_in[1]
-    cdef Py_ssize_t row, run, i0, nb, b, e, td, th, ci
+    cdef Py_ssize_t row, grp, run, i0, nb, b, e, td, th, ci
     cdef Py_ssize_t gstep = p.s[2] * p.ys[3]  # between the outputs consecutive inputs feed
+    # Depthwise: all groups at once, the channels as vectors (rows of other layouts are
+    # copied channel-contiguous into gbuf, and accumulated in acc).
+    cdef Py_ssize_t groups = p.groups
+    cdef bint depthwise = _depthwise(p)
+    cdef Py_ssize_t gvox = p.ys[3] if p.ys[4] == 1 else groups  # voxels apart in grow
     cdef Row r
     cdef floating *acc = NULL
+    cdef floating *gbuf = NULL
+    cdef floating *cbuf
+    cdef Py_ssize_t ldc
     cdef const floating *grow
     cdef const floating *wtap
+    cdef const floating *gg
+    cdef const floating *wg
     cdef floating *ap
     cdef floating *gxp
 
@@ -354,43 +468,74 @@ cdef int _grad_input(const Problem *p,
 
     memset(&r, 0, sizeof(Row))  # Cython copies r into the region (firstprivate): no garbage
     with parallel(num_threads=num_threads):
-        acc = <floating *> _thread_malloc(runs.length * cin * sizeof(floating), failed_ptr)
+        acc = <floating *> _thread_malloc(
+            runs.length * _block_channels(p, cin) * sizeof(floating), failed_ptr)
+        gbuf = <floating *> _thread_malloc(p.n_out[2] * groups * sizeof(floating), failed_ptr)
         r = _thread_row(p, failed_ptr)
         for row in prange(rows, schedule='static'):
-            if acc == NULL or r.j[0] == NULL:
+            if acc == NULL or gbuf == NULL or r.j[0] == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
             _input_row(p, row, &r)
-            for run in range(runs.count):
+            for run in range(runs.count if depthwise else 0):
                 i0 = run * runs.length
                 nb = runs.length if iw_n - i0 > runs.length else iw_n - i0
-                memset(acc, 0, nb * cin * sizeof(floating))
+                gxp = gx + _row_offset(p.xs, r.n, r.d, r.h) + i0 * p.xs[3]
+                cbuf = gxp if p.xs[4] == 1 else acc
+                ldc = p.xs[3] if p.xs[4] == 1 else groups
+                for b in range(nb):
+                    memset(cbuf + b * ldc, 0, groups * sizeof(floating))
                 for td in range(r.n_taps[0] if runs.first[run] < runs.first[run + 1] else 0):
                     for th in range(r.n_taps[1]):
-                        grow = g + _row_offset(p.ys, r.n, r.index[0][td], r.index[1][th])
+                        grow = _channels_contiguous(
+                            g + _row_offset(p.ys, r.n, r.index[0][td], r.index[1][th]),
+                            p.n_out[2], groups, p.ys, gbuf)
                         for e in range(runs.first[run], runs.first[run + 1]):
-                            wtap = w + _tap_matrix(p, &r, td, th, runs.j[e])
-                            if cin == 1 and cout == 1:
-                                _axpy(runs.hi[e] - runs.lo[e], wtap[0],
-                                      grow + runs.o[e] * p.ys[3], gstep,
-                                      acc + (runs.lo[e] - i0), 1)
-                            else:
-                                _gemm(runs.hi[e] - runs.lo[e], cin, cout,
-                                      grow + runs.o[e] * p.ys[3], gstep, p.ys[4],
-                                      wtap, cin, acc + (runs.lo[e] - i0) * cin, cin)
-                gxp = gx + _row_offset(p.xs, r.n, r.d, r.h) + i0 * p.xs[3]
-                if cin == 1:  # no per-voxel inner loop (GCC would call memcpy)
-                    for b in range(nb):
-                        gxp[b * p.xs[3]] = acc[b]
-                elif p.xs[4] <= p.xs[3]:  # channels contiguous: voxel by voxel
-                    for b in range(nb):
-                        ap = acc + b * cin
-                        for ci in range(cin):
-                            gxp[b * p.xs[3] + ci * p.xs[4]] = ap[ci]
-                else:  # channels_first: channel by channel, along the row
-                    for ci in range(cin):
+                            _cmadd(runs.hi[e] - runs.lo[e], groups,
+                                   grow + runs.o[e] * gvox, p.s[2] * gvox,
+                                   w + _tap_matrix(p, &r, td, th, runs.j[e]),
+                                   cbuf + (runs.lo[e] - i0) * ldc, ldc)
+                if p.xs[4] != 1:  # channels_first: channel by channel, along the row
+                    for ci in range(groups):
                         for b in range(nb):
-                            gxp[b * p.xs[3] + ci * p.xs[4]] = acc[b * cin + ci]
+                            gxp[b * p.xs[3] + ci * p.xs[4]] = acc[b * groups + ci]
+            for grp in range(0 if depthwise else groups):
+                gg = g + grp * cout * p.ys[4]
+                wg = w + grp * cin * cout
+                for run in range(runs.count):
+                    i0 = run * runs.length
+                    nb = runs.length if iw_n - i0 > runs.length else iw_n - i0
+                    memset(acc, 0, nb * cin * sizeof(floating))
+                    for td in range(r.n_taps[0] if runs.first[run] < runs.first[run + 1]
+                                    else 0):
+                        for th in range(r.n_taps[1]):
+                            grow = gg + _row_offset(p.ys, r.n, r.index[0][td],
+                                                    r.index[1][th])
+                            for e in range(runs.first[run], runs.first[run + 1]):
+                                wtap = wg + _tap_matrix(p, &r, td, th, runs.j[e])
+                                if cin == 1 and cout == 1:
+                                    _axpy(runs.hi[e] - runs.lo[e], wtap[0],
+                                          grow + runs.o[e] * p.ys[3], gstep,
+                                          acc + (runs.lo[e] - i0), 1)
+                                else:
+                                    _gemm(runs.hi[e] - runs.lo[e], cin, cout,
+                                          grow + runs.o[e] * p.ys[3], gstep, p.ys[4],
+                                          wtap, cin, acc + (runs.lo[e] - i0) * cin, cin)
+                    gxp = (gx + _row_offset(p.xs, r.n, r.d, r.h) + i0 * p.xs[3]
+                           + grp * cin * p.xs[4])
+                    if cin == 1:  # no per-voxel inner loop (GCC would call memcpy)
+                        for b in range(nb):
+                            gxp[b * p.xs[3]] = acc[b]
+                    elif p.xs[4] <= p.xs[3]:  # channels contiguous: voxel by voxel
+                        for b in range(nb):
+                            ap = acc + b * cin
+                            for ci in range(cin):
+                                gxp[b * p.xs[3] + ci * p.xs[4]] = ap[ci]
+                    else:  # channels_first: channel by channel, along the row
+                        for ci in range(cin):
+                            for b in range(nb):
+                                gxp[b * p.xs[3] + ci * p.xs[4]] = acc[b * cin + ci]
         free(r.j[0])
+        free(gbuf)
         free(acc)
     return -1 if failed else 0
 
@@ -402,7 +547,7 @@ def grad_input(const floating[:, :, :, :, :] g, const floating[:, :, :, :, ::1] 
     cdef Problem p = _problem(geometry, x_strides, y_strides)
     cdef Runs runs
     cdef int status
-    _make_runs(&p, NULL, _block_size(p.cin), &runs)
+    _make_runs(&p, NULL, _block_size(_block_channels(&p, p.cin)), &runs)
     with nogil:
         status = _grad_input(&p, &runs, &g[0, 0, 0, 0, 0], &w[0, 0, 0, 0, 0],
                              &gx[0, 0, 0, 0, 0], num_threads)
@@ -427,18 +572,24 @@ cdef inline Py_ssize_t _num_chunks(Py_ssize_t rows, Py_ssize_t voxels,
 
 cdef int _grad_kernel(const Problem *p,
                        const Runs *runs,      # IN  the width GEMMs of whole input rows
-                       const floating *g,     # IN  logical (N, OD, OH, OW, Cout), strides p.ys
-                       const floating *x,     # IN  logical (N, D, H, W, Cin), strides p.xs
-                       floating *partial,     # WORK (chunks, kd, kh, kw, Cout, Cin)
+                       const floating *g,     # IN  logical (N, OD, OH, OW, G*Cout), strides p.ys
+                       const floating *x,     # IN  logical (N, D, H, W, G*Cin), strides p.xs
+                       floating *partial,     # WORK (chunks, kd, kh, kw, G, Cout, Cin)
                        Py_ssize_t chunks,
-                       floating *gw,          # OUT (kd, kh, kw, Cout, Cin) C-contiguous
+                       floating *gw,          # OUT (kd, kh, kw, G, Cout, Cin) C-contiguous
                        int num_threads) noexcept nogil:
     cdef Py_ssize_t cin = p.cin, cout = p.cout
-    cdef Py_ssize_t ksize = p.k[0] * p.k[1] * p.k[2] * cout * cin
+    cdef Py_ssize_t ksize = p.k[0] * p.k[1] * p.k[2] * p.groups * cout * cin
     cdef Py_ssize_t rows = p.batch * p.n_in[0] * p.n_in[1]
     cdef Py_ssize_t entries = runs.first[runs.count]
-    cdef Py_ssize_t chunk, row, td, th, e, c
+    cdef Py_ssize_t chunk, row, grp, td, th, e, c
     cdef Py_ssize_t gstep = p.s[2] * p.ys[3]  # between the outputs consecutive inputs feed
+    # Depthwise: all groups at once, the channels as vectors (x's channels are contiguous,
+    # rows of g in other layouts are copied channel-contiguous into gbuf).
+    cdef Py_ssize_t groups = p.groups
+    cdef bint depthwise = _depthwise(p)
+    cdef Py_ssize_t gvox = p.ys[3] if p.ys[4] == 1 else groups  # voxels apart in grow
+    cdef floating *gbuf = NULL
     cdef Row r
     cdef floating *buf
     cdef const floating *grow
@@ -451,25 +602,41 @@ cdef int _grad_kernel(const Problem *p,
     memset(&r, 0, sizeof(Row))  # Cython copies r into the region (firstprivate): no garbage
     with parallel(num_threads=num_threads):
         r = _thread_row(p, failed_ptr)
+        gbuf = <floating *> _thread_malloc(p.n_out[2] * groups * sizeof(floating), failed_ptr)
         for chunk in prange(chunks, schedule='static'):
-            if r.j[0] == NULL:
+            if r.j[0] == NULL or gbuf == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
             buf = partial + chunk * ksize
             memset(buf, 0, ksize * sizeof(floating))
             for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
                 _input_row(p, row, &r)
                 xrow = x + _row_offset(p.xs, r.n, r.d, r.h)
-                for td in range(r.n_taps[0] if entries > 0 else 0):
+                for td in range(r.n_taps[0] if depthwise and entries > 0 else 0):
                     for th in range(r.n_taps[1]):
-                        grow = g + _row_offset(p.ys, r.n, r.index[0][td], r.index[1][th])
+                        grow = _channels_contiguous(
+                            g + _row_offset(p.ys, r.n, r.index[0][td], r.index[1][th]),
+                            p.n_out[2], groups, p.ys, gbuf)
                         for e in range(entries):
-                            # One GEMM (Cout x Cin) += g^T (Cout x k) x (k x Cin) over
-                            # the inputs lo <= iw < hi that tap j takes to an output.
-                            _gemm(cout, cin, runs.hi[e] - runs.lo[e],
-                                  grow + runs.o[e] * p.ys[3], p.ys[4], gstep,
+                            _cdot(runs.hi[e] - runs.lo[e], groups,
+                                  grow + runs.o[e] * gvox, p.s[2] * gvox,
                                   xrow + runs.lo[e] * p.xs[3], p.xs[3],
-                                  buf + _tap_matrix(p, &r, td, th, runs.j[e]), cin)
+                                  buf + _tap_matrix(p, &r, td, th, runs.j[e]))
+                for grp in range(0 if depthwise else groups):
+                    xrow = x + _row_offset(p.xs, r.n, r.d, r.h) + grp * cin * p.xs[4]
+                    for td in range(r.n_taps[0] if entries > 0 else 0):
+                        for th in range(r.n_taps[1]):
+                            grow = (g + _row_offset(p.ys, r.n, r.index[0][td], r.index[1][th])
+                                    + grp * cout * p.ys[4])
+                            for e in range(entries):
+                                # One GEMM (Cout x Cin) += g^T (Cout x k) x (k x Cin) over
+                                # the inputs lo <= iw < hi that tap j takes to an output.
+                                _gemm(cout, cin, runs.hi[e] - runs.lo[e],
+                                      grow + runs.o[e] * p.ys[3], p.ys[4], gstep,
+                                      xrow + runs.lo[e] * p.xs[3], p.xs[3],
+                                      buf + grp * cout * cin
+                                      + _tap_matrix(p, &r, td, th, runs.j[e]), cin)
         free(r.j[0])
+        free(gbuf)
     if failed:
         return -1
 
@@ -522,15 +689,18 @@ cdef inline const floating *_row_start(const floating *a, const Py_ssize_t *stri
 
 cdef void _grad_bias(const Problem *p,
                      const floating *g,     # IN  logical (N, OD, OH, OW, Cout), strides p.ys
-                     floating *partial,     # WORK (chunks, OW, Cout)
+                     floating *partial,     # WORK (chunks, OW, Cout), or (chunks, Cout, OW)
                      Py_ssize_t chunks,
                      floating *gb,          # OUT (Cout,)
                      int num_threads) noexcept nogil:
     # Each chunk adds its rows element-wise into a row-sized accumulator (independent
     # sums: vectorised, no serial dependency chain), reduced over the row only at the end.
-    cdef Py_ssize_t cout = p.cout, ow_n = p.n_out[2], width = p.n_out[2] * p.cout
+    cdef Py_ssize_t cout = p.groups * p.cout  # every channel: groups do not matter here
+    cdef Py_ssize_t ow_n = p.n_out[2], width = p.n_out[2] * cout
     cdef Py_ssize_t rows = p.batch * p.n_out[0] * p.n_out[1]
     cdef bint contiguous_rows = p.ys[4] == 1 and p.ys[3] == cout
+    # channels_first: each channel's row is contiguous; buffer rows (Cout, OW) then
+    cdef bint channel_rows = not contiguous_rows and p.ys[3] == 1
     cdef Py_ssize_t chunk, row, o, co, c
     cdef floating *buf
     cdef const floating *grow
@@ -542,6 +712,9 @@ cdef void _grad_bias(const Problem *p,
             grow = _row_start(g, p.ys, p.n_out, row)
             if contiguous_rows:
                 _axpy(width, <floating> 1, grow, 1, buf, 1)
+            elif channel_rows:
+                for co in range(cout):
+                    _axpy(ow_n, <floating> 1, grow + co * p.ys[4], 1, buf + co * ow_n, 1)
             else:
                 for o in range(ow_n):
                     for co in range(cout):
@@ -552,7 +725,8 @@ cdef void _grad_bias(const Problem *p,
         total = 0
         for c in range(chunks):
             for o in range(ow_n):
-                total = total + partial[c * width + o * cout + co]
+                total = total + partial[c * width + (co * ow_n + o if channel_rows
+                                                     else o * cout + co)]
         gb[co] = total
 
 
@@ -562,8 +736,8 @@ def grad_bias(const floating[:, :, :, :, :] g, floating[::1] gb, geometry,
     cdef Problem p = _problem(geometry, (0, 0, 0, 0, 0), y_strides)  # no x-side array
     cdef Py_ssize_t chunks = _num_chunks(p.batch * p.n_out[0] * p.n_out[1],
                                          p.batch * p.n_out[0] * p.n_out[1] * p.n_out[2],
-                                         p.n_out[2] * p.cout * sizeof(floating))
-    cdef floating *partial = <floating *> malloc(chunks * p.n_out[2] * p.cout
+                                         gb.shape[0] * p.n_out[2] * sizeof(floating))
+    cdef floating *partial = <floating *> malloc(chunks * p.n_out[2] * gb.shape[0]
                                                  * sizeof(floating))
     if partial == NULL:
         raise MemoryError("tconv3d: no memory for the bias-gradient partial sums")

@@ -12,7 +12,7 @@ __all__ = ["conv_transpose3d", "conv_transpose3d_backward", "conv_transpose3d_ou
 
 def conv_transpose3d_output_shape(input_shape, kernel_shape, *, strides=1, padding="valid",
                                   output_padding=None, dilation_rate=1,
-                                  data_format="channels_last"):
+                                  data_format="channels_last", groups=1):
     """Shape of :func:`conv_transpose3d`'s output, without computing it.
 
     Parameters
@@ -22,9 +22,9 @@ def conv_transpose3d_output_shape(input_shape, kernel_shape, *, strides=1, paddi
         ``(batch, in_channels, depth, height, width)`` with
         ``data_format="channels_first"``. Every size >= 1.
     kernel_shape : tuple of 5 ints
-        Shape of ``kernel``: ``(kernel_depth, kernel_height, kernel_width, filters,
-        in_channels)`` (Keras' layout, whatever ``data_format``). Every size >= 1; its
-        ``in_channels`` must be ``input_shape``'s.
+        Shape of ``kernel``: ``(kernel_depth, kernel_height, kernel_width,
+        filters // groups, in_channels)`` (Keras' layout, whatever ``data_format``). Every
+        size >= 1; its ``in_channels`` must be ``input_shape``'s.
     strides : int or tuple of 3 ints, default=1
         Each >= 1.
     padding : {"valid", "same"}, default="valid"
@@ -36,6 +36,8 @@ def conv_transpose3d_output_shape(input_shape, kernel_shape, *, strides=1, paddi
         Each >= 1.
     data_format : {"channels_last", "channels_first"}, default="channels_last"
         The layout of ``input_shape`` and of the returned shape.
+    groups : int, default=1
+        As in :func:`conv_transpose3d`; must divide ``in_channels``.
 
     Returns
     -------
@@ -75,7 +77,7 @@ def conv_transpose3d_output_shape(input_shape, kernel_shape, *, strides=1, paddi
     """
     return make_geometry(normalize_shape(input_shape, "input_shape"),
                          normalize_shape(kernel_shape, "kernel_shape"), strides, padding,
-                         output_padding, dilation_rate, data_format).output_shape
+                         output_padding, dilation_rate, data_format, groups).output_shape
 
 
 def _logical(a, geom):
@@ -108,7 +110,7 @@ def _check_copies(dtype, *operands):
 
 
 def _threads_for(num_threads, geom):
-    macs = geom.batch * geom.in_channels * geom.filters
+    macs = geom.batch * geom.in_channels * geom.filters // geom.groups
     for n, k in zip(geom.in_spatial, geom.kernel_spatial):
         macs *= n * k
     work = macs + geom.batch * geom.filters * int(np.prod(geom.out_spatial))
@@ -116,20 +118,20 @@ def _threads_for(num_threads, geom):
 
 
 def _prepare(x, kernel, strides, padding, output_padding, dilation_rate, data_format,
-             extra=()):
+             groups, extra=()):
     weak = without_dtype(("x", x), ("kernel", kernel), *extra)
     x = as_array(x, "x")
     kernel = as_array(kernel, "kernel")
     extra = [(name, as_array(a, name)) for name, a in extra]
     dtype = working_dtype(("x", x), ("kernel", kernel), *extra, weak=weak)
     geom = make_geometry(x.shape, kernel.shape, strides, padding, output_padding,
-                         dilation_rate, data_format)
+                         dilation_rate, data_format, groups)
     return geom, dtype, x, kernel, dict(extra)
 
 
 def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
                      output_padding=None, dilation_rate=1, data_format="channels_last",
-                     num_threads=None, out=None):
+                     groups=1, num_threads=None, out=None):
     """3D transposed convolution, with the numbers of Keras' ``Conv3DTranspose``.
 
     Parameters
@@ -137,9 +139,10 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
     x : array-like of shape (batch, depth, height, width, in_channels)
         Or ``(batch, in_channels, depth, height, width)`` with
         ``data_format="channels_first"``. Any memory layout; never modified.
-    kernel : array-like of shape (kernel_depth, kernel_height, kernel_width, filters, in_channels)
-        Keras' layout. PyTorch's ``weight`` of shape ``(in, out, kd, kh, kw)`` becomes
-        ``weight.transpose(2, 3, 4, 1, 0)``.
+    kernel : array-like of shape (kernel_depth, kernel_height, kernel_width, filters // groups, \
+in_channels)
+        Keras' layout. PyTorch's ``weight`` of shape ``(in, out // groups, kd, kh, kw)``
+        becomes ``weight.transpose(2, 3, 4, 1, 0)``.
     bias : array-like of shape (filters,), optional
     strides : int or tuple of 3 ints, default=1
     padding : {"valid", "same"}, default="valid"
@@ -150,6 +153,11 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
     dilation_rate : int or tuple of 3 ints, default=1
         May be combined with ``strides > 1`` (PyTorch's numbers).
     data_format : {"channels_last", "channels_first"}, default="channels_last"
+    groups : int, default=1
+        Independent convolutions side by side, as PyTorch's ``groups``: input channels
+        ``[g*C/G, (g+1)*C/G)`` feed only filters ``[g*F/G, (g+1)*F/G)``, through the
+        kernel's ``in_channels`` slice ``[g*C/G, (g+1)*C/G)``. ``groups=in_channels`` is
+        a depthwise convolution. One compiled call runs all groups.
     num_threads : int, optional
         Threads for this call. ``None`` uses the OpenMP default, which honours
         ``threadpoolctl.threadpool_limits``.
@@ -228,7 +236,7 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
     array([10., 11., 13., 12.])
     """
     geom, dtype, x, kernel, extra = _prepare(
-        x, kernel, strides, padding, output_padding, dilation_rate, data_format,
+        x, kernel, strides, padding, output_padding, dilation_rate, data_format, groups,
         extra=() if bias is None else (("bias", bias),))
     if bias is not None:
         check_bias_shape(extra["bias"], geom.filters)
@@ -239,16 +247,27 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
                                                           *extra.items()])
     _check_copies(dtype, ("x", x, False), ("kernel", kernel, True))
     bias = None if bias is None else np.require(extra["bias"], dtype, "CA")
-    return forward_packed(x, pack_kernel(kernel, dtype), bias, geom, num_threads, out)
+    return forward_packed(x, pack_kernel(kernel, dtype, geom.groups), bias, geom,
+                          num_threads, out)
 
 
-def pack_kernel(kernel, dtype):
-    """The forward pass's kernel layout: taps as (Cin, Cout) matrices, C-contiguous.
+def _by_group(kernel, groups, order):
+    """Keras' (kd, kh, kw, F/G, C) kernel as (kd, kh, kw, G*a, b) C-contiguous: each tap
+    a matrix (a, b) per group, the groups side by side; ``order`` "cf": (C/G, F/G), "fc":
+    (F/G, C/G). (``np.require(..., "CA")``: ``np.ascontiguousarray`` would pass an
+    unaligned array through.)"""
+    kd, kh, kw, f, c = kernel.shape
+    grouped = kernel.reshape(kd, kh, kw, f, groups, c // groups)
+    grouped = grouped.transpose(0, 1, 2, 4, *((5, 3) if order == "cf" else (3, 5)))
+    return np.require(grouped, None, "CA").reshape(kd, kh, kw, -1, grouped.shape[-1])
 
-    The forward contracts over input channels innermost. (``np.require(..., "CA")``:
-    ``np.ascontiguousarray`` would pass an unaligned array through.)
+
+def pack_kernel(kernel, dtype, groups=1):
+    """The forward pass's kernel layout: taps as (Cin, Cout) matrices of each group.
+
+    The forward contracts over input channels innermost.
     """
-    return np.require(np.asarray(kernel, dtype=dtype).transpose(0, 1, 2, 4, 3), None, "CA")
+    return _by_group(np.asarray(kernel, dtype=dtype), groups, "cf")
 
 
 def forward_packed(x, wt, bias, geom, num_threads, out=None):
@@ -271,7 +290,7 @@ def forward_packed(x, wt, bias, geom, num_threads, out=None):
 
 def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="valid",
                               output_padding=None, dilation_rate=1,
-                              data_format="channels_last", use_bias=True,
+                              data_format="channels_last", groups=1, use_bias=True,
                               compute=("input", "kernel", "bias"), num_threads=None,
                               out=None):
     """Gradients of :func:`conv_transpose3d` with respect to its input, kernel and bias.
@@ -283,7 +302,7 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
         output's shape.
     x, kernel : array-like
         The forward call's input and kernel.
-    strides, padding, output_padding, dilation_rate, data_format
+    strides, padding, output_padding, dilation_rate, data_format, groups
         As in the forward call.
     use_bias : bool, default=True
         Whether the forward call had a bias; if not, ``grad_bias`` is None.
@@ -301,7 +320,7 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     grad_input : ndarray with x's shape, or None
         Every gradient has the dtype of the forward call (the promotion of ``x``,
         ``kernel`` and ``grad_output``, as :func:`conv_transpose3d` describes).
-    grad_kernel : ndarray of shape (kd, kh, kw, filters, in_channels), or None
+    grad_kernel : ndarray of shape (kd, kh, kw, filters // groups, in_channels), or None
     grad_bias : ndarray of shape (filters,), or None
 
     Notes
@@ -356,7 +375,7 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     (True, (2, 2, 2, 1, 1), True)
     """
     geom, dtype, x, kernel, extra = _prepare(
-        x, kernel, strides, padding, output_padding, dilation_rate, data_format,
+        x, kernel, strides, padding, output_padding, dilation_rate, data_format, groups,
         extra=(("grad_output", grad_output),))
     grad_output = extra["grad_output"]
     if grad_output.shape != geom.output_shape:
@@ -376,7 +395,7 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     g = _logical(_operand(grad_output, dtype), geom)
     grad_input = grad_kernel = grad_bias = None
     if "input" in compute:
-        w = np.require(kernel, dtype, "CA")
+        w = _by_group(np.asarray(kernel, dtype=dtype), geom.groups, "fc")
         grad_input = np.empty(geom.input_shape, dtype=dtype) if buffers[0] is None \
             else buffers[0]
         gx = _logical(grad_input, geom)
@@ -388,8 +407,14 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
             xl = np.require(xl, None, "CA")
         grad_kernel = np.empty(geom.kernel_shape, dtype=dtype) if buffers[1] is None \
             else buffers[1]
-        _kernels.grad_kernel(g, xl, grad_kernel, geom, _element_strides(xl),
+        kd, kh, kw, f, c = geom.kernel_shape
+        grouped = grad_kernel if geom.groups == 1 else np.empty(
+            (kd, kh, kw, geom.groups * f, c // geom.groups), dtype)
+        _kernels.grad_kernel(g, xl, grouped, geom, _element_strides(xl),
                              _element_strides(g), num_threads)
+        if geom.groups > 1:   # back to Keras' layout: the in_channels axis is the groups'
+            grad_kernel.reshape(kd, kh, kw, f, geom.groups, -1)[...] = grouped.reshape(
+                kd, kh, kw, geom.groups, f, -1).transpose(0, 1, 2, 4, 3, 5)
     if "bias" in compute and use_bias:
         grad_bias = np.empty(geom.filters, dtype=dtype) if buffers[2] is None else buffers[2]
         _kernels.grad_bias(g, grad_bias, geom, _element_strides(g), num_threads)

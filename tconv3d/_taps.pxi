@@ -377,6 +377,7 @@ cdef inline Py_ssize_t _row_offset(const Py_ssize_t *strides, Py_ssize_t n, Py_s
 
 cdef inline Py_ssize_t _tap_matrix(const Problem *p, const Row *r, Py_ssize_t td,
                                    Py_ssize_t th, Py_ssize_t jw) noexcept nogil:
-    """Element offset of the channel matrix (Cin x Cout or Cout x Cin) of kernel tap
-    (r.j[0][td], r.j[1][th], jw) in a C-contiguous (kd, kh, kw, ., .) kernel."""
-    return ((r.j[0][td] * p.k[1] + r.j[1][th]) * p.k[2] + jw) * p.cin * p.cout
+    """Element offset of the first group's channel matrix (Cin x Cout or Cout x Cin) of
+    kernel tap (r.j[0][td], r.j[1][th], jw) in a C-contiguous (kd, kh, kw, G, ., .)
+    kernel (group g's matrix follows at g * Cin * Cout)."""
+    return ((r.j[0][td] * p.k[1] + r.j[1][th]) * p.k[2] + jw) * p.groups * p.cin * p.cout

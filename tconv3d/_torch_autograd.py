@@ -3,7 +3,7 @@ order.
 
 :func:`forward_arrays` and :func:`backward_arrays` compute PyTorch's ``conv_transpose3d``
 and its gradients on arrays (the Keras geometry of a :class:`~tconv3d._geometry.TorchPlan`,
-one tconv3d call per group); the Functions below wrap them for tensors, zero-copy, with
+all groups in one tconv3d call); the Functions below wrap them for tensors, zero-copy, with
 ``setup_context`` (as :mod:`torch.func` requires), ``vmap`` rules and ``jvp`` (forward
 mode). :mod:`tconv3d.torch` validates every call before it reaches
 :class:`ConvTranspose3dFunction`.
@@ -37,20 +37,17 @@ def _shape(channels_last, batch, spatial, channels):
 def forward_arrays(x, w, b, plan, stride, dilation, groups, channels_last, num_threads):
     """PyTorch's conv_transpose3d on arrays; x in the layout `channels_last` names."""
     kwargs = dict(strides=stride, padding=plan.padding, output_padding=plan.output_padding,
-                  dilation_rate=dilation, num_threads=num_threads,
+                  dilation_rate=dilation, groups=groups, num_threads=num_threads,
                   data_format="channels_last" if channels_last else "channels_first")
-    if plan.exact and groups == 1:
-        return _tconv_forward(x, torch_to_keras_kernel(w), b, **kwargs)
-    cin_g, cout_g = w.shape[0] // groups, w.shape[1]
-    y = np.empty(_shape(channels_last, x.shape[0], plan.out, cout_g * groups), dtype=x.dtype)
+    z = _tconv_forward(x, torch_to_keras_kernel(w), b, **kwargs)
+    if plan.exact:
+        return z
+    y = np.empty(_shape(channels_last, x.shape[0], plan.out, z.shape[-1 if channels_last
+                                                                    else 1]), dtype=z.dtype)
     if not plan.covers:
         y[...] = 0 if b is None else (b if channels_last else b[:, None, None, None])
     src, dst = plan.overlap()
-    for g in range(groups):
-        ci, co = slice(g * cin_g, (g + 1) * cin_g), slice(g * cout_g, (g + 1) * cout_g)
-        z = _tconv_forward(x[_index(channels_last, channels=ci)],
-                           torch_to_keras_kernel(w[ci]), None if b is None else b[co], **kwargs)
-        y[_index(channels_last, dst, co)] = z[_index(channels_last, src)]
+    y[_index(channels_last, dst)] = z[_index(channels_last, src)]
     return y
 
 
@@ -58,7 +55,7 @@ def backward_arrays(gy, x, w, use_bias, needs, plan, stride, dilation, groups,
                     channels_last, num_threads):
     """Gradients (input, weight in PyTorch's layout, bias) of :func:`forward_arrays`."""
     kwargs = dict(strides=stride, padding=plan.padding, output_padding=plan.output_padding,
-                  dilation_rate=dilation, num_threads=num_threads,
+                  dilation_rate=dilation, groups=groups, num_threads=num_threads,
                   data_format="channels_last" if channels_last else "channels_first")
     need_x, need_w, need_b = needs
     need_b = need_b and use_bias
@@ -66,34 +63,17 @@ def backward_arrays(gy, x, w, use_bias, needs, plan, stride, dilation, groups,
     tconv_bias = need_b and plan.covers
     compute = tuple(name for name, need in
                     zip(("input", "kernel", "bias"), (need_x, need_w, tconv_bias)) if need)
-    if plan.exact and groups == 1:
-        gx, gk, gb = _tconv_backward(gy, x, torch_to_keras_kernel(w), use_bias=tconv_bias,
-                                     compute=compute, **kwargs)
-        return gx, None if gk is None else np.ascontiguousarray(keras_to_torch_kernel(gk)), gb
-    cin_g, cout_g = w.shape[0] // groups, w.shape[1]
-    gx = np.empty(x.shape, dtype=x.dtype) if need_x else None
-    gw = np.empty(w.shape, dtype=w.dtype) if need_w else None
-    gb = np.empty(cout_g * groups, dtype=w.dtype) if need_b else None
+    gz = gy
+    if not plan.exact:  # zero-pad grad_output back into the computed volume
+        src, dst = plan.overlap()
+        gz = np.zeros(_shape(channels_last, gy.shape[0], plan.computed,
+                             gy.shape[-1 if channels_last else 1]), gy.dtype)
+        gz[_index(channels_last, src)] = gy[_index(channels_last, dst)]
+    gx, gk, gb = _tconv_backward(gz, x, torch_to_keras_kernel(w), use_bias=tconv_bias,
+                                 compute=compute, **kwargs)
     if need_b and not tconv_bias:
-        gb[...] = gy.sum(axis=(0, 1, 2, 3) if channels_last else (0, 2, 3, 4))
-    src, dst = plan.overlap()
-    for g in range(groups):
-        ci, co = slice(g * cin_g, (g + 1) * cin_g), slice(g * cout_g, (g + 1) * cout_g)
-        if plan.exact:
-            gz = gy[_index(channels_last, channels=co)]
-        else:  # zero-pad grad_output back into the computed volume
-            gz = np.zeros(_shape(channels_last, gy.shape[0], plan.computed, cout_g), gy.dtype)
-            gz[_index(channels_last, src)] = gy[_index(channels_last, dst, co)]
-        gx_g, gk_g, gb_g = _tconv_backward(gz, x[_index(channels_last, channels=ci)],
-                                           torch_to_keras_kernel(w[ci]), use_bias=tconv_bias,
-                                           compute=compute, **kwargs)
-        if need_x:
-            gx[_index(channels_last, channels=ci)] = gx_g
-        if need_w:
-            gw[ci] = keras_to_torch_kernel(gk_g)
-        if tconv_bias:
-            gb[co] = gb_g
-    return gx, gw, gb
+        gb = gy.sum(axis=(0, 1, 2, 3) if channels_last else (0, 2, 3, 4))
+    return gx, None if gk is None else np.ascontiguousarray(keras_to_torch_kernel(gk)), gb
 
 
 # --------------------------------------------------------------------------------------

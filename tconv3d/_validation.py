@@ -213,7 +213,7 @@ def torch_padding_from_keras(kernel_size, stride, dilation, padding, output_padd
 
 
 def make_geometry(input_shape, kernel_shape, strides, padding, output_padding,
-                  dilation_rate, data_format):
+                  dilation_rate, data_format, groups=1):
     """Validate every shape argument and return the :class:`Geometry` of the call."""
     input_shape, kernel_shape = tuple(input_shape), tuple(kernel_shape)
     data_format = normalize_data_format(data_format)
@@ -244,6 +244,9 @@ def make_geometry(input_shape, kernel_shape, strides, padding, output_padding,
         raise ValueError(f"`kernel` expects {kernel_in} input channels (its last axis) but `x` "
                          f"has {in_channels} channels (shape {input_shape}, "
                          f"data_format={data_format!r}).")
+    groups = normalize_int(groups, "groups", minimum=1)
+    if in_channels % groups:
+        raise ValueError(f"`groups`={groups} must divide the {in_channels} input channels.")
     check_output_padding(output_padding, strides)
     ops = output_padding if output_padding is not None else (None,) * 3
     out, crop = [], []
@@ -261,9 +264,9 @@ def make_geometry(input_shape, kernel_shape, strides, padding, output_padding,
                 f"a 64-bit index can safely address. Use smaller `strides` or `dilation_rate`.")
         out.append(o)
         crop.append(c)
-    return Geometry(int(batch), int(in_channels), int(filters),
+    return Geometry(int(batch), int(in_channels), int(filters) * groups,
                     tuple(map(int, in_spatial)), tuple(map(int, kernel_spatial)),
-                    strides, dilation, tuple(out), tuple(crop), channels_last)
+                    strides, dilation, tuple(out), tuple(crop), channels_last, groups)
 
 
 def working_dtype(*arrays, weak=()):

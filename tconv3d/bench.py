@@ -322,6 +322,63 @@ def run_large_stride(threads, repeat=5, out=sys.stdout):
     return row
 
 
+GROUPS = (1, 2, 4, 8, 32)   # ConvTranspose3d(32, 32, 4, stride=2, padding=1, groups=G)
+
+
+def run_groups(threads, repeat=7, groups=GROUPS, out=sys.stdout):
+    """Grouped layers, depthwise (G=32) included: ``tconv3d.torch.ConvTranspose3d`` against
+    ``torch.nn.ConvTranspose3d`` (same weights), input (2, 32, 16, 16, 16), float32, in both
+    memory formats, forward and forward+backward (gradients of input, weight and bias).
+    Returns ``{G: {"torch_ncdhw_fwd_ms": ..., "tconv3d_cl3d_fwdbwd_ms": ..., ...}}`` (empty
+    without PyTorch)."""
+    try:
+        import torch
+
+        from .torch import ConvTranspose3d
+    except ImportError:
+        return {}
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 16, 16, 16)
+    formats = (("ncdhw", torch.contiguous_format), ("cl3d", torch.channels_last_3d))
+    rows = {}
+    for g in groups:
+        ref = torch.nn.ConvTranspose3d(32, 32, 4, stride=2, padding=1, groups=g)
+        ours = ConvTranspose3d(32, 32, 4, stride=2, padding=1, groups=g)
+        ours.load_state_dict(ref.state_dict())
+        row = {}
+        for fmt, memory_format in formats:
+            xf = x.contiguous(memory_format=memory_format)
+            xg = xf.clone().requires_grad_()
+            for name, module in (("torch", ref), ("tconv3d", ours)):
+                module = module.to(memory_format=memory_format)
+
+                def forward(module=module, xf=xf):
+                    with torch.no_grad():
+                        return module(xf)
+
+                def forward_backward(module=module, xg=xg):
+                    module(xg).sum().backward()
+
+                row[f"{name}_{fmt}_fwd_ms"] = _median_ms(forward, repeat)
+                row[f"{name}_{fmt}_fwdbwd_ms"] = _median_ms(forward_backward, repeat)
+            torch.testing.assert_close(ours(xf), ref(xf), rtol=1e-4, atol=1e-4)
+        for phase in ("fwd", "fwdbwd"):   # tconv3d's slower layout / torch's faster one
+            row[f"ratio_{phase}"] = (max(row[f"tconv3d_{f}_{phase}_ms"] for f, _ in formats)
+                                     / min(row[f"torch_{f}_{phase}_ms"] for f, _ in formats))
+        rows[g] = row
+        print(f"groups={g:2d} (32->32, k4 s2 p1, 2x32x16^3, {threads} thr) ms, NCDHW / "
+              f"channels_last_3d: fwd torch {row['torch_ncdhw_fwd_ms']:.2f} / "
+              f"{row['torch_cl3d_fwd_ms']:.2f}, tconv3d {row['tconv3d_ncdhw_fwd_ms']:.2f} / "
+              f"{row['tconv3d_cl3d_fwd_ms']:.2f}; fwd+bwd torch "
+              f"{row['torch_ncdhw_fwdbwd_ms']:.2f} / {row['torch_cl3d_fwdbwd_ms']:.2f}, "
+              f"tconv3d {row['tconv3d_ncdhw_fwdbwd_ms']:.2f} / "
+              f"{row['tconv3d_cl3d_fwdbwd_ms']:.2f}; ratio (tconv3d's slower layout / torch's"
+              f" faster) fwd {row['ratio_fwd']:.2f}, fwd+bwd {row['ratio_fwdbwd']:.2f}",
+              file=out, flush=True)
+    return rows
+
+
 def run_keras_fit(threads, steps=20, out=sys.stdout):
     """Training steps per second of a small Keras 3D decoder (``model.fit`` on the torch
     backend, float32, batch 4, 8^3x32 -> 32^3x1 through three stride-2 layers) with
@@ -494,8 +551,9 @@ def main(argv=None, prog="python -m tconv3d.bench"):
         for t in args.threads:
             upsampler[t] = run_upsampler(t, args.repeat)
             sweep[t] = {f"{k} x{f}": v for (k, f), v in run_factor_sweep(t).items()}
-    keras_fit = {}
+    keras_fit, grouped = {}, {}
     for t in args.threads:
+        grouped[t] = run_groups(t, args.repeat)
         large_stride[t] = run_large_stride(t)
         keras_fit[t] = run_keras_fit(t)
     mem = peak_memory_forward()
@@ -506,6 +564,7 @@ def main(argv=None, prog="python -m tconv3d.bench"):
         with open(args.json, "w") as f:
             json.dump({"results": results, "memory": mem, "upsampler_ms": upsampler,
                        "factor_sweep_ms": sweep, "large_stride_ms": large_stride,
+                       "groups_ms": grouped,
                        "keras_fit_steps_per_s": keras_fit,
                        "sgemm_gflops": {t: sgemm_gflops(t) for t in set(args.threads)},
                        "simd": _kernels.simd_variant(), "machine": platform.machine()},

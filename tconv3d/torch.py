@@ -101,8 +101,9 @@ volume, so gradients are exact. Output planes past ``L + q`` (possible only when
 
 Groups
 ------
-``groups > 1`` is supported: tconv3d is called once per group on channel slices (views, no
-input copy); each group's output and gradients are copied into the full tensors.
+``groups > 1`` is supported, depthwise (``groups == in_channels``) included: one compiled
+call runs all groups, its threads splitting the output rows, each taking every group in
+turn, with no copy of the input or output per group.
 
 TorchScript, ``torch.export`` and ``torch.compile``
 ---------------------------------------------------

@@ -48,10 +48,30 @@ def _embed(y_full, out, crop):
     return y
 
 
+def _group(a, g, groups, axis):
+    """Group ``g`` of ``groups`` equal slices of ``a`` along ``axis``."""
+    size = a.shape[axis] // groups
+    return np.take(a, range(g * size, (g + 1) * size), axis=axis)
+
+
 def conv_transpose3d_ref(x, kernel, bias=None, strides=1, padding="valid",
                          output_padding=None, dilation_rate=1,
-                         data_format="channels_last"):
-    """Forward pass in float64, returned in the input's data format."""
+                         data_format="channels_last", groups=1):
+    """Forward pass in float64, returned in the input's data format. With ``groups``,
+    the concatenation (along the channels) of each group's convolution: x's and the
+    kernel's in_channels split in ``groups`` slices, the kernel holding filters/groups."""
+    channels = -1 if data_format == "channels_last" else 1
+    if groups > 1:
+        y = np.concatenate([
+            conv_transpose3d_ref(_group(np.asarray(x), g, groups, channels),
+                                 _group(np.asarray(kernel), g, groups, -1), None, strides,
+                                 padding, output_padding, dilation_rate, data_format)
+            for g in range(groups)], axis=channels)
+        if bias is not None:
+            shape = [1] * 5
+            shape[channels] = -1
+            y += np.asarray(bias, dtype=np.float64).reshape(shape)
+        return y
     x = np.asarray(x, dtype=np.float64)
     w = np.asarray(kernel, dtype=np.float64)  # (kd, kh, kw, filters, in_channels)
     if data_format == "channels_first":
@@ -73,8 +93,19 @@ def conv_transpose3d_ref(x, kernel, bias=None, strides=1, padding="valid",
 
 def conv_transpose3d_backward_ref(grad_output, x, kernel, strides=1, padding="valid",
                                   output_padding=None, dilation_rate=1,
-                                  data_format="channels_last"):
-    """Gradients ``(grad_input, grad_kernel, grad_bias)`` in float64."""
+                                  data_format="channels_last", groups=1):
+    """Gradients ``(grad_input, grad_kernel, grad_bias)`` in float64 (``groups``: each
+    group's, concatenated as in :func:`conv_transpose3d_ref`)."""
+    if groups > 1:
+        channels = -1 if data_format == "channels_last" else 1
+        parts = [conv_transpose3d_backward_ref(
+            _group(np.asarray(grad_output), g, groups, channels),
+            _group(np.asarray(x), g, groups, channels),
+            _group(np.asarray(kernel), g, groups, -1), strides, padding, output_padding,
+            dilation_rate, data_format) for g in range(groups)]
+        return (np.concatenate([p[0] for p in parts], axis=channels),
+                np.concatenate([p[1] for p in parts], axis=-1),
+                np.concatenate([p[2] for p in parts]))
     g = np.asarray(grad_output, dtype=np.float64)
     x = np.asarray(x, dtype=np.float64)
     w = np.asarray(kernel, dtype=np.float64)

@@ -68,6 +68,12 @@ GEOMETRY_CASES = [
     ("strides_np_bool", dict(strides=np.True_), ValueError, r"`strides` must be an int"),
     ("strides_none", dict(strides=None), ValueError, r"`strides` must be an int or a tuple"),
     ("strides_nested", dict(strides=((1,), 1, 1)), ValueError, r"`strides` must be an int"),
+    # groups (x has 3 channels)
+    ("groups_0", dict(groups=0), ValueError, r"`groups` must be an int >= 1, got 0"),
+    ("groups_float", dict(groups=1.0), ValueError, r"`groups` must be an int >= 1"),
+    ("groups_bool", dict(groups=True), ValueError, r"`groups` must be an int >= 1"),
+    ("groups_not_dividing", dict(groups=2), ValueError,
+     r"`groups`=2 must divide the 3 input channels"),
     # dilation
     ("dilation_0", dict(dilation_rate=0), ValueError, r"`dilation_rate` must be >= 1"),
     ("dilation_negative", dict(dilation_rate=(1, 1, -1)), ValueError,

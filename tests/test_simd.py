@@ -86,6 +86,28 @@ def test_variant_matches_reference(variant, rng, cin, cout, geometry, dtype):
         _assert_close(a, e, dtype, f"{variant} grad {name}")
 
 
+# (cin, cout, groups): depthwise over 37 and 5 channels (the channel-wise kernels' vectors
+# and scalar tails), one filter pair per group of 8 and 4 channels (the narrower vector
+# tiles), and a depthwise channel multiplier of 2 (GEMMs of 2 columns).
+GROUPED = [(37, 37, 37), (5, 5, 5), (16, 24, 2), (12, 36, 3), (4, 8, 4)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("geometry", GEOMETRY, ids=["same-s2", "valid-d2-cf", "mixed"])
+@pytest.mark.parametrize("cin,cout,groups", GROUPED)
+def test_grouped_variant_matches_reference(variant, rng, cin, cout, groups, geometry, dtype):
+    x, w, b, kwargs = _problem(rng, cin, cout, geometry, dtype)
+    w = w[..., : cout // groups, :]
+    kwargs["groups"] = groups
+    y = tconv3d.conv_transpose3d(x, w, b, **kwargs)
+    _assert_close(y, conv_transpose3d_ref(x, w, b, **kwargs), dtype, f"{variant} forward")
+    g = rng.standard_normal(y.shape).astype(dtype)
+    got = tconv3d.conv_transpose3d_backward(g, x, w, **kwargs)
+    expected = conv_transpose3d_backward_ref(g, x, w, **kwargs)
+    for a, e, name in zip(got, expected, ("input", "kernel", "bias")):
+        _assert_close(a, e, dtype, f"{variant} grad {name}")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_variant_is_thread_count_invariant(variant, rng, dtype):
     """Within a variant, results are bitwise the same for 1 and 2 threads."""

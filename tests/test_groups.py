@@ -1,0 +1,168 @@
+"""Grouped and depthwise transposed convolutions (``groups=``): the numpy reference (each
+group's convolution, concatenated), finite differences, thread-count invariance, any
+memory layout, and PyTorch's ``groups``."""
+import numpy as np
+import pytest
+
+import tconv3d
+from helpers import random_problem, tol
+from reference import conv_transpose3d_backward_ref, conv_transpose3d_ref
+from test_forward import FORMATS
+
+# (in_channels, filters, groups): grouped, depthwise over 1 and over several vectors of
+# channels, a depthwise channel multiplier, and groups of one input to 3 filters.
+CHANNELS = [(6, 4, 2), (9, 6, 3), (5, 5, 5), (40, 40, 40), (4, 8, 4), (3, 9, 3)]
+# (kernel, strides, dilation, padding, output_padding, spatial)
+GEOMETRY = [
+    (4, 2, 1, "same", None, (3, 4, 5)),
+    (3, 2, 1, "valid", 1, (2, 3, 4)),
+    ((1, 3, 3), (1, 2, 2), 1, "same", None, (3, 4, 4)),
+    (2, 1, 2, "valid", None, (2, 3, 3)),
+    (3, 3, 1, "same", 0, (1, 2, 3)),
+]
+GEOMETRY_IDS = ["k4s2-same", "k3s2-valid-op1", "aniso", "k2d2", "k3s3-op0"]
+
+
+def _problem(rng, cin, cout, groups, geometry, fmt, dtype, batch=2):
+    k, s, d, pad, op, spatial = geometry
+    kernel = (k,) * 3 if np.isscalar(k) else k
+    x, w, b = random_problem(rng, batch=batch, spatial=spatial, cin=cin, cout=cout,
+                             kernel=kernel, data_format=fmt, dtype=dtype)
+    kwargs = dict(strides=s, padding=pad, output_padding=op, dilation_rate=d,
+                  data_format=fmt, groups=groups)
+    return x, w[..., : cout // groups, :], b, kwargs
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("geometry", GEOMETRY, ids=GEOMETRY_IDS)
+@pytest.mark.parametrize("cin,cout,groups", CHANNELS)
+def test_grouped_matches_reference(rng, cin, cout, groups, geometry, dtype, fmt):
+    x, w, b, kwargs = _problem(rng, cin, cout, groups, geometry, fmt, dtype)
+    y = tconv3d.conv_transpose3d(x, w, b, **kwargs)
+    expected = conv_transpose3d_ref(x, w, b, **kwargs)
+    assert y.dtype == dtype and y.shape == expected.shape
+    assert y.shape == tconv3d.conv_transpose3d_output_shape(x.shape, w.shape, **{
+        k: v for k, v in kwargs.items()})
+    np.testing.assert_allclose(y, expected, **tol(dtype))
+    g = rng.standard_normal(y.shape).astype(dtype)
+    got = tconv3d.conv_transpose3d_backward(g, x, w, **kwargs)
+    for a, e, name in zip(got, conv_transpose3d_backward_ref(g, x, w, **kwargs),
+                          ("input", "kernel", "bias")):
+        assert a.dtype == dtype and a.shape == e.shape, name
+        np.testing.assert_allclose(a, e, **tol(dtype), err_msg=name)
+
+
+def test_groups_are_independent_convolutions(rng):
+    """The definition, stated directly: group g of the output only depends on group g
+    of the input, through the kernel's in_channels slice g."""
+    x, w, b, kwargs = _problem(rng, 6, 9, 3, GEOMETRY[0], "channels_last", np.float64)
+    y = tconv3d.conv_transpose3d(x, w, b, **kwargs)
+    kwargs.pop("groups")
+    for g in range(3):
+        part = tconv3d.conv_transpose3d(x[..., 2 * g: 2 * g + 2], w[..., 2 * g: 2 * g + 2],
+                                        b[3 * g: 3 * g + 3], **kwargs)
+        np.testing.assert_allclose(y[..., 3 * g: 3 * g + 3], part, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("cin,cout,groups", [(6, 4, 2), (5, 5, 5)])
+def test_gradients_match_finite_differences(rng, cin, cout, groups, fmt):
+    x, w, b, kwargs = _problem(rng, cin, cout, groups, GEOMETRY[1], fmt, np.float64, batch=1)
+    y = tconv3d.conv_transpose3d(x, w, b, **kwargs)
+    g = rng.standard_normal(y.shape)
+
+    def loss(x_, w_, b_):
+        return float(np.sum(g * tconv3d.conv_transpose3d(x_, w_, b_, **kwargs)))
+
+    gx, gw, gb = tconv3d.conv_transpose3d_backward(g, x, w, **kwargs)
+    h = 1e-6
+    for grad, i in ((gx, 0), (gw, 1), (gb, 2)):
+        args = [x, w, b]
+        v = rng.standard_normal(args[i].shape)
+        plus, minus = list(args), list(args)
+        plus[i], minus[i] = args[i] + h * v, args[i] - h * v
+        numeric = (loss(*plus) - loss(*minus)) / (2 * h)
+        assert numeric == pytest.approx(float(np.sum(grad * v)), rel=1e-7, abs=1e-8)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("cin,cout,groups", [(32, 32, 32), (32, 32, 4), (8, 16, 8)])
+def test_bitwise_identical_for_any_thread_count(rng, cin, cout, groups, fmt):
+    x, w, b, kwargs = _problem(rng, cin, cout, groups, GEOMETRY[0], fmt, np.float32)
+    x = np.concatenate([x] * 4)   # rows for 3 threads
+    ref = tconv3d.conv_transpose3d(x, w, b, num_threads=1, **kwargs)
+    g = rng.standard_normal(ref.shape).astype(np.float32)
+    grads = tconv3d.conv_transpose3d_backward(g, x, w, num_threads=1, **kwargs)
+    for threads in (2, 3):
+        assert tconv3d.conv_transpose3d(x, w, b, num_threads=threads,
+                                        **kwargs).tobytes() == ref.tobytes()
+        for a, r in zip(tconv3d.conv_transpose3d_backward(g, x, w, num_threads=threads,
+                                                          **kwargs), grads):
+            assert a.tobytes() == r.tobytes()
+
+
+@pytest.mark.parametrize("cin,cout,groups", [(6, 6, 6), (8, 4, 2)])
+def test_any_memory_layout(rng, cin, cout, groups):
+    """Channel-sliced, spatially strided and Fortran-ordered views give the contiguous
+    array's numbers (the depthwise path copies such rows channel-contiguous)."""
+    x, w, b, kwargs = _problem(rng, 2 * cin, cout, groups, GEOMETRY[0], "channels_last",
+                               np.float64)
+    x = x[..., ::2]
+    w = w[..., ::2]
+    views = [x, np.asfortranarray(x), np.repeat(x, 2, axis=3)[:, :, :, ::2]]
+    expected = conv_transpose3d_ref(x, w, b, **kwargs)
+    g = rng.standard_normal(expected.shape)
+    expected_grads = conv_transpose3d_backward_ref(g, x, w, **kwargs)
+    for view in views:
+        np.testing.assert_allclose(tconv3d.conv_transpose3d(view, w, b, **kwargs), expected,
+                                   **tol(np.float64))
+        for grad_output in (g, np.asfortranarray(g), np.repeat(g, 2, axis=-1)[..., ::2]):
+            got = tconv3d.conv_transpose3d_backward(grad_output, view, w, **kwargs)
+            for a, e in zip(got, expected_grads):
+                np.testing.assert_allclose(a, e, **tol(np.float64))
+
+
+def test_out_buffers_with_groups(rng):
+    x, w, b, kwargs = _problem(rng, 6, 4, 2, GEOMETRY[0], "channels_first", np.float32)
+    y = tconv3d.conv_transpose3d(x, w, b, **kwargs)
+    out = np.empty_like(y)
+    assert tconv3d.conv_transpose3d(x, w, b, out=out, **kwargs) is out
+    np.testing.assert_array_equal(out, y)
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    expected = tconv3d.conv_transpose3d_backward(g, x, w, **kwargs)
+    buffers = tuple(np.empty_like(a) for a in expected)
+    got = tconv3d.conv_transpose3d_backward(g, x, w, out=buffers, **kwargs)
+    for a, buf, e in zip(got, buffers, expected):
+        assert a is buf
+        np.testing.assert_array_equal(a, e)
+
+
+def test_kernel_and_bias_shapes_follow_the_groups(rng):
+    x = np.ones((1, 2, 2, 2, 6))
+    with pytest.raises(ValueError, match=r"`bias` must have shape \(9,\)"):
+        tconv3d.conv_transpose3d(x, np.ones((2, 2, 2, 3, 6)), np.ones(3), groups=3)
+    assert tconv3d.conv_transpose3d(x, np.ones((2, 2, 2, 3, 6)), groups=3).shape == \
+        (1, 3, 3, 3, 9)
+
+
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last_3d"])
+@pytest.mark.parametrize("cin,cout,groups", [(8, 8, 8), (8, 16, 4), (6, 3, 3)])
+def test_matches_torch(rng, cin, cout, groups, memory_format):
+    torch = pytest.importorskip("torch")
+    import tconv3d.torch as tt
+    x = torch.from_numpy(rng.standard_normal((2, cin, 5, 4, 6)))
+    x = x.contiguous(memory_format=getattr(torch, memory_format + "_format", None)
+                     or torch.channels_last_3d).requires_grad_()
+    ref = torch.nn.ConvTranspose3d(cin, cout, 4, stride=2, padding=1, groups=groups,
+                                   dtype=torch.float64)
+    ours = tt.ConvTranspose3d(cin, cout, 4, stride=2, padding=1, groups=groups,
+                              dtype=torch.float64)
+    ours.load_state_dict(ref.state_dict())
+    y_ref, y = ref(x), ours(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(y_ref)
+    expected = torch.autograd.grad(y_ref, (x, ref.weight, ref.bias), g)
+    got = torch.autograd.grad(y, (x, ours.weight, ours.bias), g)
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
