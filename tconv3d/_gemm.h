@@ -2,6 +2,13 @@
  *
  *     C[i][j] += sum_p A[i*sai + p*sap] * B[p*ldb + j]     (0 <= i < m, 0 <= j < n, 0 <= p < k)
  *
+ * and its batch-reduce form (brgemm), one C tile held in registers over nb products:
+ *
+ *     C[i][j] += sum_b sum_p A[b][aoff + i*sai + p*sap] * B[b][boff + p*ldb + j]
+ *
+ * which sums, for each element, exactly as nb successive GEMM calls would (batch by batch,
+ * p in order): the same bits, without storing and reloading C between the products.
+ *
  * A is read element by element (broadcast), so its strides are free: the same routine
  * serves the forward pass (A = input voxels x channels), the input gradient (A = output
  * gradient) and the kernel gradient (A = transposed output gradient). B and C have unit
@@ -35,6 +42,14 @@ typedef void (*tc_gemm_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *,
                               Py_ssize_t, const float *, Py_ssize_t, float *, Py_ssize_t);
 typedef void (*tc_gemm_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double *, Py_ssize_t,
                               Py_ssize_t, const double *, Py_ssize_t, double *, Py_ssize_t);
+typedef void (*tc_brgemm_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                const float *const *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                const float *const *, Py_ssize_t, Py_ssize_t, float *,
+                                Py_ssize_t);
+typedef void (*tc_brgemm_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                const double *const *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                const double *const *, Py_ssize_t, Py_ssize_t, double *,
+                                Py_ssize_t);
 #define TC_CHANNELWISE_TYPES(T, S)                                                       \
 typedef void (*tc_axpy_##S##_t)(Py_ssize_t, T, const T *, Py_ssize_t, T *, Py_ssize_t);  \
 typedef void (*tc_cmadd_##S##_t)(Py_ssize_t, Py_ssize_t, const T *, Py_ssize_t, const T *, \
@@ -68,9 +83,10 @@ TC_CHANNELWISE_TYPES(double, f64)
  * MADD is TC_FUSED or TC_UNFUSED. */
 #define TC_SCALAR_COLUMNS(T, j0, MADD)                                                  \
     for (Py_ssize_t jj = (j0); jj < n; jj++) {                                          \
-        for (Py_ssize_t ii = 0; ii < m; ii++) {                                         \
-            const T *a = A + ii * sai;                                                  \
-            const T *b = B + jj;                                                        \
+        for (Py_ssize_t ii = 0; ii < m; ii++)                                           \
+        for (Py_ssize_t bt = 0; bt < nb; bt++) {                                        \
+            const T *a = A[bt] + aoff + ii * sai;                                       \
+            const T *b = B[bt] + boff + jj;                                             \
             T s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                           \
             Py_ssize_t p = 0;                                                           \
             for (; p + 4 <= k; p += 4) {                                                \
@@ -95,15 +111,18 @@ TC_CHANNELWISE_TYPES(double, f64)
         for (int r = 0; r < (ROWS); r++)                                                \
             for (int v = 0; v < (NV); v++)                                              \
                 c[r][v] = *(const V *)(C + (i + r) * ldc + j + v * (L));                \
-        const T *a = A + i * sai;                                                       \
-        for (Py_ssize_t p = 0; p < k; p++) {                                            \
-            V b[NV];                                                                    \
-            for (int v = 0; v < (NV); v++)                                              \
-                b[v] = *(const V *)(B + p * ldb + j + v * (L));                         \
-            for (int r = 0; r < (ROWS); r++) {                                          \
-                T av = a[r * sai + p * sap];                                            \
+        for (Py_ssize_t bt = 0; bt < nb; bt++) {                                        \
+            const T *a = A[bt] + aoff + i * sai;                                        \
+            const T *bp = B[bt] + boff + j;                                             \
+            for (Py_ssize_t p = 0; p < k; p++) {                                        \
+                V b[NV];                                                                \
                 for (int v = 0; v < (NV); v++)                                          \
-                    c[r][v] += av * b[v];                                               \
+                    b[v] = *(const V *)(bp + p * ldb + v * (L));                        \
+                for (int r = 0; r < (ROWS); r++) {                                      \
+                    T av = a[r * sai + p * sap];                                        \
+                    for (int v = 0; v < (NV); v++)                                      \
+                        c[r][v] += av * b[v];                                           \
+                }                                                                       \
             }                                                                           \
         }                                                                               \
         for (int r = 0; r < (ROWS); r++)                                                \
@@ -126,9 +145,10 @@ TC_CHANNELWISE_TYPES(double, f64)
 typedef T NAME##_vec __attribute__((vector_size(VBYTES), aligned(sizeof(T))));         \
 typedef T NAME##_v2 __attribute__((vector_size(TC_NARROW(VBYTES, 2)), aligned(sizeof(T)))); \
 typedef T NAME##_v4 __attribute__((vector_size(TC_NARROW(VBYTES, 4)), aligned(sizeof(T)))); \
-ATTR static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,                        \
-                      const T *A, Py_ssize_t sai, Py_ssize_t sap,                      \
-                      const T *B, Py_ssize_t ldb, T *C, Py_ssize_t ldc)                \
+ATTR static void NAME##_br(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t nb,    \
+                          const T *const *A, Py_ssize_t aoff, Py_ssize_t sai,          \
+                          Py_ssize_t sap, const T *const *B, Py_ssize_t boff,          \
+                          Py_ssize_t ldb, T *C, Py_ssize_t ldc)                        \
 {                                                                                       \
     enum { VL = (VBYTES) / sizeof(T), VL2 = TC_NARROW(VBYTES, 2) / sizeof(T),          \
            VL4 = TC_NARROW(VBYTES, 4) / sizeof(T) };                                    \
@@ -150,6 +170,12 @@ ATTR static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,                 
         TC_ROW_REMAINDER(NAME##_v4, T, 1, VL4)                                          \
     }                                                                                   \
     TC_SCALAR_COLUMNS(T, j, MADD)                                                       \
+}                                                                                       \
+ATTR static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,                        \
+                      const T *A, Py_ssize_t sai, Py_ssize_t sap,                      \
+                      const T *B, Py_ssize_t ldb, T *C, Py_ssize_t ldc)                \
+{                                                                                       \
+    NAME##_br(m, n, k, 1, &A, 0, sai, sap, &B, 0, ldb, C, ldc);                          \
 }
 
 TC_DEFINE_GEMM(tc_gemm_f32_base, float, 16, 6, TC_BASE_MADD, )
@@ -165,12 +191,16 @@ TC_DEFINE_GEMM(tc_gemm_f64_avx512, double, 64, 8, TC_FUSED,
 
 #else  /* no vector extensions (e.g. MSVC): plain loops, left to the compiler */
 
-static void tc_gemm_f32_base(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A,
-                             Py_ssize_t sai, Py_ssize_t sap, const float *B, Py_ssize_t ldb,
-                             float *C, Py_ssize_t ldc) { TC_SCALAR_COLUMNS(float, 0, TC_BASE_MADD) }
-static void tc_gemm_f64_base(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double *A,
-                             Py_ssize_t sai, Py_ssize_t sap, const double *B, Py_ssize_t ldb,
-                             double *C, Py_ssize_t ldc) { TC_SCALAR_COLUMNS(double, 0, TC_BASE_MADD) }
+#define TC_DEFINE_SCALAR_GEMM(NAME, T)                                                  \
+static void NAME##_br(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t nb,          \
+                      const T *const *A, Py_ssize_t aoff, Py_ssize_t sai, Py_ssize_t sap, \
+                      const T *const *B, Py_ssize_t boff, Py_ssize_t ldb, T *C,         \
+                      Py_ssize_t ldc) { TC_SCALAR_COLUMNS(T, 0, TC_BASE_MADD) }          \
+static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const T *A, Py_ssize_t sai,   \
+                 Py_ssize_t sap, const T *B, Py_ssize_t ldb, T *C, Py_ssize_t ldc)       \
+{ NAME##_br(m, n, k, 1, &A, 0, sai, sap, &B, 0, ldb, C, ldc); }
+TC_DEFINE_SCALAR_GEMM(tc_gemm_f32_base, float)
+TC_DEFINE_SCALAR_GEMM(tc_gemm_f64_base, double)
 #endif
 
 /* Channel-wise kernels, the single-channel and depthwise cases where a GEMM tile would be
@@ -261,6 +291,8 @@ TC_DEFINE_SCALAR_CHANNELWISE(f64, double)
 /* Variants: 0 = baseline, 1 = AVX2+FMA, 2 = AVX-512 (named in _kernels.pyx, SIMD_VARIANTS). */
 static tc_gemm_f32_t tc_gemm_f32 = tc_gemm_f32_base;
 static tc_gemm_f64_t tc_gemm_f64 = tc_gemm_f64_base;
+static tc_brgemm_f32_t tc_brgemm_f32 = tc_gemm_f32_base_br;
+static tc_brgemm_f64_t tc_brgemm_f64 = tc_gemm_f64_base_br;
 static tc_axpy_f32_t tc_axpy_f32 = tc_axpy_f32_base;
 static tc_axpy_f64_t tc_axpy_f64 = tc_axpy_f64_base;
 static tc_cmadd_f32_t tc_cmadd_f32 = tc_cmadd_f32_base;
@@ -272,6 +304,8 @@ static int tc_variant = 0;
 #define TC_SELECT(SUFFIX)                                                               \
     do {                                                                                \
         tc_gemm_f32 = tc_gemm_f32##SUFFIX; tc_gemm_f64 = tc_gemm_f64##SUFFIX;           \
+        tc_brgemm_f32 = tc_gemm_f32##SUFFIX##_br;                                       \
+        tc_brgemm_f64 = tc_gemm_f64##SUFFIX##_br;                                       \
         tc_axpy_f32 = tc_axpy_f32##SUFFIX; tc_axpy_f64 = tc_axpy_f64##SUFFIX;           \
         tc_cmadd_f32 = tc_cmadd_f32##SUFFIX; tc_cmadd_f64 = tc_cmadd_f64##SUFFIX;       \
         tc_cdot_f32 = tc_cdot_f32##SUFFIX; tc_cdot_f64 = tc_cdot_f64##SUFFIX;           \

@@ -72,6 +72,16 @@ cdef extern from *:
 
 
 cdef extern from "_gemm.h":
+    ctypedef void (*tc_brgemm_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                     const float **, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                     const float **, Py_ssize_t, Py_ssize_t, float *,
+                                     Py_ssize_t) noexcept nogil
+    ctypedef void (*tc_brgemm_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                     const double **, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                     const double **, Py_ssize_t, Py_ssize_t, double *,
+                                     Py_ssize_t) noexcept nogil
+    tc_brgemm_f32_t tc_brgemm_f32
+    tc_brgemm_f64_t tc_brgemm_f64
     ctypedef void (*tc_gemm_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *,
                                    Py_ssize_t, Py_ssize_t, const float *, Py_ssize_t,
                                    float *, Py_ssize_t) noexcept nogil
@@ -147,6 +157,18 @@ cdef inline void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
         tc_gemm_f64(m, n, k, A, sai, sap, B, ldb, C, ldc)
 
 
+cdef inline void _brgemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t nb,
+                         const floating **A, Py_ssize_t aoff, Py_ssize_t sai, Py_ssize_t sap,
+                         const floating **B, Py_ssize_t boff, Py_ssize_t ldb,
+                         floating *C, Py_ssize_t ldc) noexcept nogil:
+    """C[i, j] += sum_b sum_p A[b][aoff + i*sai + p*sap] * B[b][boff + p*ldb + j]: one C
+    tile in registers over nb products, the bits of nb _gemm calls (see _gemm.h)."""
+    if floating is float:
+        tc_brgemm_f32(m, n, k, nb, A, aoff, sai, sap, B, boff, ldb, C, ldc)
+    else:
+        tc_brgemm_f64(m, n, k, nb, A, aoff, sai, sap, B, boff, ldb, C, ldc)
+
+
 cdef inline void _axpy(Py_ssize_t n, floating alpha, const floating *x, Py_ssize_t incx,
                        floating *y, Py_ssize_t incy) noexcept nogil:
     """y[i*incy] += alpha * x[i*incx] (see _gemm.h)."""
@@ -197,6 +219,8 @@ cdef Py_ssize_t MAX_BLOCK = 512
 cdef Py_ssize_t MAX_CHUNKS = 64
 cdef Py_ssize_t CHUNK_BUFFER_BYTES = 64 * 1024 * 1024
 cdef Py_ssize_t MIN_CHUNK_VOXELS = 256
+# Elements of the kernel gradient the final reduction over chunks takes at a time.
+cdef Py_ssize_t REDUCE_BLOCK = 1024
 
 
 ctypedef struct Problem:
@@ -582,8 +606,11 @@ cdef int _grad_kernel(const Problem *p,
     cdef Py_ssize_t ksize = p.k[0] * p.k[1] * p.k[2] * p.groups * cout * cin
     cdef Py_ssize_t rows = p.batch * p.n_in[0] * p.n_in[1]
     cdef Py_ssize_t entries = runs.first[runs.count]
-    cdef Py_ssize_t chunk, row, grp, td, th, e, c
+    cdef Py_ssize_t chunk, row, grp, td, th, e, c, jd, jh, od, oh, nlist, tap, blk, nb
     cdef Py_ssize_t gstep = p.s[2] * p.ys[3]  # between the outputs consecutive inputs feed
+    cdef Py_ssize_t chunk_rows = (rows + chunks - 1) // chunks
+    cdef const floating **grows = NULL    # per thread: the rows of one tap's batch
+    cdef const floating **xrows = NULL
     # Depthwise: all groups at once, the channels as vectors (x's channels are contiguous,
     # rows of g in other layouts are copied channel-contiguous into gbuf).
     cdef Py_ssize_t groups = p.groups
@@ -594,7 +621,6 @@ cdef int _grad_kernel(const Problem *p,
     cdef floating *buf
     cdef const floating *grow
     cdef const floating *xrow
-    cdef floating total
 
     cdef int failed = 0
     cdef int *failed_ptr = &failed  # shared: written through a pointer in the region
@@ -603,15 +629,43 @@ cdef int _grad_kernel(const Problem *p,
     with parallel(num_threads=num_threads):
         r = _thread_row(p, failed_ptr)
         gbuf = <floating *> _thread_malloc(p.n_out[2] * groups * sizeof(floating), failed_ptr)
+        grows = <const floating **> _thread_malloc(2 * chunk_rows * sizeof(floating *),
+                                                   failed_ptr)
+        xrows = grows + chunk_rows
         for chunk in prange(chunks, schedule='static'):
-            if r.j[0] == NULL or gbuf == NULL:
+            if r.j[0] == NULL or gbuf == NULL or grows == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
             buf = partial + chunk * ksize
             memset(buf, 0, ksize * sizeof(floating))
-            for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
+            # Tap by tap (depth, height), one batch-reduce GEMM per width tap over the
+            # chunk's rows that reach it: each tap matrix stays in registers over the
+            # chunk, and its elements still sum row after row, as one GEMM per row would.
+            for jd in range(0 if depthwise or entries == 0 else p.k[0]):
+                for jh in range(p.k[1]):
+                    nlist = 0
+                    for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
+                        _split_row(&r, row, p.n_in)
+                        od = r.d * p.s[0] + jd * p.d[0] - p.crop[0]
+                        oh = r.h * p.s[1] + jh * p.d[1] - p.crop[1]
+                        if 0 <= od < p.n_out[0] and 0 <= oh < p.n_out[1]:
+                            grows[nlist] = g + _row_offset(p.ys, r.n, od, oh)
+                            xrows[nlist] = x + _row_offset(p.xs, r.n, r.d, r.h)
+                            nlist = nlist + 1
+                    for e in range(entries if nlist > 0 else 0):
+                        tap = ((jd * p.k[1] + jh) * p.k[2] + runs.j[e]) * groups * cout * cin
+                        for grp in range(groups):
+                            # (Cout x Cin) += sum over rows of g^T (Cout x k) x (k x Cin),
+                            # over the inputs lo <= iw < hi that tap j takes to outputs.
+                            _brgemm(cout, cin, runs.hi[e] - runs.lo[e], nlist, grows,
+                                    runs.o[e] * p.ys[3] + grp * cout * p.ys[4],
+                                    p.ys[4], gstep, xrows,
+                                    runs.lo[e] * p.xs[3] + grp * cin * p.xs[4],
+                                    p.xs[3], buf + tap + grp * cout * cin, cin)
+            for row in range(chunk * rows // chunks,
+                             (chunk + 1) * rows // chunks if depthwise else 0):
                 _input_row(p, row, &r)
                 xrow = x + _row_offset(p.xs, r.n, r.d, r.h)
-                for td in range(r.n_taps[0] if depthwise and entries > 0 else 0):
+                for td in range(r.n_taps[0] if entries > 0 else 0):
                     for th in range(r.n_taps[1]):
                         grow = _channels_contiguous(
                             g + _row_offset(p.ys, r.n, r.index[0][td], r.index[1][th]),
@@ -621,31 +675,21 @@ cdef int _grad_kernel(const Problem *p,
                                   grow + runs.o[e] * gvox, p.s[2] * gvox,
                                   xrow + runs.lo[e] * p.xs[3], p.xs[3],
                                   buf + _tap_matrix(p, &r, td, th, runs.j[e]))
-                for grp in range(0 if depthwise else groups):
-                    xrow = x + _row_offset(p.xs, r.n, r.d, r.h) + grp * cin * p.xs[4]
-                    for td in range(r.n_taps[0] if entries > 0 else 0):
-                        for th in range(r.n_taps[1]):
-                            grow = (g + _row_offset(p.ys, r.n, r.index[0][td], r.index[1][th])
-                                    + grp * cout * p.ys[4])
-                            for e in range(entries):
-                                # One GEMM (Cout x Cin) += g^T (Cout x k) x (k x Cin) over
-                                # the inputs lo <= iw < hi that tap j takes to an output.
-                                _gemm(cout, cin, runs.hi[e] - runs.lo[e],
-                                      grow + runs.o[e] * p.ys[3], p.ys[4], gstep,
-                                      xrow + runs.lo[e] * p.xs[3], p.xs[3],
-                                      buf + grp * cout * cin
-                                      + _tap_matrix(p, &r, td, th, runs.j[e]), cin)
         free(r.j[0])
         free(gbuf)
+        free(grows)
     if failed:
         return -1
 
-    # Add the chunks' partial sums in chunk order, whatever thread computed them.
-    for e in prange(ksize, schedule='static', num_threads=num_threads):
-        total = partial[e]
+    # Add the chunks' partial sums in chunk order, whatever thread computed them: a block
+    # of elements at a time, chunk after chunk (reading each chunk's block contiguously).
+    for blk in prange((ksize + REDUCE_BLOCK - 1) // REDUCE_BLOCK, schedule='static',
+                      num_threads=num_threads):
+        e = blk * REDUCE_BLOCK
+        nb = ksize - e if ksize - e < REDUCE_BLOCK else REDUCE_BLOCK
+        memcpy(gw + e, partial + e, nb * sizeof(floating))
         for c in range(1, chunks):
-            total = total + partial[c * ksize + e]
-        gw[e] = total
+            _axpy(nb, <floating> 1, partial + c * ksize + e, 1, gw + e, 1)  # exact adds
     return 0
 
 
