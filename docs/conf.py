@@ -5,6 +5,7 @@ compiled core (a source tree built in place), else from the installed package (C
 the docs against the installed wheel). The gallery runs ``examples/`` during the build.
 """
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -45,6 +46,25 @@ autosummary_ignore_module_all = False      # a module's public names are its __a
 autodoc_default_options = {"member-order": "bysource"}
 autodoc_typehints = "none"                  # the numpydoc sections say the types
 
+def _public_modules():
+    """``[(name, module)]``: ``tconv3d`` and its public modules that import here.
+
+    A module whose optional dependency is missing is left out (it has no page either).
+    """
+    import importlib
+    import pkgutil
+
+    names = ["tconv3d"] + [f"tconv3d.{m.name}" for m in pkgutil.iter_modules(tconv3d.__path__)
+                           if not m.name.startswith("_")]
+    modules = []
+    for module_name in names:
+        try:
+            modules.append((module_name, importlib.import_module(module_name)))
+        except ImportError:
+            continue
+    return modules
+
+
 def _documented_elsewhere():
     """``{module: names in its __all__ whose page is another module's}``.
 
@@ -52,21 +72,25 @@ def _documented_elsewhere():
     private module's, such as ``conv_transpose3d`` of ``tconv3d._ops``) in ``tconv3d``
     when the package exports it. ``tconv3d.Conv3DTranspose`` is therefore documented as
     ``tconv3d.layers.Conv3DTranspose``, and ``tconv3d.layers.kernel_from_torch`` as
-    ``tconv3d.kernel_from_torch``.
+    ``tconv3d.kernel_from_torch``. A constant's page is the module that assigns it
+    (``tconv3d.io.FORMATS`` is ``tconv3d.files.FORMATS``).
     """
-    import importlib
-    import pkgutil
+    import inspect
+
+    modules = _public_modules()
+
+    def assigns(module, name):  # a constant's home is the module whose code assigns it
+        return re.search(rf"^{name}\s*[:=]", inspect.getsource(module), re.M) is not None
 
     skip = {}
-    names = ["tconv3d"] + [f"tconv3d.{m.name}" for m in pkgutil.iter_modules(tconv3d.__path__)
-                           if not m.name.startswith("_")]
-    for module_name in names:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:         # an optional dependency is missing: no page either
-            continue
+    for module_name, module in modules:
         for name in getattr(module, "__all__", ()):
-            home = getattr(getattr(module, name, None), "__module__", None)
+            obj = getattr(module, name, None)
+            home = getattr(obj, "__module__", None)
+            if not (inspect.isclass(obj) or inspect.isfunction(obj)):   # a constant
+                home = next((other_name for other_name, other in modules
+                             if getattr(other, name, None) is obj and assigns(other, name)),
+                            module_name)
             if not isinstance(home, str) or home == module_name:
                 continue
             public_home = not home.rsplit(".", 1)[-1].startswith("_")

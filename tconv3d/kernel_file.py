@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .io import FileError, describe_error, write_atomically
+from .files import FileError, describe_error, write_atomically
 
 __all__ = [
     "FORMAT",
@@ -187,7 +187,7 @@ def save_kernel(path, kernel_file, overwrite=True):
     kernel_file : KernelFile
         Its ``factor`` must be set.
     overwrite : bool, default=True
-        If ``False``, refuse (:class:`tconv3d.io.FileError`) a ``path`` that exists by
+        If ``False``, refuse (:class:`tconv3d.files.FileError`) a ``path`` that exists by
         the time the file is complete.
 
     Returns
@@ -196,7 +196,7 @@ def save_kernel(path, kernel_file, overwrite=True):
 
     Raises
     ------
-    tconv3d.io.FileError
+    tconv3d.files.FileError
         If ``path`` exists and ``overwrite`` is False, or it cannot be written.
     TypeError
         If ``kernel_file.factor`` is None (it cannot be stored as integers).
@@ -244,7 +244,7 @@ def load_kernel(path):
 
     Raises
     ------
-    tconv3d.io.FileError
+    tconv3d.files.FileError
         If the file is missing, not a .npz archive, or an entry is invalid; the message
         names the file as the ``tconv3d`` command's ``--kernel``.
 
@@ -254,7 +254,7 @@ def load_kernel(path):
     >>> load_kernel("no-such-kernel.npz")
     Traceback (most recent call last):
         ...
-    tconv3d.io.FileError: --kernel 'no-such-kernel.npz' does not exist
+    tconv3d.files.FileError: --kernel 'no-such-kernel.npz' does not exist
 
     :func:`save_kernel` has a round trip.
     """
