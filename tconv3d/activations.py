@@ -39,6 +39,11 @@ class Activation:
     **params
         Parameters bound to both functions (e.g. ``negative_slope=0.1``).
 
+    Raises
+    ------
+    TypeError
+        If ``fn`` is not callable, or ``derivative`` neither callable nor None.
+
     Examples
     --------
     >>> import numpy as np

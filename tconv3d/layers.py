@@ -112,6 +112,14 @@ callable or None, default=None
     losses : list of float
         Activity penalty of the last call, then kernel and bias penalties (Keras' order).
 
+    Raises
+    ------
+    ValueError
+        If an argument has a value it does not accept (``filters < 1``, an unknown
+        ``padding``, a non-element-wise ``activation``, an identifier the
+        activations/initializers/regularizers/constraints do not know, an integer
+        ``dtype``, ``output_padding >= strides``, ``weights`` that are not a list, ...).
+
     Notes
     -----
     Weight handling is inherited from :class:`tconv3d._layer_weights.LayerWeights`, configs
