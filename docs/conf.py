@@ -5,6 +5,7 @@ compiled core (a source tree built in place), else from the installed package (C
 the docs against the installed wheel). The gallery runs ``examples/`` during the build.
 """
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -45,6 +46,25 @@ autosummary_ignore_module_all = False      # a module's public names are its __a
 autodoc_default_options = {"member-order": "bysource"}
 autodoc_typehints = "none"                  # the numpydoc sections say the types
 
+def _public_modules():
+    """``[(name, module)]``: ``tconv3d`` and its public modules that import here.
+
+    A module whose optional dependency is missing is left out (it has no page either).
+    """
+    import importlib
+    import pkgutil
+
+    names = ["tconv3d"] + [f"tconv3d.{m.name}" for m in pkgutil.iter_modules(tconv3d.__path__)
+                           if not m.name.startswith("_")]
+    modules = []
+    for module_name in names:
+        try:
+            modules.append((module_name, importlib.import_module(module_name)))
+        except ImportError:
+            continue
+    return modules
+
+
 def _documented_elsewhere():
     """``{module: names in its __all__ whose page is another module's}``.
 
@@ -52,21 +72,25 @@ def _documented_elsewhere():
     private module's, such as ``conv_transpose3d`` of ``tconv3d._ops``) in ``tconv3d``
     when the package exports it. ``tconv3d.Conv3DTranspose`` is therefore documented as
     ``tconv3d.layers.Conv3DTranspose``, and ``tconv3d.layers.kernel_from_torch`` as
-    ``tconv3d.kernel_from_torch``.
+    ``tconv3d.kernel_from_torch``. A constant's page is the module that assigns it
+    (``tconv3d.io.FORMATS`` is ``tconv3d.files.FORMATS``).
     """
-    import importlib
-    import pkgutil
+    import inspect
+
+    modules = _public_modules()
+
+    def assigns(module, name):  # a constant's home is the module whose code assigns it
+        return re.search(rf"^{name}\s*[:=]", inspect.getsource(module), re.M) is not None
 
     skip = {}
-    names = ["tconv3d"] + [f"tconv3d.{m.name}" for m in pkgutil.iter_modules(tconv3d.__path__)
-                           if not m.name.startswith("_")]
-    for module_name in names:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:         # an optional dependency is missing: no page either
-            continue
+    for module_name, module in modules:
         for name in getattr(module, "__all__", ()):
-            home = getattr(getattr(module, name, None), "__module__", None)
+            obj = getattr(module, name, None)
+            home = getattr(obj, "__module__", None)
+            if not (inspect.isclass(obj) or inspect.isfunction(obj)):   # a constant
+                home = next((other_name for other_name, other in modules
+                             if getattr(other, name, None) is obj and assigns(other, name)),
+                            module_name)
             if not isinstance(home, str) or home == module_name:
                 continue
             public_home = not home.rsplit(".", 1)[-1].startswith("_")
@@ -79,10 +103,43 @@ autosummary_context = {"documented_elsewhere": _documented_elsewhere()}
 numpydoc_show_class_members = False         # the class template lists the members
 numpydoc_class_members_toctree = False
 numpydoc_xref_param_type = False
-# No validation checks: numpydoc only reports docstrings it cannot parse. (Several modules'
-# docstrings have Parameters without every name, on purpose or not: see the report on
-# docstrings, not a build failure.)
-numpydoc_validation_checks = set()
+
+# -- numpydoc validation: every docstring autodoc renders, a warning (an error under -W) --
+# All of numpydoc's checks (parameters documented, named and typed in order, returns
+# documented, an Examples section -- which pytest --doctest-modules runs --, summaries,
+# section order, ...) but two:
+#   ES01  an extended summary: many methods and properties say all in their summary line;
+#   SA01  a See Also section: not every function has a neighbour worth pointing to.
+# What is validated is what the API pages render: the public functions and classes, their
+# own and tconv3d-inherited methods and properties, ``__call__`` (the class template's only
+# special member). Members inherited from torch, Keras or scikit-learn are not rendered
+# (_skip_foreign_members), nor validated; numpydoc does not validate module docstrings.
+# Excluded below: the modules' constants only.
+numpydoc_validation_checks = {"all", "ES01", "SA01"}
+
+
+def _module_data():
+    """Regular expressions matching the public modules' constants (``FORMATS``, ...).
+
+    numpydoc would validate a constant as its value (part of the checks read
+    ``dict.__doc__``, ``float.__doc__``, ...), and an Examples section in its ``#:`` comment
+    would never run as a doctest: a constant is described by that comment, not validated.
+    """
+    import inspect
+
+    return {rf"^{re.escape(f'{module_name}.{name}')}$"
+            for module_name, module in _public_modules()
+            for name in getattr(module, "__all__", ())
+            if not (inspect.isclass(obj := getattr(module, name, None))
+                    or inspect.ismodule(obj) or callable(obj))}
+
+
+numpydoc_validation_exclude = _module_data()
+# GL08 (no docstring) is waived for a method that inherits its base's docstring (autodoc
+# renders that one, autodoc_inherit_docstrings): Constant.__call__ is Initializer.__call__'s
+# contract. numpydoc does not validate the inherited text against the override, so
+# _check_inherited_docstrings (below) requires the override's parameters to be the base's.
+numpydoc_validation_overrides = {"GL08": [r"\S"]}
 
 # -- The command line's --help, as the installed command prints it ----------------------
 def _write_cli_help(directory):
@@ -202,5 +259,29 @@ def _skip_foreign_members(app, what, name, obj, skip, options):
     return True if not module.startswith("tconv3d") else None
 
 
+def _check_inherited_docstrings(app, what, name, obj, options, lines):
+    """Warn when a method without a docstring takes other parameters than the base method
+    whose docstring autodoc shows for it (numpydoc's GL08 is waived for such a method)."""
+    import inspect
+
+    from sphinx.util import logging
+
+    function = getattr(obj, "__func__", obj)
+    if what != "method" or not inspect.isfunction(function) or function.__doc__ is not None:
+        return
+    cls_name, _, method = function.__qualname__.rpartition(".")
+    cls = getattr(inspect.getmodule(function), cls_name, None)
+    for base in (cls.__mro__[1:] if inspect.isclass(cls) else ()):
+        inherited = getattr(base.__dict__.get(method), "__func__", base.__dict__.get(method))
+        if inspect.isfunction(inherited) and inherited.__doc__:
+            if inspect.signature(function) != inspect.signature(inherited):
+                logging.getLogger(__name__).warning(
+                    f"{name} shows the docstring of {base.__qualname__}.{method}, which "
+                    f"takes other parameters: {inspect.signature(function)} vs "
+                    f"{inspect.signature(inherited)}")
+            return
+
+
 def setup(app):
     app.connect("autodoc-skip-member", _skip_foreign_members)
+    app.connect("autodoc-process-docstring", _check_inherited_docstrings)

@@ -107,7 +107,7 @@ def methods(learned):
                     align_corners=False)[:, 0].numpy()
         found["torch interpolate"] = interpolate
     import nibabel.processing
-    from tconv3d.io import upsampled_affine
+    from tconv3d.nifti import upsampled_affine
 
     def nibabel_spline(low):   # world-space resampling onto the upsampled voxel grid
         target = (tuple(FACTOR * n for n in low.shape[1:]),

@@ -10,12 +10,48 @@ class Configurable:
     """Base with ``get_config``/``from_config`` and a ``Name(arg=value, ...)`` repr."""
 
     def get_config(self):
-        """Constructor arguments as a dict."""
+        """Return the constructor's arguments, as :meth:`from_config` takes them.
+
+        Returns
+        -------
+        dict
+            ``{argument name: value}``; empty for a class without arguments.
+
+        Examples
+        --------
+        >>> from tconv3d.initializers import RandomNormal
+        >>> RandomNormal(stddev=0.1, seed=1).get_config()
+        {'mean': 0.0, 'stddev': 0.1, 'seed': 1}
+        """
         return {}
 
     @classmethod
     def from_config(cls, config):
-        """Instance from :meth:`get_config` output."""
+        """Make an instance from :meth:`get_config`'s dict.
+
+        Parameters
+        ----------
+        config : dict
+            The constructor's arguments by name.
+
+        Returns
+        -------
+        object
+            ``cls(**config)``.
+
+        Raises
+        ------
+        TypeError
+            If ``config`` has an argument the constructor does not take.
+        ValueError
+            If the constructor refuses a value.
+
+        Examples
+        --------
+        >>> from tconv3d.regularizers import L2
+        >>> L2.from_config({"l2": 0.5})
+        L2(l2=0.5)
+        """
         return cls(**config)
 
     def __repr__(self):

@@ -40,7 +40,7 @@ def _keras_config_path():
 
 
 def image_data_format():
-    """The ``image_data_format`` of the Keras config file, ``"channels_last"`` without one.
+    """Return the ``image_data_format`` of the Keras config file (``"channels_last"`` without).
 
     Read at each call (no Keras import needed), from ``$KERAS_HOME/keras.json`` or
     ``~/.keras/keras.json``. A file that is not valid JSON is ignored, as Keras does.
@@ -48,6 +48,25 @@ def image_data_format():
     Returns
     -------
     {"channels_last", "channels_first"}
+        The layers' default ``data_format``.
+
+    Raises
+    ------
+    ValueError
+        If the file names another value.
+
+    Examples
+    --------
+    >>> import json, os, tempfile
+    >>> from unittest import mock
+    >>> from tconv3d.layers import image_data_format
+    >>> home = tempfile.TemporaryDirectory()
+    >>> with open(os.path.join(home.name, "keras.json"), "w") as f:
+    ...     json.dump({"image_data_format": "channels_first"}, f)
+    >>> with mock.patch.dict(os.environ, KERAS_HOME=home.name):
+    ...     image_data_format()
+    'channels_first'
+    >>> home.cleanup()
     """
     path = _keras_config_path()
     try:
@@ -70,10 +89,12 @@ def kernel_from_torch(weight):
     Parameters
     ----------
     weight : array-like (or torch tensor) of shape (in_channels, filters, kd, kh, kw)
+        A ``torch.nn.ConvTranspose3d``'s ``weight``.
 
     Returns
     -------
-    ndarray of shape (kd, kh, kw, filters, in_channels), same dtype (a copy)
+    ndarray of shape (kd, kh, kw, filters, in_channels)
+        A copy, of the same dtype.
 
     Raises
     ------
@@ -98,10 +119,12 @@ def kernel_to_torch(kernel):
     Parameters
     ----------
     kernel : array-like of shape (kd, kh, kw, filters, in_channels)
+        A kernel in Keras' layout (a layer's ``kernel``).
 
     Returns
     -------
-    ndarray of shape (in_channels, filters, kd, kh, kw), same dtype (a copy)
+    ndarray of shape (in_channels, filters, kd, kh, kw)
+        A copy, of the same dtype.
 
     Raises
     ------
@@ -151,10 +174,22 @@ class LayerInterop:
     """
 
     def get_config(self):
-        """Constructor arguments (Keras' names) as a dict; ``from_config`` inverts it.
+        """Return the constructor arguments (Keras' names); :meth:`from_config` inverts it.
 
         Built-in activations, initializers, regularizers and constraints are serialized as
         names or ``{"class_name", "config"}`` dicts; custom objects are stored as is.
+
+        Returns
+        -------
+        dict
+            ``{argument: value}``, ``batch_input_shape`` included when known; no weights.
+
+        Examples
+        --------
+        >>> from tconv3d.layers import Conv3DTranspose
+        >>> config = Conv3DTranspose(4, 3, strides=2, activation="relu").get_config()
+        >>> config["kernel_size"], config["strides"], config["activation"]
+        ((3, 3, 3), (2, 2, 2), 'relu')
         """
         config = {
             "name": self.name, "trainable": self.trainable, "dtype": self.dtype,
@@ -178,11 +213,37 @@ class LayerInterop:
 
     @classmethod
     def from_config(cls, config):
-        """Layer from :meth:`get_config` output, or from a Keras ``Conv3DTranspose`` config.
+        """Make a layer from :meth:`get_config`'s dict, or a Keras ``Conv3DTranspose``'s.
 
         Keras-only keys that do not change the numbers (``"groups"`` of 1, ``"autocast"``,
         ``"quantization_config"`` of None, ...) are ignored; weights are not part of a
         config (use :meth:`set_weights`).
+
+        Parameters
+        ----------
+        config : dict
+            The constructor's arguments by name.
+
+        Returns
+        -------
+        Conv3DTranspose
+            A new layer, unbuilt unless the config has a ``batch_input_shape`` with its
+            channels.
+
+        Raises
+        ------
+        TypeError
+            If ``config`` has a key the constructor does not take.
+        ValueError
+            If the constructor refuses a value.
+
+        Examples
+        --------
+        >>> from tconv3d.layers import Conv3DTranspose
+        >>> layer = Conv3DTranspose(4, 3, padding="same", name="up")
+        >>> copy = Conv3DTranspose.from_config(layer.get_config())
+        >>> copy.name, copy.padding, copy.built
+        ('up', 'same', False)
         """
         config = dict(config)
         for key, neutral in (("groups", 1), ("autocast", True), ("quantization_config", None),
@@ -193,7 +254,7 @@ class LayerInterop:
 
     @classmethod
     def from_torch(cls, module, data_format="channels_first", **kwargs):
-        """The layer equivalent to a ``torch.nn.ConvTranspose3d``.
+        """Make the layer equivalent to a ``torch.nn.ConvTranspose3d``.
 
         Parameters
         ----------
@@ -210,6 +271,25 @@ class LayerInterop:
         -------
         Conv3DTranspose
             Built, with the module's weights (kernel converted by :func:`kernel_from_torch`).
+
+        Raises
+        ------
+        TypeError
+            If ``module`` is not a ``ConvTranspose3d``, or ``kwargs`` has an argument the
+            module sets (``filters``, ``kernel_size``, ``strides``, ...).
+        ValueError
+            If the module has no Keras equivalent (see ``module``).
+        ImportError
+            If PyTorch is not installed.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from tconv3d.layers import Conv3DTranspose
+        >>> module = torch.nn.ConvTranspose3d(2, 4, kernel_size=4, stride=2, padding=1)
+        >>> layer = Conv3DTranspose.from_torch(module)
+        >>> layer.padding, layer.kernel.shape, layer.data_format
+        ('same', (4, 4, 4, 4, 2), 'channels_first')
         """
         torch = _import_torch()
         if not isinstance(module, torch.nn.ConvTranspose3d):
@@ -239,9 +319,14 @@ class LayerInterop:
         return layer
 
     def to_torch(self):
-        """The equivalent ``torch.nn.ConvTranspose3d`` (channels_first inputs), weights copied.
+        """Make the equivalent ``torch.nn.ConvTranspose3d`` (channels_first inputs).
 
         The activation is not part of the module (a warning says so when there is one).
+
+        Returns
+        -------
+        torch.nn.ConvTranspose3d
+            With copies of the layer's weights, in its dtype.
 
         Raises
         ------
@@ -249,6 +334,16 @@ class LayerInterop:
             If the layer is not built, or its padding crops asymmetrically ('same' with
             ``(effective_kernel - stride)`` odd, or an odd ``output_padding``), which
             ``ConvTranspose3d``'s symmetric ``padding`` cannot express.
+        ImportError
+            If PyTorch is not installed.
+
+        Examples
+        --------
+        >>> from tconv3d.layers import Conv3DTranspose
+        >>> layer = Conv3DTranspose(4, 4, strides=2, padding="same",
+        ...                         input_shape=(None, None, None, 2))
+        >>> layer.to_torch()
+        ConvTranspose3d(2, 4, kernel_size=(4, 4, 4), stride=(2, 2, 2), padding=(1, 1, 1))
         """
         torch = _import_torch()
         if not self.built:

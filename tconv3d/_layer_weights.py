@@ -34,19 +34,49 @@ class LayerWeights:
     # --- weights -------------------------------------------------------------------------
     @property
     def built(self):
-        """bool: whether the weights exist."""
+        """Whether the weights exist (a bool): after a call, ``build`` or ``set_weights``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from tconv3d.layers import Conv3DTranspose
+        >>> layer = Conv3DTranspose(4, 3)
+        >>> layer.built, layer(np.ones((1, 2, 2, 2, 2))).shape, layer.built
+        (False, (1, 4, 4, 4, 4), True)
+        """
         return self._kernel is not None
 
     @property
     def in_channels(self):
-        """int or None: input channels (known once built)."""
+        """The number of input channels, an int once built (None before).
+
+        Examples
+        --------
+        >>> from tconv3d.layers import Conv3DTranspose
+        >>> layer = Conv3DTranspose(4, 3, input_shape=(None, None, None, 2))
+        >>> layer.in_channels
+        2
+        """
         return None if self._kernel is None else self._kernel.shape[-1]
 
     @property
     def kernel(self):
-        """ndarray of shape (kd, kh, kw, filters, in_channels): the live kernel (Keras layout).
+        """The live kernel, an ndarray of shape (kd, kh, kw, filters, in_channels).
 
-        Assigning copies the values in place (shape checked), so optimizers keep tracking it.
+        Keras' layout; None before the layer is built. Assigning copies the values in place
+        (shape checked), so optimizers keep tracking the same array.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from tconv3d.layers import Conv3DTranspose
+        >>> layer = Conv3DTranspose(4, 3, input_shape=(None, None, None, 2))
+        >>> layer.kernel.shape
+        (3, 3, 3, 4, 2)
+        >>> kernel = layer.kernel
+        >>> layer.kernel = np.full((3, 3, 3, 4, 2), 0.5)     # copied into the same array
+        >>> layer.kernel is kernel, float(kernel.max())
+        (True, 0.5)
         """
         return self._kernel
 
@@ -56,7 +86,17 @@ class LayerWeights:
 
     @property
     def bias(self):
-        """ndarray of shape (filters,), or None when ``use_bias=False``."""
+        """The live bias, an ndarray of shape (filters,) (None when ``use_bias=False``).
+
+        Assigning copies the values in place, as for :attr:`kernel`.
+
+        Examples
+        --------
+        >>> from tconv3d.layers import Conv3DTranspose
+        >>> layer = Conv3DTranspose(4, 3, input_shape=(None, None, None, 2))
+        >>> layer.bias
+        array([0., 0., 0., 0.], dtype=float32)
+        """
         return self._bias
 
     @bias.setter
@@ -80,19 +120,48 @@ class LayerWeights:
 
     @property
     def weights(self):
-        """list of ndarray: ``[kernel, bias]`` (live arrays), empty before building."""
+        """The list ``[kernel, bias]`` of live arrays (``[kernel]`` without bias).
+
+        Empty before the layer is built.
+
+        Examples
+        --------
+        >>> from tconv3d.layers import Conv3DTranspose
+        >>> layer = Conv3DTranspose(4, 3, input_shape=(None, None, None, 2))
+        >>> [w.shape for w in layer.weights]
+        [(3, 3, 3, 4, 2), (4,)]
+        """
         if not self.built:
             return []
         return [self._kernel] + ([self._bias] if self.use_bias else [])
 
     @property
     def trainable_weights(self):
-        """``weights`` if ``trainable`` else ``[]``."""
+        """The :attr:`weights` if the layer is ``trainable``, else ``[]``.
+
+        Examples
+        --------
+        >>> from tconv3d.layers import Conv3DTranspose
+        >>> layer = Conv3DTranspose(4, 3, input_shape=(None, None, None, 2))
+        >>> len(layer.trainable_weights)
+        2
+        >>> layer.trainable = False
+        >>> layer.trainable_weights
+        []
+        """
         return self.weights if self.trainable else []
 
     @property
     def non_trainable_weights(self):
-        """``[]`` if ``trainable`` else ``weights``."""
+        """``[]`` if the layer is ``trainable``, else its :attr:`weights`.
+
+        Examples
+        --------
+        >>> from tconv3d.layers import Conv3DTranspose
+        >>> layer = Conv3DTranspose(4, 3, input_shape=(None, None, None, 2), trainable=False)
+        >>> len(layer.non_trainable_weights)
+        2
+        """
         return [] if self.trainable else self.weights
 
     def build(self, input_shape):
@@ -102,6 +171,20 @@ class LayerWeights:
         ----------
         input_shape : tuple of 5 ints/None
             In the layer's ``data_format``; the channel entry must be known.
+
+        Raises
+        ------
+        ValueError
+            If ``input_shape`` is not 5 entries, its channels are unknown, or the layer is
+            already built for other channels.
+
+        Examples
+        --------
+        >>> from tconv3d.layers import Conv3DTranspose
+        >>> layer = Conv3DTranspose(4, 3, seed=0)
+        >>> layer.build((None, 8, 8, 8, 2))
+        >>> layer.kernel.shape
+        (3, 3, 3, 4, 2)
         """
         shape = tuple(input_shape)
         if len(shape) != 5:
@@ -148,12 +231,21 @@ class LayerWeights:
         return np.array(value, dtype=self.dtype, order="C", copy=True)
 
     def get_weights(self):
-        """Copies of ``[kernel, bias]`` in Keras' layout (``[kernel]`` without bias).
+        """Return copies of ``[kernel, bias]`` in Keras' layout (``[kernel]`` without bias).
 
         Returns
         -------
         list of ndarray
-            kernel of shape (kd, kh, kw, filters, in_channels), bias of shape (filters,).
+            The kernel of shape (kd, kh, kw, filters, in_channels), then the bias of shape
+            (filters,); empty before the layer is built.
+
+        Examples
+        --------
+        >>> from tconv3d.layers import Conv3DTranspose
+        >>> layer = Conv3DTranspose(4, 3, input_shape=(None, None, None, 2))
+        >>> kernel, bias = layer.get_weights()
+        >>> kernel.shape, bias.shape, kernel is layer.kernel
+        ((3, 3, 3, 4, 2), (4,), False)
         """
         return [w.copy() for w in self.weights]
 
@@ -166,8 +258,25 @@ class LayerWeights:
         Parameters
         ----------
         weights : list of array-like
-            kernel of shape (kd, kh, kw, filters, in_channels), then bias of shape (filters,)
-            when ``use_bias``.
+            The kernel of shape (kd, kh, kw, filters, in_channels), then the bias of shape
+            (filters,) when ``use_bias``.
+
+        Raises
+        ------
+        ValueError
+            If ``weights`` is not a list of the right length, or a shape is not the
+            layer's.
+        TypeError
+            If a weight holds anything but real numbers.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from tconv3d.layers import Conv3DTranspose
+        >>> layer = Conv3DTranspose(4, 3)
+        >>> layer.set_weights([np.ones((3, 3, 3, 4, 2)), np.zeros(4)])   # builds it
+        >>> layer.in_channels, layer.kernel.dtype
+        (2, dtype('float32'))
         """
         if not isinstance(weights, (list, tuple)):
             raise ValueError(f"`weights` must be a list, got {type(weights).__name__}.")
@@ -198,7 +307,25 @@ class LayerWeights:
             self._bias[...] = arrays[1]
 
     def count_params(self):
-        """Number of scalars in the weights (the layer must be built)."""
+        """Return the number of scalars in the weights.
+
+        Returns
+        -------
+        int
+            ``kernel.size + bias.size``.
+
+        Raises
+        ------
+        ValueError
+            If the layer is not built.
+
+        Examples
+        --------
+        >>> from tconv3d.layers import Conv3DTranspose
+        >>> layer = Conv3DTranspose(4, 3, input_shape=(None, None, None, 2))
+        >>> layer.count_params()         # 3 * 3 * 3 * 4 * 2 + 4
+        220
+        """
         if not self.built:
             raise ValueError(f"Layer {self.name!r} is not built, so it has no parameters yet: "
                              "call it on an input or give `input_shape`.")

@@ -13,7 +13,7 @@ __all__ = ["conv_transpose3d", "conv_transpose3d_backward", "conv_transpose3d_ou
 def conv_transpose3d_output_shape(input_shape, kernel_shape, *, strides=1, padding="valid",
                                   output_padding=None, dilation_rate=1,
                                   data_format="channels_last", groups=1):
-    """Shape of :func:`conv_transpose3d`'s output, without computing it.
+    """Return the shape of :func:`conv_transpose3d`'s output, without computing it.
 
     Parameters
     ----------
@@ -41,7 +41,7 @@ def conv_transpose3d_output_shape(input_shape, kernel_shape, *, strides=1, paddi
 
     Returns
     -------
-    shape : tuple of 5 ints
+    tuple of 5 ints
         In ``data_format``'s layout; each spatial length follows Keras'
         ``deconv_output_length``.
 
@@ -144,7 +144,9 @@ in_channels)
         Keras' layout. PyTorch's ``weight`` of shape ``(in, out // groups, kd, kh, kw)``
         becomes ``weight.transpose(2, 3, 4, 1, 0)``.
     bias : array-like of shape (filters,), optional
+        Added to every output position of each filter.
     strides : int or tuple of 3 ints, default=1
+        Each >= 1: the step between the positions of successive input values.
     padding : {"valid", "same"}, default="valid"
         Case-insensitive.
     output_padding : int or tuple of 3 ints, optional
@@ -153,6 +155,7 @@ in_channels)
     dilation_rate : int or tuple of 3 ints, default=1
         May be combined with ``strides > 1`` (PyTorch's numbers).
     data_format : {"channels_last", "channels_first"}, default="channels_last"
+        The layout of ``x`` and of the output.
     groups : int, default=1
         Independent convolutions side by side, as PyTorch's ``groups``: input channels
         ``[g*C/G, (g+1)*C/G)`` feed only filters ``[g*F/G, (g+1)*F/G)``, through the
@@ -168,7 +171,7 @@ in_channels)
 
     Returns
     -------
-    y : ndarray of shape (batch, out_depth, out_height, out_width, filters)
+    ndarray of shape (batch, out_depth, out_height, out_width, filters)
         Or channels-first. Each output length follows Keras' ``deconv_output_length``.
         The dtype, which is also the one computed in, is NumPy's promotion of the dtypes of
         the operands given as arrays (``np.result_type``; lists and scalars do not widen
@@ -176,14 +179,6 @@ in_channels)
         integers alone to float64: float32 inputs give float32, uint8 ``x`` with a float32
         kernel float32, int64 with float32 float64. The result does not depend on
         ``num_threads``.
-
-    Notes
-    -----
-    Per spatial axis with input ``x[i]``, tap ``w[j]``, stride ``s`` and dilation ``d``,
-    the full-length result ``z[i*s + j*d] += x[i] * w[j]`` has length
-    ``L = (in - 1)*s + (k - 1)*d + 1``; the output is ``y[o] = z[o + c]`` with
-    ``c = max(0, (L - out) // 2)`` (for ``"same"`` the odd extra element is cropped on
-    the right, as TensorFlow and Keras do), zero past ``L``, plus ``bias``.
 
     Raises
     ------
@@ -208,6 +203,14 @@ in_channels)
     --------
     conv_transpose3d_backward : The gradients of this function.
     conv_transpose3d_output_shape : The output's shape, without computing it.
+
+    Notes
+    -----
+    Per spatial axis with input ``x[i]``, tap ``w[j]``, stride ``s`` and dilation ``d``,
+    the full-length result ``z[i*s + j*d] += x[i] * w[j]`` has length
+    ``L = (in - 1)*s + (k - 1)*d + 1``; the output is ``y[o] = z[o + c]`` with
+    ``c = max(0, (L - out) // 2)`` (for ``"same"`` the odd extra element is cropped on
+    the right, as TensorFlow and Keras do), zero past ``L``, plus ``bias``.
 
     Examples
     --------
@@ -293,7 +296,7 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
                               data_format="channels_last", groups=1, use_bias=True,
                               compute=("input", "kernel", "bias"), num_threads=None,
                               out=None):
-    """Gradients of :func:`conv_transpose3d` with respect to its input, kernel and bias.
+    """Compute the gradients of :func:`conv_transpose3d` for its input, kernel and bias.
 
     Parameters
     ----------
@@ -302,7 +305,17 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
         output's shape.
     x, kernel : array-like
         The forward call's input and kernel.
-    strides, padding, output_padding, dilation_rate, data_format, groups
+    strides : int or tuple of 3 ints, default=1
+        As in the forward call.
+    padding : {"valid", "same"}, default="valid"
+        As in the forward call.
+    output_padding : int or tuple of 3 ints, optional
+        As in the forward call.
+    dilation_rate : int or tuple of 3 ints, default=1
+        As in the forward call.
+    data_format : {"channels_last", "channels_first"}, default="channels_last"
+        As in the forward call.
+    groups : int, default=1
         As in the forward call.
     use_bias : bool, default=True
         Whether the forward call had a bias; if not, ``grad_bias`` is None.
@@ -321,14 +334,9 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
         Every gradient has the dtype of the forward call (the promotion of ``x``,
         ``kernel`` and ``grad_output``, as :func:`conv_transpose3d` describes).
     grad_kernel : ndarray of shape (kd, kh, kw, filters // groups, in_channels), or None
+        The kernel's gradient (Keras' layout).
     grad_bias : ndarray of shape (filters,), or None
-
-    Notes
-    -----
-    All three gradients are **bitwise identical for any** ``num_threads``: ``grad_input``
-    is a gather in which each element is summed by one thread in a fixed order, and the
-    ``grad_kernel`` and ``grad_bias`` reductions run over a fixed partition of the work
-    whose partial sums are added in a fixed order. (PyTorch does not promise this.)
+        The bias' gradient (None without ``use_bias``).
 
     Raises
     ------
@@ -349,6 +357,13 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     See Also
     --------
     conv_transpose3d : The forward computation.
+
+    Notes
+    -----
+    All three gradients are **bitwise identical for any** ``num_threads``: ``grad_input``
+    is a gather in which each element is summed by one thread in a fixed order, and the
+    ``grad_kernel`` and ``grad_bias`` reductions run over a fixed partition of the work
+    whose partial sums are added in a fixed order. (PyTorch does not promise this.)
 
     Examples
     --------

@@ -15,24 +15,12 @@ Not element-wise, hence not supported as a layer activation: ``softmax``, ``log_
 arguments without defaults: use ``Activation`` with your own values.
 """
 import functools
-import math
 
 import numpy as np
 
-def _erf(x):
-    """erf from scipy (imported on first use: it costs 0.2 s at import), else math.erf."""
-    try:
-        from scipy.special import erf
-    except ImportError:  # pragma: no cover - exercised only without scipy
-        erf = np.vectorize(math.erf, otypes=[np.float64])
-    return erf(x)
+from . import _activation_formulas as _f
 
 __all__ = ["Activation", "get", "serialize", "deserialize", "ELEMENTWISE", "NOT_ELEMENTWISE"]
-
-_SELU_ALPHA = 1.6732632423543772848170429916717
-_SELU_SCALE = 1.0507009873554804934193349852946
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 class Activation:
@@ -50,6 +38,11 @@ class Activation:
         Name used in configs and reprs; defaults to ``fn.__name__``.
     **params
         Parameters bound to both functions (e.g. ``negative_slope=0.1``).
+
+    Raises
+    ------
+    TypeError
+        If ``fn`` is not callable, or ``derivative`` neither callable nor None.
 
     Examples
     --------
@@ -73,7 +66,14 @@ class Activation:
 
     @property
     def has_derivative(self):
-        """bool: whether :meth:`derivative` is available."""
+        """Whether :meth:`derivative` is available (a bool).
+
+        Examples
+        --------
+        >>> from tconv3d.activations import Activation
+        >>> Activation(abs).has_derivative, Activation(abs, lambda x: x / abs(x)).has_derivative
+        (False, True)
+        """
         return self._derivative is not None
 
     def __call__(self, x, **params):
@@ -82,17 +82,53 @@ class Activation:
         Parameters
         ----------
         x : array-like of any shape, dtype float32 or float64
+            The pre-activation.
         **params
             Overrides of the bound parameters.
 
         Returns
         -------
-        ndarray of the shape and dtype of ``x``
+        ndarray
+            ``fn(x)``, of the shape and dtype of ``x``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from tconv3d import activations
+        >>> activations.get("relu")(np.array([-1.0, 2.0], np.float32))
+        array([0., 2.], dtype=float32)
+        >>> activations.get("leaky_relu")(np.array([-1.0, 2.0]), negative_slope=0.5)
+        array([-0.5,  2. ])
         """
         return self.fn(np.asarray(x), **{**self.params, **params})
 
     def derivative(self, x, **params):
-        """Element-wise derivative at ``x`` (same shape and dtype as ``x``)."""
+        """Return the element-wise derivative ``d fn(x) / dx`` at ``x``.
+
+        Parameters
+        ----------
+        x : array-like of any shape, dtype float32 or float64
+            The pre-activation.
+        **params
+            Overrides of the bound parameters.
+
+        Returns
+        -------
+        ndarray
+            Of the shape and dtype of ``x``.
+
+        Raises
+        ------
+        NotImplementedError
+            If the activation has no derivative (:attr:`has_derivative`).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from tconv3d import activations
+        >>> activations.get("sigmoid").derivative(np.array([0.0]))
+        array([0.25])
+        """
         if self._derivative is None:
             raise NotImplementedError(
                 f"The activation {self.name!r} has no derivative, so no backward pass goes "
@@ -101,11 +137,42 @@ class Activation:
         return self._derivative(np.asarray(x), **{**self.params, **params})
 
     def bind(self, **params):
-        """Return a copy with ``params`` bound (e.g. ``gelu.bind(approximate=True)``)."""
+        """Return a copy with ``params`` bound, on top of those already bound.
+
+        Parameters
+        ----------
+        **params
+            Keyword arguments of ``fn`` and ``derivative`` (``approximate=True``, ...).
+
+        Returns
+        -------
+        Activation
+            A new activation; this one is unchanged.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from tconv3d import activations
+        >>> gelu = activations.get("gelu").bind(approximate=True)
+        >>> gelu, gelu(np.array([0.0, 1.0])).round(4)
+        (Activation('gelu', approximate=True), array([0.    , 0.8412]))
+        """
         return Activation(self.fn, self._derivative, self.name, **{**self.params, **params})
 
     def get_config(self):
-        """``{"name": ..., **params}``."""
+        """Return the name and the bound parameters.
+
+        Returns
+        -------
+        dict
+            ``{"name": name, **params}``.
+
+        Examples
+        --------
+        >>> from tconv3d import activations
+        >>> activations.get("elu").bind(alpha=0.5).get_config()
+        {'name': 'elu', 'alpha': 0.5}
+        """
         return {"name": self.name, **self.params}
 
     def __eq__(self, other):
@@ -120,265 +187,37 @@ class Activation:
         return f"Activation({self.name!r}{params})"
 
 
-# --- the formulas -------------------------------------------------------------------------
-# Each pair (f, df) takes x as an ndarray; Python-float constants keep x's dtype (NEP 50).
-
-def _step(cond, x):
-    return cond.astype(x.dtype)
-
-
-def _linear(x):
-    return x
-
-
-def _d_linear(x):
-    return np.ones_like(x)
-
-
-def _relu(x, negative_slope=0.0, max_value=None, threshold=0.0):
-    # keras.activations.relu, same order of operations.
-    if negative_slope != 0.0 and max_value is None and threshold == 0:
-        return _leaky_relu(x, negative_slope)
-    if threshold != 0:
-        y = np.where(x > threshold, x, 0).astype(x.dtype)
-    else:
-        y = np.maximum(x, 0)
-    if max_value is not None:
-        y = np.clip(y, 0, max_value)
-    if negative_slope != 0.0:
-        y = y - negative_slope * np.maximum(threshold - x, 0)
-    return y
-
-
-def _d_relu(x, negative_slope=0.0, max_value=None, threshold=0.0):
-    on = x > threshold
-    if max_value is not None:  # Keras clips the thresholded part to [0, max_value]
-        on &= (x > 0) & (x < max_value)
-    d = _step(on, x)
-    if negative_slope != 0.0:
-        d = d + negative_slope * _step(x < threshold, x)
-    return d
-
-
-def _leaky_relu(x, negative_slope=0.2):
-    return np.where(x > 0, x, x * negative_slope).astype(x.dtype)
-
-
-def _d_leaky_relu(x, negative_slope=0.2):
-    return np.where(x > 0, 1.0, negative_slope).astype(x.dtype)
-
-
-def _relu6(x):
-    return np.clip(x, 0, 6)
-
-
-def _d_relu6(x):
-    return _step((x > 0) & (x < 6), x)
-
-
-def _sigmoid(x):
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
-
-
-def _d_sigmoid(x):
-    s = _sigmoid(x)
-    return s * (1 - s)
-
-
-def _hard_sigmoid(x):
-    return np.clip(x + 3, 0, 6) / 6
-
-
-def _d_hard_sigmoid(x):
-    return _step((x > -3) & (x < 3), x) / 6
-
-
-def _sparse_sigmoid(x):
-    return np.clip(0.5 * (x + 1), 0, 1)
-
-
-def _d_sparse_sigmoid(x):
-    return 0.5 * _step((x > -1) & (x < 1), x)
-
-
-def _tanh(x):
-    return np.tanh(x)
-
-
-def _d_tanh(x):
-    t = np.tanh(x)
-    return 1 - t * t
-
-
-def _tanh_shrink(x):
-    return x - np.tanh(x)
-
-
-def _d_tanh_shrink(x):
-    t = np.tanh(x)
-    return t * t
-
-
-def _hard_tanh(x):
-    return np.clip(x, -1, 1)
-
-
-def _d_hard_tanh(x):
-    return _step((x > -1) & (x < 1), x)
-
-
-def _softplus(x):
-    return np.logaddexp(x, 0).astype(x.dtype)
-
-
-def _softsign(x):
-    return x / (np.abs(x) + 1)
-
-
-def _d_softsign(x):
-    a = np.abs(x) + 1
-    return 1 / (a * a)
-
-
-def _squareplus(x, b=4):
-    return (x + np.sqrt(x * x + b)) / 2
-
-
-def _d_squareplus(x, b=4):
-    return (1 + x / np.sqrt(x * x + b)) / 2
-
-
-def _soft_shrink(x, threshold=0.5):
-    return np.where(x > threshold, x - threshold,
-                    np.where(x < -threshold, x + threshold, 0)).astype(x.dtype)
-
-
-def _d_soft_shrink(x, threshold=0.5):
-    return _step(np.abs(x) > threshold, x)
-
-
-def _hard_shrink(x, threshold=0.5):
-    return np.where(np.abs(x) > threshold, x, 0).astype(x.dtype)
-
-
-def _sparse_plus(x):
-    return np.where(x <= -1, 0, np.where(x < 1, 0.25 * (x + 1) ** 2, x)).astype(x.dtype)
-
-
-def _d_sparse_plus(x):
-    return np.where(x <= -1, 0, np.where(x < 1, 0.5 * (x + 1), 1)).astype(x.dtype)
-
-
-def _elu(x, alpha=1.0):
-    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))).astype(x.dtype)
-
-
-def _d_elu(x, alpha=1.0):
-    return np.where(x > 0, 1, alpha * np.exp(np.minimum(x, 0))).astype(x.dtype)
-
-
-def _selu(x):
-    return _SELU_SCALE * _elu(x, _SELU_ALPHA)
-
-
-def _d_selu(x):
-    return _SELU_SCALE * _d_elu(x, _SELU_ALPHA)
-
-
-def _celu(x, alpha=1.0):
-    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0) / alpha)).astype(x.dtype)
-
-
-def _d_celu(x, alpha=1.0):
-    return np.where(x > 0, 1, np.exp(np.minimum(x, 0) / alpha)).astype(x.dtype)
-
-
-def _silu(x):
-    return x * _sigmoid(x)
-
-
-def _d_silu(x):
-    s = _sigmoid(x)
-    return s * (1 + x * (1 - s))
-
-
-def _hard_silu(x):
-    return x * _hard_sigmoid(x)
-
-
-def _d_hard_silu(x):
-    return np.where(x < -3, 0, np.where(x > 3, 1, (2 * x + 3) / 6)).astype(x.dtype)
-
-
-def _gelu(x, approximate=False):
-    if approximate:
-        return 0.5 * x * (1 + np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)))
-    return (0.5 * x * (1 + _erf(x / math.sqrt(2)))).astype(x.dtype)
-
-
-def _d_gelu(x, approximate=False):
-    if approximate:
-        u = _SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)
-        t = np.tanh(u)
-        du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
-        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du
-    cdf = 0.5 * (1 + _erf(x / math.sqrt(2)))
-    return (cdf + x * _INV_SQRT_2PI * np.exp(-0.5 * x * x)).astype(x.dtype)
-
-
-def _exponential(x):
-    return np.exp(x)
-
-
-def _mish(x):
-    return x * np.tanh(_softplus(x))
-
-
-def _d_mish(x):
-    t = np.tanh(_softplus(x))
-    return t + x * (1 - t * t) * _sigmoid(x)
-
-
-def _log_sigmoid(x):
-    return -_softplus(-x)
-
-
-def _d_log_sigmoid(x):
-    return _sigmoid(-x)
-
-
 def _make(name, fn, derivative):
     act = Activation(fn, derivative, name)
     functools.update_wrapper(act, fn, assigned=("__doc__",), updated=())
     return act
 
 
-linear = _make("linear", _linear, _d_linear)
-relu = _make("relu", _relu, _d_relu)
-leaky_relu = _make("leaky_relu", _leaky_relu, _d_leaky_relu)
-relu6 = _make("relu6", _relu6, _d_relu6)
-sigmoid = _make("sigmoid", _sigmoid, _d_sigmoid)
-hard_sigmoid = _make("hard_sigmoid", _hard_sigmoid, _d_hard_sigmoid)
-sparse_sigmoid = _make("sparse_sigmoid", _sparse_sigmoid, _d_sparse_sigmoid)
-tanh = _make("tanh", _tanh, _d_tanh)
-tanh_shrink = _make("tanh_shrink", _tanh_shrink, _d_tanh_shrink)
-hard_tanh = _make("hard_tanh", _hard_tanh, _d_hard_tanh)
-softplus = _make("softplus", _softplus, _sigmoid)
-softsign = _make("softsign", _softsign, _d_softsign)
-squareplus = _make("squareplus", _squareplus, _d_squareplus)
-soft_shrink = _make("soft_shrink", _soft_shrink, _d_soft_shrink)
-hard_shrink = _make("hard_shrink", _hard_shrink, _d_soft_shrink)
-sparse_plus = _make("sparse_plus", _sparse_plus, _d_sparse_plus)
-elu = _make("elu", _elu, _d_elu)
-selu = _make("selu", _selu, _d_selu)
-celu = _make("celu", _celu, _d_celu)
-silu = _make("silu", _silu, _d_silu)
-hard_silu = _make("hard_silu", _hard_silu, _d_hard_silu)
-gelu = _make("gelu", _gelu, _d_gelu)
-exponential = _make("exponential", _exponential, _exponential)
-mish = _make("mish", _mish, _d_mish)
-log_sigmoid = _make("log_sigmoid", _log_sigmoid, _d_log_sigmoid)
+linear = _make("linear", _f.linear, _f.d_linear)
+relu = _make("relu", _f.relu, _f.d_relu)
+leaky_relu = _make("leaky_relu", _f.leaky_relu, _f.d_leaky_relu)
+relu6 = _make("relu6", _f.relu6, _f.d_relu6)
+sigmoid = _make("sigmoid", _f.sigmoid, _f.d_sigmoid)
+hard_sigmoid = _make("hard_sigmoid", _f.hard_sigmoid, _f.d_hard_sigmoid)
+sparse_sigmoid = _make("sparse_sigmoid", _f.sparse_sigmoid, _f.d_sparse_sigmoid)
+tanh = _make("tanh", _f.tanh, _f.d_tanh)
+tanh_shrink = _make("tanh_shrink", _f.tanh_shrink, _f.d_tanh_shrink)
+hard_tanh = _make("hard_tanh", _f.hard_tanh, _f.d_hard_tanh)
+softplus = _make("softplus", _f.softplus, _f.sigmoid)
+softsign = _make("softsign", _f.softsign, _f.d_softsign)
+squareplus = _make("squareplus", _f.squareplus, _f.d_squareplus)
+soft_shrink = _make("soft_shrink", _f.soft_shrink, _f.d_soft_shrink)
+hard_shrink = _make("hard_shrink", _f.hard_shrink, _f.d_soft_shrink)
+sparse_plus = _make("sparse_plus", _f.sparse_plus, _f.d_sparse_plus)
+elu = _make("elu", _f.elu, _f.d_elu)
+selu = _make("selu", _f.selu, _f.d_selu)
+celu = _make("celu", _f.celu, _f.d_celu)
+silu = _make("silu", _f.silu, _f.d_silu)
+hard_silu = _make("hard_silu", _f.hard_silu, _f.d_hard_silu)
+gelu = _make("gelu", _f.gelu, _f.d_gelu)
+exponential = _make("exponential", _f.exponential, _f.exponential)
+mish = _make("mish", _f.mish, _f.d_mish)
+log_sigmoid = _make("log_sigmoid", _f.log_sigmoid, _f.d_log_sigmoid)
 swish = silu
 hard_swish = hard_silu
 
@@ -414,6 +253,7 @@ def get(identifier):
     Returns
     -------
     Activation
+        The activation (``linear`` for ``None``).
 
     Raises
     ------
@@ -459,8 +299,33 @@ def get(identifier):
 
 
 def serialize(activation):
-    """Name (str) of a built-in without bound parameters; a config dict for a bound built-in;
-    the object itself otherwise (round-trips through :func:`get` in the same process)."""
+    """Return an activation's name or config dict, as Keras stores it.
+
+    Parameters
+    ----------
+    activation : None, str, dict, Activation or callable
+        Anything :func:`get` takes.
+
+    Returns
+    -------
+    str, dict or Activation
+        The name of a built-in without bound parameters; ``{"class_name": name, "config":
+        params}`` for a bound built-in; the :class:`Activation` itself otherwise (which
+        round-trips through :func:`get` in the same process only).
+
+    Raises
+    ------
+    ValueError
+        If :func:`get` refuses ``activation``.
+
+    Examples
+    --------
+    >>> from tconv3d import activations
+    >>> activations.serialize("relu"), activations.serialize(None)
+    ('relu', 'linear')
+    >>> activations.serialize(activations.get("leaky_relu").bind(negative_slope=0.1))
+    {'class_name': 'leaky_relu', 'config': {'negative_slope': 0.1}}
+    """
     activation = get(activation)
     builtin = ELEMENTWISE.get(activation.name)
     if builtin is not None and activation.fn is builtin.fn:
@@ -471,7 +336,33 @@ def serialize(activation):
 
 
 def deserialize(config):
-    """Inverse of :func:`serialize` for names and config dicts."""
+    """Return the activation :func:`serialize` described.
+
+    Parameters
+    ----------
+    config : str, dict or Activation
+        A name, a config dict ``{"class_name": name, "config": params}`` (Keras'
+        ``{"class_name": "function", "config": name}`` too), or anything :func:`get` takes.
+
+    Returns
+    -------
+    Activation
+        The built-in, with ``params`` bound.
+
+    Raises
+    ------
+    ValueError
+        If a dict has no ``class_name``, its ``config`` is not a dict (or a name), or the
+        name is unknown.
+
+    Examples
+    --------
+    >>> from tconv3d import activations
+    >>> activations.deserialize({"class_name": "leaky_relu", "config": {"negative_slope": 0.1}})
+    Activation('leaky_relu', negative_slope=0.1)
+    >>> activations.deserialize({"class_name": "function", "config": "gelu"})
+    Activation('gelu')
+    """
     if not isinstance(config, dict):
         return get(config)
     if "class_name" not in config:

@@ -36,9 +36,46 @@ def _norms(w, axis):
 
 
 class Constraint(_config.Configurable):
-    """Base class: ``__call__(w) -> projected w``; the identity here."""
+    """Base class of the constraints: ``constraint(w) -> projected w``.
+
+    A subclass implements :meth:`__call__` and, if its constructor takes arguments,
+    ``get_config`` returning them. The base is the identity.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d.constraints import Constraint
+    >>> class Clip(Constraint):
+    ...     def __init__(self, limit=1.0):
+    ...         self.limit = limit
+    ...     def __call__(self, w):
+    ...         return np.clip(w, -self.limit, self.limit)
+    ...     def get_config(self):
+    ...         return {"limit": self.limit}
+    >>> Clip(0.5)(np.array([-2.0, 0.25, 2.0])), Clip(0.5)
+    (array([-0.5 ,  0.25,  0.5 ]), Clip(limit=0.5))
+    """
 
     def __call__(self, w):
+        """Return the projection of the weight ``w``.
+
+        Parameters
+        ----------
+        w : array-like
+            A weight, e.g. a kernel ``(kd, kh, kw, filters, in_channels)``.
+
+        Returns
+        -------
+        ndarray
+            A new array of the shape (and floating dtype) of ``w``; ``w`` for the base.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from tconv3d.constraints import NonNeg
+        >>> NonNeg()(np.array([[0.5, -1.0]]))
+        array([[0.5, 0. ]])
+        """
         return np.asarray(w)
 
 
@@ -48,7 +85,9 @@ class MaxNorm(Constraint):
     Parameters
     ----------
     max_value : float, default=2
+        The largest norm kept.
     axis : int or list of int, default=0
+        The axes the norm is taken over (module docstring).
 
     Examples
     --------
@@ -173,18 +212,19 @@ NAMES = {**{c.__name__: c for c in _CLASSES}, "max_norm": MaxNorm, "non_neg": No
 
 
 def get(identifier):
-    """Return a constraint: ``None``; a name from :data:`NAMES` (Keras defaults); a config dict
-    ``{"class_name": ..., "config": {...}}``; an instance or class; a ``keras.constraints``
-    object (mapped through its config); or a callable ``fn(w) -> w``.
+    """Return a constraint.
 
     Parameters
     ----------
     identifier : None, str, dict, Constraint, class or callable
-        As above.
+        ``None``; a name from :data:`NAMES` (Keras defaults); a config dict
+        ``{"class_name": ..., "config": {...}}``; an instance or class; a
+        ``keras.constraints`` object (mapped through its config); or a callable
+        ``fn(w) -> w``.
 
     Returns
     -------
-    constraint : Constraint, callable or None
+    Constraint, callable or None
         ``None`` for ``None``; a callable given is returned as it is.
 
     Raises
@@ -219,7 +259,7 @@ def get(identifier):
 
 
 def serialize(constraint):
-    """``{"class_name": ..., "config": ...}`` for built-ins; the object itself otherwise.
+    """Return ``{"class_name": ..., "config": ...}`` for a built-in, else the object itself.
 
     Parameters
     ----------
@@ -228,7 +268,7 @@ def serialize(constraint):
 
     Returns
     -------
-    config : dict or object
+    dict or object
         Keras' config dict for this module's constraints; ``constraint`` itself
         otherwise.
 
@@ -242,7 +282,7 @@ def serialize(constraint):
 
 
 def deserialize(config):
-    """Constraint from a ``{"class_name": ..., "config": ...}`` dict (Keras' too).
+    """Return the constraint a ``{"class_name": ..., "config": ...}`` dict describes.
 
     Parameters
     ----------
@@ -251,7 +291,8 @@ def deserialize(config):
 
     Returns
     -------
-    constraint : Constraint
+    Constraint
+        A new constraint (Keras' dicts work too).
 
     Raises
     ------

@@ -220,7 +220,16 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
     kernel : array-like of shape (kernel_depth, kernel_height, kernel_width, filters, in_channels)
         In memory (it is sent to every task once).
     bias : array-like of shape (filters,), optional
-    strides, padding, output_padding, dilation_rate, data_format
+        Added to every output position of each filter.
+    strides : int or tuple of 3 ints, default=1
+        As in :func:`tconv3d.conv_transpose3d`.
+    padding : {"valid", "same"}, default="valid"
+        As in :func:`tconv3d.conv_transpose3d`.
+    output_padding : int or tuple of 3 ints, optional
+        As in :func:`tconv3d.conv_transpose3d`.
+    dilation_rate : int or tuple of 3 ints, default=1
+        As in :func:`tconv3d.conv_transpose3d`.
+    data_format : {"channels_last", "channels_first"}, default="channels_last"
         As in :func:`tconv3d.conv_transpose3d`.
     num_threads : int, default=1
         OpenMP threads of the compiled kernel in each task (``None``: the worker's OpenMP
@@ -228,7 +237,7 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
 
     Returns
     -------
-    y : dask.array.Array of shape (batch, out_depth, out_height, out_width, filters)
+    dask.array.Array of shape (batch, out_depth, out_height, out_width, filters)
         Or channels-first; float32 when every input is float32, float64 otherwise. Its
         batch chunks are ``x``'s; its spatial chunk boundaries are ``x``'s times the stride
         (see the module docstring). Computed, it is bitwise equal to
@@ -339,7 +348,7 @@ def upsample(upsampler, X, *, num_threads=None):
 
     Returns
     -------
-    X_up : dask.array.Array
+    dask.array.Array
         Of the shape and dtype ``transform`` returns (label maps keep their dtype); its
         sample chunks are ``X``'s and its spatial chunks ``X``'s times the factor.
         Computed, it is bitwise equal to ``upsampler.transform(X.compute())``, non-finite
@@ -364,6 +373,12 @@ def upsample(upsampler, X, *, num_threads=None):
     --------
     tconv3d.upsampling.VolumeUpsampler.transform : Calls this function for dask input.
 
+    Notes
+    -----
+    ``transform`` computes the chunk of the upsampling plan (``tconv3d._plan``) that is the
+    whole volume; each task here computes its chunk of the same plan, with the same
+    compiled calls per voxel, so every voxel is summed exactly as in memory.
+
     Examples
     --------
     >>> import numpy as np, dask.array as da, tconv3d.dask
@@ -382,12 +397,6 @@ def upsample(upsampler, X, *, num_threads=None):
 
     >>> type(up.transform(X)).__name__
     'Array'
-
-    Notes
-    -----
-    ``transform`` computes the chunk of the upsampling plan (``tconv3d._plan``) that is the
-    whole volume; each task here computes its chunk of the same plan, with the same
-    compiled calls per voxel, so every voxel is summed exactly as in memory.
     """
     from sklearn.utils.validation import check_is_fitted
 

@@ -11,12 +11,18 @@ the receptive field is ``kd * kh * kw``, ``fan_in = filters * receptive_field`` 
 and ``fan_out = in_channels * receptive_field`` (``shape[-1]``).
 """
 import inspect
-import math
 import numbers
 
 import numpy as np
 
 from . import _config
+# The base classes and the fan-based initializers live in private modules; this module is
+# their public home (TRUNCATED_STDDEV and RandomInitializer are importable from here too).
+from ._initializer_base import (TRUNCATED_STDDEV, Initializer,  # noqa: F401
+                                RandomInitializer, float_dtype, truncated_standard_normal,
+                                weight_shape)
+from ._variance_scaling import (GlorotNormal, GlorotUniform, HeNormal, HeUniform,
+                                LecunNormal, LecunUniform, VarianceScaling, compute_fans)
 
 __all__ = [
     "Initializer", "Zeros", "Ones", "Constant", "RandomNormal", "RandomUniform",
@@ -24,61 +30,6 @@ __all__ = [
     "HeUniform", "LecunNormal", "LecunUniform", "Orthogonal", "compute_fans", "get",
     "serialize", "deserialize",
 ]
-
-#: Standard deviation of a standard normal truncated to (-2, 2): Keras' correction factor.
-TRUNCATED_STDDEV = 0.87962566103423978
-
-
-def _dtype(dtype):
-    dtype = np.dtype("float32" if dtype is None else dtype)
-    if dtype.kind != "f":
-        raise ValueError(f"`dtype` must be a floating dtype (float32 or float64), got {dtype}.")
-    return dtype
-
-
-def _shape(shape):
-    try:
-        shape = tuple(int(n) for n in shape)
-    except TypeError:
-        raise ValueError(f"`shape` must be a tuple of ints, got {shape!r}.") from None
-    if any(n < 0 for n in shape):
-        raise ValueError(f"`shape` must have non-negative sizes, got {shape}.")
-    return shape
-
-
-def compute_fans(shape, input_axes=None, output_axes=None):
-    """``(fan_in, fan_out)`` of a weight shape, exactly as Keras' ``compute_fans``.
-
-    Parameters
-    ----------
-    shape : tuple of int
-        E.g. a transposed-convolution kernel ``(kd, kh, kw, filters, in_channels)``.
-    input_axes, output_axes : list of int or None, default=None
-        When both are given, the fans are the products of these axes' sizes.
-
-    Returns
-    -------
-    fan_in, fan_out : int
-    """
-    shape = tuple(shape)
-    if input_axes is not None and output_axes is not None:
-        return (int(np.prod([shape[a] for a in input_axes], dtype=np.int64)),
-                int(np.prod([shape[a] for a in output_axes], dtype=np.int64)))
-    if len(shape) < 1:
-        return 1, 1
-    if len(shape) == 1:
-        return int(shape[0]), int(shape[0])
-    if len(shape) == 2:
-        return int(shape[0]), int(shape[1])
-    receptive_field = int(np.prod(shape[:-2], dtype=np.int64))
-    return int(shape[-2]) * receptive_field, int(shape[-1]) * receptive_field
-
-
-class Initializer(_config.Configurable):
-    """Base class: subclasses implement ``__call__(shape, dtype=None)`` and ``get_config``."""
-
-    def __call__(self, shape, dtype=None):
-        raise NotImplementedError
 
 
 class Zeros(Initializer):
@@ -92,7 +43,7 @@ class Zeros(Initializer):
     """
 
     def __call__(self, shape, dtype=None):
-        return np.zeros(_shape(shape), dtype=_dtype(dtype))
+        return np.zeros(weight_shape(shape), dtype=float_dtype(dtype))
 
 
 class Ones(Initializer):
@@ -106,7 +57,7 @@ class Ones(Initializer):
     """
 
     def __call__(self, shape, dtype=None):
-        return np.ones(_shape(shape), dtype=_dtype(dtype))
+        return np.ones(weight_shape(shape), dtype=float_dtype(dtype))
 
 
 class Constant(Initializer):
@@ -135,42 +86,10 @@ class Constant(Initializer):
         self.value = value
 
     def __call__(self, shape, dtype=None):
-        return np.full(_shape(shape), self.value, dtype=_dtype(dtype))
+        return np.full(weight_shape(shape), self.value, dtype=float_dtype(dtype))
 
     def get_config(self):
         return {"value": self.value}
-
-
-class RandomInitializer(Initializer):
-    """Base of the random initializers: holds the ``seed`` (int, None or Generator)."""
-
-    def __init__(self, seed=None):
-        if seed is not None and not isinstance(seed, (numbers.Integral, np.random.Generator)) \
-                or isinstance(seed, bool):
-            raise ValueError("`seed` must be None, an int or a numpy.random.Generator, "
-                             f"got {seed!r}.")
-        self.seed = seed
-        # As Keras: an unseeded initializer fixes its seed now, so calls repeat their values.
-        self._seed = (int(np.random.SeedSequence().generate_state(1)[0]) if seed is None
-                      else seed)
-
-    def _rng(self):
-        if isinstance(self._seed, np.random.Generator):
-            return self._seed
-        return np.random.default_rng(int(self._seed))
-
-    def get_config(self):
-        return {"seed": self.seed}
-
-
-def _truncated_standard_normal(rng, shape):
-    """Standard normal samples redrawn until every one lies in (-2, 2)."""
-    out = rng.standard_normal(shape)
-    bad = np.abs(out) >= 2
-    while bad.any():
-        out[bad] = rng.standard_normal(int(bad.sum()))
-        bad = np.abs(out) >= 2
-    return out
 
 
 class RandomNormal(RandomInitializer):
@@ -197,8 +116,8 @@ class RandomNormal(RandomInitializer):
         super().__init__(seed)
 
     def __call__(self, shape, dtype=None):
-        z = self._rng().standard_normal(_shape(shape))
-        return (self.mean + self.stddev * z).astype(_dtype(dtype))
+        z = self._rng().standard_normal(weight_shape(shape))
+        return (self.mean + self.stddev * z).astype(float_dtype(dtype))
 
     def get_config(self):
         return {"mean": self.mean, "stddev": self.stddev, **super().get_config()}
@@ -227,8 +146,8 @@ class RandomUniform(RandomInitializer):
         super().__init__(seed)
 
     def __call__(self, shape, dtype=None):
-        u = self._rng().uniform(self.minval, self.maxval, _shape(shape))
-        return u.astype(_dtype(dtype))
+        u = self._rng().uniform(self.minval, self.maxval, weight_shape(shape))
+        return u.astype(float_dtype(dtype))
 
     def get_config(self):
         return {"minval": self.minval, "maxval": self.maxval, **super().get_config()}
@@ -256,166 +175,11 @@ class TruncatedNormal(RandomInitializer):
         super().__init__(seed)
 
     def __call__(self, shape, dtype=None):
-        z = _truncated_standard_normal(self._rng(), _shape(shape))
-        return (self.mean + self.stddev * z).astype(_dtype(dtype))
+        z = truncated_standard_normal(self._rng(), weight_shape(shape))
+        return (self.mean + self.stddev * z).astype(float_dtype(dtype))
 
     def get_config(self):
         return {"mean": self.mean, "stddev": self.stddev, **super().get_config()}
-
-
-class VarianceScaling(RandomInitializer):
-    """Scale adapted to the fans: ``n`` is fan_in, fan_out or their mean (``mode``).
-
-    ``distribution="truncated_normal"`` (default; ``"normal"`` is an alias): truncated at 2
-    standard deviations, with ``stddev = sqrt(scale / n) / 0.8796...`` before truncation;
-    ``"untruncated_normal"``: ``stddev = sqrt(scale / n)``; ``"uniform"``: on
-    ``[-limit, limit]`` with ``limit = sqrt(3 * scale / n)``. ``n`` is at least 1.
-
-    Parameters
-    ----------
-    scale : float > 0, default=1.0
-    mode : {"fan_in", "fan_out", "fan_avg"}, default="fan_in"
-    distribution : {"truncated_normal", "untruncated_normal", "uniform"}
-    seed : int, None or numpy.random.Generator
-    input_axes, output_axes : list of int or None
-        Passed to :func:`compute_fans`.
-
-    Raises
-    ------
-    ValueError
-        If ``scale``, ``mode``, ``distribution`` or ``seed`` is not one it accepts.
-
-    Examples
-    --------
-    >>> from tconv3d.initializers import VarianceScaling
-    >>> init = VarianceScaling(scale=2.0, mode="fan_in", distribution="uniform", seed=0)
-    >>> init.variance((3, 3, 3, 4, 8)) == 2.0 / (27 * 4)     # fan_in: 27 taps x filters
-    True
-    """
-
-    def __init__(self, scale=1.0, mode="fan_in", distribution="truncated_normal", seed=None,
-                 input_axes=None, output_axes=None):
-        if not isinstance(scale, numbers.Real) or not scale > 0:
-            raise ValueError(f"`scale` must be a positive float, got {scale!r}.")
-        if mode not in ("fan_in", "fan_out", "fan_avg"):
-            raise ValueError("`mode` must be 'fan_in', 'fan_out' or 'fan_avg', "
-                             f"got {mode!r}.")
-        dist = str(distribution).lower()
-        dist = "truncated_normal" if dist == "normal" else dist
-        if dist not in ("truncated_normal", "untruncated_normal", "uniform"):
-            raise ValueError("`distribution` must be 'truncated_normal', 'untruncated_normal' "
-                             f"or 'uniform', got {distribution!r}.")
-        self.scale, self.mode, self.distribution = scale, mode, dist
-        self.input_axes, self.output_axes = input_axes, output_axes
-        super().__init__(seed)
-
-    def variance(self, shape):
-        """``scale / max(1, n)``: the variance of the drawn values for this ``shape``."""
-        fan_in, fan_out = compute_fans(shape, self.input_axes, self.output_axes)
-        n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2.0}
-        return self.scale / max(1.0, n[self.mode])
-
-    def __call__(self, shape, dtype=None):
-        shape = _shape(shape)
-        var = self.variance(shape)
-        rng = self._rng()
-        if self.distribution == "truncated_normal":
-            w = math.sqrt(var) / TRUNCATED_STDDEV * _truncated_standard_normal(rng, shape)
-        elif self.distribution == "untruncated_normal":
-            w = math.sqrt(var) * rng.standard_normal(shape)
-        else:
-            limit = math.sqrt(3.0 * var)
-            w = rng.uniform(-limit, limit, shape)
-        return w.astype(_dtype(dtype))
-
-    def get_config(self):
-        return {"scale": self.scale, "mode": self.mode, "distribution": self.distribution,
-                "seed": self.seed, "input_axes": self.input_axes,
-                "output_axes": self.output_axes}
-
-
-class _FixedVarianceScaling(VarianceScaling):
-    _args = None  # (scale, mode, distribution)
-
-    def __init__(self, seed=None, input_axes=None, output_axes=None):
-        scale, mode, distribution = self._args
-        super().__init__(scale, mode, distribution, seed, input_axes, output_axes)
-
-    def get_config(self):
-        return {"seed": self.seed, "input_axes": self.input_axes,
-                "output_axes": self.output_axes}
-
-
-class GlorotNormal(_FixedVarianceScaling):
-    """Truncated normal, ``stddev = sqrt(2 / (fan_in + fan_out))`` (after truncation)."""
-    _args = (1.0, "fan_avg", "truncated_normal")
-
-
-class GlorotUniform(_FixedVarianceScaling):
-    """Uniform on ``[-limit, limit]``, ``limit = sqrt(6 / (fan_in + fan_out))``.
-
-    Keras' default kernel initializer (``"glorot_uniform"``).
-
-    Parameters
-    ----------
-    seed, input_axes, output_axes
-        See :class:`VarianceScaling`.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from tconv3d.initializers import GlorotUniform
-    >>> kernel = GlorotUniform(seed=0)((3, 3, 3, 4, 8))   # (kd, kh, kw, filters, in_channels)
-    >>> kernel.shape, kernel.dtype
-    ((3, 3, 3, 4, 8), dtype('float32'))
-    >>> bool(np.abs(kernel).max() <= np.sqrt(6 / (27 * 8 + 27 * 4)))   # fans: 27 taps x channels
-    True
-    """
-    _args = (1.0, "fan_avg", "uniform")
-
-
-class HeNormal(_FixedVarianceScaling):
-    """Truncated normal, ``stddev = sqrt(2 / fan_in)`` (after truncation).
-
-    Parameters
-    ----------
-    seed, input_axes, output_axes
-        See :class:`VarianceScaling`.
-
-    Examples
-    --------
-    >>> from tconv3d.initializers import HeNormal
-    >>> HeNormal(seed=0)((3, 3, 3, 4, 8)).shape
-    (3, 3, 3, 4, 8)
-    """
-    _args = (2.0, "fan_in", "truncated_normal")
-
-
-class HeUniform(_FixedVarianceScaling):
-    """Uniform on ``[-limit, limit]``, ``limit = sqrt(6 / fan_in)``.
-
-    Parameters
-    ----------
-    seed, input_axes, output_axes
-        See :class:`VarianceScaling`.
-
-    Examples
-    --------
-    >>> from tconv3d.initializers import HeUniform
-    >>> bool(np.abs(HeUniform(seed=0)((3, 3, 3, 4, 8))).max() <= np.sqrt(6 / (27 * 4)))
-    True
-    """
-    _args = (2.0, "fan_in", "uniform")
-
-
-class LecunNormal(_FixedVarianceScaling):
-    """Truncated normal, ``stddev = sqrt(1 / fan_in)`` (after truncation)."""
-    _args = (1.0, "fan_in", "truncated_normal")
-
-
-class LecunUniform(_FixedVarianceScaling):
-    """Uniform on ``[-limit, limit]``, ``limit = sqrt(3 / fan_in)``."""
-    _args = (1.0, "fan_in", "uniform")
 
 
 class Orthogonal(RandomInitializer):
@@ -449,7 +213,7 @@ class Orthogonal(RandomInitializer):
         super().__init__(seed)
 
     def __call__(self, shape, dtype=None):
-        shape = _shape(shape)
+        shape = weight_shape(shape)
         if len(shape) < 2:
             raise ValueError("The Orthogonal initializer needs a shape of rank >= 2, got "
                              f"{shape}.")
@@ -459,7 +223,7 @@ class Orthogonal(RandomInitializer):
         q = q * np.sign(np.diag(r))
         if rows < cols:
             q = q.T
-        return (self.gain * q.reshape(shape)).astype(_dtype(dtype))
+        return (self.gain * q.reshape(shape)).astype(float_dtype(dtype))
 
     def get_config(self):
         return {"gain": self.gain, **super().get_config()}
@@ -472,10 +236,10 @@ class _ArrayInitializer(Initializer):
         self.value = np.asarray(value)
 
     def __call__(self, shape, dtype=None):
-        if self.value.shape != _shape(shape):
+        if self.value.shape != weight_shape(shape):
             raise ValueError(f"The initial value has shape {self.value.shape}, but a weight of "
                              f"shape {tuple(shape)} is being initialized.")
-        return self.value.astype(_dtype(dtype), copy=True)
+        return self.value.astype(float_dtype(dtype), copy=True)
 
     def get_config(self):
         return {"value": self.value}
@@ -510,6 +274,7 @@ def get(identifier):
     Returns
     -------
     Initializer, callable or None
+        The initializer; a callable given is returned as it is.
 
     Raises
     ------
@@ -544,15 +309,18 @@ def get(identifier):
 
 
 def serialize(initializer):
-    """``{"class_name": ..., "config": ...}`` for built-ins; the object itself otherwise.
+    """Return ``{"class_name": ..., "config": ...}`` for a built-in, else the object itself.
 
     Parameters
     ----------
     initializer : Initializer or callable
+        The initializer to serialize.
 
     Returns
     -------
-    config : dict or object
+    dict or object
+        Keras' config dict for this module's initializers; ``initializer`` itself
+        otherwise.
 
     Examples
     --------
@@ -564,15 +332,17 @@ def serialize(initializer):
 
 
 def deserialize(config):
-    """Initializer from a ``{"class_name": ..., "config": ...}`` dict.
+    """Return the initializer a ``{"class_name": ..., "config": ...}`` dict describes.
 
     Parameters
     ----------
     config : dict
+        ``class_name`` one of :data:`NAMES`; ``config`` the constructor's arguments.
 
     Returns
     -------
-    initializer : Initializer
+    Initializer
+        A new initializer.
 
     Raises
     ------

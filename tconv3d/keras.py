@@ -38,7 +38,22 @@ _warned = set()
 
 
 class TconvKerasFallbackWarning(UserWarning):
-    """:class:`Conv3DTranspose` ran Keras' own op instead of tconv3d's kernels."""
+    """:class:`Conv3DTranspose` ran Keras' own op instead of tconv3d's kernels.
+
+    Issued once per reason (another backend, a GPU tensor, a dtype other than float32 and
+    float64); the result is Keras'.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> from tconv3d.keras import Conv3DTranspose, TconvKerasFallbackWarning
+    >>> layer = Conv3DTranspose(2, 3, dtype="float16")
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore", TconvKerasFallbackWarning)
+    ...     str(layer(np.zeros((1, 4, 4, 4, 1), np.float16)).dtype)
+    'torch.float16'
+    """
 
 
 def _fall_back(reason):
@@ -52,9 +67,39 @@ def _fall_back(reason):
 class Conv3DTranspose(keras.layers.Conv3DTranspose):
     """``keras.layers.Conv3DTranspose`` computed by tconv3d on the torch backend.
 
-    Parameters are Keras' (``filters, kernel_size, strides=(1, 1, 1), padding="valid",
-    output_padding=None, data_format=None, dilation_rate=(1, 1, 1), activation=None,
-    use_bias=True, ...``), with the same meaning and defaults.
+    The parameters are Keras', with the same meaning and defaults (see
+    :class:`tconv3d.layers.Conv3DTranspose` for the numbers).
+
+    Parameters
+    ----------
+    filters : int
+        Number of output channels.
+    kernel_size : int or tuple of 3 ints
+        Kernel depth, height and width.
+    strides : int or tuple of 3 ints, default=(1, 1, 1)
+        The step between the output positions of successive input voxels.
+    padding : {"valid", "same"}, default="valid"
+        Keras' padding.
+    data_format : {"channels_last", "channels_first"} or None, default=None
+        The input layout; ``None`` is Keras' ``image_data_format``.
+    output_padding : int, tuple of 3 ints or None, default=None
+        Extra length on the right of each output axis.
+    dilation_rate : int or tuple of 3 ints, default=(1, 1, 1)
+        The kernel's dilation.
+    activation : str, callable or None, default=None
+        A Keras activation, applied after the bias.
+    use_bias : bool, default=True
+        Whether the layer adds a bias.
+    kernel_initializer, bias_initializer : str or keras.initializers.Initializer
+        Defaults ``"glorot_uniform"`` and ``"zeros"``.
+    kernel_regularizer, bias_regularizer, activity_regularizer : str, \
+keras.regularizers.Regularizer or None, default=None
+        Keras' penalties.
+    kernel_constraint, bias_constraint : str, keras.constraints.Constraint or None, \
+default=None
+        Keras' constraints.
+    **kwargs
+        Keras' base layer arguments (``name``, ``dtype``, ``trainable``, ...).
 
     Examples
     --------
@@ -66,6 +111,33 @@ class Conv3DTranspose(keras.layers.Conv3DTranspose):
     """
 
     def call(self, inputs):
+        """Compute the layer's output (Keras calls it from ``layer(inputs)``).
+
+        Parameters
+        ----------
+        inputs : torch.Tensor of 5 dimensions
+            ``(batch, d, h, w, channels)`` or ``(batch, channels, d, h, w)``, per
+            ``data_format``.
+
+        Returns
+        -------
+        torch.Tensor
+            Keras' output, computed by :func:`tconv3d.torch.conv_transpose3d` for float32
+            and float64 CPU tensors on the torch backend, by Keras' own op otherwise.
+
+        Warns
+        -----
+        TconvKerasFallbackWarning
+            The first time each reason sends a call to Keras' op.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from tconv3d.keras import Conv3DTranspose
+        >>> layer = Conv3DTranspose(4, 2, strides=2, data_format="channels_first")
+        >>> layer(torch.ones(1, 3, 2, 2, 2)).shape
+        torch.Size([1, 4, 4, 4, 4])
+        """
         if getattr(getattr(inputs, "device", None), "type", None) == "meta":
             return super().call(inputs)   # Keras infers shapes on data-less tensors
         reason = self._unsupported(inputs)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .io import FileError, describe_error, write_atomically
+from .files import FileError, describe_error, write_atomically
 
 __all__ = [
     "FORMAT",
@@ -52,9 +52,10 @@ VERSION = 1
 
 
 def robust_scale(volumes):
-    """99th percentile of the finite ``|volumes|`` per ``(d, h, w)`` volume, shape
-    ``(n, 1, 1, 1)`` (1 where it is 0 or no value is finite: NaN outside a scan's field of
-    view must not turn the relative bias into NaN everywhere).
+    """Return the 99th percentile of the finite ``|volumes|`` of each ``(d, h, w)`` volume.
+
+    It is 1 where the percentile is 0 or no value is finite: NaN outside a scan's field of
+    view must not turn the relative bias into NaN everywhere.
 
     Parameters
     ----------
@@ -63,7 +64,7 @@ def robust_scale(volumes):
 
     Returns
     -------
-    scale : ndarray of shape (n, 1, 1, 1), dtype=float64
+    ndarray of shape (n, 1, 1, 1), dtype=float64
         One positive scale per volume, broadcastable against ``volumes``.
 
     Raises
@@ -92,16 +93,6 @@ def robust_scale(volumes):
 class KernelFile:
     """The contents of a kernel file (format in the module docstring).
 
-    Attributes
-    ----------
-    kernel : ndarray of shape (kd, kh, kw), dtype=float64, or None
-        The taps (``None`` stands for a fixed kernel, trilinear or nearest, and no bias).
-    factor : tuple of 3 ints or None
-        The upsampling factor the kernel was made for, if known.
-    bias, relative_bias : float
-        Added to every output voxel: ``bias`` as it is, ``relative_bias`` times the
-        volume's :func:`robust_scale`.
-
     Parameters
     ----------
     kernel : ndarray of shape (kd, kh, kw), or None
@@ -112,6 +103,16 @@ class KernelFile:
         As the attribute.
     relative_bias : float, default=0.0
         As the attribute.
+
+    Attributes
+    ----------
+    kernel : ndarray of shape (kd, kh, kw), dtype=float64, or None
+        The taps (``None`` stands for a fixed kernel, trilinear or nearest, and no bias).
+    factor : tuple of 3 ints or None
+        The upsampling factor the kernel was made for, if known.
+    bias, relative_bias : float
+        Added to every output voxel: ``bias`` as it is, ``relative_bias`` times the
+        volume's :func:`robust_scale`.
 
     Examples
     --------
@@ -127,7 +128,27 @@ class KernelFile:
     relative_bias: float = 0.0
 
     def offset(self, volumes):
-        """What is added to the upsampled ``(n, d, h, w)`` ``volumes``: ``(n, 1, 1, 1)``."""
+        """Return what is added to each upsampled volume: ``bias + relative_bias * scale``.
+
+        Parameters
+        ----------
+        volumes : ndarray of shape (n, d, h, w)
+            The volumes before upsampling (``relative_bias`` scales with their
+            :func:`robust_scale`).
+
+        Returns
+        -------
+        ndarray of shape (n, 1, 1, 1), dtype=float64
+            One offset per volume, broadcastable against the upsampled volumes.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from tconv3d.kernel_file import KernelFile
+        >>> spec = KernelFile(np.ones((2, 2, 2)), bias=1.0, relative_bias=0.5)
+        >>> spec.offset(np.stack([np.full((2, 2, 2), 4.0), np.full((2, 2, 2), -2.0)])).ravel()
+        array([3., 2.])
+        """
         offset = np.full((len(volumes), 1, 1, 1), self.bias)
         if self.relative_bias:
             offset += self.relative_bias * robust_scale(volumes)
@@ -135,7 +156,7 @@ class KernelFile:
 
 
 def upsample_volumes(upsampler, spec, volumes):
-    """``upsampler.transform(volumes)`` plus the kernel file's biases, same dtype.
+    """Return ``upsampler.transform(volumes)`` plus the kernel file's biases, same dtype.
 
     Parameters
     ----------
@@ -148,7 +169,7 @@ def upsample_volumes(upsampler, spec, volumes):
 
     Returns
     -------
-    upsampled : ndarray of shape (n, d*fd, h*fh, w*fw)
+    ndarray of shape (n, d*fd, h*fh, w*fw)
         In the dtype ``upsampler.transform`` returns.
 
     Raises
@@ -187,16 +208,12 @@ def save_kernel(path, kernel_file, overwrite=True):
     kernel_file : KernelFile
         Its ``factor`` must be set.
     overwrite : bool, default=True
-        If ``False``, refuse (:class:`tconv3d.io.FileError`) a ``path`` that exists by
+        If ``False``, refuse (:class:`tconv3d.files.FileError`) a ``path`` that exists by
         the time the file is complete.
-
-    Returns
-    -------
-    None
 
     Raises
     ------
-    tconv3d.io.FileError
+    tconv3d.files.FileError
         If ``path`` exists and ``overwrite`` is False, or it cannot be written.
     TypeError
         If ``kernel_file.factor`` is None (it cannot be stored as integers).
@@ -244,7 +261,7 @@ def load_kernel(path):
 
     Raises
     ------
-    tconv3d.io.FileError
+    tconv3d.files.FileError
         If the file is missing, not a .npz archive, or an entry is invalid; the message
         names the file as the ``tconv3d`` command's ``--kernel``.
 
@@ -254,7 +271,7 @@ def load_kernel(path):
     >>> load_kernel("no-such-kernel.npz")
     Traceback (most recent call last):
         ...
-    tconv3d.io.FileError: --kernel 'no-such-kernel.npz' does not exist
+    tconv3d.files.FileError: --kernel 'no-such-kernel.npz' does not exist
 
     :func:`save_kernel` has a round trip.
     """

@@ -55,6 +55,7 @@ class Conv3DTranspose(LayerWeights, LayerInterop):
     kernel_size : int or tuple of 3 ints
         Kernel depth, height and width.
     strides : int or tuple of 3 ints, default=(1, 1, 1)
+        The step between the output positions of successive input voxels.
     padding : {"valid", "same"}, default="valid"
         Case-insensitive, as Keras.
     output_padding : int, tuple of 3 ints or None, default=None
@@ -70,6 +71,7 @@ class Conv3DTranspose(LayerWeights, LayerInterop):
         Element-wise activation by Keras name or a callable; see
         :func:`tconv3d.activations.get`. ``backward`` needs its derivative.
     use_bias : bool, default=True
+        Whether the layer adds a bias.
     kernel_initializer, bias_initializer : str, dict, Initializer or callable
         Defaults ``"glorot_uniform"`` and ``"zeros"`` (also used for ``None``); see
         :func:`tconv3d.initializers.get`.
@@ -109,6 +111,14 @@ callable or None, default=None
     built : bool
     losses : list of float
         Activity penalty of the last call, then kernel and bias penalties (Keras' order).
+
+    Raises
+    ------
+    ValueError
+        If an argument has a value it does not accept (``filters < 1``, an unknown
+        ``padding``, a non-element-wise ``activation``, an identifier the
+        activations/initializers/regularizers/constraints do not know, an integer
+        ``dtype``, ``output_padding >= strides``, ``weights`` that are not a list, ...).
 
     Notes
     -----
@@ -219,9 +229,26 @@ callable or None, default=None
         Returns
         -------
         ndarray of shape (n, d_out, h_out, w_out, filters) or (n, filters, d_out, ...)
-            dtype of the layer. The input (not copied when already of the layer's dtype: do
-            not modify it before :meth:`backward`), the pre-activation and the output are
+            The dtype of the layer. The input (not copied when already of the layer's dtype:
+            do not modify it before :meth:`backward`), the pre-activation and the output are
             kept for :meth:`backward`.
+
+        Raises
+        ------
+        ValueError
+            If ``x`` is not 5-D, does not match the known input shape or the built channel
+            count, or the activation changes the shape.
+        TypeError
+            If ``x`` holds anything but real numbers.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from tconv3d.layers import Conv3DTranspose
+        >>> layer = Conv3DTranspose(2, 2, strides=2, kernel_initializer="ones")
+        >>> layer(np.ones((1, 1, 1, 1, 3))).ravel()       # every output: 3 inputs x 1
+        array([3., 3., 3., 3., 3., 3., 3., 3., 3., 3., 3., 3., 3., 3., 3., 3.],
+              dtype=float32)
         """
         x = self._check_input(x)
         if not self.built:
@@ -251,13 +278,35 @@ callable or None, default=None
 
         Returns
         -------
-        grad_x : ndarray of the shape of the last input, dtype of the layer
-            Includes the activity regularizer's gradient.
+        ndarray of the shape of the last input, dtype of the layer
+            The gradient with respect to the input, the activity regularizer's included.
+
+        Raises
+        ------
+        RuntimeError
+            If the layer has not been called yet.
+        ValueError
+            If ``grad_y`` does not have the last output's shape.
+        NotImplementedError
+            If the activation or a regularizer has no derivative.
 
         Notes
         -----
         Sets ``kernel_grad`` and ``bias_grad`` (overwritten, not accumulated) with the
         regularizers' gradients added; both are None when ``trainable`` is False.
+
+        Examples
+        --------
+        Gradients of the loss ``y.sum()``:
+
+        >>> import numpy as np
+        >>> from tconv3d.layers import Conv3DTranspose
+        >>> layer = Conv3DTranspose(2, 2, strides=2, kernel_initializer="ones")
+        >>> y = layer(np.ones((1, 1, 1, 1, 3)))
+        >>> layer.backward(np.ones_like(y)).ravel()     # 8 taps x 2 filters per input
+        array([16., 16., 16.], dtype=float32)
+        >>> layer.kernel_grad.shape, layer.bias_grad
+        ((2, 2, 2, 2, 3), array([8., 8.], dtype=float32))
         """
         if self._cache is None:
             raise RuntimeError(f"Layer {self.name!r} has no forward pass to go back through: "
@@ -290,9 +339,22 @@ callable or None, default=None
 
     @property
     def losses(self):
-        """list of float: the activity penalty of the last call (divided by its batch size),
-        then the kernel and bias penalties of the current weights (only when trainable, as
-        Keras' ``trainable_weights``)."""
+        """The penalties: a list of floats, as Keras' ``layer.losses``.
+
+        The activity penalty of the last call (divided by its batch size), then the kernel
+        and bias penalties of the current weights (only when trainable, as Keras'
+        ``trainable_weights``).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from tconv3d.layers import Conv3DTranspose
+        >>> layer = Conv3DTranspose(1, 1, kernel_initializer="ones", kernel_regularizer="l2",
+        ...                         activity_regularizer="l1")
+        >>> _ = layer(np.full((2, 1, 1, 1, 1), 3.0))
+        >>> [round(float(loss), 6) for loss in layer.losses]    # 0.01 * 6 / 2, 0.01 * 1
+        [0.03, 0.01]
+        """
         out = [] if self._activity_loss is None else [self._activity_loss]
         if self.built and self.trainable:
             if self.kernel_regularizer is not None:
@@ -302,11 +364,29 @@ callable or None, default=None
         return out
 
     def compute_output_shape(self, input_shape):
-        """Output shape for ``input_shape`` (5 entries, ``None`` for unknown sizes).
+        """Return the output shape for inputs of ``input_shape``, without computing.
+
+        Parameters
+        ----------
+        input_shape : tuple of 5 ints/None
+            In the layer's ``data_format``; ``None`` for unknown sizes.
 
         Returns
         -------
         tuple of 5 ints/None
+            ``None`` where the input size is unknown.
+
+        Raises
+        ------
+        ValueError
+            If ``input_shape`` is not 5 entries, has other channels than the built layer,
+            or gives an output length below 1.
+
+        Examples
+        --------
+        >>> from tconv3d.layers import Conv3DTranspose
+        >>> Conv3DTranspose(4, 3, strides=2).compute_output_shape((None, 8, None, 8, 2))
+        (None, 17, None, 17, 4)
         """
         shape = tuple(input_shape)
         if len(shape) != 5:
@@ -366,11 +446,45 @@ def layer_conv_3d_transpose(object=None, filters=None, kernel_size=None, strides
         Required: number of output channels.
     kernel_size : int or tuple of 3 ints
         Required: kernel depth, height and width.
-    strides, padding, output_padding, data_format, dilation_rate, activation, use_bias, \
-kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer, \
-activity_regularizer, kernel_constraint, bias_constraint, input_shape, batch_input_shape, \
-batch_size, dtype, name, trainable, weights, seed, num_threads
-        As :class:`Conv3DTranspose`, with the same defaults.
+    strides : int or tuple of 3 ints, default=(1, 1, 1)
+        As :class:`Conv3DTranspose`.
+    padding : {"valid", "same"}, default="valid"
+        As :class:`Conv3DTranspose`.
+    output_padding : int, tuple of 3 ints or None, default=None
+        As :class:`Conv3DTranspose`.
+    data_format : {"channels_last", "channels_first"} or None, default=None
+        As :class:`Conv3DTranspose`.
+    dilation_rate : int or tuple of 3 ints, default=(1, 1, 1)
+        As :class:`Conv3DTranspose`.
+    activation : str, callable or None, default=None
+        As :class:`Conv3DTranspose`.
+    use_bias : bool, default=True
+        As :class:`Conv3DTranspose`.
+    kernel_initializer, bias_initializer : str, dict, Initializer or callable
+        As :class:`Conv3DTranspose`.
+    kernel_regularizer, bias_regularizer, activity_regularizer : str, dict, Regularizer, \
+callable or None, default=None
+        As :class:`Conv3DTranspose`.
+    kernel_constraint, bias_constraint : str, dict, Constraint, callable or None
+        As :class:`Conv3DTranspose`.
+    input_shape : tuple of 4 ints/None, optional
+        As :class:`Conv3DTranspose`.
+    batch_input_shape : tuple of 5 ints/None, optional
+        As :class:`Conv3DTranspose`.
+    batch_size : int, optional
+        As :class:`Conv3DTranspose`.
+    dtype : {"float32", "float64"} or None, default=None
+        As :class:`Conv3DTranspose`.
+    name : str or None, default=None
+        As :class:`Conv3DTranspose`.
+    trainable : bool, default=True
+        As :class:`Conv3DTranspose`.
+    weights : list of ndarray, optional
+        As :class:`Conv3DTranspose`.
+    seed : int or None, default=None
+        As :class:`Conv3DTranspose`.
+    num_threads : int or None, default=None
+        As :class:`Conv3DTranspose`.
 
     Returns
     -------

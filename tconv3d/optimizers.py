@@ -36,6 +36,26 @@ class Optimizer:
     clipnorm, clipvalue, global_clipnorm : float or None, default=None
         At most one: clip each gradient's L2 norm, each element, or the norm of all gradients.
     name : str or None, default=None
+        A name for configs; ``None`` is the class name in lower case.
+
+    Raises
+    ------
+    ValueError
+        If ``learning_rate`` is neither a positive finite float nor a callable, or more
+        than one clipping argument is given.
+
+    Examples
+    --------
+    The clipping, decay and constraints are the base class's; :class:`SGD` and
+    :class:`Adam` add their update rules:
+
+    >>> import numpy as np
+    >>> from tconv3d.optimizers import SGD
+    >>> w = np.array([1.0, 1.0])
+    >>> SGD(learning_rate=0.1, clipvalue=0.5).apply_gradients([(np.array([2.0, -0.1]), w)])
+    1
+    >>> w                                    # the gradient clipped to [-0.5, 0.5] first
+    array([0.95, 1.01])
     """
 
     def __init__(self, learning_rate, weight_decay=None, clipnorm=None, clipvalue=None,
@@ -70,7 +90,7 @@ class Optimizer:
 
         Returns
         -------
-        iterations : int
+        int
             ``iterations`` after the step.
 
         Raises
@@ -122,23 +142,100 @@ class Optimizer:
         return self.iterations
 
     def apply(self, grads, variables):
-        """Keras-style ``apply(grads, variables)``: same as ``apply_gradients(zip(...))``."""
+        """Apply one step, Keras' way: ``apply_gradients(zip(grads, variables))``.
+
+        Parameters
+        ----------
+        grads : list of ndarray or None
+            One gradient per variable (``None``: the variable is skipped).
+        variables : list of ndarray
+            Float arrays, updated in place.
+
+        Returns
+        -------
+        int
+            ``iterations`` after the step.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`apply_gradients`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from tconv3d.optimizers import SGD
+        >>> w = np.array([1.0, 2.0])
+        >>> SGD(learning_rate=0.5).apply([np.array([1.0, 1.0])], [w])
+        1
+        >>> w
+        array([0.5, 1.5])
+        """
         return self.apply_gradients(list(zip(grads, variables)))
 
     @property
     def variables(self):
-        """The variables this optimizer was built on (empty before the first step)."""
+        """The variables this optimizer was built on (empty before the first step).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from tconv3d.optimizers import Adam
+        >>> w, optimizer = np.zeros(3), Adam()
+        >>> optimizer.variables
+        []
+        >>> _ = optimizer.apply_gradients([(np.ones(3), w)])
+        >>> optimizer.variables[0] is w
+        True
+        """
         return [v for v, _ in self._slots or []]
 
     def get_config(self):
-        """Constructor arguments as a dict."""
+        """Return the constructor's arguments, as :meth:`from_config` takes them.
+
+        Returns
+        -------
+        dict
+            ``{argument name: value}``, ``name`` included.
+
+        Examples
+        --------
+        >>> from tconv3d.optimizers import SGD
+        >>> SGD(learning_rate=0.1, momentum=0.9).get_config()["momentum"]
+        0.9
+        """
         return {"name": self.name, "learning_rate": self.learning_rate,
                 "weight_decay": self.weight_decay, "clipnorm": self.clipnorm,
                 "clipvalue": self.clipvalue, "global_clipnorm": self.global_clipnorm}
 
     @classmethod
     def from_config(cls, config):
-        """Instance from :meth:`get_config` output."""
+        """Make an optimizer from :meth:`get_config`'s dict (a new one, with no state).
+
+        Parameters
+        ----------
+        config : dict
+            The constructor's arguments by name.
+
+        Returns
+        -------
+        Optimizer
+            ``cls(**config)``.
+
+        Raises
+        ------
+        TypeError
+            If ``config`` has an argument the constructor does not take.
+        ValueError
+            If the constructor refuses a value.
+
+        Examples
+        --------
+        >>> from tconv3d.optimizers import Adam
+        >>> optimizer = Adam.from_config(Adam(learning_rate=0.01, amsgrad=True).get_config())
+        >>> optimizer.learning_rate, optimizer.amsgrad, optimizer.iterations
+        (0.01, True, 0)
+        """
         return cls(**config)
 
     def __repr__(self):
@@ -223,10 +320,20 @@ class SGD(Optimizer):
     Parameters
     ----------
     learning_rate : float or callable, default=0.01
+        The step size (see :class:`Optimizer`).
     momentum : float in [0, 1], default=0.0
+        The velocity's decay; 0 is plain gradient descent.
     nesterov : bool, default=False
-    weight_decay, clipnorm, clipvalue, global_clipnorm, name
+        Nesterov momentum.
+    weight_decay, clipnorm, clipvalue, global_clipnorm : float or None, default=None
         See :class:`Optimizer`.
+    name : str or None, default=None
+        See :class:`Optimizer`.
+
+    Raises
+    ------
+    ValueError
+        If ``momentum`` is not in [0, 1], or as :class:`Optimizer`.
 
     Examples
     --------
@@ -281,12 +388,24 @@ class Adam(Optimizer):
     Parameters
     ----------
     learning_rate : float or callable, default=0.001
-    beta_1 : float, default=0.9
-    beta_2 : float, default=0.999
+        The step size (see :class:`Optimizer`).
+    beta_1 : float in [0, 1), default=0.9
+        Decay of the first moment ``m``.
+    beta_2 : float in [0, 1), default=0.999
+        Decay of the second moment ``v``.
     epsilon : float, default=1e-7
+        Added to ``sqrt(v)``.
     amsgrad : bool, default=False
-    weight_decay, clipnorm, clipvalue, global_clipnorm, name
+        Use the largest ``v`` so far (AMSGrad).
+    weight_decay, clipnorm, clipvalue, global_clipnorm : float or None, default=None
         See :class:`Optimizer`.
+    name : str or None, default=None
+        See :class:`Optimizer`.
+
+    Raises
+    ------
+    ValueError
+        If ``beta_1`` or ``beta_2`` is not in [0, 1), or as :class:`Optimizer`.
 
     Examples
     --------
@@ -339,17 +458,18 @@ class Adam(Optimizer):
 
 
 def get(identifier):
-    """``"sgd"`` / ``"adam"`` (Keras defaults, any case), a config dict
-    ``{"class_name": ..., "config": {...}}``, or an Optimizer instance.
+    """Return an optimizer.
 
     Parameters
     ----------
     identifier : str, dict or Optimizer
-        As above; an instance is returned as it is.
+        ``"sgd"`` or ``"adam"`` (Keras defaults, any case), a config dict
+        ``{"class_name": ..., "config": {...}}``, or an Optimizer instance.
 
     Returns
     -------
-    optimizer : Optimizer
+    Optimizer
+        A new optimizer; an instance given is returned as it is.
 
     Raises
     ------

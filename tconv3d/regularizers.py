@@ -32,13 +32,72 @@ def _factor(value, name):
 
 
 class Regularizer(_config.Configurable):
-    """Base class: ``__call__(x) -> scalar`` and ``gradient(x) -> ndarray like x``."""
+    """Base class of the regularizers: ``penalty(x) -> scalar``, ``penalty.gradient(x)``.
+
+    A subclass implements :meth:`__call__` and :meth:`gradient` and, if its constructor
+    takes arguments, ``get_config`` returning them. The base is the zero penalty.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tconv3d.regularizers import Regularizer
+    >>> class SumOfCubes(Regularizer):
+    ...     def __call__(self, x):
+    ...         return float(np.sum(np.asarray(x) ** 3))
+    ...     def gradient(self, x):
+    ...         return 3 * np.asarray(x) ** 2
+    >>> penalty = SumOfCubes()
+    >>> penalty(np.array([1.0, 2.0])), penalty.gradient(np.array([1.0, 2.0]))
+    (9.0, array([ 3., 12.]))
+    """
 
     def __call__(self, x):
+        """Return the penalty of ``x``.
+
+        Parameters
+        ----------
+        x : array-like
+            A weight, or an activity (a layer's output).
+
+        Returns
+        -------
+        float or numpy scalar
+            The penalty (0.0 for the base class).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from tconv3d.regularizers import L2
+        >>> float(L2(0.5)(np.array([1.0, -2.0])))
+        2.5
+        """
         return 0.0
 
     def gradient(self, x):
-        """Gradient of the penalty with respect to ``x``."""
+        """Return the gradient of the penalty with respect to ``x``.
+
+        Parameters
+        ----------
+        x : array-like
+            As for :meth:`__call__`.
+
+        Returns
+        -------
+        ndarray
+            Of the shape of ``x`` (zeros for the base class).
+
+        Raises
+        ------
+        NotImplementedError
+            If the penalty has no gradient (a :class:`FunctionRegularizer` without one).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from tconv3d.regularizers import L2
+        >>> L2(0.5).gradient(np.array([1.0, -2.0]))
+        array([ 1., -2.])
+        """
         return np.zeros_like(np.asarray(x))
 
     def __eq__(self, other):
@@ -78,7 +137,26 @@ class L1L2(Regularizer):
         self.l2 = _factor(0.0 if l2 is None else l2, "l2")
 
     def __call__(self, x):
-        """Penalty, a numpy scalar of ``x``'s dtype."""
+        """Return the penalty ``l1 * sum(|x|) + l2 * sum(x**2)``.
+
+        Parameters
+        ----------
+        x : array-like
+            A weight, or an activity (a layer's output).
+
+        Returns
+        -------
+        numpy scalar
+            Of ``x``'s dtype (float64 for integer ``x``).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from tconv3d.regularizers import L1L2
+        >>> penalty = L1L2(l1=1.0, l2=0.5)(np.array([1.0, -2.0], np.float32))
+        >>> float(penalty), penalty.dtype
+        (5.5, dtype('float32'))
+        """
         x = np.asarray(x)
         t = x.dtype.type if x.dtype.kind == "f" else np.float64
         penalty = t(0.0)
@@ -89,7 +167,25 @@ class L1L2(Regularizer):
         return penalty
 
     def gradient(self, x):
-        """``l1 * sign(x) + 2 * l2 * x``, shape and dtype of ``x``."""
+        """Return the gradient ``l1 * sign(x) + 2 * l2 * x`` (``sign(0) = 0``).
+
+        Parameters
+        ----------
+        x : array-like
+            As for :meth:`__call__`.
+
+        Returns
+        -------
+        ndarray
+            Of the shape and dtype of ``x``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from tconv3d.regularizers import L1L2
+        >>> L1L2(l1=1.0, l2=0.5).gradient(np.array([1.0, -2.0, 0.0]))
+        array([ 2., -3.,  0.])
+        """
         x = np.asarray(x)
         g = np.zeros_like(x)
         if self.l1:
@@ -137,7 +233,13 @@ class L2(L1L2):
 
     Parameters
     ----------
-    l2 : float, default=0.01
+    l2 : float >= 0, default=0.01
+        The factor (``None``: 0.01).
+
+    Raises
+    ------
+    ValueError
+        If ``l2`` is negative, infinite, NaN or not a number.
 
     Examples
     --------
@@ -157,7 +259,7 @@ class L2(L1L2):
 
 
 def l1_l2(l1=0.01, l2=0.01):
-    """``L1L2`` with R keras' and Keras 2's defaults (0.01 and 0.01).
+    """Return an ``L1L2`` with R keras' and Keras 2's defaults (0.01 and 0.01).
 
     Parameters
     ----------
@@ -166,7 +268,8 @@ def l1_l2(l1=0.01, l2=0.01):
 
     Returns
     -------
-    regularizer : L1L2
+    L1L2
+        The regularizer.
 
     Raises
     ------
@@ -263,7 +366,8 @@ def get(identifier):
 
     Returns
     -------
-    regularizer : Regularizer or None
+    Regularizer or None
+        The regularizer; ``None`` for ``None``.
 
     Raises
     ------
@@ -300,7 +404,7 @@ def get(identifier):
 
 
 def serialize(regularizer):
-    """``{"class_name": ..., "config": ...}`` for L1/L2/L1L2; the object itself otherwise.
+    """Return ``{"class_name": ..., "config": ...}`` for L1/L2/L1L2, else the object itself.
 
     Parameters
     ----------
@@ -309,7 +413,7 @@ def serialize(regularizer):
 
     Returns
     -------
-    config : dict or object
+    dict or object
         Keras' config dict for L1, L2 and L1L2; ``regularizer`` itself otherwise.
 
     Examples
@@ -322,7 +426,7 @@ def serialize(regularizer):
 
 
 def deserialize(config):
-    """Regularizer from a ``{"class_name": ..., "config": ...}`` dict (Keras' too).
+    """Return the regularizer a ``{"class_name": ..., "config": ...}`` dict describes.
 
     Parameters
     ----------
@@ -332,7 +436,8 @@ def deserialize(config):
 
     Returns
     -------
-    regularizer : Regularizer
+    Regularizer
+        A new regularizer (Keras' dicts work too).
 
     Raises
     ------

@@ -227,16 +227,20 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
         Or unbatched ``(in_channels, depth, height, width)``. Contiguous or
         ``channels_last_3d``, float32 or float64 (see the module docstring for the rest).
     weight : Tensor of shape (in_channels, out_channels // groups, kd, kh, kw)
+        The kernel, in PyTorch's layout.
     bias : Tensor of shape (out_channels,), optional
-    stride, padding, output_padding, dilation : int or tuple of 3 ints
-        PyTorch's meaning (defaults 1, 0, 0, 1): ``output_padding`` must be smaller than
+        Added to every output position of each channel.
+    stride, padding, output_padding : int or tuple of 3 ints
+        PyTorch's meaning (defaults 1, 0, 0): ``output_padding`` must be smaller than
         ``stride`` or ``dilation`` on each axis.
     groups : int, default=1
         Channels split into ``groups`` independent convolutions.
+    dilation : int or tuple of 3 ints, default=1
+        The spacing of the kernel's taps.
 
     Returns
     -------
-    output : Tensor of shape (batch, out_channels, out_depth, out_height, out_width)
+    Tensor of shape (batch, out_channels, out_depth, out_height, out_width)
         Each length is ``(in - 1)*stride - 2*padding + dilation*(k - 1) + output_padding + 1``;
         ``channels_last_3d`` when the input is, contiguous otherwise; input's dtype.
 
@@ -315,12 +319,14 @@ class ConvTranspose3d(torch.nn.ConvTranspose3d):
         Channels of the input and of the output.
     kernel_size : int or tuple of 3 ints
         Taps per spatial axis.
-    stride, padding, output_padding, dilation : int or tuple of 3 ints
-        PyTorch's meaning (defaults 1, 0, 0, 1), as :func:`conv_transpose3d`.
+    stride, padding, output_padding : int or tuple of 3 ints
+        PyTorch's meaning (defaults 1, 0, 0), as :func:`conv_transpose3d`.
     groups : int, default=1
         Channels split into ``groups`` independent convolutions.
     bias : bool, default=True
         Whether the module has a learnable ``bias``.
+    dilation : int or tuple of 3 ints, default=1
+        The spacing of the kernel's taps.
     padding_mode : {"zeros"}, default="zeros"
         PyTorch's ``ConvTranspose3d`` only supports ``"zeros"``; so does this class.
     device, dtype : optional
@@ -354,7 +360,7 @@ class ConvTranspose3d(torch.nn.ConvTranspose3d):
 
         Returns
         -------
-        output : Tensor of shape (batch, out_channels, out_depth, out_height, out_width)
+        Tensor of shape (batch, out_channels, out_depth, out_height, out_width)
             As :func:`conv_transpose3d` returns.
 
         Raises
@@ -463,12 +469,9 @@ def _computed_weight(module):
 class ConvertReport:
     """What :func:`convert` did, by qualified module name (``""`` is the model itself).
 
-    Parameters
-    ----------
-    converted, skipped
-        As the attributes; made by ``convert(model, report=True)``.
+    Made by ``convert(model, report=True)``; the parameters are its attributes.
 
-    Attributes
+    Parameters
     ----------
     converted : tuple of str
         The modules that now run on tconv3d (their class was swapped in place).
@@ -545,6 +548,7 @@ def convert(model, *, report=False):
     Parameters
     ----------
     model : torch.nn.Module
+        The model, or a single module.
     report : bool, default=False
         Also return a :class:`ConvertReport` of what was converted and what was skipped.
 

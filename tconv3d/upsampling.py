@@ -321,8 +321,8 @@ default="trilinear"
 
         Returns
         -------
-        self : VolumeUpsampler
-            The fitted estimator.
+        VolumeUpsampler
+            The fitted estimator (``self``).
 
         Raises
         ------
@@ -398,7 +398,7 @@ default="trilinear"
 
         Returns
         -------
-        X_up : ndarray of shape (n_samples, d*fd, h*fh, w*fw[, c]) or \
+        ndarray of shape (n_samples, d*fd, h*fh, w*fw[, c]) or \
 (n_samples, n_features * fd*fh*fw)
             Same layout as ``X``; float32 for float32 ``X``, float64 otherwise (label
             maps: ``X``'s dtype). A
@@ -433,7 +433,7 @@ default="trilinear"
         return int(np.prod(self.volume_shape_)) * int(np.prod(self.factor_))
 
     def get_feature_names_out(self, input_features=None):
-        """Names of the output features, for an estimator fitted on 2-D ``X``.
+        """Return the names of the output features, for an estimator fitted on 2-D ``X``.
 
         Parameters
         ----------
@@ -442,7 +442,7 @@ default="trilinear"
 
         Returns
         -------
-        feature_names_out : ndarray of str objects
+        ndarray of str objects
             ``volumeupsampler0``, ``volumeupsampler1``, ... in the order of the flattened
             output (C order of ``(d*fd, h*fh, w*fw[, c])``).
 

@@ -8,7 +8,7 @@ import threading
 import warnings
 
 from .._version import __version__
-from ..io import FileError, describe_error
+from ..files import FileError, describe_error
 from . import bench, demo, fit, show, upsample
 from ._common import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, PROG,
                       CommandError, HelpFormatter)

@@ -5,7 +5,9 @@ import time
 
 import numpy as np
 
-from ..io import NIFTI_HINT, check_input, check_output, open_volume, write_atomically
+from ..files import check_input, check_output, write_atomically
+from ..io import open_volume
+from ..nifti import NIFTI_HINT
 from ..kernel_file import KernelFile, fit_kernel_file, upsample_volumes
 from ._common import (EXIT_OK, CommandError, block_average, canonical_volume,
                       crop_to_multiple, import_matplotlib, intensity_window,

@@ -6,7 +6,8 @@ import warnings
 
 import numpy as np
 
-from ..io import check_input, check_output, open_volume
+from ..files import check_input, check_output
+from ..io import open_volume
 from ..kernel_file import fit_kernel_file, save_kernel, upsample_volumes
 from ._common import (EXIT_OK, KERNEL_FILE_HELP, CommandError, HelpFormatter, block_average,
                       crop_to_multiple, factor_text, parse_factor, parse_positive_int,

@@ -3,7 +3,8 @@ import os
 
 import numpy as np
 
-from ..io import check_input, check_output, format_suffix, open_volume, write_atomically
+from ..files import check_input, check_output, format_suffix, write_atomically
+from ..io import open_volume
 from ._common import (EXIT_OK, PLOT_HINT, CommandError, canonical_volume, import_matplotlib,
                       intensity_window, picture_format, shape_text, size_text)
 

@@ -7,8 +7,9 @@ import warnings
 
 import numpy as np
 
-from ..io import (NIFTI_HINT, check_input, check_output, encode_integers, file_format,
-                  open_volume, require_nibabel, write_volume)
+from ..files import check_input, check_output, file_format
+from ..io import encode_integers, open_volume, write_volume
+from ..nifti import NIFTI_HINT, require_nibabel
 from ..kernel_file import KernelFile, load_kernel, upsample_volumes
 from ._common import (EXIT_OK, KERNEL_FILE_HELP, CommandError, HelpFormatter, factor_text,
                       parse_factor, parse_positive_int, require_finite, shape_text,

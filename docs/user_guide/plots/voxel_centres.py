@@ -1,13 +1,13 @@
 """Voxel centres of a NIfTI volume before and after ``tconv3d upsample --factor 2``.
 
 Two axes of a 3 x 3 grid of 2 mm voxels, upsampled by 2 with the affine of
-:func:`tconv3d.io.upsampled_affine`: the new voxels tile the same field of view, and each
+:func:`tconv3d.nifti.upsampled_affine`: the new voxels tile the same field of view, and each
 block of 2 x 2 new voxels is centred on the old voxel it replaces (``align_corners=False``).
 """
 import matplotlib.pyplot as plt
 import numpy as np
 
-from tconv3d.io import upsampled_affine
+from tconv3d.nifti import upsampled_affine
 
 affine = np.array([[2.0, 0, 0, -10], [0, 2.0, 0, 4], [0, 0, 2.0, 0], [0, 0, 0, 1]])
 factor = (2, 2, 1)
