@@ -130,8 +130,45 @@ TC_CHANNELWISE_TYPES(double, f64)
                 *(V *)(C + (i + r) * ldc + j + v * (L)) = c[r][v];                      \
     } while (0)
 
-/* Rows left after the MR-row tiles (MR <= 8): tiles of 4, 2 and 1 rows. */
-#define TC_ROW_REMAINDER(V, T, NV, L)                                                   \
+/* A tile of ROWS rows of which only the first VALID (< ROWS) exist: the others repeat
+ * the last valid row's loads and are never stored. At full speed, it beats the 4-, 2- and
+ * 1-row tiles of a short remainder (they reload B per tile and are load-bound). */
+#define TC_TILE_PART(V, T, ROWS, NV, L, VALID)                                          \
+    do {                                                                                \
+        const Py_ssize_t valid = (VALID);                                               \
+        Py_ssize_t row[ROWS];                                                           \
+        for (int r = 0; r < (ROWS); r++)                                                \
+            row[r] = r < valid ? r : valid - 1;                                         \
+        V c[ROWS][NV];                                                                  \
+        for (int r = 0; r < (ROWS); r++)                                                \
+            for (int v = 0; v < (NV); v++)                                              \
+                c[r][v] = *(const V *)(C + (i + row[r]) * ldc + j + v * (L));           \
+        for (Py_ssize_t bt = 0; bt < nb; bt++) {                                        \
+            const T *a[ROWS];                                                           \
+            for (int r = 0; r < (ROWS); r++)                                            \
+                a[r] = A[bt] + aoff + (i + row[r]) * sai;                               \
+            const T *bp = B[bt] + boff + j;                                             \
+            for (Py_ssize_t p = 0; p < k; p++) {                                        \
+                V b[NV];                                                                \
+                for (int v = 0; v < (NV); v++)                                          \
+                    b[v] = *(const V *)(bp + p * ldb + v * (L));                        \
+                for (int r = 0; r < (ROWS); r++) {                                      \
+                    T av = a[r][p * sap];                                               \
+                    for (int v = 0; v < (NV); v++)                                      \
+                        c[r][v] += av * b[v];                                           \
+                }                                                                       \
+            }                                                                           \
+        }                                                                               \
+        for (int r = 0; r < (ROWS); r++)                                                \
+            if (r < valid)                                                              \
+                for (int v = 0; v < (NV); v++)                                          \
+                    *(V *)(C + (i + r) * ldc + j + v * (L)) = c[r][v];                  \
+    } while (0)
+
+/* Rows left after the MR-row tiles (MR <= 8): more than half a tile as one partial
+ * MR-row tile, else tiles of 4, 2 and 1 rows. */
+#define TC_ROW_REMAINDER(V, T, NV, L, MR)                                               \
+    if (2 * (m - i) > (MR)) { TC_TILE_PART(V, T, MR, NV, L, m - i); i = m; }            \
     if (m - i >= 4) { TC_TILE(V, T, 4, NV, L); i += 4; }                                \
     if (m - i >= 2) { TC_TILE(V, T, 2, NV, L); i += 2; }                                \
     if (m - i >= 1) { TC_TILE(V, T, 1, NV, L); i += 1; }
@@ -155,19 +192,19 @@ ATTR static void NAME##_br(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t 
     Py_ssize_t i, j = 0;                                                                \
     for (; j + 2 * VL <= n; j += 2 * VL) {                                              \
         for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE(NAME##_vec, T, MR, 2, VL);        \
-        TC_ROW_REMAINDER(NAME##_vec, T, 2, VL)                                          \
+        TC_ROW_REMAINDER(NAME##_vec, T, 2, VL, MR)                                      \
     }                                                                                   \
     for (; j + VL <= n; j += VL) {                                                      \
         for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE(NAME##_vec, T, MR, 1, VL);        \
-        TC_ROW_REMAINDER(NAME##_vec, T, 1, VL)                                          \
+        TC_ROW_REMAINDER(NAME##_vec, T, 1, VL, MR)                                      \
     }                                                                                   \
     for (; VL2 < VL && j + VL2 <= n; j += VL2) {                                        \
         for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE(NAME##_v2, T, MR, 1, VL2);        \
-        TC_ROW_REMAINDER(NAME##_v2, T, 1, VL2)                                          \
+        TC_ROW_REMAINDER(NAME##_v2, T, 1, VL2, MR)                                      \
     }                                                                                   \
     for (; VL4 < VL2 && j + VL4 <= n; j += VL4) {                                       \
         for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE(NAME##_v4, T, MR, 1, VL4);        \
-        TC_ROW_REMAINDER(NAME##_v4, T, 1, VL4)                                          \
+        TC_ROW_REMAINDER(NAME##_v4, T, 1, VL4, MR)                                      \
     }                                                                                   \
     TC_SCALAR_COLUMNS(T, j, MADD)                                                       \
 }                                                                                       \

@@ -18,11 +18,14 @@
 # - Taps are never scanned: those joining an output to inputs, or an input to outputs,
 #   are enumerated arithmetically ("taps, by arithmetic" below), so the cost is the
 #   multiply-adds performed plus the size of the arrays, for any stride, dilation and
-#   kernel length; every element still takes its taps in increasing order.
+#   kernel length; every element takes its taps in a fixed order (width tap, then depth
+#   and height taps, each increasing).
 # - Along the width axis a row is worked in runs of consecutive voxels accumulated
 #   together: each kernel tap matrix is loaded once per run instead of once per voxel,
 #   and the channel contraction is a GEMM whose vectors run over contiguous channels
-#   (_gemm.h). Which GEMMs a run takes is the same in every row, listed once per call.
+#   (_gemm.h). Which GEMMs a run takes is the same in every row, listed once per call;
+#   each width tap's GEMMs over the row's depth and height taps are one batch-reduce GEMM
+#   (its C tile stays in registers), and so are a kernel-gradient chunk's rows per tap.
 # - The order of every sum depends only on the problem: not on the thread count, the
 #   memory layout (strides), nor on where an element falls in a run or a GEMM tile.
 # - The kernel-gradient reduction runs over a fixed partition into chunks (independent
@@ -313,8 +316,11 @@ cdef int _conv_transpose(const Problem *p,
     # groups of a row read the same input rows: they share the cache).
     cdef Py_ssize_t cin = p.cin, cout = p.cout, ow_n = p.n_out[2], sw = p.s[2]
     cdef Py_ssize_t rows = p.batch * p.n_out[0] * p.n_out[1]
-    cdef Py_ssize_t row, grp, run, o0, nb, b, e, td, th, co, ldc
+    cdef Py_ssize_t row, grp, run, o0, nb, b, e, td, th, co, ldc, seg, u, nbat
     cdef bint direct = p.ys[4] == 1 and not (cin == 1 and cout == 1)
+    cdef Py_ssize_t max_batch = p.k[0] * p.k[1]
+    cdef const floating **arows = NULL   # per thread: one segment's products
+    cdef const floating **btaps = NULL
     # Depthwise: all groups at once, the channels as vectors (rows of other layouts are
     # copied channel-contiguous into xbuf, and accumulated in acc).
     cdef Py_ssize_t groups = p.groups
@@ -327,7 +333,6 @@ cdef int _conv_transpose(const Problem *p,
     cdef floating *cbuf
     cdef floating *yp
     cdef const floating *xrow
-    cdef const floating *wtap
     cdef const floating *xg
     cdef const floating *wg
     cdef const floating *bg
@@ -340,9 +345,12 @@ cdef int _conv_transpose(const Problem *p,
         acc = <floating *> _thread_malloc(runs.length * acc_channels * sizeof(floating),
                                           failed_ptr)
         xbuf = <floating *> _thread_malloc(p.n_in[2] * groups * sizeof(floating), failed_ptr)
+        arows = <const floating **> _thread_malloc((2 * max_batch + 1) * sizeof(floating *),
+                                                   failed_ptr)
+        btaps = arows + max_batch
         r = _thread_row(p, failed_ptr)
         for row in prange(rows, schedule='static'):
-            if acc == NULL or xbuf == NULL or r.j[0] == NULL:
+            if acc == NULL or xbuf == NULL or arows == NULL or r.j[0] == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
             _output_row(p, ph, row, &r)
             for run in range(runs.count if depthwise else 0):
@@ -400,22 +408,31 @@ cdef int _conv_transpose(const Problem *p,
                                 memset(cbuf + b * ldc, 0, cout * sizeof(floating))
                             else:
                                 memcpy(cbuf + b * ldc, bg, cout * sizeof(floating))
-                    for td in range(r.n_taps[0] if runs.first[run] < runs.first[run + 1]
-                                    else 0):
+                    for td in range(r.n_taps[0] if cin == 1 and cout == 1 else 0):
                         for th in range(r.n_taps[1]):
                             xrow = xg + _row_offset(p.xs, r.n, r.index[0][td],
                                                     r.index[1][th])
                             for e in range(runs.first[run], runs.first[run + 1]):
                                 # Outputs o, o + sw, ... of the run from inputs lo <= i < hi.
-                                wtap = wg + _tap_matrix(p, &r, td, th, runs.j[e])
-                                if cin == 1 and cout == 1:
-                                    _axpy(runs.hi[e] - runs.lo[e], wtap[0],
-                                          xrow + runs.lo[e] * p.xs[3], p.xs[3],
-                                          acc + (runs.o[e] - o0), sw)
-                                else:
-                                    _gemm(runs.hi[e] - runs.lo[e], cout, cin,
-                                          xrow + runs.lo[e] * p.xs[3], p.xs[3], p.xs[4],
-                                          wtap, cout, cbuf + (runs.o[e] - o0) * ldc, sw * ldc)
+                                _axpy(runs.hi[e] - runs.lo[e],
+                                      wg[_tap_matrix(p, &r, td, th, runs.j[e])],
+                                      xrow + runs.lo[e] * p.xs[3], p.xs[3],
+                                      acc + (runs.o[e] - o0), sw)
+                    for e in range(runs.first[run], runs.first[run] if cin == 1
+                                   and cout == 1 else runs.first[run + 1]):
+                        # One batch-reduce GEMM per width entry (outputs o, o + sw, ...
+                        # of the run from inputs lo <= i < hi), over the row's (depth,
+                        # height) taps: their products in the order of a GEMM each.
+                        nbat = 0
+                        for td in range(r.n_taps[0]):
+                            for th in range(r.n_taps[1]):
+                                arows[nbat] = xg + _row_offset(p.xs, r.n, r.index[0][td],
+                                                               r.index[1][th])
+                                btaps[nbat] = wg + _tap_matrix(p, &r, td, th, runs.j[e])
+                                nbat = nbat + 1
+                        _brgemm(runs.hi[e] - runs.lo[e], cout, cin, nbat, arows,
+                                runs.lo[e] * p.xs[3], p.xs[3], p.xs[4], btaps, 0, cout,
+                                cbuf + (runs.o[e] - o0) * ldc, sw * ldc)
                     if direct:
                         continue
                     if cout == 1:  # no per-voxel inner loop (GCC would call memcpy)
@@ -426,6 +443,7 @@ cdef int _conv_transpose(const Problem *p,
                             for b in range(nb):
                                 yp[b * p.ys[3] + co * p.ys[4]] = acc[b * cout + co]
         free(r.j[0])
+        free(arows)
         free(xbuf)
         free(acc)
     return -1 if failed else 0
@@ -448,10 +466,13 @@ def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
     try:
         _fill_phases(&p, table, &ph)
         _make_runs(&p, &ph, _block_size(_block_channels(&p, p.cout)), &runs)
-        with nogil:
-            status = _conv_transpose(&p, &ph, &runs, &x[0, 0, 0, 0, 0], &wt[0, 0, 0, 0, 0],
-                                     bias_ptr, &y[0, 0, 0, 0, 0], num_threads)
-        _free_runs(&runs)
+        try:
+            with nogil:
+                status = _conv_transpose(&p, &ph, &runs, &x[0, 0, 0, 0, 0],
+                                         &wt[0, 0, 0, 0, 0], bias_ptr, &y[0, 0, 0, 0, 0],
+                                         num_threads)
+        finally:
+            _free_runs(&runs)
     finally:
         free(table)
     _check(status)
@@ -468,7 +489,9 @@ cdef int _grad_input(const Problem *p,
     # Each thread takes whole input rows, and in each row every group in turn.
     cdef Py_ssize_t cin = p.cin, cout = p.cout, iw_n = p.n_in[2]
     cdef Py_ssize_t rows = p.batch * p.n_in[0] * p.n_in[1]
-    cdef Py_ssize_t row, grp, run, i0, nb, b, e, td, th, ci
+    cdef Py_ssize_t row, grp, run, i0, nb, b, e, td, th, ci, nbat
+    cdef const floating **grows = NULL   # per thread: one entry's products
+    cdef const floating **wtaps = NULL
     cdef Py_ssize_t gstep = p.s[2] * p.ys[3]  # between the outputs consecutive inputs feed
     # Depthwise: all groups at once, the channels as vectors (rows of other layouts are
     # copied channel-contiguous into gbuf, and accumulated in acc).
@@ -481,7 +504,6 @@ cdef int _grad_input(const Problem *p,
     cdef floating *cbuf
     cdef Py_ssize_t ldc
     cdef const floating *grow
-    cdef const floating *wtap
     cdef const floating *gg
     cdef const floating *wg
     cdef floating *ap
@@ -495,9 +517,12 @@ cdef int _grad_input(const Problem *p,
         acc = <floating *> _thread_malloc(
             runs.length * _block_channels(p, cin) * sizeof(floating), failed_ptr)
         gbuf = <floating *> _thread_malloc(p.n_out[2] * groups * sizeof(floating), failed_ptr)
+        grows = <const floating **> _thread_malloc(
+            (2 * p.k[0] * p.k[1] + 1) * sizeof(floating *), failed_ptr)
+        wtaps = grows + p.k[0] * p.k[1]
         r = _thread_row(p, failed_ptr)
         for row in prange(rows, schedule='static'):
-            if acc == NULL or gbuf == NULL or r.j[0] == NULL:
+            if acc == NULL or gbuf == NULL or grows == NULL or r.j[0] == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
             _input_row(p, row, &r)
             for run in range(runs.count if depthwise else 0):
@@ -529,21 +554,25 @@ cdef int _grad_input(const Problem *p,
                     i0 = run * runs.length
                     nb = runs.length if iw_n - i0 > runs.length else iw_n - i0
                     memset(acc, 0, nb * cin * sizeof(floating))
-                    for td in range(r.n_taps[0] if runs.first[run] < runs.first[run + 1]
-                                    else 0):
-                        for th in range(r.n_taps[1]):
-                            grow = gg + _row_offset(p.ys, r.n, r.index[0][td],
-                                                    r.index[1][th])
-                            for e in range(runs.first[run], runs.first[run + 1]):
-                                wtap = wg + _tap_matrix(p, &r, td, th, runs.j[e])
-                                if cin == 1 and cout == 1:
-                                    _axpy(runs.hi[e] - runs.lo[e], wtap[0],
-                                          grow + runs.o[e] * p.ys[3], gstep,
-                                          acc + (runs.lo[e] - i0), 1)
-                                else:
-                                    _gemm(runs.hi[e] - runs.lo[e], cin, cout,
-                                          grow + runs.o[e] * p.ys[3], gstep, p.ys[4],
-                                          wtap, cin, acc + (runs.lo[e] - i0) * cin, cin)
+                    for e in range(runs.first[run], runs.first[run + 1]):
+                        # Inputs lo <= i < hi of the run from outputs o, o + s, ...: one
+                        # batch-reduce GEMM over the row's (depth, height) taps.
+                        nbat = 0
+                        for td in range(r.n_taps[0]):
+                            for th in range(r.n_taps[1]):
+                                grows[nbat] = gg + _row_offset(p.ys, r.n, r.index[0][td],
+                                                               r.index[1][th])
+                                wtaps[nbat] = wg + _tap_matrix(p, &r, td, th, runs.j[e])
+                                nbat = nbat + 1
+                        if cin == 1 and cout == 1:
+                            for b in range(nbat):
+                                _axpy(runs.hi[e] - runs.lo[e], wtaps[b][0],
+                                      grows[b] + runs.o[e] * p.ys[3], gstep,
+                                      acc + (runs.lo[e] - i0), 1)
+                        else:
+                            _brgemm(runs.hi[e] - runs.lo[e], cin, cout, nbat, grows,
+                                    runs.o[e] * p.ys[3], gstep, p.ys[4], wtaps, 0, cin,
+                                    acc + (runs.lo[e] - i0) * cin, cin)
                     gxp = (gx + _row_offset(p.xs, r.n, r.d, r.h) + i0 * p.xs[3]
                            + grp * cin * p.xs[4])
                     if cin == 1:  # no per-voxel inner loop (GCC would call memcpy)
@@ -559,6 +588,7 @@ cdef int _grad_input(const Problem *p,
                             for b in range(nb):
                                 gxp[b * p.xs[3] + ci * p.xs[4]] = acc[b * cin + ci]
         free(r.j[0])
+        free(grows)
         free(gbuf)
         free(acc)
     return -1 if failed else 0

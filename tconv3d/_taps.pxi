@@ -8,8 +8,8 @@
 # Nothing scans all the taps of an axis: the taps that join an output to inputs, or an
 # input to outputs, are enumerated arithmetically, so the work is proportional to the
 # multiply-adds performed plus the size of the arrays, for any stride, dilation and
-# kernel length. Each output or input still takes its taps in increasing j: the
-# summation order, and so every bit of the results, is the scan's.
+# kernel length. Each output or input still takes the taps of an axis in increasing j,
+# as a scan would.
 #
 # - From input i the taps form one range: o = i*s + j*d - crop in [0, n_out).
 # - Into output o come the taps of o's stride phase, (j*d) % s == (o + crop) % s. With
@@ -172,8 +172,8 @@ cdef inline Py_ssize_t _input_taps(const Problem *p, int a, Py_ssize_t i,
 # inputs in the gradients), short enough for a run's accumulator to stay in L1. What a
 # run takes from the other side is the same in every row: a list of GEMMs, one per
 # width tap j and range of inputs lo <= i < hi, whose outputs i*s + j*d - crop are s
-# apart. The lists are built once per call (Runs); a row then only runs its GEMMs, and
-# each output or input still takes its taps in increasing j.
+# apart. The lists are built once per call (Runs); a row then only runs its GEMMs, in
+# increasing j.
 #
 # A run at least a stride long on the output side (the forward's runs, or the whole
 # output axis in the gradients) is reached by every tap between its first and last one,
@@ -381,3 +381,4 @@ cdef inline Py_ssize_t _tap_matrix(const Problem *p, const Row *r, Py_ssize_t td
     kernel tap (r.j[0][td], r.j[1][th], jw) in a C-contiguous (kd, kh, kw, G, ., .)
     kernel (group g's matrix follows at g * Cin * Cout)."""
     return ((r.j[0][td] * p.k[1] + r.j[1][th]) * p.k[2] + jw) * p.groups * p.cin * p.cout
+

@@ -372,6 +372,15 @@ default="trilinear"
         For ``"nearest"``, ``"trilinear"`` and ``"label"`` it is the outer product of
         ``kernel_taps_``, computed here on access (``transform`` never builds it). A
         kernel assigned to it replaces the fitted one and runs as given.
+
+        Examples
+        --------
+        >>> up = VolumeUpsampler(factor=(2, 1, 1)).fit(np.zeros((1, 2, 2, 2)))
+        >>> up.kernel_taps_[0], up.kernel_.shape
+        (array([0.25, 0.75, 0.75, 0.25]), (4, 1, 1))
+        >>> up.kernel_ = 2 * up.kernel_     # runs as given from now on
+        >>> up.kernel_taps_ is None
+        True
         """
         kernel = self.__dict__.get("_kernel")
         if kernel is None:
