@@ -9,6 +9,7 @@ multiply-adds of the scatter definition); ``ratio`` is tconv3d's time over the f
 peer's (below 1 means tconv3d is faster).
 """
 import argparse
+import gc
 import json
 import platform
 import statistics
@@ -21,31 +22,53 @@ from . import _kernels
 from ._geometry import keras_to_torch_kernel, keras_trim, torch_window
 from ._ops import conv_transpose3d, conv_transpose3d_backward
 
-# name: (batch, in_channels, out_channels, input size, kernel, stride, padding)
+# name: (batch, in_channels, out_channels, input size, kernel, stride, padding); sizes,
+# kernels and strides are an int for all three axes or a triple.
 SUITE = {
     "unet_up": (1, 64, 32, 32, 2, 2, "valid"),
     "same_k3s2": (2, 32, 32, 16, 3, 2, "same"),
     "gan_k4s2": (4, 64, 32, 8, 4, 2, "same"),
     "upsample_c1": (8, 1, 1, 64, 2, 2, "valid"),
     "stride1_k3": (1, 32, 32, 32, 3, 1, "same"),
+    # realistic decoder layers: a deep nnU-Net stage (many channels, small volume), an
+    # early 3D-GAN layer, a wide stride-1 layer, an anisotropic (in-plane) upsampling
+    "nnunet_deep": (2, 320, 256, 4, 2, 2, "valid"),
+    "gan_deep": (4, 256, 128, 4, 4, 2, "same"),
+    "stride1_c64": (1, 64, 64, 16, 3, 1, "same"),
+    "aniso_k133": (1, 64, 32, (8, 32, 32), (1, 3, 3), (1, 2, 2), "same"),
 }
-COMPUTE_BOUND = ("same_k3s2", "gan_k4s2", "stride1_k3")
+COMPUTE_BOUND = ("same_k3s2", "gan_k4s2", "stride1_k3", "nnunet_deep", "gan_deep",
+                 "stride1_c64", "aniso_k133")
+
+
+def _triple(v):
+    return (v,) * 3 if isinstance(v, int) else tuple(v)
 
 
 def _median_ms(fn, repeat, warmup=2):
+    """Median time of ``fn`` in ms. As ``timeit`` does, the garbage collector is off while
+    timing: a collection triggered by the few objects a call makes would otherwise walk
+    every object of the process (tens of ms once PyTorch is imported) inside one call."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    finally:
+        if enabled:
+            gc.enable()
     return statistics.median(times) * 1e3
 
 
 def _flops(case):
     n, cin, cout, size, k, _, _ = case
-    return 2.0 * n * size ** 3 * cin * cout * k ** 3
+    return 2.0 * n * np.prod(_triple(size)) * cin * cout * np.prod(_triple(k))
 
 
 def _torch_padding(k, s, padding):
@@ -71,7 +94,9 @@ class _TorchPeer:
     def setup(self, x, w, b, case, channels_last_3d):
         torch = self.torch
         _, _, _, size, k, s, padding = case
-        pad, out_pad, delta = _torch_padding(k, s, padding)
+        s = _triple(s)
+        pad, out_pad, delta = zip(*(_torch_padding(ka, sa, padding)
+                                    for ka, sa in zip(_triple(k), s)))
         xt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
         if channels_last_3d:
             xt = xt.contiguous(memory_format=torch.channels_last_3d)
@@ -94,8 +119,9 @@ class _TorchPeer:
         def output(y):
             """torch's output and tconv3d's ``y``, cut to the voxels both hold."""
             theirs = np.moveaxis(forward().numpy(), 1, -1)
-            n = y.shape[1] - delta
-            return theirs[:, :n, :n, :n], y[:, delta:, delta:, delta:]
+            n = [length - d for length, d in zip(y.shape[1:4], delta)]
+            return (theirs[:, :n[0], :n[1], :n[2]],
+                    y[:, delta[0]:, delta[1]:, delta[2]:])
 
         return forward, forward_backward, output
 
@@ -115,20 +141,21 @@ class _TensorFlowPeer:
     def setup(self, x, w, b, case, channels_last_3d=False):
         tf = self.tf
         n, cin, cout, size, k, s, padding = case
-        out_shape = (n, *(size * s if padding == "same" else (size - 1) * s + max(k, s),) * 3,
-                     cout)
+        out_shape = (n, *(m * sa if padding == "same" else (m - 1) * sa + max(ka, sa)
+                          for m, ka, sa in zip(_triple(size), _triple(k), _triple(s))), cout)
+        strides = (1, *_triple(s), 1)
         xt, wt, bt = tf.constant(x), tf.constant(w), tf.constant(b)
 
         @tf.function
         def forward():
-            return tf.nn.conv3d_transpose(xt, wt, out_shape, (1, s, s, s, 1),
+            return tf.nn.conv3d_transpose(xt, wt, out_shape, strides,
                                           padding=padding.upper()) + bt
 
         @tf.function
         def forward_backward():
             with tf.GradientTape() as tape:
                 tape.watch([xt, wt, bt])
-                y = tf.nn.conv3d_transpose(xt, wt, out_shape, (1, s, s, s, 1),
+                y = tf.nn.conv3d_transpose(xt, wt, out_shape, strides,
                                            padding=padding.upper()) + bt
             return tape.gradient(y, [xt, wt, bt], output_gradients=tf.ones_like(y))
 
@@ -182,8 +209,9 @@ def peak_rss():
 
 n, cin, cout, size, k, s, padding = SUITE[{case_name!r}]
 rng = np.random.default_rng(0)
-x = rng.standard_normal((n, size, size, size, cin), dtype={dtype!r})  # no temporaries
-w = rng.standard_normal((k, k, k, cout, cin), dtype={dtype!r})
+triple = lambda v: (v,) * 3 if isinstance(v, int) else tuple(v)
+x = rng.standard_normal((n, *triple(size), cin), dtype={dtype!r})  # no temporaries
+w = rng.standard_normal((*triple(k), cout, cin), dtype={dtype!r})
 conv_transpose3d(x[:1, :2, :2, :2], w, strides=s, padding=padding)  # load the module
 before = peak_rss()
 y = conv_transpose3d(x, w, strides=s, padding=padding)
@@ -429,14 +457,16 @@ def run(cases=None, threads=(2,), dtypes=("float32",), repeat=7, peers=("torch",
                 case = SUITE[name]
                 n, cin, cout, size, k, s, padding = case
                 rng = np.random.default_rng(0)
-                x = rng.standard_normal((n, size, size, size, cin)).astype(dtype)
-                w = rng.standard_normal((k, k, k, cout, cin)).astype(dtype)
+                x = rng.standard_normal((n, *_triple(size), cin)).astype(dtype)
+                w = rng.standard_normal((*_triple(k), cout, cin)).astype(dtype)
                 b = rng.standard_normal(cout).astype(dtype)
                 kw = dict(strides=s, padding=padding, num_threads=nthreads)
                 y = conv_transpose3d(x, w, b, **kw)
                 g = np.ones_like(y)
                 row = {"case": name, "dtype": dtype, "threads": nthreads,
-                       "shape": f"{n}, {cin}->{cout}, {size}^3, k{k}, s{s}, {padding}",
+                       "shape": f"{n}, {cin}->{cout}, "
+                                f"{size if isinstance(size, int) else 'x'.join(map(str, size))}"
+                                f"{'^3' if isinstance(size, int) else ''}, k{k}, s{s}, {padding}",
                        "gflop": _flops(case) / 1e9}
                 row["tconv3d_fwd_ms"] = _median_ms(lambda: conv_transpose3d(x, w, b, **kw),
                                                    repeat)
