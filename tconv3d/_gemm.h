@@ -7,7 +7,9 @@
  *     C[i][j] += sum_b sum_p A[b][aoff + i*sai + p*sap] * B[b][boff + p*ldb + j]
  *
  * which sums, for each element, exactly as nb successive GEMM calls would (batch by batch,
- * p in order): the same bits, without storing and reloading C between the products.
+ * p in order): the same bits, without storing and reloading C between the products; and a
+ * form whose rows are given by pointers (Ar[i], Cr[i]: rows gathered from anywhere),
+ * summing as m one-row GEMMs would.
  *
  * A is read element by element (broadcast), so its strides are free: the same routine
  * serves the forward pass (A = input voxels x channels), the input gradient (A = output
@@ -46,6 +48,10 @@ typedef void (*tc_brgemm_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                 const float *const *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                 const float *const *, Py_ssize_t, Py_ssize_t, float *,
                                 Py_ssize_t);
+typedef void (*tc_gemm_rows_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *const *,
+                                   Py_ssize_t, const float *, Py_ssize_t, float *const *);
+typedef void (*tc_gemm_rows_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double *const *,
+                                   Py_ssize_t, const double *, Py_ssize_t, double *const *);
 typedef void (*tc_brgemm_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                 const double *const *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                 const double *const *, Py_ssize_t, Py_ssize_t, double *,
@@ -165,6 +171,44 @@ TC_CHANNELWISE_TYPES(double, f64)
                     *(V *)(C + (i + r) * ldc + j + v * (L)) = c[r][v];                  \
     } while (0)
 
+/* TC_TILE_PART over rows given by pointers: row r of the tile reads A from Ar[i + r] and
+ * accumulates into Cr[i + r] (rows gathered from anywhere, e.g. several output rows). */
+#define TC_TILE_ROWS(V, T, ROWS, NV, L, VALID)                                          \
+    do {                                                                                \
+        const Py_ssize_t valid = (VALID);                                               \
+        const T *a[ROWS];                                                               \
+        T *cr[ROWS];                                                                    \
+        for (int r = 0; r < (ROWS); r++) {                                              \
+            a[r] = Ar[i + (r < valid ? r : valid - 1)];                                 \
+            cr[r] = Cr[i + (r < valid ? r : valid - 1)] + j;                            \
+        }                                                                               \
+        V c[ROWS][NV];                                                                  \
+        for (int r = 0; r < (ROWS); r++)                                                \
+            for (int v = 0; v < (NV); v++)                                              \
+                c[r][v] = *(const V *)(cr[r] + v * (L));                                \
+        const T *bp = B + j;                                                            \
+        for (Py_ssize_t p = 0; p < k; p++) {                                            \
+            V b[NV];                                                                    \
+            for (int v = 0; v < (NV); v++)                                              \
+                b[v] = *(const V *)(bp + p * ldb + v * (L));                            \
+            for (int r = 0; r < (ROWS); r++) {                                          \
+                T av = a[r][p * sap];                                                   \
+                for (int v = 0; v < (NV); v++)                                          \
+                    c[r][v] += av * b[v];                                               \
+            }                                                                           \
+        }                                                                               \
+        for (int r = 0; r < (ROWS); r++)                                                \
+            if (r < valid)                                                              \
+                for (int v = 0; v < (NV); v++)                                          \
+                    *(V *)(cr[r] + v * (L)) = c[r][v];                                  \
+    } while (0)
+
+#define TC_ROWS_REMAINDER(V, T, NV, L, MR)                                              \
+    if (2 * (m - i) > (MR)) { TC_TILE_ROWS(V, T, MR, NV, L, m - i); i = m; }            \
+    if (m - i >= 4) { TC_TILE_ROWS(V, T, 4, NV, L, 4); i += 4; }                        \
+    if (m - i >= 2) { TC_TILE_ROWS(V, T, 2, NV, L, 2); i += 2; }                        \
+    if (m - i >= 1) { TC_TILE_ROWS(V, T, 1, NV, L, 1); i += 1; }
+
 /* Rows left after the MR-row tiles (MR <= 8): more than half a tile as one partial
  * MR-row tile, else tiles of 4, 2 and 1 rows. */
 #define TC_ROW_REMAINDER(V, T, NV, L, MR)                                               \
@@ -213,6 +257,46 @@ ATTR static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,                 
                       const T *B, Py_ssize_t ldb, T *C, Py_ssize_t ldc)                \
 {                                                                                       \
     NAME##_br(m, n, k, 1, &A, 0, sai, sap, &B, 0, ldb, C, ldc);                          \
+}                                                                                       \
+ATTR static void NAME##_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,                 \
+                             const T *const *Ar, Py_ssize_t sap, const T *B,           \
+                             Py_ssize_t ldb, T *const *Cr)                             \
+{                                                                                       \
+    enum { VL = (VBYTES) / sizeof(T), VL2 = TC_NARROW(VBYTES, 2) / sizeof(T),          \
+           VL4 = TC_NARROW(VBYTES, 4) / sizeof(T) };                                    \
+    Py_ssize_t i, j = 0;                                                                \
+    for (; j + 2 * VL <= n; j += 2 * VL) {                                              \
+        for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE_ROWS(NAME##_vec, T, MR, 2, VL, MR); \
+        TC_ROWS_REMAINDER(NAME##_vec, T, 2, VL, MR)                                     \
+    }                                                                                   \
+    for (; j + VL <= n; j += VL) {                                                      \
+        for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE_ROWS(NAME##_vec, T, MR, 1, VL, MR); \
+        TC_ROWS_REMAINDER(NAME##_vec, T, 1, VL, MR)                                     \
+    }                                                                                   \
+    for (; VL2 < VL && j + VL2 <= n; j += VL2) {                                        \
+        for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE_ROWS(NAME##_v2, T, MR, 1, VL2, MR); \
+        TC_ROWS_REMAINDER(NAME##_v2, T, 1, VL2, MR)                                     \
+    }                                                                                   \
+    for (; VL4 < VL2 && j + VL4 <= n; j += VL4) {                                       \
+        for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE_ROWS(NAME##_v4, T, MR, 1, VL4, MR); \
+        TC_ROWS_REMAINDER(NAME##_v4, T, 1, VL4, MR)                                     \
+    }                                                                                   \
+    for (Py_ssize_t jj = j; jj < n; jj++)                                               \
+        for (Py_ssize_t ii = 0; ii < m; ii++) {                                         \
+            const T *a = Ar[ii];                                                        \
+            const T *b = B + jj;                                                        \
+            T s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                           \
+            Py_ssize_t p = 0;                                                           \
+            for (; p + 4 <= k; p += 4) {                                                \
+                s0 = MADD(T)(a[p * sap], b[p * ldb], s0);                               \
+                s1 = MADD(T)(a[(p + 1) * sap], b[(p + 1) * ldb], s1);                   \
+                s2 = MADD(T)(a[(p + 2) * sap], b[(p + 2) * ldb], s2);                   \
+                s3 = MADD(T)(a[(p + 3) * sap], b[(p + 3) * ldb], s3);                   \
+            }                                                                           \
+            for (; p < k; p++)                                                          \
+                s0 = MADD(T)(a[p * sap], b[p * ldb], s0);                               \
+            Cr[ii][jj] += (s0 + s1) + (s2 + s3);                                        \
+        }                                                                               \
 }
 
 TC_DEFINE_GEMM(tc_gemm_f32_base, float, 16, 6, TC_BASE_MADD, )
@@ -235,7 +319,10 @@ static void NAME##_br(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t nb,  
                       Py_ssize_t ldc) { TC_SCALAR_COLUMNS(T, 0, TC_BASE_MADD) }          \
 static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const T *A, Py_ssize_t sai,   \
                  Py_ssize_t sap, const T *B, Py_ssize_t ldb, T *C, Py_ssize_t ldc)       \
-{ NAME##_br(m, n, k, 1, &A, 0, sai, sap, &B, 0, ldb, C, ldc); }
+{ NAME##_br(m, n, k, 1, &A, 0, sai, sap, &B, 0, ldb, C, ldc); }                          \
+static void NAME##_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const T *const *Ar,    \
+                        Py_ssize_t sap, const T *B, Py_ssize_t ldb, T *const *Cr)        \
+{ for (Py_ssize_t ii = 0; ii < m; ii++) NAME(1, n, k, Ar[ii], 0, sap, B, ldb, Cr[ii], 0); }
 TC_DEFINE_SCALAR_GEMM(tc_gemm_f32_base, float)
 TC_DEFINE_SCALAR_GEMM(tc_gemm_f64_base, double)
 #endif
@@ -330,6 +417,8 @@ static tc_gemm_f32_t tc_gemm_f32 = tc_gemm_f32_base;
 static tc_gemm_f64_t tc_gemm_f64 = tc_gemm_f64_base;
 static tc_brgemm_f32_t tc_brgemm_f32 = tc_gemm_f32_base_br;
 static tc_brgemm_f64_t tc_brgemm_f64 = tc_gemm_f64_base_br;
+static tc_gemm_rows_f32_t tc_gemm_rows_f32 = tc_gemm_f32_base_rows;
+static tc_gemm_rows_f64_t tc_gemm_rows_f64 = tc_gemm_f64_base_rows;
 static tc_axpy_f32_t tc_axpy_f32 = tc_axpy_f32_base;
 static tc_axpy_f64_t tc_axpy_f64 = tc_axpy_f64_base;
 static tc_cmadd_f32_t tc_cmadd_f32 = tc_cmadd_f32_base;
@@ -343,6 +432,8 @@ static int tc_variant = 0;
         tc_gemm_f32 = tc_gemm_f32##SUFFIX; tc_gemm_f64 = tc_gemm_f64##SUFFIX;           \
         tc_brgemm_f32 = tc_gemm_f32##SUFFIX##_br;                                       \
         tc_brgemm_f64 = tc_gemm_f64##SUFFIX##_br;                                       \
+        tc_gemm_rows_f32 = tc_gemm_f32##SUFFIX##_rows;                                  \
+        tc_gemm_rows_f64 = tc_gemm_f64##SUFFIX##_rows;                                  \
         tc_axpy_f32 = tc_axpy_f32##SUFFIX; tc_axpy_f64 = tc_axpy_f64##SUFFIX;           \
         tc_cmadd_f32 = tc_cmadd_f32##SUFFIX; tc_cmadd_f64 = tc_cmadd_f64##SUFFIX;       \
         tc_cdot_f32 = tc_cdot_f32##SUFFIX; tc_cdot_f64 = tc_cdot_f64##SUFFIX;           \

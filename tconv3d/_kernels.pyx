@@ -37,6 +37,15 @@ from cython.parallel cimport parallel, prange
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
+
+cdef extern from "math.h" nogil:
+    float expf(float)
+    double exp(double)
+    float tanhf(float)
+    double tanh(double)
+    float erff(float)
+    double erf(double)
+
 cdef extern from *:
     """
     #ifdef _OPENMP
@@ -85,6 +94,12 @@ cdef extern from "_gemm.h":
                                      Py_ssize_t) noexcept nogil
     tc_brgemm_f32_t tc_brgemm_f32
     tc_brgemm_f64_t tc_brgemm_f64
+    void tc_gemm_rows_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float **Ar,
+                          Py_ssize_t sap, const float *B, Py_ssize_t ldb,
+                          float **Cr) noexcept nogil
+    void tc_gemm_rows_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double **Ar,
+                          Py_ssize_t sap, const double *B, Py_ssize_t ldb,
+                          double **Cr) noexcept nogil
     ctypedef void (*tc_gemm_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *,
                                    Py_ssize_t, Py_ssize_t, const float *, Py_ssize_t,
                                    float *, Py_ssize_t) noexcept nogil
@@ -172,6 +187,16 @@ cdef inline void _brgemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t nb
         tc_brgemm_f64(m, n, k, nb, A, aoff, sai, sap, B, boff, ldb, C, ldc)
 
 
+cdef inline void _gemm_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating **Ar,
+                            Py_ssize_t sap, const floating *B, Py_ssize_t ldb,
+                            floating **Cr) noexcept nogil:
+    """Cr[i][j] += sum_p Ar[i][p*sap] * B[p*ldb + j]: rows by pointer (see _gemm.h)."""
+    if floating is float:
+        tc_gemm_rows_f32(m, n, k, Ar, sap, B, ldb, Cr)
+    else:
+        tc_gemm_rows_f64(m, n, k, Ar, sap, B, ldb, Cr)
+
+
 cdef inline void _axpy(Py_ssize_t n, floating alpha, const floating *x, Py_ssize_t incx,
                        floating *y, Py_ssize_t incy) noexcept nogil:
     """y[i*incy] += alpha * x[i*incx] (see _gemm.h)."""
@@ -224,6 +249,10 @@ cdef Py_ssize_t CHUNK_BUFFER_BYTES = 64 * 1024 * 1024
 cdef Py_ssize_t MIN_CHUNK_VOXELS = 256
 # Elements of the kernel gradient the final reduction over chunks takes at a time.
 cdef Py_ssize_t REDUCE_BLOCK = 1024
+# The forward of layers with tap matrices of at least this many bytes works in blocks of
+# up to MAX_BLOCK_ROWS output rows (_conv_transpose_blocked).
+cdef Py_ssize_t BLOCKED_TAP_BYTES = 64 * 1024
+cdef Py_ssize_t MAX_BLOCK_ROWS = 64
 
 
 ctypedef struct Problem:
@@ -302,6 +331,89 @@ cdef inline Py_ssize_t _block_channels(const Problem *p, Py_ssize_t channels) no
     return p.groups if _depthwise(p) else channels
 
 
+# ------------------------------------------------------------------ fused activations
+#
+# The forward applies an element-wise activation to each run of outputs as soon as its
+# sums are complete, while it is in cache (no second pass over the output). Codes are
+# the positions in FUSED_ACTIVATIONS; the formulas are tconv3d.activations' (Keras').
+
+FUSED_ACTIVATIONS = ("linear", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "gelu_tanh",
+                     "silu")
+# Those whose derivative is a function of the output (activation_grad).
+FROM_OUTPUT = ("linear", "relu", "leaky_relu", "sigmoid", "tanh")
+
+
+cdef inline floating _exp(floating v) noexcept nogil:
+    if floating is float:
+        return expf(v)
+    else:
+        return exp(v)
+
+
+cdef inline floating _sigmoid(floating v) noexcept nogil:
+    cdef floating e = _exp(-v if v >= 0 else v)   # exp(-|v|): no overflow
+    return 1 / (1 + e) if v >= 0 else e / (1 + e)
+
+
+cdef inline floating _activation(floating v, int act, floating alpha) noexcept nogil:
+    cdef floating u
+    if act == 1:
+        return 0 if v < 0 else v                  # relu (NaN stays NaN)
+    if act == 2:
+        return v if v > 0 else v * alpha          # leaky_relu
+    if act == 3:
+        return _sigmoid(v)
+    if act == 4:
+        return tanhf(v) if floating is float else tanh(v)
+    if act == 5:                                  # gelu, exact
+        u = v * <floating> 0.7071067811865476
+        return <floating> 0.5 * v * (1 + (erff(u) if floating is float else erf(u)))
+    if act == 6:                                  # gelu, tanh approximation
+        u = <floating> 0.7978845608028654 * (v + <floating> 0.044715 * v * v * v)
+        return <floating> 0.5 * v * (1 + (tanhf(u) if floating is float else tanh(u)))
+    if act == 7:
+        return v * _sigmoid(v)                    # silu
+    return v
+
+
+cdef void _activate(floating *c, Py_ssize_t rows, Py_ssize_t ldc, Py_ssize_t n, int act,
+                    floating alpha) noexcept nogil:
+    """c[b*ldc + e] = activation(c[b*ldc + e]) for b < rows, e < n."""
+    cdef Py_ssize_t b, e
+    cdef floating *row
+    if act == 0:
+        return
+    for b in range(rows):
+        row = c + b * ldc
+        if act == 1:   # the common case as its own loop: vectorised
+            for e in range(n):
+                row[e] = 0 if row[e] < 0 else row[e]
+        else:
+            for e in range(n):
+                row[e] = _activation(row[e], act, alpha)
+
+
+def activation_grad(const floating[::1] g, const floating[::1] y, floating[::1] out,
+                    int act, floating alpha, int num_threads):
+    """out = g * activation'(z), from the activation's output y = activation(z) (codes of
+    FROM_OUTPUT), in one pass over the flat arrays."""
+    cdef Py_ssize_t i, n = g.shape[0]
+    cdef floating v
+    with nogil:
+        for i in prange(n, schedule='static', num_threads=num_threads):
+            v = y[i]
+            if act == 1:
+                out[i] = g[i] if v > 0 else 0
+            elif act == 2:
+                out[i] = g[i] if v > 0 else g[i] * alpha
+            elif act == 3:
+                out[i] = g[i] * (v * (1 - v))
+            elif act == 4:
+                out[i] = g[i] * (1 - v * v)
+            else:
+                out[i] = g[i]
+
+
 # ----------------------------------------------------------------------------- forward
 
 cdef int _conv_transpose(const Problem *p,
@@ -311,6 +423,7 @@ cdef int _conv_transpose(const Problem *p,
                          const floating *wt,    # IN  (kd, kh, kw, G, Cin, Cout) C-contiguous
                          const floating *bias,  # IN  (G*Cout,) or NULL
                          floating *y,           # OUT logical (N, OD, OH, OW, G*Cout), strides p.ys
+                         int act, floating alpha,  # IN  fused activation (_activate)
                          int num_threads) noexcept nogil:
     # Each thread takes whole output rows, and in each row every group in turn (the
     # groups of a row read the same input rows: they share the cache).
@@ -374,6 +487,7 @@ cdef int _conv_transpose(const Problem *p,
                                    xrow + runs.lo[e] * xstep, xstep,
                                    wt + _tap_matrix(p, &r, td, th, runs.j[e]),
                                    cbuf + (runs.o[e] - o0) * ldc, sw * ldc)
+                _activate(cbuf, nb, ldc, groups, act, alpha)
                 if p.ys[4] != 1:  # strided channels (channels_first): channel by channel
                     for co in range(groups):
                         for b in range(nb):
@@ -433,6 +547,7 @@ cdef int _conv_transpose(const Problem *p,
                         _brgemm(runs.hi[e] - runs.lo[e], cout, cin, nbat, arows,
                                 runs.lo[e] * p.xs[3], p.xs[3], p.xs[4], btaps, 0, cout,
                                 cbuf + (runs.o[e] - o0) * ldc, sw * ldc)
+                    _activate(cbuf, nb, ldc, cout, act, alpha)
                     if direct:
                         continue
                     if cout == 1:  # no per-voxel inner loop (GCC would call memcpy)
@@ -449,11 +564,143 @@ cdef int _conv_transpose(const Problem *p,
     return -1 if failed else 0
 
 
+cdef inline Py_ssize_t _tap_input(const Problem *p, int a, Py_ssize_t o,
+                                   Py_ssize_t j) noexcept nogil:
+    """The input that tap j of axis a takes to output o, or -1 (i*s + j*d == o + crop)."""
+    cdef Py_ssize_t num = o + p.crop[a] - j * p.d[a], i = num
+    if num < 0:
+        return -1
+    if p.s[a] != 1:
+        if num % p.s[a] != 0:
+            return -1
+        i = num // p.s[a]
+    return i if i < p.n_in[a] else -1
+
+
+cdef inline floating *_block_out(const Problem *p, floating *y, floating *acc, Py_ssize_t rr,
+                                 Py_ssize_t run_length, Py_ssize_t o0, Py_ssize_t grp,
+                                 const Row *r) noexcept nogil:
+    """Where outputs o0... of row r (the rr-th of its block) accumulate: y itself when its
+    channels are contiguous, else the row's part of acc."""
+    if p.ys[4] == 1:
+        return y + _row_offset(p.ys, r.n, r.d, r.h) + o0 * p.ys[3] + grp * p.cout
+    return acc + rr * run_length * p.cout
+
+
+cdef int _conv_transpose_blocked(const Problem *p,
+                                 const Runs *runs,      # IN  the width GEMMs of runs
+                                 const floating *x,     # IN  as _conv_transpose's
+                                 const floating *wt,
+                                 const floating *bias,
+                                 floating *y,           # OUT as _conv_transpose's
+                                 int act, floating alpha,
+                                 Py_ssize_t block_rows,
+                                 int num_threads) noexcept nogil:
+    # Weight-heavy layers (many channels, small volumes): a row's taps need more weights
+    # than the cache holds, so _conv_transpose would read them all again for every row.
+    # Here each thread takes blocks of output rows and each tap matrix in turn for the
+    # whole block: the weights are read once per block. Every output sums its taps in the
+    # order depth, height, width (GEMMs of a run as in _conv_transpose).
+    cdef Py_ssize_t cin = p.cin, cout = p.cout, ow_n = p.n_out[2], sw = p.s[2]
+    cdef Py_ssize_t groups = p.groups, rows = p.batch * p.n_out[0] * p.n_out[1]
+    cdef Py_ssize_t blocks = (rows + block_rows - 1) // block_rows
+    cdef Py_ssize_t ldc = p.ys[3] if p.ys[4] == 1 else cout
+    cdef Py_ssize_t blk, row, first, last, grp, run, o0, nb, b, e, jd, jh, i_d, i_h, co, t, m
+    cdef Row r
+    cdef floating *acc = NULL
+    cdef const floating **arows = NULL   # per thread: a block's rows of one GEMM
+    cdef floating **crows = NULL
+    cdef floating *cbuf
+    cdef floating *yp
+    cdef const floating *xrow
+    cdef const floating *bg
+
+    cdef int failed = 0
+    cdef int *failed_ptr = &failed  # shared: written through a pointer in the region
+
+    memset(&r, 0, sizeof(Row))  # Cython copies r into the region (firstprivate): no garbage
+    with parallel(num_threads=num_threads):
+        acc = <floating *> _thread_malloc(block_rows * runs.length * cout * sizeof(floating),
+                                          failed_ptr)
+        r = _thread_row(p, failed_ptr)   # assigned here: each thread's own Row
+        arows = <const floating **> _thread_malloc(
+            2 * block_rows * runs.length * sizeof(floating *), failed_ptr)
+        crows = <floating **> (arows + block_rows * runs.length)
+        for blk in prange(blocks, schedule='static'):
+            if acc == NULL or r.j[0] == NULL or arows == NULL:
+                continue  # flagged in `failed`: the call raises MemoryError
+            first = blk * block_rows
+            last = first + block_rows if rows - first > block_rows else rows
+            for grp in range(groups):
+                bg = bias
+                if bias != NULL:
+                    bg = bias + grp * cout
+                for run in range(runs.count):
+                    o0 = run * runs.length
+                    nb = runs.length if ow_n - o0 > runs.length else ow_n - o0
+                    for row in range(first, last):
+                        _split_row(&r, row, p.n_out)
+                        cbuf = _block_out(p, y, acc, row - first, runs.length, o0, grp, &r)
+                        for b in range(nb):
+                            if bg == NULL:
+                                memset(cbuf + b * ldc, 0, cout * sizeof(floating))
+                            else:
+                                memcpy(cbuf + b * ldc, bg, cout * sizeof(floating))
+                    for jd in range(p.k[0] if runs.first[run] < runs.first[run + 1] else 0):
+                        for jh in range(p.k[1]):
+                            for e in range(runs.first[run], runs.first[run + 1]):
+                                # One GEMM over the block's rows that tap (jd, jh, j)
+                                # reaches, their voxels gathered by pointer.
+                                m = 0
+                                for row in range(first, last):
+                                    _split_row(&r, row, p.n_out)
+                                    i_d = _tap_input(p, 0, r.d, jd)
+                                    i_h = _tap_input(p, 1, r.h, jh)
+                                    if i_d < 0 or i_h < 0:
+                                        continue
+                                    xrow = (x + _row_offset(p.xs, r.n, i_d, i_h)
+                                            + grp * cin * p.xs[4])
+                                    cbuf = _block_out(p, y, acc, row - first, runs.length,
+                                                      o0, grp, &r)
+                                    for t in range(runs.hi[e] - runs.lo[e]):
+                                        arows[m] = xrow + (runs.lo[e] + t) * p.xs[3]
+                                        crows[m] = cbuf + (runs.o[e] - o0 + t * sw) * ldc
+                                        m = m + 1
+                                _gemm_rows(m, cout, cin, arows, p.xs[4],
+                                           wt + ((jd * p.k[1] + jh) * p.k[2] + runs.j[e])
+                                           * groups * cin * cout + grp * cin * cout, cout,
+                                           crows)
+                    for row in range(first, last):
+                        _split_row(&r, row, p.n_out)
+                        cbuf = _block_out(p, y, acc, row - first, runs.length, o0, grp, &r)
+                        _activate(cbuf, nb, ldc, cout, act, alpha)
+                        if p.ys[4] == 1:
+                            continue
+                        yp = (y + _row_offset(p.ys, r.n, r.d, r.h) + o0 * p.ys[3]
+                              + grp * cout * p.ys[4])
+                        for co in range(cout):  # strided channels: channel by channel
+                            for b in range(nb):
+                                yp[b * p.ys[3] + co * p.ys[4]] = cbuf[b * cout + co]
+        free(r.j[0])
+        free(arows)
+        free(acc)
+    return -1 if failed else 0
+
+
 def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
             const floating[::1] bias, floating[:, :, :, :, :] y, geometry,
-            tuple x_strides, tuple y_strides, int num_threads):
-    """y = conv_transpose3d(x, wt, bias), bias None for none; see the module comment."""
+            tuple x_strides, tuple y_strides, int num_threads, int activation=0,
+            double alpha=0.0):
+    """y = activation(conv_transpose3d(x, wt, bias)), bias None for none, activation a
+    code of FUSED_ACTIVATIONS; see the module comment."""
     cdef Problem p = _problem(geometry, x_strides, y_strides)
+    # Weight-heavy layers run in blocks of rows (_conv_transpose_blocked): from this many
+    # bytes per tap matrix, a fixed number so that the summation order, hence the bits,
+    # depend on the problem only.
+    cdef Py_ssize_t block_rows = 0, rows = p.batch * p.n_out[0] * p.n_out[1]
+    if (not _depthwise(&p) and not (p.cin == 1 and p.cout == 1)
+            and p.cin * p.cout * <Py_ssize_t> sizeof(floating) >= BLOCKED_TAP_BYTES):
+        block_rows = max(1, min(MAX_BLOCK_ROWS, rows // (2 * max(1, num_threads))))
     cdef const floating *bias_ptr = NULL
     if bias is not None:
         bias_ptr = &bias[0]
@@ -467,10 +714,17 @@ def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
         _fill_phases(&p, table, &ph)
         _make_runs(&p, &ph, _block_size(_block_channels(&p, p.cout)), &runs)
         try:
-            with nogil:
-                status = _conv_transpose(&p, &ph, &runs, &x[0, 0, 0, 0, 0],
-                                         &wt[0, 0, 0, 0, 0], bias_ptr, &y[0, 0, 0, 0, 0],
-                                         num_threads)
+            if block_rows > 0:
+                with nogil:
+                    status = _conv_transpose_blocked(
+                        &p, &runs, &x[0, 0, 0, 0, 0], &wt[0, 0, 0, 0, 0], bias_ptr,
+                        &y[0, 0, 0, 0, 0], activation, <floating> alpha, block_rows,
+                        num_threads)
+            else:
+                with nogil:
+                    status = _conv_transpose(&p, &ph, &runs, &x[0, 0, 0, 0, 0],
+                                             &wt[0, 0, 0, 0, 0], bias_ptr, &y[0, 0, 0, 0, 0],
+                                             activation, <floating> alpha, num_threads)
         finally:
             _free_runs(&runs)
     finally:
@@ -639,6 +893,8 @@ cdef int _grad_kernel(const Problem *p,
     cdef Py_ssize_t chunk, row, grp, td, th, e, c, jd, jh, od, oh, nlist, tap, blk, nb
     cdef Py_ssize_t gstep = p.s[2] * p.ys[3]  # between the outputs consecutive inputs feed
     cdef Py_ssize_t chunk_rows = (rows + chunks - 1) // chunks
+    cdef Py_ssize_t pairs = 1 if _depthwise(p) else p.k[0] * p.k[1]
+    cdef Py_ssize_t task
     cdef const floating **grows = NULL    # per thread: the rows of one tap's batch
     cdef const floating **xrows = NULL
     # Depthwise: all groups at once, the channels as vectors (x's channels are contiguous,
@@ -662,16 +918,22 @@ cdef int _grad_kernel(const Problem *p,
         grows = <const floating **> _thread_malloc(2 * chunk_rows * sizeof(floating *),
                                                    failed_ptr)
         xrows = grows + chunk_rows
-        for chunk in prange(chunks, schedule='static'):
+        # Tasks: each chunk's (depth tap, height tap) pairs, which fill disjoint parts of
+        # the partial sums (so a kernel-heavy layer on a small volume, one chunk, still
+        # runs on every thread); depthwise, whole chunks.
+        for task in prange(chunks * pairs, schedule='static'):
             if r.j[0] == NULL or gbuf == NULL or grows == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
+            chunk = task // pairs
             buf = partial + chunk * ksize
-            memset(buf, 0, ksize * sizeof(floating))
-            # Tap by tap (depth, height), one batch-reduce GEMM per width tap over the
-            # chunk's rows that reach it: each tap matrix stays in registers over the
-            # chunk, and its elements still sum row after row, as one GEMM per row would.
-            for jd in range(0 if depthwise or entries == 0 else p.k[0]):
-                for jh in range(p.k[1]):
+            memset(buf + (task % pairs) * (ksize // pairs), 0,
+                   (ksize // pairs) * sizeof(floating))
+            # One batch-reduce GEMM per width tap over the chunk's rows that reach it:
+            # each tap matrix stays in registers over the chunk, and its elements still
+            # sum row after row, as one GEMM per row would.
+            for jd in range(0 if depthwise or entries == 0 else (task % pairs) // p.k[1],
+                            0 if depthwise or entries == 0 else (task % pairs) // p.k[1] + 1):
+                for jh in range((task % pairs) % p.k[1], (task % pairs) % p.k[1] + 1):
                     nlist = 0
                     for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
                         _split_row(&r, row, p.n_in)

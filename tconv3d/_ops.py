@@ -2,8 +2,8 @@
 import numpy as np
 
 from . import _kernels, _threads
-from ._validation import (as_array, check_allocation, check_bias_shape, check_out,
-                          make_geometry, normalize_bool,
+from ._validation import (FROM_OUTPUT, as_array, check_allocation, check_bias_shape,
+                          check_out, make_geometry, normalize_activation, normalize_bool,
                           normalize_compute, normalize_num_threads, normalize_shape,
                           without_dtype, working_dtype)
 
@@ -131,7 +131,7 @@ def _prepare(x, kernel, strides, padding, output_padding, dilation_rate, data_fo
 
 def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
                      output_padding=None, dilation_rate=1, data_format="channels_last",
-                     groups=1, num_threads=None, out=None):
+                     groups=1, activation=None, num_threads=None, out=None):
     """3D transposed convolution, with the numbers of Keras' ``Conv3DTranspose``.
 
     Parameters
@@ -161,6 +161,13 @@ in_channels)
         ``[g*C/G, (g+1)*C/G)`` feed only filters ``[g*F/G, (g+1)*F/G)``, through the
         kernel's ``in_channels`` slice ``[g*C/G, (g+1)*C/G)``. ``groups=in_channels`` is
         a depthwise convolution. One compiled call runs all groups.
+    activation : str or tconv3d.activations.Activation, optional
+        Applied to the result by the compiled forward, to each block of outputs while it
+        is in cache (no second pass over the output): ``"linear"``, ``"relu"``,
+        ``"leaky_relu"`` (``negative_slope`` 0.2 unless bound, e.g.
+        ``activations.get("leaky_relu").bind(negative_slope=0.01)``), ``"sigmoid"``,
+        ``"tanh"``, ``"gelu"`` (exact, or ``approximate=True``), ``"silu"``/``"swish"``;
+        Keras' formulas.
     num_threads : int, optional
         Threads for this call. ``None`` uses the OpenMP default, which honours
         ``threadpoolctl.threadpool_limits``.
@@ -185,8 +192,9 @@ in_channels)
     ValueError
         If an argument has a value it does not accept (``x`` or ``kernel`` not 5-D or with
         an empty axis, mismatched input channels, ``bias`` not of shape ``(filters,)``,
-        ``strides``, ``dilation_rate``, ``output_padding``, ``padding``, ``data_format`` or
-        ``num_threads`` out of range, an output length below 1); if the output or a
+        ``strides``, ``dilation_rate``, ``output_padding``, ``padding``, ``data_format``,
+        ``groups``, ``activation`` or ``num_threads`` out of range, an output length below
+        1); if the output or a
         working copy has more elements than a 64-bit index can address; or if ``out`` has
         the wrong shape, is read-only, has overlapping or unaligned strides, or shares
         memory with ``x``, ``kernel`` or ``bias``.
@@ -248,10 +256,11 @@ in_channels)
     else:
         check_out(out, "out", geom.output_shape, dtype, [("x", x), ("kernel", kernel),
                                                           *extra.items()])
+    activation = normalize_activation(activation)
     _check_copies(dtype, ("x", x, False), ("kernel", kernel, True))
     bias = None if bias is None else np.require(extra["bias"], dtype, "CA")
     return forward_packed(x, pack_kernel(kernel, dtype, geom.groups), bias, geom,
-                          num_threads, out)
+                          num_threads, out, activation)
 
 
 def _by_group(kernel, groups, order):
@@ -273,29 +282,32 @@ def pack_kernel(kernel, dtype, groups=1):
     return _by_group(np.asarray(kernel, dtype=dtype), groups, "cf")
 
 
-def forward_packed(x, wt, bias, geom, num_threads, out=None):
+def forward_packed(x, wt, bias, geom, num_threads, out=None, activation=("linear", 0.0)):
     """Run the compiled forward pass on a validated geometry, into ``out`` or a new array.
 
     The one internal entry that :mod:`tconv3d._plan` and :mod:`tconv3d.dask` share with
     :func:`conv_transpose3d`. ``geom`` need not come from Keras' padding rules (any crop
     >= 0 and output length: tconv3d.dask computes chunks with it); ``x`` in ``geom``'s
     layout, any dtype; ``wt`` from :func:`pack_kernel`; ``bias`` of shape ``(Cout,)`` and
-    ``wt``'s dtype, or None; ``out`` checked by :func:`~tconv3d._validation.check_out`.
+    ``wt``'s dtype, or None; ``out`` checked by :func:`~tconv3d._validation.check_out`;
+    ``activation`` from :func:`~tconv3d._validation.normalize_activation`.
     """
     dtype = wt.dtype
     x = _logical(_operand(x, dtype), geom)
     y = np.empty(geom.output_shape, dtype=dtype) if out is None else out
     y_logical = _logical(y, geom)
+    name, alpha = activation
     _kernels.forward(x, wt, bias, y_logical, geom, _element_strides(x),
-                     _element_strides(y_logical), _threads_for(num_threads, geom))
+                     _element_strides(y_logical), _threads_for(num_threads, geom),
+                     _kernels.FUSED_ACTIVATIONS.index(name), alpha)
     return y
 
 
 def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="valid",
                               output_padding=None, dilation_rate=1,
                               data_format="channels_last", groups=1, use_bias=True,
-                              compute=("input", "kernel", "bias"), num_threads=None,
-                              out=None):
+                              compute=("input", "kernel", "bias"), activation=None,
+                              output=None, num_threads=None, out=None):
     """Compute the gradients of :func:`conv_transpose3d` for its input, kernel and bias.
 
     Parameters
@@ -321,6 +333,14 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
         Whether the forward call had a bias; if not, ``grad_bias`` is None.
     compute : iterable of {"input", "kernel", "bias"}, default=all three
         Gradients to compute; the others are returned as None and cost nothing.
+    activation : str or tconv3d.activations.Activation, optional
+        The forward call's ``activation``; ``grad_output`` is then the gradient with
+        respect to the activated output, and its derivative is taken in one compiled
+        pass from ``output``. Only activations whose derivative is a function of their
+        output: ``"linear"``, ``"relu"``, ``"leaky_relu"``, ``"sigmoid"``, ``"tanh"``.
+    output : array-like, optional
+        The forward call's (activated) output; required with a non-linear
+        ``activation``.
     num_threads : int, optional
         Threads for this call; ``None`` uses the OpenMP default.
     out : tuple of 3 (ndarray or None), optional
@@ -343,7 +363,9 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     ValueError
         For the arguments shared with :func:`conv_transpose3d`, as it raises; if
         ``grad_output`` does not have the forward output's shape; if ``use_bias`` is not a
-        bool or ``compute`` not a subset of ``{"input", "kernel", "bias"}``; or if an
+        bool or ``compute`` not a subset of ``{"input", "kernel", "bias"}``; if
+        ``activation`` is not one with a fused backward, or ``output`` is missing or not
+        of the output's shape; or if an
         ``out`` buffer has the wrong shape, is read-only, is not C-contiguous where
         required, or shares memory with an input or another buffer.
     TypeError
@@ -399,6 +421,8 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     compute = normalize_compute(compute)
     use_bias = normalize_bool(use_bias, "use_bias")
     num_threads = _threads_for(num_threads, geom)
+    grad_output = _through_activation(grad_output, activation, output, geom, dtype,
+                                      num_threads)
     buffers = _gradient_buffers(out, geom, dtype, compute, use_bias,
                                 [("grad_output", grad_output), ("x", x), ("kernel", kernel)])
     if "input" in compute and buffers[0] is None:   # only what is computed is allocated
@@ -434,6 +458,33 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
         grad_bias = np.empty(geom.filters, dtype=dtype) if buffers[2] is None else buffers[2]
         _kernels.grad_bias(g, grad_bias, geom, _element_strides(g), num_threads)
     return grad_input, grad_kernel, grad_bias
+
+
+def _through_activation(grad_output, activation, output, geom, dtype, num_threads):
+    """``grad_output * activation'`` (from the activated ``output``), in one compiled
+    pass; ``grad_output`` itself for no or a linear activation."""
+    name, alpha = normalize_activation(activation)
+    if name == "linear":
+        return grad_output
+    if name not in FROM_OUTPUT:
+        raise ValueError(f"`activation` {name!r}: its derivative needs the pre-activation, "
+                         "which a fused forward does not keep; run the forward without "
+                         "`activation` and apply the activation (and its derivative) to "
+                         f"the result. Fused backwards: {', '.join(FROM_OUTPUT)}.")
+    if output is None:
+        raise ValueError(f"`output` (the forward's activated output) is required with "
+                         f"activation={name!r}.")
+    output = as_array(output, "output")
+    if output.shape != geom.output_shape:
+        raise ValueError(f"`output` must have the forward output's shape "
+                         f"{geom.output_shape}, got {output.shape}.")
+    check_allocation(geom.output_shape, dtype, "grad_output", copy=True)
+    g = np.require(grad_output, dtype, "CA").reshape(-1)
+    y = np.require(output, dtype, "CA").reshape(-1)
+    result = np.empty(g.shape, dtype)
+    _kernels.activation_grad(g, y, result, _kernels.FUSED_ACTIVATIONS.index(name), alpha,
+                             num_threads)
+    return result.reshape(geom.output_shape)
 
 
 def _gradient_buffers(out, geom, dtype, compute, use_bias, inputs):

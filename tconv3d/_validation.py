@@ -391,6 +391,53 @@ def _cgroup_memory_headroom():
     return None
 
 
+# Activations the compiled forward applies to its output (conv_transpose3d's
+# ``activation``): name -> its parameters and their defaults (Keras'); "swish" is "silu".
+FUSABLE_ACTIVATIONS = {"linear": {}, "relu": {}, "leaky_relu": {"negative_slope": 0.2},
+                       "sigmoid": {}, "tanh": {}, "gelu": {"approximate": False},
+                       "silu": {}, "swish": {}}
+# Those whose derivative is a function of their output (conv_transpose3d_backward).
+FROM_OUTPUT = ("linear", "relu", "leaky_relu", "sigmoid", "tanh")
+
+
+def normalize_activation(activation):
+    """``activation`` as ``(name, alpha)`` for the compiled kernels: None, a name of
+    FUSABLE_ACTIVATIONS with Keras' defaults, or an activation object with ``name`` and
+    ``params`` (:class:`tconv3d.activations.Activation`) naming one with those parameters.
+    ``alpha`` is leaky_relu's slope; gelu with ``approximate=True`` is ``"gelu_tanh"``."""
+    if activation is None:
+        return "linear", 0.0
+    if isinstance(activation, str):
+        name, params = activation, {}
+    elif isinstance(getattr(activation, "name", None), str) \
+            and isinstance(getattr(activation, "params", None), dict):
+        name, params = activation.name, dict(activation.params)
+    else:
+        raise TypeError(f"`activation` must be None, a name or a tconv3d.activations."
+                        f"Activation, got {type(activation).__name__}: {activation!r}.")
+    fusable = sorted(FUSABLE_ACTIVATIONS)
+    if name not in FUSABLE_ACTIVATIONS:
+        raise ValueError(f"`activation` {name!r} is not one the compiled forward applies "
+                         f"({', '.join(fusable)}); apply it to the result instead.")
+    unknown = sorted(set(params) - set(FUSABLE_ACTIVATIONS[name]))
+    if unknown:
+        raise ValueError(f"`activation` {name!r} with {', '.join(unknown)} is not one the "
+                         f"compiled forward applies (it takes {name} with "
+                         f"{sorted(FUSABLE_ACTIVATIONS[name]) or 'no parameters'}); apply it "
+                         "to the result instead.")
+    values = {**FUSABLE_ACTIVATIONS[name], **params}
+    alpha = 0.0
+    if name == "leaky_relu":
+        alpha = values["negative_slope"]
+        if not (isinstance(alpha, numbers.Real) and not isinstance(alpha, bool)
+                and np.isfinite(alpha)):
+            raise ValueError(f"leaky_relu's `negative_slope` must be a finite number, got "
+                             f"{alpha!r}.")
+    if name == "gelu" and values["approximate"]:
+        name = "gelu_tanh"
+    return ("silu" if name == "swish" else name), float(alpha)
+
+
 def normalize_compute(compute):
     if isinstance(compute, str):
         compute = (compute,)

@@ -9,17 +9,15 @@ multiply-adds of the scatter definition); ``ratio`` is tconv3d's time over the f
 peer's (below 1 means tconv3d is faster).
 """
 import argparse
-import gc
 import json
 import platform
-import statistics
 import sys
-import time
 
 import numpy as np
 
 from . import _kernels
 from ._geometry import keras_to_torch_kernel, keras_trim, torch_window
+from ._bench_layers import median_ms, run_groups, run_keras_fit, run_large_stride
 from ._ops import conv_transpose3d, conv_transpose3d_backward
 
 # name: (batch, in_channels, out_channels, input size, kernel, stride, padding); sizes,
@@ -43,27 +41,6 @@ COMPUTE_BOUND = ("same_k3s2", "gan_k4s2", "stride1_k3", "nnunet_deep", "gan_deep
 
 def _triple(v):
     return (v,) * 3 if isinstance(v, int) else tuple(v)
-
-
-def _median_ms(fn, repeat, warmup=2):
-    """Median time of ``fn`` in ms. As ``timeit`` does, the garbage collector is off while
-    timing: a collection triggered by the few objects a call makes would otherwise walk
-    every object of the process (tens of ms once PyTorch is imported) inside one call."""
-    for _ in range(warmup):
-        fn()
-    gc.collect()
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    finally:
-        if enabled:
-            gc.enable()
-    return statistics.median(times) * 1e3
 
 
 def _flops(case):
@@ -183,7 +160,7 @@ def sgemm_gflops(threads, n=2048, repeat=5):
     except ImportError:
         limits = None
     try:
-        ms = _median_ms(lambda: a @ a, repeat)
+        ms = median_ms(lambda: a @ a, repeat)
     finally:
         if limits is not None:
             limits.restore_original_limits()
@@ -261,7 +238,7 @@ def run_upsampler(threads, repeat=7, out=sys.stdout):
     times = {}
     for name, fn in methods.items():
         np.testing.assert_allclose(np.asarray(fn()), ours, atol=1e-5)
-        times[name] = _median_ms(fn, repeat if "zoom" not in name else 5, warmup=1)
+        times[name] = median_ms(fn, repeat if "zoom" not in name else 5, warmup=1)
     print(f"upsampling {UPSAMPLER_SHAPE[0]} volumes {UPSAMPLER_SHAPE[1:]} float32 "
           f"x{UPSAMPLER_FACTOR} trilinear, {threads} thread(s):", file=out)
     mine = times["tconv3d VolumeUpsampler"]
@@ -296,7 +273,7 @@ def run_factor_sweep(threads, factors=SWEEP_FACTORS, repeat=5, out=sys.stdout):
             side = max(1, SWEEP_OUTPUT_SIDE // factor)
             x = rng.standard_normal((1, side, side, side)).astype(np.float32)
             up = VolumeUpsampler(factor=factor, kernel=kernel, num_threads=threads).fit(x)
-            row = {"tconv3d_ms": _median_ms(lambda: up.transform(x), repeat, warmup=1)}
+            row = {"tconv3d_ms": median_ms(lambda: up.transform(x), repeat, warmup=1)}
             if torch is not None:
                 xt = torch.from_numpy(x)[:, None]
 
@@ -307,7 +284,7 @@ def run_factor_sweep(threads, factors=SWEEP_FACTORS, repeat=5, out=sys.stdout):
                             **({"align_corners": False} if kernel == "trilinear" else {}))
                 np.testing.assert_allclose(interpolate()[:, 0].numpy(), up.transform(x),
                                            atol=1e-5)
-                row["torch_ms"] = _median_ms(interpolate, repeat, warmup=1)
+                row["torch_ms"] = median_ms(interpolate, repeat, warmup=1)
             times[(kernel, factor)] = row
             ratio = row["tconv3d_ms"] / row["torch_ms"] if "torch_ms" in row else float("nan")
             print(f"  {kernel:9s} x{factor:<3d} input {side:3d}^3  tconv3d "
@@ -318,133 +295,6 @@ def run_factor_sweep(threads, factors=SWEEP_FACTORS, repeat=5, out=sys.stdout):
 
 # A stride as long as the kernel on one axis: each output is reached by one tap, so the
 # work is the output's size (tconv3d once scanned every tap per output: 30 s here).
-LARGE_STRIDE = dict(x=(1, 32, 32, 1, 1), kernel=(1, 1, 4096, 1, 1), strides=(1, 1, 4096))
-
-
-def run_large_stride(threads, repeat=5, out=sys.stdout):
-    """The :data:`LARGE_STRIDE` forward against ``torch.nn.functional.conv_transpose3d``."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(LARGE_STRIDE["x"]).astype(np.float32)
-    w = rng.standard_normal(LARGE_STRIDE["kernel"]).astype(np.float32)
-    kw = dict(strides=LARGE_STRIDE["strides"], num_threads=threads)
-    row = {"tconv3d_ms": _median_ms(lambda: conv_transpose3d(x, w, **kw), repeat, warmup=1)}
-    try:
-        import torch
-    except ImportError:
-        pass
-    else:
-        torch.set_num_threads(threads)
-        xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3)
-        wt = torch.from_numpy(np.ascontiguousarray(w.transpose(4, 3, 0, 1, 2)))
-
-        def theirs():
-            with torch.inference_mode():
-                return torch.nn.functional.conv_transpose3d(xt, wt,
-                                                            stride=LARGE_STRIDE["strides"])
-        np.testing.assert_allclose(theirs().permute(0, 2, 3, 4, 1).numpy(),
-                                   conv_transpose3d(x, w, **kw), rtol=1e-5, atol=1e-5)
-        row["torch_ms"] = _median_ms(theirs, repeat, warmup=1)
-    print(f"large stride: x {LARGE_STRIDE['x']}, kernel {LARGE_STRIDE['kernel']}, strides "
-          f"{LARGE_STRIDE['strides']}, {threads} thread(s): tconv3d {row['tconv3d_ms']:.2f} "
-          f"ms, torch {row.get('torch_ms', float('nan')):.2f} ms", file=out, flush=True)
-    return row
-
-
-GROUPS = (1, 2, 4, 8, 32)   # ConvTranspose3d(32, 32, 4, stride=2, padding=1, groups=G)
-
-
-def run_groups(threads, repeat=7, groups=GROUPS, out=sys.stdout):
-    """Grouped layers, depthwise (G=32) included: ``tconv3d.torch.ConvTranspose3d`` against
-    ``torch.nn.ConvTranspose3d`` (same weights), input (2, 32, 16, 16, 16), float32, in both
-    memory formats, forward and forward+backward (gradients of input, weight and bias).
-    Returns ``{G: {"torch_ncdhw_fwd_ms": ..., "tconv3d_cl3d_fwdbwd_ms": ..., ...}}`` (empty
-    without PyTorch)."""
-    try:
-        import torch
-
-        from .torch import ConvTranspose3d
-    except ImportError:
-        return {}
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    x = torch.randn(2, 32, 16, 16, 16)
-    formats = (("ncdhw", torch.contiguous_format), ("cl3d", torch.channels_last_3d))
-    rows = {}
-    for g in groups:
-        ref = torch.nn.ConvTranspose3d(32, 32, 4, stride=2, padding=1, groups=g)
-        ours = ConvTranspose3d(32, 32, 4, stride=2, padding=1, groups=g)
-        ours.load_state_dict(ref.state_dict())
-        row = {}
-        for fmt, memory_format in formats:
-            xf = x.contiguous(memory_format=memory_format)
-            xg = xf.clone().requires_grad_()
-            for name, module in (("torch", ref), ("tconv3d", ours)):
-                module = module.to(memory_format=memory_format)
-
-                def forward(module=module, xf=xf):
-                    with torch.no_grad():
-                        return module(xf)
-
-                def forward_backward(module=module, xg=xg):
-                    module(xg).sum().backward()
-
-                row[f"{name}_{fmt}_fwd_ms"] = _median_ms(forward, repeat)
-                row[f"{name}_{fmt}_fwdbwd_ms"] = _median_ms(forward_backward, repeat)
-            torch.testing.assert_close(ours(xf), ref(xf), rtol=1e-4, atol=1e-4)
-        for phase in ("fwd", "fwdbwd"):   # tconv3d's slower layout / torch's faster one
-            row[f"ratio_{phase}"] = (max(row[f"tconv3d_{f}_{phase}_ms"] for f, _ in formats)
-                                     / min(row[f"torch_{f}_{phase}_ms"] for f, _ in formats))
-        rows[g] = row
-        print(f"groups={g:2d} (32->32, k4 s2 p1, 2x32x16^3, {threads} thr) ms, NCDHW / "
-              f"channels_last_3d: fwd torch {row['torch_ncdhw_fwd_ms']:.2f} / "
-              f"{row['torch_cl3d_fwd_ms']:.2f}, tconv3d {row['tconv3d_ncdhw_fwd_ms']:.2f} / "
-              f"{row['tconv3d_cl3d_fwd_ms']:.2f}; fwd+bwd torch "
-              f"{row['torch_ncdhw_fwdbwd_ms']:.2f} / {row['torch_cl3d_fwdbwd_ms']:.2f}, "
-              f"tconv3d {row['tconv3d_ncdhw_fwdbwd_ms']:.2f} / "
-              f"{row['tconv3d_cl3d_fwdbwd_ms']:.2f}; ratio (tconv3d's slower layout / torch's"
-              f" faster) fwd {row['ratio_fwd']:.2f}, fwd+bwd {row['ratio_fwdbwd']:.2f}",
-              file=out, flush=True)
-    return rows
-
-
-def run_keras_fit(threads, steps=20, out=sys.stdout):
-    """Training steps per second of a small Keras 3D decoder (``model.fit`` on the torch
-    backend, float32, batch 4, 8^3x32 -> 32^3x1 through three stride-2 layers) with
-    ``keras.layers.Conv3DTranspose`` and with :class:`tconv3d.keras.Conv3DTranspose`,
-    same weights and data. Returns ``{layer: steps/s}`` (empty without Keras)."""
-    import os
-    if os.environ.setdefault("KERAS_BACKEND", "torch") != "torch":
-        return {}
-    try:
-        import keras
-        import torch
-
-        from .keras import Conv3DTranspose
-    except ImportError:
-        return {}
-    torch.set_num_threads(threads)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((steps * 4, 8, 8, 8, 32)).astype(np.float32)
-    rates = {}
-    for name, layer in (("keras", keras.layers.Conv3DTranspose),
-                        ("tconv3d.keras", Conv3DTranspose)):
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input(x.shape[1:]),
-                                  layer(32, 3, strides=2, padding="same", activation="relu"),
-                                  layer(16, 3, strides=2, padding="same", activation="relu"),
-                                  layer(1, 2, strides=1, padding="same")])
-        model.compile(optimizer="adam", loss="mse")
-        y = rng.standard_normal((len(x), *model.output_shape[1:])).astype(np.float32)
-        model.fit(x[:8], y[:8], batch_size=4, epochs=1, verbose=0)   # warm-up
-        start = time.perf_counter()
-        model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
-        rates[name] = steps / (time.perf_counter() - start)
-    print(f"keras model.fit, 3D decoder (batch 4, 8^3x32 -> 32^3x1), {threads} thread(s): "
-          + ", ".join(f"{k} {v:.2f} steps/s" for k, v in rates.items())
-          + f" ({rates['tconv3d.keras'] / rates['keras']:.2f}x)", file=out, flush=True)
-    return rates
-
-
 def run(cases=None, threads=(2,), dtypes=("float32",), repeat=7, peers=("torch",),
         backward=True, out=sys.stdout):
     """Run the suite; returns a list of result dicts (one per case, dtype and threads)."""
@@ -468,14 +318,14 @@ def run(cases=None, threads=(2,), dtypes=("float32",), repeat=7, peers=("torch",
                                 f"{size if isinstance(size, int) else 'x'.join(map(str, size))}"
                                 f"{'^3' if isinstance(size, int) else ''}, k{k}, s{s}, {padding}",
                        "gflop": _flops(case) / 1e9}
-                row["tconv3d_fwd_ms"] = _median_ms(lambda: conv_transpose3d(x, w, b, **kw),
+                row["tconv3d_fwd_ms"] = median_ms(lambda: conv_transpose3d(x, w, b, **kw),
                                                    repeat)
                 # the same into a reused buffer (out=): no allocation, no first-touch faults
                 y_out = np.empty_like(y)
-                row["tconv3d_fwd_out_ms"] = _median_ms(
+                row["tconv3d_fwd_out_ms"] = median_ms(
                     lambda: conv_transpose3d(x, w, b, out=y_out, **kw), repeat)
                 if backward:
-                    row["tconv3d_fwdbwd_ms"] = _median_ms(
+                    row["tconv3d_fwdbwd_ms"] = median_ms(
                         lambda: (conv_transpose3d(x, w, b, **kw),
                                  conv_transpose3d_backward(g, x, w, **kw)), repeat)
                 tol = 1e-3 if dtype == "float32" else 1e-9
@@ -488,9 +338,9 @@ def run(cases=None, threads=(2,), dtypes=("float32",), repeat=7, peers=("torch",
                         np.testing.assert_allclose(theirs, mine, rtol=tol,
                                                    atol=tol * np.abs(y).max())
                         key = f"{peer.name}_{layout}"
-                        row[f"{key}_fwd_ms"] = _median_ms(fwd, repeat)
+                        row[f"{key}_fwd_ms"] = median_ms(fwd, repeat)
                         if backward:
-                            row[f"{key}_fwdbwd_ms"] = _median_ms(fwdbwd, repeat)
+                            row[f"{key}_fwdbwd_ms"] = median_ms(fwdbwd, repeat)
                 _add_ratios(row)
                 results.append(row)
                 _print_row(row, out, headers_printed)
@@ -597,7 +447,8 @@ def main(argv=None, prog="python -m tconv3d.bench"):
                        "groups_ms": grouped,
                        "keras_fit_steps_per_s": keras_fit,
                        "sgemm_gflops": {t: sgemm_gflops(t) for t in set(args.threads)},
-                       "simd": _kernels.simd_variant(), "machine": platform.machine()},
+                       "simd": _kernels.simd_variant(), "machine": platform.machine(),
+                       "repeat": args.repeat},
                       f, indent=1)
     if args.plot:
         plot(results, args.plot)

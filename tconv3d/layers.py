@@ -25,9 +25,10 @@ from ._geometry import deconv_output_length
 from ._interop import LayerInterop, image_data_format, kernel_from_torch, kernel_to_torch
 from ._layer_weights import LayerWeights
 from ._ops import conv_transpose3d, conv_transpose3d_backward
-from ._validation import (as_array, check_output_padding, normalize_batch_input_shape,
-                          normalize_bool, normalize_data_format, normalize_float_dtype,
-                          normalize_int, normalize_num_threads, normalize_optional_string,
+from ._validation import (FROM_OUTPUT, as_array, check_output_padding,
+                          normalize_activation, normalize_batch_input_shape, normalize_bool,
+                          normalize_data_format, normalize_float_dtype, normalize_int,
+                          normalize_num_threads, normalize_optional_string,
                           normalize_padding, normalize_triple, working_dtype)
 
 __all__ = ["Conv3DTranspose", "layer_conv_3d_transpose", "kernel_from_torch",
@@ -194,6 +195,19 @@ callable or None, default=None
         """Whether the activation is not the identity (``backward`` needs its derivative)."""
         return self.activation.fn is not _activations.linear.fn
 
+    def _fused_activation(self):
+        """The activation when the compiled forward can apply it and the backward take its
+        derivative from the output (tconv3d's own relu, leaky_relu, sigmoid, tanh), else
+        None: the activation then runs on the forward's result, as given."""
+        builtin = _activations.ELEMENTWISE.get(self.activation.name)
+        if not self._activates() or builtin is None or self.activation.fn is not builtin.fn:
+            return None
+        try:
+            name, _ = normalize_activation(self.activation)
+        except ValueError:
+            return None
+        return self.activation if name in FROM_OUTPUT else None
+
     # --- computation ---------------------------------------------------------------------
     def _check_input(self, x):
         x = as_array(x, "x")
@@ -230,8 +244,10 @@ callable or None, default=None
         -------
         ndarray of shape (n, d_out, h_out, w_out, filters) or (n, filters, d_out, ...)
             The dtype of the layer. The input (not copied when already of the layer's dtype:
-            do not modify it before :meth:`backward`), the pre-activation and the output are
-            kept for :meth:`backward`.
+            do not modify it before :meth:`backward`) and the output are kept for
+            :meth:`backward`, and the pre-activation unless the compiled forward applies
+            the activation itself (tconv3d's relu, leaky_relu, sigmoid and tanh, whose
+            derivatives are taken from the output).
 
         Raises
         ------
@@ -253,10 +269,13 @@ callable or None, default=None
         x = self._check_input(x)
         if not self.built:
             self.build(x.shape)
+        fused = self._fused_activation()
         z = conv_transpose3d(x, self._kernel, self._bias if self.use_bias else None,
-                             **self._op_kwargs())
+                             activation=fused, **self._op_kwargs())
         y = z
-        if self._activates():
+        if fused is not None:   # z holds the activated output; no pre-activation kept
+            z = None
+        elif self._activates():
             y = np.asarray(self.activation(z))
             if y.shape != z.shape:
                 raise ValueError(f"The activation {self.activation.name!r} changed the shape "
@@ -320,13 +339,17 @@ callable or None, default=None
         g = g.astype(self.dtype, copy=False)
         if self.activity_regularizer is not None:
             g = g + (self.activity_regularizer.gradient(y) / y.shape[0]).astype(self.dtype)
-        if self._activates():
+        fused = None
+        if z is None:   # a fused forward: the derivative from the output, in the same call
+            fused = self.activation
+        elif self._activates():
             g = g * self.activation.derivative(z).astype(self.dtype, copy=False)
         compute = ("input",)
         if self.trainable:
             compute += ("kernel", "bias") if self.use_bias else ("kernel",)
         gx, gk, gb = conv_transpose3d_backward(g, x, self._kernel, use_bias=self.use_bias,
-                                               compute=compute, **self._op_kwargs())
+                                               compute=compute, activation=fused, output=y,
+                                               **self._op_kwargs())
         if self.trainable:
             if self.kernel_regularizer is not None:
                 gk = gk + self.kernel_regularizer.gradient(self._kernel).astype(self.dtype)

@@ -205,3 +205,36 @@ def test_forward_matches_keras(rng, k, s, d, pad, op, dtype, fmt):
     y = tconv3d.conv_transpose3d(x, w, b, **kwargs)
     assert y.shape == expected.shape == tuple(out_shape)
     np.testing.assert_allclose(y, expected, **tol(dtype))
+
+
+# Layers whose tap matrices hold 64 KiB or more (Cin * Cout * itemsize) run the forward in
+# blocks of output rows, each tap matrix taken for a whole block (the compiled core's
+# weight-heavy path): checked here on small volumes with many channels.
+WEIGHT_HEAVY = [
+    # (dtype, cin, cout, groups)
+    (np.float32, 128, 128, 1),
+    (np.float64, 96, 96, 1),
+    (np.float32, 256, 256, 2),
+    (np.float64, 64, 128, 1),
+]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("k,s,pad,op", [(3, 2, "same", None), (2, 2, "valid", None),
+                                        (4, 2, "same", 1), ((1, 3, 2), (1, 2, 3), "valid", 0)])
+@pytest.mark.parametrize("dtype,cin,cout,groups", WEIGHT_HEAVY)
+def test_weight_heavy_layers_match_reference(rng, dtype, cin, cout, groups, k, s, pad, op,
+                                             fmt):
+    kernel = (k,) * 3 if np.isscalar(k) else k
+    x, w, b = random_problem(rng, batch=2, spatial=(2, 3, 4), cin=cin, cout=cout,
+                             kernel=kernel, data_format=fmt, dtype=dtype)
+    w = w[..., : cout // groups, :]
+    kwargs = dict(strides=s, padding=pad, output_padding=op, data_format=fmt, groups=groups)
+    y = tconv3d.conv_transpose3d(x, w, b, num_threads=1, **kwargs)
+    np.testing.assert_allclose(y, conv_transpose3d_ref(x, w, b, **kwargs),
+                               rtol=tol(dtype)["rtol"] * 10, atol=tol(dtype)["atol"] * 10)
+    relu = tconv3d.conv_transpose3d(x, w, b, activation="relu", num_threads=1, **kwargs)
+    np.testing.assert_array_equal(relu, np.maximum(y, 0))
+    for threads in (2, 3):
+        assert tconv3d.conv_transpose3d(x, w, b, num_threads=threads,
+                                        **kwargs).tobytes() == y.tobytes()

@@ -1,0 +1,159 @@
+"""Benchmarks of the framework layers beside the suite of :mod:`tconv3d.bench`: grouped
+layers of the PyTorch drop-in, a very large stride, and ``model.fit`` of a Keras decoder;
+and the timing rule every benchmark uses (:func:`median_ms`)."""
+import gc
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from ._ops import conv_transpose3d
+
+
+def median_ms(fn, repeat, warmup=2):
+    """Median time of ``fn`` in ms. As ``timeit`` does, the garbage collector is off while
+    timing: a collection triggered by the few objects a call makes would otherwise walk
+    every object of the process (tens of ms once PyTorch is imported) inside one call."""
+    for _ in range(warmup):
+        fn()
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    finally:
+        if enabled:
+            gc.enable()
+    return statistics.median(times) * 1e3
+
+
+LARGE_STRIDE = dict(x=(1, 32, 32, 1, 1), kernel=(1, 1, 4096, 1, 1), strides=(1, 1, 4096))
+
+
+def run_large_stride(threads, repeat=5, out=sys.stdout):
+    """The :data:`LARGE_STRIDE` forward against ``torch.nn.functional.conv_transpose3d``."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(LARGE_STRIDE["x"]).astype(np.float32)
+    w = rng.standard_normal(LARGE_STRIDE["kernel"]).astype(np.float32)
+    kw = dict(strides=LARGE_STRIDE["strides"], num_threads=threads)
+    row = {"tconv3d_ms": median_ms(lambda: conv_transpose3d(x, w, **kw), repeat, warmup=1)}
+    try:
+        import torch
+    except ImportError:
+        pass
+    else:
+        torch.set_num_threads(threads)
+        xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3)
+        wt = torch.from_numpy(np.ascontiguousarray(w.transpose(4, 3, 0, 1, 2)))
+
+        def theirs():
+            with torch.inference_mode():
+                return torch.nn.functional.conv_transpose3d(xt, wt,
+                                                            stride=LARGE_STRIDE["strides"])
+        np.testing.assert_allclose(theirs().permute(0, 2, 3, 4, 1).numpy(),
+                                   conv_transpose3d(x, w, **kw), rtol=1e-5, atol=1e-5)
+        row["torch_ms"] = median_ms(theirs, repeat, warmup=1)
+    print(f"large stride: x {LARGE_STRIDE['x']}, kernel {LARGE_STRIDE['kernel']}, strides "
+          f"{LARGE_STRIDE['strides']}, {threads} thread(s): tconv3d {row['tconv3d_ms']:.2f} "
+          f"ms, torch {row.get('torch_ms', float('nan')):.2f} ms", file=out, flush=True)
+    return row
+
+
+GROUPS = (1, 2, 4, 8, 32)   # ConvTranspose3d(32, 32, 4, stride=2, padding=1, groups=G)
+
+
+def run_groups(threads, repeat=7, groups=GROUPS, out=sys.stdout):
+    """Grouped layers, depthwise (G=32) included: ``tconv3d.torch.ConvTranspose3d`` against
+    ``torch.nn.ConvTranspose3d`` (same weights), input (2, 32, 16, 16, 16), float32, in both
+    memory formats, forward and forward+backward (gradients of input, weight and bias).
+    Returns ``{G: {"torch_ncdhw_fwd_ms": ..., "tconv3d_cl3d_fwdbwd_ms": ..., ...}}`` (empty
+    without PyTorch)."""
+    try:
+        import torch
+
+        from .torch import ConvTranspose3d
+    except ImportError:
+        return {}
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 16, 16, 16)
+    formats = (("ncdhw", torch.contiguous_format), ("cl3d", torch.channels_last_3d))
+    rows = {}
+    for g in groups:
+        ref = torch.nn.ConvTranspose3d(32, 32, 4, stride=2, padding=1, groups=g)
+        ours = ConvTranspose3d(32, 32, 4, stride=2, padding=1, groups=g)
+        ours.load_state_dict(ref.state_dict())
+        row = {}
+        for fmt, memory_format in formats:
+            xf = x.contiguous(memory_format=memory_format)
+            xg = xf.clone().requires_grad_()
+            for name, module in (("torch", ref), ("tconv3d", ours)):
+                module = module.to(memory_format=memory_format)
+
+                def forward(module=module, xf=xf):
+                    with torch.no_grad():
+                        return module(xf)
+
+                def forward_backward(module=module, xg=xg):
+                    module(xg).sum().backward()
+
+                row[f"{name}_{fmt}_fwd_ms"] = median_ms(forward, repeat)
+                row[f"{name}_{fmt}_fwdbwd_ms"] = median_ms(forward_backward, repeat)
+            torch.testing.assert_close(ours(xf), ref(xf), rtol=1e-4, atol=1e-4)
+        for phase in ("fwd", "fwdbwd"):   # tconv3d's slower layout / torch's faster one
+            row[f"ratio_{phase}"] = (max(row[f"tconv3d_{f}_{phase}_ms"] for f, _ in formats)
+                                     / min(row[f"torch_{f}_{phase}_ms"] for f, _ in formats))
+        rows[g] = row
+        print(f"groups={g:2d} (32->32, k4 s2 p1, 2x32x16^3, {threads} thr) ms, NCDHW / "
+              f"channels_last_3d: fwd torch {row['torch_ncdhw_fwd_ms']:.2f} / "
+              f"{row['torch_cl3d_fwd_ms']:.2f}, tconv3d {row['tconv3d_ncdhw_fwd_ms']:.2f} / "
+              f"{row['tconv3d_cl3d_fwd_ms']:.2f}; fwd+bwd torch "
+              f"{row['torch_ncdhw_fwdbwd_ms']:.2f} / {row['torch_cl3d_fwdbwd_ms']:.2f}, "
+              f"tconv3d {row['tconv3d_ncdhw_fwdbwd_ms']:.2f} / "
+              f"{row['tconv3d_cl3d_fwdbwd_ms']:.2f}; ratio (tconv3d's slower layout / torch's"
+              f" faster) fwd {row['ratio_fwd']:.2f}, fwd+bwd {row['ratio_fwdbwd']:.2f}",
+              file=out, flush=True)
+    return rows
+
+
+def run_keras_fit(threads, steps=20, out=sys.stdout):
+    """Training steps per second of a small Keras 3D decoder (``model.fit`` on the torch
+    backend, float32, batch 4, 8^3x32 -> 32^3x1 through three stride-2 layers) with
+    ``keras.layers.Conv3DTranspose`` and with :class:`tconv3d.keras.Conv3DTranspose`,
+    same weights and data. Returns ``{layer: steps/s}`` (empty without Keras)."""
+    import os
+    if os.environ.setdefault("KERAS_BACKEND", "torch") != "torch":
+        return {}
+    try:
+        import keras
+        import torch
+
+        from .keras import Conv3DTranspose
+    except ImportError:
+        return {}
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((steps * 4, 8, 8, 8, 32)).astype(np.float32)
+    rates = {}
+    for name, layer in (("keras", keras.layers.Conv3DTranspose),
+                        ("tconv3d.keras", Conv3DTranspose)):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input(x.shape[1:]),
+                                  layer(32, 3, strides=2, padding="same", activation="relu"),
+                                  layer(16, 3, strides=2, padding="same", activation="relu"),
+                                  layer(1, 2, strides=1, padding="same")])
+        model.compile(optimizer="adam", loss="mse")
+        y = rng.standard_normal((len(x), *model.output_shape[1:])).astype(np.float32)
+        model.fit(x[:8], y[:8], batch_size=4, epochs=1, verbose=0)   # warm-up
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
+        rates[name] = steps / (time.perf_counter() - start)
+    print(f"keras model.fit, 3D decoder (batch 4, 8^3x32 -> 32^3x1), {threads} thread(s): "
+          + ", ".join(f"{k} {v:.2f} steps/s" for k, v in rates.items())
+          + f" ({rates['tconv3d.keras'] / rates['keras']:.2f}x)", file=out, flush=True)
+    return rates
