@@ -564,6 +564,19 @@ cdef int _conv_transpose(const Problem *p,
     return -1 if failed else 0
 
 
+cdef inline Py_ssize_t _block_rows(const Problem *p, Py_ssize_t itemsize, Py_ssize_t rows,
+                                   int num_threads) noexcept nogil:
+    """Rows per block of the weight-heavy loops (_conv_transpose_blocked,
+    _grad_input_blocked), or 0 for the row-by-row ones. Which loop runs depends only on
+    the problem (a fixed threshold on the bytes of a tap matrix): it sets the order of
+    the sums, hence the bits; the block size does not, so it may follow the threads."""
+    if _depthwise(p) or (p.cin == 1 and p.cout == 1) \
+            or p.cin * p.cout * itemsize < BLOCKED_TAP_BYTES:
+        return 0
+    cdef Py_ssize_t b = rows // (2 * (num_threads if num_threads > 1 else 1))
+    return 1 if b < 1 else (MAX_BLOCK_ROWS if b > MAX_BLOCK_ROWS else b)
+
+
 cdef inline Py_ssize_t _tap_input(const Problem *p, int a, Py_ssize_t o,
                                    Py_ssize_t j) noexcept nogil:
     """The input that tap j of axis a takes to output o, or -1 (i*s + j*d == o + crop)."""
@@ -694,13 +707,8 @@ def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
     """y = activation(conv_transpose3d(x, wt, bias)), bias None for none, activation a
     code of FUSED_ACTIVATIONS; see the module comment."""
     cdef Problem p = _problem(geometry, x_strides, y_strides)
-    # Weight-heavy layers run in blocks of rows (_conv_transpose_blocked): from this many
-    # bytes per tap matrix, a fixed number so that the summation order, hence the bits,
-    # depend on the problem only.
-    cdef Py_ssize_t block_rows = 0, rows = p.batch * p.n_out[0] * p.n_out[1]
-    if (not _depthwise(&p) and not (p.cin == 1 and p.cout == 1)
-            and p.cin * p.cout * <Py_ssize_t> sizeof(floating) >= BLOCKED_TAP_BYTES):
-        block_rows = max(1, min(MAX_BLOCK_ROWS, rows // (2 * max(1, num_threads))))
+    cdef Py_ssize_t block_rows = _block_rows(&p, sizeof(floating), p.batch * p.n_out[0]
+                                             * p.n_out[1], num_threads)
     cdef const floating *bias_ptr = NULL
     if bias is not None:
         bias_ptr = &bias[0]
@@ -714,7 +722,7 @@ def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
         _fill_phases(&p, table, &ph)
         _make_runs(&p, &ph, _block_size(_block_channels(&p, p.cout)), &runs)
         try:
-            if block_rows > 0:
+            if block_rows > 0:   # weight-heavy: blocks of rows, each tap for the block
                 with nogil:
                     status = _conv_transpose_blocked(
                         &p, &runs, &x[0, 0, 0, 0, 0], &wt[0, 0, 0, 0, 0], bias_ptr,
@@ -848,6 +856,101 @@ cdef int _grad_input(const Problem *p,
     return -1 if failed else 0
 
 
+cdef int _grad_input_blocked(const Problem *p,
+                             const Runs *runs,     # IN  the width GEMMs of runs of inputs
+                             const floating *g,    # IN  as _grad_input's
+                             const floating *w,
+                             floating *gx,         # OUT as _grad_input's
+                             Py_ssize_t block_rows,
+                             int num_threads) noexcept nogil:
+    # _conv_transpose_blocked's order for the input gradient of weight-heavy layers: each
+    # thread takes blocks of input rows and each tap matrix in turn for the whole block,
+    # the block's voxels gathered into one GEMM by pointer; every input sums its taps in
+    # the order depth, height, width.
+    cdef Py_ssize_t cin = p.cin, cout = p.cout, iw_n = p.n_in[2]
+    cdef Py_ssize_t groups = p.groups, rows = p.batch * p.n_in[0] * p.n_in[1]
+    cdef Py_ssize_t blocks = (rows + block_rows - 1) // block_rows
+    cdef Py_ssize_t gstep = p.s[2] * p.ys[3]
+    cdef bint contiguous = p.xs[4] == 1
+    cdef Py_ssize_t ldc = p.xs[3] if contiguous else cin
+    cdef Py_ssize_t blk, row, first, last, grp, run, i0, nb, b, e, jd, jh, od, oh, ci, t, m
+    cdef Row r
+    cdef floating *acc = NULL
+    cdef const floating **arows = NULL   # per thread: a block's rows of one GEMM
+    cdef floating **crows = NULL
+    cdef floating *cbuf
+    cdef floating *gxp
+    cdef const floating *grow
+
+    cdef int failed = 0
+    cdef int *failed_ptr = &failed  # shared: written through a pointer in the region
+
+    memset(&r, 0, sizeof(Row))  # Cython copies r into the region (firstprivate): no garbage
+    with parallel(num_threads=num_threads):
+        acc = <floating *> _thread_malloc(block_rows * runs.length * cin * sizeof(floating),
+                                          failed_ptr)
+        r = _thread_row(p, failed_ptr)   # assigned here: each thread's own Row
+        arows = <const floating **> _thread_malloc(
+            2 * block_rows * runs.length * sizeof(floating *), failed_ptr)
+        crows = <floating **> (arows + block_rows * runs.length)
+        for blk in prange(blocks, schedule='static'):
+            if acc == NULL or r.j[0] == NULL or arows == NULL:
+                continue  # flagged in `failed`: the call raises MemoryError
+            first = blk * block_rows
+            last = first + block_rows if rows - first > block_rows else rows
+            for grp in range(groups):
+                for run in range(runs.count):
+                    i0 = run * runs.length
+                    nb = runs.length if iw_n - i0 > runs.length else iw_n - i0
+                    for row in range(first, last):
+                        _split_row(&r, row, p.n_in)
+                        if contiguous:
+                            gxp = (gx + _row_offset(p.xs, r.n, r.d, r.h) + i0 * p.xs[3]
+                                   + grp * cin)
+                            for b in range(nb):
+                                memset(gxp + b * ldc, 0, cin * sizeof(floating))
+                        else:
+                            memset(acc + (row - first) * runs.length * cin, 0,
+                                   nb * cin * sizeof(floating))
+                    for jd in range(p.k[0] if runs.first[run] < runs.first[run + 1] else 0):
+                        for jh in range(p.k[1]):
+                            for e in range(runs.first[run], runs.first[run + 1]):
+                                m = 0
+                                for row in range(first, last):
+                                    _split_row(&r, row, p.n_in)
+                                    od = r.d * p.s[0] + jd * p.d[0] - p.crop[0]
+                                    oh = r.h * p.s[1] + jh * p.d[1] - p.crop[1]
+                                    if not (0 <= od < p.n_out[0] and 0 <= oh < p.n_out[1]):
+                                        continue
+                                    grow = (g + _row_offset(p.ys, r.n, od, oh)
+                                            + grp * cout * p.ys[4])
+                                    if contiguous:
+                                        cbuf = (gx + _row_offset(p.xs, r.n, r.d, r.h)
+                                                + i0 * p.xs[3] + grp * cin)
+                                    else:
+                                        cbuf = acc + (row - first) * runs.length * cin
+                                    for t in range(runs.hi[e] - runs.lo[e]):
+                                        arows[m] = grow + runs.o[e] * p.ys[3] + t * gstep
+                                        crows[m] = cbuf + (runs.lo[e] - i0 + t) * ldc
+                                        m = m + 1
+                                _gemm_rows(m, cin, cout, arows, p.ys[4],
+                                           w + ((jd * p.k[1] + jh) * p.k[2] + runs.j[e])
+                                           * groups * cout * cin + grp * cout * cin, cin,
+                                           crows)
+                    for row in range(first if not contiguous else last, last):
+                        _split_row(&r, row, p.n_in)
+                        gxp = (gx + _row_offset(p.xs, r.n, r.d, r.h) + i0 * p.xs[3]
+                               + grp * cin * p.xs[4])
+                        cbuf = acc + (row - first) * runs.length * cin
+                        for ci in range(cin):  # strided channels: channel by channel
+                            for b in range(nb):
+                                gxp[b * p.xs[3] + ci * p.xs[4]] = cbuf[b * cin + ci]
+        free(r.j[0])
+        free(arows)
+        free(acc)
+    return -1 if failed else 0
+
+
 def grad_input(const floating[:, :, :, :, :] g, const floating[:, :, :, :, ::1] w,
                floating[:, :, :, :, :] gx, geometry, tuple x_strides,
                tuple y_strides, int num_threads):
@@ -855,10 +958,16 @@ def grad_input(const floating[:, :, :, :, :] g, const floating[:, :, :, :, ::1] 
     cdef Problem p = _problem(geometry, x_strides, y_strides)
     cdef Runs runs
     cdef int status
+    cdef Py_ssize_t block_rows = _block_rows(&p, sizeof(floating), p.batch * p.n_in[0]
+                                             * p.n_in[1], num_threads)
     _make_runs(&p, NULL, _block_size(_block_channels(&p, p.cin)), &runs)
     with nogil:
-        status = _grad_input(&p, &runs, &g[0, 0, 0, 0, 0], &w[0, 0, 0, 0, 0],
-                             &gx[0, 0, 0, 0, 0], num_threads)
+        if block_rows > 0:
+            status = _grad_input_blocked(&p, &runs, &g[0, 0, 0, 0, 0], &w[0, 0, 0, 0, 0],
+                                         &gx[0, 0, 0, 0, 0], block_rows, num_threads)
+        else:
+            status = _grad_input(&p, &runs, &g[0, 0, 0, 0, 0], &w[0, 0, 0, 0, 0],
+                                 &gx[0, 0, 0, 0, 0], num_threads)
         _free_runs(&runs)
     _check(status)
 

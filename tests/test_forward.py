@@ -6,7 +6,7 @@ import pytest
 
 import tconv3d
 from helpers import random_problem, to_torch_args, tol
-from reference import conv_transpose3d_ref
+from reference import conv_transpose3d_backward_ref, conv_transpose3d_ref
 
 FORMATS = ["channels_last", "channels_first"]
 DTYPES = [np.float32, np.float64]
@@ -235,6 +235,14 @@ def test_weight_heavy_layers_match_reference(rng, dtype, cin, cout, groups, k, s
                                rtol=tol(dtype)["rtol"] * 10, atol=tol(dtype)["atol"] * 10)
     relu = tconv3d.conv_transpose3d(x, w, b, activation="relu", num_threads=1, **kwargs)
     np.testing.assert_array_equal(relu, np.maximum(y, 0))
+    g = rng.standard_normal(y.shape).astype(dtype)
+    grads = tconv3d.conv_transpose3d_backward(g, x, w, num_threads=1, **kwargs)
+    for a, e in zip(grads, conv_transpose3d_backward_ref(g, x, w, **kwargs)):
+        np.testing.assert_allclose(a, e, rtol=tol(dtype)["rtol"] * 10,
+                                   atol=tol(dtype)["atol"] * 100)
     for threads in (2, 3):
         assert tconv3d.conv_transpose3d(x, w, b, num_threads=threads,
                                         **kwargs).tobytes() == y.tobytes()
+        for a, ref in zip(tconv3d.conv_transpose3d_backward(g, x, w, num_threads=threads,
+                                                            **kwargs), grads):
+            assert a.tobytes() == ref.tobytes()
