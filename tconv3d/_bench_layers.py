@@ -1,6 +1,7 @@
 """Benchmarks of the framework layers beside the suite of :mod:`tconv3d.bench`: grouped
 layers of the PyTorch drop-in, a very large stride, and ``model.fit`` of a Keras decoder;
 and the timing rule every benchmark uses (:func:`median_ms`)."""
+import copy
 import gc
 import statistics
 import sys
@@ -12,24 +13,34 @@ from ._ops import conv_transpose3d
 
 
 def median_ms(fn, repeat, warmup=2):
-    """Median time of ``fn`` in ms. As ``timeit`` does, the garbage collector is off while
-    timing: a collection triggered by the few objects a call makes would otherwise walk
-    every object of the process (tens of ms once PyTorch is imported) inside one call."""
-    for _ in range(warmup):
-        fn()
+    """Median time of ``fn`` in ms (:func:`interleaved_medians` of one function)."""
+    return interleaved_medians({"fn": fn}, repeat, warmup)["fn"]
+
+
+def interleaved_medians(functions, repeat, warmup=2):
+    """Median time in ms of each of ``functions`` (a dict name -> callable), timed in
+    rounds that call each once in turn: a slow spell of the machine (other processes, a
+    busy host) then falls on every contender alike instead of on whichever was being
+    timed. As ``timeit`` does, the garbage collector is off while timing: a collection
+    triggered by the few objects a call makes would otherwise walk every object of the
+    process (tens of ms once PyTorch is imported) inside one call."""
+    for fn in functions.values():
+        for _ in range(warmup):
+            fn()
     gc.collect()
     enabled = gc.isenabled()
     gc.disable()
+    times = {name: [] for name in functions}
     try:
-        times = []
         for _ in range(repeat):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
+            for name, fn in functions.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
     finally:
         if enabled:
             gc.enable()
-    return statistics.median(times) * 1e3
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 LARGE_STRIDE = dict(x=(1, 32, 32, 1, 1), kernel=(1, 1, 4096, 1, 1), strides=(1, 1, 4096))
@@ -88,12 +99,12 @@ def run_groups(threads, repeat=7, groups=GROUPS, out=sys.stdout):
         ref = torch.nn.ConvTranspose3d(32, 32, 4, stride=2, padding=1, groups=g)
         ours = ConvTranspose3d(32, 32, 4, stride=2, padding=1, groups=g)
         ours.load_state_dict(ref.state_dict())
-        row = {}
+        timed = {}
         for fmt, memory_format in formats:
             xf = x.contiguous(memory_format=memory_format)
             xg = xf.clone().requires_grad_()
             for name, module in (("torch", ref), ("tconv3d", ours)):
-                module = module.to(memory_format=memory_format)
+                module = copy.deepcopy(module).to(memory_format=memory_format)
 
                 def forward(module=module, xf=xf):
                     with torch.no_grad():
@@ -102,9 +113,10 @@ def run_groups(threads, repeat=7, groups=GROUPS, out=sys.stdout):
                 def forward_backward(module=module, xg=xg):
                     module(xg).sum().backward()
 
-                row[f"{name}_{fmt}_fwd_ms"] = median_ms(forward, repeat)
-                row[f"{name}_{fmt}_fwdbwd_ms"] = median_ms(forward_backward, repeat)
+                timed[f"{name}_{fmt}_fwd"] = forward
+                timed[f"{name}_{fmt}_fwdbwd"] = forward_backward
             torch.testing.assert_close(ours(xf), ref(xf), rtol=1e-4, atol=1e-4)
+        row = {f"{key}_ms": ms for key, ms in interleaved_medians(timed, repeat).items()}
         for phase in ("fwd", "fwdbwd"):   # tconv3d's slower layout / torch's faster one
             row[f"ratio_{phase}"] = (max(row[f"tconv3d_{f}_{phase}_ms"] for f, _ in formats)
                                      / min(row[f"torch_{f}_{phase}_ms"] for f, _ in formats))

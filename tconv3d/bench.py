@@ -17,7 +17,8 @@ import numpy as np
 
 from . import _kernels
 from ._geometry import keras_to_torch_kernel, keras_trim, torch_window
-from ._bench_layers import median_ms, run_groups, run_keras_fit, run_large_stride
+from ._bench_layers import (interleaved_medians, median_ms, run_groups, run_keras_fit,
+                            run_large_stride)
 from ._ops import conv_transpose3d, conv_transpose3d_backward
 
 # name: (batch, in_channels, out_channels, input size, kernel, stride, padding); sizes,
@@ -318,16 +319,14 @@ def run(cases=None, threads=(2,), dtypes=("float32",), repeat=7, peers=("torch",
                                 f"{size if isinstance(size, int) else 'x'.join(map(str, size))}"
                                 f"{'^3' if isinstance(size, int) else ''}, k{k}, s{s}, {padding}",
                        "gflop": _flops(case) / 1e9}
-                row["tconv3d_fwd_ms"] = median_ms(lambda: conv_transpose3d(x, w, b, **kw),
-                                                   repeat)
-                # the same into a reused buffer (out=): no allocation, no first-touch faults
+                # the forward into a reused buffer too (out=): no allocation, no first-touch
+                # faults; every contender timed in the same rounds
                 y_out = np.empty_like(y)
-                row["tconv3d_fwd_out_ms"] = median_ms(
-                    lambda: conv_transpose3d(x, w, b, out=y_out, **kw), repeat)
+                timed = {"tconv3d_fwd": lambda: conv_transpose3d(x, w, b, **kw),
+                         "tconv3d_fwd_out": lambda: conv_transpose3d(x, w, b, out=y_out, **kw)}
                 if backward:
-                    row["tconv3d_fwdbwd_ms"] = median_ms(
-                        lambda: (conv_transpose3d(x, w, b, **kw),
-                                 conv_transpose3d_backward(g, x, w, **kw)), repeat)
+                    timed["tconv3d_fwdbwd"] = lambda: (conv_transpose3d(x, w, b, **kw),
+                                                       conv_transpose3d_backward(g, x, w, **kw))
                 tol = 1e-3 if dtype == "float32" else 1e-9
                 for peer in peer_objs:
                     layouts = ((False, "ncdhw"), (True, "cl3d")) if peer.name == "torch" \
@@ -337,10 +336,11 @@ def run(cases=None, threads=(2,), dtypes=("float32",), repeat=7, peers=("torch",
                         theirs, mine = output(y)
                         np.testing.assert_allclose(theirs, mine, rtol=tol,
                                                    atol=tol * np.abs(y).max())
-                        key = f"{peer.name}_{layout}"
-                        row[f"{key}_fwd_ms"] = median_ms(fwd, repeat)
+                        timed[f"{peer.name}_{layout}_fwd"] = fwd
                         if backward:
-                            row[f"{key}_fwdbwd_ms"] = median_ms(fwdbwd, repeat)
+                            timed[f"{peer.name}_{layout}_fwdbwd"] = fwdbwd
+                row.update({f"{key}_ms": ms for key, ms in
+                            interleaved_medians(timed, repeat).items()})
                 _add_ratios(row)
                 results.append(row)
                 _print_row(row, out, headers_printed)
