@@ -207,20 +207,17 @@ class TorchPlan:
 def torch_plan(in_spatial, kernel_size, stride, padding, output_padding, dilation):
     """The :class:`TorchPlan` of one PyTorch call; all arguments are triples of valid ints.
 
-    Exact (one tconv3d call, no copy) when one Keras padding with an explicit
-    ``output_padding`` gives PyTorch's window on all three axes: ``"valid"`` when ``p == 0``
-    and ``op < stride``; ``"same"`` with ``op + 2*(k_eff // 2 - p)`` in ``[0, stride)`` when
-    ``p == 0 or op == 0``. Otherwise tconv3d computes ``full[0 : L + q]`` with ``q =
+    Exact (one tconv3d call, no copy) when a Keras padding gives PyTorch's window on all
+    three axes (:func:`find_keras_padding`: e.g. ``k=4, stride=2, padding=1`` is Keras'
+    ``"same"``). Otherwise tconv3d computes ``full[0 : L + q]`` with ``q =
     min(max(op - p, 0), stride - 1)`` and PyTorch's window is sliced out of it.
     """
     axes = tuple(zip(in_spatial, kernel_size, stride, padding, output_padding, dilation))
     full = tuple(full_length(n, k, s, d) for n, k, s, p, op, d in axes)
     out = tuple(length - torch_trim(p, op) for length, (n, k, s, p, op, d) in zip(full, axes))
-    zero = (0, 0, 0)
-    for mode in ("valid", "same"):
-        chosen = tuple(keras_output_padding(mode, k, s, d, p, op) for n, k, s, p, op, d in axes)
-        if None not in chosen:
-            return TorchPlan(mode, chosen, zero, out, out)
+    keras = find_keras_padding(kernel_size, stride, dilation, padding, output_padding)
+    if keras is not None:
+        return TorchPlan(*keras, (0, 0, 0), out, out)
     q = tuple(min(max(op - p, 0), s - 1) for n, k, s, p, op, d in axes)
     computed = tuple(length + qa for length, qa in zip(full, q))
     return TorchPlan("valid", q, tuple(padding), out, computed)

@@ -220,16 +220,18 @@ WEIGHT_HEAVY = [
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("k,s,pad,op", [(3, 2, "same", None), (2, 2, "valid", None),
-                                        (4, 2, "same", 1), ((1, 3, 2), (1, 2, 3), "valid", 0)])
+@pytest.mark.parametrize("k,s,d,pad,op", [(3, 2, 1, "same", None), (2, 2, 1, "valid", None),
+                                          (4, 2, 1, "same", 1), (3, 2, 2, "valid", 1),
+                                          ((1, 3, 2), (1, 2, 3), 1, "valid", 0)])
 @pytest.mark.parametrize("dtype,cin,cout,groups", WEIGHT_HEAVY)
-def test_weight_heavy_layers_match_reference(rng, dtype, cin, cout, groups, k, s, pad, op,
+def test_weight_heavy_layers_match_reference(rng, dtype, cin, cout, groups, k, s, d, pad, op,
                                              fmt):
     kernel = (k,) * 3 if np.isscalar(k) else k
     x, w, b = random_problem(rng, batch=2, spatial=(2, 3, 4), cin=cin, cout=cout,
                              kernel=kernel, data_format=fmt, dtype=dtype)
     w = w[..., : cout // groups, :]
-    kwargs = dict(strides=s, padding=pad, output_padding=op, data_format=fmt, groups=groups)
+    kwargs = dict(strides=s, padding=pad, output_padding=op, dilation_rate=d,
+                  data_format=fmt, groups=groups)
     y = tconv3d.conv_transpose3d(x, w, b, num_threads=1, **kwargs)
     np.testing.assert_allclose(y, conv_transpose3d_ref(x, w, b, **kwargs),
                                rtol=tol(dtype)["rtol"] * 10, atol=tol(dtype)["atol"] * 10)
