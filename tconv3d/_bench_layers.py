@@ -1,6 +1,6 @@
 """Benchmarks of the framework layers beside the suite of :mod:`tconv3d.bench`: grouped
 layers of the PyTorch drop-in, a very large stride, and ``model.fit`` of a Keras decoder;
-and the timing rule every benchmark uses (:func:`median_ms`)."""
+and the timing rule every benchmark uses (:func:`median_ms`); also the fused relu."""
 import copy
 import gc
 import statistics
@@ -169,3 +169,34 @@ def run_keras_fit(threads, steps=20, out=sys.stdout):
           + ", ".join(f"{k} {v:.2f} steps/s" for k, v in rates.items())
           + f" ({rates['tconv3d.keras'] / rates['keras']:.2f}x)", file=out, flush=True)
     return rates
+
+
+def run_fused_activation(threads, repeat=7, out=sys.stdout):
+    """The forward with relu applied by the compiled kernel (``activation="relu"``)
+    against the same forward followed by ``np.maximum(y, 0)``, on ``stride1_k3``'s shape
+    (float32, output 32 MiB); and the layer with tconv3d's relu (fused) against the same
+    formula as a user's activation (applied to the result). Returns ms per call."""
+    from .activations import Activation, get
+    from .layers import Conv3DTranspose
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 32, 32, 32, 32)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 3, 32, 32)).astype(np.float32)
+    kw = dict(padding="same", num_threads=threads)
+    relu = get("relu")
+    layers = {name: Conv3DTranspose(32, 3, padding="same", activation=activation, seed=0,
+                                    num_threads=threads)
+              for name, activation in (("layer_fused", "relu"),
+                                       ("layer_unfused", Activation(relu.fn, relu.derivative,
+                                                                    name="my_relu")))}
+    np.testing.assert_array_equal(conv_transpose3d(x, w, activation="relu", **kw),
+                                  np.maximum(conv_transpose3d(x, w, **kw), 0))
+    row = interleaved_medians({
+        "fused": lambda: conv_transpose3d(x, w, activation="relu", **kw),
+        "conv_then_relu": lambda: np.maximum(conv_transpose3d(x, w, **kw), 0),
+        **{name: (lambda layer=layer: layer(x)) for name, layer in layers.items()}}, repeat)
+    print(f"relu on stride1_k3's forward (1, 32->32, 32^3, k3, s1), {threads} thread(s), "
+          f"ms: fused {row['fused']:.2f}, conv then np.maximum {row['conv_then_relu']:.2f}; "
+          f"layer with relu {row['layer_fused']:.2f} (fused), with the same relu as a "
+          f"user's activation {row['layer_unfused']:.2f}", file=out, flush=True)
+    return row
