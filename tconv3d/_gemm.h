@@ -86,13 +86,14 @@ TC_CHANNELWISE_TYPES(double, f64)
 /* Columns left over after the vector tiles (n % VL), and the scalar fallback. Four
  * partial sums (p mod 4), added in a fixed order, break the dependency chain of a long
  * contraction (single-channel kernel gradients) without depending on anything but k.
- * MADD is TC_FUSED or TC_UNFUSED. */
-#define TC_SCALAR_COLUMNS(T, j0, MADD)                                                  \
+ * MADD is TC_FUSED or TC_UNFUSED; A_ROW (row ii of product bt of A), B_COL (column jj
+ * of product bt of B) and C_AT (element ii, jj of C) say where the operands are. */
+#define TC_SCALAR_COLUMNS(T, j0, MADD, NB, A_ROW, B_COL, C_AT)                          \
     for (Py_ssize_t jj = (j0); jj < n; jj++) {                                          \
         for (Py_ssize_t ii = 0; ii < m; ii++)                                           \
-        for (Py_ssize_t bt = 0; bt < nb; bt++) {                                        \
-            const T *a = A[bt] + aoff + ii * sai;                                       \
-            const T *b = B[bt] + boff + jj;                                             \
+        for (Py_ssize_t bt = 0; bt < (NB); bt++) {                                      \
+            const T *a = (A_ROW);                                                       \
+            const T *b = (B_COL);                                                       \
             T s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                           \
             Py_ssize_t p = 0;                                                           \
             for (; p + 4 <= k; p += 4) {                                                \
@@ -103,9 +104,13 @@ TC_CHANNELWISE_TYPES(double, f64)
             }                                                                           \
             for (; p < k; p++)                                                          \
                 s0 = MADD(T)(a[p * sap], b[p * ldb], s0);                               \
-            C[ii * ldc + jj] += (s0 + s1) + (s2 + s3);                                  \
+            C_AT += (s0 + s1) + (s2 + s3);                                              \
         }                                                                               \
     }
+/* The operands of the batch-reduce form (C[i][j] += sum_b sum_p A[b][...] B[b][...]). */
+#define TC_BR_A_ROW A[bt] + aoff + ii * sai
+#define TC_BR_B_COL B[bt] + boff + jj
+#define TC_BR_C_AT C[ii * ldc + jj]
 
 #ifdef TC_VECTOR_EXT
 
@@ -250,7 +255,7 @@ ATTR static void NAME##_br(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t 
         for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE(NAME##_v4, T, MR, 1, VL4);        \
         TC_ROW_REMAINDER(NAME##_v4, T, 1, VL4, MR)                                      \
     }                                                                                   \
-    TC_SCALAR_COLUMNS(T, j, MADD)                                                       \
+    TC_SCALAR_COLUMNS(T, j, MADD, nb, TC_BR_A_ROW, TC_BR_B_COL, TC_BR_C_AT)             \
 }                                                                                       \
 ATTR static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,                        \
                       const T *A, Py_ssize_t sai, Py_ssize_t sap,                      \
@@ -281,22 +286,7 @@ ATTR static void NAME##_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,          
         for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE_ROWS(NAME##_v4, T, MR, 1, VL4, MR); \
         TC_ROWS_REMAINDER(NAME##_v4, T, 1, VL4, MR)                                     \
     }                                                                                   \
-    for (Py_ssize_t jj = j; jj < n; jj++)                                               \
-        for (Py_ssize_t ii = 0; ii < m; ii++) {                                         \
-            const T *a = Ar[ii];                                                        \
-            const T *b = B + jj;                                                        \
-            T s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                           \
-            Py_ssize_t p = 0;                                                           \
-            for (; p + 4 <= k; p += 4) {                                                \
-                s0 = MADD(T)(a[p * sap], b[p * ldb], s0);                               \
-                s1 = MADD(T)(a[(p + 1) * sap], b[(p + 1) * ldb], s1);                   \
-                s2 = MADD(T)(a[(p + 2) * sap], b[(p + 2) * ldb], s2);                   \
-                s3 = MADD(T)(a[(p + 3) * sap], b[(p + 3) * ldb], s3);                   \
-            }                                                                           \
-            for (; p < k; p++)                                                          \
-                s0 = MADD(T)(a[p * sap], b[p * ldb], s0);                               \
-            Cr[ii][jj] += (s0 + s1) + (s2 + s3);                                        \
-        }                                                                               \
+    TC_SCALAR_COLUMNS(T, j, MADD, 1, Ar[ii], B + jj, Cr[ii][jj])                        \
 }
 
 TC_DEFINE_GEMM(tc_gemm_f32_base, float, 16, 6, TC_BASE_MADD, )
@@ -316,7 +306,8 @@ TC_DEFINE_GEMM(tc_gemm_f64_avx512, double, 64, 8, TC_FUSED,
 static void NAME##_br(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t nb,          \
                       const T *const *A, Py_ssize_t aoff, Py_ssize_t sai, Py_ssize_t sap, \
                       const T *const *B, Py_ssize_t boff, Py_ssize_t ldb, T *C,         \
-                      Py_ssize_t ldc) { TC_SCALAR_COLUMNS(T, 0, TC_BASE_MADD) }          \
+                      Py_ssize_t ldc)                                                   \
+{ TC_SCALAR_COLUMNS(T, 0, TC_BASE_MADD, nb, TC_BR_A_ROW, TC_BR_B_COL, TC_BR_C_AT) }      \
 static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const T *A, Py_ssize_t sai,   \
                  Py_ssize_t sap, const T *B, Py_ssize_t ldb, T *C, Py_ssize_t ldc)       \
 { NAME##_br(m, n, k, 1, &A, 0, sai, sap, &B, 0, ldb, C, ldc); }                          \

@@ -590,6 +590,13 @@ cdef inline Py_ssize_t _tap_input(const Problem *p, int a, Py_ssize_t o,
     return i if i < p.n_in[a] else -1
 
 
+cdef inline Py_ssize_t _tap_output(const Problem *p, int a, Py_ssize_t i,
+                                    Py_ssize_t j) noexcept nogil:
+    """The output that tap j of axis a takes input i to, or -1 (cropped away)."""
+    cdef Py_ssize_t o = i * p.s[a] + j * p.d[a] - p.crop[a]
+    return o if 0 <= o < p.n_out[a] else -1
+
+
 cdef inline floating *_block_out(const Problem *p, floating *y, floating *acc, Py_ssize_t rr,
                                  Py_ssize_t run_length, Py_ssize_t o0, Py_ssize_t grp,
                                  const Row *r) noexcept nogil:
@@ -918,9 +925,9 @@ cdef int _grad_input_blocked(const Problem *p,
                                 m = 0
                                 for row in range(first, last):
                                     _split_row(&r, row, p.n_in)
-                                    od = r.d * p.s[0] + jd * p.d[0] - p.crop[0]
-                                    oh = r.h * p.s[1] + jh * p.d[1] - p.crop[1]
-                                    if not (0 <= od < p.n_out[0] and 0 <= oh < p.n_out[1]):
+                                    od = _tap_output(p, 0, r.d, jd)
+                                    oh = _tap_output(p, 1, r.h, jh)
+                                    if od < 0 or oh < 0:
                                         continue
                                     grow = (g + _row_offset(p.ys, r.n, od, oh)
                                             + grp * cout * p.ys[4])
@@ -1046,9 +1053,9 @@ cdef int _grad_kernel(const Problem *p,
                     nlist = 0
                     for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
                         _split_row(&r, row, p.n_in)
-                        od = r.d * p.s[0] + jd * p.d[0] - p.crop[0]
-                        oh = r.h * p.s[1] + jh * p.d[1] - p.crop[1]
-                        if 0 <= od < p.n_out[0] and 0 <= oh < p.n_out[1]:
+                        od = _tap_output(p, 0, r.d, jd)
+                        oh = _tap_output(p, 1, r.h, jh)
+                        if od >= 0 and oh >= 0:
                             grows[nlist] = g + _row_offset(p.ys, r.n, od, oh)
                             xrows[nlist] = x + _row_offset(p.xs, r.n, r.d, r.h)
                             nlist = nlist + 1

@@ -216,6 +216,7 @@ WEIGHT_HEAVY = [
     (np.float64, 96, 96, 1),
     (np.float32, 256, 256, 2),
     (np.float64, 64, 128, 1),
+    (np.float64, 97, 85, 1),     # odd channels: the narrower vector tiles and scalar columns
 ]
 
 
