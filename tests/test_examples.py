@@ -43,9 +43,14 @@ def _readme_psnrs_are_printed(output):
     table = re.sub(r"[`*]|scipy\.ndimage\.", "", readme.read_text())
     shown = {m[0]: m[1:] for m in re.findall(
         rf"^\| {method} \| ([\d.]+) \| [\d.]+ \| ([\d.]+) \|", table, re.M)}
-    # every row printed is shown (torch's only where it is installed)
-    assert len(printed) >= 6 and all(shown.get(k) == v for k, v in printed.items()), \
-        (shown, printed)
+    # every row printed is shown (torch's only where it is installed); the learned
+    # kernel's fit runs through BLAS and numpy reductions whose rounding follows the CPU,
+    # so its last printed digit may differ by one from the machine the README was run on
+    assert len(printed) >= 6 and set(printed) <= set(shown), (shown, printed)
+    for name, values in printed.items():
+        last_digit = 1 if name == "learned" else 0
+        assert all(abs(round(100 * (float(a) - float(b)))) <= last_digit
+                   for a, b in zip(values, shown[name])), (name, shown[name], values)
     return True
 
 
