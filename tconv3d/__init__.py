@@ -37,7 +37,7 @@ def __getattr__(name):
 
 
 def show_config(file=None):
-    """Print the version, the OpenMP status, the default thread count and the SIMD flags.
+    """Print the version, the OpenMP status, the default thread count and the kernels.
 
     Parameters
     ----------
@@ -53,6 +53,7 @@ def show_config(file=None):
       default threads:     ...
       SIMD flags of build: ...
       SIMD kernels:        ... (this CPU runs: ...)
+      bfloat16:            ...
     """
     from . import _kernels
     lines = [
@@ -62,5 +63,7 @@ def show_config(file=None):
         f"  SIMD flags of build: {' '.join(_kernels.simd_flags()) or 'none'}",
         f"  SIMD kernels:        {_kernels.simd_variant()} "
         f"(this CPU runs: {', '.join(_kernels.simd_variants_supported())})",
+        "  bfloat16:            float32 kernels on exactly widened operands, each result "
+        "rounded once (no AVX512_BF16 kernels)",
     ]
     print("\n".join(lines), file=file)

@@ -1,6 +1,7 @@
 """Benchmarks of the framework layers beside the suite of :mod:`tconv3d.bench`: grouped
-layers of the PyTorch drop-in, a very large stride, and ``model.fit`` of a Keras decoder;
-and the timing rule every benchmark uses (:func:`median_ms`); also the fused relu."""
+layers of the PyTorch drop-in, bfloat16 tensors, a very large stride, and ``model.fit`` of
+a Keras decoder; and the timing rule every benchmark uses (:func:`median_ms`); also the
+fused relu."""
 import copy
 import gc
 import statistics
@@ -131,6 +132,61 @@ def run_groups(threads, repeat=7, groups=GROUPS, out=sys.stdout):
               f" faster) fwd {row['ratio_fwd']:.2f}, fwd+bwd {row['ratio_fwdbwd']:.2f}",
               file=out, flush=True)
     return rows
+
+
+BFLOAT16_CASE = (2, 32, 32, 16)   # batch, in, out channels, input size: k3 s2 p1 op1
+
+
+def run_bfloat16(threads, repeat=7, out=sys.stdout):
+    """bfloat16 tensors: ``tconv3d.torch.ConvTranspose3d`` against
+    ``torch.nn.ConvTranspose3d`` in bfloat16 (both memory formats), and tconv3d's own
+    float32 time, forward and forward+backward, on ``same_k3s2``'s shape. Returns a dict of
+    ms (empty without PyTorch)."""
+    try:
+        import torch
+
+        from .torch import ConvTranspose3d
+    except ImportError:
+        return {}
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    n, cin, cout, size = BFLOAT16_CASE
+    ref = torch.nn.ConvTranspose3d(cin, cout, 3, stride=2, padding=1, output_padding=1)
+    ours = ConvTranspose3d(cin, cout, 3, stride=2, padding=1, output_padding=1)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(n, cin, size, size, size)
+    contenders = (("torch_ncdhw", ref, torch.bfloat16, torch.contiguous_format),
+                  ("torch_cl3d", ref, torch.bfloat16, torch.channels_last_3d),
+                  ("tconv3d", ours, torch.bfloat16, torch.contiguous_format),
+                  ("tconv3d_float32", ours, torch.float32, torch.contiguous_format))
+    timed = {}
+    for name, module, dtype, memory_format in contenders:
+        module = copy.deepcopy(module).to(dtype=dtype, memory_format=memory_format)
+        xf = x.to(dtype).contiguous(memory_format=memory_format)
+        xg = xf.clone().requires_grad_()
+
+        def forward(module=module, xf=xf):
+            with torch.no_grad():
+                return module(xf)
+
+        def forward_backward(module=module, xg=xg):
+            module(xg).float().sum().backward()
+
+        timed[f"{name}_fwd"] = forward
+        timed[f"{name}_fwdbwd"] = forward_backward
+    row = {f"{key}_ms": ms for key, ms in interleaved_medians(timed, repeat).items()}
+    for phase in ("fwd", "fwdbwd"):
+        row[f"ratio_{phase}"] = row[f"tconv3d_{phase}_ms"] / min(
+            row[f"torch_ncdhw_{phase}_ms"], row[f"torch_cl3d_{phase}_ms"])
+    print(f"bfloat16 ({n}, {cin}->{cout}, {size}^3, k3 s2 p1 op1, {threads} thr) ms, fwd / "
+          f"fwd+bwd: torch NCDHW {row['torch_ncdhw_fwd_ms']:.2f} / "
+          f"{row['torch_ncdhw_fwdbwd_ms']:.2f}, torch channels_last_3d "
+          f"{row['torch_cl3d_fwd_ms']:.2f} / {row['torch_cl3d_fwdbwd_ms']:.2f}, tconv3d "
+          f"{row['tconv3d_fwd_ms']:.2f} / {row['tconv3d_fwdbwd_ms']:.2f} (its float32 "
+          f"{row['tconv3d_float32_fwd_ms']:.2f} / {row['tconv3d_float32_fwdbwd_ms']:.2f}); "
+          f"ratio to torch's faster bfloat16 fwd {row['ratio_fwd']:.2f}, fwd+bwd "
+          f"{row['ratio_fwdbwd']:.2f}", file=out, flush=True)
+    return row
 
 
 def run_keras_fit(threads, steps=20, out=sys.stdout):

@@ -3,9 +3,9 @@ import numpy as np
 
 from . import _kernels, _threads
 from ._validation import (FROM_OUTPUT, as_array, check_allocation, check_bias_shape,
-                          check_out, make_geometry, normalize_activation, normalize_bool,
-                          normalize_compute, normalize_num_threads, normalize_shape,
-                          without_dtype, working_dtype)
+                          check_out, compute_dtype, make_geometry, normalize_activation,
+                          normalize_bool, normalize_compute, normalize_num_threads,
+                          normalize_out_dtype, normalize_shape, without_dtype, working_dtype)
 
 __all__ = ["conv_transpose3d", "conv_transpose3d_backward", "conv_transpose3d_output_shape"]
 
@@ -131,7 +131,7 @@ def _prepare(x, kernel, strides, padding, output_padding, dilation_rate, data_fo
 
 def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
                      output_padding=None, dilation_rate=1, data_format="channels_last",
-                     groups=1, activation=None, num_threads=None, out=None):
+                     groups=1, activation=None, out_dtype=None, num_threads=None, out=None):
     """3D transposed convolution, with the numbers of Keras' ``Conv3DTranspose``.
 
     Parameters
@@ -168,6 +168,9 @@ in_channels)
         ``activations.get("leaky_relu").bind(negative_slope=0.01)``), ``"sigmoid"``,
         ``"tanh"``, ``"gelu"`` (exact, or ``approximate=True``), ``"silu"``/``"swish"``;
         Keras' formulas.
+    out_dtype : {None, "float32"}, optional
+        For bfloat16 operands, ``"float32"`` returns the float32 sums instead of rounding
+        them to bfloat16. ``None`` (or the result's own dtype) otherwise.
     num_threads : int, optional
         Threads for this call. ``None`` uses the OpenMP default, which honours
         ``threadpoolctl.threadpool_limits``.
@@ -184,8 +187,10 @@ in_channels)
         the operands given as arrays (``np.result_type``; lists and scalars do not widen
         it, as NumPy 2 treats Python scalars), with float16 raised to float32 and bool or
         integers alone to float64: float32 inputs give float32, uint8 ``x`` with a float32
-        kernel float32, int64 with float32 float64. The result does not depend on
-        ``num_threads``.
+        kernel float32, int64 with float32 float64. bfloat16 operands
+        (``ml_dtypes.bfloat16``, as PyTorch's bfloat16 convolution) are multiplied and
+        summed in float32, and each result element is rounded once to bfloat16 (to
+        nearest even); see ``out_dtype``. The result does not depend on ``num_threads``.
 
     Raises
     ------
@@ -193,15 +198,16 @@ in_channels)
         If an argument has a value it does not accept (``x`` or ``kernel`` not 5-D or with
         an empty axis, mismatched input channels, ``bias`` not of shape ``(filters,)``,
         ``strides``, ``dilation_rate``, ``output_padding``, ``padding``, ``data_format``,
-        ``groups``, ``activation`` or ``num_threads`` out of range, an output length below
-        1); if the output or a
+        ``groups``, ``activation``, ``out_dtype`` or ``num_threads`` out of range, an output
+        length below 1); if the output or a
         working copy has more elements than a 64-bit index can address; or if ``out`` has
         the wrong shape, is read-only, has overlapping or unaligned strides, or shares
         memory with ``x``, ``kernel`` or ``bias``.
     TypeError
-        If ``x``, ``kernel`` or ``bias`` is not array-like, is a masked array or holds
-        anything but real numbers (complex, object, strings); or if ``out`` is not an
-        ndarray or not of the computed dtype.
+        If ``x``, ``kernel`` or ``bias`` is not array-like, is a masked array, holds
+        anything but real numbers (complex, object, strings) or has no common dtype with
+        the others (bfloat16 and float16); or if ``out`` is not an ndarray or not of the
+        result's dtype.
     MemoryError
         If the output or a working copy of an input would not fit in the memory available
         (checked before any work, the process' cgroup limit included), or a thread cannot
@@ -249,18 +255,33 @@ in_channels)
     geom, dtype, x, kernel, extra = _prepare(
         x, kernel, strides, padding, output_padding, dilation_rate, data_format, groups,
         extra=() if bias is None else (("bias", bias),))
+    result, computed = normalize_out_dtype(out_dtype, dtype), compute_dtype(dtype)
     if bias is not None:
         check_bias_shape(extra["bias"], geom.filters)
     if out is None:
-        check_allocation(geom.output_shape, dtype, "output")
+        check_allocation(geom.output_shape, result, "output")
     else:
-        check_out(out, "out", geom.output_shape, dtype, [("x", x), ("kernel", kernel),
-                                                          *extra.items()])
+        check_out(out, "out", geom.output_shape, result, [("x", x), ("kernel", kernel),
+                                                           *extra.items()])
     activation = normalize_activation(activation)
-    _check_copies(dtype, ("x", x, False), ("kernel", kernel, True))
-    bias = None if bias is None else np.require(extra["bias"], dtype, "CA")
-    return forward_packed(x, pack_kernel(kernel, dtype, geom.groups), bias, geom,
-                          num_threads, out, activation)
+    _check_copies(computed, ("x", x, False), ("kernel", kernel, True))
+    if result != computed:   # the float32 sums before their rounding
+        check_allocation(geom.output_shape, computed, "output", copy=True)
+    bias = None if bias is None else np.require(extra["bias"], computed, "CA")
+    y = forward_packed(x, pack_kernel(kernel, computed, geom.groups), bias, geom,
+                       num_threads, out if result == computed else None, activation)
+    return _rounded(y, result, out)
+
+
+def _rounded(y, dtype, out=None):
+    """``y`` (float32 sums of bfloat16 operands) as ``dtype``, into ``out`` if given:
+    each element rounded once, to nearest even (ml_dtypes' cast)."""
+    if y.dtype == dtype:
+        return y
+    if out is None:
+        return y.astype(dtype)
+    out[...] = y
+    return out
 
 
 def _by_group(kernel, groups, order):
@@ -307,7 +328,7 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
                               output_padding=None, dilation_rate=1,
                               data_format="channels_last", groups=1, use_bias=True,
                               compute=("input", "kernel", "bias"), activation=None,
-                              output=None, num_threads=None, out=None):
+                              output=None, out_dtype=None, num_threads=None, out=None):
     """Compute the gradients of :func:`conv_transpose3d` for its input, kernel and bias.
 
     Parameters
@@ -341,6 +362,9 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     output : array-like, optional
         The forward call's (activated) output; required with a non-linear
         ``activation``.
+    out_dtype : {None, "float32"}, optional
+        For bfloat16 operands, ``"float32"`` returns the gradients' float32 sums instead
+        of rounding them to bfloat16.
     num_threads : int, optional
         Threads for this call; ``None`` uses the OpenMP default.
     out : tuple of 3 (ndarray or None), optional
@@ -352,7 +376,8 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     -------
     grad_input : ndarray with x's shape, or None
         Every gradient has the dtype of the forward call (the promotion of ``x``,
-        ``kernel`` and ``grad_output``, as :func:`conv_transpose3d` describes).
+        ``kernel`` and ``grad_output``, as :func:`conv_transpose3d` describes; bfloat16
+        operands: float32 sums rounded once to bfloat16, or ``out_dtype``).
     grad_kernel : ndarray of shape (kd, kh, kw, filters // groups, in_channels), or None
         The kernel's gradient (Keras' layout).
     grad_bias : ndarray of shape (filters,), or None
@@ -365,13 +390,13 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
         ``grad_output`` does not have the forward output's shape; if ``use_bias`` is not a
         bool or ``compute`` not a subset of ``{"input", "kernel", "bias"}``; if
         ``activation`` is not one with a fused backward, or ``output`` is missing or not
-        of the output's shape; or if an
+        of the output's shape; if ``out_dtype`` is not accepted; or if an
         ``out`` buffer has the wrong shape, is read-only, is not C-contiguous where
         required, or shares memory with an input or another buffer.
     TypeError
         If ``grad_output``, ``x`` or ``kernel`` is not array-like, is a masked array or
-        holds anything but real numbers; if ``out`` is not a tuple of 3 entries, or one of
-        its buffers not an ndarray of the computed dtype.
+        holds anything but real numbers or they have no common dtype; if ``out`` is not a
+        tuple of 3 entries, or one of its buffers not an ndarray of the result's dtype.
     MemoryError
         If a computed gradient or a working copy would not fit in the memory available
         (checked before any work), or a thread cannot allocate its partial sums.
@@ -420,13 +445,17 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
                          f"{geom.output_shape}, got {grad_output.shape}.")
     compute = normalize_compute(compute)
     use_bias = normalize_bool(use_bias, "use_bias")
+    result, dtype = normalize_out_dtype(out_dtype, dtype), compute_dtype(dtype)
     num_threads = _threads_for(num_threads, geom)
     grad_output = _through_activation(grad_output, activation, output, geom, dtype,
                                       num_threads)
-    buffers = _gradient_buffers(out, geom, dtype, compute, use_bias,
+    buffers = _gradient_buffers(out, geom, result, compute, use_bias,
                                 [("grad_output", grad_output), ("x", x), ("kernel", kernel)])
     if "input" in compute and buffers[0] is None:   # only what is computed is allocated
-        check_allocation(geom.input_shape, dtype, "grad_input")
+        check_allocation(geom.input_shape, result, "grad_input")
+    if "input" in compute and result != dtype:   # its float32 sums, before rounding
+        check_allocation(geom.input_shape, dtype, "grad_input", copy=True)
+    rounded, buffers = buffers, buffers if result == dtype else (None, None, None)
     _check_copies(dtype, ("grad_output", grad_output, False),
                   *([("x", x, False)] if "kernel" in compute else []),
                   *([("kernel", kernel, True)] if "input" in compute else []))
@@ -457,7 +486,8 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     if "bias" in compute and use_bias:
         grad_bias = np.empty(geom.filters, dtype=dtype) if buffers[2] is None else buffers[2]
         _kernels.grad_bias(g, grad_bias, geom, _element_strides(g), num_threads)
-    return grad_input, grad_kernel, grad_bias
+    return tuple(None if grad is None else _rounded(grad, result, buffer)
+                 for grad, buffer in zip((grad_input, grad_kernel, grad_bias), rounded))
 
 
 def _through_activation(grad_output, activation, output, geom, dtype, num_threads):

@@ -269,26 +269,62 @@ def make_geometry(input_shape, kernel_shape, strides, padding, output_padding,
                     strides, dilation, tuple(out), tuple(crop), channels_last, groups)
 
 
+def is_bfloat16(dtype):
+    """Whether ``dtype`` is ``ml_dtypes.bfloat16`` (recognised by name: no import)."""
+    return dtype.name == "bfloat16"
+
+
 def working_dtype(*arrays, weak=()):
-    """The dtype a call computes and returns in, from its operands ``(name, array)``.
+    """The dtype a call returns in, from its operands ``(name, array)``.
 
     NumPy's promotion of the operands' dtypes (``np.result_type``), then: float32 and
-    float64 stay; float16 computes in float32; bool and integers alone compute in float64.
+    float64 stay; float16 computes in float32; bool and integers alone compute in float64;
+    bfloat16 (``ml_dtypes.bfloat16``, alone or with bool and 8-bit integers) stays, and is
+    computed in float32 (:func:`compute_dtype`).
     So uint8 with float32 gives float32 and int64 with float32 float64, as in NumPy.
     Operands named in ``weak`` (given as Python lists, tuples or scalars, which have no
     dtype) do not take part, as NumPy 2 treats Python scalars: a list bias keeps a float32
     call float32. Complex, object, string and other dtypes raise ``TypeError``.
     """
     for name, a in arrays:
-        if a.dtype.kind not in "biuf":
-            raise TypeError(f"`{name}` must hold real numbers (float32 or float64 preferred), "
-                            f"got dtype {a.dtype}.")
+        if a.dtype.kind not in "biuf" and not is_bfloat16(a.dtype):
+            raise TypeError(f"`{name}` must hold real numbers (float32, float64 or "
+                            f"bfloat16), got dtype {a.dtype}.")
     typed = [a.dtype for name, a in arrays if name not in weak]
-    dtype = np.result_type(*typed) if typed else np.dtype(np.float64)
+    try:
+        dtype = np.result_type(*typed) if typed else np.dtype(np.float64)
+    except TypeError:   # e.g. bfloat16 with float16 or int64: no common dtype
+        names = ", ".join(f"`{name}` {a.dtype}" for name, a in arrays if name not in weak)
+        raise TypeError(f"The operands have no common dtype ({names}): cast them to one "
+                        f"of float32, float64 or bfloat16.") from None
+    if is_bfloat16(dtype):
+        return dtype
     # by kind and size, so that byte-swapped float32 (">f4" here) also stays float32
     if dtype.kind == "f" and dtype.itemsize <= 4:
         return np.dtype(np.float32)
     return np.dtype(np.float64)
+
+
+def compute_dtype(dtype):
+    """The dtype the kernels compute a call of result dtype ``dtype`` in: bfloat16
+    operands are widened (exactly) to float32, which also accumulates."""
+    return np.dtype(np.float32) if is_bfloat16(dtype) else dtype
+
+
+def normalize_out_dtype(out_dtype, dtype):
+    """The result dtype of a call whose operands give ``dtype``: ``dtype`` itself, or
+    float32 instead of bfloat16 (the float32 sums, before their rounding)."""
+    if out_dtype is None:
+        return dtype
+    try:
+        wanted = np.dtype(out_dtype)
+    except TypeError:
+        wanted = None
+    if wanted == dtype or (wanted == np.float32 and is_bfloat16(dtype)):
+        return dtype if wanted == dtype else wanted
+    allowed = "None or 'float32'" if is_bfloat16(dtype) else f"None or {dtype.name!r}"
+    raise ValueError(f"`out_dtype` must be {allowed} for operands computing in "
+                     f"{dtype.name}, got {out_dtype!r}.")
 
 
 def without_dtype(*named):

@@ -74,8 +74,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 from . import _ops, _plan
-from ._validation import (as_array, check_allocation, check_bias_shape, make_geometry,
-                          normalize_num_threads, without_dtype, working_dtype)
+from ._validation import (as_array, check_allocation, check_bias_shape, compute_dtype,
+                          make_geometry, normalize_num_threads, without_dtype, working_dtype)
 
 __all__ = ["conv_transpose3d", "upsample"]
 
@@ -292,8 +292,9 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
     if x.numblocks[channel_axis] > 1:
         x = x.rechunk({channel_axis: -1})
 
-    wt = _ops.pack_kernel(kernel, dtype)
-    b = None if bias is None else np.require(extra[0][1], dtype, "CA")
+    computed = compute_dtype(dtype)   # bfloat16: float32 chunks, rounded at the end
+    wt = _ops.pack_kernel(kernel, computed)
+    b = None if bias is None else np.require(extra[0][1], computed, "CA")
 
     windows = []
     spatial_axes = [ax for ax in range(1, 5) if ax != channel_axis]
@@ -327,7 +328,8 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
     graph = _graph(name, x, channel_axis, windows, block_task, constants)
     chunks = [x.chunks[0], *(tuple(w[0] for w in axis) for axis in windows)]
     chunks.insert(channel_axis, (geom.filters,))
-    return da.Array(graph, name, chunks=tuple(chunks), meta=np.empty((0,) * 5, dtype))
+    y = da.Array(graph, name, chunks=tuple(chunks), meta=np.empty((0,) * 5, computed))
+    return y if computed == dtype else y.astype(dtype)
 
 
 def upsample(upsampler, X, *, num_threads=None):

@@ -14,12 +14,12 @@ Change one import and keep the rest of a ``keras.Model``::
 :class:`Conv3DTranspose` subclasses ``keras.layers.Conv3DTranspose``: the same constructor,
 config, weights, build and serialization (it is registered as
 ``"tconv3d>Conv3DTranspose"``, so ``keras.models.load_model`` finds it once this module is
-imported). Only ``call`` differs: on Keras' torch backend, for float32/float64 CPU tensors,
-the transposed convolution runs through :func:`tconv3d.torch.conv_transpose3d` (the
+imported). Only ``call`` differs: on Keras' torch backend, for CPU tensors of float32,
+float64, bfloat16 or float16 (so a ``"mixed_bfloat16"`` policy too), the transposed
+convolution runs through :func:`tconv3d.torch.conv_transpose3d` (the
 autograd Function of the PyTorch drop-in, zero-copy, derivatives of any order), with Keras'
 padding translated in closed form (:mod:`tconv3d._geometry`). Anything else (another
-backend, a GPU tensor, float16/bfloat16 under a mixed-precision policy) runs Keras' own
-op, with a one-time :class:`TconvKerasFallbackWarning` saying why. The numbers are Keras'
+backend, a GPU tensor) runs Keras' own op, with a one-time :class:`TconvKerasFallbackWarning` saying why. The numbers are Keras'
 either way.
 """
 import warnings
@@ -40,19 +40,21 @@ _warned = set()
 class TconvKerasFallbackWarning(UserWarning):
     """:class:`Conv3DTranspose` ran Keras' own op instead of tconv3d's kernels.
 
-    Issued once per reason (another backend, a GPU tensor, a dtype other than float32 and
-    float64); the result is Keras'.
+    Issued once per reason (another backend, a GPU tensor, a dtype other than float32,
+    float64, bfloat16 and float16); the result is Keras'.
 
     Examples
     --------
+    A mixed-precision layer runs on tconv3d (a fallback would raise here):
+
     >>> import warnings
     >>> import numpy as np
     >>> from tconv3d.keras import Conv3DTranspose, TconvKerasFallbackWarning
-    >>> layer = Conv3DTranspose(2, 3, dtype="float16")
+    >>> layer = Conv3DTranspose(2, 3, dtype="mixed_bfloat16")
     >>> with warnings.catch_warnings():
-    ...     warnings.simplefilter("ignore", TconvKerasFallbackWarning)
-    ...     str(layer(np.zeros((1, 4, 4, 4, 1), np.float16)).dtype)
-    'torch.float16'
+    ...     warnings.simplefilter("error", TconvKerasFallbackWarning)
+    ...     str(layer(np.zeros((1, 4, 4, 4, 1), np.float32)).dtype)
+    'torch.bfloat16'
     """
 
 
@@ -176,8 +178,8 @@ default=None
             return f"inputs of type {type(inputs).__name__}"
         if inputs.device.type != "cpu":
             return f"tensors on {inputs.device} (tconv3d runs on CPU only)"
-        if inputs.dtype not in (torch.float32, torch.float64) \
+        if inputs.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16) \
                 or self.kernel.value.dtype != inputs.dtype:
             return (f"dtype {inputs.dtype} with a {self.kernel.value.dtype} kernel (tconv3d "
-                    "computes float32 and float64)")
+                    "computes float32, float64, bfloat16 and float16)")
         return None

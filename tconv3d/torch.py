@@ -22,12 +22,14 @@ module it leaves to PyTorch and, with ``report=True``, returns a :class:`Convert
 What runs where
 ---------------
 tconv3d's kernels run when input, weight and bias are strided CPU tensors of one dtype,
-float32 or float64, and the arguments are valid. Everything else goes to PyTorch's own
+float32, float64, bfloat16 or float16, and the arguments are valid. Half precisions compute
+as PyTorch's CPU op does: float32 products and sums of the operands, each result element
+rounded once to the tensors' dtype (gradients too). Everything else goes to PyTorch's own
 ``torch.nn.functional.conv_transpose3d``:
 
-- other devices (CUDA, MPS, meta, ...) and other dtypes (float16, bfloat16, ...): PyTorch's
-  op, with a :class:`TconvFallbackWarning` the first time each reason occurs, so a converted
-  model can still be moved to a GPU or to half precision;
+- other devices (CUDA, MPS, meta, ...) and other dtypes: PyTorch's op, with a
+  :class:`TconvFallbackWarning` the first time each reason occurs, so a converted model can
+  still be moved to a GPU;
 - invalid arguments (wrong channel count, mixed dtypes, output_padding too large, an empty
   output, ...) and empty inputs: PyTorch's op without warning, so errors are exactly
   PyTorch's;
@@ -60,9 +62,9 @@ Under ``torch.func.vmap`` a vmapped dimension is folded into the batch (input on
 the channels with ``groups`` multiplied by the vmap size (batched weights or bias), so a
 vmapped call is one tconv3d call.
 
-Under ``torch.autocast("cpu")`` the call computes, as PyTorch's op does, in the autocast
-dtype: tconv3d has no bfloat16/float16 kernels, so such calls run PyTorch's op (with the
-one-time :class:`TconvFallbackWarning`).
+Under ``torch.autocast("cpu")`` the call follows autocast's contract for PyTorch's op: its
+floating operands other than float64 are cast to the autocast dtype (bfloat16 or float16),
+which the result has, and tconv3d computes it as above.
 
 Non-finite weights: PyTorch computes the input gradient over the uncropped output and so
 multiplies the zeros at cropped (``padding``) positions by the taps; an infinite tap then
@@ -78,32 +80,19 @@ input is copied. The output has the input's memory format: ``channels_last_3d`` 
 are the same), anything else gives contiguous NCDHW. Weight gradients are contiguous in
 PyTorch's weight layout.
 
-Padding
--------
+Padding and groups
+------------------
 On each axis, with ``L = (in - 1)*stride + (k - 1)*dilation + 1`` the uncropped length,
 PyTorch returns ``full[p : L - p + op]`` (``p`` = padding, ``op`` = output_padding) while
-tconv3d computes Keras' geometry ``full[c : c + out]``. When one Keras geometry gives exactly
-PyTorch's window on all three axes, a single tconv3d call produces the output (exact path,
-no wasted work, no copy):
-
-- ``"valid"`` with ``output_padding=op`` when ``p == 0`` and ``op < stride`` on every axis
-  (e.g. the k2 s2 up-sampling of U-Nets);
-- ``"same"`` with ``output_padding = op + 2*(k_eff//2 - p)`` (``k_eff = (k-1)*dilation + 1``)
-  when that lies in ``[0, stride)`` and ``p == 0 or op == 0`` on every axis (e.g. k3 s1 p1,
-  k3 s2 p1).
-
-Otherwise (e.g. k4 s2 p1, k3 s2 p1 op1, per-axis mixes of the two cases above) tconv3d
-computes the ``"valid"`` volume ``full[0 : L + q]`` with ``q = min(max(op - p, 0),
-stride - 1)`` and PyTorch's window is copied out of it: up to ``p`` wasted planes per side
-and axis plus one copy of the output. The backward zero-pads ``grad_output`` back into that
-volume, so gradients are exact. Output planes past ``L + q`` (possible only when
-``dilation > stride``) hold the bias.
-
-Groups
-------
-``groups > 1`` is supported, depthwise (``groups == in_channels``) included: one compiled
-call runs all groups, its threads splitting the output rows, each taking every group in
-turn, with no copy of the input or output per group.
+tconv3d computes Keras' geometry ``full[c : c + out]``. When a Keras padding and
+output_padding give exactly PyTorch's window on all three axes (``p == 0``, e.g. the k2 s2
+up-sampling of U-Nets; k3 s1 p1; k3 s2 p1; k4 s2 p1), a single tconv3d call produces the
+output, with no wasted work and no copy. Otherwise tconv3d computes the ``"valid"`` volume
+``full[0 : L + q]`` with ``q = min(max(op - p, 0), stride - 1)`` and PyTorch's window is
+copied out of it; the backward zero-pads ``grad_output`` back into that volume, so gradients
+are exact. Output planes past ``L + q`` (possible only when ``dilation > stride``) hold the
+bias. ``groups > 1`` (depthwise included) runs in the same single call, with no copy per
+group.
 
 TorchScript, ``torch.export`` and ``torch.compile``
 ---------------------------------------------------
@@ -144,23 +133,27 @@ __all__ = ["ConvTranspose3d", "ConvertReport", "TconvFallbackWarning", "conv_tra
            "convert"]
 
 _DTYPES = (torch.float32, torch.float64)
+# Half precisions: float32 sums of the (exactly) widened operands, rounded once, as
+# PyTorch's CPU op computes them.
+_HALF_DTYPES = (torch.bfloat16, torch.float16)
 _PLAIN_DISPATCH = torch.Tensor.__torch_dispatch__
 
 
 class TconvFallbackWarning(UserWarning):
     """PyTorch's own ``conv_transpose3d`` ran instead of tconv3d's kernels.
 
-    Issued once per reason (another device, a dtype other than float32/float64, autocast,
+    Issued once per reason (another device, an integer or complex dtype,
     ``torch.jit.trace``); the result is PyTorch's.
 
     Examples
     --------
     >>> import warnings, torch, tconv3d.torch
-    >>> up = tconv3d.torch.ConvTranspose3d(2, 1, 2, stride=2).to(torch.float16)
-    >>> with warnings.catch_warnings():
-    ...     warnings.simplefilter("ignore", tconv3d.torch.TconvFallbackWarning)
-    ...     up(torch.ones(1, 2, 3, 3, 3, dtype=torch.float16)).dtype
-    torch.float16
+    >>> up = tconv3d.torch.ConvTranspose3d(2, 1, 2, stride=2)
+    >>> with warnings.catch_warnings():   # TorchScript cannot call tconv3d's kernels
+    ...     warnings.simplefilter("ignore")
+    ...     traced = torch.jit.trace(up, torch.ones(1, 2, 3, 3, 3))
+    >>> traced(torch.ones(1, 2, 3, 3, 3)).shape
+    torch.Size([1, 1, 6, 6, 6])
     """
 
 
@@ -193,8 +186,9 @@ def _tconv_plan(input, weight, bias, stride, padding, output_padding, groups, di
         return None, None
     if len({t.dtype for t in tensors}) != 1:
         return None, None  # PyTorch raises its own error
-    if input.dtype not in _DTYPES:
-        return None, f"dtype {input.dtype} (tconv3d computes float32 and float64)"
+    if input.dtype not in _DTYPES + _HALF_DTYPES:
+        return None, (f"dtype {input.dtype} (tconv3d computes float32, float64, bfloat16 "
+                      f"and float16)")
     if input.dim() != 5 or weight.dim() != 5 or input.numel() == 0:
         return None, None
     if not (isinstance(groups, int) and groups >= 1 and weight.shape[0] % groups == 0
@@ -225,7 +219,8 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
     ----------
     input : Tensor of shape (batch, in_channels, depth, height, width)
         Or unbatched ``(in_channels, depth, height, width)``. Contiguous or
-        ``channels_last_3d``, float32 or float64 (see the module docstring for the rest).
+        ``channels_last_3d``; float32, float64, bfloat16 or float16 (see the module
+        docstring for the rest).
     weight : Tensor of shape (in_channels, out_channels // groups, kd, kh, kw)
         The kernel, in PyTorch's layout.
     bias : Tensor of shape (out_channels,), optional
@@ -279,12 +274,13 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
         return F.conv_transpose3d(input, weight, bias, stride, padding, output_padding,
                                   groups, dilation)
     if input.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-        # autocast's contract: compute in its dtype (bfloat16 or float16), which tconv3d
-        # has no kernels for: PyTorch's op, which autocast casts for
-        _warn_once(f"torch.autocast('cpu', dtype={torch.get_autocast_dtype('cpu')}) "
-                   "(tconv3d computes float32 and float64)")
-        return F.conv_transpose3d(input, weight, bias, stride, padding, output_padding,
-                                  groups, dilation)
+        # autocast's contract for this op: its floating operands but float64 are cast to
+        # the autocast dtype, which the result then has
+        dtype = torch.get_autocast_dtype("cpu")
+        cast = [t if t is None or not t.is_floating_point() or t.dtype == torch.float64
+                else t.to(dtype) for t in (input, weight, bias)]
+        with torch.autocast("cpu", enabled=False):
+            return conv_transpose3d(*cast, stride, padding, output_padding, groups, dilation)
     if input.dim() == 4:  # unbatched, as PyTorch accepts
         return conv_transpose3d(input.unsqueeze(0), weight, bias, stride, padding,
                                 output_padding, groups, dilation).squeeze(0)
@@ -297,6 +293,9 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
                                   groups, dilation)
     plan, stride, dilation = config
     call = Call(plan, stride, dilation, groups, tuple(input.shape[2:]), tuple(weight.shape[2:]))
+    if input.dtype in _HALF_DTYPES:   # differentiable casts: gradients are rounded likewise
+        return _apply(input.float(), weight.float(), None if bias is None else bias.float(),
+                      call).to(input.dtype)
     return _apply(input, weight, bias, call)
 
 

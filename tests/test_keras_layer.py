@@ -5,7 +5,6 @@ every padding / strides / output_padding / dilation / data_format Keras accepts,
 curve of ``model.fit``, and the ``keras.saving`` round trip.
 """
 import itertools
-import warnings
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ if keras.backend.backend() != "torch":
     pytest.skip("tconv3d.keras computes on Keras' torch backend", allow_module_level=True)
 
 from tconv3d import _kernels  # noqa: E402
-from tconv3d.keras import Conv3DTranspose, TconvKerasFallbackWarning  # noqa: E402
+from tconv3d.keras import Conv3DTranspose  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
@@ -136,19 +135,3 @@ def test_saving_round_trip(rng, tmp_path):
                                   keras.ops.convert_to_numpy(model(x)))
     config = model.layers[0].get_config()
     assert Conv3DTranspose.from_config(config).get_config() == config
-
-
-def test_other_dtypes_fall_back_to_keras_with_a_warning(rng, monkeypatch):
-    from tconv3d import keras as tk
-    monkeypatch.setattr(tk, "_warned", set())
-    ours, stock = _pair(2, 3, strides=2, dtype="float16")
-    x = rng.standard_normal((1, 3, 3, 3, 2)).astype(np.float16)
-    with pytest.warns(TconvKerasFallbackWarning, match="dtype torch.float16"):
-        y = ours(x)
-    stock.build(x.shape)
-    stock.set_weights(ours.get_weights())
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(y),
-                                  keras.ops.convert_to_numpy(stock(x)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")   # once only
-        ours(x)

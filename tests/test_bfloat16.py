@@ -1,0 +1,290 @@
+"""bfloat16 operands: float32 products and sums, each result element rounded once.
+
+The reference is float64 on the same (bfloat16-rounded) operands. Each result element
+then obeys the bound ``bfloat16_bound``: the rounding to bfloat16 (unit roundoff 2**-8)
+plus float32 accumulation over the element's K products (K * 2**-24 times the sum of
+their magnitudes). With ``out_dtype="float32"`` only the second term remains.
+"""
+import copy
+import warnings
+
+import numpy as np
+import pytest
+
+import tconv3d
+from tconv3d.bench import SUITE
+from reference import conv_transpose3d_backward_ref, conv_transpose3d_ref
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+GEOMETRIES = [
+    dict(strides=1, padding="valid"),
+    dict(strides=2, padding="same"),
+    dict(strides=(1, 2, 3), padding="same", output_padding=(0, 1, 2)),
+    dict(strides=2, padding="valid", dilation_rate=(1, 2, 1)),
+    dict(strides=2, padding="same", data_format="channels_first"),
+    dict(strides=2, padding="valid", groups=2),
+]
+
+
+def _bf16_problem(rng, batch, spatial, cin, cout, kernel, *, groups=1,
+                  data_format="channels_last"):
+    x_shape = (batch, *spatial, cin) if data_format == "channels_last" \
+        else (batch, cin, *spatial)
+    x = rng.standard_normal(x_shape).astype(BF16)
+    w = rng.standard_normal((*kernel, cout // groups, cin)).astype(BF16)
+    b = rng.standard_normal(cout).astype(BF16)
+    return x, w, b
+
+
+def bfloat16_bound(exact, magnitudes, products, rounded=True):
+    """Largest error of a float32 sum of ``products`` terms (whose magnitudes sum to
+    ``magnitudes``), then rounded to bfloat16 if ``rounded``."""
+    accumulation = 1.01 * products * 2.0 ** -24 * magnitudes
+    if not rounded:
+        return accumulation
+    return 2.0 ** -8 * np.abs(exact) + (1 + 2.0 ** -8) * accumulation
+
+
+def _products(w, groups):
+    """Products summed into one output element, at most: taps x input channels per
+    group, plus the bias."""
+    return int(np.prod(w.shape[:3])) * (w.shape[4] // groups) + 1
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "-".join(map(str, g.values())))
+def test_forward_within_the_bound_of_the_exact_result(rng, geometry):
+    geometry = dict(geometry)
+    groups = geometry.pop("groups", 1)
+    fmt = geometry.get("data_format", "channels_last")
+    x, w, b = _bf16_problem(rng, 2, (3, 4, 5), 6, 4, (3, 2, 3), groups=groups,
+                            data_format=fmt)
+    y = tconv3d.conv_transpose3d(x, w, b, groups=groups, **geometry)
+    assert y.dtype == BF16
+    exact = conv_transpose3d_ref(x.astype(np.float64), w.astype(np.float64),
+                                 b.astype(np.float64), groups=groups, **geometry)
+    magnitudes = conv_transpose3d_ref(np.abs(x.astype(np.float64)),
+                                      np.abs(w.astype(np.float64)),
+                                      np.abs(b.astype(np.float64)), groups=groups, **geometry)
+    error = np.abs(y.astype(np.float64) - exact)
+    assert np.all(error <= bfloat16_bound(exact, magnitudes, _products(w, groups)))
+    assert error.max() > 0   # the check can fail: the result is rounded
+
+    # out_dtype="float32": the float32 kernels on the widened operands, bit for bit
+    y32 = tconv3d.conv_transpose3d(x, w, b, groups=groups, out_dtype="float32", **geometry)
+    assert y32.dtype == np.float32
+    assert np.array_equal(y32, tconv3d.conv_transpose3d(
+        x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), groups=groups,
+        **geometry))
+    assert np.all(np.abs(y32 - exact) <= bfloat16_bound(exact, magnitudes,
+                                                        _products(w, groups), False))
+    # and the default result is that, rounded once to nearest even
+    assert np.array_equal(y.view(np.uint16), y32.astype(BF16).view(np.uint16))
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "-".join(map(str, g.values())))
+def test_gradients_are_the_rounded_float32_gradients(rng, geometry):
+    geometry = dict(geometry)
+    groups = geometry.pop("groups", 1)
+    fmt = geometry.get("data_format", "channels_last")
+    x, w, _ = _bf16_problem(rng, 2, (3, 4, 5), 6, 4, (3, 2, 3), groups=groups,
+                            data_format=fmt)
+    g = rng.standard_normal(tconv3d.conv_transpose3d(x, w, groups=groups, **geometry).shape)
+    g = g.astype(BF16)
+    grads = tconv3d.conv_transpose3d_backward(g, x, w, groups=groups, **geometry)
+    grads32 = tconv3d.conv_transpose3d_backward(g, x, w, groups=groups, out_dtype="float32",
+                                                **geometry)
+    widened = tconv3d.conv_transpose3d_backward(
+        g.astype(np.float32), x.astype(np.float32), w.astype(np.float32), groups=groups,
+        **geometry)
+    exact = conv_transpose3d_backward_ref(*(a.astype(np.float64) for a in (g, x, w)),
+                                          groups=groups, **geometry)
+    for mine, mine32, theirs, ref in zip(grads, grads32, widened, exact):
+        assert mine.dtype == BF16 and mine32.dtype == np.float32
+        assert np.array_equal(mine32, theirs)
+        assert np.array_equal(mine.view(np.uint16), theirs.astype(BF16).view(np.uint16))
+        # within a bfloat16 rounding (and float32 sums) of the exact gradient
+        assert np.allclose(mine.astype(np.float64), ref, rtol=2.0 ** -8,
+                           atol=1e-4 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("case", list(SUITE))
+def test_every_suite_shape_within_the_bound(case):
+    """The benchmark's shapes (large reductions: up to 320 channels x 8 taps)."""
+    n, cin, cout, size, k, s, padding = SUITE[case]
+    size = (size,) * 3 if isinstance(size, int) else size
+    k = (k,) * 3 if isinstance(k, int) else k
+    rng = np.random.default_rng(0)
+    x, w, b = _bf16_problem(rng, n, size, cin, cout, k)
+    kw = dict(strides=s, padding=padding)
+    y = tconv3d.conv_transpose3d(x, w, b, **kw)
+    wide = [a.astype(np.float64) for a in (x, w, b)]
+    exact = tconv3d.conv_transpose3d(*wide, **kw)   # float64 (checked by test_forward)
+    magnitudes = tconv3d.conv_transpose3d(*map(np.abs, wide), **kw)
+    error = np.abs(y.astype(np.float64) - exact)
+    assert np.all(error <= bfloat16_bound(exact, magnitudes, _products(w, 1)))
+
+
+@pytest.mark.parametrize("case", ["same_k3s2", "gan_k4s2", "nnunet_deep", "aniso_k133"])
+def test_no_less_accurate_than_torch_bfloat16(torch, case):
+    n, cin, cout, size, k, s, padding = SUITE[case]
+    size = (size,) * 3 if isinstance(size, int) else size
+    k = (k,) * 3 if isinstance(k, int) else k
+    x, w, b = _bf16_problem(np.random.default_rng(1), n, size, cin, cout, k)
+    kw = dict(strides=s, padding="valid")   # torch's padding=0: the same geometry
+    y = tconv3d.conv_transpose3d(x, w, b, **kw)
+    exact = tconv3d.conv_transpose3d(*(a.astype(np.float64) for a in (x, w, b)), **kw)
+
+    def to_torch(a):
+        return torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
+    theirs = torch.nn.functional.conv_transpose3d(
+        to_torch(np.moveaxis(x, -1, 1)), to_torch(w.transpose(4, 3, 0, 1, 2)), to_torch(b),
+        stride=s).float().numpy()
+    theirs = np.moveaxis(theirs, 1, -1)
+    mine_error = np.abs(y.astype(np.float64) - exact)
+    their_error = np.abs(theirs.astype(np.float64) - exact)
+    assert mine_error.max() <= their_error.max()
+    assert mine_error.mean() <= their_error.mean()
+
+
+def test_out_buffer_and_dask(rng):
+    x, w, b = _bf16_problem(rng, 2, (4, 4, 4), 3, 2, (2, 2, 2))
+    y = tconv3d.conv_transpose3d(x, w, b, strides=2)
+    out = np.empty(y.shape, BF16)
+    assert tconv3d.conv_transpose3d(x, w, b, strides=2, out=out) is out
+    assert np.array_equal(out.view(np.uint16), y.view(np.uint16))
+    out32 = np.empty(y.shape, np.float32)
+    assert tconv3d.conv_transpose3d(x, w, b, strides=2, out=out32, out_dtype="float32") \
+        is out32
+    with pytest.raises(TypeError, match="out"):
+        tconv3d.conv_transpose3d(x, w, b, strides=2, out=out32)
+    grads = [np.empty(x.shape, BF16), np.empty(w.shape, BF16), np.empty(2, BF16)]
+    g = np.ones(y.shape, BF16)
+    returned = tconv3d.conv_transpose3d_backward(g, x, w, strides=2, out=tuple(grads))
+    assert all(r is buffer for r, buffer in zip(returned, grads))
+    for mine, fresh in zip(grads, tconv3d.conv_transpose3d_backward(g, x, w, strides=2)):
+        assert np.array_equal(mine.view(np.uint16), fresh.view(np.uint16))
+
+    da = pytest.importorskip("dask.array")
+    from tconv3d import dask as tconv3d_dask
+    lazy = tconv3d_dask.conv_transpose3d(da.from_array(x, chunks=(1, 2, 3, 4, 3)), w, b,
+                                         strides=2)
+    assert lazy.dtype == BF16
+    assert np.array_equal(lazy.compute().view(np.uint16), y.view(np.uint16))
+
+
+def test_dtype_rules_and_errors(rng):
+    x, w, b = _bf16_problem(rng, 1, (2, 2, 2), 2, 2, (2, 2, 2))
+    # with bool and 8-bit integers bfloat16 stays; float32 or float64 operands widen it
+    assert tconv3d.conv_transpose3d(x, w.astype(np.int8)).dtype == BF16
+    assert tconv3d.conv_transpose3d(x, w, b.astype(np.float32)).dtype == np.float32
+    assert tconv3d.conv_transpose3d(x, w, [0.5, 1.0]).dtype == BF16   # a list is weak
+    with pytest.raises(TypeError, match=r"no common dtype \(`x` bfloat16, `kernel` float16"):
+        tconv3d.conv_transpose3d(x, w.astype(np.float16))
+    with pytest.raises(ValueError, match="`out_dtype` must be None or 'float32'"):
+        tconv3d.conv_transpose3d(x, w, out_dtype="float64")
+    with pytest.raises(ValueError, match="`out_dtype` must be None or 'float32' for "
+                                         "operands computing in float32"):
+        tconv3d.conv_transpose3d(x.astype(np.float32), w.astype(np.float32),
+                                 out_dtype="bfloat16")
+    assert tconv3d.conv_transpose3d(x.astype(np.float32), w.astype(np.float32),
+                                    out_dtype="float32").dtype == np.float32
+    before = x.copy()
+    tconv3d.conv_transpose3d_backward(np.ones((1, 3, 3, 3, 2), BF16), x, w)
+    assert np.array_equal(x.view(np.uint16), before.view(np.uint16))   # inputs untouched
+
+
+def test_non_finite_values_propagate(rng):
+    x, w, b = _bf16_problem(rng, 1, (3, 3, 3), 2, 2, (2, 2, 2))
+    x[0, 1, 1, 1, 0] = np.nan
+    w[0, 0, 0, 0, 1] = np.inf
+    y = tconv3d.conv_transpose3d(x, w, b)
+    y32 = tconv3d.conv_transpose3d(x.astype(np.float32), w.astype(np.float32),
+                                   b.astype(np.float32))
+    assert np.array_equal(np.isnan(y), np.isnan(y32))
+    assert np.array_equal(np.isinf(y), np.isinf(y32))
+
+
+# --- PyTorch and Keras ------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_torch_half_tensors_run_on_tconv3d(torch, dtype):
+    import tconv3d.torch as tt
+    dtype = getattr(torch, dtype)
+    torch.manual_seed(0)
+    stock = torch.nn.ConvTranspose3d(6, 4, 3, stride=2, padding=1, output_padding=1)
+    ours = tt.ConvTranspose3d.from_torch(copy.deepcopy(stock))
+    stock, ours = stock.to(dtype), ours.to(dtype)
+    x = torch.randn(2, 6, 3, 4, 5).to(dtype)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tt.TconvFallbackWarning)
+        y = ours(x2)
+    # the float32 computation on the widened operands, rounded once
+    widened = tt.ConvTranspose3d.from_torch(copy.deepcopy(stock)).float()
+    assert y.dtype == dtype
+    assert torch.equal(y, widened(x.float()).to(dtype))
+    exact = torch.nn.functional.conv_transpose3d(
+        x.double(), stock.weight.double(), stock.bias.double(), 2, 1, 1)
+    assert (y.double() - exact).abs().max() <= (stock(x1).double() - exact).abs().max()
+    g = torch.randn(y.shape).to(dtype)
+    y.backward(g)
+    stock(x1).backward(g)
+    assert x2.grad.dtype == ours.weight.grad.dtype == ours.bias.grad.dtype == dtype
+    widened_x = x.float().requires_grad_()
+    widened(widened_x).backward(g.float())
+    assert torch.equal(x2.grad, widened_x.grad.to(dtype))
+    assert torch.equal(ours.weight.grad, widened.weight.grad.to(dtype))
+    # and no further from the exact (float64) gradients than PyTorch's own bfloat16 op
+    exact_x = x.double().requires_grad_()
+    exact_w = stock.weight.detach().double().requires_grad_()
+    torch.nn.functional.conv_transpose3d(exact_x, exact_w, stock.bias.double(), 2, 1,
+                                         1).backward(g.double())
+    for mine, theirs, exact in ((x2.grad, x1.grad, exact_x.grad),
+                                (ours.weight.grad, stock.weight.grad, exact_w.grad)):
+        assert (mine.double() - exact).abs().max() <= (theirs.double() - exact).abs().max()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_torch_autocast_contract(torch, dtype):
+    import tconv3d.torch as tt
+    dtype = getattr(torch, dtype)
+    torch.manual_seed(0)
+    stock = torch.nn.ConvTranspose3d(6, 4, 2, stride=2)
+    ours = tt.ConvTranspose3d.from_torch(copy.deepcopy(stock))
+    x = torch.randn(2, 6, 3, 4, 5)
+    with torch.autocast("cpu", dtype=dtype), warnings.catch_warnings():
+        warnings.simplefilter("error", tt.TconvFallbackWarning)
+        y = ours(x)
+        y_stock = stock(x)
+        y64 = copy.deepcopy(ours).double()(x.double())   # float64 is not cast, as by torch
+    assert y.dtype == y_stock.dtype == dtype and y64.dtype == torch.float64
+    cast = copy.deepcopy(ours).to(dtype).float()
+    assert torch.equal(y, cast(x.to(dtype).float()).to(dtype))
+    # the float32 parameters get float32 gradients through autocast's casts
+    with torch.autocast("cpu", dtype=dtype):
+        loss = ours(x).float().square().sum()
+    loss.backward()
+    assert ours.weight.grad.dtype == torch.float32 and ours.weight.grad.abs().sum() > 0
+
+
+def test_keras_mixed_bfloat16_runs_on_tconv3d(keras, torch):
+    from tconv3d.keras import Conv3DTranspose, TconvKerasFallbackWarning
+    stock = keras.layers.Conv3DTranspose(4, 3, strides=2, padding="same",
+                                         dtype="mixed_bfloat16")
+    ours = Conv3DTranspose(4, 3, strides=2, padding="same", dtype="mixed_bfloat16")
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5, 6)).astype(np.float32)
+    stock.build(x.shape)
+    ours.build(x.shape)
+    ours.set_weights(stock.get_weights())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TconvKerasFallbackWarning)
+        y = ours(x)
+    assert y.dtype == torch.bfloat16
+    # the float32 computation on the bfloat16 operands Keras' policy casts to, rounded
+    w = ours.kernel.value.detach().to(torch.bfloat16).float().numpy()
+    bias = ours.bias.value.detach().to(torch.bfloat16).float().numpy()
+    x16 = torch.from_numpy(x).to(torch.bfloat16).float().numpy()
+    expected = tconv3d.conv_transpose3d(x16, w, bias, strides=2, padding="same")
+    assert torch.equal(y, torch.from_numpy(expected).to(torch.bfloat16))
+    torch.testing.assert_close(y.float(), stock(x).float(), rtol=2 ** -7, atol=1e-2)
