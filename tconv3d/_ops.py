@@ -455,7 +455,8 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
         check_allocation(geom.input_shape, result, "grad_input")
     if "input" in compute and result != dtype:   # its float32 sums, before rounding
         check_allocation(geom.input_shape, dtype, "grad_input", copy=True)
-    rounded, buffers = buffers, buffers if result == dtype else (None, None, None)
+    # bfloat16: computed into new float32 arrays, rounded into the caller's buffers
+    targets, buffers = buffers, buffers if result == dtype else (None, None, None)
     _check_copies(dtype, ("grad_output", grad_output, False),
                   *([("x", x, False)] if "kernel" in compute else []),
                   *([("kernel", kernel, True)] if "input" in compute else []))
@@ -487,7 +488,7 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
         grad_bias = np.empty(geom.filters, dtype=dtype) if buffers[2] is None else buffers[2]
         _kernels.grad_bias(g, grad_bias, geom, _element_strides(g), num_threads)
     return tuple(None if grad is None else _rounded(grad, result, buffer)
-                 for grad, buffer in zip((grad_input, grad_kernel, grad_bias), rounded))
+                 for grad, buffer in zip((grad_input, grad_kernel, grad_bias), targets))
 
 
 def _through_activation(grad_output, activation, output, geom, dtype, num_threads):

@@ -321,7 +321,7 @@ def normalize_out_dtype(out_dtype, dtype):
     except TypeError:
         wanted = None
     if wanted == dtype or (wanted == np.float32 and is_bfloat16(dtype)):
-        return dtype if wanted == dtype else wanted
+        return wanted
     allowed = "None or 'float32'" if is_bfloat16(dtype) else f"None or {dtype.name!r}"
     raise ValueError(f"`out_dtype` must be {allowed} for operands computing in "
                      f"{dtype.name}, got {out_dtype!r}.")

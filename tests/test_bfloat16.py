@@ -47,6 +47,15 @@ def bfloat16_bound(exact, magnitudes, products, rounded=True):
     return 2.0 ** -8 * np.abs(exact) + (1 + 2.0 ** -8) * accumulation
 
 
+def _geometry_problem(rng, geometry):
+    """A small bfloat16 problem for one of GEOMETRIES, and the call's keyword arguments
+    (``groups`` included)."""
+    kw = {"groups": 1, **geometry}
+    x, w, b = _bf16_problem(rng, 2, (3, 4, 5), 6, 4, (3, 2, 3), groups=kw["groups"],
+                            data_format=kw.get("data_format", "channels_last"))
+    return x, w, b, kw
+
+
 def _products(w, groups):
     """Products summed into one output element, at most: taps x input channels per
     group, plus the bias."""
@@ -55,51 +64,37 @@ def _products(w, groups):
 
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "-".join(map(str, g.values())))
 def test_forward_within_the_bound_of_the_exact_result(rng, geometry):
-    geometry = dict(geometry)
-    groups = geometry.pop("groups", 1)
-    fmt = geometry.get("data_format", "channels_last")
-    x, w, b = _bf16_problem(rng, 2, (3, 4, 5), 6, 4, (3, 2, 3), groups=groups,
-                            data_format=fmt)
-    y = tconv3d.conv_transpose3d(x, w, b, groups=groups, **geometry)
+    x, w, b, kw = _geometry_problem(rng, geometry)
+    y = tconv3d.conv_transpose3d(x, w, b, **kw)
     assert y.dtype == BF16
-    exact = conv_transpose3d_ref(x.astype(np.float64), w.astype(np.float64),
-                                 b.astype(np.float64), groups=groups, **geometry)
-    magnitudes = conv_transpose3d_ref(np.abs(x.astype(np.float64)),
-                                      np.abs(w.astype(np.float64)),
-                                      np.abs(b.astype(np.float64)), groups=groups, **geometry)
+    wide = [a.astype(np.float64) for a in (x, w, b)]
+    exact = conv_transpose3d_ref(*wide, **kw)
+    magnitudes = conv_transpose3d_ref(*map(np.abs, wide), **kw)
+    products = _products(w, kw["groups"])
     error = np.abs(y.astype(np.float64) - exact)
-    assert np.all(error <= bfloat16_bound(exact, magnitudes, _products(w, groups)))
+    assert np.all(error <= bfloat16_bound(exact, magnitudes, products))
     assert error.max() > 0   # the check can fail: the result is rounded
 
     # out_dtype="float32": the float32 kernels on the widened operands, bit for bit
-    y32 = tconv3d.conv_transpose3d(x, w, b, groups=groups, out_dtype="float32", **geometry)
+    y32 = tconv3d.conv_transpose3d(x, w, b, out_dtype="float32", **kw)
     assert y32.dtype == np.float32
     assert np.array_equal(y32, tconv3d.conv_transpose3d(
-        x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), groups=groups,
-        **geometry))
-    assert np.all(np.abs(y32 - exact) <= bfloat16_bound(exact, magnitudes,
-                                                        _products(w, groups), False))
+        *(a.astype(np.float32) for a in (x, w, b)), **kw))
+    assert np.all(np.abs(y32 - exact) <= bfloat16_bound(exact, magnitudes, products, False))
     # and the default result is that, rounded once to nearest even
     assert np.array_equal(y.view(np.uint16), y32.astype(BF16).view(np.uint16))
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "-".join(map(str, g.values())))
 def test_gradients_are_the_rounded_float32_gradients(rng, geometry):
-    geometry = dict(geometry)
-    groups = geometry.pop("groups", 1)
-    fmt = geometry.get("data_format", "channels_last")
-    x, w, _ = _bf16_problem(rng, 2, (3, 4, 5), 6, 4, (3, 2, 3), groups=groups,
-                            data_format=fmt)
-    g = rng.standard_normal(tconv3d.conv_transpose3d(x, w, groups=groups, **geometry).shape)
+    x, w, _, kw = _geometry_problem(rng, geometry)
+    g = rng.standard_normal(tconv3d.conv_transpose3d(x, w, **kw).shape)
     g = g.astype(BF16)
-    grads = tconv3d.conv_transpose3d_backward(g, x, w, groups=groups, **geometry)
-    grads32 = tconv3d.conv_transpose3d_backward(g, x, w, groups=groups, out_dtype="float32",
-                                                **geometry)
-    widened = tconv3d.conv_transpose3d_backward(
-        g.astype(np.float32), x.astype(np.float32), w.astype(np.float32), groups=groups,
-        **geometry)
-    exact = conv_transpose3d_backward_ref(*(a.astype(np.float64) for a in (g, x, w)),
-                                          groups=groups, **geometry)
+    grads = tconv3d.conv_transpose3d_backward(g, x, w, **kw)
+    grads32 = tconv3d.conv_transpose3d_backward(g, x, w, out_dtype="float32", **kw)
+    widened = tconv3d.conv_transpose3d_backward(*(a.astype(np.float32) for a in (g, x, w)),
+                                                **kw)
+    exact = conv_transpose3d_backward_ref(*(a.astype(np.float64) for a in (g, x, w)), **kw)
     for mine, mine32, theirs, ref in zip(grads, grads32, widened, exact):
         assert mine.dtype == BF16 and mine32.dtype == np.float32
         assert np.array_equal(mine32, theirs)
