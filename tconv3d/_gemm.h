@@ -49,9 +49,11 @@ typedef void (*tc_brgemm_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                 const float *const *, Py_ssize_t, Py_ssize_t, float *,
                                 Py_ssize_t);
 typedef void (*tc_gemm_rows_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *const *,
-                                   Py_ssize_t, const float *, Py_ssize_t, float *const *);
+                                   Py_ssize_t, const float *, Py_ssize_t, float *const *,
+                                   Py_ssize_t);
 typedef void (*tc_gemm_rows_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double *const *,
-                                   Py_ssize_t, const double *, Py_ssize_t, double *const *);
+                                   Py_ssize_t, const double *, Py_ssize_t, double *const *,
+                                   Py_ssize_t);
 typedef void (*tc_brgemm_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                 const double *const *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                 const double *const *, Py_ssize_t, Py_ssize_t, double *,
@@ -177,7 +179,8 @@ TC_CHANNELWISE_TYPES(double, f64)
     } while (0)
 
 /* TC_TILE_PART over rows given by pointers: row r of the tile reads A from Ar[i + r] and
- * accumulates into Cr[i + r] (rows gathered from anywhere, e.g. several output rows). */
+ * accumulates into Cr[i + r] + coff (rows gathered from anywhere, e.g. several output
+ * rows). */
 #define TC_TILE_ROWS(V, T, ROWS, NV, L, VALID)                                          \
     do {                                                                                \
         const Py_ssize_t valid = (VALID);                                               \
@@ -185,7 +188,7 @@ TC_CHANNELWISE_TYPES(double, f64)
         T *cr[ROWS];                                                                    \
         for (int r = 0; r < (ROWS); r++) {                                              \
             a[r] = Ar[i + (r < valid ? r : valid - 1)];                                 \
-            cr[r] = Cr[i + (r < valid ? r : valid - 1)] + j;                            \
+            cr[r] = Cr[i + (r < valid ? r : valid - 1)] + coff + j;                     \
         }                                                                               \
         V c[ROWS][NV];                                                                  \
         for (int r = 0; r < (ROWS); r++)                                                \
@@ -265,7 +268,7 @@ ATTR static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,                 
 }                                                                                       \
 ATTR static void NAME##_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,                 \
                              const T *const *Ar, Py_ssize_t sap, const T *B,           \
-                             Py_ssize_t ldb, T *const *Cr)                             \
+                             Py_ssize_t ldb, T *const *Cr, Py_ssize_t coff)            \
 {                                                                                       \
     enum { VL = (VBYTES) / sizeof(T), VL2 = TC_NARROW(VBYTES, 2) / sizeof(T),          \
            VL4 = TC_NARROW(VBYTES, 4) / sizeof(T) };                                    \
@@ -286,7 +289,7 @@ ATTR static void NAME##_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,          
         for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE_ROWS(NAME##_v4, T, MR, 1, VL4, MR); \
         TC_ROWS_REMAINDER(NAME##_v4, T, 1, VL4, MR)                                     \
     }                                                                                   \
-    TC_SCALAR_COLUMNS(T, j, MADD, 1, Ar[ii], B + jj, Cr[ii][jj])                        \
+    TC_SCALAR_COLUMNS(T, j, MADD, 1, Ar[ii], B + jj, Cr[ii][coff + jj])                 \
 }
 
 TC_DEFINE_GEMM(tc_gemm_f32_base, float, 16, 6, TC_BASE_MADD, )
@@ -312,8 +315,10 @@ static void NAME(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const T *A, Py_ssize_
                  Py_ssize_t sap, const T *B, Py_ssize_t ldb, T *C, Py_ssize_t ldc)       \
 { NAME##_br(m, n, k, 1, &A, 0, sai, sap, &B, 0, ldb, C, ldc); }                          \
 static void NAME##_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const T *const *Ar,    \
-                        Py_ssize_t sap, const T *B, Py_ssize_t ldb, T *const *Cr)        \
-{ for (Py_ssize_t ii = 0; ii < m; ii++) NAME(1, n, k, Ar[ii], 0, sap, B, ldb, Cr[ii], 0); }
+                        Py_ssize_t sap, const T *B, Py_ssize_t ldb, T *const *Cr,        \
+                        Py_ssize_t coff)                                                 \
+{ for (Py_ssize_t ii = 0; ii < m; ii++)                                                \
+      NAME(1, n, k, Ar[ii], 0, sap, B, ldb, Cr[ii] + coff, 0); }
 TC_DEFINE_SCALAR_GEMM(tc_gemm_f32_base, float)
 TC_DEFINE_SCALAR_GEMM(tc_gemm_f64_base, double)
 #endif

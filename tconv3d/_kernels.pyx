@@ -96,10 +96,10 @@ cdef extern from "_gemm.h":
     tc_brgemm_f64_t tc_brgemm_f64
     void tc_gemm_rows_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float **Ar,
                           Py_ssize_t sap, const float *B, Py_ssize_t ldb,
-                          float **Cr) noexcept nogil
+                          float **Cr, Py_ssize_t coff) noexcept nogil
     void tc_gemm_rows_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double **Ar,
                           Py_ssize_t sap, const double *B, Py_ssize_t ldb,
-                          double **Cr) noexcept nogil
+                          double **Cr, Py_ssize_t coff) noexcept nogil
     ctypedef void (*tc_gemm_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *,
                                    Py_ssize_t, Py_ssize_t, const float *, Py_ssize_t,
                                    float *, Py_ssize_t) noexcept nogil
@@ -187,14 +187,47 @@ cdef inline void _brgemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t nb
         tc_brgemm_f64(m, n, k, nb, A, aoff, sai, sap, B, boff, ldb, C, ldc)
 
 
+# The forward's tap matrices (k x n) are stored in column panels PANEL_BYTES wide
+# (tconv3d._ops packs them so): panel j0 // width is a contiguous k x width block at offset j0 * k, so a GEMM
+# tile reads B rows 128 bytes apart instead of n * itemsize apart (strides of a large
+# power of two fall on a few cache sets and thrash L1). With n <= width, or k == 1, this
+# is the plain row-major matrix. Only where B lives changes, not the order of any sum.
+cdef Py_ssize_t _PANEL_BYTES = 128
+PANEL_BYTES = _PANEL_BYTES
+
+
+cdef inline void _brgemm_panels(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t nb,
+                                const floating **A, Py_ssize_t aoff, Py_ssize_t sai,
+                                Py_ssize_t sap, const floating **B, floating *C,
+                                Py_ssize_t ldc) noexcept nogil:
+    """_brgemm with B[b] a k x n tap matrix in column panels, panel by panel."""
+    cdef Py_ssize_t pw = _PANEL_BYTES // sizeof(floating), jb, j0, width
+    for jb in range((n + pw - 1) // pw):
+        j0 = jb * pw
+        width = pw if n - j0 > pw else n - j0
+        _brgemm(m, width, k, nb, A, aoff, sai, sap, B, j0 * k, width, C + j0, ldc)
+
+
 cdef inline void _gemm_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating **Ar,
                             Py_ssize_t sap, const floating *B, Py_ssize_t ldb,
-                            floating **Cr) noexcept nogil:
-    """Cr[i][j] += sum_p Ar[i][p*sap] * B[p*ldb + j]: rows by pointer (see _gemm.h)."""
+                            floating **Cr, Py_ssize_t coff=0) noexcept nogil:
+    """Cr[i][coff + j] += sum_p Ar[i][p*sap] * B[p*ldb + j]: rows by pointer (_gemm.h)."""
     if floating is float:
-        tc_gemm_rows_f32(m, n, k, Ar, sap, B, ldb, Cr)
+        tc_gemm_rows_f32(m, n, k, Ar, sap, B, ldb, Cr, coff)
     else:
-        tc_gemm_rows_f64(m, n, k, Ar, sap, B, ldb, Cr)
+        tc_gemm_rows_f64(m, n, k, Ar, sap, B, ldb, Cr, coff)
+
+
+cdef inline void _gemm_rows_panels(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                                   const floating **Ar, Py_ssize_t sap, const floating *B,
+                                   floating **Cr) noexcept nogil:
+    """Cr[i][j] += sum_p Ar[i][p*sap] * B[p, j], rows by pointer (see _gemm.h), B a k x n
+    tap matrix in column panels, panel by panel."""
+    cdef Py_ssize_t pw = _PANEL_BYTES // sizeof(floating), jb, j0, width
+    for jb in range((n + pw - 1) // pw):
+        j0 = jb * pw
+        width = pw if n - j0 > pw else n - j0
+        _gemm_rows(m, width, k, Ar, sap, B + j0 * k, width, Cr, j0)
 
 
 cdef inline void _axpy(Py_ssize_t n, floating alpha, const floating *x, Py_ssize_t incx,
@@ -420,7 +453,7 @@ cdef int _conv_transpose(const Problem *p,
                          const Phases *ph,      # IN  taps into output rows (depth, height)
                          const Runs *runs,      # IN  the width GEMMs of runs of outputs
                          const floating *x,     # IN  logical (N, D, H, W, G*Cin), strides p.xs
-                         const floating *wt,    # IN  (kd, kh, kw, G, Cin, Cout) C-contiguous
+                         const floating *wt,    # IN  (kd, kh, kw, G, Cin, Cout), matrices in panels
                          const floating *bias,  # IN  (G*Cout,) or NULL
                          floating *y,           # OUT logical (N, OD, OH, OW, G*Cout), strides p.ys
                          int act, floating alpha,  # IN  fused activation (_activate)
@@ -544,9 +577,9 @@ cdef int _conv_transpose(const Problem *p,
                                                                r.index[1][th])
                                 btaps[nbat] = wg + _tap_matrix(p, &r, td, th, runs.j[e])
                                 nbat = nbat + 1
-                        _brgemm(runs.hi[e] - runs.lo[e], cout, cin, nbat, arows,
-                                runs.lo[e] * p.xs[3], p.xs[3], p.xs[4], btaps, 0, cout,
-                                cbuf + (runs.o[e] - o0) * ldc, sw * ldc)
+                        _brgemm_panels(runs.hi[e] - runs.lo[e], cout, cin, nbat, arows,
+                                       runs.lo[e] * p.xs[3], p.xs[3], p.xs[4], btaps,
+                                       cbuf + (runs.o[e] - o0) * ldc, sw * ldc)
                     _activate(cbuf, nb, ldc, cout, act, alpha)
                     if direct:
                         continue
@@ -686,10 +719,10 @@ cdef int _conv_transpose_blocked(const Problem *p,
                                         arows[m] = xrow + (runs.lo[e] + t) * p.xs[3]
                                         crows[m] = cbuf + (runs.o[e] - o0 + t * sw) * ldc
                                         m = m + 1
-                                _gemm_rows(m, cout, cin, arows, p.xs[4],
-                                           wt + ((jd * p.k[1] + jh) * p.k[2] + runs.j[e])
-                                           * groups * cin * cout + grp * cin * cout, cout,
-                                           crows)
+                                _gemm_rows_panels(
+                                    m, cout, cin, arows, p.xs[4],
+                                    wt + ((jd * p.k[1] + jh) * p.k[2] + runs.j[e])
+                                    * groups * cin * cout + grp * cin * cout, crows)
                     for row in range(first, last):
                         _split_row(&r, row, p.n_out)
                         cbuf = _block_out(p, y, acc, row - first, runs.length, o0, grp, &r)

@@ -264,6 +264,7 @@ in_channels)
         check_out(out, "out", geom.output_shape, result, [("x", x), ("kernel", kernel),
                                                            *extra.items()])
     activation = normalize_activation(activation)
+    num_threads = normalize_num_threads(num_threads)   # refused before the kernel is packed
     _check_copies(computed, ("x", x, False), ("kernel", kernel, True))
     if result != computed:   # the float32 sums before their rounding
         check_allocation(geom.output_shape, computed, "output", copy=True)
@@ -285,14 +286,27 @@ def _rounded(y, dtype, out=None):
 
 
 def _by_group(kernel, groups, order):
-    """Keras' (kd, kh, kw, F/G, C) kernel as (kd, kh, kw, G*a, b) C-contiguous: each tap
-    a matrix (a, b) per group, the groups side by side; ``order`` "cf": (C/G, F/G), "fc":
-    (F/G, C/G). (``np.require(..., "CA")``: ``np.ascontiguousarray`` would pass an
-    unaligned array through.)"""
+    """Keras' (kd, kh, kw, F/G, C) kernel as the compiled GEMMs read it: one (a, b) matrix
+    per tap and group in a C-contiguous (kd, kh, kw, G*a, b) array; ``order`` "fc": (F/G,
+    C/G) row-major (the input gradient's), "cf": (C/G, F/G) in column panels of
+    ``_kernels.PANEL_BYTES`` (the forward's: panel ``j`` a C-contiguous block of the ``a``
+    rows' columns ``[j*width, (j+1)*width)``, the panels one after another; a matrix no
+    wider than a panel is row-major). (``np.require(..., "CA")``: ``np.ascontiguousarray``
+    would pass an unaligned array through.)"""
     kd, kh, kw, f, c = kernel.shape
     grouped = kernel.reshape(kd, kh, kw, f, groups, c // groups)
     grouped = grouped.transpose(0, 1, 2, 4, *((5, 3) if order == "cf" else (3, 5)))
-    return np.require(grouped, None, "CA").reshape(kd, kh, kw, -1, grouped.shape[-1])
+    if order == "fc":
+        return np.require(grouped, None, "CA").reshape(kd, kh, kw, -1, grouped.shape[-1])
+    a, b = grouped.shape[-2:]
+    width = _kernels.PANEL_BYTES // kernel.itemsize
+    full = b // width * width   # the columns in full-width panels
+    packed = np.empty((kd, kh, kw, groups * a, b), kernel.dtype)
+    flat = packed.reshape(kd, kh, kw, groups, a * b)
+    flat[..., :a * full].reshape(kd, kh, kw, groups, full // width, a, width)[...] = \
+        grouped[..., :full].reshape(kd, kh, kw, groups, a, full // width, width).swapaxes(-3, -2)
+    flat[..., a * full:].reshape(kd, kh, kw, groups, a, b - full)[...] = grouped[..., full:]
+    return packed
 
 
 def pack_kernel(kernel, dtype, groups=1):

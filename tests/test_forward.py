@@ -209,9 +209,14 @@ def test_forward_matches_keras(rng, k, s, d, pad, op, dtype, fmt):
 
 # Layers whose tap matrices hold 64 KiB or more (Cin * Cout * itemsize) run the forward in
 # blocks of output rows, each tap matrix taken for a whole block (the compiled core's
-# weight-heavy path): checked here on small volumes with many channels.
-WEIGHT_HEAVY = [
+# weight-heavy path): checked here on small volumes with many channels. The forward's tap
+# matrices wider than 128 bytes are stored in column panels, the last one partial unless
+# 128 bytes divide a row: the lighter layers (row-by-row path) and odd widths check that.
+MANY_CHANNELS = [
     # (dtype, cin, cout, groups)
+    (np.float32, 5, 70, 1),      # panels of 32, 32 and 6 columns
+    (np.float32, 24, 80, 2),     # 40 per group: 32 + 8
+    (np.float64, 7, 37, 1),      # panels of 16, 16 and 5 columns
     (np.float32, 128, 128, 1),
     (np.float64, 96, 96, 1),
     (np.float32, 256, 256, 2),
@@ -224,8 +229,8 @@ WEIGHT_HEAVY = [
 @pytest.mark.parametrize("k,s,d,pad,op", [(3, 2, 1, "same", None), (2, 2, 1, "valid", None),
                                           (4, 2, 1, "same", 1), (3, 2, 2, "valid", 1),
                                           ((1, 3, 2), (1, 2, 3), 1, "valid", 0)])
-@pytest.mark.parametrize("dtype,cin,cout,groups", WEIGHT_HEAVY)
-def test_weight_heavy_layers_match_reference(rng, dtype, cin, cout, groups, k, s, d, pad, op,
+@pytest.mark.parametrize("dtype,cin,cout,groups", MANY_CHANNELS)
+def test_many_channel_layers_match_reference(rng, dtype, cin, cout, groups, k, s, d, pad, op,
                                              fmt):
     kernel = (k,) * 3 if np.isscalar(k) else k
     x, w, b = random_problem(rng, batch=2, spatial=(2, 3, 4), cin=cin, cout=cout,
