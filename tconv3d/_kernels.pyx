@@ -188,12 +188,39 @@ cdef inline void _brgemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t nb
 
 
 # The forward's tap matrices (k x n) are stored in column panels PANEL_BYTES wide
-# (tconv3d._ops packs them so): panel j0 // width is a contiguous k x width block at offset j0 * k, so a GEMM
+# (pack_panels): panel j0 // width is a contiguous k x width block at offset j0 * k, so a GEMM
 # tile reads B rows 128 bytes apart instead of n * itemsize apart (strides of a large
 # power of two fall on a few cache sets and thrash L1). With n <= width, or k == 1, this
 # is the plain row-major matrix. Only where B lives changes, not the order of any sum.
 cdef Py_ssize_t _PANEL_BYTES = 128
 PANEL_BYTES = _PANEL_BYTES
+
+
+def pack_panels(const floating[:, :, :, :, :] kernel, floating[:, :, :, :, ::1] out,
+                Py_ssize_t groups, int num_threads):
+    """out = the forward's tap matrices of Keras' (kd, kh, kw, F/G, C) kernel (any
+    strides): out[td, th, tw, g*a:(g+1)*a] holds tap (td, th, tw)'s (a, b) = (C/G, F/G)
+    matrix of group g, element (i, j) = kernel[td, th, tw, j, g*a + i], in column panels."""
+    cdef Py_ssize_t kd = kernel.shape[0], kh = kernel.shape[1], kw = kernel.shape[2]
+    cdef Py_ssize_t b = kernel.shape[3], a = kernel.shape[4] // groups
+    cdef Py_ssize_t pw = _PANEL_BYTES // sizeof(floating), panels = (b + pw - 1) // pw
+    cdef Py_ssize_t unit, jb, g, t, td, th, tw, j0, width, i, j
+    cdef floating *panel
+    with nogil:
+        for unit in prange(kd * kh * kw * groups * panels, schedule='static',
+                           num_threads=num_threads):
+            jb = unit % panels
+            g = unit // panels % groups
+            t = unit // (panels * groups)
+            td = t // (kh * kw)
+            th = t // kw % kh
+            tw = t % kw
+            j0 = jb * pw
+            width = pw if b - j0 > pw else b - j0
+            panel = &out[td, th, tw, g * a, 0] + j0 * a
+            for i in range(a):   # writes in order; the reads reuse `width` cache lines
+                for j in range(width):
+                    panel[i * width + j] = kernel[td, th, tw, j0 + j, g * a + i]
 
 
 cdef inline void _brgemm_panels(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t nb,

@@ -269,8 +269,8 @@ in_channels)
     if result != computed:   # the float32 sums before their rounding
         check_allocation(geom.output_shape, computed, "output", copy=True)
     bias = None if bias is None else np.require(extra["bias"], computed, "CA")
-    y = forward_packed(x, pack_kernel(kernel, computed, geom.groups), bias, geom,
-                       num_threads, out if result == computed else None, activation)
+    y = forward_packed(x, pack_kernel(kernel, computed, geom.groups, num_threads), bias,
+                       geom, num_threads, out if result == computed else None, activation)
     return _rounded(y, result, out)
 
 
@@ -285,36 +285,27 @@ def _rounded(y, dtype, out=None):
     return out
 
 
-def _by_group(kernel, groups, order):
-    """Keras' (kd, kh, kw, F/G, C) kernel as the compiled GEMMs read it: one (a, b) matrix
-    per tap and group in a C-contiguous (kd, kh, kw, G*a, b) array; ``order`` "fc": (F/G,
-    C/G) row-major (the input gradient's), "cf": (C/G, F/G) in column panels of
-    ``_kernels.PANEL_BYTES`` (the forward's: panel ``j`` a C-contiguous block of the ``a``
-    rows' columns ``[j*width, (j+1)*width)``, the panels one after another; a matrix no
-    wider than a panel is row-major). (``np.require(..., "CA")``: ``np.ascontiguousarray``
-    would pass an unaligned array through.)"""
+def _by_group(kernel, groups):
+    """Keras' (kd, kh, kw, F/G, C) kernel as (kd, kh, kw, G*F/G, C/G) C-contiguous, the
+    input gradient's layout: each tap a (F/G, C/G) matrix per group, the groups side by
+    side. (``np.require(..., "CA")``: ``np.ascontiguousarray`` would pass an unaligned
+    array through.)"""
     kd, kh, kw, f, c = kernel.shape
-    grouped = kernel.reshape(kd, kh, kw, f, groups, c // groups)
-    grouped = grouped.transpose(0, 1, 2, 4, *((5, 3) if order == "cf" else (3, 5)))
-    if order == "fc":
-        return np.require(grouped, None, "CA").reshape(kd, kh, kw, -1, grouped.shape[-1])
-    a, b = grouped.shape[-2:]
-    width = _kernels.PANEL_BYTES // kernel.itemsize
-    full = b // width * width   # the columns in full-width panels
-    packed = np.empty((kd, kh, kw, groups * a, b), kernel.dtype)
-    flat = packed.reshape(kd, kh, kw, groups, a * b)
-    flat[..., :a * full].reshape(kd, kh, kw, groups, full // width, a, width)[...] = \
-        grouped[..., :full].reshape(kd, kh, kw, groups, a, full // width, width).swapaxes(-3, -2)
-    flat[..., a * full:].reshape(kd, kh, kw, groups, a, b - full)[...] = grouped[..., full:]
-    return packed
+    grouped = kernel.reshape(kd, kh, kw, f, groups, c // groups).transpose(0, 1, 2, 4, 3, 5)
+    return np.require(grouped, None, "CA").reshape(kd, kh, kw, groups * f, c // groups)
 
 
-def pack_kernel(kernel, dtype, groups=1):
-    """The forward pass's kernel layout: taps as (Cin, Cout) matrices of each group.
+def pack_kernel(kernel, dtype, groups=1, num_threads=1):
+    """The forward pass's kernel layout: taps as (Cin, Cout) matrices of each group, in
+    column panels (``_kernels.pack_panels``), packed on up to ``num_threads`` threads.
 
     The forward contracts over input channels innermost.
     """
-    return _by_group(np.asarray(kernel, dtype=dtype), groups, "cf")
+    kernel = np.require(kernel, dtype, "A")
+    kd, kh, kw, f, c = kernel.shape
+    packed = np.empty((kd, kh, kw, c, f), dtype)
+    _kernels.pack_panels(kernel, packed, groups, _threads.team_size(num_threads, kernel.size))
+    return packed
 
 
 def forward_packed(x, wt, bias, geom, num_threads, out=None, activation=("linear", 0.0)):
@@ -478,7 +469,7 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     g = _logical(_operand(grad_output, dtype), geom)
     grad_input = grad_kernel = grad_bias = None
     if "input" in compute:
-        w = _by_group(np.asarray(kernel, dtype=dtype), geom.groups, "fc")
+        w = _by_group(np.asarray(kernel, dtype=dtype), geom.groups)
         grad_input = np.empty(geom.input_shape, dtype=dtype) if buffers[0] is None \
             else buffers[0]
         gx = _logical(grad_input, geom)
