@@ -36,6 +36,13 @@ def __getattr__(name):
     raise AttributeError(f"module 'tconv3d' has no attribute {name!r}")
 
 
+_BF16_PATHS = {
+    "avx512_bf16": "avx512_bf16 (forward GEMMs on bfloat16 pairs, float32 sums; "
+                   "gradients on widened operands)",
+    "float32": "float32 (float32 kernels on exactly widened operands)",
+}
+
+
 def show_config(file=None):
     """Print the version, the OpenMP status, the default thread count and the kernels.
 
@@ -63,7 +70,7 @@ def show_config(file=None):
         f"  SIMD flags of build: {' '.join(_kernels.simd_flags()) or 'none'}",
         f"  SIMD kernels:        {_kernels.simd_variant()} "
         f"(this CPU runs: {', '.join(_kernels.simd_variants_supported())})",
-        "  bfloat16:            float32 kernels on exactly widened operands, each result "
-        "rounded once (no AVX512_BF16 kernels)",
+        "  bfloat16:            " + _BF16_PATHS[_kernels.bf16_variant()]
+        + f" (this CPU runs: {', '.join(_kernels.bf16_variants_supported())})",
     ]
     print("\n".join(lines), file=file)

@@ -31,6 +31,7 @@
 #define TCONV3D_GEMM_H
 
 #include <math.h>
+#include <string.h>
 
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(TCONV3D_NO_VECTOR_EXT)
 #define TC_VECTOR_EXT 1
@@ -407,6 +408,140 @@ static void tc_cdot_##S##_base(Py_ssize_t m, Py_ssize_t n, const T *A, Py_ssize_
 TC_DEFINE_SCALAR_CHANNELWISE(f32, float)
 TC_DEFINE_SCALAR_CHANNELWISE(f64, double)
 #endif
+
+/* bfloat16 pairs (AVX512_BF16). The float32 brgemm's shapes and calling convention, k
+ * counting pairs, but A and B hold 32-bit words of two bfloat16 values of consecutive p
+ * (low half: the even one), B "VNNI"-ordered (word (q, j) = B[2q][j], B[2q+1][j]); C is
+ * float32. vdpbf16ps adds both exact products of a pair to C, each rounded to nearest
+ * even (the instruction's rule, whatever MXCSR says), bfloat16 denormals read as zero
+ * and denormal results flushed. Column tails use masked vectors: every column gets the
+ * same instruction, so results depend only on the problem (never on the tile path or the
+ * thread count). The words arrive as `float *` so that the callers' loops, written for
+ * float32, move them unchanged; only these kernels read them as pairs. */
+typedef void (*tc_gemm_rows_bf16_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *const *,
+                                    Py_ssize_t, const float *, Py_ssize_t, float *const *,
+                                    Py_ssize_t);
+#ifdef TC_X86_DISPATCH
+#include <immintrin.h>
+#define TC_BF16_ATTR __attribute__((target("avx512f,avx512vl,avx512bw,avx512bf16")))
+
+/* ROWS x NV tile (NV vectors of 16 columns, lanes past the matrix masked off); rows past
+ * VALID repeat the last valid one and are not stored. A_ROW(bt, r) and C_ROW(r) give
+ * where row r of the tile reads A (product bt) and accumulates. */
+#define TC_BF16_TILE(ROWS, NV, VALID, NB, A_ROW, C_ROW)                                 \
+    do {                                                                                \
+        const Py_ssize_t valid = (VALID);                                               \
+        Py_ssize_t row[ROWS];                                                           \
+        for (int r = 0; r < (ROWS); r++)                                                \
+            row[r] = r < valid ? r : valid - 1;                                         \
+        __m512 c[ROWS][NV];                                                             \
+        for (int r = 0; r < (ROWS); r++)                                                \
+            for (int v = 0; v < (NV); v++)                                              \
+                c[r][v] = _mm512_maskz_loadu_ps(mask[v], C_ROW(row[r]) + j + 16 * v);   \
+        for (Py_ssize_t bt = 0; bt < (NB); bt++) {                                      \
+            const float *a[ROWS];                                                       \
+            for (int r = 0; r < (ROWS); r++)                                            \
+                a[r] = A_ROW(bt, row[r]);                                               \
+            const float *bp = B[bt] + boff + j;                                         \
+            for (Py_ssize_t p = 0; p < k; p++) {                                        \
+                __m512bh b[NV];                                                         \
+                for (int v = 0; v < (NV); v++)                                          \
+                    b[v] = (__m512bh)_mm512_maskz_loadu_ps(mask[v], bp + p * ldb + 16 * v); \
+                for (int r = 0; r < (ROWS); r++) {                                      \
+                    __m512bh av = (__m512bh)_mm512_set1_ps(a[r][p * sap]);              \
+                    for (int v = 0; v < (NV); v++)                                      \
+                        c[r][v] = _mm512_dpbf16_ps(c[r][v], av, b[v]);                  \
+                }                                                                       \
+            }                                                                           \
+        }                                                                               \
+        for (int r = 0; r < (ROWS); r++)                                                \
+            if (r < valid)                                                              \
+                for (int v = 0; v < (NV); v++)                                          \
+                    _mm512_mask_storeu_ps(C_ROW(r) + j + 16 * v, mask[v], c[r][v]);     \
+    } while (0)
+
+/* All of C: 32 columns at a time (16 when fewer are left), rows in tiles of 8 (a partial
+ * one for more than 4 left), then 4, 2, 1. */
+#define TC_BF16_COLUMNS(NB, A_ROW, C_ROW)                                               \
+    for (Py_ssize_t j = 0; j < n; j += 32) {                                            \
+        const Py_ssize_t w = n - j < 32 ? n - j : 32;                                   \
+        const __mmask16 mask[2] = {                                                     \
+            (__mmask16)(w >= 16 ? 0xFFFFu : (1u << w) - 1),                             \
+            (__mmask16)(w >= 32 ? 0xFFFFu : w > 16 ? (1u << (w - 16)) - 1 : 0u)};       \
+        Py_ssize_t i = 0;                                                               \
+        if (w > 16) {                                                                   \
+            for (; i + 8 <= m; i += 8) TC_BF16_TILE(8, 2, 8, NB, A_ROW, C_ROW);         \
+            if (m - i > 4) { TC_BF16_TILE(8, 2, m - i, NB, A_ROW, C_ROW); i = m; }      \
+            if (m - i >= 4) { TC_BF16_TILE(4, 2, 4, NB, A_ROW, C_ROW); i += 4; }        \
+            if (m - i >= 2) { TC_BF16_TILE(2, 2, 2, NB, A_ROW, C_ROW); i += 2; }        \
+            if (m - i >= 1) { TC_BF16_TILE(1, 2, 1, NB, A_ROW, C_ROW); i += 1; }        \
+        } else {                                                                        \
+            for (; i + 8 <= m; i += 8) TC_BF16_TILE(8, 1, 8, NB, A_ROW, C_ROW);         \
+            if (m - i > 4) { TC_BF16_TILE(8, 1, m - i, NB, A_ROW, C_ROW); i = m; }      \
+            if (m - i >= 4) { TC_BF16_TILE(4, 1, 4, NB, A_ROW, C_ROW); i += 4; }        \
+            if (m - i >= 2) { TC_BF16_TILE(2, 1, 2, NB, A_ROW, C_ROW); i += 2; }        \
+            if (m - i >= 1) { TC_BF16_TILE(1, 1, 1, NB, A_ROW, C_ROW); i += 1; }        \
+        }                                                                               \
+    }
+
+#define TC_BF16_BR_A(bt, r) (A[bt] + aoff + (i + (r)) * sai)
+#define TC_BF16_BR_C(r) (C + (i + (r)) * ldc)
+TC_BF16_ATTR static void tc_brgemm_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                                        Py_ssize_t nb, const float *const *A,
+                                        Py_ssize_t aoff, Py_ssize_t sai, Py_ssize_t sap,
+                                        const float *const *B, Py_ssize_t boff,
+                                        Py_ssize_t ldb, float *C, Py_ssize_t ldc)
+{
+    TC_BF16_COLUMNS(nb, TC_BF16_BR_A, TC_BF16_BR_C)
+}
+
+#define TC_BF16_ROWS_A(bt, r) (Ar[i + (r)])
+#define TC_BF16_ROWS_C(r) (Cr[i + (r)] + coff)
+TC_BF16_ATTR static void tc_gemm_rows_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                                           const float *const *Ar, Py_ssize_t sap,
+                                           const float *B0, Py_ssize_t ldb,
+                                           float *const *Cr, Py_ssize_t coff)
+{
+    const float *const *B = &B0;
+    const Py_ssize_t boff = 0;
+    TC_BF16_COLUMNS(1, TC_BF16_ROWS_A, TC_BF16_ROWS_C)
+}
+#endif
+
+/* Whether this build and CPU have the bfloat16-pair kernels. */
+static int tc_bf16_supported(void)
+{
+#ifdef TC_X86_DISPATCH
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+        && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512bf16");
+#else
+    return 0;
+#endif
+}
+#ifndef TC_X86_DISPATCH   /* never called: tc_bf16_supported() is 0 */
+static void tc_brgemm_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t nb,
+                           const float *const *A, Py_ssize_t aoff, Py_ssize_t sai,
+                           Py_ssize_t sap, const float *const *B, Py_ssize_t boff,
+                           Py_ssize_t ldb, float *C, Py_ssize_t ldc) {}
+static void tc_gemm_rows_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                              const float *const *Ar, Py_ssize_t sap, const float *B0,
+                              Py_ssize_t ldb, float *const *Cr, Py_ssize_t coff) {}
+#endif
+
+/* float32 -> bfloat16 bits, rounded to nearest even (ties to even, overflow to infinity,
+ * subnormals kept), NaN as the quiet NaN of its sign: ml_dtypes' cast, bit for bit.
+ * Branch-free so that the compiler vectorises it. */
+static void tc_round_bf16(const float *src, unsigned short *dst, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned int u;
+        memcpy(&u, src + i, 4);
+        unsigned int rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+        unsigned int nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
+        dst[i] = (unsigned short)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+    }
+}
 
 /* Variants: 0 = baseline, 1 = AVX2+FMA, 2 = AVX-512 (named in _kernels.pyx, SIMD_VARIANTS). */
 static tc_gemm_f32_t tc_gemm_f32 = tc_gemm_f32_base;

@@ -35,6 +35,7 @@
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.stdlib cimport malloc, free
+from libc.stdint cimport uint16_t, uint32_t
 from libc.string cimport memcpy, memset
 
 
@@ -122,6 +123,15 @@ cdef extern from "_gemm.h":
     void tc_cdot_f64(Py_ssize_t m, Py_ssize_t n, const double *A, Py_ssize_t sai,
                      const double *X, Py_ssize_t sxi, double *C) noexcept nogil
     int tc_variant_supported(int variant) noexcept nogil
+    void tc_brgemm_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t nb,
+                        const float **A, Py_ssize_t aoff, Py_ssize_t sai, Py_ssize_t sap,
+                        const float **B, Py_ssize_t boff, Py_ssize_t ldb, float *C,
+                        Py_ssize_t ldc) noexcept nogil
+    void tc_gemm_rows_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float **Ar,
+                           Py_ssize_t sap, const float *B, Py_ssize_t ldb, float **Cr,
+                           Py_ssize_t coff) noexcept nogil
+    int tc_bf16_supported() noexcept nogil
+    void tc_round_bf16(const float *src, uint16_t *dst, Py_ssize_t n) noexcept nogil
     int tc_select_variant(int variant) noexcept nogil
     int tc_best_variant() noexcept nogil
 
@@ -162,6 +172,35 @@ def _select_at_import():
 
 
 _select_at_import()
+
+
+# bfloat16 operands: "float32" widens them (tconv3d._ops) and runs the float32 kernels;
+# "avx512_bf16" runs the forward's GEMMs on bfloat16 pairs (tc_brgemm_bf16).
+BF16_VARIANTS = ("float32", "avx512_bf16")
+cdef int _bf16_variant = 1 if tc_bf16_supported() else 0
+
+
+def bf16_variant():
+    """Name of the bfloat16 path in use ("float32" or "avx512_bf16")."""
+    return BF16_VARIANTS[_bf16_variant]
+
+
+def bf16_variants_supported():
+    """The bfloat16 paths this build and this CPU can run."""
+    return list(BF16_VARIANTS[:2 if tc_bf16_supported() else 1])
+
+
+def set_bf16_variant(name):
+    """Force a bfloat16 path (tests, benchmarks); "auto" picks the fastest one."""
+    global _bf16_variant
+    if name != "auto" and name not in BF16_VARIANTS:
+        raise ValueError(f"bfloat16 variant must be 'auto' or one of {BF16_VARIANTS}, "
+                         f"got {name!r}")
+    if name != "auto" and name not in bf16_variants_supported():
+        raise ValueError(f"bfloat16 variant {name!r} is not available on this CPU/build; "
+                         f"available: {bf16_variants_supported()}")
+    _bf16_variant = 1 if name == "auto" and tc_bf16_supported() else \
+        (BF16_VARIANTS.index(name) if name != "auto" else 0)
 
 
 cdef inline void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
@@ -226,12 +265,18 @@ def pack_panels(const floating[:, :, :, :, :] kernel, floating[:, :, :, :, ::1] 
 cdef inline void _brgemm_panels(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t nb,
                                 const floating **A, Py_ssize_t aoff, Py_ssize_t sai,
                                 Py_ssize_t sap, const floating **B, floating *C,
-                                Py_ssize_t ldc) noexcept nogil:
-    """_brgemm with B[b] a k x n tap matrix in column panels, panel by panel."""
+                                Py_ssize_t ldc, bint pairs) noexcept nogil:
+    """_brgemm with B[b] a k x n tap matrix in column panels, panel by panel; with
+    `pairs`, A and B hold bfloat16 pairs (tc_brgemm_bf16, float32 only)."""
     cdef Py_ssize_t pw = _PANEL_BYTES // sizeof(floating), jb, j0, width
     for jb in range((n + pw - 1) // pw):
         j0 = jb * pw
         width = pw if n - j0 > pw else n - j0
+        if floating is float:
+            if pairs:
+                tc_brgemm_bf16(m, width, k, nb, A, aoff, sai, sap, B, j0 * k, width,
+                               C + j0, ldc)
+                continue
         _brgemm(m, width, k, nb, A, aoff, sai, sap, B, j0 * k, width, C + j0, ldc)
 
 
@@ -247,13 +292,17 @@ cdef inline void _gemm_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floa
 
 cdef inline void _gemm_rows_panels(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                                    const floating **Ar, Py_ssize_t sap, const floating *B,
-                                   floating **Cr) noexcept nogil:
+                                   floating **Cr, bint pairs) noexcept nogil:
     """Cr[i][j] += sum_p Ar[i][p*sap] * B[p, j], rows by pointer (see _gemm.h), B a k x n
-    tap matrix in column panels, panel by panel."""
+    tap matrix in column panels, panel by panel; `pairs` as in _brgemm_panels."""
     cdef Py_ssize_t pw = _PANEL_BYTES // sizeof(floating), jb, j0, width
     for jb in range((n + pw - 1) // pw):
         j0 = jb * pw
         width = pw if n - j0 > pw else n - j0
+        if floating is float:
+            if pairs:
+                tc_gemm_rows_bf16(m, width, k, Ar, sap, B + j0 * k, width, Cr, j0)
+                continue
         _gemm_rows(m, width, k, Ar, sap, B + j0 * k, width, Cr, j0)
 
 
@@ -309,6 +358,8 @@ cdef Py_ssize_t CHUNK_BUFFER_BYTES = 64 * 1024 * 1024
 cdef Py_ssize_t MIN_CHUNK_VOXELS = 256
 # Elements of the kernel gradient the final reduction over chunks takes at a time.
 cdef Py_ssize_t REDUCE_BLOCK = 1024
+# Elements round_bfloat16 rounds at a time.
+cdef Py_ssize_t ROUND_BLOCK = 1 << 16
 # The forward of layers with tap matrices of at least this many bytes works in blocks of
 # up to MAX_BLOCK_ROWS output rows (_conv_transpose_blocked).
 cdef Py_ssize_t BLOCKED_TAP_BYTES = 64 * 1024
@@ -327,6 +378,7 @@ ctypedef struct Problem:
     Py_ssize_t crop[3]      # left crop of the full-length axis
     Py_ssize_t xs[5]        # element strides of x / grad_input (n, d, h, w, c)
     Py_ssize_t ys[5]        # element strides of y / grad_output (n, d, h, w, c)
+    bint bf16_pairs         # forward: x and the kernel hold bfloat16 pairs (tc_brgemm_bf16)
 
 
 cdef Problem _problem(geometry, tuple x_strides, tuple y_strides) except *:
@@ -351,6 +403,7 @@ cdef Problem _problem(geometry, tuple x_strides, tuple y_strides) except *:
     for a in range(5):
         p.xs[a] = x_strides[a]
         p.ys[a] = y_strides[a]
+    p.bf16_pairs = False
     return p
 
 
@@ -451,6 +504,20 @@ cdef void _activate(floating *c, Py_ssize_t rows, Py_ssize_t ldc, Py_ssize_t n, 
         else:
             for e in range(n):
                 row[e] = _activation(row[e], act, alpha)
+
+
+def round_bfloat16(const float[::1] src, uint16_t[::1] dst, int num_threads):
+    """dst = the bfloat16 bits of src, each rounded once to nearest even (tc_round_bf16:
+    ml_dtypes' cast, bit for bit), in blocks of ROUND_BLOCK elements."""
+    cdef Py_ssize_t block, n = src.shape[0], first, count
+    if n == 0:
+        return
+    with nogil:
+        for block in prange((n + ROUND_BLOCK - 1) // ROUND_BLOCK, schedule='static',
+                            num_threads=num_threads):
+            first = block * ROUND_BLOCK
+            count = ROUND_BLOCK if n - first > ROUND_BLOCK else n - first
+            tc_round_bf16(&src[first], &dst[first], count)
 
 
 def activation_grad(const floating[::1] g, const floating[::1] y, floating[::1] out,
@@ -606,7 +673,8 @@ cdef int _conv_transpose(const Problem *p,
                                 nbat = nbat + 1
                         _brgemm_panels(runs.hi[e] - runs.lo[e], cout, cin, nbat, arows,
                                        runs.lo[e] * p.xs[3], p.xs[3], p.xs[4], btaps,
-                                       cbuf + (runs.o[e] - o0) * ldc, sw * ldc)
+                                       cbuf + (runs.o[e] - o0) * ldc, sw * ldc,
+                                       p.bf16_pairs)
                     _activate(cbuf, nb, ldc, cout, act, alpha)
                     if direct:
                         continue
@@ -749,7 +817,8 @@ cdef int _conv_transpose_blocked(const Problem *p,
                                 _gemm_rows_panels(
                                     m, cout, cin, arows, p.xs[4],
                                     wt + ((jd * p.k[1] + jh) * p.k[2] + runs.j[e])
-                                    * groups * cin * cout + grp * cin * cout, crows)
+                                    * groups * cin * cout + grp * cin * cout, crows,
+                                    p.bf16_pairs)
                     for row in range(first, last):
                         _split_row(&r, row, p.n_out)
                         cbuf = _block_out(p, y, acc, row - first, runs.length, o0, grp, &r)
@@ -770,10 +839,17 @@ cdef int _conv_transpose_blocked(const Problem *p,
 def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
             const floating[::1] bias, floating[:, :, :, :, :] y, geometry,
             tuple x_strides, tuple y_strides, int num_threads, int activation=0,
-            double alpha=0.0):
+            double alpha=0.0, bint bf16_pairs=False):
     """y = activation(conv_transpose3d(x, wt, bias)), bias None for none, activation a
-    code of FUSED_ACTIVATIONS; see the module comment."""
+    code of FUSED_ACTIVATIONS; see the module comment. With `bf16_pairs` (float32 arrays,
+    bf16_variant() "avx512_bf16"), x and wt hold bfloat16 pairs of channels (geometry's
+    in_channels counts the pairs) and the problem is not a channel-wise one."""
     cdef Problem p = _problem(geometry, x_strides, y_strides)
+    if bf16_pairs and (floating is not float or not tc_bf16_supported() or _depthwise(&p)
+                       or (p.cin == 1 and p.cout == 1)):
+        raise ValueError("tconv3d: bfloat16 pairs need float32 words, a CPU with "
+                         "AVX512_BF16 and a GEMM-shaped problem")
+    p.bf16_pairs = bf16_pairs
     cdef Py_ssize_t block_rows = _block_rows(&p, sizeof(floating), p.batch * p.n_out[0]
                                              * p.n_out[1], num_threads)
     cdef const floating *bias_ptr = NULL

@@ -1,9 +1,12 @@
 """Public functions: validate, allocate, call the compiled kernels."""
+import dataclasses
+
 import numpy as np
 
 from . import _kernels, _threads
 from ._validation import (FROM_OUTPUT, as_array, check_allocation, check_bias_shape,
-                          check_out, compute_dtype, make_geometry, normalize_activation,
+                          check_out, compute_dtype, is_bfloat16, make_geometry,
+                          normalize_activation,
                           normalize_bool, normalize_compute, normalize_num_threads,
                           normalize_out_dtype, normalize_shape, without_dtype, working_dtype)
 
@@ -269,19 +272,58 @@ in_channels)
     if result != computed:   # the float32 sums before their rounding
         check_allocation(geom.output_shape, computed, "output", copy=True)
     bias = None if bias is None else np.require(extra["bias"], computed, "CA")
-    y = forward_packed(x, pack_kernel(kernel, computed, geom.groups, num_threads), bias,
-                       geom, num_threads, out if result == computed else None, activation)
-    return _rounded(y, result, out)
+    into = out if result == computed else None
+    if is_bfloat16(dtype) and _bf16_pairs_apply(geom):
+        words = _bf16_pairs(_logical(_operand(x, dtype), geom), geom.groups)
+        wt = pack_kernel(_bf16_pairs(_operand(kernel, dtype), geom.groups), computed,
+                         geom.groups, num_threads)
+        y = _run_forward(words, wt, bias, dataclasses.replace(geom, in_channels=words.shape[-1]),
+                         num_threads, into, activation, bf16_pairs=True)
+    else:
+        y = forward_packed(x, pack_kernel(kernel, computed, geom.groups, num_threads), bias,
+                           geom, num_threads, into, activation)
+    return _rounded(y, result, out, num_threads)
 
 
-def _rounded(y, dtype, out=None):
+def _bf16_pairs_apply(geom):
+    """Whether a bfloat16 forward runs on bfloat16 pairs (``_kernels.bf16_variant()``
+    "avx512_bf16"): on CPUs that have them, for every problem but the channel-wise ones
+    (one pair and one filter per group), which take no GEMM."""
+    pairs = -(-geom.in_channels // geom.groups // 2)
+    return (_kernels.bf16_variant() == "avx512_bf16"
+            and not (pairs == 1 and geom.filters == geom.groups))
+
+
+def _bf16_pairs(a, groups):
+    """The channels (last axis) of a bfloat16 array as 32-bit words of two consecutive
+    channels of a group (low half the even one; a zero channel ends a group of odd size),
+    C-contiguous and viewed as float32: the kernels move the words as they move floats,
+    and only the bfloat16 micro-kernel multiplies their halves."""
+    *lead, c = a.shape
+    per_group = c // groups
+    halves = np.zeros((*lead, groups, per_group + per_group % 2), np.uint16)
+    halves[..., :per_group] = a.view(np.uint16).reshape(*lead, groups, per_group)
+    return halves.view(np.float32).reshape(*lead, -1)
+
+
+def _rounded(y, dtype, out=None, num_threads=None):
     """``y`` (float32 sums of bfloat16 operands) as ``dtype``, into ``out`` if given:
-    each element rounded once, to nearest even (ml_dtypes' cast)."""
+    each element rounded once, to nearest even (ml_dtypes' cast; compiled and parallel
+    for a C-contiguous ``y``, 10x faster than it)."""
     if y.dtype == dtype:
         return y
-    if out is None:
-        return y.astype(dtype)
-    out[...] = y
+    if not (is_bfloat16(dtype) and y.dtype == np.float32 and y.flags.c_contiguous):
+        if out is None:
+            return y.astype(dtype)
+        out[...] = y
+        return out
+    direct = out is not None and out.flags.c_contiguous
+    rounded = out if direct else np.empty(y.shape, dtype)
+    _kernels.round_bfloat16(y.reshape(-1), rounded.view(np.uint16).reshape(-1),
+                            _threads.team_size(normalize_num_threads(num_threads), y.size))
+    if out is None or direct:
+        return rounded
+    out[...] = rounded
     return out
 
 
@@ -318,14 +360,20 @@ def forward_packed(x, wt, bias, geom, num_threads, out=None, activation=("linear
     ``wt``'s dtype, or None; ``out`` checked by :func:`~tconv3d._validation.check_out`;
     ``activation`` from :func:`~tconv3d._validation.normalize_activation`.
     """
-    dtype = wt.dtype
-    x = _logical(_operand(x, dtype), geom)
-    y = np.empty(geom.output_shape, dtype=dtype) if out is None else out
+    return _run_forward(_logical(_operand(x, wt.dtype), geom), wt, bias, geom, num_threads,
+                        out, activation)
+
+
+def _run_forward(x_logical, wt, bias, geom, num_threads, out, activation, bf16_pairs=False):
+    """The compiled forward on the logical (N, D, H, W, C) ``x`` in ``wt``'s dtype, into
+    ``out`` or a new array in ``geom``'s layout; ``bf16_pairs``: ``x`` and ``wt`` are
+    made of :func:`_bf16_pairs` words, which ``geom.in_channels`` counts."""
+    y = np.empty(geom.output_shape, dtype=wt.dtype) if out is None else out
     y_logical = _logical(y, geom)
     name, alpha = activation
-    _kernels.forward(x, wt, bias, y_logical, geom, _element_strides(x),
+    _kernels.forward(x_logical, wt, bias, y_logical, geom, _element_strides(x_logical),
                      _element_strides(y_logical), _threads_for(num_threads, geom),
-                     _kernels.FUSED_ACTIVATIONS.index(name), alpha)
+                     _kernels.FUSED_ACTIVATIONS.index(name), alpha, bf16_pairs)
     return y
 
 
@@ -492,7 +540,7 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     if "bias" in compute and use_bias:
         grad_bias = np.empty(geom.filters, dtype=dtype) if buffers[2] is None else buffers[2]
         _kernels.grad_bias(g, grad_bias, geom, _element_strides(g), num_threads)
-    return tuple(None if grad is None else _rounded(grad, result, buffer)
+    return tuple(None if grad is None else _rounded(grad, result, buffer, num_threads)
                  for grad, buffer in zip((grad_input, grad_kernel, grad_bias), targets))
 
 

@@ -8,6 +8,8 @@ all groups in one tconv3d call); the Functions below wrap them for tensors, zero
 mode). :mod:`tconv3d.torch` validates every call before it reaches
 :class:`ConvTranspose3dFunction`.
 """
+import functools
+import importlib.util
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -18,7 +20,7 @@ from ._ops import conv_transpose3d as _tconv_forward
 from ._ops import conv_transpose3d_backward as _tconv_backward
 
 __all__ = ["Call", "ConvTranspose3dFunction", "GradBias", "GradInput", "GradWeight",
-           "backward_arrays", "forward_arrays"]
+           "backward_arrays", "forward_arrays", "has_ml_dtypes"]
 
 
 # --------------------------------------------------------------------------------------
@@ -121,15 +123,33 @@ def _is_channels_last(t):
     return t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous()
 
 
+@functools.lru_cache(maxsize=None)
+def has_ml_dtypes():
+    """Whether bfloat16 tensors can be seen as ``ml_dtypes.bfloat16`` arrays (the [bf16]
+    extra); without it :mod:`tconv3d.torch` runs them as float32 tensors (the same
+    numbers but for the forward's AVX512_BF16 path)."""
+    return importlib.util.find_spec("ml_dtypes") is not None
+
+
 def _as_array(t, channels_last):
-    """Zero-copy ndarray view of a CPU tensor, NCDHW tensors seen as NDHWC when asked."""
-    a = t.detach().resolve_neg().numpy()
+    """Zero-copy ndarray view of a CPU tensor (bfloat16 as ``ml_dtypes.bfloat16``, when
+    :func:`has_ml_dtypes`), NCDHW tensors seen as NDHWC when asked."""
+    t = t.detach().resolve_neg()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+        a = t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    else:
+        a = t.numpy()
     return np.moveaxis(a, 1, -1) if channels_last else a
 
 
 def _as_tensor(a, channels_last):
-    """Zero-copy tensor of an ndarray; an NDHWC array becomes a channels_last_3d tensor."""
-    t = torch.from_numpy(a)
+    """Zero-copy tensor of an ndarray (``ml_dtypes.bfloat16`` as bfloat16); an NDHWC array
+    becomes a channels_last_3d tensor."""
+    if a.dtype.name == "bfloat16":
+        t = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    else:
+        t = torch.from_numpy(a)
     return t.permute(0, 4, 1, 2, 3) if channels_last else t
 
 
@@ -202,8 +222,8 @@ class ConvTranspose3dFunction(torch.autograd.Function):
                                    _as_array(weight, False), ctx.use_bias,
                                    (need_x, need_w, need_b), call, channels_last)
             return (None if gx is None else _as_tensor(gx, channels_last),
-                    None if gw is None else torch.from_numpy(gw),
-                    None if gb is None else torch.from_numpy(gb), None)
+                    None if gw is None else _as_tensor(gw, False),
+                    None if gb is None else _as_tensor(gb, False), None)
         # create_graph=True, or torch.func: the gradients as differentiable operations.
         return (GradInput.apply(grad_output, weight, call, channels_last) if need_x else None,
                 GradWeight.apply(grad_output, x, call) if need_w else None,
@@ -294,7 +314,7 @@ class GradWeight(torch.autograd.Function):
                                *call.kernel_size), xa.dtype)
         _, gw, _ = _backward(grad_output, xa, weight, False, (False, True, False), call,
                              channels_last)
-        return torch.from_numpy(gw)
+        return _as_tensor(gw, False)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -340,7 +360,7 @@ class GradBias(torch.autograd.Function):
                                *call.kernel_size), dtype)
         _, _, gb = _backward(grad_output, x, weight, True, (False, False, True), call,
                              channels_last)
-        return torch.from_numpy(gb)
+        return _as_tensor(gb, False)
 
     @staticmethod
     def setup_context(ctx, inputs, output):

@@ -127,7 +127,7 @@ from torch.nn.utils import parametrize
 from torch.overrides import handle_torch_function, has_torch_function
 
 from ._geometry import torch_plan
-from ._torch_autograd import Call, ConvTranspose3dFunction
+from ._torch_autograd import Call, ConvTranspose3dFunction, has_ml_dtypes
 
 __all__ = ["ConvTranspose3d", "ConvertReport", "TconvFallbackWarning", "conv_transpose3d",
            "convert"]
@@ -293,6 +293,8 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
                                   groups, dilation)
     plan, stride, dilation = config
     call = Call(plan, stride, dilation, groups, tuple(input.shape[2:]), tuple(weight.shape[2:]))
+    if input.dtype == torch.bfloat16 and has_ml_dtypes():
+        return _apply(input, weight, bias, call)   # bfloat16 arrays: tconv3d's own path
     if input.dtype in _HALF_DTYPES:   # differentiable casts: gradients are rounded likewise
         return _apply(input.float(), weight.float(), None if bias is None else bias.float(),
                       call).to(input.dtype)

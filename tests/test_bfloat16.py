@@ -4,6 +4,10 @@ The reference is float64 on the same (bfloat16-rounded) operands. Each result el
 then obeys the bound ``bfloat16_bound``: the rounding to bfloat16 (unit roundoff 2**-8)
 plus float32 accumulation over the element's K products (K * 2**-24 times the sum of
 their magnitudes). With ``out_dtype="float32"`` only the second term remains.
+
+The forward has two paths (``_kernels.bf16_variants_supported()``): "float32" widens the
+operands and runs the float32 kernels (bit for bit); "avx512_bf16" multiplies bfloat16
+pairs with vdpbf16ps. Tests of the forward run on each path this CPU has.
 """
 import copy
 import warnings
@@ -12,6 +16,7 @@ import numpy as np
 import pytest
 
 import tconv3d
+from tconv3d import _kernels
 from tconv3d.bench import SUITE
 from reference import conv_transpose3d_backward_ref, conv_transpose3d_ref
 
@@ -26,6 +31,23 @@ GEOMETRIES = [
     dict(strides=2, padding="same", data_format="channels_first"),
     dict(strides=2, padding="valid", groups=2),
 ]
+
+
+@pytest.fixture(params=_kernels.bf16_variants_supported())
+def bf16_variant(request, monkeypatch):
+    """Each bfloat16 forward path this CPU has, forced for one test: yields its name and
+    a list that records, for each compiled forward, whether it ran on pairs."""
+    calls = []
+    forward = _kernels.forward
+
+    def recording(*args):
+        calls.append(args[-1])   # bf16_pairs, passed positionally by _ops
+        return forward(*args)
+
+    monkeypatch.setattr(_kernels, "forward", recording)
+    _kernels.set_bf16_variant(request.param)
+    yield request.param, calls
+    _kernels.set_bf16_variant("auto")
 
 
 def _bf16_problem(rng, batch, spatial, cin, cout, kernel, *, groups=1,
@@ -63,9 +85,11 @@ def _products(w, groups):
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "-".join(map(str, g.values())))
-def test_forward_within_the_bound_of_the_exact_result(rng, geometry):
+def test_forward_within_the_bound_of_the_exact_result(rng, geometry, bf16_variant):
+    variant, pairs_calls = bf16_variant
     x, w, b, kw = _geometry_problem(rng, geometry)
     y = tconv3d.conv_transpose3d(x, w, b, **kw)
+    assert pairs_calls == [variant == "avx512_bf16"]
     assert y.dtype == BF16
     wide = [a.astype(np.float64) for a in (x, w, b)]
     exact = conv_transpose3d_ref(*wide, **kw)
@@ -75,11 +99,13 @@ def test_forward_within_the_bound_of_the_exact_result(rng, geometry):
     assert np.all(error <= bfloat16_bound(exact, magnitudes, products))
     assert error.max() > 0   # the check can fail: the result is rounded
 
-    # out_dtype="float32": the float32 kernels on the widened operands, bit for bit
+    # out_dtype="float32": the float32 sums (on the "float32" path, those of the float32
+    # kernels on the widened operands, bit for bit)
     y32 = tconv3d.conv_transpose3d(x, w, b, out_dtype="float32", **kw)
     assert y32.dtype == np.float32
-    assert np.array_equal(y32, tconv3d.conv_transpose3d(
-        *(a.astype(np.float32) for a in (x, w, b)), **kw))
+    if variant == "float32":
+        assert np.array_equal(y32, tconv3d.conv_transpose3d(
+            *(a.astype(np.float32) for a in (x, w, b)), **kw))
     assert np.all(np.abs(y32 - exact) <= bfloat16_bound(exact, magnitudes, products, False))
     # and the default result is that, rounded once to nearest even
     assert np.array_equal(y.view(np.uint16), y32.astype(BF16).view(np.uint16))
@@ -104,8 +130,27 @@ def test_gradients_are_the_rounded_float32_gradients(rng, geometry):
                            atol=1e-4 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("cin,cout,groups,pairs", [
+    (1, 3, 1, True),     # one channel: a pair with a zero
+    (5, 7, 1, True),     # odd: the last pair padded
+    (2, 4, 2, True),     # one channel per group, several filters
+    (4, 2, 2, False),    # one pair and one filter per group: channel-wise, widened
+])
+def test_forward_on_pairs_of_any_channel_count(rng, cin, cout, groups, pairs, bf16_variant):
+    variant, pairs_calls = bf16_variant
+    x, w, b = _bf16_problem(rng, 2, (3, 2, 4), cin, cout, (2, 3, 2), groups=groups)
+    kw = dict(strides=(2, 1, 2), padding="same", groups=groups)
+    y = tconv3d.conv_transpose3d(x, w, b, out_dtype="float32", **kw)
+    assert pairs_calls == [pairs and variant == "avx512_bf16"]
+    wide = [a.astype(np.float64) for a in (x, w, b)]
+    exact = conv_transpose3d_ref(*wide, **kw)
+    magnitudes = conv_transpose3d_ref(*map(np.abs, wide), **kw)
+    bound = bfloat16_bound(exact, magnitudes, _products(w, groups), rounded=False)
+    assert np.all(np.abs(y - exact) <= bound)
+
+
 @pytest.mark.parametrize("case", list(SUITE))
-def test_every_suite_shape_within_the_bound(case):
+def test_every_suite_shape_within_the_bound(case, bf16_variant):
     """The benchmark's shapes (large reductions: up to 320 channels x 8 taps)."""
     n, cin, cout, size, k, s, padding = SUITE[case]
     size = (size,) * 3 if isinstance(size, int) else size
@@ -204,7 +249,7 @@ def test_dtype_rules_and_errors(rng):
     assert np.array_equal(x.view(np.uint16), before.view(np.uint16))   # inputs untouched
 
 
-def test_non_finite_values_propagate(rng):
+def test_non_finite_values_propagate(rng, bf16_variant):
     x, w, b = _bf16_problem(rng, 1, (3, 3, 3), 2, 2, (2, 2, 2))
     x[0, 1, 1, 1, 0] = np.nan
     w[0, 0, 0, 0, 1] = np.inf
@@ -217,8 +262,9 @@ def test_non_finite_values_propagate(rng):
 
 # --- PyTorch and Keras ------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_torch_half_tensors_run_on_tconv3d(torch, dtype):
+def test_torch_half_tensors_run_on_tconv3d(torch, dtype, bf16_variant):
     import tconv3d.torch as tt
+    pairs = dtype == "bfloat16" and bf16_variant[0] == "avx512_bf16"
     dtype = getattr(torch, dtype)
     torch.manual_seed(0)
     stock = torch.nn.ConvTranspose3d(6, 4, 3, stride=2, padding=1, output_padding=1)
@@ -229,10 +275,16 @@ def test_torch_half_tensors_run_on_tconv3d(torch, dtype):
     with warnings.catch_warnings():
         warnings.simplefilter("error", tt.TconvFallbackWarning)
         y = ours(x2)
-    # the float32 computation on the widened operands, rounded once
+    # the float32 computation on the widened operands, rounded once (on bfloat16 pairs:
+    # other float32 sums, rounded once: at most one bfloat16 step apart)
     widened = tt.ConvTranspose3d.from_torch(copy.deepcopy(stock)).float()
     assert y.dtype == dtype
-    assert torch.equal(y, widened(x.float()).to(dtype))
+    assert bf16_variant[1][-1:] == [pairs]
+    if pairs:
+        wide = widened(x.float()).detach()
+        assert ((y.float() - wide).abs() <= 2.0 ** -7 * wide.abs() + 1e-6).all()
+    else:
+        assert torch.equal(y, widened(x.float()).to(dtype))
     exact = torch.nn.functional.conv_transpose3d(
         x.double(), stock.weight.double(), stock.bias.double(), 2, 1, 1)
     assert (y.double() - exact).abs().max() <= (stock(x1).double() - exact).abs().max()

@@ -147,6 +147,8 @@ def test_show_config_reports_build(capsys):
     tconv3d.show_config()
     out = capsys.readouterr().out
     assert tconv3d.__version__ in out and "OpenMP" in out and "SIMD" in out
+    from tconv3d import _kernels
+    assert f"bfloat16:            {_kernels.bf16_variant()} " in out
 
 
 # --------------------------------------------------------------------------- peers
