@@ -76,8 +76,12 @@ def left_crop(trim):
 
 
 def axis_geometry(length, kernel_size, stride, dilation, padding, output_padding):
-    """``(full, out, crop)`` of one axis: uncropped length, output length, left crop."""
+    """``(full, out, crop)`` of one axis: uncropped length, output length, left crop.
+    ``padding`` is Keras' ("valid"/"same") or PyTorch's (an int p: p cut on each side,
+    then ``output_padding`` added on the right)."""
     full = full_length(length, kernel_size, stride, dilation)
+    if not isinstance(padding, str):
+        return full, full - 2 * padding + (output_padding or 0), padding
     out = full - keras_trim(kernel_size, stride, dilation, padding, output_padding)
     return full, out, left_crop(full - out)
 
@@ -175,52 +179,18 @@ def find_keras_padding(kernel_size, stride, dilation, padding, output_padding):
 
 @dataclass(frozen=True)
 class TorchPlan:
-    """How one PyTorch geometry is computed with tconv3d (spatial triples).
-
-    tconv3d is called with ``padding`` and ``output_padding`` and returns ``computed``
-    lengths; PyTorch's output (lengths ``out``) is ``computed[start : start + out]``, with
-    positions past ``computed`` holding only the bias.
-    """
-    padding: str
+    """One PyTorch geometry as tconv3d computes it (spatial triples): tconv3d's
+    ``padding`` (PyTorch's integers) and ``output_padding``, and the output lengths."""
+    padding: tuple
     output_padding: tuple
-    start: tuple
     out: tuple
-    computed: tuple
-
-    @property
-    def exact(self):
-        return self.computed == self.out and not any(self.start)
-
-    @property
-    def covers(self):
-        return all(s + o <= c for s, o, c in zip(self.start, self.out, self.computed))
-
-    def overlap(self):
-        """Spatial slices (in the computed volume, in the output) of their common part."""
-        src = tuple(slice(s, min(s + o, c))
-                    for s, o, c in zip(self.start, self.out, self.computed))
-        dst = tuple(slice(0, min(o, c - s))
-                    for s, o, c in zip(self.start, self.out, self.computed))
-        return src, dst
 
 
 def torch_plan(in_spatial, kernel_size, stride, padding, output_padding, dilation):
-    """The :class:`TorchPlan` of one PyTorch call; all arguments are triples of valid ints.
-
-    Exact (one tconv3d call, no copy) when a Keras padding gives PyTorch's window on all
-    three axes (:func:`find_keras_padding`: e.g. ``k=4, stride=2, padding=1`` is Keras'
-    ``"same"``). Otherwise tconv3d computes ``full[0 : L + q]`` with ``q =
-    min(max(op - p, 0), stride - 1)`` and PyTorch's window is sliced out of it.
-    """
-    axes = tuple(zip(in_spatial, kernel_size, stride, padding, output_padding, dilation))
-    full = tuple(full_length(n, k, s, d) for n, k, s, p, op, d in axes)
-    out = tuple(length - torch_trim(p, op) for length, (n, k, s, p, op, d) in zip(full, axes))
-    keras = find_keras_padding(kernel_size, stride, dilation, padding, output_padding)
-    if keras is not None:
-        return TorchPlan(*keras, (0, 0, 0), out, out)
-    q = tuple(min(max(op - p, 0), s - 1) for n, k, s, p, op, d in axes)
-    computed = tuple(length + qa for length, qa in zip(full, q))
-    return TorchPlan("valid", q, tuple(padding), out, computed)
+    """The :class:`TorchPlan` of one PyTorch call; all arguments are triples of valid ints."""
+    axes = zip(in_spatial, kernel_size, stride, padding, output_padding, dilation)
+    out = tuple(full_length(n, k, s, d) - torch_trim(p, op) for n, k, s, p, op, d in axes)
+    return TorchPlan(tuple(padding), tuple(output_padding), out)
 
 
 # --------------------------------------------------------------------------------------

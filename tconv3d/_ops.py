@@ -30,11 +30,13 @@ def conv_transpose3d_output_shape(input_shape, kernel_shape, *, strides=1, paddi
         size >= 1; its ``in_channels`` must be ``input_shape``'s.
     strides : int or tuple of 3 ints, default=1
         Each >= 1.
-    padding : {"valid", "same"}, default="valid"
-        Case-insensitive.
+    padding : {"valid", "same"} or int or tuple of 3 ints, default="valid"
+        Keras' padding (case-insensitive), or PyTorch's: ints >= 0, each axis cropped by
+        ``p`` on both sides (``torch.nn.functional.conv_transpose3d``'s numbers).
     output_padding : int or tuple of 3 ints, optional
         Extra length on the high side of each output axis; must be smaller than the
-        stride on that axis. ``None`` and ``0`` differ for ``"same"``, as in Keras.
+        stride on that axis (with PyTorch's padding, than ``max(stride, dilation)``, as
+        in PyTorch). ``None`` and ``0`` differ for ``"same"``, as in Keras.
     dilation_rate : int or tuple of 3 ints, default=1
         Each >= 1.
     data_format : {"channels_last", "channels_first"}, default="channels_last"
@@ -150,11 +152,13 @@ in_channels)
         Added to every output position of each filter.
     strides : int or tuple of 3 ints, default=1
         Each >= 1: the step between the positions of successive input values.
-    padding : {"valid", "same"}, default="valid"
-        Case-insensitive.
+    padding : {"valid", "same"} or int or tuple of 3 ints, default="valid"
+        Keras' padding (case-insensitive), or PyTorch's: ints >= 0, each axis cropped by
+        ``p`` on both sides (``torch.nn.functional.conv_transpose3d``'s numbers).
     output_padding : int or tuple of 3 ints, optional
         Extra length on the high side of each output axis; must be smaller than the
-        stride on that axis. ``None`` and ``0`` differ for ``"same"``, as in Keras.
+        stride on that axis (with PyTorch's padding, than ``max(stride, dilation)``, as
+        in PyTorch). ``None`` and ``0`` differ for ``"same"``, as in Keras.
     dilation_rate : int or tuple of 3 ints, default=1
         May be combined with ``strides > 1`` (PyTorch's numbers).
     data_format : {"channels_last", "channels_first"}, default="channels_last"
@@ -393,7 +397,7 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
         The forward call's input and kernel.
     strides : int or tuple of 3 ints, default=1
         As in the forward call.
-    padding : {"valid", "same"}, default="valid"
+    padding : {"valid", "same"} or int or tuple of 3 ints, default="valid"
         As in the forward call.
     output_padding : int or tuple of 3 ints, optional
         As in the forward call.

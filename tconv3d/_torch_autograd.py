@@ -2,9 +2,8 @@
 order.
 
 :func:`forward_arrays` and :func:`backward_arrays` compute PyTorch's ``conv_transpose3d``
-and its gradients on arrays (the Keras geometry of a :class:`~tconv3d._geometry.TorchPlan`,
-all groups in one tconv3d call); the Functions below wrap them for tensors, zero-copy, with
-``setup_context`` (as :mod:`torch.func` requires), ``vmap`` rules and ``jvp`` (forward
+and its gradients on arrays (one tconv3d call with PyTorch's padding, all groups at once);
+the Functions below wrap them for tensors, zero-copy, with ``setup_context`` (as :mod:`torch.func` requires), ``vmap`` rules and ``jvp`` (forward
 mode). :mod:`tconv3d.torch` validates every call before it reaches
 :class:`ConvTranspose3dFunction`.
 """
@@ -26,56 +25,33 @@ __all__ = ["Call", "ConvTranspose3dFunction", "GradBias", "GradInput", "GradWeig
 # --------------------------------------------------------------------------------------
 # numpy side: arrays in, arrays out
 # --------------------------------------------------------------------------------------
-def _index(channels_last, spatial=(slice(None),) * 3, channels=slice(None)):
-    if channels_last:
-        return (slice(None), *spatial, channels)
-    return (slice(None), channels, *spatial)
-
-
 def _shape(channels_last, batch, spatial, channels):
     return (batch, *spatial, channels) if channels_last else (batch, channels, *spatial)
 
 
 def forward_arrays(x, w, b, plan, stride, dilation, groups, channels_last, num_threads):
     """PyTorch's conv_transpose3d on arrays; x in the layout `channels_last` names."""
-    kwargs = dict(strides=stride, padding=plan.padding, output_padding=plan.output_padding,
-                  dilation_rate=dilation, groups=groups, num_threads=num_threads,
-                  data_format="channels_last" if channels_last else "channels_first")
-    z = _tconv_forward(x, torch_to_keras_kernel(w), b, **kwargs)
-    if plan.exact:
-        return z
-    y = np.empty(_shape(channels_last, x.shape[0], plan.out, z.shape[-1 if channels_last
-                                                                    else 1]), dtype=z.dtype)
-    if not plan.covers:
-        y[...] = 0 if b is None else (b if channels_last else b[:, None, None, None])
-    src, dst = plan.overlap()
-    y[_index(channels_last, dst)] = z[_index(channels_last, src)]
-    return y
+    return _tconv_forward(x, torch_to_keras_kernel(w), b,
+                          **_arguments(plan, stride, dilation, groups, channels_last,
+                                       num_threads))
 
 
 def backward_arrays(gy, x, w, use_bias, needs, plan, stride, dilation, groups,
                     channels_last, num_threads):
     """Gradients (input, weight in PyTorch's layout, bias) of :func:`forward_arrays`."""
-    kwargs = dict(strides=stride, padding=plan.padding, output_padding=plan.output_padding,
-                  dilation_rate=dilation, groups=groups, num_threads=num_threads,
-                  data_format="channels_last" if channels_last else "channels_first")
-    need_x, need_w, need_b = needs
-    need_b = need_b and use_bias
-    # Past the computed volume the output is only bias: its gradient there is a plain sum.
-    tconv_bias = need_b and plan.covers
-    compute = tuple(name for name, need in
-                    zip(("input", "kernel", "bias"), (need_x, need_w, tconv_bias)) if need)
-    gz = gy
-    if not plan.exact:  # zero-pad grad_output back into the computed volume
-        src, dst = plan.overlap()
-        gz = np.zeros(_shape(channels_last, gy.shape[0], plan.computed,
-                             gy.shape[-1 if channels_last else 1]), gy.dtype)
-        gz[_index(channels_last, src)] = gy[_index(channels_last, dst)]
-    gx, gk, gb = _tconv_backward(gz, x, torch_to_keras_kernel(w), use_bias=tconv_bias,
-                                 compute=compute, **kwargs)
-    if need_b and not tconv_bias:
-        gb = gy.sum(axis=(0, 1, 2, 3) if channels_last else (0, 2, 3, 4))
+    compute = tuple(name for name, need in zip(("input", "kernel", "bias"), needs) if need)
+    gx, gk, gb = _tconv_backward(gy, x, torch_to_keras_kernel(w), use_bias=use_bias,
+                                 compute=compute,
+                                 **_arguments(plan, stride, dilation, groups, channels_last,
+                                              num_threads))
     return gx, None if gk is None else np.ascontiguousarray(keras_to_torch_kernel(gk)), gb
+
+
+def _arguments(plan, stride, dilation, groups, channels_last, num_threads):
+    """tconv3d's keyword arguments for one PyTorch geometry (its padding is PyTorch's)."""
+    return dict(strides=stride, padding=plan.padding, output_padding=plan.output_padding,
+                dilation_rate=dilation, groups=groups, num_threads=num_threads,
+                data_format="channels_last" if channels_last else "channels_first")
 
 
 # --------------------------------------------------------------------------------------

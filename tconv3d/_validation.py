@@ -51,10 +51,19 @@ def normalize_triple(value, name, *, minimum=1, allow_none=False):
     return items
 
 
-def normalize_padding(padding):
-    if not isinstance(padding, str) or padding.lower() not in PADDINGS:
-        raise ValueError(f"`padding` must be 'valid' or 'same' (any case), got {padding!r}.")
-    return padding.lower()
+def normalize_padding(padding, torch_ints=False):
+    """Keras' "valid" or "same" (any case); with ``torch_ints``, also PyTorch's padding:
+    an int or 3 ints >= 0, returned as a tuple."""
+    if isinstance(padding, str) and padding.lower() in PADDINGS:
+        return padding.lower()
+    if torch_ints and not isinstance(padding, (str, bytes, bytearray)):
+        try:
+            return normalize_triple(padding, "padding", minimum=0)
+        except ValueError:
+            pass
+    raise ValueError("`padding` must be 'valid' or 'same' (any case)"
+                     + (", or PyTorch's: an int or 3 ints >= 0" if torch_ints else "")
+                     + f", got {padding!r}.")
 
 
 def normalize_data_format(data_format):
@@ -123,15 +132,20 @@ def normalize_float_dtype(dtype):
     return dt
 
 
-def check_output_padding(output_padding, strides):
-    """Refuse an ``output_padding`` (None or 3 ints) not smaller than ``strides``."""
+def check_output_padding(output_padding, strides, dilation=None):
+    """Refuse an ``output_padding`` (None or 3 ints) not smaller than ``strides`` (Keras'
+    rule), or with ``dilation`` (PyTorch's padding) than ``max(strides, dilation)``."""
     if output_padding is None:
         return
-    for axis, (op, s) in enumerate(zip(output_padding, strides)):
-        if op >= s:
-            raise ValueError(f"`output_padding` must be smaller than `strides` on every "
-                             f"axis, got output_padding={output_padding} and "
-                             f"strides={strides} (axis {axis}).")
+    limits = strides if dilation is None else tuple(map(max, strides, dilation))
+    for axis, (op, limit) in enumerate(zip(output_padding, limits)):
+        if op >= limit:
+            rule = ("`strides`" if dilation is None
+                    else "max(`strides`, `dilation_rate`) (PyTorch's rule)")
+            raise ValueError(f"`output_padding` must be smaller than {rule} on every axis, "
+                             f"got output_padding={output_padding}, strides={strides}"
+                             + ("" if dilation is None else f", dilation_rate={dilation}")
+                             + f" (axis {axis}).")
 
 
 def normalize_optional_shape(value, name, rank):
@@ -217,7 +231,7 @@ def make_geometry(input_shape, kernel_shape, strides, padding, output_padding,
     """Validate every shape argument and return the :class:`Geometry` of the call."""
     input_shape, kernel_shape = tuple(input_shape), tuple(kernel_shape)
     data_format = normalize_data_format(data_format)
-    padding = normalize_padding(padding)
+    padding = normalize_padding(padding, torch_ints=True)
     strides = normalize_triple(strides, "strides")
     dilation = normalize_triple(dilation_rate, "dilation_rate")
     output_padding = normalize_triple(output_padding, "output_padding", minimum=0,
@@ -247,11 +261,13 @@ def make_geometry(input_shape, kernel_shape, strides, padding, output_padding,
     groups = normalize_int(groups, "groups", minimum=1)
     if in_channels % groups:
         raise ValueError(f"`groups`={groups} must divide the {in_channels} input channels.")
-    check_output_padding(output_padding, strides)
+    torch_padding = not isinstance(padding, str)
+    check_output_padding(output_padding, strides, dilation if torch_padding else None)
     ops = output_padding if output_padding is not None else (None,) * 3
+    pads = padding if torch_padding else (padding,) * 3
     out, crop = [], []
-    for n, k, s, d, op in zip(in_spatial, kernel_spatial, strides, dilation, ops):
-        full, o, c = axis_geometry(n, k, s, d, padding, op)
+    for n, k, s, d, op, pad in zip(in_spatial, kernel_spatial, strides, dilation, ops, pads):
+        full, o, c = axis_geometry(n, k, s, d, pad, op)
         if o < 1:
             raise ValueError(
                 f"These arguments give an output of length {o} on a spatial axis: input length "

@@ -223,8 +223,8 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
         Added to every output position of each filter.
     strides : int or tuple of 3 ints, default=1
         As in :func:`tconv3d.conv_transpose3d`.
-    padding : {"valid", "same"}, default="valid"
-        As in :func:`tconv3d.conv_transpose3d`.
+    padding : {"valid", "same"} or int or tuple of 3 ints, default="valid"
+        As in :func:`tconv3d.conv_transpose3d` (Keras' or PyTorch's).
     output_padding : int or tuple of 3 ints, optional
         As in :func:`tconv3d.conv_transpose3d`.
     dilation_rate : int or tuple of 3 ints, default=1

@@ -83,15 +83,10 @@ PyTorch's weight layout.
 Padding and groups
 ------------------
 On each axis, with ``L = (in - 1)*stride + (k - 1)*dilation + 1`` the uncropped length,
-PyTorch returns ``full[p : L - p + op]`` (``p`` = padding, ``op`` = output_padding) while
-tconv3d computes Keras' geometry ``full[c : c + out]``. When a Keras padding and
-output_padding give exactly PyTorch's window on all three axes (``p == 0``, e.g. the k2 s2
-up-sampling of U-Nets; k3 s1 p1; k3 s2 p1; k4 s2 p1), a single tconv3d call produces the
-output, with no wasted work and no copy. Otherwise tconv3d computes the ``"valid"`` volume
-``full[0 : L + q]`` with ``q = min(max(op - p, 0), stride - 1)`` and PyTorch's window is
-copied out of it; the backward zero-pads ``grad_output`` back into that volume, so gradients
-are exact. Output planes past ``L + q`` (possible only when ``dilation > stride``) hold the
-bias. ``groups > 1`` (depthwise included) runs in the same single call, with no copy per
+PyTorch returns ``full[p : L - p + op]`` (``p`` = padding, ``op`` = output_padding, planes
+past ``L`` holding the bias): tconv3d's ``conv_transpose3d`` takes PyTorch's integer
+``padding`` as such, so every geometry is one call, with no wasted work and no copy.
+``groups > 1`` (depthwise included) runs in the same single call, with no copy per
 group.
 
 TorchScript, ``torch.export`` and ``torch.compile``

@@ -25,13 +25,18 @@ def output_length(n, k, s, d, padding, op):
 def _geometry(in_sp, k_sp, strides, dilation, padding, output_padding):
     strides, dilation = _triple(strides), _triple(dilation)
     ops = (None,) * 3 if output_padding is None else _triple(output_padding)
+    # PyTorch's integer padding: p cut on each side, output_padding added on the right
+    pads = (None,) * 3 if isinstance(padding, str) else _triple(padding)
     full, out, crop = [], [], []
-    for n, k, s, d, op in zip(in_sp, k_sp, strides, dilation, ops):
+    for n, k, s, d, op, p in zip(in_sp, k_sp, strides, dilation, ops, pads):
         L = (n - 1) * s + (k - 1) * d + 1
-        O = output_length(n, k, s, d, padding.lower(), op)
+        if p is None:
+            O = output_length(n, k, s, d, padding.lower(), op)
+        else:
+            O = L - 2 * p + (op or 0)
         full.append(L)
         out.append(O)
-        crop.append(max(0, (L - O) // 2))
+        crop.append(max(0, (L - O) // 2) if p is None else p)
     return strides, dilation, full, out, crop
 
 

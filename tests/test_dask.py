@@ -45,6 +45,10 @@ CASES = [
     dict(kernel=(2, 3, 4), strides=(2, 2, 3), padding="valid", dilation_rate=2,
          output_padding=(1, 0, 2)),
     dict(kernel=(6, 5, 7), strides=(4, 1, 2), padding="same", output_padding=0),
+    # PyTorch's integer padding, with bias-only planes (output_padding >= stride, d > s)
+    dict(kernel=(3, 3, 2), strides=2, padding=(1, 0, 2), output_padding=(1, 0, 1)),
+    dict(kernel=(3, 2, 3), strides=1, padding=(2, 1, 0), output_padding=(1, 1, 0),
+         dilation_rate=(2, 2, 1)),
 ]
 # (spatial chunks, batch chunks) for spatial size (7, 5, 6) and batch 3: uneven chunks,
 # single-voxel chunks (smaller than every kernel, so halos span several chunks) and none.

@@ -256,3 +256,37 @@ def test_many_channel_layers_match_reference(rng, dtype, cin, cout, groups, k, s
         for a, ref in zip(tconv3d.conv_transpose3d_backward(g, x, w, num_threads=threads,
                                                             **kwargs), grads):
             assert a.tobytes() == ref.tobytes()
+
+
+# PyTorch's integer padding: each axis cropped by p on both sides, output_padding < max(s, d)
+TORCH_PADDING_GRID = [
+    (k, s, d, p, op)
+    for k, s, d in itertools.product((1, 2, 3, 4), (1, 2, 3), (1, 2))
+    for p in range(3) for op in range(max(s, d))
+    if all((n - 1) * s + (k - 1) * d + 1 - 2 * p + op >= 1 for n in (2, 3, 4))
+]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("k,s,d,p,op", TORCH_PADDING_GRID)
+def test_torch_integer_padding_matches_reference_and_torch(rng, k, s, d, p, op, fmt):
+    x, w, b = random_problem(rng, batch=2, spatial=(2, 3, 4), cin=3, cout=2,
+                             kernel=(k, k, k), data_format=fmt, dtype=np.float64)
+    kw = dict(strides=s, padding=(p, p, p), output_padding=op, dilation_rate=d,
+              data_format=fmt)
+    y = tconv3d.conv_transpose3d(x, w, b, **kw)
+    np.testing.assert_allclose(y, conv_transpose3d_ref(x, w, b, **kw), rtol=1e-12,
+                               atol=1e-12)
+    assert tconv3d.conv_transpose3d_output_shape(x.shape, w.shape, **kw) == y.shape
+    g = rng.standard_normal(y.shape)
+    for mine, ref in zip(tconv3d.conv_transpose3d_backward(g, x, w, **kw),
+                         conv_transpose3d_backward_ref(g, x, w, **kw)):
+        np.testing.assert_allclose(mine, ref, rtol=1e-12, atol=1e-12)
+    torch = pytest.importorskip("torch")
+    xt = torch.from_numpy(x if fmt == "channels_first" else np.moveaxis(x, -1, 1))
+    theirs = torch.nn.functional.conv_transpose3d(
+        xt, torch.from_numpy(w.transpose(4, 3, 0, 1, 2).copy()), torch.from_numpy(b),
+        stride=s, padding=p, output_padding=op, dilation=d).numpy()
+    if fmt == "channels_last":
+        theirs = np.moveaxis(theirs, 1, -1)
+    np.testing.assert_allclose(y, theirs, rtol=1e-12, atol=1e-12)
