@@ -531,12 +531,13 @@ static void tc_gemm_rows_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
 
 /* float32 -> bfloat16 bits, rounded to nearest even (ties to even, overflow to infinity,
  * subnormals kept), NaN as the quiet NaN of its sign: ml_dtypes' cast, bit for bit.
- * Branch-free so that the compiler vectorises it. */
-static void tc_round_bf16(const float *src, unsigned short *dst, Py_ssize_t n)
+ * Branch-free so that the compiler vectorises it; src elements `stride` apart. */
+static void tc_round_bf16(const float *src, Py_ssize_t stride, unsigned short *dst,
+                          Py_ssize_t n)
 {
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned int u;
-        memcpy(&u, src + i, 4);
+        memcpy(&u, src + i * stride, 4);
         unsigned int rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
         unsigned int nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
         dst[i] = (unsigned short)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);

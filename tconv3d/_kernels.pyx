@@ -131,7 +131,8 @@ cdef extern from "_gemm.h":
                            Py_ssize_t sap, const float *B, Py_ssize_t ldb, float **Cr,
                            Py_ssize_t coff) noexcept nogil
     int tc_bf16_supported() noexcept nogil
-    void tc_round_bf16(const float *src, uint16_t *dst, Py_ssize_t n) noexcept nogil
+    void tc_round_bf16(const float *src, Py_ssize_t stride, uint16_t *dst,
+                       Py_ssize_t n) noexcept nogil
     int tc_select_variant(int variant) noexcept nogil
     int tc_best_variant() noexcept nogil
 
@@ -517,7 +518,52 @@ def round_bfloat16(const float[::1] src, uint16_t[::1] dst, int num_threads):
                             num_threads=num_threads):
             first = block * ROUND_BLOCK
             count = ROUND_BLOCK if n - first > ROUND_BLOCK else n - first
-            tc_round_bf16(&src[first], &dst[first], count)
+            tc_round_bf16(&src[first], 1, &dst[first], count)
+
+
+def bfloat16_pairs(const uint16_t[:, :, :, :, :] x, uint16_t[:, :, :, :, ::1] out,
+                   Py_ssize_t groups, int num_threads):
+    """out[..., g*e + i] = x[..., g*c + i] for the c channels of each group (logical
+    (N, D, H, W, G*c) x, any strides), e = c rounded up to even, the padding channel 0:
+    the halves of tconv3d._bfloat16.bfloat16_pairs' words. Row by row, along x's inner axis."""
+    cdef Py_ssize_t nb = x.shape[0], nd = x.shape[1], nh = x.shape[2], nw = x.shape[3]
+    cdef Py_ssize_t c = x.shape[4] // groups, e = out.shape[4] // groups
+    cdef bint channels_inner = x.strides[4] <= x.strides[3]
+    cdef Py_ssize_t row, n, d, h, w, g, i
+    with nogil:
+        for row in prange(nb * nd * nh, schedule='static', num_threads=num_threads):
+            n = row // (nd * nh)
+            d = row // nh % nd
+            h = row % nh
+            for g in range(groups):
+                if e != c:
+                    for w in range(nw):
+                        out[n, d, h, w, g * e + c] = 0
+                if channels_inner:
+                    for w in range(nw):
+                        for i in range(c):
+                            out[n, d, h, w, g * e + i] = x[n, d, h, w, g * c + i]
+                else:
+                    for i in range(c):
+                        for w in range(nw):
+                            out[n, d, h, w, g * e + i] = x[n, d, h, w, g * c + i]
+
+
+def round_bfloat16_channels_first(const float[:, :, ::1] src, uint16_t[:, :, ::1] dst,
+                                  int num_threads):
+    """dst[n, c, s] = the bfloat16 bits of src[n, s, c] (round_bfloat16's rounding): a
+    channels-last result rounded into channels-first order, in blocks of 64 voxels."""
+    cdef Py_ssize_t batch = src.shape[0], voxels = src.shape[1], channels = src.shape[2]
+    cdef Py_ssize_t blocks = (voxels + 63) // 64, task, n, first, count, c
+    if batch * voxels * channels == 0:
+        return
+    with nogil:
+        for task in prange(batch * blocks, schedule='static', num_threads=num_threads):
+            n = task // blocks
+            first = task % blocks * 64
+            count = 64 if voxels - first > 64 else voxels - first
+            for c in range(channels):
+                tc_round_bf16(&src[n, first, c], channels, &dst[n, c, first], count)
 
 
 def activation_grad(const floating[::1] g, const floating[::1] y, floating[::1] out,

@@ -4,6 +4,7 @@ import dataclasses
 import numpy as np
 
 from . import _kernels, _threads
+from ._bfloat16 import bfloat16_pairs, rounded, runs_on_pairs
 from ._validation import (FROM_OUTPUT, as_array, check_allocation, check_bias_shape,
                           check_out, compute_dtype, is_bfloat16, make_geometry,
                           normalize_activation,
@@ -277,58 +278,22 @@ in_channels)
         check_allocation(geom.output_shape, computed, "output", copy=True)
     bias = None if bias is None else np.require(extra["bias"], computed, "CA")
     into = out if result == computed else None
-    if is_bfloat16(dtype) and _bf16_pairs_apply(geom):
-        words = _bf16_pairs(_logical(_operand(x, dtype), geom), geom.groups)
-        wt = pack_kernel(_bf16_pairs(_operand(kernel, dtype), geom.groups), computed,
+    if is_bfloat16(dtype) and runs_on_pairs(geom):
+        words = bfloat16_pairs(_logical(_operand(x, dtype), geom), geom.groups, num_threads)
+        wt = pack_kernel(bfloat16_pairs(_operand(kernel, dtype), geom.groups), computed,
                          geom.groups, num_threads)
-        y = _run_forward(words, wt, bias, dataclasses.replace(geom, in_channels=words.shape[-1]),
+        # a channels_first bfloat16 result: computed channels-last, rounded into place
+        transposed = result != computed and not geom.channels_last
+        y = _run_forward(words, wt, bias,
+                         dataclasses.replace(geom, in_channels=words.shape[-1],
+                                             channels_last=geom.channels_last or transposed),
                          num_threads, into, activation, bf16_pairs=True)
+        if transposed:
+            return rounded(y, result, out, num_threads, channels_first=True)
     else:
         y = forward_packed(x, pack_kernel(kernel, computed, geom.groups, num_threads), bias,
                            geom, num_threads, into, activation)
-    return _rounded(y, result, out, num_threads)
-
-
-def _bf16_pairs_apply(geom):
-    """Whether a bfloat16 forward runs on bfloat16 pairs (``_kernels.bf16_variant()``
-    "avx512_bf16"): on CPUs that have them, for every problem but the channel-wise ones
-    (one pair and one filter per group), which take no GEMM."""
-    pairs = -(-geom.in_channels // geom.groups // 2)
-    return (_kernels.bf16_variant() == "avx512_bf16"
-            and not (pairs == 1 and geom.filters == geom.groups))
-
-
-def _bf16_pairs(a, groups):
-    """The channels (last axis) of a bfloat16 array as 32-bit words of two consecutive
-    channels of a group (low half the even one; a zero channel ends a group of odd size),
-    C-contiguous and viewed as float32: the kernels move the words as they move floats,
-    and only the bfloat16 micro-kernel multiplies their halves."""
-    *lead, c = a.shape
-    per_group = c // groups
-    halves = np.zeros((*lead, groups, per_group + per_group % 2), np.uint16)
-    halves[..., :per_group] = a.view(np.uint16).reshape(*lead, groups, per_group)
-    return halves.view(np.float32).reshape(*lead, -1)
-
-
-def _rounded(y, dtype, out=None, num_threads=None):
-    """``y`` (float32 sums of bfloat16 operands) as ``dtype``, into ``out`` if given:
-    each element rounded once, to nearest even (ml_dtypes' cast; compiled and parallel
-    for a C-contiguous ``y``, 10x faster than it)."""
-    if y.dtype == dtype:
-        return y
-    if not (is_bfloat16(dtype) and y.dtype == np.float32 and y.flags.c_contiguous):
-        if out is None:
-            return y.astype(dtype)
-        out[...] = y
-        return out
-    direct = out is not None and out.flags.c_contiguous
-    rounded = out if direct else np.empty(y.shape, dtype)
-    _kernels.round_bfloat16(y.reshape(-1), rounded.view(np.uint16).reshape(-1),
-                            _threads.team_size(normalize_num_threads(num_threads), y.size))
-    if out is None or direct:
-        return rounded
-    out[...] = rounded
-    return out
+    return rounded(y, result, out, num_threads)
 
 
 def _by_group(kernel, groups):
@@ -544,7 +509,7 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     if "bias" in compute and use_bias:
         grad_bias = np.empty(geom.filters, dtype=dtype) if buffers[2] is None else buffers[2]
         _kernels.grad_bias(g, grad_bias, geom, _element_strides(g), num_threads)
-    return tuple(None if grad is None else _rounded(grad, result, buffer, num_threads)
+    return tuple(None if grad is None else rounded(grad, result, buffer, num_threads)
                  for grad, buffer in zip((grad_input, grad_kernel, grad_bias), targets))
 
 

@@ -349,3 +349,38 @@ def test_keras_mixed_bfloat16_runs_on_tconv3d(keras, torch):
     expected = tconv3d.conv_transpose3d(x16, w, bias, strides=2, padding="same")
     assert torch.equal(y, torch.from_numpy(expected).to(torch.bfloat16))
     torch.testing.assert_close(y.float(), stock(x).float(), rtol=2 ** -7, atol=1e-2)
+
+
+# --- the compiled conversions ---------------------------------------------------------------
+def test_rounding_is_ml_dtypes_cast_bit_for_bit(rng):
+    """Every class of float32: random bit patterns (NaNs with payloads, infinities,
+    subnormals, ties), rounded by the compiled kernel in both output orders."""
+    bits = rng.integers(0, 2 ** 32, size=(2, 3, 4, 5, 7), dtype=np.uint64).astype(np.uint32)
+    bits.flat[:6] = [0x7F7F8000, 0x3F808000, 0x3F818000, 0x00008000, 0x7FA12345, 0xFF800001]
+    y = bits.view(np.float32)
+    with np.errstate(invalid="ignore"):
+        expected = y.astype(BF16)
+    from tconv3d._bfloat16 import rounded
+    mine = rounded(y, BF16, num_threads=2)
+    assert np.array_equal(mine.view(np.uint16), expected.view(np.uint16))
+    mine_cf = rounded(y, BF16, num_threads=2, channels_first=True)
+    assert np.array_equal(mine_cf.view(np.uint16),
+                          np.moveaxis(expected, -1, 1).view(np.uint16))
+
+
+@pytest.mark.parametrize("groups,channels", [(1, 4), (1, 5), (3, 9), (2, 2)])
+@pytest.mark.parametrize("layout", ["channels_last", "channels_first", "reversed"])
+def test_pairs_hold_each_groups_channels_then_a_zero(rng, groups, channels, layout):
+    from tconv3d._bfloat16 import bfloat16_pairs
+    x = rng.standard_normal((2, 3, 4, 5, channels)).astype(BF16)
+    if layout == "channels_first":
+        x = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, -1, 1)), 1, -1)
+    elif layout == "reversed":
+        x = x[:, ::-1, :, ::-1]
+    words = bfloat16_pairs(x, groups, num_threads=2)
+    per_group = channels // groups
+    halves = words.view(np.uint16).reshape(*x.shape[:4], groups, -1)
+    assert halves.shape[-1] == per_group + per_group % 2
+    expected = x.view(np.uint16).reshape(*x.shape[:4], groups, per_group)
+    assert np.array_equal(halves[..., :per_group], expected)
+    assert not halves[..., per_group:].any()

@@ -1,0 +1,61 @@
+"""bfloat16 operands around the compiled kernels: the pairs of channels the AVX512_BF16
+forward multiplies, and the one rounding of float32 results to bfloat16. The dtype rule
+itself is :func:`tconv3d._validation.working_dtype` / ``compute_dtype``; :mod:`tconv3d._ops`
+decides where these run."""
+import numpy as np
+
+from . import _kernels, _threads
+from ._validation import is_bfloat16, normalize_num_threads
+
+
+def runs_on_pairs(geom):
+    """Whether a bfloat16 forward runs on bfloat16 pairs (``_kernels.bf16_variant()``
+    "avx512_bf16"): on CPUs that have them, for every problem but the channel-wise ones
+    (one pair and one filter per group), which take no GEMM."""
+    pairs = -(-geom.in_channels // geom.groups // 2)
+    return (_kernels.bf16_variant() == "avx512_bf16"
+            and not (pairs == 1 and geom.filters == geom.groups))
+
+
+def bfloat16_pairs(a, groups, num_threads=1):
+    """The channels (last axis) of a bfloat16 array as 32-bit words of two consecutive
+    channels of a group (low half the even one; a zero channel ends a group of odd size),
+    C-contiguous and viewed as float32: the kernels move the words as they move floats,
+    and only the bfloat16 micro-kernel multiplies their halves. ``a`` is 5-D (the logical
+    input) or the kernel, of any strides."""
+    *lead, c = a.shape
+    per_group = c // groups
+    halves = np.empty((*lead, groups * (per_group + per_group % 2)), np.uint16)
+    _kernels.bfloat16_pairs(a.view(np.uint16).reshape(-1, *a.shape[-4:]),
+                            halves.reshape(-1, *halves.shape[-4:]), groups,
+                            _threads.team_size(num_threads, a.size))
+    return halves.view(np.float32)
+
+
+def rounded(y, dtype, out=None, num_threads=None, channels_first=False):
+    """``y`` (float32 sums of bfloat16 operands) as ``dtype``, into ``out`` if given:
+    each element rounded once, to nearest even (ml_dtypes' cast; compiled and parallel
+    for a C-contiguous ``y``, 10x faster than it). ``channels_first``: ``y`` is
+    channels-last and the result channels-first."""
+    if y.dtype == dtype:
+        return y
+    shape = (y.shape[0], y.shape[-1], *y.shape[1:-1]) if channels_first else y.shape
+    if not (is_bfloat16(dtype) and y.dtype == np.float32 and y.flags.c_contiguous):
+        y = np.moveaxis(y, -1, 1) if channels_first else y
+        if out is None:
+            return y.astype(dtype)
+        out[...] = y
+        return out
+    direct = out is not None and out.flags.c_contiguous
+    rounded = out if direct else np.empty(shape, dtype)
+    threads = _threads.team_size(normalize_num_threads(num_threads), y.size)
+    if channels_first:
+        n, f = shape[:2]
+        _kernels.round_bfloat16_channels_first(
+            y.reshape(n, -1, f), rounded.view(np.uint16).reshape(n, f, -1), threads)
+    else:
+        _kernels.round_bfloat16(y.reshape(-1), rounded.view(np.uint16).reshape(-1), threads)
+    if out is None or direct:
+        return rounded
+    out[...] = rounded
+    return out
