@@ -139,9 +139,9 @@ BFLOAT16_CASE = (2, 32, 32, 16)   # batch, in, out channels, input size: k3 s2 p
 
 def run_bfloat16(threads, repeat=7, out=sys.stdout):
     """bfloat16 tensors: ``tconv3d.torch.ConvTranspose3d`` against
-    ``torch.nn.ConvTranspose3d`` in bfloat16 (both memory formats), and tconv3d's own
-    float32 time, forward and forward+backward, on ``same_k3s2``'s shape. Returns a dict of
-    ms (empty without PyTorch)."""
+    ``torch.nn.ConvTranspose3d`` in bfloat16, both in both memory formats, and tconv3d's
+    own float32 time (NCDHW), forward and forward+backward, on ``same_k3s2``'s shape.
+    Returns a dict of ms (empty without PyTorch)."""
     try:
         import torch
 
@@ -155,10 +155,12 @@ def run_bfloat16(threads, repeat=7, out=sys.stdout):
     ours = ConvTranspose3d(cin, cout, 3, stride=2, padding=1, output_padding=1)
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(n, cin, size, size, size)
-    contenders = (("torch_ncdhw", ref, torch.bfloat16, torch.contiguous_format),
-                  ("torch_cl3d", ref, torch.bfloat16, torch.channels_last_3d),
-                  ("tconv3d", ours, torch.bfloat16, torch.contiguous_format),
-                  ("tconv3d_float32", ours, torch.float32, torch.contiguous_format))
+    ncdhw, cl3d = torch.contiguous_format, torch.channels_last_3d
+    contenders = (("torch_ncdhw", ref, torch.bfloat16, ncdhw),
+                  ("torch_cl3d", ref, torch.bfloat16, cl3d),
+                  ("tconv3d_ncdhw", ours, torch.bfloat16, ncdhw),
+                  ("tconv3d_cl3d", ours, torch.bfloat16, cl3d),
+                  ("tconv3d_float32", ours, torch.float32, ncdhw))
     timed = {}
     for name, module, dtype, memory_format in contenders:
         module = copy.deepcopy(module).to(dtype=dtype, memory_format=memory_format)
@@ -175,16 +177,18 @@ def run_bfloat16(threads, repeat=7, out=sys.stdout):
         timed[f"{name}_fwd"] = forward
         timed[f"{name}_fwdbwd"] = forward_backward
     row = {f"{key}_ms": ms for key, ms in interleaved_medians(timed, repeat).items()}
-    for phase in ("fwd", "fwdbwd"):
-        row[f"ratio_{phase}"] = row[f"tconv3d_{phase}_ms"] / min(
-            row[f"torch_ncdhw_{phase}_ms"], row[f"torch_cl3d_{phase}_ms"])
+    for phase in ("fwd", "fwdbwd"):   # each library's faster memory format
+        row[f"ratio_{phase}"] = (min(row[f"tconv3d_{f}_{phase}_ms"] for f in ("ncdhw", "cl3d"))
+                                 / min(row[f"torch_{f}_{phase}_ms"] for f in ("ncdhw", "cl3d")))
     print(f"bfloat16 ({n}, {cin}->{cout}, {size}^3, k3 s2 p1 op1, {threads} thr) ms, fwd / "
           f"fwd+bwd: torch NCDHW {row['torch_ncdhw_fwd_ms']:.2f} / "
           f"{row['torch_ncdhw_fwdbwd_ms']:.2f}, torch channels_last_3d "
-          f"{row['torch_cl3d_fwd_ms']:.2f} / {row['torch_cl3d_fwdbwd_ms']:.2f}, tconv3d "
-          f"{row['tconv3d_fwd_ms']:.2f} / {row['tconv3d_fwdbwd_ms']:.2f} (its float32 "
+          f"{row['torch_cl3d_fwd_ms']:.2f} / {row['torch_cl3d_fwdbwd_ms']:.2f}, tconv3d NCDHW "
+          f"{row['tconv3d_ncdhw_fwd_ms']:.2f} / {row['tconv3d_ncdhw_fwdbwd_ms']:.2f}, "
+          f"channels_last_3d {row['tconv3d_cl3d_fwd_ms']:.2f} / "
+          f"{row['tconv3d_cl3d_fwdbwd_ms']:.2f} (its float32 NCDHW "
           f"{row['tconv3d_float32_fwd_ms']:.2f} / {row['tconv3d_float32_fwdbwd_ms']:.2f}); "
-          f"ratio to torch's faster bfloat16 fwd {row['ratio_fwd']:.2f}, fwd+bwd "
+          f"ratio of the faster formats fwd {row['ratio_fwd']:.2f}, fwd+bwd "
           f"{row['ratio_fwdbwd']:.2f}", file=out, flush=True)
     return row
 

@@ -544,6 +544,15 @@ static void tc_round_bf16(const float *src, Py_ssize_t stride, unsigned short *d
     }
 }
 
+/* bfloat16 bits -> float32, exactly (the 16 bits become the high half). */
+static void tc_widen_bf16(const unsigned short *src, float *dst, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned int u = (unsigned int)src[i] << 16;
+        memcpy(dst + i, &u, 4);
+    }
+}
+
 /* Variants: 0 = baseline, 1 = AVX2+FMA, 2 = AVX-512 (named in _kernels.pyx, SIMD_VARIANTS). */
 static tc_gemm_f32_t tc_gemm_f32 = tc_gemm_f32_base;
 static tc_gemm_f64_t tc_gemm_f64 = tc_gemm_f64_base;

@@ -133,6 +133,7 @@ cdef extern from "_gemm.h":
     int tc_bf16_supported() noexcept nogil
     void tc_round_bf16(const float *src, Py_ssize_t stride, uint16_t *dst,
                        Py_ssize_t n) noexcept nogil
+    void tc_widen_bf16(const uint16_t *src, float *dst, Py_ssize_t n) noexcept nogil
     int tc_select_variant(int variant) noexcept nogil
     int tc_best_variant() noexcept nogil
 
@@ -359,7 +360,7 @@ cdef Py_ssize_t CHUNK_BUFFER_BYTES = 64 * 1024 * 1024
 cdef Py_ssize_t MIN_CHUNK_VOXELS = 256
 # Elements of the kernel gradient the final reduction over chunks takes at a time.
 cdef Py_ssize_t REDUCE_BLOCK = 1024
-# Elements round_bfloat16 rounds at a time.
+# Elements round_bfloat16 and widen_bfloat16 convert at a time.
 cdef Py_ssize_t ROUND_BLOCK = 1 << 16
 # The forward of layers with tap matrices of at least this many bytes works in blocks of
 # up to MAX_BLOCK_ROWS output rows (_conv_transpose_blocked).
@@ -519,6 +520,20 @@ def round_bfloat16(const float[::1] src, uint16_t[::1] dst, int num_threads):
             first = block * ROUND_BLOCK
             count = ROUND_BLOCK if n - first > ROUND_BLOCK else n - first
             tc_round_bf16(&src[first], 1, &dst[first], count)
+
+
+def widen_bfloat16(const uint16_t[::1] src, float[::1] dst, int num_threads):
+    """dst = the float32 values of the bfloat16 bits src (exact), in blocks of
+    ROUND_BLOCK elements."""
+    cdef Py_ssize_t block, n = src.shape[0], first, count
+    if n == 0:
+        return
+    with nogil:
+        for block in prange((n + ROUND_BLOCK - 1) // ROUND_BLOCK, schedule='static',
+                            num_threads=num_threads):
+            first = block * ROUND_BLOCK
+            count = ROUND_BLOCK if n - first > ROUND_BLOCK else n - first
+            tc_widen_bf16(&src[first], &dst[first], count)
 
 
 def bfloat16_pairs(const uint16_t[:, :, :, :, :] x, uint16_t[:, :, :, :, ::1] out,

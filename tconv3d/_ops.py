@@ -4,7 +4,7 @@ import dataclasses
 import numpy as np
 
 from . import _kernels, _threads
-from ._bfloat16 import bfloat16_pairs, rounded, runs_on_pairs
+from ._bfloat16 import bfloat16_pairs, rounded, runs_on_pairs, widened
 from ._validation import (FROM_OUTPUT, as_array, check_allocation, check_bias_shape,
                           check_out, compute_dtype, is_bfloat16, make_geometry,
                           normalize_activation,
@@ -101,7 +101,11 @@ def _needs_copy(a, dtype):
 
 def _operand(a, dtype):
     """The array in the working dtype; copies only to cast or to fix unaligned strides."""
-    return np.array(a, dtype=dtype) if _needs_copy(a, dtype) else a
+    if not _needs_copy(a, dtype):
+        return a
+    if is_bfloat16(a.dtype) and dtype == np.float32 and a.flags.aligned:
+        return widened(a)
+    return np.array(a, dtype=dtype)
 
 
 def _check_copies(dtype, *operands):

@@ -368,6 +368,18 @@ def test_rounding_is_ml_dtypes_cast_bit_for_bit(rng):
                           np.moveaxis(expected, -1, 1).view(np.uint16))
 
 
+@pytest.mark.parametrize("layout", ["C", "F", "reversed", "channels_first view"])
+def test_widening_is_exact_in_any_layout(rng, layout):
+    from tconv3d._bfloat16 import widened
+    a = rng.integers(0, 2 ** 16, size=(2, 3, 4, 5, 7)).astype(np.uint16).view(BF16)
+    a = {"C": a, "F": np.asfortranarray(a), "reversed": a[:, ::-1],
+         "channels_first view": np.moveaxis(a, -1, 1)}[layout]
+    wide = widened(a, num_threads=2)
+    assert wide.dtype == np.float32 and wide.shape == a.shape
+    # every bit pattern, NaN payloads included, becomes the high half of a float32
+    assert np.array_equal(wide.view(np.uint32), a.view(np.uint16).astype(np.uint32) << 16)
+
+
 @pytest.mark.parametrize("groups,channels", [(1, 4), (1, 5), (3, 9), (2, 2)])
 @pytest.mark.parametrize("layout", ["channels_last", "channels_first", "reversed"])
 def test_pairs_hold_each_groups_channels_then_a_zero(rng, groups, channels, layout):
