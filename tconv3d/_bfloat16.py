@@ -33,29 +33,21 @@ def bfloat16_pairs(a, groups, num_threads=1):
     return halves.view(np.float32)
 
 
-def rounded(y, dtype, out=None, num_threads=None, channels_first=False):
+def rounded(y, dtype, out=None, num_threads=None):
     """``y`` (float32 sums of bfloat16 operands) as ``dtype``, into ``out`` if given:
     each element rounded once, to nearest even (ml_dtypes' cast; compiled and parallel
-    for a C-contiguous ``y``, 10x faster than it). ``channels_first``: ``y`` is
-    channels-last and the result channels-first."""
+    for a C-contiguous ``y``, 10x faster than it)."""
     if y.dtype == dtype:
         return y
-    shape = (y.shape[0], y.shape[-1], *y.shape[1:-1]) if channels_first else y.shape
     if not (is_bfloat16(dtype) and y.dtype == np.float32 and y.flags.c_contiguous):
-        y = np.moveaxis(y, -1, 1) if channels_first else y
         if out is None:
             return y.astype(dtype)
         out[...] = y
         return out
     direct = out is not None and out.flags.c_contiguous
-    rounded = out if direct else np.empty(shape, dtype)
-    threads = _threads.team_size(normalize_num_threads(num_threads), y.size)
-    if channels_first:
-        n, f = shape[:2]
-        _kernels.round_bfloat16_channels_first(
-            y.reshape(n, -1, f), rounded.view(np.uint16).reshape(n, f, -1), threads)
-    else:
-        _kernels.round_bfloat16(y.reshape(-1), rounded.view(np.uint16).reshape(-1), threads)
+    rounded = out if direct else np.empty(y.shape, dtype)
+    _kernels.round_bfloat16(y.reshape(-1), rounded.view(np.uint16).reshape(-1),
+                            _threads.team_size(normalize_num_threads(num_threads), y.size))
     if out is None or direct:
         return rounded
     out[...] = rounded

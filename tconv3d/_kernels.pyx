@@ -564,23 +564,6 @@ def bfloat16_pairs(const uint16_t[:, :, :, :, :] x, uint16_t[:, :, :, :, ::1] ou
                             out[n, d, h, w, g * e + i] = x[n, d, h, w, g * c + i]
 
 
-def round_bfloat16_channels_first(const float[:, :, ::1] src, uint16_t[:, :, ::1] dst,
-                                  int num_threads):
-    """dst[n, c, s] = the bfloat16 bits of src[n, s, c] (round_bfloat16's rounding): a
-    channels-last result rounded into channels-first order, in blocks of 64 voxels."""
-    cdef Py_ssize_t batch = src.shape[0], voxels = src.shape[1], channels = src.shape[2]
-    cdef Py_ssize_t blocks = (voxels + 63) // 64, task, n, first, count, c
-    if batch * voxels * channels == 0:
-        return
-    with nogil:
-        for task in prange(batch * blocks, schedule='static', num_threads=num_threads):
-            n = task // blocks
-            first = task % blocks * 64
-            count = 64 if voxels - first > 64 else voxels - first
-            for c in range(channels):
-                tc_round_bf16(&src[n, first, c], channels, &dst[n, c, first], count)
-
-
 def activation_grad(const floating[::1] g, const floating[::1] y, floating[::1] out,
                     int act, floating alpha, int num_threads):
     """out = g * activation'(z), from the activation's output y = activation(z) (codes of
@@ -602,6 +585,23 @@ def activation_grad(const floating[::1] g, const floating[::1] y, floating[::1] 
                 out[i] = g[i]
 
 
+cdef void _store_bf16(const float *acc, Py_ssize_t nb, Py_ssize_t cout, uint16_t *dst,
+                      Py_ssize_t s_b, Py_ssize_t s_c) noexcept nogil:
+    """dst[b*s_b + c*s_c] = acc[b*cout + c] rounded to bfloat16 (tc_round_bf16), along
+    whichever of dst's axes is contiguous."""
+    cdef Py_ssize_t b, c
+    if s_c == 1:
+        for b in range(nb):
+            tc_round_bf16(acc + b * cout, 1, dst + b * s_b, cout)
+    elif s_b == 1:
+        for c in range(cout):
+            tc_round_bf16(acc + c, cout, dst + c * s_c, nb)
+    else:
+        for b in range(nb):
+            for c in range(cout):
+                tc_round_bf16(acc + b * cout + c, 1, dst + b * s_b + c * s_c, 1)
+
+
 # ----------------------------------------------------------------------------- forward
 
 cdef int _conv_transpose(const Problem *p,
@@ -611,6 +611,8 @@ cdef int _conv_transpose(const Problem *p,
                          const floating *wt,    # IN  (kd, kh, kw, G, Cin, Cout), matrices in panels
                          const floating *bias,  # IN  (G*Cout,) or NULL
                          floating *y,           # OUT logical (N, OD, OH, OW, G*Cout), strides p.ys
+                         uint16_t *y16,         # OUT instead of y when not NULL (pairs only):
+                                                #     y rounded to bfloat16 (_store_bf16)
                          int act, floating alpha,  # IN  fused activation (_activate)
                          int num_threads) noexcept nogil:
     # Each thread takes whole output rows, and in each row every group in turn (the
@@ -618,8 +620,9 @@ cdef int _conv_transpose(const Problem *p,
     cdef Py_ssize_t cin = p.cin, cout = p.cout, ow_n = p.n_out[2], sw = p.s[2]
     cdef Py_ssize_t rows = p.batch * p.n_out[0] * p.n_out[1]
     cdef Py_ssize_t row, grp, run, o0, nb, b, e, td, th, co, ldc, seg, u, nbat
-    cdef bint direct = p.ys[4] == 1 and not (cin == 1 and cout == 1)
+    cdef bint direct = p.ys[4] == 1 and not (cin == 1 and cout == 1) and y16 == NULL
     cdef Py_ssize_t max_batch = p.k[0] * p.k[1]
+    cdef Py_ssize_t yoff
     cdef const floating **arows = NULL   # per thread: one segment's products
     cdef const floating **btaps = NULL
     # Depthwise: all groups at once, the channels as vectors (rows of other layouts are
@@ -689,8 +692,9 @@ cdef int _conv_transpose(const Problem *p,
                 for run in range(runs.count):
                     o0 = run * runs.length
                     nb = runs.length if ow_n - o0 > runs.length else ow_n - o0
-                    yp = (y + _row_offset(p.ys, r.n, r.d, r.h) + o0 * p.ys[3]
-                          + grp * cout * p.ys[4])
+                    yoff = (_row_offset(p.ys, r.n, r.d, r.h) + o0 * p.ys[3]
+                            + grp * cout * p.ys[4])
+                    yp = y + yoff
                     # With contiguous output channels the GEMMs accumulate straight into
                     # y (outputs ldc apart); otherwise into acc, stored afterwards.
                     if direct:
@@ -739,7 +743,9 @@ cdef int _conv_transpose(const Problem *p,
                     _activate(cbuf, nb, ldc, cout, act, alpha)
                     if direct:
                         continue
-                    if cout == 1:  # no per-voxel inner loop (GCC would call memcpy)
+                    if floating is float and y16 != NULL:
+                        _store_bf16(acc, nb, cout, y16 + yoff, p.ys[3], p.ys[4])
+                    elif cout == 1:  # no per-voxel inner loop (GCC would call memcpy)
                         for b in range(nb):
                             yp[b * p.ys[3]] = acc[b]
                     else:  # strided channels (channels_first): channel by channel
@@ -790,8 +796,8 @@ cdef inline floating *_block_out(const Problem *p, floating *y, floating *acc, P
                                  Py_ssize_t run_length, Py_ssize_t o0, Py_ssize_t grp,
                                  const Row *r) noexcept nogil:
     """Where outputs o0... of row r (the rr-th of its block) accumulate: y itself when its
-    channels are contiguous, else the row's part of acc."""
-    if p.ys[4] == 1:
+    channels are contiguous (and y is not NULL), else the row's part of acc."""
+    if p.ys[4] == 1 and y != NULL:
         return y + _row_offset(p.ys, r.n, r.d, r.h) + o0 * p.ys[3] + grp * p.cout
     return acc + rr * run_length * p.cout
 
@@ -802,6 +808,7 @@ cdef int _conv_transpose_blocked(const Problem *p,
                                  const floating *wt,
                                  const floating *bias,
                                  floating *y,           # OUT as _conv_transpose's
+                                 uint16_t *y16,         # OUT as _conv_transpose's
                                  int act, floating alpha,
                                  Py_ssize_t block_rows,
                                  int num_threads) noexcept nogil:
@@ -813,10 +820,12 @@ cdef int _conv_transpose_blocked(const Problem *p,
     cdef Py_ssize_t cin = p.cin, cout = p.cout, ow_n = p.n_out[2], sw = p.s[2]
     cdef Py_ssize_t groups = p.groups, rows = p.batch * p.n_out[0] * p.n_out[1]
     cdef Py_ssize_t blocks = (rows + block_rows - 1) // block_rows
-    cdef Py_ssize_t ldc = p.ys[3] if p.ys[4] == 1 else cout
+    cdef Py_ssize_t ldc = p.ys[3] if p.ys[4] == 1 and y16 == NULL else cout
+    cdef Py_ssize_t yoff
     cdef Py_ssize_t blk, row, first, last, grp, run, o0, nb, b, e, jd, jh, i_d, i_h, co, t, m
     cdef Row r
     cdef floating *acc = NULL
+    cdef floating *direct_y = y if y16 == NULL else NULL   # NULL: every block via acc
     cdef const floating **arows = NULL   # per thread: a block's rows of one GEMM
     cdef floating **crows = NULL
     cdef floating *cbuf
@@ -849,7 +858,7 @@ cdef int _conv_transpose_blocked(const Problem *p,
                     nb = runs.length if ow_n - o0 > runs.length else ow_n - o0
                     for row in range(first, last):
                         _split_row(&r, row, p.n_out)
-                        cbuf = _block_out(p, y, acc, row - first, runs.length, o0, grp, &r)
+                        cbuf = _block_out(p, direct_y, acc, row - first, runs.length, o0, grp, &r)
                         for b in range(nb):
                             if bg == NULL:
                                 memset(cbuf + b * ldc, 0, cout * sizeof(floating))
@@ -869,7 +878,7 @@ cdef int _conv_transpose_blocked(const Problem *p,
                                         continue
                                     xrow = (x + _row_offset(p.xs, r.n, i_d, i_h)
                                             + grp * cin * p.xs[4])
-                                    cbuf = _block_out(p, y, acc, row - first, runs.length,
+                                    cbuf = _block_out(p, direct_y, acc, row - first, runs.length,
                                                       o0, grp, &r)
                                     for t in range(runs.hi[e] - runs.lo[e]):
                                         arows[m] = xrow + (runs.lo[e] + t) * p.xs[3]
@@ -882,12 +891,16 @@ cdef int _conv_transpose_blocked(const Problem *p,
                                     p.bf16_pairs)
                     for row in range(first, last):
                         _split_row(&r, row, p.n_out)
-                        cbuf = _block_out(p, y, acc, row - first, runs.length, o0, grp, &r)
+                        cbuf = _block_out(p, direct_y, acc, row - first, runs.length, o0, grp, &r)
                         _activate(cbuf, nb, ldc, cout, act, alpha)
+                        yoff = (_row_offset(p.ys, r.n, r.d, r.h) + o0 * p.ys[3]
+                                + grp * cout * p.ys[4])
+                        if floating is float and y16 != NULL:
+                            _store_bf16(cbuf, nb, cout, y16 + yoff, p.ys[3], p.ys[4])
+                            continue
                         if p.ys[4] == 1:
                             continue
-                        yp = (y + _row_offset(p.ys, r.n, r.d, r.h) + o0 * p.ys[3]
-                              + grp * cout * p.ys[4])
+                        yp = y + yoff
                         for co in range(cout):  # strided channels: channel by channel
                             for b in range(nb):
                                 yp[b * p.ys[3] + co * p.ys[4]] = cbuf[b * cout + co]
@@ -900,17 +913,23 @@ cdef int _conv_transpose_blocked(const Problem *p,
 def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
             const floating[::1] bias, floating[:, :, :, :, :] y, geometry,
             tuple x_strides, tuple y_strides, int num_threads, int activation=0,
-            double alpha=0.0, bint bf16_pairs=False):
+            double alpha=0.0, bint bf16_pairs=False, uint16_t[:, :, :, :, :] y_bf16=None):
     """y = activation(conv_transpose3d(x, wt, bias)), bias None for none, activation a
     code of FUSED_ACTIVATIONS; see the module comment. With `bf16_pairs` (float32 arrays,
     bf16_variant() "avx512_bf16"), x and wt hold bfloat16 pairs of channels (geometry's
-    in_channels counts the pairs) and the problem is not a channel-wise one."""
+    in_channels counts the pairs) and the problem is not a channel-wise one; then the
+    result may go to y_bf16 instead (y None, y_strides its strides), rounded to bfloat16
+    as each block of outputs is complete."""
     cdef Problem p = _problem(geometry, x_strides, y_strides)
     if bf16_pairs and (floating is not float or not tc_bf16_supported() or _depthwise(&p)
                        or (p.cin == 1 and p.cout == 1)):
         raise ValueError("tconv3d: bfloat16 pairs need float32 words, a CPU with "
                          "AVX512_BF16 and a GEMM-shaped problem")
     p.bf16_pairs = bf16_pairs
+    if (y is None) == (y_bf16 is None) or (y_bf16 is not None and not bf16_pairs):
+        raise ValueError("tconv3d: one output, y or (with bfloat16 pairs) y_bf16")
+    cdef floating *y_ptr = NULL if y is None else &y[0, 0, 0, 0, 0]
+    cdef uint16_t *y16_ptr = NULL if y_bf16 is None else &y_bf16[0, 0, 0, 0, 0]
     cdef Py_ssize_t block_rows = _block_rows(&p, sizeof(floating), p.batch * p.n_out[0]
                                              * p.n_out[1], num_threads)
     cdef const floating *bias_ptr = NULL
@@ -930,12 +949,12 @@ def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
                 with nogil:
                     status = _conv_transpose_blocked(
                         &p, &runs, &x[0, 0, 0, 0, 0], &wt[0, 0, 0, 0, 0], bias_ptr,
-                        &y[0, 0, 0, 0, 0], activation, <floating> alpha, block_rows,
+                        y_ptr, y16_ptr, activation, <floating> alpha, block_rows,
                         num_threads)
             else:
                 with nogil:
                     status = _conv_transpose(&p, &ph, &runs, &x[0, 0, 0, 0, 0],
-                                             &wt[0, 0, 0, 0, 0], bias_ptr, &y[0, 0, 0, 0, 0],
+                                             &wt[0, 0, 0, 0, 0], bias_ptr, y_ptr, y16_ptr,
                                              activation, <floating> alpha, num_threads)
         finally:
             _free_runs(&runs)

@@ -286,17 +286,16 @@ in_channels)
         words = bfloat16_pairs(_logical(_operand(x, dtype), geom), geom.groups, num_threads)
         wt = pack_kernel(bfloat16_pairs(_operand(kernel, dtype), geom.groups), computed,
                          geom.groups, num_threads)
-        # a channels_first bfloat16 result: computed channels-last, rounded into place
-        transposed = result != computed and not geom.channels_last
-        y = _run_forward(words, wt, bias,
-                         dataclasses.replace(geom, in_channels=words.shape[-1],
-                                             channels_last=geom.channels_last or transposed),
-                         num_threads, into, activation, bf16_pairs=True)
-        if transposed:
-            return rounded(y, result, out, num_threads, channels_first=True)
-    else:
-        y = forward_packed(x, pack_kernel(kernel, computed, geom.groups, num_threads), bias,
-                           geom, num_threads, into, activation)
+        pairs_geom = dataclasses.replace(geom, in_channels=words.shape[-1])
+        if result == computed:   # the float32 sums
+            return _run_forward(words, wt, bias, pairs_geom, num_threads, into, activation,
+                                bf16_pairs=True)
+        # rounded to bfloat16 by the kernels as each block of outputs is complete
+        y = np.empty(geom.output_shape, result) if out is None else out
+        return _run_forward(words, wt, bias, pairs_geom, num_threads, None, activation,
+                            bf16_pairs=True, bf16_out=y)
+    y = forward_packed(x, pack_kernel(kernel, computed, geom.groups, num_threads), bias,
+                       geom, num_threads, into, activation)
     return rounded(y, result, out, num_threads)
 
 
@@ -337,16 +336,22 @@ def forward_packed(x, wt, bias, geom, num_threads, out=None, activation=("linear
                         out, activation)
 
 
-def _run_forward(x_logical, wt, bias, geom, num_threads, out, activation, bf16_pairs=False):
+def _run_forward(x_logical, wt, bias, geom, num_threads, out, activation, bf16_pairs=False,
+                 bf16_out=None):
     """The compiled forward on the logical (N, D, H, W, C) ``x`` in ``wt``'s dtype, into
     ``out`` or a new array in ``geom``'s layout; ``bf16_pairs``: ``x`` and ``wt`` are
-    made of :func:`_bf16_pairs` words, which ``geom.in_channels`` counts."""
-    y = np.empty(geom.output_shape, dtype=wt.dtype) if out is None else out
-    y_logical = _logical(y, geom)
+    made of :func:`~tconv3d._bfloat16.bfloat16_pairs` words, which ``geom.in_channels``
+    counts, and the result may be rounded into the bfloat16 array ``bf16_out`` instead."""
+    if bf16_out is None:
+        y = np.empty(geom.output_shape, dtype=wt.dtype) if out is None else out
+        y_logical, y_bf16, strides_of = _logical(y, geom), None, _logical(y, geom)
+    else:
+        y, y_logical = bf16_out, None
+        y_bf16 = strides_of = _logical(bf16_out.view(np.uint16), geom)
     name, alpha = activation
     _kernels.forward(x_logical, wt, bias, y_logical, geom, _element_strides(x_logical),
-                     _element_strides(y_logical), _threads_for(num_threads, geom),
-                     _kernels.FUSED_ACTIVATIONS.index(name), alpha, bf16_pairs)
+                     _element_strides(strides_of), _threads_for(num_threads, geom),
+                     _kernels.FUSED_ACTIVATIONS.index(name), alpha, bf16_pairs, y_bf16=y_bf16)
     return y
 
 

@@ -186,9 +186,9 @@ def test_each_task_runs_the_kernel_on_num_threads(rng, monkeypatch):
     calls = []
     forward = _kernels.forward
 
-    def spy(*args):
+    def spy(*args, **kwargs):
         calls.append(args[7])
-        return forward(*args)
+        return forward(*args, **kwargs)
 
     monkeypatch.setattr(_kernels, "forward", spy)
     x = rng.standard_normal((2, 6, 6, 6, 3))

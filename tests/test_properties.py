@@ -360,9 +360,10 @@ class _RecordingKernels:
         if name not in ("forward", "grad_input", "grad_kernel", "grad_bias"):
             return target
 
-        def record(*args):
-            self.seen += [(name, a) for a in args if isinstance(a, np.ndarray)]
-            return target(*args)
+        def record(*args, **kwargs):
+            self.seen += [(name, a) for a in (*args, *kwargs.values())
+                          if isinstance(a, np.ndarray)]
+            return target(*args, **kwargs)
         return record
 
 
