@@ -9,13 +9,16 @@ from . import _kernels, _threads
 from ._validation import is_bfloat16, normalize_num_threads
 
 
-def runs_on_pairs(geom):
-    """Whether a bfloat16 forward runs on bfloat16 pairs (``_kernels.bf16_variant()``
-    "avx512_bf16"): on CPUs that have them, for every problem but the channel-wise ones
-    (one pair and one filter per group), which take no GEMM."""
-    pairs = -(-geom.in_channels // geom.groups // 2)
+def runs_on_pairs(geom, gradient=False):
+    """Whether a bfloat16 forward (``gradient``: input gradient) runs on bfloat16 pairs
+    (``_kernels.bf16_variant()`` "avx512_bf16"): on CPUs that have them, for every problem
+    but the channel-wise ones (one pair and one output channel per group), which take no
+    GEMM. The forward sums over input channels, the input gradient over filters."""
+    summed, kept = (geom.filters, geom.in_channels) if gradient else \
+        (geom.in_channels, geom.filters)
+    pairs = -(-summed // geom.groups // 2)
     return (_kernels.bf16_variant() == "avx512_bf16"
-            and not (pairs == 1 and geom.filters == geom.groups))
+            and not (pairs == 1 and kept == geom.groups))
 
 
 def bfloat16_pairs(a, groups, num_threads=1):
@@ -31,6 +34,20 @@ def bfloat16_pairs(a, groups, num_threads=1):
                             halves.reshape(-1, *halves.shape[-4:]), groups,
                             _threads.team_size(num_threads, a.size))
     return halves.view(np.float32)
+
+
+def filter_pairs(kernel, groups, num_threads=1):
+    """Keras' (kd, kh, kw, F/G, C) bfloat16 kernel as the input gradient's tap matrices
+    (``_ops._by_group``'s layout) on pairs of filters: (kd, kh, kw, G*E, C/G) float32
+    words, E = F/G / 2 rounded up, word (q, c) of group g holding filters 2q and 2q + 1
+    (a zero one past an odd F/G) of its input channel c; as :func:`bfloat16_pairs`
+    holds the output gradient's filters."""
+    kd, kh, kw, f, c = kernel.shape
+    matrices = kernel.view(np.uint16).reshape(kd * kh * kw, f, groups, c // groups)
+    halves = np.empty((kd * kh * kw, groups, -(-f // 2), 2 * (c // groups)), np.uint16)
+    _kernels.bfloat16_row_pairs(matrices.transpose(0, 2, 1, 3), halves,
+                                _threads.team_size(num_threads, kernel.size))
+    return halves.view(np.float32).reshape(kd, kh, kw, -1, c // groups)
 
 
 def rounded(y, dtype, out=None, num_threads=None):

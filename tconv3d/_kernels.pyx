@@ -219,10 +219,14 @@ cdef inline void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
 cdef inline void _brgemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t nb,
                          const floating **A, Py_ssize_t aoff, Py_ssize_t sai, Py_ssize_t sap,
                          const floating **B, Py_ssize_t boff, Py_ssize_t ldb,
-                         floating *C, Py_ssize_t ldc) noexcept nogil:
+                         floating *C, Py_ssize_t ldc, bint pairs=False) noexcept nogil:
     """C[i, j] += sum_b sum_p A[b][aoff + i*sai + p*sap] * B[b][boff + p*ldb + j]: one C
-    tile in registers over nb products, the bits of nb _gemm calls (see _gemm.h)."""
+    tile in registers over nb products, the bits of nb _gemm calls (see _gemm.h); with
+    `pairs`, A and B hold bfloat16 pairs (tc_brgemm_bf16, float32 only)."""
     if floating is float:
+        if pairs:
+            tc_brgemm_bf16(m, n, k, nb, A, aoff, sai, sap, B, boff, ldb, C, ldc)
+            return
         tc_brgemm_f32(m, n, k, nb, A, aoff, sai, sap, B, boff, ldb, C, ldc)
     else:
         tc_brgemm_f64(m, n, k, nb, A, aoff, sai, sap, B, boff, ldb, C, ldc)
@@ -268,25 +272,24 @@ cdef inline void _brgemm_panels(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssi
                                 const floating **A, Py_ssize_t aoff, Py_ssize_t sai,
                                 Py_ssize_t sap, const floating **B, floating *C,
                                 Py_ssize_t ldc, bint pairs) noexcept nogil:
-    """_brgemm with B[b] a k x n tap matrix in column panels, panel by panel; with
-    `pairs`, A and B hold bfloat16 pairs (tc_brgemm_bf16, float32 only)."""
+    """_brgemm with B[b] a k x n tap matrix in column panels, panel by panel; `pairs` as
+    in _brgemm."""
     cdef Py_ssize_t pw = _PANEL_BYTES // sizeof(floating), jb, j0, width
     for jb in range((n + pw - 1) // pw):
         j0 = jb * pw
         width = pw if n - j0 > pw else n - j0
-        if floating is float:
-            if pairs:
-                tc_brgemm_bf16(m, width, k, nb, A, aoff, sai, sap, B, j0 * k, width,
-                               C + j0, ldc)
-                continue
-        _brgemm(m, width, k, nb, A, aoff, sai, sap, B, j0 * k, width, C + j0, ldc)
+        _brgemm(m, width, k, nb, A, aoff, sai, sap, B, j0 * k, width, C + j0, ldc, pairs)
 
 
 cdef inline void _gemm_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating **Ar,
                             Py_ssize_t sap, const floating *B, Py_ssize_t ldb,
-                            floating **Cr, Py_ssize_t coff=0) noexcept nogil:
-    """Cr[i][coff + j] += sum_p Ar[i][p*sap] * B[p*ldb + j]: rows by pointer (_gemm.h)."""
+                            floating **Cr, Py_ssize_t coff=0, bint pairs=False) noexcept nogil:
+    """Cr[i][coff + j] += sum_p Ar[i][p*sap] * B[p*ldb + j]: rows by pointer (_gemm.h);
+    `pairs` as in _brgemm."""
     if floating is float:
+        if pairs:
+            tc_gemm_rows_bf16(m, n, k, Ar, sap, B, ldb, Cr, coff)
+            return
         tc_gemm_rows_f32(m, n, k, Ar, sap, B, ldb, Cr, coff)
     else:
         tc_gemm_rows_f64(m, n, k, Ar, sap, B, ldb, Cr, coff)
@@ -296,16 +299,12 @@ cdef inline void _gemm_rows_panels(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                                    const floating **Ar, Py_ssize_t sap, const floating *B,
                                    floating **Cr, bint pairs) noexcept nogil:
     """Cr[i][j] += sum_p Ar[i][p*sap] * B[p, j], rows by pointer (see _gemm.h), B a k x n
-    tap matrix in column panels, panel by panel; `pairs` as in _brgemm_panels."""
+    tap matrix in column panels, panel by panel; `pairs` as in _brgemm."""
     cdef Py_ssize_t pw = _PANEL_BYTES // sizeof(floating), jb, j0, width
     for jb in range((n + pw - 1) // pw):
         j0 = jb * pw
         width = pw if n - j0 > pw else n - j0
-        if floating is float:
-            if pairs:
-                tc_gemm_rows_bf16(m, width, k, Ar, sap, B + j0 * k, width, Cr, j0)
-                continue
-        _gemm_rows(m, width, k, Ar, sap, B + j0 * k, width, Cr, j0)
+        _gemm_rows(m, width, k, Ar, sap, B + j0 * k, width, Cr, j0, pairs)
 
 
 cdef inline void _axpy(Py_ssize_t n, floating alpha, const floating *x, Py_ssize_t incx,
@@ -380,7 +379,8 @@ ctypedef struct Problem:
     Py_ssize_t crop[3]      # left crop of the full-length axis
     Py_ssize_t xs[5]        # element strides of x / grad_input (n, d, h, w, c)
     Py_ssize_t ys[5]        # element strides of y / grad_output (n, d, h, w, c)
-    bint bf16_pairs         # forward: x and the kernel hold bfloat16 pairs (tc_brgemm_bf16)
+    bint bf16_pairs         # the operands hold bfloat16 pairs (tc_brgemm_bf16): the
+                            # forward's x and kernel, or the input gradient's g and kernel
 
 
 cdef Problem _problem(geometry, tuple x_strides, tuple y_strides) except *:
@@ -564,6 +564,24 @@ def bfloat16_pairs(const uint16_t[:, :, :, :, :] x, uint16_t[:, :, :, :, ::1] ou
                             out[n, d, h, w, g * e + i] = x[n, d, h, w, g * c + i]
 
 
+def bfloat16_row_pairs(const uint16_t[:, :, :, :] w, uint16_t[:, :, :, ::1] out,
+                       int num_threads):
+    """out[t, g, q, 2*c + h] = w[t, g, 2*q + h, c] (0 past w's rows) for each (rows x
+    columns) matrix w[t, g] (any strides): the matrix on pairs of rows, each word two
+    bfloat16 of one column (low half the even row), as tc_brgemm_bf16's B."""
+    cdef Py_ssize_t taps = w.shape[0], groups = w.shape[1], rows = w.shape[2]
+    cdef Py_ssize_t cols = w.shape[3], words = out.shape[2]
+    cdef Py_ssize_t unit, t, g, q, c
+    with nogil:
+        for unit in prange(taps * groups * words, schedule='static', num_threads=num_threads):
+            t = unit // (groups * words)
+            g = unit // words % groups
+            q = unit % words
+            for c in range(cols):
+                out[t, g, q, 2 * c] = w[t, g, 2 * q, c]
+                out[t, g, q, 2 * c + 1] = w[t, g, 2 * q + 1, c] if 2 * q + 1 < rows else 0
+
+
 def activation_grad(const floating[::1] g, const floating[::1] y, floating[::1] out,
                     int act, floating alpha, int num_threads):
     """out = g * activation'(z), from the activation's output y = activation(z) (codes of
@@ -600,6 +618,15 @@ cdef void _store_bf16(const float *acc, Py_ssize_t nb, Py_ssize_t cout, uint16_t
         for b in range(nb):
             for c in range(cout):
                 tc_round_bf16(acc + b * cout + c, 1, dst + b * s_b + c * s_c, 1)
+
+
+cdef bint _check_pairs(const Problem *p, bint pairs, size_t itemsize) except -1:
+    """`pairs`, if the problem can run on bfloat16 pairs; else ValueError."""
+    if pairs and (itemsize != sizeof(float) or not tc_bf16_supported() or _depthwise(p)
+                  or (p.cin == 1 and p.cout == 1)):
+        raise ValueError("tconv3d: bfloat16 pairs need float32 words, a CPU with "
+                         "AVX512_BF16 and a GEMM-shaped problem")
+    return pairs
 
 
 # ----------------------------------------------------------------------------- forward
@@ -921,11 +948,7 @@ def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
     result may go to y_bf16 instead (y None, y_strides its strides), rounded to bfloat16
     as each block of outputs is complete."""
     cdef Problem p = _problem(geometry, x_strides, y_strides)
-    if bf16_pairs and (floating is not float or not tc_bf16_supported() or _depthwise(&p)
-                       or (p.cin == 1 and p.cout == 1)):
-        raise ValueError("tconv3d: bfloat16 pairs need float32 words, a CPU with "
-                         "AVX512_BF16 and a GEMM-shaped problem")
-    p.bf16_pairs = bf16_pairs
+    p.bf16_pairs = _check_pairs(&p, bf16_pairs, sizeof(floating))
     if (y is None) == (y_bf16 is None) or (y_bf16 is not None and not bf16_pairs):
         raise ValueError("tconv3d: one output, y or (with bfloat16 pairs) y_bf16")
     cdef floating *y_ptr = NULL if y is None else &y[0, 0, 0, 0, 0]
@@ -1057,7 +1080,7 @@ cdef int _grad_input(const Problem *p,
                         else:
                             _brgemm(runs.hi[e] - runs.lo[e], cin, cout, nbat, grows,
                                     runs.o[e] * p.ys[3], gstep, p.ys[4], wtaps, 0, cin,
-                                    acc + (runs.lo[e] - i0) * cin, cin)
+                                    acc + (runs.lo[e] - i0) * cin, cin, p.bf16_pairs)
                     gxp = (gx + _row_offset(p.xs, r.n, r.d, r.h) + i0 * p.xs[3]
                            + grp * cin * p.xs[4])
                     if cin == 1:  # no per-voxel inner loop (GCC would call memcpy)
@@ -1159,7 +1182,7 @@ cdef int _grad_input_blocked(const Problem *p,
                                 _gemm_rows(m, cin, cout, arows, p.ys[4],
                                            w + ((jd * p.k[1] + jh) * p.k[2] + runs.j[e])
                                            * groups * cout * cin + grp * cout * cin, cin,
-                                           crows)
+                                           crows, 0, p.bf16_pairs)
                     for row in range(first if not contiguous else last, last):
                         _split_row(&r, row, p.n_in)
                         gxp = (gx + _row_offset(p.xs, r.n, r.d, r.h) + i0 * p.xs[3]
@@ -1176,9 +1199,12 @@ cdef int _grad_input_blocked(const Problem *p,
 
 def grad_input(const floating[:, :, :, :, :] g, const floating[:, :, :, :, ::1] w,
                floating[:, :, :, :, :] gx, geometry, tuple x_strides,
-               tuple y_strides, int num_threads):
-    """gx = adjoint of the forward map in x, applied to g."""
+               tuple y_strides, int num_threads, bint bf16_pairs=False):
+    """gx = adjoint of the forward map in x, applied to g. With `bf16_pairs` (as the
+    forward's), g and w hold bfloat16 pairs of filters (geometry's filters counts the
+    pairs)."""
     cdef Problem p = _problem(geometry, x_strides, y_strides)
+    p.bf16_pairs = _check_pairs(&p, bf16_pairs, sizeof(floating))
     cdef Runs runs
     cdef int status
     cdef Py_ssize_t block_rows = _block_rows(&p, sizeof(floating), p.batch * p.n_in[0]

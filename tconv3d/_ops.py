@@ -4,7 +4,7 @@ import dataclasses
 import numpy as np
 
 from . import _kernels, _threads
-from ._bfloat16 import bfloat16_pairs, rounded, runs_on_pairs, widened
+from ._bfloat16 import bfloat16_pairs, filter_pairs, rounded, runs_on_pairs, widened
 from ._validation import (FROM_OUTPUT, as_array, check_allocation, check_bias_shape,
                           check_out, compute_dtype, is_bfloat16, make_geometry,
                           normalize_activation,
@@ -476,10 +476,16 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
                          f"{geom.output_shape}, got {grad_output.shape}.")
     compute = normalize_compute(compute)
     use_bias = normalize_bool(use_bias, "use_bias")
+    working = dtype   # the operands' (bfloat16 is computed in float32)
     result, dtype = normalize_out_dtype(out_dtype, dtype), compute_dtype(dtype)
     num_threads = _threads_for(num_threads, geom)
-    grad_output = _through_activation(grad_output, activation, output, geom, dtype,
-                                      num_threads)
+    activated = _through_activation(grad_output, activation, output, geom, dtype,
+                                    num_threads)
+    # the input gradient of bfloat16 operands runs on pairs of filters, unless an
+    # activation's derivative made grad_output float32
+    pairs = ("input" in compute and is_bfloat16(working) and activated is grad_output
+             and runs_on_pairs(geom, gradient=True))
+    grad_output = activated
     buffers = _gradient_buffers(out, geom, result, compute, use_bias,
                                 [("grad_output", grad_output), ("x", x), ("kernel", kernel)])
     if "input" in compute and buffers[0] is None:   # only what is computed is allocated
@@ -492,15 +498,24 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
                   *([("x", x, False)] if "kernel" in compute else []),
                   *([("kernel", kernel, True)] if "input" in compute else []))
 
-    g = _logical(_operand(grad_output, dtype), geom)
+    g = None if pairs and compute == {"input"} else \
+        _logical(_operand(grad_output, dtype), geom)
     grad_input = grad_kernel = grad_bias = None
     if "input" in compute:
-        w = _by_group(np.asarray(kernel, dtype=dtype), geom.groups)
         grad_input = np.empty(geom.input_shape, dtype=dtype) if buffers[0] is None \
             else buffers[0]
         gx = _logical(grad_input, geom)
-        _kernels.grad_input(g, w, gx, geom, _element_strides(gx), _element_strides(g),
-                            num_threads)
+        if pairs:
+            words = bfloat16_pairs(_logical(_operand(grad_output, working), geom),
+                                   geom.groups, num_threads)
+            _kernels.grad_input(
+                words, filter_pairs(_operand(kernel, working), geom.groups, num_threads),
+                gx, dataclasses.replace(geom, filters=words.shape[-1]),
+                _element_strides(gx), _element_strides(words), num_threads, True)
+        else:
+            _kernels.grad_input(g, _by_group(np.asarray(kernel, dtype=dtype), geom.groups),
+                                gx, geom, _element_strides(gx), _element_strides(g),
+                                num_threads)
     if "kernel" in compute:
         xl = _logical(_operand(x, dtype), geom)
         if xl.strides[-1] != xl.itemsize:  # the GEMM reads x's channels as vectors
