@@ -9,16 +9,19 @@ from . import _kernels, _threads
 from ._validation import is_bfloat16, normalize_num_threads
 
 
-def runs_on_pairs(geom, gradient=False):
-    """Whether a bfloat16 forward (``gradient``: input gradient) runs on bfloat16 pairs
-    (``_kernels.bf16_variant()`` "avx512_bf16"): on CPUs that have them, for every problem
-    but the channel-wise ones (one pair and one output channel per group), which take no
-    GEMM. The forward sums over input channels, the input gradient over filters."""
-    summed, kept = (geom.filters, geom.in_channels) if gradient else \
-        (geom.in_channels, geom.filters)
-    pairs = -(-summed // geom.groups // 2)
-    return (_kernels.bf16_variant() == "avx512_bf16"
-            and not (pairs == 1 and kept == geom.groups))
+def runs_on_pairs(geom, gradient=None):
+    """Whether a bfloat16 forward (``gradient`` None) or gradient ("input", "kernel")
+    runs on bfloat16 pairs (``_kernels.bf16_variant()`` "avx512_bf16"): on CPUs that
+    have them, for every problem but the channel-wise ones, which take no GEMM. The
+    forward pairs input channels, the input gradient filters, the kernel gradient voxels
+    (:func:`voxel_pairs`)."""
+    cin, cout = geom.in_channels // geom.groups, geom.filters // geom.groups
+    if gradient == "kernel":
+        channel_wise = cin == 1 and cout == 1
+    else:   # one pair summed into one output channel
+        summed, kept = (cout, cin) if gradient == "input" else (cin, cout)
+        channel_wise = summed <= 2 and kept == 1
+    return _kernels.bf16_variant() == "avx512_bf16" and not channel_wise
 
 
 def bfloat16_pairs(a, groups, num_threads=1):
@@ -48,6 +51,18 @@ def filter_pairs(kernel, groups, num_threads=1):
     _kernels.bfloat16_row_pairs(matrices.transpose(0, 2, 1, 3), halves,
                                 _threads.team_size(num_threads, kernel.size))
     return halves.view(np.float32).reshape(kd, kh, kw, -1, c // groups)
+
+
+def voxel_pairs(a, step, num_threads=1):
+    """The logical (N, D, H, W, C) bfloat16 ``a`` as (N, D, H, 2*step*E, C) float32 words
+    of two voxels ``step`` apart along the width, E = W / (2*step) rounded up: from each
+    phase r < 2*step in turn, word q holds voxels r + 2q*step and r + (2q+1)*step (a zero
+    one past the row), as the kernel gradient reduces over (``_kernels._pair_word``)."""
+    n, d, h, w, c = a.shape
+    halves = np.empty((n, d, h, 2 * step, -(-w // (2 * step)), 2 * c), np.uint16)
+    _kernels.bfloat16_voxel_pairs(a.view(np.uint16), halves, step,
+                                  _threads.team_size(num_threads, a.size))
+    return halves.view(np.float32).reshape(n, d, h, -1, c)
 
 
 def rounded(y, dtype, out=None, num_threads=None):

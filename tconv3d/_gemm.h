@@ -412,7 +412,8 @@ TC_DEFINE_SCALAR_CHANNELWISE(f64, double)
 /* bfloat16 pairs (AVX512_BF16). The float32 brgemm's shapes and calling convention, k
  * counting pairs, but A and B hold 32-bit words of two bfloat16 values of consecutive p
  * (low half: the even one), B "VNNI"-ordered (word (q, j) = B[2q][j], B[2q+1][j]); C is
- * float32. vdpbf16ps adds both exact products of a pair to C, each rounded to nearest
+ * float32 (tc_brgemm_bf16's half_last: the last word of each product holds one value,
+ * in its low half). vdpbf16ps adds both exact products of a pair to C, each rounded to nearest
  * even (the instruction's rule, whatever MXCSR says), bfloat16 denormals read as zero
  * and denormal results flushed. Column tails use masked vectors: every column gets the
  * same instruction, so results depend only on the problem (never on the tile path or the
@@ -425,9 +426,28 @@ typedef void (*tc_gemm_rows_bf16_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const fl
 #include <immintrin.h>
 #define TC_BF16_ATTR __attribute__((target("avx512f,avx512vl,avx512bw,avx512bf16")))
 
+/* One p of a tile: c += A's words of p x B's row p. LOW: only the low halves (an odd
+ * count of values ends in a half word: the other half, zero or not, must not reach C,
+ * since 0 x inf is NaN). */
+#define TC_BF16_STEP(ROWS, NV, P, LOW)                                                  \
+    do {                                                                                \
+        const __m512i keep = _mm512_set1_epi32((LOW) ? 0xFFFF : -1);                    \
+        __m512bh b[NV];                                                                 \
+        for (int v = 0; v < (NV); v++)                                                  \
+            b[v] = (__m512bh)_mm512_and_si512(keep, _mm512_castps_si512(                \
+                _mm512_maskz_loadu_ps(mask[v], bp + (P) * ldb + 16 * v)));              \
+        for (int r = 0; r < (ROWS); r++) {                                              \
+            __m512bh av = (__m512bh)_mm512_and_si512(keep, _mm512_castps_si512(         \
+                _mm512_set1_ps(a[r][(P) * sap])));                                      \
+            for (int v = 0; v < (NV); v++)                                              \
+                c[r][v] = _mm512_dpbf16_ps(c[r][v], av, b[v]);                          \
+        }                                                                               \
+    } while (0)
+
 /* ROWS x NV tile (NV vectors of 16 columns, lanes past the matrix masked off); rows past
  * VALID repeat the last valid one and are not stored. A_ROW(bt, r) and C_ROW(r) give
- * where row r of the tile reads A (product bt) and accumulates. */
+ * where row r of the tile reads A (product bt) and accumulates; with half_last, the
+ * last word of each product holds one value (its low half). */
 #define TC_BF16_TILE(ROWS, NV, VALID, NB, A_ROW, C_ROW)                                 \
     do {                                                                                \
         const Py_ssize_t valid = (VALID);                                               \
@@ -443,16 +463,10 @@ typedef void (*tc_gemm_rows_bf16_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const fl
             for (int r = 0; r < (ROWS); r++)                                            \
                 a[r] = A_ROW(bt, row[r]);                                               \
             const float *bp = B[bt] + boff + j;                                         \
-            for (Py_ssize_t p = 0; p < k; p++) {                                        \
-                __m512bh b[NV];                                                         \
-                for (int v = 0; v < (NV); v++)                                          \
-                    b[v] = (__m512bh)_mm512_maskz_loadu_ps(mask[v], bp + p * ldb + 16 * v); \
-                for (int r = 0; r < (ROWS); r++) {                                      \
-                    __m512bh av = (__m512bh)_mm512_set1_ps(a[r][p * sap]);              \
-                    for (int v = 0; v < (NV); v++)                                      \
-                        c[r][v] = _mm512_dpbf16_ps(c[r][v], av, b[v]);                  \
-                }                                                                       \
-            }                                                                           \
+            for (Py_ssize_t p = 0; p < k - half_last; p++)                              \
+                TC_BF16_STEP(ROWS, NV, p, 0);                                           \
+            if (half_last)                                                              \
+                TC_BF16_STEP(ROWS, NV, k - 1, 1);                                       \
         }                                                                               \
         for (int r = 0; r < (ROWS); r++)                                                \
             if (r < valid)                                                              \
@@ -490,7 +504,8 @@ TC_BF16_ATTR static void tc_brgemm_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k
                                         Py_ssize_t nb, const float *const *A,
                                         Py_ssize_t aoff, Py_ssize_t sai, Py_ssize_t sap,
                                         const float *const *B, Py_ssize_t boff,
-                                        Py_ssize_t ldb, float *C, Py_ssize_t ldc)
+                                        Py_ssize_t ldb, float *C, Py_ssize_t ldc,
+                                        int half_last)
 {
     TC_BF16_COLUMNS(nb, TC_BF16_BR_A, TC_BF16_BR_C)
 }
@@ -504,6 +519,7 @@ TC_BF16_ATTR static void tc_gemm_rows_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_
 {
     const float *const *B = &B0;
     const Py_ssize_t boff = 0;
+    const int half_last = 0;
     TC_BF16_COLUMNS(1, TC_BF16_ROWS_A, TC_BF16_ROWS_C)
 }
 #endif
@@ -523,7 +539,7 @@ static int tc_bf16_supported(void)
 static void tc_brgemm_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t nb,
                            const float *const *A, Py_ssize_t aoff, Py_ssize_t sai,
                            Py_ssize_t sap, const float *const *B, Py_ssize_t boff,
-                           Py_ssize_t ldb, float *C, Py_ssize_t ldc) {}
+                           Py_ssize_t ldb, float *C, Py_ssize_t ldc, int half_last) {}
 static void tc_gemm_rows_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                               const float *const *Ar, Py_ssize_t sap, const float *B0,
                               Py_ssize_t ldb, float *const *Cr, Py_ssize_t coff) {}

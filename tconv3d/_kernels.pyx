@@ -126,7 +126,7 @@ cdef extern from "_gemm.h":
     void tc_brgemm_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t nb,
                         const float **A, Py_ssize_t aoff, Py_ssize_t sai, Py_ssize_t sap,
                         const float **B, Py_ssize_t boff, Py_ssize_t ldb, float *C,
-                        Py_ssize_t ldc) noexcept nogil
+                        Py_ssize_t ldc, int half_last) noexcept nogil
     void tc_gemm_rows_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float **Ar,
                            Py_ssize_t sap, const float *B, Py_ssize_t ldb, float **Cr,
                            Py_ssize_t coff) noexcept nogil
@@ -219,13 +219,15 @@ cdef inline void _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
 cdef inline void _brgemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t nb,
                          const floating **A, Py_ssize_t aoff, Py_ssize_t sai, Py_ssize_t sap,
                          const floating **B, Py_ssize_t boff, Py_ssize_t ldb,
-                         floating *C, Py_ssize_t ldc, bint pairs=False) noexcept nogil:
+                         floating *C, Py_ssize_t ldc, bint pairs=False,
+                         bint half_last=False) noexcept nogil:
     """C[i, j] += sum_b sum_p A[b][aoff + i*sai + p*sap] * B[b][boff + p*ldb + j]: one C
     tile in registers over nb products, the bits of nb _gemm calls (see _gemm.h); with
-    `pairs`, A and B hold bfloat16 pairs (tc_brgemm_bf16, float32 only)."""
+    `pairs`, A and B hold bfloat16 pairs (tc_brgemm_bf16, float32 only), the last of
+    each product's k words a single value with `half_last`."""
     if floating is float:
         if pairs:
-            tc_brgemm_bf16(m, n, k, nb, A, aoff, sai, sap, B, boff, ldb, C, ldc)
+            tc_brgemm_bf16(m, n, k, nb, A, aoff, sai, sap, B, boff, ldb, C, ldc, half_last)
             return
         tc_brgemm_f32(m, n, k, nb, A, aoff, sai, sap, B, boff, ldb, C, ldc)
     else:
@@ -580,6 +582,36 @@ def bfloat16_row_pairs(const uint16_t[:, :, :, :] w, uint16_t[:, :, :, ::1] out,
             for c in range(cols):
                 out[t, g, q, 2 * c] = w[t, g, 2 * q, c]
                 out[t, g, q, 2 * c + 1] = w[t, g, 2 * q + 1, c] if 2 * q + 1 < rows else 0
+
+
+def bfloat16_voxel_pairs(const uint16_t[:, :, :, :, :] a, uint16_t[:, :, :, :, :, ::1] out,
+                         Py_ssize_t step, int num_threads):
+    """out[n, d, h, r, q, 2*c + t] = a[n, d, h, r + (2*q + t)*step, c] (0 past the row),
+    r < 2*step: each row's voxels `step` apart in pairs from every phase r, the words
+    (low half the first voxel) the kernel gradient's GEMMs reduce over."""
+    cdef Py_ssize_t nb = a.shape[0], nd = a.shape[1], nh = a.shape[2], nw = a.shape[3]
+    cdef Py_ssize_t nc = a.shape[4], phases = out.shape[3], words = out.shape[4]
+    cdef Py_ssize_t sw = a.strides[3] // 2, sc = a.strides[4] // 2
+    cdef Py_ssize_t row, n, d, h, r, q, c, w0, w1
+    cdef const uint16_t *src
+    cdef uint16_t *dst
+    if a.size == 0:
+        return
+    with nogil:
+        for row in prange(nb * nd * nh, schedule='static', num_threads=num_threads):
+            n = row // (nd * nh)
+            d = row // nh % nd
+            h = row % nh
+            src = &a[n, d, h, 0, 0]
+            for r in range(phases):
+                dst = &out[n, d, h, r, 0, 0]
+                for q in range(words):
+                    w0 = r + 2 * q * step
+                    w1 = w0 + step
+                    for c in range(nc):
+                        dst[2 * c] = src[w0 * sw + c * sc] if w0 < nw else 0
+                        dst[2 * c + 1] = src[w1 * sw + c * sc] if w1 < nw else 0
+                    dst = dst + 2 * nc
 
 
 def activation_grad(const floating[::1] g, const floating[::1] y, floating[::1] out,
@@ -1236,6 +1268,12 @@ cdef inline Py_ssize_t _num_chunks(Py_ssize_t rows, Py_ssize_t voxels,
     return 1 if c < 1 else c
 
 
+cdef inline Py_ssize_t _pair_word(Py_ssize_t i, Py_ssize_t step,
+                                  Py_ssize_t length) noexcept nogil:
+    """Where the pair starting at voxel i of a row lies in bfloat16_voxel_pairs' words."""
+    return i % (2 * step) * ((length + 2 * step - 1) // (2 * step)) + i // (2 * step)
+
+
 cdef int _grad_kernel(const Problem *p,
                        const Runs *runs,      # IN  the width GEMMs of whole input rows
                        const floating *g,     # IN  logical (N, OD, OH, OW, G*Cout), strides p.ys
@@ -1252,7 +1290,7 @@ cdef int _grad_kernel(const Problem *p,
     cdef Py_ssize_t gstep = p.s[2] * p.ys[3]  # between the outputs consecutive inputs feed
     cdef Py_ssize_t chunk_rows = (rows + chunks - 1) // chunks
     cdef Py_ssize_t pairs = 1 if _depthwise(p) else p.k[0] * p.k[1]
-    cdef Py_ssize_t task
+    cdef Py_ssize_t task, count
     cdef const floating **grows = NULL    # per thread: the rows of one tap's batch
     cdef const floating **xrows = NULL
     # Depthwise: all groups at once, the channels as vectors (x's channels are contiguous,
@@ -1306,6 +1344,15 @@ cdef int _grad_kernel(const Problem *p,
                         for grp in range(groups):
                             # (Cout x Cin) += sum over rows of g^T (Cout x k) x (k x Cin),
                             # over the inputs lo <= iw < hi that tap j takes to outputs.
+                            if p.bf16_pairs:   # the voxels in pairs (bfloat16_voxel_pairs)
+                                count = runs.hi[e] - runs.lo[e]
+                                _brgemm(cout, cin, (count + 1) // 2, nlist, grows,
+                                        _pair_word(runs.o[e], p.s[2], p.n_out[2]) * p.ys[3]
+                                        + grp * cout * p.ys[4], p.ys[4], p.ys[3], xrows,
+                                        _pair_word(runs.lo[e], 1, p.n_in[2]) * p.xs[3]
+                                        + grp * cin * p.xs[4], p.xs[3],
+                                        buf + tap + grp * cout * cin, cin, True, count % 2)
+                                continue
                             _brgemm(cout, cin, runs.hi[e] - runs.lo[e], nlist, grows,
                                     runs.o[e] * p.ys[3] + grp * cout * p.ys[4],
                                     p.ys[4], gstep, xrows,
@@ -1345,9 +1392,12 @@ cdef int _grad_kernel(const Problem *p,
 
 def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x,
                 floating[:, :, :, :, ::1] gw, geometry, tuple x_strides,
-                tuple y_strides, int num_threads):
-    """gw[j, co, ci] = sum over batch and space of g[o(i, j), co] * x[i, ci]."""
+                tuple y_strides, int num_threads, bint bf16_pairs=False):
+    """gw[j, co, ci] = sum over batch and space of g[o(i, j), co] * x[i, ci]. With
+    `bf16_pairs` (as the forward's), g and x hold the bfloat16 pairs of voxels of
+    bfloat16_voxel_pairs(step=stride) and (step=1), rows (N, D, H, 2*step*words, C)."""
     cdef Problem p = _problem(geometry, x_strides, y_strides)
+    p.bf16_pairs = _check_pairs(&p, bf16_pairs, sizeof(floating))
     cdef Py_ssize_t ksize = gw.size
     cdef Py_ssize_t chunks = _num_chunks(p.batch * p.n_in[0] * p.n_in[1],
                                          p.batch * p.n_in[0] * p.n_in[1] * p.n_in[2],

@@ -4,7 +4,8 @@ import dataclasses
 import numpy as np
 
 from . import _kernels, _threads
-from ._bfloat16 import bfloat16_pairs, filter_pairs, rounded, runs_on_pairs, widened
+from ._bfloat16 import (bfloat16_pairs, filter_pairs, rounded, runs_on_pairs,
+                        voxel_pairs, widened)
 from ._validation import (FROM_OUTPUT, as_array, check_allocation, check_bias_shape,
                           check_out, compute_dtype, is_bfloat16, make_geometry,
                           normalize_activation,
@@ -481,10 +482,11 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     num_threads = _threads_for(num_threads, geom)
     activated = _through_activation(grad_output, activation, output, geom, dtype,
                                     num_threads)
-    # the input gradient of bfloat16 operands runs on pairs of filters, unless an
+    # the gradients of bfloat16 operands on pairs (of filters, of voxels), unless an
     # activation's derivative made grad_output float32
-    pairs = ("input" in compute and is_bfloat16(working) and activated is grad_output
-             and runs_on_pairs(geom, gradient=True))
+    pairs = {gradient for gradient in ("input", "kernel") if gradient in compute
+             and is_bfloat16(working) and activated is grad_output
+             and runs_on_pairs(geom, gradient)}
     grad_output = activated
     buffers = _gradient_buffers(out, geom, result, compute, use_bias,
                                 [("grad_output", grad_output), ("x", x), ("kernel", kernel)])
@@ -498,16 +500,16 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
                   *([("x", x, False)] if "kernel" in compute else []),
                   *([("kernel", kernel, True)] if "input" in compute else []))
 
-    g = None if pairs and compute == {"input"} else \
-        _logical(_operand(grad_output, dtype), geom)
+    g = None if compute - {"bias"} <= pairs and not (use_bias and "bias" in compute) \
+        else _logical(_operand(grad_output, dtype), geom)
+    g16 = _logical(_operand(grad_output, working), geom) if pairs else None
     grad_input = grad_kernel = grad_bias = None
     if "input" in compute:
         grad_input = np.empty(geom.input_shape, dtype=dtype) if buffers[0] is None \
             else buffers[0]
         gx = _logical(grad_input, geom)
-        if pairs:
-            words = bfloat16_pairs(_logical(_operand(grad_output, working), geom),
-                                   geom.groups, num_threads)
+        if "input" in pairs:
+            words = bfloat16_pairs(g16, geom.groups, num_threads)
             _kernels.grad_input(
                 words, filter_pairs(_operand(kernel, working), geom.groups, num_threads),
                 gx, dataclasses.replace(geom, filters=words.shape[-1]),
@@ -517,16 +519,22 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
                                 gx, geom, _element_strides(gx), _element_strides(g),
                                 num_threads)
     if "kernel" in compute:
-        xl = _logical(_operand(x, dtype), geom)
-        if xl.strides[-1] != xl.itemsize:  # the GEMM reads x's channels as vectors
-            xl = np.require(xl, None, "CA")
         grad_kernel = np.empty(geom.kernel_shape, dtype=dtype) if buffers[1] is None \
             else buffers[1]
         kd, kh, kw, f, c = geom.kernel_shape
         grouped = grad_kernel if geom.groups == 1 else np.empty(
             (kd, kh, kw, geom.groups * f, c // geom.groups), dtype)
-        _kernels.grad_kernel(g, xl, grouped, geom, _element_strides(xl),
-                             _element_strides(g), num_threads)
+        if "kernel" in pairs:
+            gw = voxel_pairs(g16, geom.strides[2], num_threads)
+            xw = voxel_pairs(_logical(_operand(x, working), geom), 1, num_threads)
+            _kernels.grad_kernel(gw, xw, grouped, geom, _element_strides(xw),
+                                 _element_strides(gw), num_threads, True)
+        else:
+            xl = _logical(_operand(x, dtype), geom)
+            if xl.strides[-1] != xl.itemsize:  # the GEMM reads x's channels as vectors
+                xl = np.require(xl, None, "CA")
+            _kernels.grad_kernel(g, xl, grouped, geom, _element_strides(xl),
+                                 _element_strides(g), num_threads)
         if geom.groups > 1:   # back to Keras' layout: the in_channels axis is the groups'
             grad_kernel.reshape(kd, kh, kw, f, geom.groups, -1)[...] = grouped.reshape(
                 kd, kh, kw, geom.groups, f, -1).transpose(0, 1, 2, 4, 3, 5)

@@ -115,20 +115,20 @@ def test_forward_within_the_bound_of_the_exact_result(rng, geometry, bf16_varian
 def test_gradients_within_the_bound_of_the_exact_gradients(rng, geometry, bf16_variant,
                                                            monkeypatch):
     """On the "float32" path, the float32 kernels' gradients on the widened operands,
-    bit for bit; on pairs (AVX512_BF16), within the bound. Each rounded once."""
+    bit for bit; on pairs (AVX512_BF16: of filters for the input gradient, of voxels for
+    the kernel's), within the bound. Each rounded once."""
     variant, _ = bf16_variant
     x, w, _, kw = _geometry_problem(rng, geometry)
     g = rng.standard_normal(tconv3d.conv_transpose3d(x, w, **kw).shape)
     g = g.astype(BF16)
     on_pairs = []
-    grad_input = _kernels.grad_input
-
-    def recording(*args):
-        on_pairs.append(args[-1] is True)   # bf16_pairs, passed positionally by _ops
-        return grad_input(*args)
-    monkeypatch.setattr(_kernels, "grad_input", recording)
+    for name in ("grad_input", "grad_kernel"):
+        def recording(*args, kernel=getattr(_kernels, name)):
+            on_pairs.append(args[-1] is True)   # bf16_pairs, passed positionally by _ops
+            return kernel(*args)
+        monkeypatch.setattr(_kernels, name, recording)
     grads = tconv3d.conv_transpose3d_backward(g, x, w, **kw)
-    assert on_pairs == [variant == "avx512_bf16"]
+    assert on_pairs == [variant == "avx512_bf16"] * 2
     grads32 = tconv3d.conv_transpose3d_backward(g, x, w, out_dtype="float32", **kw)
     widened = tconv3d.conv_transpose3d_backward(*(a.astype(np.float32) for a in (g, x, w)),
                                                 **kw)
