@@ -14,10 +14,11 @@ def runs_on_pairs(geom, gradient=None):
     runs on bfloat16 pairs (``_kernels.bf16_variant()`` "avx512_bf16"): on CPUs that
     have them, for every problem but the channel-wise ones, which take no GEMM. The
     forward pairs input channels, the input gradient filters, the kernel gradient voxels
-    (:func:`voxel_pairs`)."""
+    (:func:`voxel_pairs`, channels_last only)."""
     cin, cout = geom.in_channels // geom.groups, geom.filters // geom.groups
-    if gradient == "kernel":
-        channel_wise = cin == 1 and cout == 1
+    if gradient == "kernel":   # channels-first rows would be transposed first, slower
+        #                          than the float32 kernels on the widened operands
+        channel_wise = (cin == 1 and cout == 1) or not geom.channels_last
     else:   # one pair summed into one output channel
         summed, kept = (cout, cin) if gradient == "input" else (cin, cout)
         channel_wise = summed <= 2 and kept == 1
@@ -59,8 +60,9 @@ def voxel_pairs(a, step, num_threads=1):
     phase r < 2*step in turn, word q holds voxels r + 2q*step and r + (2q+1)*step (a zero
     one past the row), as the kernel gradient reduces over (``_kernels._pair_word``)."""
     n, d, h, w, c = a.shape
+    bits = np.require(a.view(np.uint16), None, "C")   # NumPy copies bfloat16 slowly
     halves = np.empty((n, d, h, 2 * step, -(-w // (2 * step)), 2 * c), np.uint16)
-    _kernels.bfloat16_voxel_pairs(a.view(np.uint16), halves, step,
+    _kernels.bfloat16_voxel_pairs(bits, halves, step,
                                   _threads.team_size(num_threads, a.size))
     return halves.view(np.float32).reshape(n, d, h, -1, c)
 

@@ -584,11 +584,11 @@ def bfloat16_row_pairs(const uint16_t[:, :, :, :] w, uint16_t[:, :, :, ::1] out,
                 out[t, g, q, 2 * c + 1] = w[t, g, 2 * q + 1, c] if 2 * q + 1 < rows else 0
 
 
-def bfloat16_voxel_pairs(const uint16_t[:, :, :, :, :] a, uint16_t[:, :, :, :, :, ::1] out,
+def bfloat16_voxel_pairs(const uint16_t[:, :, :, :, ::1] a, uint16_t[:, :, :, :, :, ::1] out,
                          Py_ssize_t step, int num_threads):
     """out[n, d, h, r, q, 2*c + t] = a[n, d, h, r + (2*q + t)*step, c] (0 past the row),
     r < 2*step: each row's voxels `step` apart in pairs from every phase r, the words
-    (low half the first voxel) the kernel gradient's GEMMs reduce over."""
+    (low half the first voxel) the kernel gradient's GEMMs reduce over; a C-contiguous."""
     cdef Py_ssize_t nb = a.shape[0], nd = a.shape[1], nh = a.shape[2], nw = a.shape[3]
     cdef Py_ssize_t nc = a.shape[4], phases = out.shape[3], words = out.shape[4]
     cdef Py_ssize_t sw = a.strides[3] // 2, sc = a.strides[4] // 2
