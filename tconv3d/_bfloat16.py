@@ -14,11 +14,10 @@ def runs_on_pairs(geom, gradient=None):
     runs on bfloat16 pairs (``_kernels.bf16_variant()`` "avx512_bf16"): on CPUs that
     have them, for every problem but the channel-wise ones, which take no GEMM. The
     forward pairs input channels, the input gradient filters, the kernel gradient voxels
-    (:func:`voxel_pairs`, channels_last only)."""
+    (:func:`voxel_pairs`)."""
     cin, cout = geom.in_channels // geom.groups, geom.filters // geom.groups
-    if gradient == "kernel":   # channels-first rows would be transposed first, slower
-        #                          than the float32 kernels on the widened operands
-        channel_wise = (cin == 1 and cout == 1) or not geom.channels_last
+    if gradient == "kernel":
+        channel_wise = cin == 1 and cout == 1
     else:   # one pair summed into one output channel
         summed, kept = (cout, cin) if gradient == "input" else (cin, cout)
         channel_wise = summed <= 2 and kept == 1

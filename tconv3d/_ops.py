@@ -487,6 +487,9 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     pairs = {gradient for gradient in ("input", "kernel") if gradient in compute
              and is_bfloat16(working) and activated is grad_output
              and runs_on_pairs(geom, gradient)}
+    if any(_logical(a, geom).strides[-1] != a.itemsize for a in (grad_output, x)):
+        pairs.discard("kernel")   # voxel pairs need contiguous channels: a transposed
+        #                           copy would cost more than the float32 kernels save
     grad_output = activated
     buffers = _gradient_buffers(out, geom, result, compute, use_bias,
                                 [("grad_output", grad_output), ("x", x), ("kernel", kernel)])
