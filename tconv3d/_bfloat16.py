@@ -53,16 +53,24 @@ def filter_pairs(kernel, groups, num_threads=1):
     return halves.view(np.float32).reshape(kd, kh, kw, -1, c // groups)
 
 
+def channels_inner(a, num_threads=1):
+    """The logical (N, D, H, W, C) bfloat16 ``a`` with contiguous channels: itself, or
+    a compiled copy (the halves of :func:`bfloat16_pairs`' words; NumPy copies such a
+    transposition element by element, 5x slower)."""
+    if a.strides[-1] == a.itemsize:
+        return a
+    return bfloat16_pairs(a, 1, num_threads).view(a.dtype)[..., :a.shape[-1]]
+
+
 def voxel_pairs(a, step, num_threads=1):
     """The logical (N, D, H, W, C) bfloat16 ``a`` as (N, D, H, 2*step*E, C) float32 words
     of two voxels ``step`` apart along the width, E = W / (2*step) rounded up: from each
     phase r < 2*step in turn, word q holds voxels r + 2q*step and r + (2q+1)*step (a zero
     one past the row), as the kernel gradient reduces over (``_kernels._pair_word``)."""
     n, d, h, w, c = a.shape
-    bits = np.require(a.view(np.uint16), None, "C")   # NumPy copies bfloat16 slowly
     halves = np.empty((n, d, h, 2 * step, -(-w // (2 * step)), 2 * c), np.uint16)
-    _kernels.bfloat16_voxel_pairs(bits, halves, step,
-                                  _threads.team_size(num_threads, a.size))
+    _kernels.bfloat16_voxel_pairs(channels_inner(a, num_threads).view(np.uint16), halves,
+                                  step, _threads.team_size(num_threads, a.size))
     return halves.view(np.float32).reshape(n, d, h, -1, c)
 
 

@@ -584,11 +584,12 @@ def bfloat16_row_pairs(const uint16_t[:, :, :, :] w, uint16_t[:, :, :, ::1] out,
                 out[t, g, q, 2 * c + 1] = w[t, g, 2 * q + 1, c] if 2 * q + 1 < rows else 0
 
 
-def bfloat16_voxel_pairs(const uint16_t[:, :, :, :, ::1] a, uint16_t[:, :, :, :, :, ::1] out,
+def bfloat16_voxel_pairs(const uint16_t[:, :, :, :, :] a, uint16_t[:, :, :, :, :, ::1] out,
                          Py_ssize_t step, int num_threads):
     """out[n, d, h, r, q, 2*c + t] = a[n, d, h, r + (2*q + t)*step, c] (0 past the row),
     r < 2*step: each row's voxels `step` apart in pairs from every phase r, the words
-    (low half the first voxel) the kernel gradient's GEMMs reduce over; a C-contiguous."""
+    (low half the first voxel) the kernel gradient's GEMMs reduce over; a's channels
+    contiguous (tconv3d._bfloat16.channels_inner), its other strides any."""
     cdef Py_ssize_t nb = a.shape[0], nd = a.shape[1], nh = a.shape[2], nw = a.shape[3]
     cdef Py_ssize_t nc = a.shape[4], phases = out.shape[3], words = out.shape[4]
     cdef Py_ssize_t sw = a.strides[3] // 2, sc = a.strides[4] // 2
@@ -1433,12 +1434,17 @@ cdef inline const floating *_row_start(const floating *a, const Py_ssize_t *stri
 
 cdef void _grad_bias(const Problem *p,
                      const floating *g,     # IN  logical (N, OD, OH, OW, Cout), strides p.ys
-                     floating *partial,     # WORK (chunks, OW, Cout), or (chunks, Cout, OW)
+                     const uint16_t *g16,   # IN  instead of g when not NULL: its bfloat16
+                                            #     bits, widened a row at a time (same sums)
+                     floating *partial,     # WORK (chunks, OW, Cout), or (chunks, Cout, OW);
+                                            #      with g16, then each chunk's widened row
                      Py_ssize_t chunks,
                      floating *gb,          # OUT (Cout,)
                      int num_threads) noexcept nogil:
     # Each chunk adds its rows element-wise into a row-sized accumulator (independent
     # sums: vectorised, no serial dependency chain), reduced over the row only at the end.
+    # Every element of the accumulator sums the same values in the same order whatever
+    # the layout, so the bits do not depend on it (nor on g16).
     cdef Py_ssize_t cout = p.groups * p.cout  # every channel: groups do not matter here
     cdef Py_ssize_t ow_n = p.n_out[2], width = p.n_out[2] * cout
     cdef Py_ssize_t rows = p.batch * p.n_out[0] * p.n_out[1]
@@ -1447,12 +1453,28 @@ cdef void _grad_bias(const Problem *p,
     cdef bint channel_rows = not contiguous_rows and p.ys[3] == 1
     cdef Py_ssize_t chunk, row, o, co, c
     cdef floating *buf
+    cdef floating *wide
     cdef const floating *grow
+    cdef const uint16_t *row16
     cdef floating total
     for chunk in prange(chunks, schedule='static', num_threads=num_threads):
         buf = partial + chunk * width
+        wide = partial + (chunks + chunk) * width
         memset(buf, 0, width * sizeof(floating))
         for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
+            if floating is float and g16 != NULL:   # the row in buf's layout, exactly
+                row16 = g16 + _row_offset(p.ys, row // (p.n_out[0] * p.n_out[1]),
+                                          row // p.n_out[1] % p.n_out[0], row % p.n_out[1])
+                if channel_rows:
+                    for co in range(cout):
+                        tc_widen_bf16(row16 + co * p.ys[4], wide + co * ow_n, ow_n)
+                else:
+                    for o in range(ow_n):
+                        for co in range(cout if p.ys[4] != 1 else 1):
+                            tc_widen_bf16(row16 + o * p.ys[3] + co * p.ys[4],
+                                          wide + o * cout + co, 1 if p.ys[4] != 1 else cout)
+                _axpy(width, <floating> 1, wide, 1, buf, 1)
+                continue
             grow = _row_start(g, p.ys, p.n_out, row)
             if contiguous_rows:
                 _axpy(width, <floating> 1, grow, 1, buf, 1)
@@ -1475,18 +1497,23 @@ cdef void _grad_bias(const Problem *p,
 
 
 def grad_bias(const floating[:, :, :, :, :] g, floating[::1] gb, geometry,
-              tuple y_strides, int num_threads):
-    """gb[co] = sum over batch and space of g[..., co], reduced in a fixed order."""
+              tuple y_strides, int num_threads, const uint16_t[:, :, :, :, :] g_bf16=None):
+    """gb[co] = sum over batch and space of g[..., co], reduced in a fixed order; or of
+    the bfloat16 g_bf16 (g None, gb float32), the same bits as on its float32 values."""
     cdef Problem p = _problem(geometry, (0, 0, 0, 0, 0), y_strides)  # no x-side array
     cdef Py_ssize_t chunks = _num_chunks(p.batch * p.n_out[0] * p.n_out[1],
                                          p.batch * p.n_out[0] * p.n_out[1] * p.n_out[2],
                                          gb.shape[0] * p.n_out[2] * sizeof(floating))
-    cdef floating *partial = <floating *> malloc(chunks * p.n_out[2] * gb.shape[0]
-                                                 * sizeof(floating))
+    if (g is None) == (g_bf16 is None) or (g_bf16 is not None and floating is not float):
+        raise ValueError("tconv3d: one of g or (float32 gb) g_bf16")
+    cdef const floating *g_ptr = NULL if g is None else &g[0, 0, 0, 0, 0]
+    cdef const uint16_t *g16_ptr = NULL if g_bf16 is None else &g_bf16[0, 0, 0, 0, 0]
+    cdef floating *partial = <floating *> malloc(
+        (1 if g_bf16 is None else 2) * chunks * p.n_out[2] * gb.shape[0] * sizeof(floating))
     if partial == NULL:
         raise MemoryError("tconv3d: no memory for the bias-gradient partial sums")
     try:
         with nogil:
-            _grad_bias(&p, &g[0, 0, 0, 0, 0], partial, chunks, &gb[0], num_threads)
+            _grad_bias(&p, g_ptr, g16_ptr, partial, chunks, &gb[0], num_threads)
     finally:
         free(partial)

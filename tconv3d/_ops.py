@@ -4,13 +4,12 @@ import dataclasses
 import numpy as np
 
 from . import _kernels, _threads
-from ._bfloat16 import (bfloat16_pairs, filter_pairs, rounded, runs_on_pairs,
-                        voxel_pairs, widened)
+from ._bfloat16 import (bfloat16_pairs, channels_inner, filter_pairs, rounded,
+                        runs_on_pairs, voxel_pairs, widened)
 from ._validation import (FROM_OUTPUT, as_array, check_allocation, check_bias_shape,
-                          check_out, compute_dtype, is_bfloat16, make_geometry,
-                          normalize_activation,
-                          normalize_bool, normalize_compute, normalize_num_threads,
-                          normalize_out_dtype, normalize_shape, without_dtype, working_dtype)
+                          check_out, compute_dtype, gradient_buffers, is_bfloat16,
+                          make_geometry, normalize_activation, normalize_bool,
+                          normalize_compute, normalize_num_threads, normalize_out_dtype, normalize_shape, without_dtype, working_dtype)
 
 __all__ = ["conv_transpose3d", "conv_transpose3d_backward", "conv_transpose3d_output_shape"]
 
@@ -482,17 +481,16 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     num_threads = _threads_for(num_threads, geom)
     activated = _through_activation(grad_output, activation, output, geom, dtype,
                                     num_threads)
-    # the gradients of bfloat16 operands on pairs (of filters, of voxels), unless an
-    # activation's derivative made grad_output float32
-    pairs = {gradient for gradient in ("input", "kernel") if gradient in compute
-             and is_bfloat16(working) and activated is grad_output
-             and runs_on_pairs(geom, gradient)}
-    if any(_logical(a, geom).strides[-1] != a.itemsize for a in (grad_output, x)):
-        pairs.discard("kernel")   # voxel pairs need contiguous channels: a transposed
-        #                           copy would cost more than the float32 kernels save
+    # bfloat16 operands, unless an activation's derivative made grad_output float32: the
+    # input and kernel gradients on pairs (of filters, of voxels), the bias gradient
+    # widening grad_output a row at a time
+    bf16_grad = is_bfloat16(working) and activated is grad_output
+    pairs = {gradient for gradient in ("input", "kernel")
+             if gradient in compute and bf16_grad and runs_on_pairs(geom, gradient)}
+    bias = "bias" in compute and use_bias
     grad_output = activated
-    buffers = _gradient_buffers(out, geom, result, compute, use_bias,
-                                [("grad_output", grad_output), ("x", x), ("kernel", kernel)])
+    buffers = gradient_buffers(out, geom, result, compute, use_bias,
+                               [("grad_output", grad_output), ("x", x), ("kernel", kernel)])
     if "input" in compute and buffers[0] is None:   # only what is computed is allocated
         check_allocation(geom.input_shape, result, "grad_input")
     if "input" in compute and result != dtype:   # its float32 sums, before rounding
@@ -503,9 +501,11 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
                   *([("x", x, False)] if "kernel" in compute else []),
                   *([("kernel", kernel, True)] if "input" in compute else []))
 
-    g = None if compute - {"bias"} <= pairs and not (use_bias and "bias" in compute) \
-        else _logical(_operand(grad_output, dtype), geom)
-    g16 = _logical(_operand(grad_output, working), geom) if pairs else None
+    g = _logical(_operand(grad_output, dtype), geom) \
+        if (compute & {"input", "kernel"}) - pairs or (bias and not bf16_grad) else None
+    g16 = _logical(_operand(grad_output, working), geom) if bf16_grad else None
+    if pairs:   # both kinds of pairs read whole voxels
+        g16 = channels_inner(g16, num_threads)
     grad_input = grad_kernel = grad_bias = None
     if "input" in compute:
         grad_input = np.empty(geom.input_shape, dtype=dtype) if buffers[0] is None \
@@ -541,9 +541,13 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
         if geom.groups > 1:   # back to Keras' layout: the in_channels axis is the groups'
             grad_kernel.reshape(kd, kh, kw, f, geom.groups, -1)[...] = grouped.reshape(
                 kd, kh, kw, geom.groups, f, -1).transpose(0, 1, 2, 4, 3, 5)
-    if "bias" in compute and use_bias:
+    if bias:
         grad_bias = np.empty(geom.filters, dtype=dtype) if buffers[2] is None else buffers[2]
-        _kernels.grad_bias(g, grad_bias, geom, _element_strides(g), num_threads)
+        if bf16_grad:
+            _kernels.grad_bias(None, grad_bias, geom, _element_strides(g16), num_threads,
+                               g16.view(np.uint16))
+        else:
+            _kernels.grad_bias(g, grad_bias, geom, _element_strides(g), num_threads)
     return tuple(None if grad is None else rounded(grad, result, buffer, num_threads)
                  for grad, buffer in zip((grad_input, grad_kernel, grad_bias), targets))
 
@@ -573,26 +577,3 @@ def _through_activation(grad_output, activation, output, geom, dtype, num_thread
     _kernels.activation_grad(g, y, result, _kernels.FUSED_ACTIVATIONS.index(name), alpha,
                              num_threads)
     return result.reshape(geom.output_shape)
-
-
-def _gradient_buffers(out, geom, dtype, compute, use_bias, inputs):
-    """The checked ``out=`` buffers of the backward, None where a new array is made."""
-    if out is None:
-        return None, None, None
-    if not isinstance(out, (tuple, list)) or len(out) != 3:
-        raise TypeError("`out` must be a tuple (grad_input, grad_kernel, grad_bias) of arrays "
-                        f"or None, got {type(out).__name__}.")
-    wanted = (("input", "out[0] (grad_input)", geom.input_shape, False),
-              ("kernel", "out[1] (grad_kernel)", geom.kernel_shape, True),
-              ("bias", "out[2] (grad_bias)", (geom.filters,), True))
-    buffers = []
-    for buffer, (gradient, name, shape, contiguous) in zip(out, wanted):
-        computed = gradient in compute and (gradient != "bias" or use_bias)
-        if buffer is not None and computed:
-            check_out(buffer, name, shape, dtype, inputs, contiguous=contiguous)
-        buffers.append(buffer if computed else None)
-    checked = [b for b in buffers if b is not None]
-    for i, a in enumerate(checked):   # three gradients, three separate buffers
-        if any(np.may_share_memory(a, b) for b in checked[i + 1:]):
-            raise ValueError("`out` buffers must not share memory with each other.")
-    return tuple(buffers)

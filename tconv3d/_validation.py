@@ -541,3 +541,26 @@ def check_bias_shape(bias, filters):
     if bias.shape != (filters,):
         raise ValueError(f"`bias` must have shape ({filters},) (the kernel's filters), "
                          f"got {bias.shape}.")
+
+
+def gradient_buffers(out, geom, dtype, compute, use_bias, inputs):
+    """The checked ``out=`` buffers of the backward, None where a new array is made."""
+    if out is None:
+        return None, None, None
+    if not isinstance(out, (tuple, list)) or len(out) != 3:
+        raise TypeError("`out` must be a tuple (grad_input, grad_kernel, grad_bias) of arrays "
+                        f"or None, got {type(out).__name__}.")
+    wanted = (("input", "out[0] (grad_input)", geom.input_shape, False),
+              ("kernel", "out[1] (grad_kernel)", geom.kernel_shape, True),
+              ("bias", "out[2] (grad_bias)", (geom.filters,), True))
+    buffers = []
+    for buffer, (gradient, name, shape, contiguous) in zip(out, wanted):
+        computed = gradient in compute and (gradient != "bias" or use_bias)
+        if buffer is not None and computed:
+            check_out(buffer, name, shape, dtype, inputs, contiguous=contiguous)
+        buffers.append(buffer if computed else None)
+    checked = [b for b in buffers if b is not None]
+    for i, a in enumerate(checked):   # three gradients, three separate buffers
+        if any(np.may_share_memory(a, b) for b in checked[i + 1:]):
+            raise ValueError("`out` buffers must not share memory with each other.")
+    return tuple(buffers)

@@ -116,7 +116,8 @@ def test_gradients_within_the_bound_of_the_exact_gradients(rng, geometry, bf16_v
                                                            monkeypatch):
     """On the "float32" path, the float32 kernels' gradients on the widened operands,
     bit for bit; on pairs (AVX512_BF16: of filters for the input gradient, of voxels for
-    the kernel's, channels_last), within the bound. Each rounded once."""
+    the kernel's), within the bound. Each rounded once; the bias gradient (grad_output
+    widened a row at a time) bit for bit with float32's on both."""
     variant, _ = bf16_variant
     x, w, _, kw = _geometry_problem(rng, geometry)
     g = rng.standard_normal(tconv3d.conv_transpose3d(x, w, **kw).shape)
@@ -128,8 +129,7 @@ def test_gradients_within_the_bound_of_the_exact_gradients(rng, geometry, bf16_v
             return kernel(*args)
         monkeypatch.setattr(_kernels, name, recording)
     grads = tconv3d.conv_transpose3d_backward(g, x, w, **kw)
-    pairs = variant == "avx512_bf16"
-    assert on_pairs == [pairs, pairs and kw.get("data_format") != "channels_first"]
+    assert on_pairs == [variant == "avx512_bf16"] * 2
     grads32 = tconv3d.conv_transpose3d_backward(g, x, w, out_dtype="float32", **kw)
     widened = tconv3d.conv_transpose3d_backward(*(a.astype(np.float32) for a in (g, x, w)),
                                                 **kw)
@@ -442,3 +442,22 @@ def test_filter_pairs_hold_each_groups_filters_then_a_zero(rng, groups, filters)
         got = halves[:, :, :, g].transpose(0, 1, 2, 3, 5, 4).reshape(2, 3, 1, 2 * pairs, 4)
         assert np.array_equal(got[:, :, :, :filters], expected)
         assert not got[:, :, :, filters:].any()
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "channels_first", "reversed"])
+def test_gradients_of_any_layout_match_the_contiguous_ones(rng, layout, bf16_variant):
+    """grad_output and x of any strides (channels contiguous or not: pairs made from a
+    compiled copy, the bias widened row by row) give the contiguous operands' bits."""
+    x, w, _ = _bf16_problem(rng, 2, (3, 4, 5), 6, 4, (3, 2, 3))
+    kw = dict(strides=(1, 2, 3), padding="same")
+    g = rng.standard_normal(tconv3d.conv_transpose3d(x, w, **kw).shape).astype(BF16)
+    if layout == "channels_first":
+        g2, x2 = (np.moveaxis(np.ascontiguousarray(np.moveaxis(a, -1, 1)), 1, -1)
+                  for a in (g, x))
+    elif layout == "reversed":
+        g2, x2 = (np.ascontiguousarray(a[:, ::-1, :, ::-1])[:, ::-1, :, ::-1] for a in (g, x))
+    else:
+        g2, x2 = g, x
+    expected = tconv3d.conv_transpose3d_backward(g, x, w, **kw)
+    for mine, theirs in zip(tconv3d.conv_transpose3d_backward(g2, x2, w, **kw), expected):
+        assert np.array_equal(mine.view(np.uint16), theirs.view(np.uint16))
