@@ -413,12 +413,12 @@ TC_DEFINE_SCALAR_CHANNELWISE(f64, double)
  * counting pairs, but A and B hold 32-bit words of two bfloat16 values of consecutive p
  * (low half: the even one), B "VNNI"-ordered (word (q, j) = B[2q][j], B[2q+1][j]); C is
  * float32 (tc_brgemm_bf16's half_last: the last word of each product holds one value,
- * in its low half). vdpbf16ps adds both exact products of a pair to C, each rounded to nearest
- * even (the instruction's rule, whatever MXCSR says), bfloat16 denormals read as zero
- * and denormal results flushed. Column tails use masked vectors: every column gets the
- * same instruction, so results depend only on the problem (never on the tile path or the
- * thread count). The words arrive as `float *` so that the callers' loops, written for
- * float32, move them unchanged; only these kernels read them as pairs. */
+ * in its low half). vdpbf16ps adds both exact products of a pair to C, each rounded to
+ * nearest even (the instruction's rule, whatever MXCSR says), bfloat16 denormals read
+ * as zero and denormal results flushed. Column tails use masked vectors: every column
+ * gets the same instruction, so results depend only on the problem (never on the tile
+ * path or the thread count). The words arrive as `float *` so that the callers' loops,
+ * written for float32, move them unchanged; only these kernels read them as pairs. */
 typedef void (*tc_gemm_rows_bf16_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *const *,
                                     Py_ssize_t, const float *, Py_ssize_t, float *const *,
                                     Py_ssize_t);
