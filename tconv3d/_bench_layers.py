@@ -1,7 +1,7 @@
 """Benchmarks of the framework layers beside the suite of :mod:`tconv3d.bench`: grouped
-layers of the PyTorch drop-in, bfloat16 tensors, a very large stride, and ``model.fit`` of
-a Keras decoder; and the timing rule every benchmark uses (:func:`median_ms`); also the
-fused relu."""
+layers of the PyTorch drop-in, bfloat16 tensors and arrays, a very large stride, and
+``model.fit`` of a Keras decoder; and the timing rule every benchmark uses
+(:func:`median_ms`); also the fused relu."""
 import copy
 import gc
 import statistics
@@ -191,6 +191,46 @@ def run_bfloat16(threads, repeat=7, out=sys.stdout):
           f"ratio of the faster formats fwd {row['ratio_fwd']:.2f}, fwd+bwd "
           f"{row['ratio_fwdbwd']:.2f}", file=out, flush=True)
     return row
+
+
+def run_bfloat16_shapes(cases, threads, repeat=7, out=sys.stdout):
+    """bfloat16 numpy arrays (``ml_dtypes``) against float32 on ``cases`` (name ->
+    (batch, in, out channels, size, kernel, stride, padding), the suite's form),
+    channels_last: forward, input gradient and kernel gradient, each in its own call;
+    prints a line per case with the float32 / bfloat16 time ratios (above 1: bfloat16
+    faster) and which bfloat16 path runs. Returns ``{case: {key: ms}}`` (empty without
+    ml_dtypes)."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return {}
+    from ._kernels import bf16_variant
+    from ._ops import conv_transpose3d_backward
+    rows = {}
+    for name, (n, cin, cout, size, k, s, padding) in cases.items():
+        size, k = ((v,) * 3 if isinstance(v, int) else tuple(v) for v in (size, k))
+        rng = np.random.default_rng(0)
+        kw = dict(strides=s, padding=padding, num_threads=threads)
+        x = rng.standard_normal((n, *size, cin)).astype(np.float32)
+        w = rng.standard_normal((*k, cout, cin)).astype(np.float32)
+        g = rng.standard_normal(conv_transpose3d(x, w, **kw).shape).astype(np.float32)
+        timed = {}
+        for dtype, cast in (("float32", np.float32), ("bfloat16", ml_dtypes.bfloat16)):
+            xd, wd, gd = (a.astype(cast) for a in (x, w, g))
+            timed[f"{dtype}_fwd"] = lambda xd=xd, wd=wd: conv_transpose3d(xd, wd, **kw)
+            for grad in ("input", "kernel"):
+                timed[f"{dtype}_{grad}"] = lambda xd=xd, wd=wd, gd=gd, grad=grad: \
+                    conv_transpose3d_backward(gd, xd, wd, compute=[grad], **kw)
+        row = interleaved_medians(timed, repeat)
+        rows[name] = row
+        phases = ("fwd", "input", "kernel")
+        ms = {dtype: " / ".join(f"{row[f'{dtype}_{p}']:.2f}" for p in phases)
+              for dtype in ("float32", "bfloat16")}
+        ratios = " / ".join(f"{row[f'float32_{p}'] / row[f'bfloat16_{p}']:.2f}" for p in phases)
+        print(f"bfloat16 {name} ({threads} thr, {bf16_variant()}) ms, fwd / grad_input / "
+              f"grad_kernel: float32 {ms['float32']}, bfloat16 {ms['bfloat16']}; "
+              f"float32 / bfloat16 {ratios}", file=out, flush=True)
+    return rows
 
 
 def run_keras_fit(threads, steps=20, out=sys.stdout):

@@ -17,8 +17,8 @@ import numpy as np
 
 from . import _kernels
 from ._geometry import keras_to_torch_kernel, keras_trim, torch_window
-from ._bench_layers import (interleaved_medians, median_ms, run_bfloat16, run_fused_activation,
-                            run_groups, run_keras_fit, run_large_stride)
+from ._bench_layers import (interleaved_medians, median_ms, run_bfloat16, run_bfloat16_shapes,
+                            run_fused_activation, run_groups, run_keras_fit, run_large_stride)
 from ._ops import conv_transpose3d, conv_transpose3d_backward
 
 # name: (batch, in_channels, out_channels, input size, kernel, stride, padding); sizes,
@@ -431,11 +431,14 @@ def main(argv=None, prog="python -m tconv3d.bench"):
         for t in args.threads:
             upsampler[t] = run_upsampler(t, args.repeat)
             sweep[t] = {f"{k} x{f}": v for (k, f), v in run_factor_sweep(t).items()}
-    keras_fit, grouped, fused, bfloat16 = {}, {}, {}, {}
+    keras_fit, grouped, fused, bfloat16, bfloat16_shapes = {}, {}, {}, {}, {}
     for t in args.threads:
         fused[t] = run_fused_activation(t, args.repeat)
         grouped[t] = run_groups(t, args.repeat)
         bfloat16[t] = run_bfloat16(t, args.repeat)
+        bfloat16_shapes[t] = run_bfloat16_shapes(
+            {name: SUITE[name] for name in COMPUTE_BOUND if name in args.cases}, t,
+            args.repeat)
         large_stride[t] = run_large_stride(t)
         keras_fit[t] = run_keras_fit(t)
     mem = peak_memory_forward()
@@ -447,7 +450,7 @@ def main(argv=None, prog="python -m tconv3d.bench"):
             json.dump({"results": results, "memory": mem, "upsampler_ms": upsampler,
                        "factor_sweep_ms": sweep, "large_stride_ms": large_stride,
                        "groups_ms": grouped, "fused_activation_ms": fused,
-                       "bfloat16_ms": bfloat16,
+                       "bfloat16_ms": bfloat16, "bfloat16_shapes_ms": bfloat16_shapes,
                        "keras_fit_steps_per_s": keras_fit,
                        "sgemm_gflops": {t: sgemm_gflops(t) for t in set(args.threads)},
                        "simd": _kernels.simd_variant(), "machine": platform.machine(),

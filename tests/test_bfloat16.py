@@ -461,3 +461,17 @@ def test_gradients_of_any_layout_match_the_contiguous_ones(rng, layout, bf16_var
     expected = tconv3d.conv_transpose3d_backward(g, x, w, **kw)
     for mine, theirs in zip(tconv3d.conv_transpose3d_backward(g2, x2, w, **kw), expected):
         assert np.array_equal(mine.view(np.uint16), theirs.view(np.uint16))
+
+
+def test_the_bfloat16_benchmark_times_every_pass():
+    """`python -m tconv3d.bench`'s bfloat16 lines: one per shape, both dtypes, each pass."""
+    import io
+
+    from tconv3d._bench_layers import run_bfloat16_shapes
+    printed = io.StringIO()
+    rows = run_bfloat16_shapes({"tiny": (1, 4, 3, 3, 2, 2, "same")}, 1, 5, out=printed)
+    assert sorted(rows["tiny"]) == sorted(f"{dtype}_{p}" for dtype in ("float32", "bfloat16")
+                                          for p in ("fwd", "input", "kernel"))
+    assert all(ms > 0 for ms in rows["tiny"].values())
+    line, = printed.getvalue().splitlines()
+    assert line.startswith(f"bfloat16 tiny (1 thr, {_kernels.bf16_variant()}) ms")
