@@ -548,17 +548,23 @@ static void tc_gemm_rows_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
 /* float32 -> bfloat16 bits, rounded to nearest even (ties to even, overflow to infinity,
  * subnormals kept), NaN as the quiet NaN of its sign: ml_dtypes' cast, bit for bit.
  * Branch-free so that the compiler vectorises it; src elements `stride` apart. */
-static void tc_round_bf16(const float *src, Py_ssize_t stride, unsigned short *dst,
-                          Py_ssize_t n)
-{
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned int u;
-        memcpy(&u, src + i * stride, 4);
-        unsigned int rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-        unsigned int nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
-        dst[i] = (unsigned short)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+#define TC_ROUND_BF16_BODY                                                              \
+    for (Py_ssize_t i = 0; i < n; i++) {                                                \
+        unsigned int u;                                                                 \
+        memcpy(&u, src + i * stride, 4);                                                \
+        unsigned int rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;                  \
+        unsigned int nan = ((u >> 16) & 0x8000u) | 0x7fc0u;                            \
+        dst[i] = (unsigned short)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);    \
     }
-}
+#define TC_DEFINE_ROUND_BF16(SUFFIX, ATTR)                                              \
+ATTR static void tc_round_bf16##SUFFIX(const float *src, Py_ssize_t stride,            \
+                                       unsigned short *dst, Py_ssize_t n)              \
+{ TC_ROUND_BF16_BODY }
+TC_DEFINE_ROUND_BF16(_base, )
+#ifdef TC_X86_DISPATCH   /* the same integer steps, in the selected variant's vectors */
+TC_DEFINE_ROUND_BF16(_avx2, __attribute__((target("avx2,fma"))))
+TC_DEFINE_ROUND_BF16(_avx512, __attribute__((target("avx512f,fma"))))
+#endif
 
 /* bfloat16 bits -> float32, exactly (the 16 bits become the high half). */
 static void tc_widen_bf16(const unsigned short *src, float *dst, Py_ssize_t n)
@@ -582,6 +588,8 @@ static tc_cmadd_f32_t tc_cmadd_f32 = tc_cmadd_f32_base;
 static tc_cmadd_f64_t tc_cmadd_f64 = tc_cmadd_f64_base;
 static tc_cdot_f32_t tc_cdot_f32 = tc_cdot_f32_base;
 static tc_cdot_f64_t tc_cdot_f64 = tc_cdot_f64_base;
+static void (*tc_round_bf16)(const float *, Py_ssize_t, unsigned short *, Py_ssize_t) =
+    tc_round_bf16_base;
 static int tc_variant = 0;
 
 #define TC_SELECT(SUFFIX)                                                               \
@@ -594,6 +602,7 @@ static int tc_variant = 0;
         tc_axpy_f32 = tc_axpy_f32##SUFFIX; tc_axpy_f64 = tc_axpy_f64##SUFFIX;           \
         tc_cmadd_f32 = tc_cmadd_f32##SUFFIX; tc_cmadd_f64 = tc_cmadd_f64##SUFFIX;       \
         tc_cdot_f32 = tc_cdot_f32##SUFFIX; tc_cdot_f64 = tc_cdot_f64##SUFFIX;           \
+        tc_round_bf16 = tc_round_bf16##SUFFIX;                                          \
     } while (0)
 
 static int tc_variant_supported(int variant)

@@ -386,16 +386,22 @@ def test_keras_mixed_bfloat16_runs_on_tconv3d(keras, torch):
 
 
 # --- the compiled conversions ---------------------------------------------------------------
-def test_rounding_is_ml_dtypes_cast_bit_for_bit(rng):
+@pytest.mark.parametrize("simd", _kernels.simd_variants_supported())
+def test_rounding_is_ml_dtypes_cast_bit_for_bit(rng, simd):
     """Every class of float32: random bit patterns (NaNs with payloads, infinities,
-    subnormals, ties), rounded by the compiled kernel."""
+    subnormals, ties), rounded by the compiled kernel of each SIMD variant."""
     bits = rng.integers(0, 2 ** 32, size=(2, 3, 4, 5, 7), dtype=np.uint64).astype(np.uint32)
     bits.flat[:6] = [0x7F7F8000, 0x3F808000, 0x3F818000, 0x00008000, 0x7FA12345, 0xFF800001]
     y = bits.view(np.float32)
     with np.errstate(invalid="ignore"):
         expected = y.astype(BF16)
     from tconv3d._bfloat16 import rounded
-    mine = rounded(y, BF16, num_threads=2)
+    before = _kernels.simd_variant()
+    _kernels.set_simd_variant(simd)
+    try:
+        mine = rounded(y, BF16, num_threads=2)
+    finally:
+        _kernels.set_simd_variant(before)
     assert np.array_equal(mine.view(np.uint16), expected.view(np.uint16))
 
 
