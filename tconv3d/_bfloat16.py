@@ -53,12 +53,15 @@ def filter_pairs(kernel, groups, num_threads=1):
     return halves.view(np.float32).reshape(kd, kh, kw, -1, c // groups)
 
 
-def channels_inner(a, num_threads=1):
+def channels_inner(a, num_threads=1, pairs=None):
     """The logical (N, D, H, W, C) bfloat16 ``a`` with contiguous channels: itself, or
     a compiled copy (the halves of :func:`bfloat16_pairs`' words; NumPy copies such a
-    transposition element by element, 5x slower)."""
+    transposition element by element, 5x slower). ``pairs``: words of ``a`` already made
+    by :func:`bfloat16_pairs`, reused when no group of channels was padded."""
     if a.strides[-1] == a.itemsize:
         return a
+    if pairs is not None and 2 * pairs.shape[-1] == a.shape[-1]:
+        return pairs.view(a.dtype)
     return bfloat16_pairs(a, 1, num_threads).view(a.dtype)[..., :a.shape[-1]]
 
 

@@ -504,15 +504,15 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     g = _logical(_operand(grad_output, dtype), geom) \
         if (compute & {"input", "kernel"}) - pairs or (bias and not bf16_grad) else None
     g16 = _logical(_operand(grad_output, working), geom) if bf16_grad else None
-    if pairs:   # both kinds of pairs read whole voxels
-        g16 = channels_inner(g16, num_threads)
+    words = bfloat16_pairs(g16, geom.groups, num_threads) if "input" in pairs else None
+    if "kernel" in pairs:   # voxel pairs read whole voxels
+        g16 = channels_inner(g16, num_threads, words)
     grad_input = grad_kernel = grad_bias = None
     if "input" in compute:
         grad_input = np.empty(geom.input_shape, dtype=dtype) if buffers[0] is None \
             else buffers[0]
         gx = _logical(grad_input, geom)
         if "input" in pairs:
-            words = bfloat16_pairs(g16, geom.groups, num_threads)
             _kernels.grad_input(
                 words, filter_pairs(_operand(kernel, working), geom.groups, num_threads),
                 gx, dataclasses.replace(geom, filters=words.shape[-1]),

@@ -450,11 +450,14 @@ def test_filter_pairs_hold_each_groups_filters_then_a_zero(rng, groups, filters)
         assert not got[:, :, :, filters:].any()
 
 
+@pytest.mark.parametrize("filters", [4, 5])
 @pytest.mark.parametrize("layout", ["channels_last", "channels_first", "reversed"])
-def test_gradients_of_any_layout_match_the_contiguous_ones(rng, layout, bf16_variant):
+def test_gradients_of_any_layout_match_the_contiguous_ones(rng, layout, filters,
+                                                           bf16_variant):
     """grad_output and x of any strides (channels contiguous or not: pairs made from a
-    compiled copy, the bias widened row by row) give the contiguous operands' bits."""
-    x, w, _ = _bf16_problem(rng, 2, (3, 4, 5), 6, 4, (3, 2, 3))
+    compiled copy, or from the filter pairs when no group is padded; the bias widened
+    row by row) give the contiguous operands' bits."""
+    x, w, _ = _bf16_problem(rng, 2, (3, 4, 5), 6, filters, (3, 2, 3))
     kw = dict(strides=(1, 2, 3), padding="same")
     g = rng.standard_normal(tconv3d.conv_transpose3d(x, w, **kw).shape).astype(BF16)
     if layout == "channels_first":
