@@ -484,3 +484,20 @@ def test_the_bfloat16_benchmark_times_every_pass():
     assert all(ms > 0 for ms in rows["tiny"].values())
     line, = printed.getvalue().splitlines()
     assert line.startswith(f"bfloat16 tiny (1 thr, {_kernels.bf16_variant()}) ms")
+
+
+def test_bitwise_identical_for_any_thread_count(rng, bf16_variant):
+    """The pairs' sums have a fixed order (the kernel gradient a fixed partition into
+    chunks), as float32's: the same bits on 1, 2 and 3 threads."""
+    x, w, b = _bf16_problem(rng, 2, (6, 5, 9), 12, 9, (3, 2, 3))   # 3 threads' work
+    kw = dict(strides=(2, 1, 2), padding="same")
+    from tconv3d._threads import MIN_WORK_PER_THREAD
+    assert x.size * w.size // x.shape[-1] >= 3 * MIN_WORK_PER_THREAD
+    g = rng.standard_normal(tconv3d.conv_transpose3d(x, w, b, **kw).shape).astype(BF16)
+    results = []
+    for threads in (1, 2, 3):
+        y = tconv3d.conv_transpose3d(x, w, b, num_threads=threads, **kw)
+        grads = tconv3d.conv_transpose3d_backward(g, x, w, num_threads=threads, **kw)
+        results.append([a.view(np.uint16) for a in (y, *grads)])
+    for other in results[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(results[0], other))
