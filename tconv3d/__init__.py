@@ -37,8 +37,8 @@ def __getattr__(name):
 
 
 _BF16_PATHS = {
-    "avx512_bf16": "avx512_bf16 (forward GEMMs on bfloat16 pairs, float32 sums; "
-                   "gradients on widened operands)",
+    "avx512_bf16": "avx512_bf16 (forward and gradient GEMMs on bfloat16 pairs, float32 "
+                   "sums; channel-wise problems on widened operands)",
     "float32": "float32 (float32 kernels on exactly widened operands)",
 }
 
