@@ -918,7 +918,8 @@ cdef int _conv_transpose_blocked(const Problem *p,
                     nb = runs.length if ow_n - o0 > runs.length else ow_n - o0
                     for row in range(first, last):
                         _split_row(&r, row, p.n_out)
-                        cbuf = _block_out(p, direct_y, acc, row - first, runs.length, o0, grp, &r)
+                        cbuf = _block_out(p, direct_y, acc, row - first, runs.length, o0,
+                                          grp, &r)
                         for b in range(nb):
                             if bg == NULL:
                                 memset(cbuf + b * ldc, 0, cout * sizeof(floating))
@@ -938,8 +939,8 @@ cdef int _conv_transpose_blocked(const Problem *p,
                                         continue
                                     xrow = (x + _row_offset(p.xs, r.n, i_d, i_h)
                                             + grp * cin * p.xs[4])
-                                    cbuf = _block_out(p, direct_y, acc, row - first, runs.length,
-                                                      o0, grp, &r)
+                                    cbuf = _block_out(p, direct_y, acc, row - first,
+                                                      runs.length, o0, grp, &r)
                                     for t in range(runs.hi[e] - runs.lo[e]):
                                         arows[m] = xrow + (runs.lo[e] + t) * p.xs[3]
                                         crows[m] = cbuf + (runs.o[e] - o0 + t * sw) * ldc
@@ -951,7 +952,8 @@ cdef int _conv_transpose_blocked(const Problem *p,
                                     p.bf16_pairs)
                     for row in range(first, last):
                         _split_row(&r, row, p.n_out)
-                        cbuf = _block_out(p, direct_y, acc, row - first, runs.length, o0, grp, &r)
+                        cbuf = _block_out(p, direct_y, acc, row - first, runs.length, o0,
+                                          grp, &r)
                         _activate(cbuf, nb, ldc, cout, act, alpha)
                         yoff = (_row_offset(p.ys, r.n, r.d, r.h) + o0 * p.ys[3]
                                 + grp * cout * p.ys[4])
@@ -1421,15 +1423,22 @@ def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x
 
 # ------------------------------------------------------------------------ grad of bias
 
+cdef inline Py_ssize_t _row_number_offset(const Py_ssize_t *strides,
+                                          const Py_ssize_t *lengths,
+                                          Py_ssize_t row) noexcept nogil:
+    """Element offset of row number `row` of a logical array (batch, lengths[0],
+    lengths[1], ., .) of these element strides. (A local Row: a prange variable written
+    only through a pointer would be shared between threads.)"""
+    cdef Row r
+    _split_row(&r, row, lengths)
+    return _row_offset(strides, r.n, r.d, r.h)
+
+
 cdef inline const floating *_row_start(const floating *a, const Py_ssize_t *strides,
                                        const Py_ssize_t *lengths,
                                        Py_ssize_t row) noexcept nogil:
-    """Start of row number `row` of `a`, a logical array (batch, lengths[0], lengths[1],
-    ., .) of these element strides. (A local Row: a prange variable written only
-    through a pointer would be shared between threads.)"""
-    cdef Row r
-    _split_row(&r, row, lengths)
-    return a + _row_offset(strides, r.n, r.d, r.h)
+    """Start of row number `row` of `a` (_row_number_offset)."""
+    return a + _row_number_offset(strides, lengths, row)
 
 
 cdef void _grad_bias(const Problem *p,
@@ -1463,16 +1472,18 @@ cdef void _grad_bias(const Problem *p,
         memset(buf, 0, width * sizeof(floating))
         for row in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
             if floating is float and g16 != NULL:   # the row in buf's layout, exactly
-                row16 = g16 + _row_offset(p.ys, row // (p.n_out[0] * p.n_out[1]),
-                                          row // p.n_out[1] % p.n_out[0], row % p.n_out[1])
+                row16 = g16 + _row_number_offset(p.ys, p.n_out, row)
                 if channel_rows:
                     for co in range(cout):
                         tc_widen_bf16(row16 + co * p.ys[4], wide + co * ow_n, ow_n)
+                elif p.ys[4] == 1:
+                    for o in range(ow_n):
+                        tc_widen_bf16(row16 + o * p.ys[3], wide + o * cout, cout)
                 else:
                     for o in range(ow_n):
-                        for co in range(cout if p.ys[4] != 1 else 1):
+                        for co in range(cout):
                             tc_widen_bf16(row16 + o * p.ys[3] + co * p.ys[4],
-                                          wide + o * cout + co, 1 if p.ys[4] != 1 else cout)
+                                          wide + o * cout + co, 1)
                 _axpy(width, <floating> 1, wide, 1, buf, 1)
                 continue
             grow = _row_start(g, p.ys, p.n_out, row)

@@ -9,7 +9,8 @@ from ._bfloat16 import (bfloat16_pairs, channels_inner, filter_pairs, rounded,
 from ._validation import (FROM_OUTPUT, as_array, check_allocation, check_bias_shape,
                           check_out, compute_dtype, gradient_buffers, is_bfloat16,
                           make_geometry, normalize_activation, normalize_bool,
-                          normalize_compute, normalize_num_threads, normalize_out_dtype, normalize_shape, without_dtype, working_dtype)
+                          normalize_compute, normalize_num_threads, normalize_out_dtype,
+                          normalize_shape, without_dtype, working_dtype)
 
 __all__ = ["conv_transpose3d", "conv_transpose3d_backward", "conv_transpose3d_output_shape"]
 
@@ -344,7 +345,8 @@ def _run_forward(x_logical, wt, bias, geom, num_threads, out, activation, bf16_p
     counts, and the result may be rounded into the bfloat16 array ``bf16_out`` instead."""
     if bf16_out is None:
         y = np.empty(geom.output_shape, dtype=wt.dtype) if out is None else out
-        y_logical, y_bf16, strides_of = _logical(y, geom), None, _logical(y, geom)
+        y_logical = strides_of = _logical(y, geom)
+        y_bf16 = None
     else:
         y, y_logical = bf16_out, None
         y_bf16 = strides_of = _logical(bf16_out.view(np.uint16), geom)
