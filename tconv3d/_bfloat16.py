@@ -54,15 +54,16 @@ def filter_pairs(kernel, groups, num_threads=1):
 
 
 def channels_inner(a, num_threads=1, pairs=None):
-    """The logical (N, D, H, W, C) bfloat16 ``a`` with contiguous channels: itself, or
-    a compiled copy (the halves of :func:`bfloat16_pairs`' words; NumPy copies such a
-    transposition element by element, 5x slower). ``pairs``: words of ``a`` already made
-    by :func:`bfloat16_pairs`, reused when no group of channels was padded."""
+    """The logical (N, D, H, W, C) bfloat16 ``a`` with contiguous channels: itself, the
+    halves of :func:`bfloat16_pairs`' words ``pairs`` made from it when no group of
+    channels was padded, or a compiled copy (``_kernels.channels_last``)."""
     if a.strides[-1] == a.itemsize:
         return a
     if pairs is not None and 2 * pairs.shape[-1] == a.shape[-1]:
         return pairs.view(a.dtype)
-    return bfloat16_pairs(a, 1, num_threads).view(a.dtype)[..., :a.shape[-1]]
+    copy = np.empty(a.shape, np.uint16)
+    _kernels.channels_last(a.view(np.uint16), copy, _threads.team_size(num_threads, a.size))
+    return copy.view(a.dtype)
 
 
 def voxel_pairs(a, step, num_threads=1):

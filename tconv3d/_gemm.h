@@ -575,6 +575,122 @@ static void tc_widen_bf16(const unsigned short *src, float *dst, Py_ssize_t n)
     }
 }
 
+/* Transposing copy D[j*ldd + i] = S[i*lds + j] (0 <= i < m, 0 <= j < n): tiles of voxels
+ * x channels into the channel planes of a channels_first array. The vector variants move
+ * 8 x 8 (float) or 4 x 4 (double) blocks through AVX registers; a remainder of columns or
+ * planes is one more block overlapping the previous one (the same values written twice),
+ * so only a tile narrower than a block goes element by element. With `stream` (a caller
+ * storing many tiles in a burst, see tc_store_fence) the whole 64-byte lines of each
+ * plane's row are written with non-temporal stores, which do not read a line they
+ * overwrite; the rest of the row with ordinary stores (a line taking both would be
+ * written back in parts). A copy: every variant and store gives the same bits. */
+#define TC_DEFINE_TRANSPOSE_BASE(SUFFIX, T)                                             \
+static void tc_transpose_##SUFFIX##_base(Py_ssize_t m, Py_ssize_t n, const T *S,         \
+                                         Py_ssize_t lds, T *D, Py_ssize_t ldd, int stream) \
+{                                                                                       \
+    (void)stream;                                                                       \
+    for (Py_ssize_t j = 0; j < n; j++)                                                  \
+        for (Py_ssize_t i = 0; i < m; i++)                                              \
+            D[j * ldd + i] = S[i * lds + j];                                            \
+}
+TC_DEFINE_TRANSPOSE_BASE(f32, float)
+TC_DEFINE_TRANSPOSE_BASE(f64, double)
+#ifdef TC_X86_DISPATCH
+/* Row q of a block (plane j + q, columns i...): 32 bytes, streamed when `nt`. */
+#define TC_STORE_ROW(KIND, q, value)                                                    \
+    do {                                                                                \
+        if (nt) _mm256_stream_##KIND(D + (j + (q)) * ldd + i, (value));                 \
+        else _mm256_storeu_##KIND(D + (j + (q)) * ldd + i, (value));                    \
+    } while (0)
+__attribute__((target("avx2")))
+static inline void tc_block_f32(const float *S, Py_ssize_t lds, float *D, Py_ssize_t ldd,
+                                Py_ssize_t i, Py_ssize_t j, int nt)
+{
+    __m256 r[8], t[8], u[8];
+    for (int q = 0; q < 8; q++) r[q] = _mm256_loadu_ps(S + (i + q) * lds + j);
+    for (int q = 0; q < 8; q += 2) {
+        t[q] = _mm256_unpacklo_ps(r[q], r[q + 1]);
+        t[q + 1] = _mm256_unpackhi_ps(r[q], r[q + 1]);
+    }
+    for (int q = 0; q < 8; q += 4) {
+        u[q] = _mm256_shuffle_ps(t[q], t[q + 2], 0x44);
+        u[q + 1] = _mm256_shuffle_ps(t[q], t[q + 2], 0xEE);
+        u[q + 2] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0x44);
+        u[q + 3] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0xEE);
+    }
+    for (int q = 0; q < 4; q++) {
+        TC_STORE_ROW(ps, q, _mm256_permute2f128_ps(u[q], u[q + 4], 0x20));
+        TC_STORE_ROW(ps, q + 4, _mm256_permute2f128_ps(u[q], u[q + 4], 0x31));
+    }
+}
+__attribute__((target("avx2")))
+static inline void tc_block_f64(const double *S, Py_ssize_t lds, double *D, Py_ssize_t ldd,
+                                Py_ssize_t i, Py_ssize_t j, int nt)
+{
+    __m256d r[4], t[4];
+    for (int q = 0; q < 4; q++) r[q] = _mm256_loadu_pd(S + (i + q) * lds + j);
+    t[0] = _mm256_unpacklo_pd(r[0], r[1]);
+    t[1] = _mm256_unpackhi_pd(r[0], r[1]);
+    t[2] = _mm256_unpacklo_pd(r[2], r[3]);
+    t[3] = _mm256_unpackhi_pd(r[2], r[3]);
+    TC_STORE_ROW(pd, 0, _mm256_permute2f128_pd(t[0], t[2], 0x20));
+    TC_STORE_ROW(pd, 1, _mm256_permute2f128_pd(t[1], t[3], 0x20));
+    TC_STORE_ROW(pd, 2, _mm256_permute2f128_pd(t[0], t[2], 0x31));
+    TC_STORE_ROW(pd, 3, _mm256_permute2f128_pd(t[1], t[3], 0x31));
+}
+#define TC_LINE 64
+/* Columns lo <= i < hi of planes j...j+L-1 in blocks, the last one overlapping when
+ * (hi - lo) % L; element by element when narrower than a block. */
+#define TC_BLOCKS(SUFFIX, L, lo, hi, nt)                                                \
+    do {                                                                                \
+        Py_ssize_t i_ = (lo);                                                           \
+        if ((hi) - (lo) < (L)) {                                                        \
+            for (; i_ < (hi); i_++)                                                     \
+                for (Py_ssize_t q = 0; q < (L); q++)                                    \
+                    D[(j + q) * ldd + i_] = S[i_ * lds + j + q];                        \
+            break;                                                                      \
+        }                                                                               \
+        for (; i_ + (L) <= (hi); i_ += (L)) tc_block_##SUFFIX(S, lds, D, ldd, i_, j, nt); \
+        if (i_ < (hi)) tc_block_##SUFFIX(S, lds, D, ldd, (hi) - (L), j, nt);            \
+    } while (0)
+#define TC_DEFINE_TRANSPOSE(SUFFIX, T, L)                                               \
+__attribute__((target("avx2")))                                                         \
+static void tc_transpose_##SUFFIX##_avx2(Py_ssize_t m, Py_ssize_t n, const T *S,         \
+                                         Py_ssize_t lds, T *D, Py_ssize_t ldd, int stream) \
+{                                                                                       \
+    /* Whole lines a <= i < b (the same in every plane when ldd is a multiple of one). */ \
+    Py_ssize_t per_line = TC_LINE / sizeof(T), a = 0, b = 0;                            \
+    if (n < (L)) { tc_transpose_##SUFFIX##_base(m, n, S, lds, D, ldd, 0); return; }     \
+    if (stream && (ldd * sizeof(T)) % TC_LINE == 0 && (size_t)D % sizeof(T) == 0) {     \
+        a = (Py_ssize_t)(((TC_LINE - (size_t)D % TC_LINE) % TC_LINE) / sizeof(T));      \
+        b = a < m ? a + (m - a) / per_line * per_line : a;                              \
+        if (b == a) a = b = 0;                                                          \
+    }                                                                                   \
+    for (Py_ssize_t jb = 0; jb < n; jb += (L)) {                                        \
+        Py_ssize_t j = jb + (L) <= n ? jb : n - (L);                                    \
+        if (b > a) {                                                                    \
+            TC_BLOCKS(SUFFIX, L, 0, a, 0);                                              \
+            TC_BLOCKS(SUFFIX, L, a, b, 1);                                              \
+            TC_BLOCKS(SUFFIX, L, b, m, 0);                                              \
+        } else {                                                                        \
+            TC_BLOCKS(SUFFIX, L, 0, m, 0);                                              \
+        }                                                                               \
+    }                                                                                   \
+}
+TC_DEFINE_TRANSPOSE(f32, float, 8)
+TC_DEFINE_TRANSPOSE(f64, double, 4)
+#define tc_transpose_f32_avx512 tc_transpose_f32_avx2
+#define tc_transpose_f64_avx512 tc_transpose_f64_avx2
+#endif
+
+/* Orders a thread's non-temporal stores before what follows (the end of its work). */
+static inline void tc_store_fence(void)
+{
+#ifdef TC_X86_DISPATCH
+    _mm_sfence();
+#endif
+}
+
 /* Variants: 0 = baseline, 1 = AVX2+FMA, 2 = AVX-512 (named in _kernels.pyx, SIMD_VARIANTS). */
 static tc_gemm_f32_t tc_gemm_f32 = tc_gemm_f32_base;
 static tc_gemm_f64_t tc_gemm_f64 = tc_gemm_f64_base;
@@ -590,6 +706,10 @@ static tc_cdot_f32_t tc_cdot_f32 = tc_cdot_f32_base;
 static tc_cdot_f64_t tc_cdot_f64 = tc_cdot_f64_base;
 static void (*tc_round_bf16)(const float *, Py_ssize_t, unsigned short *, Py_ssize_t) =
     tc_round_bf16_base;
+static void (*tc_transpose_f32)(Py_ssize_t, Py_ssize_t, const float *, Py_ssize_t, float *,
+                                Py_ssize_t, int) = tc_transpose_f32_base;
+static void (*tc_transpose_f64)(Py_ssize_t, Py_ssize_t, const double *, Py_ssize_t, double *,
+                                Py_ssize_t, int) = tc_transpose_f64_base;
 static int tc_variant = 0;
 
 #define TC_SELECT(SUFFIX)                                                               \
@@ -603,6 +723,8 @@ static int tc_variant = 0;
         tc_cmadd_f32 = tc_cmadd_f32##SUFFIX; tc_cmadd_f64 = tc_cmadd_f64##SUFFIX;       \
         tc_cdot_f32 = tc_cdot_f32##SUFFIX; tc_cdot_f64 = tc_cdot_f64##SUFFIX;           \
         tc_round_bf16 = tc_round_bf16##SUFFIX;                                          \
+        tc_transpose_f32 = tc_transpose_f32##SUFFIX;                                    \
+        tc_transpose_f64 = tc_transpose_f64##SUFFIX;                                    \
     } while (0)
 
 static int tc_variant_supported(int variant)

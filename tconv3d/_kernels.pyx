@@ -134,11 +134,19 @@ cdef extern from "_gemm.h":
     void tc_round_bf16(const float *src, Py_ssize_t stride, uint16_t *dst,
                        Py_ssize_t n) noexcept nogil
     void tc_widen_bf16(const uint16_t *src, float *dst, Py_ssize_t n) noexcept nogil
+    void tc_transpose_f32(Py_ssize_t m, Py_ssize_t n, const float *S, Py_ssize_t lds,
+                          float *D, Py_ssize_t ldd, int stream) noexcept nogil
+    void tc_transpose_f64(Py_ssize_t m, Py_ssize_t n, const double *S, Py_ssize_t lds,
+                          double *D, Py_ssize_t ldd, int stream) noexcept nogil
+    void tc_store_fence() noexcept nogil
     int tc_select_variant(int variant) noexcept nogil
     int tc_best_variant() noexcept nogil
 
 
 SIMD_VARIANTS = ("baseline", "avx2", "avx512")
+
+
+
 
 
 def simd_variant():
@@ -336,6 +344,30 @@ cdef inline void _cdot(Py_ssize_t m, Py_ssize_t n, const floating *A, Py_ssize_t
         tc_cdot_f64(m, n, A, sai, X, sxi, C)
 
 
+cdef inline void _store_tile(const floating *acc, Py_ssize_t nb, Py_ssize_t nc,
+                             floating *dst, Py_ssize_t s_b, Py_ssize_t s_c) noexcept nogil:
+    """dst[b*s_b + c*s_c] = acc[b*nc + c]: a tile of nb voxels x nc channels, accumulated
+    apart, into an array of any strides (channels_first: transposed into the channel
+    planes, in SIMD blocks when its voxels are contiguous; see _gemm.h)."""
+    cdef Py_ssize_t b, c
+    if s_b == 1 and nc > 1:
+        if floating is float:
+            tc_transpose_f32(nb, nc, acc, nc, dst, s_c, False)
+        else:
+            tc_transpose_f64(nb, nc, acc, nc, dst, s_c, False)
+    elif nc == 1:  # no per-voxel inner loop (GCC would call memcpy)
+        for b in range(nb):
+            dst[b * s_b] = acc[b]
+    elif s_c <= s_b:  # channels inner: voxel by voxel
+        for b in range(nb):
+            for c in range(nc):
+                dst[b * s_b + c * s_c] = acc[b * nc + c]
+    else:
+        for c in range(nc):
+            for b in range(nb):
+                dst[b * s_b + c * s_c] = acc[b * nc + c]
+
+
 def openmp_enabled():
     """True when the extension was compiled with OpenMP."""
     return bool(TCONV3D_OPENMP)
@@ -363,6 +395,13 @@ cdef Py_ssize_t MIN_CHUNK_VOXELS = 256
 cdef Py_ssize_t REDUCE_BLOCK = 1024
 # Elements round_bfloat16 and widen_bfloat16 convert at a time.
 cdef Py_ssize_t ROUND_BLOCK = 1 << 16
+# Voxels and channels per tile of a transposing copy (channels_last): one tile's source
+# and destination lines stay in L1.
+cdef Py_ssize_t TRANSPOSE_TILE = 32
+# The forward's channel planes (_store_planes): bytes of tiles stored in one burst (in L1
+# with the GEMMs' operands), and the output size from which bursts stream past the caches.
+cdef Py_ssize_t BURST_BYTES = 32 * 1024
+cdef Py_ssize_t STREAM_BYTES = 2 * 1024 * 1024
 # The forward of layers with tap matrices of at least this many bytes works in blocks of
 # up to MAX_BLOCK_ROWS output rows (_conv_transpose_blocked).
 cdef Py_ssize_t BLOCKED_TAP_BYTES = 64 * 1024
@@ -615,6 +654,49 @@ def bfloat16_voxel_pairs(const uint16_t[:, :, :, :, :] a, uint16_t[:, :, :, :, :
                     dst = dst + 2 * nc
 
 
+ctypedef fused element:   # what a copy moves: the working dtypes and bfloat16's bits
+    float
+    double
+    uint16_t
+
+
+def channels_last(const element[:, :, :, :, :] a, element[:, :, :, :, ::1] out,
+                  int num_threads):
+    """out = a for a logical (N, D, H, W, C) `a` of any strides: its copy with contiguous
+    channels, row by row in parallel; for channel-strided rows (channels_first) read along
+    the width in tiles of TRANSPOSE_TILE voxels x channels, each written while in cache
+    (NumPy copies such a transposition element by element, several times slower)."""
+    cdef Py_ssize_t nb = a.shape[0], nd = a.shape[1], nh = a.shape[2], nw = a.shape[3]
+    cdef Py_ssize_t nc = a.shape[4], sw = a.strides[3] // sizeof(element)
+    cdef Py_ssize_t sc = a.strides[4] // sizeof(element), tile = TRANSPOSE_TILE
+    cdef Py_ssize_t row, n, d, h, w, c, tw, tc, w0, c0, w1, c1
+    cdef const element *src
+    cdef element *dst
+    if a.size == 0:
+        return
+    with nogil:
+        for row in prange(nb * nd * nh, schedule='static', num_threads=num_threads):
+            n = row // (nd * nh)
+            d = row // nh % nd
+            h = row % nh
+            src = &a[n, d, h, 0, 0]
+            dst = &out[n, d, h, 0, 0]
+            if sc == 1 or nc == 1:
+                for w in range(nw):
+                    for c in range(nc):
+                        dst[w * nc + c] = src[w * sw + c * sc]
+                continue
+            for tw in range((nw + tile - 1) // tile):
+                w0 = tw * tile
+                w1 = w0 + tile if w0 + tile < nw else nw
+                for tc in range((nc + tile - 1) // tile):
+                    c0 = tc * tile
+                    c1 = c0 + tile if c0 + tile < nc else nc
+                    for c in range(c0, c1):
+                        for w in range(w0, w1):
+                            dst[w * nc + c] = src[w * sw + c * sc]
+
+
 def activation_grad(const floating[::1] g, const floating[::1] y, floating[::1] out,
                     int act, floating alpha, int num_threads):
     """out = g * activation'(z), from the activation's output y = activation(z) (codes of
@@ -664,6 +746,55 @@ cdef bint _check_pairs(const Problem *p, bint pairs, size_t itemsize) except -1:
 
 # ----------------------------------------------------------------------------- forward
 
+cdef inline Py_ssize_t _burst_rows(Py_ssize_t row_bytes) noexcept nogil:
+    """Output rows whose tiles are stored in one burst: BURST_BYTES of them, at least one."""
+    cdef Py_ssize_t n = BURST_BYTES // row_bytes if row_bytes > 0 else 1
+    return 1 if n < 1 else n
+
+
+cdef inline bint _planes(const Problem *p) noexcept nogil:
+    """Whether the forward's GEMM tiles go to channel planes (channels_first: voxels
+    contiguous, channels not). Stored run by run between GEMMs, the planes' many lines
+    cost ~3x what they cost stored a block of rows at a time (_store_planes)."""
+    return (p.ys[4] != 1 and p.ys[3] == 1 and not _depthwise(p)
+            and not (p.cin == 1 and p.cout == 1))
+
+
+cdef void _store_planes(const Problem *p, const floating *acc, Py_ssize_t first,
+                        Py_ssize_t last, floating *y, Row *r) noexcept nogil:
+    """Output rows first <= row < last, accumulated in acc as y's rows with contiguous
+    channels would be, transposed into y's channel planes, rows that follow each other
+    in the planes as one: with non-temporal stores for outputs larger than STREAM_BYTES
+    (more than a core's caches: their lines would be evicted unread anyway), which write
+    whole lines without reading them first."""
+    cdef Py_ssize_t ow_n = p.n_out[2], row_elements = ow_n * p.groups * p.cout
+    cdef bint stream = (p.batch * p.n_out[0] * p.n_out[1] * row_elements * sizeof(floating)
+                        > STREAM_BYTES)
+    cdef Py_ssize_t row, end, grp, m
+    cdef const floating *src
+    cdef floating *dst
+    row = first
+    while row < last:
+        _split_row(r, row, p.n_out)
+        dst = y + _row_offset(p.ys, r.n, r.d, r.h)
+        end = row + 1
+        while end < last:   # the next row starts where this one ends in every plane
+            _split_row(r, end, p.n_out)
+            if y + _row_offset(p.ys, r.n, r.d, r.h) != dst + (end - row) * ow_n:
+                break
+            end = end + 1
+        src = acc + (row - first) * row_elements
+        m = (end - row) * ow_n
+        for grp in range(p.groups):
+            if floating is float:
+                tc_transpose_f32(m, p.cout, src + grp * p.cout, p.groups * p.cout,
+                                 dst + grp * p.cout * p.ys[4], p.ys[4], stream)
+            else:
+                tc_transpose_f64(m, p.cout, src + grp * p.cout, p.groups * p.cout,
+                                 dst + grp * p.cout * p.ys[4], p.ys[4], stream)
+        row = end
+
+
 cdef int _conv_transpose(const Problem *p,
                          const Phases *ph,      # IN  taps into output rows (depth, height)
                          const Runs *runs,      # IN  the width GEMMs of runs of outputs
@@ -680,7 +811,15 @@ cdef int _conv_transpose(const Problem *p,
     cdef Py_ssize_t cin = p.cin, cout = p.cout, ow_n = p.n_out[2], sw = p.s[2]
     cdef Py_ssize_t rows = p.batch * p.n_out[0] * p.n_out[1]
     cdef Py_ssize_t row, grp, run, o0, nb, b, e, td, th, co, ldc, seg, u, nbat
+    cdef Py_ssize_t blk, first, last
+    # Where the GEMMs accumulate: `direct`ly in y when its channels are contiguous; in
+    # whole rows of acc (laid out as y's rows with contiguous channels) for channel
+    # `planes`, stored a block of rows at a time (_store_planes); else run by run in acc.
     cdef bint direct = p.ys[4] == 1 and not (cin == 1 and cout == 1) and y16 == NULL
+    cdef bint buffered = _planes(p) and y16 == NULL
+    cdef Py_ssize_t row_elements = ow_n * p.groups * cout if buffered else 0
+    cdef Py_ssize_t block = _burst_rows(row_elements * sizeof(floating)) if buffered else 1
+    cdef Py_ssize_t blocks = (rows + block - 1) // block
     cdef Py_ssize_t max_batch = p.k[0] * p.k[1]
     cdef Py_ssize_t yoff
     cdef const floating **arows = NULL   # per thread: one segment's products
@@ -706,112 +845,117 @@ cdef int _conv_transpose(const Problem *p,
 
     memset(&r, 0, sizeof(Row))  # Cython copies r into the region (firstprivate): no garbage
     with parallel(num_threads=num_threads):
-        acc = <floating *> _thread_malloc(runs.length * acc_channels * sizeof(floating),
-                                          failed_ptr)
+        acc = <floating *> _thread_malloc(
+            (block * row_elements if buffered else runs.length * acc_channels)
+            * sizeof(floating), failed_ptr)
         xbuf = <floating *> _thread_malloc(p.n_in[2] * groups * sizeof(floating), failed_ptr)
         arows = <const floating **> _thread_malloc((2 * max_batch + 1) * sizeof(floating *),
                                                    failed_ptr)
         btaps = arows + max_batch
         r = _thread_row(p, failed_ptr)
-        for row in prange(rows, schedule='static'):
+        for blk in prange(blocks, schedule='static'):
             if acc == NULL or xbuf == NULL or arows == NULL or r.j[0] == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
-            _output_row(p, ph, row, &r)
-            for run in range(runs.count if depthwise else 0):
-                o0 = run * runs.length
-                nb = runs.length if ow_n - o0 > runs.length else ow_n - o0
-                yp = y + _row_offset(p.ys, r.n, r.d, r.h) + o0 * p.ys[3]
-                cbuf = yp if p.ys[4] == 1 else acc
-                ldc = p.ys[3] if p.ys[4] == 1 else groups
-                for b in range(nb):
-                    if bias == NULL:
-                        memset(cbuf + b * ldc, 0, groups * sizeof(floating))
-                    else:
-                        memcpy(cbuf + b * ldc, bias, groups * sizeof(floating))
-                for td in range(r.n_taps[0] if runs.first[run] < runs.first[run + 1] else 0):
-                    for th in range(r.n_taps[1]):
-                        xrow = _channels_contiguous(
-                            x + _row_offset(p.xs, r.n, r.index[0][td], r.index[1][th]),
-                            p.n_in[2], groups, p.xs, xbuf)
-                        for e in range(runs.first[run], runs.first[run + 1]):
-                            _cmadd(runs.hi[e] - runs.lo[e], groups,
-                                   xrow + runs.lo[e] * xstep, xstep,
-                                   wt + _tap_matrix(p, &r, td, th, runs.j[e]),
-                                   cbuf + (runs.o[e] - o0) * ldc, sw * ldc)
-                _activate(cbuf, nb, ldc, groups, act, alpha)
-                if p.ys[4] != 1:  # strided channels (channels_first): channel by channel
-                    for co in range(groups):
-                        for b in range(nb):
-                            yp[b * p.ys[3] + co * p.ys[4]] = acc[b * groups + co]
-            for grp in range(0 if depthwise else groups):
-                xg = x + grp * cin * p.xs[4]
-                wg = wt + grp * cin * cout
-                bg = bias
-                if bias != NULL:
-                    bg = bias + grp * cout
-                for run in range(runs.count):
+            first = blk * block
+            last = first + block if rows - first > block else rows
+            for row in range(first, last):
+                _output_row(p, ph, row, &r)
+                for run in range(runs.count if depthwise else 0):
                     o0 = run * runs.length
                     nb = runs.length if ow_n - o0 > runs.length else ow_n - o0
-                    yoff = (_row_offset(p.ys, r.n, r.d, r.h) + o0 * p.ys[3]
-                            + grp * cout * p.ys[4])
-                    yp = y + yoff
-                    # With contiguous output channels the GEMMs accumulate straight into
-                    # y (outputs ldc apart); otherwise into acc, stored afterwards.
-                    if direct:
-                        cbuf = yp
-                        ldc = p.ys[3]
-                    else:
-                        cbuf = acc
-                        ldc = cout
-                    if bg == NULL and not direct:
-                        memset(acc, 0, nb * cout * sizeof(floating))
-                    elif cout == 1:
-                        for b in range(nb):
-                            cbuf[b * ldc] = 0 if bg == NULL else bg[0]
-                    else:
-                        for b in range(nb):
-                            if bg == NULL:
-                                memset(cbuf + b * ldc, 0, cout * sizeof(floating))
-                            else:
-                                memcpy(cbuf + b * ldc, bg, cout * sizeof(floating))
-                    for td in range(r.n_taps[0] if cin == 1 and cout == 1 else 0):
+                    yp = y + _row_offset(p.ys, r.n, r.d, r.h) + o0 * p.ys[3]
+                    cbuf = yp if p.ys[4] == 1 else acc
+                    ldc = p.ys[3] if p.ys[4] == 1 else groups
+                    for b in range(nb):
+                        if bias == NULL:
+                            memset(cbuf + b * ldc, 0, groups * sizeof(floating))
+                        else:
+                            memcpy(cbuf + b * ldc, bias, groups * sizeof(floating))
+                    for td in range(r.n_taps[0] if runs.first[run] < runs.first[run + 1] else 0):
                         for th in range(r.n_taps[1]):
-                            xrow = xg + _row_offset(p.xs, r.n, r.index[0][td],
-                                                    r.index[1][th])
+                            xrow = _channels_contiguous(
+                                x + _row_offset(p.xs, r.n, r.index[0][td], r.index[1][th]),
+                                p.n_in[2], groups, p.xs, xbuf)
                             for e in range(runs.first[run], runs.first[run + 1]):
-                                # Outputs o, o + sw, ... of the run from inputs lo <= i < hi.
-                                _axpy(runs.hi[e] - runs.lo[e],
-                                      wg[_tap_matrix(p, &r, td, th, runs.j[e])],
-                                      xrow + runs.lo[e] * p.xs[3], p.xs[3],
-                                      acc + (runs.o[e] - o0), sw)
-                    for e in range(runs.first[run], runs.first[run] if cin == 1
-                                   and cout == 1 else runs.first[run + 1]):
-                        # One batch-reduce GEMM per width entry (outputs o, o + sw, ...
-                        # of the run from inputs lo <= i < hi), over the row's (depth,
-                        # height) taps: their products in the order of a GEMM each.
-                        nbat = 0
-                        for td in range(r.n_taps[0]):
-                            for th in range(r.n_taps[1]):
-                                arows[nbat] = xg + _row_offset(p.xs, r.n, r.index[0][td],
-                                                               r.index[1][th])
-                                btaps[nbat] = wg + _tap_matrix(p, &r, td, th, runs.j[e])
-                                nbat = nbat + 1
-                        _brgemm_panels(runs.hi[e] - runs.lo[e], cout, cin, nbat, arows,
-                                       runs.lo[e] * p.xs[3], p.xs[3], p.xs[4], btaps,
-                                       cbuf + (runs.o[e] - o0) * ldc, sw * ldc,
-                                       p.bf16_pairs)
-                    _activate(cbuf, nb, ldc, cout, act, alpha)
-                    if direct:
-                        continue
-                    if floating is float and y16 != NULL:
-                        _store_bf16(acc, nb, cout, y16 + yoff, p.ys[3], p.ys[4])
-                    elif cout == 1:  # no per-voxel inner loop (GCC would call memcpy)
-                        for b in range(nb):
-                            yp[b * p.ys[3]] = acc[b]
-                    else:  # strided channels (channels_first): channel by channel
-                        for co in range(cout):
+                                _cmadd(runs.hi[e] - runs.lo[e], groups,
+                                       xrow + runs.lo[e] * xstep, xstep,
+                                       wt + _tap_matrix(p, &r, td, th, runs.j[e]),
+                                       cbuf + (runs.o[e] - o0) * ldc, sw * ldc)
+                    _activate(cbuf, nb, ldc, groups, act, alpha)
+                    if p.ys[4] != 1:
+                        _store_tile(acc, nb, groups, yp, p.ys[3], p.ys[4])
+                for grp in range(0 if depthwise else groups):
+                    xg = x + grp * cin * p.xs[4]
+                    wg = wt + grp * cin * cout
+                    bg = bias
+                    if bias != NULL:
+                        bg = bias + grp * cout
+                    for run in range(runs.count):
+                        o0 = run * runs.length
+                        nb = runs.length if ow_n - o0 > runs.length else ow_n - o0
+                        yoff = (_row_offset(p.ys, r.n, r.d, r.h) + o0 * p.ys[3]
+                                + grp * cout * p.ys[4])
+                        yp = y + yoff
+                        # With contiguous output channels the GEMMs accumulate straight into
+                        # y (outputs ldc apart); otherwise into acc, stored afterwards.
+                        if direct:
+                            cbuf = yp
+                            ldc = p.ys[3]
+                        elif buffered:
+                            cbuf = acc + ((row - first) * row_elements
+                                          + o0 * groups * cout + grp * cout)
+                            ldc = groups * cout
+                        else:
+                            cbuf = acc
+                            ldc = cout
+                        if bg == NULL and ldc == cout:
+                            memset(cbuf, 0, nb * cout * sizeof(floating))
+                        elif cout == 1:
                             for b in range(nb):
-                                yp[b * p.ys[3] + co * p.ys[4]] = acc[b * cout + co]
+                                cbuf[b * ldc] = 0 if bg == NULL else bg[0]
+                        else:
+                            for b in range(nb):
+                                if bg == NULL:
+                                    memset(cbuf + b * ldc, 0, cout * sizeof(floating))
+                                else:
+                                    memcpy(cbuf + b * ldc, bg, cout * sizeof(floating))
+                        for td in range(r.n_taps[0] if cin == 1 and cout == 1 else 0):
+                            for th in range(r.n_taps[1]):
+                                xrow = xg + _row_offset(p.xs, r.n, r.index[0][td],
+                                                        r.index[1][th])
+                                for e in range(runs.first[run], runs.first[run + 1]):
+                                    # Outputs o, o + sw, ... of the run, from
+                                    # inputs lo <= i < hi.
+                                    _axpy(runs.hi[e] - runs.lo[e],
+                                          wg[_tap_matrix(p, &r, td, th, runs.j[e])],
+                                          xrow + runs.lo[e] * p.xs[3], p.xs[3],
+                                          acc + (runs.o[e] - o0), sw)
+                        for e in range(runs.first[run], runs.first[run] if cin == 1
+                                       and cout == 1 else runs.first[run + 1]):
+                            # One batch-reduce GEMM per width entry (outputs o, o + sw, ...
+                            # of the run from inputs lo <= i < hi), over the row's (depth,
+                            # height) taps: their products in the order of a GEMM each.
+                            nbat = 0
+                            for td in range(r.n_taps[0]):
+                                for th in range(r.n_taps[1]):
+                                    arows[nbat] = xg + _row_offset(p.xs, r.n, r.index[0][td],
+                                                                   r.index[1][th])
+                                    btaps[nbat] = wg + _tap_matrix(p, &r, td, th, runs.j[e])
+                                    nbat = nbat + 1
+                            _brgemm_panels(runs.hi[e] - runs.lo[e], cout, cin, nbat, arows,
+                                           runs.lo[e] * p.xs[3], p.xs[3], p.xs[4], btaps,
+                                           cbuf + (runs.o[e] - o0) * ldc, sw * ldc,
+                                           p.bf16_pairs)
+                        _activate(cbuf, nb, ldc, cout, act, alpha)
+                        if direct or buffered:
+                            continue
+                        if floating is float and y16 != NULL:
+                            _store_bf16(acc, nb, cout, y16 + yoff, p.ys[3], p.ys[4])
+                        else:
+                            _store_tile(acc, nb, cout, yp, p.ys[3], p.ys[4])
+            if buffered:
+                _store_planes(p, acc, first, last, y, &r)
+        tc_store_fence()
         free(r.j[0])
         free(arows)
         free(xbuf)
@@ -962,10 +1106,7 @@ cdef int _conv_transpose_blocked(const Problem *p,
                             continue
                         if p.ys[4] == 1:
                             continue
-                        yp = y + yoff
-                        for co in range(cout):  # strided channels: channel by channel
-                            for b in range(nb):
-                                yp[b * p.ys[3] + co * p.ys[4]] = cbuf[b * cout + co]
+                        _store_tile(cbuf, nb, cout, y + yoff, p.ys[3], p.ys[4])
         free(r.j[0])
         free(arows)
         free(acc)
@@ -1086,10 +1227,8 @@ cdef int _grad_input(const Problem *p,
                                    grow + runs.o[e] * gvox, p.s[2] * gvox,
                                    w + _tap_matrix(p, &r, td, th, runs.j[e]),
                                    cbuf + (runs.lo[e] - i0) * ldc, ldc)
-                if p.xs[4] != 1:  # channels_first: channel by channel, along the row
-                    for ci in range(groups):
-                        for b in range(nb):
-                            gxp[b * p.xs[3] + ci * p.xs[4]] = acc[b * groups + ci]
+                if p.xs[4] != 1:
+                    _store_tile(acc, nb, groups, gxp, p.xs[3], p.xs[4])
             for grp in range(0 if depthwise else groups):
                 gg = g + grp * cout * p.ys[4]
                 wg = w + grp * cin * cout
@@ -1118,18 +1257,7 @@ cdef int _grad_input(const Problem *p,
                                     acc + (runs.lo[e] - i0) * cin, cin, p.bf16_pairs)
                     gxp = (gx + _row_offset(p.xs, r.n, r.d, r.h) + i0 * p.xs[3]
                            + grp * cin * p.xs[4])
-                    if cin == 1:  # no per-voxel inner loop (GCC would call memcpy)
-                        for b in range(nb):
-                            gxp[b * p.xs[3]] = acc[b]
-                    elif p.xs[4] <= p.xs[3]:  # channels contiguous: voxel by voxel
-                        for b in range(nb):
-                            ap = acc + b * cin
-                            for ci in range(cin):
-                                gxp[b * p.xs[3] + ci * p.xs[4]] = ap[ci]
-                    else:  # channels_first: channel by channel, along the row
-                        for ci in range(cin):
-                            for b in range(nb):
-                                gxp[b * p.xs[3] + ci * p.xs[4]] = acc[b * cin + ci]
+                    _store_tile(acc, nb, cin, gxp, p.xs[3], p.xs[4])
         free(r.j[0])
         free(grows)
         free(gbuf)
@@ -1222,10 +1350,8 @@ cdef int _grad_input_blocked(const Problem *p,
                         _split_row(&r, row, p.n_in)
                         gxp = (gx + _row_offset(p.xs, r.n, r.d, r.h) + i0 * p.xs[3]
                                + grp * cin * p.xs[4])
-                        cbuf = acc + (row - first) * runs.length * cin
-                        for ci in range(cin):  # strided channels: channel by channel
-                            for b in range(nb):
-                                gxp[b * p.xs[3] + ci * p.xs[4]] = cbuf[b * cin + ci]
+                        _store_tile(acc + (row - first) * runs.length * cin, nb, cin,
+                                    gxp, p.xs[3], p.xs[4])
         free(r.j[0])
         free(arows)
         free(acc)

@@ -154,6 +154,35 @@ def test_thread_count_does_not_change_the_bits(rng):
             expected = got
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("groups", [1, 3])
+def test_large_channels_first_outputs_give_the_same_bits(rng, dtype, groups):
+    """Outputs above the kernels' streaming threshold (2 MiB): channels_first tiles are
+    kept for blocks of rows and transposed into the channel planes with non-temporal
+    stores from the planes' first 32-byte boundary; the width (42) and the filters per
+    group (5) leave edges to the 8x8 and 4x4 blocks, and ``out=`` one element off
+    alignment moves that boundary. The input is copied channels-last first."""
+    x = rng.standard_normal((2, 20, 20, 21, 2 * groups)).astype(dtype)
+    w = rng.standard_normal((3, 3, 3, 5, 2 * groups)).astype(dtype)
+    kwargs = dict(strides=2, padding="same", groups=groups)
+    shape = tconv3d.conv_transpose3d_output_shape(x.shape, w.shape, **kwargs)
+    assert np.prod(shape) * x.itemsize > 2 * 2**20
+    x_first = np.ascontiguousarray(np.moveaxis(x, -1, 1))
+    before = x_first.copy()
+    first_shape = (shape[0], shape[-1], *shape[1:-1])
+    for variant in _each_variant():
+        expected = tconv3d.conv_transpose3d(x, w, **kwargs).tobytes()
+        for threads in (1, 2):
+            fresh = tconv3d.conv_transpose3d(x_first, w, data_format="channels_first",
+                                             num_threads=threads, **kwargs)
+            off = np.empty(np.prod(shape) + 1, dtype)[1:].reshape(first_shape)
+            tconv3d.conv_transpose3d(x_first, w, data_format="channels_first", out=off,
+                                     num_threads=threads, **kwargs)
+            for y in (fresh, off):
+                assert np.moveaxis(y, 1, -1).tobytes() == expected, (variant, threads)
+    np.testing.assert_array_equal(x_first, before)
+
+
 # --------------------------------------------------------------------------- dask
 
 
