@@ -6,6 +6,7 @@ decides where these run."""
 import numpy as np
 
 from . import _kernels, _threads
+from ._layouts import channels_last
 from ._validation import is_bfloat16, normalize_num_threads
 
 
@@ -41,7 +42,7 @@ def bfloat16_pairs(a, groups, num_threads=1):
 
 def filter_pairs(kernel, groups, num_threads=1):
     """Keras' (kd, kh, kw, F/G, C) bfloat16 kernel as the input gradient's tap matrices
-    (``_ops._by_group``'s layout) on pairs of filters: (kd, kh, kw, G*E, C/G) float32
+    (``_layouts.by_group``'s layout) on pairs of filters: (kd, kh, kw, G*E, C/G) float32
     words, E = F/G / 2 rounded up, word (q, c) of group g holding filters 2q and 2q + 1
     (a zero one past an odd F/G) of its input channel c; as :func:`bfloat16_pairs`
     holds the output gradient's filters."""
@@ -56,14 +57,11 @@ def filter_pairs(kernel, groups, num_threads=1):
 def channels_inner(a, num_threads=1, pairs=None):
     """The logical (N, D, H, W, C) bfloat16 ``a`` with contiguous channels: itself, the
     halves of :func:`bfloat16_pairs`' words ``pairs`` made from it when no group of
-    channels was padded, or a compiled copy (``_kernels.channels_last``)."""
-    if a.strides[-1] == a.itemsize:
-        return a
-    if pairs is not None and 2 * pairs.shape[-1] == a.shape[-1]:
+    channels was padded, or a compiled copy (:func:`tconv3d._layouts.channels_last`)."""
+    if a.strides[-1] != a.itemsize and pairs is not None \
+            and 2 * pairs.shape[-1] == a.shape[-1]:
         return pairs.view(a.dtype)
-    copy = np.empty(a.shape, np.uint16)
-    _kernels.channels_last(a.view(np.uint16), copy, _threads.team_size(num_threads, a.size))
-    return copy.view(a.dtype)
+    return channels_last(a, num_threads)
 
 
 def voxel_pairs(a, step, num_threads=1):

@@ -255,27 +255,53 @@ def pack_panels(const floating[:, :, :, :, :] kernel, floating[:, :, :, :, ::1] 
                 Py_ssize_t groups, int num_threads):
     """out = the forward's tap matrices of Keras' (kd, kh, kw, F/G, C) kernel (any
     strides): out[td, th, tw, g*a:(g+1)*a] holds tap (td, th, tw)'s (a, b) = (C/G, F/G)
-    matrix of group g, element (i, j) = kernel[td, th, tw, j, g*a + i], in column panels."""
+    matrix of group g, element (i, j) = kernel[td, th, tw, j, g*a + i], in column panels.
+    Each panel is a transposition (in SIMD blocks) of the kernel's contiguous rows: its
+    channels (Keras' layout) or, in PyTorch's (in, out, kd, kh, kw), its taps, a panel
+    row then gathering one element from each tap's matrix."""
     cdef Py_ssize_t kd = kernel.shape[0], kh = kernel.shape[1], kw = kernel.shape[2]
     cdef Py_ssize_t b = kernel.shape[3], a = kernel.shape[4] // groups
     cdef Py_ssize_t pw = _PANEL_BYTES // sizeof(floating), panels = (b + pw - 1) // pw
+    cdef Py_ssize_t taps = kd * kh * kw, tap_size = groups * a * b
+    cdef Py_ssize_t s_out = kernel.strides[3] // sizeof(floating)
+    cdef Py_ssize_t s_in = kernel.strides[4] // sizeof(floating)
+    cdef bint channels_inner = s_in == 1
+    cdef bint taps_inner = (not channels_inner and kernel.strides[2] == sizeof(floating)
+                            and kernel.strides[1] == kw * sizeof(floating)
+                            and kernel.strides[0] == kh * kw * sizeof(floating))
     cdef Py_ssize_t unit, jb, g, t, td, th, tw, j0, width, i, j
     cdef floating *panel
+    if kernel.size == 0:
+        return
     with nogil:
-        for unit in prange(kd * kh * kw * groups * panels, schedule='static',
-                           num_threads=num_threads):
-            jb = unit % panels
-            g = unit // panels % groups
-            t = unit // (panels * groups)
-            td = t // (kh * kw)
-            th = t // kw % kh
-            tw = t % kw
-            j0 = jb * pw
-            width = pw if b - j0 > pw else b - j0
-            panel = &out[td, th, tw, g * a, 0] + j0 * a
-            for i in range(a):   # writes in order; the reads reuse `width` cache lines
-                for j in range(width):
-                    panel[i * width + j] = kernel[td, th, tw, j0 + j, g * a + i]
+        if taps_inner:   # one transposition per (input channel, panel): taps x width
+            for unit in prange(groups * a * panels, schedule='static',
+                               num_threads=num_threads):
+                jb = unit % panels
+                i = unit // panels   # g * a + channel
+                j0 = jb * pw
+                width = pw if b - j0 > pw else b - j0
+                _transpose(width, taps, &kernel[0, 0, 0, j0, i], s_out,
+                           &out[0, 0, 0, 0, 0] + i // a * a * b + j0 * a + i % a * width,
+                           tap_size)
+        else:
+            for unit in prange(taps * groups * panels, schedule='static',
+                               num_threads=num_threads):
+                jb = unit % panels
+                g = unit // panels % groups
+                t = unit // (panels * groups)
+                td = t // (kh * kw)
+                th = t // kw % kh
+                tw = t % kw
+                j0 = jb * pw
+                width = pw if b - j0 > pw else b - j0
+                panel = &out[td, th, tw, g * a, 0] + j0 * a
+                if channels_inner:
+                    _transpose(width, a, &kernel[td, th, tw, j0, g * a], s_out, panel, width)
+                    continue
+                for i in range(a):   # writes in order; the reads reuse `width` cache lines
+                    for j in range(width):
+                        panel[i * width + j] = kernel[td, th, tw, j0 + j, g * a + i]
 
 
 cdef inline void _brgemm_panels(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t nb,
@@ -344,6 +370,15 @@ cdef inline void _cdot(Py_ssize_t m, Py_ssize_t n, const floating *A, Py_ssize_t
         tc_cdot_f64(m, n, A, sai, X, sxi, C)
 
 
+cdef inline void _transpose(Py_ssize_t m, Py_ssize_t n, const floating *S, Py_ssize_t lds,
+                            floating *D, Py_ssize_t ldd, bint stream=False) noexcept nogil:
+    """D[j*ldd + i] = S[i*lds + j], in SIMD blocks (`stream`: see _gemm.h)."""
+    if floating is float:
+        tc_transpose_f32(m, n, S, lds, D, ldd, stream)
+    else:
+        tc_transpose_f64(m, n, S, lds, D, ldd, stream)
+
+
 cdef inline void _store_tile(const floating *acc, Py_ssize_t nb, Py_ssize_t nc,
                              floating *dst, Py_ssize_t s_b, Py_ssize_t s_c) noexcept nogil:
     """dst[b*s_b + c*s_c] = acc[b*nc + c]: a tile of nb voxels x nc channels, accumulated
@@ -351,10 +386,7 @@ cdef inline void _store_tile(const floating *acc, Py_ssize_t nb, Py_ssize_t nc,
     planes, in SIMD blocks when its voxels are contiguous; see _gemm.h)."""
     cdef Py_ssize_t b, c
     if s_b == 1 and nc > 1:
-        if floating is float:
-            tc_transpose_f32(nb, nc, acc, nc, dst, s_c, False)
-        else:
-            tc_transpose_f64(nb, nc, acc, nc, dst, s_c, False)
+        _transpose(nb, nc, acc, nc, dst, s_c)
     elif nc == 1:  # no per-voxel inner loop (GCC would call memcpy)
         for b in range(nb):
             dst[b * s_b] = acc[b]
@@ -686,6 +718,14 @@ def channels_last(const element[:, :, :, :, :] a, element[:, :, :, :, ::1] out,
                     for c in range(nc):
                         dst[w * nc + c] = src[w * sw + c * sc]
                 continue
+            if element is float:   # channel rows of voxels: in SIMD blocks
+                if sw == 1:
+                    tc_transpose_f32(nc, nw, src, sc, dst, nc, False)
+                    continue
+            elif element is double:
+                if sw == 1:
+                    tc_transpose_f64(nc, nw, src, sc, dst, nc, False)
+                    continue
             for tw in range((nw + tile - 1) // tile):
                 w0 = tw * tile
                 w1 = w0 + tile if w0 + tile < nw else nw
@@ -695,6 +735,22 @@ def channels_last(const element[:, :, :, :, :] a, element[:, :, :, :, ::1] out,
                     for c in range(c0, c1):
                         for w in range(w0, w1):
                             dst[w * nc + c] = src[w * sw + c * sc]
+
+
+def transpose(const floating[:, :, :] src, floating[:, :, :] dst, int num_threads):
+    """dst[b, j, i] = src[b, i, j]: a batch of matrices with contiguous rows (of any
+    stride) transposed, in SIMD blocks; e.g. kernels between PyTorch's (in, out, taps)
+    and the taps-first layouts."""
+    cdef Py_ssize_t nb = src.shape[0], m = src.shape[1], n = src.shape[2], b
+    if (n > 1 and src.strides[2] != sizeof(floating)) \
+            or (m > 1 and dst.strides[2] != sizeof(floating)):
+        raise ValueError("tconv3d: transpose needs contiguous rows")
+    if src.size == 0:
+        return
+    with nogil:
+        for b in prange(nb, schedule='static', num_threads=num_threads):
+            _transpose(m, n, &src[b, 0, 0], src.strides[1] // sizeof(floating),
+                       &dst[b, 0, 0], dst.strides[1] // sizeof(floating))
 
 
 def activation_grad(const floating[::1] g, const floating[::1] y, floating[::1] out,
@@ -786,12 +842,8 @@ cdef void _store_planes(const Problem *p, const floating *acc, Py_ssize_t first,
         src = acc + (row - first) * row_elements
         m = (end - row) * ow_n
         for grp in range(p.groups):
-            if floating is float:
-                tc_transpose_f32(m, p.cout, src + grp * p.cout, p.groups * p.cout,
-                                 dst + grp * p.cout * p.ys[4], p.ys[4], stream)
-            else:
-                tc_transpose_f64(m, p.cout, src + grp * p.cout, p.groups * p.cout,
-                                 dst + grp * p.cout * p.ys[4], p.ys[4], stream)
+            _transpose(m, p.cout, src + grp * p.cout, p.groups * p.cout,
+                       dst + grp * p.cout * p.ys[4], p.ys[4], stream)
         row = end
 
 

@@ -7,6 +7,7 @@ import numpy as np
 from . import _kernels, _threads
 from ._bfloat16 import (bfloat16_pairs, channels_inner, filter_pairs, rounded,
                         runs_on_pairs, voxel_pairs, widened)
+from ._layouts import by_group, channels_last, pack_kernel
 from ._validation import (FROM_OUTPUT, as_array, check_allocation, check_bias_shape,
                           check_out, compute_dtype, gradient_buffers, is_bfloat16,
                           make_geometry, normalize_activation, normalize_bool,
@@ -301,36 +302,13 @@ in_channels)
     return rounded(y, result, out, num_threads)
 
 
-def _by_group(kernel, groups):
-    """Keras' (kd, kh, kw, F/G, C) kernel as (kd, kh, kw, G*F/G, C/G) C-contiguous, the
-    input gradient's layout: each tap a (F/G, C/G) matrix per group, the groups side by
-    side. (``np.require(..., "CA")``: ``np.ascontiguousarray`` would pass an unaligned
-    array through.)"""
-    kd, kh, kw, f, c = kernel.shape
-    grouped = kernel.reshape(kd, kh, kw, f, groups, c // groups).transpose(0, 1, 2, 4, 3, 5)
-    return np.require(grouped, None, "CA").reshape(kd, kh, kw, groups * f, c // groups)
-
-
-def pack_kernel(kernel, dtype, groups=1, num_threads=1):
-    """The forward pass's kernel layout: taps as (Cin, Cout) matrices of each group, in
-    column panels (``_kernels.pack_panels``), packed on up to ``num_threads`` threads.
-
-    The forward contracts over input channels innermost.
-    """
-    kernel = np.require(kernel, dtype, "A")
-    kd, kh, kw, f, c = kernel.shape
-    packed = np.empty((kd, kh, kw, c, f), dtype)
-    _kernels.pack_panels(kernel, packed, groups, _threads.team_size(num_threads, kernel.size))
-    return packed
-
-
 def forward_packed(x, wt, bias, geom, num_threads, out=None, activation=("linear", 0.0)):
     """Run the compiled forward pass on a validated geometry, into ``out`` or a new array.
 
     The one internal entry that :mod:`tconv3d._plan` and :mod:`tconv3d.dask` share with
     :func:`conv_transpose3d`. ``geom`` need not come from Keras' padding rules (any crop
     >= 0 and output length: tconv3d.dask computes chunks with it); ``x`` in ``geom``'s
-    layout, any dtype; ``wt`` from :func:`pack_kernel`; ``bias`` of shape ``(Cout,)`` and
+    layout, any dtype; ``wt`` from :func:`~tconv3d._layouts.pack_kernel`; ``bias`` of shape ``(Cout,)`` and
     ``wt``'s dtype, or None; ``out`` checked by :func:`~tconv3d._validation.check_out`;
     ``activation`` from :func:`~tconv3d._validation.normalize_activation`.
     """
@@ -339,21 +317,17 @@ def forward_packed(x, wt, bias, geom, num_threads, out=None, activation=("linear
 
 
 def _contiguous_channels(x, geom, num_threads):
-    """The forward's logical ``x``, or its compiled copy with contiguous channels when
-    they are strided (channels_first) and the copy needs at most a quarter of the output's
-    memory (and that memory is free): the GEMMs read each voxel's channels as a row, and
-    strided rows cost them 10-15 % (a power-of-two stride puts every channel of a tile in
-    one L1 set), several times what the copy costs."""
-    if x.shape[-1] == 1 or x.strides[-1] == x.itemsize \
-            or 4 * x.size > math.prod(geom.output_shape):
+    """The forward's logical ``x``, or its copy with contiguous channels when they are
+    strided (channels_first) and the copy needs at most a quarter of the output's memory
+    (and that memory is free): the GEMMs read each voxel's channels as a row, and strided
+    rows cost them 10-15 % (a power-of-two stride puts every channel of a tile in one L1
+    set), several times what the copy costs."""
+    if 4 * x.size > math.prod(geom.output_shape):
         return x
     try:
-        copy = np.empty(x.shape, x.dtype)
+        return channels_last(x, num_threads)
     except MemoryError:
         return x
-    _kernels.channels_last(x, copy, _threads.team_size(normalize_num_threads(num_threads),
-                                                        x.size))
-    return copy
 
 
 def _run_forward(x_logical, wt, bias, geom, num_threads, out, activation, bf16_pairs=False,
@@ -539,8 +513,8 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
                 gx, dataclasses.replace(geom, filters=words.shape[-1]),
                 _element_strides(gx), _element_strides(words), num_threads, True)
         else:
-            _kernels.grad_input(g, _by_group(np.asarray(kernel, dtype=dtype), geom.groups),
-                                gx, geom, _element_strides(gx), _element_strides(g),
+            w = by_group(np.asarray(kernel, dtype=dtype), geom.groups, num_threads)
+            _kernels.grad_input(g, w, gx, geom, _element_strides(gx), _element_strides(g),
                                 num_threads)
     if "kernel" in compute:
         grad_kernel = np.empty(geom.kernel_shape, dtype=dtype) if buffers[1] is None \
@@ -554,9 +528,8 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
             _kernels.grad_kernel(gw, xw, grouped, geom, _element_strides(xw),
                                  _element_strides(gw), num_threads, True)
         else:
-            xl = _logical(_operand(x, dtype), geom)
-            if xl.strides[-1] != xl.itemsize:  # the GEMM reads x's channels as vectors
-                xl = np.require(xl, None, "CA")
+            # the GEMM reads x's channels as vectors
+            xl = channels_last(_logical(_operand(x, dtype), geom), num_threads)
             _kernels.grad_kernel(g, xl, grouped, geom, _element_strides(xl),
                                  _element_strides(g), num_threads)
         if geom.groups > 1:   # back to Keras' layout: the in_channels axis is the groups'

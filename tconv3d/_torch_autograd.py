@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch  # absolute import: the top-level PyTorch package
 
-from ._geometry import TorchPlan, keras_to_torch_kernel, torch_to_keras_kernel
+from ._geometry import TorchPlan, torch_to_keras_kernel
+from ._layouts import torch_weight
 from ._ops import conv_transpose3d as _tconv_forward
 from ._ops import conv_transpose3d_backward as _tconv_backward
 
@@ -44,7 +45,7 @@ def backward_arrays(gy, x, w, use_bias, needs, plan, stride, dilation, groups,
                                  compute=compute,
                                  **_arguments(plan, stride, dilation, groups, channels_last,
                                               num_threads))
-    return gx, None if gk is None else np.ascontiguousarray(keras_to_torch_kernel(gk)), gb
+    return gx, None if gk is None else torch_weight(gk, num_threads), gb
 
 
 def _arguments(plan, stride, dilation, groups, channels_last, num_threads):

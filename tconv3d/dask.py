@@ -74,6 +74,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 from . import _ops, _plan
+from ._layouts import pack_kernel
 from ._validation import (as_array, check_allocation, check_bias_shape, compute_dtype,
                           make_geometry, normalize_num_threads, without_dtype, working_dtype)
 
@@ -293,7 +294,7 @@ def conv_transpose3d(x, kernel, bias=None, *, strides=1, padding="valid",
         x = x.rechunk({channel_axis: -1})
 
     computed = compute_dtype(dtype)   # bfloat16: float32 chunks, rounded at the end
-    wt = _ops.pack_kernel(kernel, computed)
+    wt = pack_kernel(kernel, computed)
     b = None if bias is None else np.require(extra[0][1], computed, "CA")
 
     windows = []

@@ -1,0 +1,77 @@
+"""Array layouts around the compiled kernels: the kernel as the forward's packed panels
+and as the input gradient's per-group matrices, arrays with contiguous channels, and
+PyTorch's weight layout. Each is a compiled copy (transpositions in SIMD blocks, in
+parallel): NumPy copies a transposition element by element, several times slower, and
+for the large kernels of deep layers that cost more than the convolution itself."""
+import numpy as np
+
+from . import _kernels, _threads
+from ._validation import normalize_num_threads
+
+
+def _team(num_threads, size):
+    return _threads.team_size(normalize_num_threads(num_threads), size)
+
+
+def _taps_inner(kernel):
+    """Whether Keras' (kd, kh, kw, F/G, C) ``kernel`` is a view of PyTorch's (C, F/G, kd,
+    kh, kw) weight layout: its taps contiguous, innermost."""
+    kd, kh, kw = kernel.shape[:3]
+    return kernel.strides[:3] == tuple(n * kernel.itemsize for n in (kh * kw, kw, 1))
+
+
+def pack_kernel(kernel, dtype, groups=1, num_threads=1):
+    """The forward pass's kernel layout: taps as (Cin, Cout) matrices of each group, in
+    column panels (``_kernels.pack_panels``), packed on up to ``num_threads`` threads.
+
+    The forward contracts over input channels innermost.
+    """
+    kernel = np.require(kernel, dtype, "A")
+    kd, kh, kw, f, c = kernel.shape
+    packed = np.empty((kd, kh, kw, c, f), dtype)
+    _kernels.pack_panels(kernel, packed, groups, _team(num_threads, kernel.size))
+    return packed
+
+
+def by_group(kernel, groups, num_threads=1):
+    """Keras' (kd, kh, kw, F/G, C) kernel as (kd, kh, kw, G*F/G, C/G) C-contiguous, the
+    input gradient's layout: each tap a (F/G, C/G) matrix per group, the groups side by
+    side (``np.require(..., "CA")`` when a copy is needed: ``np.ascontiguousarray`` would
+    pass an unaligned array through); from a view of PyTorch's weight layout, each
+    group's (filter, channel, tap) matrices transposed."""
+    kd, kh, kw, f, c = kernel.shape
+    per_group = c // groups
+    if _taps_inner(kernel) and kernel.strides[-1] != kernel.itemsize and kernel.flags.aligned:
+        out = np.empty((kd * kh * kw, groups, f, per_group), kernel.dtype)
+        for g in range(groups):
+            # out[t, g, f, i] = kernel[t, f, g*C/G + i]: per filter a (C/G, taps) matrix
+            source = kernel[..., g * per_group:(g + 1) * per_group].transpose(3, 4, 0, 1, 2)
+            _kernels.transpose(source.reshape(f, per_group, -1), out[:, g].transpose(1, 0, 2),
+                               _team(num_threads, source.size))
+        return out.reshape(kd, kh, kw, groups * f, per_group)
+    grouped = kernel.reshape(kd, kh, kw, f, groups, per_group).transpose(0, 1, 2, 4, 3, 5)
+    return np.require(grouped, None, "CA").reshape(kd, kh, kw, groups * f, per_group)
+
+
+def channels_last(a, num_threads=1):
+    """The logical (N, D, H, W, C) ``a`` with contiguous channels: itself, or a compiled
+    copy (``_kernels.channels_last``; bfloat16 arrays as their bits)."""
+    if a.shape[-1] == 1 or a.strides[-1] == a.itemsize:
+        return a
+    copy = np.empty(a.shape, a.dtype)
+    bits = np.uint16 if a.dtype.itemsize == 2 else a.dtype
+    _kernels.channels_last(a.view(bits), copy.view(bits), _team(num_threads, a.size))
+    return copy
+
+
+def torch_weight(kernel, num_threads=1):
+    """A C-contiguous Keras (kd, kh, kw, F/G, C) kernel (a kernel gradient) as PyTorch's
+    (C, F/G, kd, kh, kw) weight, C-contiguous: per filter, a (taps, C) matrix
+    transposed."""
+    kd, kh, kw, f, c = kernel.shape
+    if kernel.dtype not in (np.float32, np.float64):   # bfloat16: NumPy's copy
+        return np.ascontiguousarray(kernel.transpose(4, 3, 0, 1, 2))
+    out = np.empty((c, f, kd, kh, kw), kernel.dtype)
+    _kernels.transpose(kernel.reshape(-1, f, c).transpose(1, 0, 2),
+                       out.reshape(c, f, -1).transpose(1, 0, 2), _team(num_threads, kernel.size))
+    return out

@@ -1,0 +1,86 @@
+"""The compiled layout copies around the kernels (tconv3d._layouts) against their NumPy
+definitions: the forward's packed panels and the input gradient's per-group matrices from
+Keras' kernel and from a view of PyTorch's weight, arrays with contiguous channels, and
+kernel gradients back in PyTorch's layout; sizes that leave edges to every SIMD block, on
+every variant this CPU runs."""
+import numpy as np
+import pytest
+
+from tconv3d import _kernels, _layouts
+from tconv3d._geometry import keras_to_torch_kernel, torch_to_keras_kernel
+
+PANEL = _kernels.PANEL_BYTES
+
+
+def _variants():
+    before = _kernels.simd_variant()
+    try:
+        for name in _kernels.simd_variants_supported():
+            _kernels.set_simd_variant(name)
+            yield name
+    finally:
+        _kernels.set_simd_variant(before)
+
+
+def _panels_reference(kernel, groups):
+    """Each tap's (C/G, F/G) matrix of each group, cut into column panels stored one after
+    the other (``_kernels.pack_panels``' definition)."""
+    kd, kh, kw, f, c = kernel.shape
+    a, width = c // groups, PANEL // kernel.itemsize
+    out = np.empty((kd, kh, kw, c, f), kernel.dtype)
+    flat = out.reshape(kd, kh, kw, groups, a * f)
+    for g in range(groups):
+        matrices = kernel[..., g * a:(g + 1) * a].transpose(0, 1, 2, 4, 3)   # (.., a, f)
+        for j0 in range(0, f, width):
+            panel = matrices[..., j0:j0 + width]
+            flat[..., g, j0 * a:j0 * a + panel[0, 0, 0].size] = panel.reshape(kd, kh, kw, -1)
+    return out
+
+
+def _kernels_of(rng, shape, dtype):
+    """The same kernel as a C-contiguous Keras array and as a view of PyTorch's weight."""
+    kernel = rng.standard_normal(shape).astype(dtype)
+    return {"keras": kernel,
+            "torch view": torch_to_keras_kernel(np.ascontiguousarray(
+                keras_to_torch_kernel(kernel)))}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, groups", [((3, 2, 3, 37, 13), 1), ((2, 1, 3, 10, 21), 3),
+                                           ((1, 1, 1, 9, 4), 4), ((4, 4, 4, 70, 40), 2)])
+def test_kernel_layouts_match_their_definitions(rng, dtype, shape, groups):
+    kd, kh, kw, f, c = shape
+    for name, kernel in _kernels_of(rng, shape, dtype).items():
+        panels = _panels_reference(np.ascontiguousarray(kernel), groups)
+        per_group = np.ascontiguousarray(kernel.reshape(kd, kh, kw, f, groups, -1)
+                                         .transpose(0, 1, 2, 4, 3, 5)).reshape(
+            kd, kh, kw, groups * f, -1)
+        for variant in _variants():
+            for threads in (1, 2):
+                np.testing.assert_array_equal(
+                    _layouts.pack_kernel(kernel, dtype, groups, threads), panels,
+                    err_msg=f"{name}, {variant}")
+                np.testing.assert_array_equal(_layouts.by_group(kernel, groups, threads),
+                                              per_group, err_msg=f"{name}, {variant}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 2, 3, 37, 13), (1, 1, 1, 1, 9), (4, 4, 4, 16, 32)])
+def test_torch_weight_is_the_transposed_copy(rng, dtype, shape):
+    kernel = rng.standard_normal(shape).astype(dtype)
+    for variant in _variants():
+        weight = _layouts.torch_weight(kernel, 2)
+        assert weight.flags.c_contiguous, variant
+        np.testing.assert_array_equal(weight, keras_to_torch_kernel(kernel), err_msg=variant)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint16])
+def test_channels_last_copies_any_layout(rng, dtype):
+    a = (rng.standard_normal((2, 3, 4, 37, 19)) * 100).astype(dtype)
+    for variant in _variants():
+        for view in (np.moveaxis(np.ascontiguousarray(np.moveaxis(a, -1, 1)), 1, -1),
+                     np.asfortranarray(a), a[:, :, :, ::-2]):
+            copy = _layouts.channels_last(view, 2)
+            assert copy.strides[-1] == copy.itemsize, variant
+            np.testing.assert_array_equal(copy, view, err_msg=variant)
+    assert _layouts.channels_last(a) is a
