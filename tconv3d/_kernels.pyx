@@ -811,7 +811,7 @@ cdef inline Py_ssize_t _burst_rows(Py_ssize_t row_bytes) noexcept nogil:
 cdef inline bint _planes(const Problem *p) noexcept nogil:
     """Whether the forward's GEMM tiles go to channel planes (channels_first: voxels
     contiguous, channels not). Stored run by run between GEMMs, the planes' many lines
-    cost ~3x what they cost stored a block of rows at a time (_store_planes)."""
+    cost several times what they cost stored a block of rows at a time (_store_planes)."""
     return (p.ys[4] != 1 and p.ys[3] == 1 and not _depthwise(p)
             and not (p.cin == 1 and p.cout == 1))
 
