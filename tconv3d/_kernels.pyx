@@ -146,9 +146,6 @@ cdef extern from "_gemm.h":
 SIMD_VARIANTS = ("baseline", "avx2", "avx512")
 
 
-
-
-
 def simd_variant():
     """Name of the micro-kernel variant in use ("baseline", "avx2" or "avx512")."""
     return SIMD_VARIANTS[tc_variant]
@@ -695,9 +692,10 @@ ctypedef fused element:   # what a copy moves: the working dtypes and bfloat16's
 def channels_last(const element[:, :, :, :, :] a, element[:, :, :, :, ::1] out,
                   int num_threads):
     """out = a for a logical (N, D, H, W, C) `a` of any strides: its copy with contiguous
-    channels, row by row in parallel; for channel-strided rows (channels_first) read along
-    the width in tiles of TRANSPOSE_TILE voxels x channels, each written while in cache
-    (NumPy copies such a transposition element by element, several times slower)."""
+    channels, row by row in parallel; channel-strided rows (channels_first) transposed in
+    SIMD blocks when their voxels are contiguous (float, double), else in tiles of
+    TRANSPOSE_TILE voxels x channels, each written while in cache (NumPy copies such a
+    transposition element by element, several times slower)."""
     cdef Py_ssize_t nb = a.shape[0], nd = a.shape[1], nh = a.shape[2], nw = a.shape[3]
     cdef Py_ssize_t nc = a.shape[4], sw = a.strides[3] // sizeof(element)
     cdef Py_ssize_t sc = a.strides[4] // sizeof(element), tile = TRANSPOSE_TILE

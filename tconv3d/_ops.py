@@ -308,9 +308,10 @@ def forward_packed(x, wt, bias, geom, num_threads, out=None, activation=("linear
     The one internal entry that :mod:`tconv3d._plan` and :mod:`tconv3d.dask` share with
     :func:`conv_transpose3d`. ``geom`` need not come from Keras' padding rules (any crop
     >= 0 and output length: tconv3d.dask computes chunks with it); ``x`` in ``geom``'s
-    layout, any dtype; ``wt`` from :func:`~tconv3d._layouts.pack_kernel`; ``bias`` of shape ``(Cout,)`` and
-    ``wt``'s dtype, or None; ``out`` checked by :func:`~tconv3d._validation.check_out`;
-    ``activation`` from :func:`~tconv3d._validation.normalize_activation`.
+    layout, any dtype; ``wt`` from :func:`~tconv3d._layouts.pack_kernel`; ``bias`` of
+    shape ``(Cout,)`` and ``wt``'s dtype, or None; ``out`` checked by
+    :func:`~tconv3d._validation.check_out`; ``activation`` from
+    :func:`~tconv3d._validation.normalize_activation`.
     """
     x_logical = _contiguous_channels(_logical(_operand(x, wt.dtype), geom), geom, num_threads)
     return _run_forward(x_logical, wt, bias, geom, num_threads, out, activation)
