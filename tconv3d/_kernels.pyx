@@ -431,6 +431,11 @@ cdef Py_ssize_t TRANSPOSE_TILE = 32
 # with the GEMMs' operands), and the output size from which bursts stream past the caches.
 cdef Py_ssize_t BURST_BYTES = 32 * 1024
 cdef Py_ssize_t STREAM_BYTES = 2 * 1024 * 1024
+# The input gradient of a channels_first grad_output (_grad_input_slabs): from this many
+# elements between channels, slabs of grad_output planes of up to SLAB_BYTES copied
+# channels-last.
+cdef Py_ssize_t SLAB_MIN_PLANE = 512
+cdef Py_ssize_t SLAB_BYTES = 2 * 1024 * 1024
 # The forward of layers with tap matrices of at least this many bytes works in blocks of
 # up to MAX_BLOCK_ROWS output rows (_conv_transpose_blocked).
 cdef Py_ssize_t BLOCKED_TAP_BYTES = 64 * 1024
@@ -1408,6 +1413,67 @@ cdef int _grad_input_blocked(const Problem *p,
     return -1 if failed else 0
 
 
+cdef inline bint _slabs(const Problem *p) noexcept nogil:
+    """Whether the input gradient reads a channels_first grad_output slab by slab through
+    channels-last copies (_grad_input_slabs): its channels a plane apart (SLAB_MIN_PLANE
+    elements or more) would put every channel of a GEMM tile in one L1 set."""
+    return (p.ys[3] == 1 and p.ys[4] >= SLAB_MIN_PLANE and not _depthwise(p)
+            and not (p.cin == 1 and p.cout == 1) and not p.bf16_pairs)
+
+
+cdef int _grad_input_slabs(const Problem *p, const Runs *runs, const floating *g,
+                           const floating *w, floating *gx, int num_threads) noexcept nogil:
+    # Input depth planes in slabs: each slab's grad_output planes are copied channels-last
+    # into one buffer (in parallel), then the slab runs as a problem of its own, with the
+    # same taps summed in the same order as the whole problem (crop and lengths of the
+    # depth axis shifted to the slab), so the bits are those of any other layout.
+    cdef Py_ssize_t channels = p.groups * p.cout, ow_n = p.n_out[2], oh_n = p.n_out[1]
+    cdef Py_ssize_t plane = oh_n * ow_n * channels
+    cdef Py_ssize_t s = p.s[0], reach = (p.k[0] - 1) * p.d[0]
+    # input planes per slab: as many as SLAB_BYTES of grad_output planes hold, at least one
+    cdef Py_ssize_t planes_max = SLAB_BYTES // (plane * sizeof(floating))
+    cdef Py_ssize_t per_slab = (planes_max - reach - 1) // s + 1 if planes_max > reach else 1
+    cdef Py_ssize_t n, slab, i0, i1, lo, hi, planes, row
+    cdef int status = 0
+    cdef Problem q = p[0]
+    cdef floating *buf
+    if per_slab > p.n_in[0]:
+        per_slab = p.n_in[0]
+    buf = <floating *> malloc(((per_slab - 1) * s + reach + 1) * plane * sizeof(floating))
+    if buf == NULL:
+        return -1
+    q.batch = 1
+    q.ys[0] = 0
+    q.ys[1] = plane
+    q.ys[2] = ow_n * channels
+    q.ys[3] = channels
+    q.ys[4] = 1
+    for n in range(p.batch):
+        for slab in range((p.n_in[0] + per_slab - 1) // per_slab):
+            i0 = slab * per_slab
+            i1 = i0 + per_slab if i0 + per_slab < p.n_in[0] else p.n_in[0]
+            # the output planes the slab's inputs reach: full positions i*s + j*d - crop
+            lo = i0 * s - p.crop[0]
+            hi = (i1 - 1) * s + reach - p.crop[0]
+            lo = 0 if lo < 0 else lo
+            hi = p.n_out[0] - 1 if hi > p.n_out[0] - 1 else hi
+            planes = hi - lo + 1 if hi >= lo else 0
+            for row in prange(planes * oh_n, schedule='static', num_threads=num_threads):
+                _transpose(channels, ow_n, g + n * p.ys[0] + (lo + row // oh_n) * p.ys[1]
+                           + row % oh_n * p.ys[2], p.ys[4], buf + row * ow_n * channels,
+                           channels)
+            q.n_in[0] = i1 - i0
+            q.n_out[0] = planes
+            q.crop[0] = p.crop[0] - i0 * s + lo
+            status = _grad_input(&q, runs, buf, w, gx + n * p.xs[0] + i0 * p.xs[1],
+                                 num_threads)
+            if status != 0:
+                free(buf)
+                return status
+    free(buf)
+    return 0
+
+
 def grad_input(const floating[:, :, :, :, :] g, const floating[:, :, :, :, ::1] w,
                floating[:, :, :, :, :] gx, geometry, tuple x_strides,
                tuple y_strides, int num_threads, bint bf16_pairs=False):
@@ -1425,6 +1491,9 @@ def grad_input(const floating[:, :, :, :, :] g, const floating[:, :, :, :, ::1] 
         if block_rows > 0:
             status = _grad_input_blocked(&p, &runs, &g[0, 0, 0, 0, 0], &w[0, 0, 0, 0, 0],
                                          &gx[0, 0, 0, 0, 0], block_rows, num_threads)
+        elif _slabs(&p):
+            status = _grad_input_slabs(&p, &runs, &g[0, 0, 0, 0, 0], &w[0, 0, 0, 0, 0],
+                                       &gx[0, 0, 0, 0, 0], num_threads)
         else:
             status = _grad_input(&p, &runs, &g[0, 0, 0, 0, 0], &w[0, 0, 0, 0, 0],
                                  &gx[0, 0, 0, 0, 0], num_threads)

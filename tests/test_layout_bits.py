@@ -155,6 +155,34 @@ def test_thread_count_does_not_change_the_bits(rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, kernel, strides", [((2, 9, 10, 11, 4), (3, 2, 3), (2, 1, 2)),
+                                                    ((1, 8, 32, 64, 4), (3, 3, 3), (2, 2, 2)),
+                                                    ((2, 1, 12, 40, 4), (1, 3, 3), (1, 2, 2))])
+def test_channels_first_grad_output_in_slabs_gives_the_same_bits(rng, dtype, shape, kernel,
+                                                                  strides):
+    """A channels_first grad_output with channel planes of 512 elements or more: the
+    input gradient copies it channels-last slab by slab of depth planes (2 MiB of them:
+    the second shape's 16 planes of 256 or 512 KiB take 3 or 8 slabs), each slab a
+    problem of its own; every layout must give the channels_last bits, for thread counts
+    and SIMD variants alike."""
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((*kernel, 8, shape[-1])).astype(dtype)
+    kwargs = dict(strides=strides, padding="same")
+    g = rng.standard_normal(tconv3d.conv_transpose3d_output_shape(x.shape, w.shape,
+                                                                  **kwargs)).astype(dtype)
+    assert np.prod(g.shape[1:4]) >= 512
+    first = dict(kwargs, data_format="channels_first")
+    for variant in _each_variant():
+        expected = tconv3d.conv_transpose3d_backward(g, x, w, **kwargs)[0].tobytes()
+        for threads in (1, 2):
+            gx = tconv3d.conv_transpose3d_backward(
+                np.ascontiguousarray(np.moveaxis(g, -1, 1)),
+                np.ascontiguousarray(np.moveaxis(x, -1, 1)), w, num_threads=threads,
+                **first)[0]
+            assert np.moveaxis(gx, 1, -1).tobytes() == expected, (variant, threads)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("groups", [1, 3])
 def test_large_channels_first_outputs_give_the_same_bits(rng, dtype, groups):
     """Outputs above the kernels' streaming threshold (2 MiB): channels_first tiles are
