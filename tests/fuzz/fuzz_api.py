@@ -241,10 +241,16 @@ def _axis_maps(in_sp, k_sp, kw):
     """Per axis, ``T[o, i, j] = 1`` where input ``i`` and tap ``j`` land on output ``o``."""
     s, d = _triple(kw["strides"]), _triple(kw["dilation_rate"])
     ops = (None,) * 3 if kw["output_padding"] is None else _triple(kw["output_padding"])
+    # PyTorch's integer padding (a wild draw such as range(3) is one): p cut on each side
+    pads = (None,) * 3 if isinstance(kw["padding"], str) else _triple(kw["padding"])
     maps = []
-    for n, k, s_, d_, op in zip(in_sp, k_sp, s, d, ops):
-        out = output_length(n, k, s_, d_, kw["padding"].lower(), op)
-        crop = max(0, ((n - 1) * s_ + (k - 1) * d_ + 1 - out) // 2)
+    for n, k, s_, d_, op, p in zip(in_sp, k_sp, s, d, ops, pads):
+        full = (n - 1) * s_ + (k - 1) * d_ + 1
+        if p is None:
+            out = output_length(n, k, s_, d_, kw["padding"].lower(), op)
+            crop = max(0, (full - out) // 2)
+        else:
+            out, crop = full - 2 * p + (op or 0), p
         t = np.zeros((out, n, k))
         for i in range(n):
             for j in range(k):
