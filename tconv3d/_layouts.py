@@ -6,6 +6,7 @@ for the large kernels of deep layers that cost more than the convolution itself.
 import numpy as np
 
 from . import _kernels, _threads
+from ._geometry import keras_to_torch_kernel
 from ._validation import normalize_num_threads
 
 
@@ -70,7 +71,7 @@ def torch_weight(kernel, num_threads=1):
     transposed."""
     kd, kh, kw, f, c = kernel.shape
     if kernel.dtype not in (np.float32, np.float64):   # bfloat16: NumPy's copy
-        return np.ascontiguousarray(kernel.transpose(4, 3, 0, 1, 2))
+        return np.ascontiguousarray(keras_to_torch_kernel(kernel))
     out = np.empty((c, f, kd, kh, kw), kernel.dtype)
     _kernels.transpose(kernel.reshape(-1, f, c).transpose(1, 0, 2),
                        out.reshape(c, f, -1).transpose(1, 0, 2), _team(num_threads, kernel.size))

@@ -1,6 +1,7 @@
 """Shared helpers of the test suite: problem generation and tolerances."""
 import numpy as np
 
+from tconv3d import _kernels
 from tconv3d._geometry import full_length, torch_window
 
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
@@ -8,6 +9,18 @@ TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol
 
 def tol(dtype):
     return TOL[np.dtype(dtype).type]
+
+
+def each_simd_variant():
+    """Yield each micro-kernel variant this CPU runs, forced in turn; restore the one in
+    use before."""
+    before = _kernels.simd_variant()
+    try:
+        for name in _kernels.simd_variants_supported():
+            _kernels.set_simd_variant(name)
+            yield name
+    finally:
+        _kernels.set_simd_variant(before)
 
 
 def random_problem(rng, *, batch, spatial, cin, cout, kernel, data_format, dtype):

@@ -20,23 +20,13 @@ from hypothesis import strategies as st
 
 import tconv3d
 from tconv3d import _kernels
+from helpers import each_simd_variant
 
 VARIANTS = _kernels.simd_variants_supported()
 EXAMPLES = int(os.environ.get("TCONV3D_HYPOTHESIS_EXAMPLES", "40"))
 PROFILE = settings(deadline=None, max_examples=EXAMPLES, print_blob=True,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 CHANNELS = (1, 2, 3, 5, 7, 9, 17, 35)
-
-
-def _each_variant():
-    """Yield each supported variant, forced; restore the one in use before."""
-    before = _kernels.simd_variant()
-    try:
-        for name in VARIANTS:
-            _kernels.set_simd_variant(name)
-            yield name
-    finally:
-        _kernels.set_simd_variant(before)
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -117,7 +107,7 @@ def problems(draw):
 @given(problems())
 def test_every_layout_and_format_gives_the_same_bits(problem):
     x, w, b, g, kwargs = problem
-    for variant in _each_variant():
+    for variant in each_simd_variant():
         expected = _results(x, w, b, g, dict(kwargs, data_format="channels_last"))
         for fmt in ("channels_last", "channels_first"):
             for name, layout in LAYOUTS.items():
@@ -129,7 +119,7 @@ def test_every_layout_and_format_gives_the_same_bits(problem):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_issue_reproduction(rng, dtype):
     """Float64, one output channel, two input channels: C and Fortran x differed."""
-    for variant in _each_variant():
+    for variant in each_simd_variant():
         for _ in range(50):
             x = rng.standard_normal((1, 1, 1, 2, 2)).astype(dtype)
             w = rng.standard_normal((1, 1, 1, 1, 2)).astype(dtype)
@@ -142,7 +132,7 @@ def test_thread_count_does_not_change_the_bits(rng):
     w = rng.standard_normal((3, 2, 3, 9, 7))
     g = rng.standard_normal(tconv3d.conv_transpose3d_output_shape(x.shape, w.shape,
                                                                   strides=2))
-    for variant in _each_variant():
+    for variant in each_simd_variant():
         expected = None
         for threads in (1, 2, 3):
             y = tconv3d.conv_transpose3d(np.asfortranarray(x), w, strides=2,
@@ -172,7 +162,7 @@ def test_channels_first_grad_output_in_slabs_gives_the_same_bits(rng, dtype, sha
                                                                   **kwargs)).astype(dtype)
     assert np.prod(g.shape[1:4]) >= 512
     first = dict(kwargs, data_format="channels_first")
-    for variant in _each_variant():
+    for variant in each_simd_variant():
         expected = tconv3d.conv_transpose3d_backward(g, x, w, **kwargs)[0].tobytes()
         for threads in (1, 2):
             gx = tconv3d.conv_transpose3d_backward(
@@ -186,10 +176,10 @@ def test_channels_first_grad_output_in_slabs_gives_the_same_bits(rng, dtype, sha
 @pytest.mark.parametrize("groups", [1, 3])
 def test_large_channels_first_outputs_give_the_same_bits(rng, dtype, groups):
     """Outputs above the kernels' streaming threshold (2 MiB): channels_first tiles are
-    kept for blocks of rows and transposed into the channel planes with non-temporal
-    stores from the planes' first 32-byte boundary; the width (42) and the filters per
-    group (5) leave edges to the 8x8 and 4x4 blocks, and ``out=`` one element off
-    alignment moves that boundary. The input is copied channels-last first."""
+    kept for blocks of rows and transposed into the channel planes, their whole 64-byte
+    lines with non-temporal stores; the width (42) and the filters per group (5) leave
+    edges to the 8x8 and 4x4 blocks, and ``out=`` one element off alignment moves the
+    line boundaries. The input is copied channels-last first."""
     x = rng.standard_normal((2, 20, 20, 21, 2 * groups)).astype(dtype)
     w = rng.standard_normal((3, 3, 3, 5, 2 * groups)).astype(dtype)
     kwargs = dict(strides=2, padding="same", groups=groups)
@@ -198,7 +188,7 @@ def test_large_channels_first_outputs_give_the_same_bits(rng, dtype, groups):
     x_first = np.ascontiguousarray(np.moveaxis(x, -1, 1))
     before = x_first.copy()
     first_shape = (shape[0], shape[-1], *shape[1:-1])
-    for variant in _each_variant():
+    for variant in each_simd_variant():
         expected = tconv3d.conv_transpose3d(x, w, **kwargs).tobytes()
         for threads in (1, 2):
             fresh = tconv3d.conv_transpose3d(x_first, w, data_format="channels_first",

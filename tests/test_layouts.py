@@ -8,18 +8,9 @@ import pytest
 
 from tconv3d import _kernels, _layouts
 from tconv3d._geometry import keras_to_torch_kernel, torch_to_keras_kernel
+from helpers import each_simd_variant
 
 PANEL = _kernels.PANEL_BYTES
-
-
-def _variants():
-    before = _kernels.simd_variant()
-    try:
-        for name in _kernels.simd_variants_supported():
-            _kernels.set_simd_variant(name)
-            yield name
-    finally:
-        _kernels.set_simd_variant(before)
 
 
 def _panels_reference(kernel, groups):
@@ -55,7 +46,7 @@ def test_kernel_layouts_match_their_definitions(rng, dtype, shape, groups):
         per_group = np.ascontiguousarray(kernel.reshape(kd, kh, kw, f, groups, -1)
                                          .transpose(0, 1, 2, 4, 3, 5)).reshape(
             kd, kh, kw, groups * f, -1)
-        for variant in _variants():
+        for variant in each_simd_variant():
             for threads in (1, 2):
                 np.testing.assert_array_equal(
                     _layouts.pack_kernel(kernel, dtype, groups, threads), panels,
@@ -68,7 +59,7 @@ def test_kernel_layouts_match_their_definitions(rng, dtype, shape, groups):
 @pytest.mark.parametrize("shape", [(3, 2, 3, 37, 13), (1, 1, 1, 1, 9), (4, 4, 4, 16, 32)])
 def test_torch_weight_is_the_transposed_copy(rng, dtype, shape):
     kernel = rng.standard_normal(shape).astype(dtype)
-    for variant in _variants():
+    for variant in each_simd_variant():
         weight = _layouts.torch_weight(kernel, 2)
         assert weight.flags.c_contiguous, variant
         np.testing.assert_array_equal(weight, keras_to_torch_kernel(kernel), err_msg=variant)
@@ -77,7 +68,7 @@ def test_torch_weight_is_the_transposed_copy(rng, dtype, shape):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint16])
 def test_channels_last_copies_any_layout(rng, dtype):
     a = (rng.standard_normal((2, 3, 4, 37, 19)) * 100).astype(dtype)
-    for variant in _variants():
+    for variant in each_simd_variant():
         for view in (np.moveaxis(np.ascontiguousarray(np.moveaxis(a, -1, 1)), 1, -1),
                      np.asfortranarray(a), a[:, :, :, ::-2]):
             copy = _layouts.channels_last(view, 2)
