@@ -683,6 +683,70 @@ TC_DEFINE_TRANSPOSE(f64, double, 4)
 #define tc_transpose_f64_avx512 tc_transpose_f64_avx2
 #endif
 
+/* Grouped channels: G groups of c input channels and c filters each (2 <= c < VL, c
+ * dividing the vector length VL), where each group's GEMM would be c columns wide. All
+ * the groups at once, the channels as vectors:
+ *     C[i*ldc + j] += sum_b sum_q A[b][aoff + i*sai + j - j % c + q] * B[b][q*n + j]
+ * for 0 <= i < m and 0 <= j < n = G*c (a multiple of VL): a lane of the vector takes its
+ * group's input channel q from A's vector of the same channels by an in-register
+ * permutation. Each element is summed in the order of its group's batch-reduce GEMM (b,
+ * then q), one FMA per product. Only the vector variants have it: tc_grouped_lanes(). */
+#ifdef TC_X86_DISPATCH
+#define TC_GROUPED_TILE(ROWS)                                                           \
+    do {                                                                                \
+        V acc[ROWS], x[ROWS];                                                           \
+        for (int r = 0; r < (ROWS); r++)                                                \
+            acc[r] = *(const V *)(C + (i + r) * ldc + j);                               \
+        for (Py_ssize_t bt = 0; bt < nb; bt++) {                                        \
+            const T *a = A[bt] + aoff + i * sai + j;                                    \
+            const T *b = B[bt] + j;                                                     \
+            for (int r = 0; r < (ROWS); r++)                                            \
+                x[r] = *(const V *)(a + r * sai);                                       \
+            for (Py_ssize_t q = 0; q < c; q++) {                                        \
+                V w = *(const V *)(b + q * n);                                          \
+                for (int r = 0; r < (ROWS); r++)                                        \
+                    acc[r] += (V)PERMUTE(x[r], idx[q]) * w;                             \
+            }                                                                           \
+        }                                                                               \
+        for (int r = 0; r < (ROWS); r++)                                                \
+            *(V *)(C + (i + r) * ldc + j) = acc[r];                                     \
+    } while (0)
+#define TC_DEFINE_GROUPED(S, SUFFIX, TYPE, VBYTES, MR, ATTR)                            \
+ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c,       \
+                                        Py_ssize_t nb, const TYPE *const *A,            \
+                                        Py_ssize_t aoff, Py_ssize_t sai,                \
+                                        const TYPE *const *B, TYPE *C, Py_ssize_t ldc)  \
+{                                                                                       \
+    typedef TYPE T;                                                                     \
+    typedef T V __attribute__((vector_size(VBYTES), aligned(sizeof(T))));              \
+    typedef int I __attribute__((vector_size(VBYTES)));                                 \
+    /* the permutations as 32-bit lanes (a double is two) */                           \
+    enum { VL = (VBYTES) / sizeof(T), W = sizeof(T) / sizeof(int) };                    \
+    I idx[VL / 2];                                                                      \
+    for (Py_ssize_t q = 0; q < c; q++)                                                  \
+        for (int u = 0; u < VL * W; u++)                                                \
+            idx[q][u] = (int)(W * (u / W - u / W % c + q) + u % W);                     \
+    for (Py_ssize_t j = 0; j < n; j += VL) {                                            \
+        Py_ssize_t i = 0;                                                               \
+        for (; i + (MR) <= m; i += (MR)) TC_GROUPED_TILE(MR);                          \
+        for (; i < m; i++) TC_GROUPED_TILE(1);                                          \
+    }                                                                                   \
+}
+#define PERMUTE(x, index) _mm256_permutevar8x32_ps((__m256)(x), (__m256i)(index))
+TC_DEFINE_GROUPED(f32, _avx2, float, 32, 4, __attribute__((target("avx2,fma"))))
+TC_DEFINE_GROUPED(f64, _avx2, double, 32, 4, __attribute__((target("avx2,fma"))))
+#undef PERMUTE
+#define PERMUTE(x, index) _mm512_permutexvar_ps((__m512i)(index), (__m512)(x))
+TC_DEFINE_GROUPED(f32, _avx512, float, 64, 8, __attribute__((target("avx512f,fma"))))
+TC_DEFINE_GROUPED(f64, _avx512, double, 64, 8, __attribute__((target("avx512f,fma"))))
+#undef PERMUTE
+#endif
+typedef void (*tc_grouped_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                 const float *const *, Py_ssize_t, Py_ssize_t,
+                                 const float *const *, float *, Py_ssize_t);
+typedef void (*tc_grouped_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                 const double *const *, Py_ssize_t, Py_ssize_t,
+                                 const double *const *, double *, Py_ssize_t);
 /* Orders a thread's non-temporal stores before what follows (the end of its work). */
 static inline void tc_store_fence(void)
 {
@@ -710,7 +774,16 @@ static void (*tc_transpose_f32)(Py_ssize_t, Py_ssize_t, const float *, Py_ssize_
                                 Py_ssize_t, int) = tc_transpose_f32_base;
 static void (*tc_transpose_f64)(Py_ssize_t, Py_ssize_t, const double *, Py_ssize_t, double *,
                                 Py_ssize_t, int) = tc_transpose_f64_base;
+static tc_grouped_f32_t tc_grouped_f32 = NULL;   /* none in the baseline */
+static tc_grouped_f64_t tc_grouped_f64 = NULL;
 static int tc_variant = 0;
+
+/* Lanes of tc_grouped_* for elements of `itemsize` bytes in the selected variant; 0 when
+ * it has none (the baseline). */
+static inline Py_ssize_t tc_grouped_lanes(size_t itemsize)
+{
+    return tc_variant == 2 ? 64 / itemsize : tc_variant == 1 ? 32 / itemsize : 0;
+}
 
 #define TC_SELECT(SUFFIX)                                                               \
     do {                                                                                \
@@ -747,8 +820,15 @@ static int tc_select_variant(int variant)
     tc_variant = variant;
     TC_SELECT(_base);
 #ifdef TC_X86_DISPATCH
-    if (variant == 1) TC_SELECT(_avx2);
-    if (variant == 2) TC_SELECT(_avx512);
+    tc_grouped_f32 = NULL; tc_grouped_f64 = NULL;
+    if (variant == 1) {
+        TC_SELECT(_avx2);
+        tc_grouped_f32 = tc_grouped_f32_avx2; tc_grouped_f64 = tc_grouped_f64_avx2;
+    }
+    if (variant == 2) {
+        TC_SELECT(_avx512);
+        tc_grouped_f32 = tc_grouped_f32_avx512; tc_grouped_f64 = tc_grouped_f64_avx512;
+    }
 #endif
     return 1;
 }

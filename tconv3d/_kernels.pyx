@@ -134,6 +134,13 @@ cdef extern from "_gemm.h":
     void tc_round_bf16(const float *src, Py_ssize_t stride, uint16_t *dst,
                        Py_ssize_t n) noexcept nogil
     void tc_widen_bf16(const uint16_t *src, float *dst, Py_ssize_t n) noexcept nogil
+    void tc_grouped_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c, Py_ssize_t nb,
+                        const float **A, Py_ssize_t aoff, Py_ssize_t sai, const float **B,
+                        float *C, Py_ssize_t ldc) noexcept nogil
+    void tc_grouped_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c, Py_ssize_t nb,
+                        const double **A, Py_ssize_t aoff, Py_ssize_t sai, const double **B,
+                        double *C, Py_ssize_t ldc) noexcept nogil
+    Py_ssize_t tc_grouped_lanes(size_t itemsize) noexcept nogil
     void tc_transpose_f32(Py_ssize_t m, Py_ssize_t n, const float *S, Py_ssize_t lds,
                           float *D, Py_ssize_t ldd, int stream) noexcept nogil
     void tc_transpose_f64(Py_ssize_t m, Py_ssize_t n, const double *S, Py_ssize_t lds,
@@ -367,6 +374,16 @@ cdef inline void _cdot(Py_ssize_t m, Py_ssize_t n, const floating *A, Py_ssize_t
         tc_cdot_f64(m, n, A, sai, X, sxi, C)
 
 
+cdef inline void _grouped_madd(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c, Py_ssize_t nb,
+                               const floating **A, Py_ssize_t aoff, Py_ssize_t sai,
+                               const floating **B, floating *C, Py_ssize_t ldc) noexcept nogil:
+    """A batch-reduce GEMM of every group at once, c channels each (see _gemm.h)."""
+    if floating is float:
+        tc_grouped_f32(m, n, c, nb, A, aoff, sai, B, C, ldc)
+    else:
+        tc_grouped_f64(m, n, c, nb, A, aoff, sai, B, C, ldc)
+
+
 cdef inline void _transpose(Py_ssize_t m, Py_ssize_t n, const floating *S, Py_ssize_t lds,
                             floating *D, Py_ssize_t ldd, bint stream=False) noexcept nogil:
     """D[j*ldd + i] = S[i*lds + j], in SIMD blocks (`stream`: see _gemm.h)."""
@@ -516,9 +533,37 @@ cdef inline bint _depthwise(const Problem *p) noexcept nogil:
     return p.cin == 1 and p.cout == 1 and p.groups > 1
 
 
-cdef inline Py_ssize_t _block_channels(const Problem *p, Py_ssize_t channels) noexcept nogil:
-    """Channels a run accumulates per voxel: every group's when depthwise."""
-    return p.groups if _depthwise(p) else channels
+cdef inline bint _grouped(const Problem *p, Py_ssize_t itemsize,
+                          Py_ssize_t channel_stride) noexcept nogil:
+    """A few channels per group: c inputs and c filters (2 <= c < the vector length, c
+    dividing it), the GEMMs' operand `channel_stride` 1. The kernels then take all the
+    groups at once (_grouped_madd), a vector holding several groups, instead of group by
+    group in vectors of c lanes; its tap matrices reordered by _channels_outer."""
+    cdef Py_ssize_t lanes = tc_grouped_lanes(itemsize), c = p.cout
+    return (lanes > 0 and p.cin == c and c >= 2 and c < lanes and lanes % c == 0
+            and p.groups * c % lanes == 0 and channel_stride == 1 and not p.bf16_pairs)
+
+
+cdef inline Py_ssize_t _block_channels(const Problem *p, Py_ssize_t channels,
+                                       bint grouped) noexcept nogil:
+    """Channels a run accumulates per voxel: every group's when depthwise or grouped."""
+    return p.groups * channels if _depthwise(p) or grouped else channels
+
+
+cdef floating *_channels_outer(const Problem *p, const floating *w) except? NULL:
+    """A copy of the C-contiguous (kd, kh, kw, G, c, c) `w` as (kd, kh, kw, c, G, c), the
+    layout of _grouped_madd's operand B (free it)."""
+    cdef Py_ssize_t c = p.cin, g, t, q
+    cdef Py_ssize_t taps = p.k[0] * p.k[1] * p.k[2], tap = p.groups * c * c
+    cdef floating *out = <floating *> malloc(taps * tap * sizeof(floating))
+    if out == NULL:
+        raise MemoryError("tconv3d: no memory for the kernel's grouped layout")
+    for t in range(taps):
+        for g in range(p.groups):
+            for q in range(c):
+                memcpy(out + t * tap + (q * p.groups + g) * c, w + t * tap + (g * c + q) * c,
+                       c * sizeof(floating))
+    return out
 
 
 # ------------------------------------------------------------------ fused activations
@@ -883,7 +928,11 @@ cdef int _conv_transpose(const Problem *p,
     # copied channel-contiguous into xbuf, and accumulated in acc).
     cdef Py_ssize_t groups = p.groups
     cdef bint depthwise = _depthwise(p)
-    cdef Py_ssize_t acc_channels = _block_channels(p, cout)
+    # A few channels per group: all groups at once, as one group of `width` channels
+    # (wt reordered by _channels_outer).
+    cdef bint grouped = _grouped(p, sizeof(floating), p.xs[4])
+    cdef Py_ssize_t width = groups * cout if grouped else cout
+    cdef Py_ssize_t acc_channels = _block_channels(p, cout, grouped)
     cdef Py_ssize_t xstep = groups if depthwise and p.xs[4] != 1 else p.xs[3]
     cdef Row r
     cdef floating *acc = NULL
@@ -939,7 +988,7 @@ cdef int _conv_transpose(const Problem *p,
                     _activate(cbuf, nb, ldc, groups, act, alpha)
                     if p.ys[4] != 1:
                         _store_tile(acc, nb, groups, yp, p.ys[3], p.ys[4])
-                for grp in range(0 if depthwise else groups):
+                for grp in range(0 if depthwise else 1 if grouped else groups):
                     xg = x + grp * cin * p.xs[4]
                     wg = wt + grp * cin * cout
                     bg = bias
@@ -962,18 +1011,18 @@ cdef int _conv_transpose(const Problem *p,
                             ldc = groups * cout
                         else:
                             cbuf = acc
-                            ldc = cout
-                        if bg == NULL and ldc == cout:
-                            memset(cbuf, 0, nb * cout * sizeof(floating))
-                        elif cout == 1:
+                            ldc = width
+                        if bg == NULL and ldc == width:
+                            memset(cbuf, 0, nb * width * sizeof(floating))
+                        elif width == 1:
                             for b in range(nb):
                                 cbuf[b * ldc] = 0 if bg == NULL else bg[0]
                         else:
                             for b in range(nb):
                                 if bg == NULL:
-                                    memset(cbuf + b * ldc, 0, cout * sizeof(floating))
+                                    memset(cbuf + b * ldc, 0, width * sizeof(floating))
                                 else:
-                                    memcpy(cbuf + b * ldc, bg, cout * sizeof(floating))
+                                    memcpy(cbuf + b * ldc, bg, width * sizeof(floating))
                         for td in range(r.n_taps[0] if cin == 1 and cout == 1 else 0):
                             for th in range(r.n_taps[1]):
                                 xrow = xg + _row_offset(p.xs, r.n, r.index[0][td],
@@ -997,17 +1046,22 @@ cdef int _conv_transpose(const Problem *p,
                                                                    r.index[1][th])
                                     btaps[nbat] = wg + _tap_matrix(p, &r, td, th, runs.j[e])
                                     nbat = nbat + 1
+                            if grouped:
+                                _grouped_madd(runs.hi[e] - runs.lo[e], width, cout, nbat, arows,
+                                              runs.lo[e] * p.xs[3], p.xs[3], btaps,
+                                              cbuf + (runs.o[e] - o0) * ldc, sw * ldc)
+                                continue
                             _brgemm_panels(runs.hi[e] - runs.lo[e], cout, cin, nbat, arows,
                                            runs.lo[e] * p.xs[3], p.xs[3], p.xs[4], btaps,
                                            cbuf + (runs.o[e] - o0) * ldc, sw * ldc,
                                            p.bf16_pairs)
-                        _activate(cbuf, nb, ldc, cout, act, alpha)
+                        _activate(cbuf, nb, ldc, width, act, alpha)
                         if direct or buffered:
                             continue
                         if floating is float and y16 != NULL:
                             _store_bf16(acc, nb, cout, y16 + yoff, p.ys[3], p.ys[4])
                         else:
-                            _store_tile(acc, nb, cout, yp, p.ys[3], p.ys[4])
+                            _store_tile(acc, nb, width, yp, p.ys[3], p.ys[4])
             if buffered:
                 _store_planes(p, acc, first, last, y, &r)
         tc_store_fence()
@@ -1192,13 +1246,20 @@ def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
     cdef Phases ph
     cdef Runs runs
     cdef int status
+    cdef bint grouped
+    cdef const floating *wt_ptr = &wt[0, 0, 0, 0, 0]
+    cdef floating *wt_grouped = NULL
     cdef Phase *table = <Phase *> malloc((_phase_count(&p) + 1) * sizeof(Phase))
     if table == NULL:
         raise MemoryError("tconv3d: no memory for the stride-phase table")
     try:
         _fill_phases(&p, table, &ph)
-        _make_runs(&p, &ph, _block_size(_block_channels(&p, p.cout)), &runs)
+        grouped = _grouped(&p, sizeof(floating), p.xs[4])
+        _make_runs(&p, &ph, _block_size(_block_channels(&p, p.cout, grouped)), &runs)
         try:
+            if grouped:
+                wt_grouped = _channels_outer(&p, &wt[0, 0, 0, 0, 0])
+                wt_ptr = wt_grouped
             if block_rows > 0:   # weight-heavy: blocks of rows, each tap for the block
                 with nogil:
                     status = _conv_transpose_blocked(
@@ -1207,13 +1268,14 @@ def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
                         num_threads)
             else:
                 with nogil:
-                    status = _conv_transpose(&p, &ph, &runs, &x[0, 0, 0, 0, 0],
-                                             &wt[0, 0, 0, 0, 0], bias_ptr, y_ptr, y16_ptr,
-                                             activation, <floating> alpha, num_threads)
+                    status = _conv_transpose(&p, &ph, &runs, &x[0, 0, 0, 0, 0], wt_ptr,
+                                             bias_ptr, y_ptr, y16_ptr, activation,
+                                             <floating> alpha, num_threads)
         finally:
             _free_runs(&runs)
     finally:
         free(table)
+        free(wt_grouped)
     _check(status)
 
 
@@ -1236,6 +1298,10 @@ cdef int _grad_input(const Problem *p,
     # copied channel-contiguous into gbuf, and accumulated in acc).
     cdef Py_ssize_t groups = p.groups
     cdef bint depthwise = _depthwise(p)
+    # A few channels per group: all groups at once, as one group of `width` channels
+    # (w reordered by _channels_outer).
+    cdef bint grouped = _grouped(p, sizeof(floating), p.ys[4])
+    cdef Py_ssize_t width = groups * cin if grouped else cin
     cdef Py_ssize_t gvox = p.ys[3] if p.ys[4] == 1 else groups  # voxels apart in grow
     cdef Row r
     cdef floating *acc = NULL
@@ -1254,7 +1320,7 @@ cdef int _grad_input(const Problem *p,
     memset(&r, 0, sizeof(Row))  # Cython copies r into the region (firstprivate): no garbage
     with parallel(num_threads=num_threads):
         acc = <floating *> _thread_malloc(
-            runs.length * _block_channels(p, cin) * sizeof(floating), failed_ptr)
+            runs.length * _block_channels(p, cin, grouped) * sizeof(floating), failed_ptr)
         gbuf = <floating *> _thread_malloc(p.n_out[2] * groups * sizeof(floating), failed_ptr)
         grows = <const floating **> _thread_malloc(
             (2 * p.k[0] * p.k[1] + 1) * sizeof(floating *), failed_ptr)
@@ -1284,13 +1350,13 @@ cdef int _grad_input(const Problem *p,
                                    cbuf + (runs.lo[e] - i0) * ldc, ldc)
                 if p.xs[4] != 1:
                     _store_tile(acc, nb, groups, gxp, p.xs[3], p.xs[4])
-            for grp in range(0 if depthwise else groups):
+            for grp in range(0 if depthwise else 1 if grouped else groups):
                 gg = g + grp * cout * p.ys[4]
                 wg = w + grp * cin * cout
                 for run in range(runs.count):
                     i0 = run * runs.length
                     nb = runs.length if iw_n - i0 > runs.length else iw_n - i0
-                    memset(acc, 0, nb * cin * sizeof(floating))
+                    memset(acc, 0, nb * width * sizeof(floating))
                     for e in range(runs.first[run], runs.first[run + 1]):
                         # Inputs lo <= i < hi of the run from outputs o, o + s, ...: one
                         # batch-reduce GEMM over the row's (depth, height) taps.
@@ -1306,13 +1372,17 @@ cdef int _grad_input(const Problem *p,
                                 _axpy(runs.hi[e] - runs.lo[e], wtaps[b][0],
                                       grows[b] + runs.o[e] * p.ys[3], gstep,
                                       acc + (runs.lo[e] - i0), 1)
+                        elif grouped:
+                            _grouped_madd(runs.hi[e] - runs.lo[e], width, cin, nbat, grows,
+                                          runs.o[e] * p.ys[3], gstep, wtaps,
+                                          acc + (runs.lo[e] - i0) * width, width)
                         else:
                             _brgemm(runs.hi[e] - runs.lo[e], cin, cout, nbat, grows,
                                     runs.o[e] * p.ys[3], gstep, p.ys[4], wtaps, 0, cin,
                                     acc + (runs.lo[e] - i0) * cin, cin, p.bf16_pairs)
                     gxp = (gx + _row_offset(p.xs, r.n, r.d, r.h) + i0 * p.xs[3]
                            + grp * cin * p.xs[4])
-                    _store_tile(acc, nb, cin, gxp, p.xs[3], p.xs[4])
+                    _store_tile(acc, nb, width, gxp, p.xs[3], p.xs[4])
         free(r.j[0])
         free(grows)
         free(gbuf)
@@ -1486,18 +1556,26 @@ def grad_input(const floating[:, :, :, :, :] g, const floating[:, :, :, :, ::1] 
     cdef int status
     cdef Py_ssize_t block_rows = _block_rows(&p, sizeof(floating), p.batch * p.n_in[0]
                                              * p.n_in[1], num_threads)
-    _make_runs(&p, NULL, _block_size(_block_channels(&p, p.cin)), &runs)
+    # grad_output's channels are contiguous, or will be in _grad_input_slabs' copies
+    cdef bint grouped = _grouped(&p, sizeof(floating), 1 if _slabs(&p) else p.ys[4])
+    cdef const floating *w_ptr = &w[0, 0, 0, 0, 0]
+    cdef floating *w_grouped = NULL
+    if grouped:
+        w_grouped = _channels_outer(&p, w_ptr)
+        w_ptr = w_grouped
+    _make_runs(&p, NULL, _block_size(_block_channels(&p, p.cin, grouped)), &runs)
     with nogil:
         if block_rows > 0:
-            status = _grad_input_blocked(&p, &runs, &g[0, 0, 0, 0, 0], &w[0, 0, 0, 0, 0],
+            status = _grad_input_blocked(&p, &runs, &g[0, 0, 0, 0, 0], w_ptr,
                                          &gx[0, 0, 0, 0, 0], block_rows, num_threads)
         elif _slabs(&p):
-            status = _grad_input_slabs(&p, &runs, &g[0, 0, 0, 0, 0], &w[0, 0, 0, 0, 0],
+            status = _grad_input_slabs(&p, &runs, &g[0, 0, 0, 0, 0], w_ptr,
                                        &gx[0, 0, 0, 0, 0], num_threads)
         else:
-            status = _grad_input(&p, &runs, &g[0, 0, 0, 0, 0], &w[0, 0, 0, 0, 0],
+            status = _grad_input(&p, &runs, &g[0, 0, 0, 0, 0], w_ptr,
                                  &gx[0, 0, 0, 0, 0], num_threads)
         _free_runs(&runs)
+    free(w_grouped)
     _check(status)
 
 

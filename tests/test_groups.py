@@ -5,13 +5,15 @@ import numpy as np
 import pytest
 
 import tconv3d
-from helpers import random_problem, tol
+from helpers import each_simd_variant, random_problem, tol
 from reference import conv_transpose3d_backward_ref, conv_transpose3d_ref
 from test_forward import FORMATS
 
 # (in_channels, filters, groups): grouped, depthwise over 1 and over several vectors of
-# channels, a depthwise channel multiplier, and groups of one input to 3 filters.
-CHANNELS = [(6, 4, 2), (9, 6, 3), (5, 5, 5), (40, 40, 40), (4, 8, 4), (3, 9, 3)]
+# channels, a depthwise channel multiplier, groups of one input to 3 filters, and groups
+# of 4 and 2 channels that vectors take several at a time (_kernels._grouped).
+CHANNELS = [(6, 4, 2), (9, 6, 3), (5, 5, 5), (40, 40, 40), (4, 8, 4), (3, 9, 3),
+            (32, 32, 8), (32, 32, 16)]
 # (kernel, strides, dilation, padding, output_padding, spatial)
 GEOMETRY = [
     (4, 2, 1, "same", None, (3, 4, 5)),
@@ -87,7 +89,8 @@ def test_gradients_match_finite_differences(rng, cin, cout, groups, fmt):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("cin,cout,groups", [(32, 32, 32), (32, 32, 4), (8, 16, 8)])
+@pytest.mark.parametrize("cin,cout,groups", [(32, 32, 32), (32, 32, 4), (32, 32, 16),
+                                             (8, 16, 8)])
 def test_bitwise_identical_for_any_thread_count(rng, cin, cout, groups, fmt):
     x, w, b, kwargs = _problem(rng, cin, cout, groups, GEOMETRY[0], fmt, np.float32)
     x = np.concatenate([x] * 4)   # rows for 3 threads
@@ -100,6 +103,47 @@ def test_bitwise_identical_for_any_thread_count(rng, cin, cout, groups, fmt):
         for a, r in zip(tconv3d.conv_transpose3d_backward(g, x, w, num_threads=threads,
                                                           **kwargs), grads):
             assert a.tobytes() == r.tobytes()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channels,per_group", [(32, 4), (32, 2), (16, 8), (32, 8), (24, 4),
+                                                (12, 4)])
+def test_few_channels_per_group_as_vectors_of_groups(rng, channels, per_group, dtype, fmt):
+    """Groups of a few channels (the vectors then hold several groups, channels permuted
+    into place) on every SIMD variant: the reference's numbers, and each group's own
+    convolution's bits when that would run in vectors too (the same products in the
+    same order); forward and input gradient, with a channels_first grad_output large
+    enough to be read in channels-last slabs."""
+    groups = channels // per_group
+    x, w, b, kwargs = _problem(rng, channels, channels, groups, GEOMETRY[0], fmt, dtype)
+    spatial = (3, 20, 12) if fmt == "channels_first" else (3, 4, 5)
+    x = rng.standard_normal(x.shape[:-3] + spatial if fmt == "channels_first"
+                            else x.shape[:1] + spatial + x.shape[-1:]).astype(dtype)
+    x, w = x / 4, w / 4   # sums of 64 products of order 1, as the tolerances assume
+    channel_axis = -1 if fmt == "channels_last" else 1
+    per_group_kwargs = {k: v for k, v in kwargs.items() if k != "groups"}
+    expected = conv_transpose3d_ref(x, w, b, **kwargs)
+    g = rng.standard_normal(expected.shape).astype(dtype)
+    expected_gx = conv_transpose3d_backward_ref(g, x, w, **kwargs)[0]
+    same_bits = per_group * np.dtype(dtype).itemsize >= 16   # a vector of one group
+    for variant in each_simd_variant():
+        y = tconv3d.conv_transpose3d(x, w, b, **kwargs)
+        gx = tconv3d.conv_transpose3d_backward(g, x, w, compute=["input"], **kwargs)[0]
+        np.testing.assert_allclose(y, expected, **tol(dtype), err_msg=variant)
+        np.testing.assert_allclose(gx, expected_gx, **tol(dtype), err_msg=variant)
+        if not same_bits:
+            continue
+        for k in range(groups):
+            part = slice(k * per_group, (k + 1) * per_group)
+            at = (slice(None),) * (channel_axis % x.ndim) + (part,)
+            y_k = tconv3d.conv_transpose3d(np.ascontiguousarray(x[at]), w[..., part],
+                                           b[part], **per_group_kwargs)
+            gx_k = tconv3d.conv_transpose3d_backward(
+                np.ascontiguousarray(g[at]), np.ascontiguousarray(x[at]), w[..., part],
+                compute=["input"], **per_group_kwargs)[0]
+            assert y[at].tobytes() == y_k.tobytes(), (variant, k)
+            assert np.ascontiguousarray(gx[at]).tobytes() == gx_k.tobytes(), (variant, k)
 
 
 @pytest.mark.parametrize("cin,cout,groups", [(6, 6, 6), (8, 4, 2)])
@@ -147,7 +191,7 @@ def test_kernel_and_bias_shapes_follow_the_groups(rng):
 
 
 @pytest.mark.parametrize("memory_format", ["contiguous", "channels_last_3d"])
-@pytest.mark.parametrize("cin,cout,groups", [(8, 8, 8), (8, 16, 4), (6, 3, 3)])
+@pytest.mark.parametrize("cin,cout,groups", [(8, 8, 8), (8, 16, 4), (6, 3, 3), (32, 32, 8)])
 def test_matches_torch(rng, cin, cout, groups, memory_format):
     torch = pytest.importorskip("torch")
     import tconv3d.torch as tt
