@@ -393,6 +393,33 @@ cdef inline void _transpose(Py_ssize_t m, Py_ssize_t n, const floating *S, Py_ss
         tc_transpose_f64(m, n, S, lds, D, ldd, stream)
 
 
+cdef inline void _fill_rows(floating *c, Py_ssize_t rows, Py_ssize_t ldc, Py_ssize_t n,
+                            const floating *value) noexcept nogil:
+    """c[b*ldc + j] = value[j] (0 when value is NULL), 0 <= b < rows, 0 <= j < n: the
+    starting sums of a tile. Contiguous rows by doubling copies (a call per row would
+    cost more than its bytes: 13 % of a k3 s2 forward with bias)."""
+    cdef Py_ssize_t b, done = 1, count
+    if rows <= 0:
+        return
+    if value == NULL and ldc == n:
+        memset(c, 0, rows * n * sizeof(floating))
+    elif n == 1:
+        for b in range(rows):
+            c[b * ldc] = 0 if value == NULL else value[0]
+    elif ldc == n:
+        memcpy(c, value, n * sizeof(floating))
+        while done < rows:
+            count = done if rows - done > done else rows - done
+            memcpy(c + done * n, c, count * n * sizeof(floating))
+            done = done + count
+    else:
+        for b in range(rows):
+            if value == NULL:
+                memset(c + b * ldc, 0, n * sizeof(floating))
+            else:
+                memcpy(c + b * ldc, value, n * sizeof(floating))
+
+
 cdef inline void _store_tile(const floating *acc, Py_ssize_t nb, Py_ssize_t nc,
                              floating *dst, Py_ssize_t s_b, Py_ssize_t s_c) noexcept nogil:
     """dst[b*s_b + c*s_c] = acc[b*nc + c]: a tile of nb voxels x nc channels, accumulated
@@ -970,11 +997,7 @@ cdef int _conv_transpose(const Problem *p,
                     yp = y + _row_offset(p.ys, r.n, r.d, r.h) + o0 * p.ys[3]
                     cbuf = yp if p.ys[4] == 1 else acc
                     ldc = p.ys[3] if p.ys[4] == 1 else groups
-                    for b in range(nb):
-                        if bias == NULL:
-                            memset(cbuf + b * ldc, 0, groups * sizeof(floating))
-                        else:
-                            memcpy(cbuf + b * ldc, bias, groups * sizeof(floating))
+                    _fill_rows(cbuf, nb, ldc, groups, bias)
                     for td in range(r.n_taps[0] if runs.first[run] < runs.first[run + 1] else 0):
                         for th in range(r.n_taps[1]):
                             xrow = _channels_contiguous(
@@ -1012,17 +1035,7 @@ cdef int _conv_transpose(const Problem *p,
                         else:
                             cbuf = acc
                             ldc = width
-                        if bg == NULL and ldc == width:
-                            memset(cbuf, 0, nb * width * sizeof(floating))
-                        elif width == 1:
-                            for b in range(nb):
-                                cbuf[b * ldc] = 0 if bg == NULL else bg[0]
-                        else:
-                            for b in range(nb):
-                                if bg == NULL:
-                                    memset(cbuf + b * ldc, 0, width * sizeof(floating))
-                                else:
-                                    memcpy(cbuf + b * ldc, bg, width * sizeof(floating))
+                        _fill_rows(cbuf, nb, ldc, width, bg)
                         for td in range(r.n_taps[0] if cin == 1 and cout == 1 else 0):
                             for th in range(r.n_taps[1]):
                                 xrow = xg + _row_offset(p.xs, r.n, r.index[0][td],
@@ -1173,11 +1186,7 @@ cdef int _conv_transpose_blocked(const Problem *p,
                         _split_row(&r, row, p.n_out)
                         cbuf = _block_out(p, direct_y, acc, row - first, runs.length, o0,
                                           grp, &r)
-                        for b in range(nb):
-                            if bg == NULL:
-                                memset(cbuf + b * ldc, 0, cout * sizeof(floating))
-                            else:
-                                memcpy(cbuf + b * ldc, bg, cout * sizeof(floating))
+                        _fill_rows(cbuf, nb, ldc, cout, bg)
                     for jd in range(p.k[0] if runs.first[run] < runs.first[run + 1] else 0):
                         for jh in range(p.k[1]):
                             for e in range(runs.first[run], runs.first[run + 1]):
@@ -1336,8 +1345,7 @@ cdef int _grad_input(const Problem *p,
                 gxp = gx + _row_offset(p.xs, r.n, r.d, r.h) + i0 * p.xs[3]
                 cbuf = gxp if p.xs[4] == 1 else acc
                 ldc = p.xs[3] if p.xs[4] == 1 else groups
-                for b in range(nb):
-                    memset(cbuf + b * ldc, 0, groups * sizeof(floating))
+                _fill_rows(cbuf, nb, ldc, groups, NULL)
                 for td in range(r.n_taps[0] if runs.first[run] < runs.first[run + 1] else 0):
                     for th in range(r.n_taps[1]):
                         grow = _channels_contiguous(
