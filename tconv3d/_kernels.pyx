@@ -854,7 +854,9 @@ cdef void _store_bf16(const float *acc, Py_ssize_t nb, Py_ssize_t cout, uint16_t
     """dst[b*s_b + c*s_c] = acc[b*cout + c] rounded to bfloat16 (tc_round_bf16), along
     whichever of dst's axes is contiguous."""
     cdef Py_ssize_t b, c
-    if s_c == 1:
+    if s_c == 1 and s_b == cout:
+        tc_round_bf16(acc, 1, dst, nb * cout)
+    elif s_c == 1:
         for b in range(nb):
             tc_round_bf16(acc + b * cout, 1, dst + b * s_b, cout)
     elif s_b == 1:
