@@ -252,6 +252,7 @@ cdef inline void _brgemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t nb
 # power of two fall on a few cache sets and thrash L1). With n <= width, or k == 1, this
 # is the plain row-major matrix. Only where B lives changes, not the order of any sum.
 cdef Py_ssize_t _PANEL_BYTES = 128
+cdef Py_ssize_t TAP_BLOCK = 8   # taps per block of pack_panels from PyTorch's layout
 PANEL_BYTES = _PANEL_BYTES
 
 
@@ -274,20 +275,28 @@ def pack_panels(const floating[:, :, :, :, :] kernel, floating[:, :, :, :, ::1] 
                             and kernel.strides[1] == kw * sizeof(floating)
                             and kernel.strides[0] == kh * kw * sizeof(floating))
     cdef Py_ssize_t unit, jb, g, t, td, th, tw, j0, width, i, j
+    cdef Py_ssize_t t0, nt, tblocks = (taps + TAP_BLOCK - 1) // TAP_BLOCK
     cdef floating *panel
     if kernel.size == 0:
         return
     with nogil:
-        if taps_inner:   # one transposition per (input channel, panel): taps x width
-            for unit in prange(groups * a * panels, schedule='static',
+        if taps_inner:
+            # Per (group, panel, block of taps), a width x taps transposition per input
+            # channel: consecutive channels fill consecutive rows of the block's tap
+            # matrices (whole lines; a channel's rows of every tap at once would be as
+            # many lines a tap matrix apart, in one L1 set).
+            for unit in prange(groups * panels * tblocks, schedule='static',
                                num_threads=num_threads):
-                jb = unit % panels
-                i = unit // panels   # g * a + channel
+                t0 = unit % tblocks * TAP_BLOCK
+                nt = TAP_BLOCK if taps - t0 > TAP_BLOCK else taps - t0
+                jb = unit // tblocks % panels
+                g = unit // (tblocks * panels)
                 j0 = jb * pw
                 width = pw if b - j0 > pw else b - j0
-                _transpose(width, taps, &kernel[0, 0, 0, j0, i], s_out,
-                           &out[0, 0, 0, 0, 0] + i // a * a * b + j0 * a + i % a * width,
-                           tap_size)
+                for i in range(g * a, (g + 1) * a):
+                    _transpose(width, nt, &kernel[0, 0, 0, j0, i] + t0, s_out,
+                               &out[0, 0, 0, 0, 0] + t0 * tap_size + g * a * b + j0 * a
+                               + (i - g * a) * width, tap_size)
         else:
             for unit in prange(taps * groups * panels, schedule='static',
                                num_threads=num_threads):
@@ -817,13 +826,28 @@ def transpose(const floating[:, :, :] src, floating[:, :, :] dst, int num_thread
     stride) transposed, in SIMD blocks; e.g. kernels between PyTorch's (in, out, taps)
     and the taps-first layouts."""
     cdef Py_ssize_t nb = src.shape[0], m = src.shape[1], n = src.shape[2], b
+    # Matrices with a side of one line or less (the taps of 2x2x2 kernels, PyTorch's
+    # layout) by tiles of 8 x 8, the batch inner: a whole matrix at a time would write (or
+    # read) as many short rows a matrix apart, in one L1 set, evicted before the next
+    # matrix continues their lines (5x the time); other matrices whole.
+    cdef bint tiled = (m if m < n else n) * sizeof(floating) <= 64
+    cdef Py_ssize_t tile = 8 if tiled else (m if m > n else n)
+    cdef Py_ssize_t mt = (m + tile - 1) // tile, nt = (n + tile - 1) // tile, unit, i0, j0
     if (n > 1 and src.strides[2] != sizeof(floating)) \
             or (m > 1 and dst.strides[2] != sizeof(floating)):
         raise ValueError("tconv3d: transpose needs contiguous rows")
     if src.size == 0:
         return
     with nogil:
-        for b in prange(nb, schedule='static', num_threads=num_threads):
+        for unit in prange(mt * nt if tiled else 0, schedule='static',
+                           num_threads=num_threads):
+            i0 = unit // nt * tile
+            j0 = unit % nt * tile
+            for b in range(nb):
+                _transpose(tile if m - i0 > tile else m - i0, tile if n - j0 > tile else n - j0,
+                           &src[b, i0, j0], src.strides[1] // sizeof(floating),
+                           &dst[b, j0, i0], dst.strides[1] // sizeof(floating))
+        for b in prange(0 if tiled else nb, schedule='static', num_threads=num_threads):
             _transpose(m, n, &src[b, 0, 0], src.strides[1] // sizeof(floating),
                        &dst[b, 0, 0], dst.strides[1] // sizeof(floating))
 

@@ -38,7 +38,8 @@ def _kernels_of(rng, shape, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape, groups", [((3, 2, 3, 37, 13), 1), ((2, 1, 3, 10, 21), 3),
-                                           ((1, 1, 1, 9, 4), 4), ((4, 4, 4, 70, 40), 2)])
+                                           ((1, 1, 1, 9, 4), 4), ((4, 4, 4, 70, 40), 2),
+                                           ((2, 2, 2, 20, 36), 2)])
 def test_kernel_layouts_match_their_definitions(rng, dtype, shape, groups):
     kd, kh, kw, f, c = shape
     for name, kernel in _kernels_of(rng, shape, dtype).items():
@@ -56,7 +57,8 @@ def test_kernel_layouts_match_their_definitions(rng, dtype, shape, groups):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(3, 2, 3, 37, 13), (1, 1, 1, 1, 9), (4, 4, 4, 16, 32)])
+@pytest.mark.parametrize("shape", [(3, 2, 3, 37, 13), (1, 1, 1, 1, 9), (4, 4, 4, 16, 32),
+                                   (2, 2, 2, 20, 36)])
 def test_torch_weight_is_the_transposed_copy(rng, dtype, shape):
     kernel = rng.standard_normal(shape).astype(dtype)
     for variant in each_simd_variant():
