@@ -263,7 +263,8 @@ def pack_panels(const floating[:, :, :, :, :] kernel, floating[:, :, :, :, ::1] 
     matrix of group g, element (i, j) = kernel[td, th, tw, j, g*a + i], in column panels.
     Each panel is a transposition (in SIMD blocks) of the kernel's contiguous rows: its
     channels (Keras' layout) or, in PyTorch's (in, out, kd, kh, kw), its taps, a panel
-    row then gathering one element from each tap's matrix."""
+    row then gathering one element from each tap's matrix; with the filters contiguous
+    (PyTorch's channels_last_3d weights), its rows are the panel's rows."""
     cdef Py_ssize_t kd = kernel.shape[0], kh = kernel.shape[1], kw = kernel.shape[2]
     cdef Py_ssize_t b = kernel.shape[3], a = kernel.shape[4] // groups
     cdef Py_ssize_t pw = _PANEL_BYTES // sizeof(floating), panels = (b + pw - 1) // pw
@@ -311,6 +312,11 @@ def pack_panels(const floating[:, :, :, :, :] kernel, floating[:, :, :, :, ::1] 
                 panel = &out[td, th, tw, g * a, 0] + j0 * a
                 if channels_inner:
                     _transpose(width, a, &kernel[td, th, tw, j0, g * a], s_out, panel, width)
+                    continue
+                if s_out == 1:   # filters inner (PyTorch's channels_last_3d weights)
+                    for i in range(a):
+                        memcpy(panel + i * width, &kernel[td, th, tw, j0, g * a + i],
+                               width * sizeof(floating))
                     continue
                 for i in range(a):   # writes in order; the reads reuse `width` cache lines
                     for j in range(width):
@@ -1638,7 +1644,8 @@ cdef int _grad_kernel(const Problem *p,
                        const Runs *runs,      # IN  the width GEMMs of whole input rows
                        const floating *g,     # IN  logical (N, OD, OH, OW, G*Cout), strides p.ys
                        const floating *x,     # IN  logical (N, D, H, W, G*Cin), strides p.xs
-                       floating *partial,     # WORK (chunks, kd, kh, kw, G, Cout, Cin)
+                       floating *partial,     # WORK (chunks, kd, kh, kw, G, Cout, Cin), or
+                                              #      gw itself for one chunk
                        Py_ssize_t chunks,
                        floating *gw,          # OUT (kd, kh, kw, G, Cout, Cin) C-contiguous
                        int num_threads) noexcept nogil:
@@ -1740,6 +1747,8 @@ cdef int _grad_kernel(const Problem *p,
 
     # Add the chunks' partial sums in chunk order, whatever thread computed them: a block
     # of elements at a time, chunk after chunk (reading each chunk's block contiguously).
+    if chunks == 1:   # partial is gw
+        return 0
     for blk in prange((ksize + REDUCE_BLOCK - 1) // REDUCE_BLOCK, schedule='static',
                       num_threads=num_threads):
         e = blk * REDUCE_BLOCK
@@ -1764,7 +1773,9 @@ def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x
                                          ksize * sizeof(floating))
     cdef Runs runs
     cdef int status
-    cdef floating *partial = <floating *> malloc(chunks * ksize * sizeof(floating))
+    # one chunk (small volumes, deep layers' large kernels): its sums are gw's
+    cdef floating *partial = &gw[0, 0, 0, 0, 0] if chunks == 1 else <floating *> malloc(
+        chunks * ksize * sizeof(floating))
     if partial == NULL:
         raise MemoryError("tconv3d: no memory for the kernel-gradient partial sums")
     try:
@@ -1774,7 +1785,8 @@ def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x
                                   chunks, &gw[0, 0, 0, 0, 0], num_threads)
             _free_runs(&runs)
     finally:
-        free(partial)
+        if chunks > 1:
+            free(partial)
     _check(status)
 
 

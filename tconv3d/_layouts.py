@@ -39,9 +39,18 @@ def by_group(kernel, groups, num_threads=1):
     input gradient's layout: each tap a (F/G, C/G) matrix per group, the groups side by
     side (``np.require(..., "CA")`` when a copy is needed: ``np.ascontiguousarray`` would
     pass an unaligned array through); from a view of PyTorch's weight layout, each
-    group's (filter, channel, tap) matrices transposed."""
+    group's (filter, channel, tap) matrices transposed; with the filters contiguous
+    (PyTorch's channels_last_3d weights), each tap's (channel, filter) matrices."""
     kd, kh, kw, f, c = kernel.shape
     per_group = c // groups
+    taps = kernel.reshape(-1, f, c) if kernel.strides[3] == kernel.itemsize else None
+    if taps is not None and taps.strides[1] == kernel.itemsize and f > 1 \
+            and taps.flags.aligned:
+        out = np.empty((kd * kh * kw, groups, f, per_group), kernel.dtype)
+        for g in range(groups):
+            source = taps[..., g * per_group:(g + 1) * per_group].transpose(0, 2, 1)
+            _kernels.transpose(source, out[:, g], _team(num_threads, source.size))
+        return out.reshape(kd, kh, kw, groups * f, per_group)
     if _taps_inner(kernel) and kernel.strides[-1] != kernel.itemsize and kernel.flags.aligned:
         out = np.empty((kd * kh * kw, groups, f, per_group), kernel.dtype)
         for g in range(groups):

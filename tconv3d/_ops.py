@@ -91,7 +91,7 @@ def conv_transpose3d_output_shape(input_shape, kernel_shape, *, strides=1, paddi
 
 def _logical(a, geom):
     """View an array in the kernels' (batch, depth, height, width, channels) order."""
-    return a if geom.channels_last else np.moveaxis(a, 1, -1)
+    return a if geom.channels_last else a.transpose(0, 2, 3, 4, 1)
 
 
 def _element_strides(a):

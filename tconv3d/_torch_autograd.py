@@ -16,6 +16,7 @@ import torch  # absolute import: the top-level PyTorch package
 
 from ._geometry import TorchPlan, torch_to_keras_kernel
 from ._layouts import torch_weight
+from ._validation import is_bfloat16
 from ._ops import conv_transpose3d as _tconv_forward
 from ._ops import conv_transpose3d_backward as _tconv_backward
 
@@ -117,13 +118,13 @@ def _as_array(t, channels_last):
         a = t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     else:
         a = t.numpy()
-    return np.moveaxis(a, 1, -1) if channels_last else a
+    return a.transpose(0, 2, 3, 4, 1) if channels_last else a
 
 
 def _as_tensor(a, channels_last):
     """Zero-copy tensor of an ndarray (``ml_dtypes.bfloat16`` as bfloat16); an NDHWC array
     becomes a channels_last_3d tensor."""
-    if a.dtype.name == "bfloat16":
+    if is_bfloat16(a.dtype):
         t = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     else:
         t = torch.from_numpy(a)

@@ -29,11 +29,15 @@ def _panels_reference(kernel, groups):
 
 
 def _kernels_of(rng, shape, dtype):
-    """The same kernel as a C-contiguous Keras array and as a view of PyTorch's weight."""
+    """The same kernel as a C-contiguous Keras array, as a view of PyTorch's weight, and
+    as a view of its channels_last_3d weight (filters contiguous)."""
     kernel = rng.standard_normal(shape).astype(dtype)
+    weight = keras_to_torch_kernel(kernel)   # (in, out, kd, kh, kw)
+    channels_last_3d = np.ascontiguousarray(weight.transpose(0, 2, 3, 4, 1)).transpose(
+        0, 4, 1, 2, 3)
     return {"keras": kernel,
-            "torch view": torch_to_keras_kernel(np.ascontiguousarray(
-                keras_to_torch_kernel(kernel)))}
+            "torch view": torch_to_keras_kernel(np.ascontiguousarray(weight)),
+            "torch channels_last_3d view": torch_to_keras_kernel(channels_last_3d)}
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
