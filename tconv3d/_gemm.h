@@ -732,13 +732,66 @@ ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c
         for (; i < m; i++) TC_GROUPED_TILE(1);                                          \
     }                                                                                   \
 }
+/* The kernel gradient's counterpart, each tap's (c x c) matrix of every group at once:
+ *     C[q*n + j] += sum_b sum_p A[b][aoff + p*sap + j - j % c + q] * B[b][boff + p*sbp + j]
+ * (q < c, j < n = G*c; C holds group g's element (q, i) at q*n + g*c + i), summed in the
+ * order of each group's GEMM (b, then p), one FMA per product. The c accumulators of a
+ * vector are c dependency chains: two vectors of channels go side by side when there
+ * are, and c is a constant of each instantiation (c in registers). */
+#define TC_GROUPED_DOT(CQ, NJ)                                                          \
+    for (; j + (NJ) * VL <= n; j += (NJ) * VL) {                                        \
+        V acc[NJ][CQ];                                                                  \
+        for (int u = 0; u < (NJ); u++)                                                  \
+            for (int q = 0; q < (CQ); q++)                                              \
+                acc[u][q] = *(const V *)(C + q * n + j + u * VL);                       \
+        for (Py_ssize_t bt = 0; bt < nb; bt++) {                                        \
+            const T *a = A[bt] + aoff + j;                                              \
+            const T *b = B[bt] + boff + j;                                              \
+            for (Py_ssize_t p = 0; p < k; p++)                                          \
+                for (int u = 0; u < (NJ); u++) {                                        \
+                    V g = *(const V *)(a + p * sap + u * VL);                           \
+                    V x = *(const V *)(b + p * sbp + u * VL);                           \
+                    for (int q = 0; q < (CQ); q++)                                      \
+                        acc[u][q] += (V)PERMUTE(g, idx[q]) * x;                         \
+                }                                                                       \
+        }                                                                               \
+        for (int u = 0; u < (NJ); u++)                                                  \
+            for (int q = 0; q < (CQ); q++)                                              \
+                *(V *)(C + q * n + j + u * VL) = acc[u][q];                             \
+    }
+#define TC_DEFINE_GROUPED_DOT(S, SUFFIX, TYPE, VBYTES, ATTR)                            \
+ATTR static void tc_grouped_dot_##S##SUFFIX(Py_ssize_t k, Py_ssize_t n, Py_ssize_t c,   \
+                                            Py_ssize_t nb, const TYPE *const *A,        \
+                                            Py_ssize_t aoff, Py_ssize_t sap,            \
+                                            const TYPE *const *B, Py_ssize_t boff,      \
+                                            Py_ssize_t sbp, TYPE *C)                    \
+{                                                                                       \
+    typedef TYPE T;                                                                     \
+    typedef T V __attribute__((vector_size(VBYTES), aligned(sizeof(T))));              \
+    typedef int I __attribute__((vector_size(VBYTES)));                                 \
+    /* C8: c = 8 where vectors hold two such groups (else never called with it) */     \
+    enum { VL = (VBYTES) / sizeof(T), W = sizeof(T) / sizeof(int),                     \
+           C8 = VL >= 16 ? 8 : 1 };                                                     \
+    I idx[VL / 2];                                                                      \
+    for (Py_ssize_t q = 0; q < c; q++)                                                  \
+        for (int u = 0; u < VL * W; u++)                                                \
+            idx[q][u] = (int)(W * (u / W - u / W % c + q) + u % W);                     \
+    Py_ssize_t j = 0;                                                                   \
+    if (c == 2) { TC_GROUPED_DOT(2, 2) TC_GROUPED_DOT(2, 1) }                           \
+    else if (c == 4) { TC_GROUPED_DOT(4, 2) TC_GROUPED_DOT(4, 1) }                      \
+    else if (c == 8) { TC_GROUPED_DOT(C8, 2) TC_GROUPED_DOT(C8, 1) }                    \
+}
 #define PERMUTE(x, index) _mm256_permutevar8x32_ps((__m256)(x), (__m256i)(index))
 TC_DEFINE_GROUPED(f32, _avx2, float, 32, 4, __attribute__((target("avx2,fma"))))
 TC_DEFINE_GROUPED(f64, _avx2, double, 32, 4, __attribute__((target("avx2,fma"))))
+TC_DEFINE_GROUPED_DOT(f32, _avx2, float, 32, __attribute__((target("avx2,fma"))))
+TC_DEFINE_GROUPED_DOT(f64, _avx2, double, 32, __attribute__((target("avx2,fma"))))
 #undef PERMUTE
 #define PERMUTE(x, index) _mm512_permutexvar_ps((__m512i)(index), (__m512)(x))
 TC_DEFINE_GROUPED(f32, _avx512, float, 64, 8, __attribute__((target("avx512f,fma"))))
 TC_DEFINE_GROUPED(f64, _avx512, double, 64, 8, __attribute__((target("avx512f,fma"))))
+TC_DEFINE_GROUPED_DOT(f32, _avx512, float, 64, __attribute__((target("avx512f,fma"))))
+TC_DEFINE_GROUPED_DOT(f64, _avx512, double, 64, __attribute__((target("avx512f,fma"))))
 #undef PERMUTE
 #endif
 typedef void (*tc_grouped_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
@@ -747,6 +800,13 @@ typedef void (*tc_grouped_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
 typedef void (*tc_grouped_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                  const double *const *, Py_ssize_t, Py_ssize_t,
                                  const double *const *, double *, Py_ssize_t);
+typedef void (*tc_grouped_dot_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                     const float *const *, Py_ssize_t, Py_ssize_t,
+                                     const float *const *, Py_ssize_t, Py_ssize_t, float *);
+typedef void (*tc_grouped_dot_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                     const double *const *, Py_ssize_t, Py_ssize_t,
+                                     const double *const *, Py_ssize_t, Py_ssize_t,
+                                     double *);
 /* Orders a thread's non-temporal stores before what follows (the end of its work). */
 static inline void tc_store_fence(void)
 {
@@ -776,6 +836,8 @@ static void (*tc_transpose_f64)(Py_ssize_t, Py_ssize_t, const double *, Py_ssize
                                 Py_ssize_t, int) = tc_transpose_f64_base;
 static tc_grouped_f32_t tc_grouped_f32 = NULL;   /* none in the baseline */
 static tc_grouped_f64_t tc_grouped_f64 = NULL;
+static tc_grouped_dot_f32_t tc_grouped_dot_f32 = NULL;
+static tc_grouped_dot_f64_t tc_grouped_dot_f64 = NULL;
 static int tc_variant = 0;
 
 /* Lanes of tc_grouped_* for elements of `itemsize` bytes in the selected variant; 0 when
@@ -821,13 +883,18 @@ static int tc_select_variant(int variant)
     TC_SELECT(_base);
 #ifdef TC_X86_DISPATCH
     tc_grouped_f32 = NULL; tc_grouped_f64 = NULL;
+    tc_grouped_dot_f32 = NULL; tc_grouped_dot_f64 = NULL;
     if (variant == 1) {
         TC_SELECT(_avx2);
         tc_grouped_f32 = tc_grouped_f32_avx2; tc_grouped_f64 = tc_grouped_f64_avx2;
+        tc_grouped_dot_f32 = tc_grouped_dot_f32_avx2;
+        tc_grouped_dot_f64 = tc_grouped_dot_f64_avx2;
     }
     if (variant == 2) {
         TC_SELECT(_avx512);
         tc_grouped_f32 = tc_grouped_f32_avx512; tc_grouped_f64 = tc_grouped_f64_avx512;
+        tc_grouped_dot_f32 = tc_grouped_dot_f32_avx512;
+        tc_grouped_dot_f64 = tc_grouped_dot_f64_avx512;
     }
 #endif
     return 1;

@@ -140,6 +140,14 @@ cdef extern from "_gemm.h":
     void tc_grouped_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c, Py_ssize_t nb,
                         const double **A, Py_ssize_t aoff, Py_ssize_t sai, const double **B,
                         double *C, Py_ssize_t ldc) noexcept nogil
+    void tc_grouped_dot_f32(Py_ssize_t k, Py_ssize_t n, Py_ssize_t c, Py_ssize_t nb,
+                            const float **A, Py_ssize_t aoff, Py_ssize_t sap,
+                            const float **B, Py_ssize_t boff, Py_ssize_t sbp,
+                            float *C) noexcept nogil
+    void tc_grouped_dot_f64(Py_ssize_t k, Py_ssize_t n, Py_ssize_t c, Py_ssize_t nb,
+                            const double **A, Py_ssize_t aoff, Py_ssize_t sap,
+                            const double **B, Py_ssize_t boff, Py_ssize_t sbp,
+                            double *C) noexcept nogil
     Py_ssize_t tc_grouped_lanes(size_t itemsize) noexcept nogil
     void tc_transpose_f32(Py_ssize_t m, Py_ssize_t n, const float *S, Py_ssize_t lds,
                           float *D, Py_ssize_t ldd, int stream) noexcept nogil
@@ -399,6 +407,17 @@ cdef inline void _grouped_madd(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c, Py_ssiz
         tc_grouped_f64(m, n, c, nb, A, aoff, sai, B, C, ldc)
 
 
+cdef inline void _grouped_dot(Py_ssize_t k, Py_ssize_t n, Py_ssize_t c, Py_ssize_t nb,
+                              const floating **A, Py_ssize_t aoff, Py_ssize_t sap,
+                              const floating **B, Py_ssize_t boff, Py_ssize_t sbp,
+                              floating *C) noexcept nogil:
+    """Every group's (c x c) kernel-gradient sums at once, in (c, G, c) (see _gemm.h)."""
+    if floating is float:
+        tc_grouped_dot_f32(k, n, c, nb, A, aoff, sap, B, boff, sbp, C)
+    else:
+        tc_grouped_dot_f64(k, n, c, nb, A, aoff, sap, B, boff, sbp, C)
+
+
 cdef inline void _transpose(Py_ssize_t m, Py_ssize_t n, const floating *S, Py_ssize_t lds,
                             floating *D, Py_ssize_t ldd, bint stream=False) noexcept nogil:
     """D[j*ldd + i] = S[i*lds + j], in SIMD blocks (`stream`: see _gemm.h)."""
@@ -595,17 +614,26 @@ cdef inline Py_ssize_t _block_channels(const Problem *p, Py_ssize_t channels,
 cdef floating *_channels_outer(const Problem *p, const floating *w) except? NULL:
     """A copy of the C-contiguous (kd, kh, kw, G, c, c) `w` as (kd, kh, kw, c, G, c), the
     layout of _grouped_madd's operand B (free it)."""
-    cdef Py_ssize_t c = p.cin, g, t, q
-    cdef Py_ssize_t taps = p.k[0] * p.k[1] * p.k[2], tap = p.groups * c * c
+    cdef Py_ssize_t taps = p.k[0] * p.k[1] * p.k[2], tap = p.groups * p.cin * p.cin
     cdef floating *out = <floating *> malloc(taps * tap * sizeof(floating))
     if out == NULL:
         raise MemoryError("tconv3d: no memory for the kernel's grouped layout")
+    _swap_groups(p, w, out, False)
+    return out
+
+
+cdef void _swap_groups(const Problem *p, const floating *src, floating *dst,
+                       bint groups_outer) noexcept nogil:
+    """dst = src's taps' (G, c, c) matrices as (c, G, c), or back with `groups_outer`."""
+    cdef Py_ssize_t c = p.cin, g, t, q, grouped_at, swapped_at
+    cdef Py_ssize_t taps = p.k[0] * p.k[1] * p.k[2], tap = p.groups * c * c
     for t in range(taps):
         for g in range(p.groups):
             for q in range(c):
-                memcpy(out + t * tap + (q * p.groups + g) * c, w + t * tap + (g * c + q) * c,
-                       c * sizeof(floating))
-    return out
+                grouped_at = t * tap + (g * c + q) * c
+                swapped_at = t * tap + (q * p.groups + g) * c
+                memcpy(dst + (grouped_at if groups_outer else swapped_at),
+                       src + (swapped_at if groups_outer else grouped_at), c * sizeof(floating))
 
 
 # ------------------------------------------------------------------ fused activations
@@ -1664,6 +1692,9 @@ cdef int _grad_kernel(const Problem *p,
     # rows of g in other layouts are copied channel-contiguous into gbuf).
     cdef Py_ssize_t groups = p.groups
     cdef bint depthwise = _depthwise(p)
+    # A few channels per group: every group's tap matrices at once, in (c, G, c) (grad_kernel
+    # swaps them back)
+    cdef bint grouped = _grouped(p, sizeof(floating), 1 if p.ys[4] == 1 and p.xs[4] == 1 else 0)
     cdef Py_ssize_t gvox = p.ys[3] if p.ys[4] == 1 else groups  # voxels apart in grow
     cdef floating *gbuf = NULL
     cdef Row r
@@ -1708,6 +1739,11 @@ cdef int _grad_kernel(const Problem *p,
                             nlist = nlist + 1
                     for e in range(entries if nlist > 0 else 0):
                         tap = ((jd * p.k[1] + jh) * p.k[2] + runs.j[e]) * groups * cout * cin
+                        if grouped:
+                            _grouped_dot(runs.hi[e] - runs.lo[e], groups * cin, cin, nlist,
+                                         grows, runs.o[e] * p.ys[3], gstep, xrows,
+                                         runs.lo[e] * p.xs[3], p.xs[3], buf + tap)
+                            continue
                         for grp in range(groups):
                             # (Cout x Cin) += sum over rows of g^T (Cout x k) x (k x Cin),
                             # over the inputs lo <= iw < hi that tap j takes to outputs.
@@ -1773,6 +1809,7 @@ def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x
                                          ksize * sizeof(floating))
     cdef Runs runs
     cdef int status
+    cdef floating *swapped
     # one chunk (small volumes, deep layers' large kernels): its sums are gw's
     cdef floating *partial = &gw[0, 0, 0, 0, 0] if chunks == 1 else <floating *> malloc(
         chunks * ksize * sizeof(floating))
@@ -1788,6 +1825,13 @@ def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x
         if chunks > 1:
             free(partial)
     _check(status)
+    if _grouped(&p, sizeof(floating), 1 if p.ys[4] == 1 and p.xs[4] == 1 else 0):
+        swapped = <floating *> malloc(ksize * sizeof(floating))
+        if swapped == NULL:
+            raise MemoryError("tconv3d: no memory for the kernel gradient's layout")
+        memcpy(swapped, &gw[0, 0, 0, 0, 0], ksize * sizeof(floating))
+        _swap_groups(&p, swapped, &gw[0, 0, 0, 0, 0], True)
+        free(swapped)
 
 
 # ------------------------------------------------------------------------ grad of bias

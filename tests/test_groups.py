@@ -113,8 +113,8 @@ def test_few_channels_per_group_as_vectors_of_groups(rng, channels, per_group, d
     """Groups of a few channels (the vectors then hold several groups, channels permuted
     into place) on every SIMD variant: the reference's numbers, and each group's own
     convolution's bits when that would run in vectors too (the same products in the
-    same order); forward and input gradient, with a channels_first grad_output large
-    enough to be read in channels-last slabs."""
+    same order); forward, input and kernel gradients, with a channels_first grad_output
+    large enough to be read in channels-last slabs."""
     groups = channels // per_group
     x, w, b, kwargs = _problem(rng, channels, channels, groups, GEOMETRY[0], fmt, dtype)
     spatial = (3, 20, 12) if fmt == "channels_first" else (3, 4, 5)
@@ -124,26 +124,29 @@ def test_few_channels_per_group_as_vectors_of_groups(rng, channels, per_group, d
     channel_axis = -1 if fmt == "channels_last" else 1
     per_group_kwargs = {k: v for k, v in kwargs.items() if k != "groups"}
     expected = conv_transpose3d_ref(x, w, b, **kwargs)
-    g = rng.standard_normal(expected.shape).astype(dtype)
-    expected_gx = conv_transpose3d_backward_ref(g, x, w, **kwargs)[0]
+    g = rng.standard_normal(expected.shape).astype(dtype) / 4
+    expected_gx, expected_gw, _ = conv_transpose3d_backward_ref(g, x, w, **kwargs)
     same_bits = per_group * np.dtype(dtype).itemsize >= 16   # a vector of one group
     for variant in each_simd_variant():
         y = tconv3d.conv_transpose3d(x, w, b, **kwargs)
-        gx = tconv3d.conv_transpose3d_backward(g, x, w, compute=["input"], **kwargs)[0]
+        gx, gw, _ = tconv3d.conv_transpose3d_backward(g, x, w, compute=["input", "kernel"],
+                                                      **kwargs)
         np.testing.assert_allclose(y, expected, **tol(dtype), err_msg=variant)
         np.testing.assert_allclose(gx, expected_gx, **tol(dtype), err_msg=variant)
+        np.testing.assert_allclose(gw, expected_gw, **tol(dtype), err_msg=variant)
         if not same_bits:
             continue
         for k in range(groups):
             part = slice(k * per_group, (k + 1) * per_group)
             at = (slice(None),) * (channel_axis % x.ndim) + (part,)
-            y_k = tconv3d.conv_transpose3d(np.ascontiguousarray(x[at]), w[..., part],
-                                           b[part], **per_group_kwargs)
-            gx_k = tconv3d.conv_transpose3d_backward(
-                np.ascontiguousarray(g[at]), np.ascontiguousarray(x[at]), w[..., part],
-                compute=["input"], **per_group_kwargs)[0]
+            x_k, g_k = np.ascontiguousarray(x[at]), np.ascontiguousarray(g[at])
+            y_k = tconv3d.conv_transpose3d(x_k, w[..., part], b[part], **per_group_kwargs)
+            gx_k, gw_k, _ = tconv3d.conv_transpose3d_backward(
+                g_k, x_k, w[..., part], compute=["input", "kernel"], **per_group_kwargs)
             assert y[at].tobytes() == y_k.tobytes(), (variant, k)
             assert np.ascontiguousarray(gx[at]).tobytes() == gx_k.tobytes(), (variant, k)
+            assert np.ascontiguousarray(gw[..., part]).tobytes() == gw_k.tobytes(), \
+                (variant, k)
 
 
 @pytest.mark.parametrize("cin,cout,groups", [(6, 6, 6), (8, 4, 2)])
