@@ -30,9 +30,14 @@ def bfloat16_pairs(a, groups, num_threads=1):
     channels of a group (low half the even one; a zero channel ends a group of odd size),
     C-contiguous and viewed as float32: the kernels move the words as they move floats,
     and only the bfloat16 micro-kernel multiplies their halves. ``a`` is 5-D (the logical
-    input) or the kernel, of any strides."""
+    input) or the kernel, of any strides; a C-contiguous ``a`` with groups of even size
+    is its own words (a read-only view: the kernels never write their operands)."""
     *lead, c = a.shape
     per_group = c // groups
+    if per_group % 2 == 0 and a.flags.c_contiguous and a.ctypes.data % 4 == 0:
+        words = a.view(np.uint16).view(np.float32)   # already the words, in place
+        words.flags.writeable = False
+        return words
     halves = np.empty((*lead, groups * (per_group + per_group % 2)), np.uint16)
     _kernels.bfloat16_pairs(a.view(np.uint16).reshape(-1, *a.shape[-4:]),
                             halves.reshape(-1, *halves.shape[-4:]), groups,
