@@ -598,8 +598,9 @@ cdef inline bint _grouped(const Problem *p, Py_ssize_t itemsize,
                           Py_ssize_t channel_stride) noexcept nogil:
     """A few channels per group: c inputs and c filters (2 <= c < the vector length, c
     dividing it), the GEMMs' operand `channel_stride` 1. The kernels then take all the
-    groups at once (_grouped_madd), a vector holding several groups, instead of group by
-    group in vectors of c lanes; its tap matrices reordered by _channels_outer."""
+    groups at once (_grouped_madd, _grouped_dot), a vector holding several groups,
+    instead of group by group in vectors of c lanes; the tap matrices in (c, G, c)
+    (_swap_groups)."""
     cdef Py_ssize_t lanes = tc_grouped_lanes(itemsize), c = p.cout
     return (lanes > 0 and p.cin == c and c >= 2 and c < lanes and lanes % c == 0
             and p.groups * c % lanes == 0 and channel_stride == 1 and not p.bf16_pairs)

@@ -74,14 +74,16 @@ def channels_last(a, num_threads=1):
     return copy
 
 
-def torch_weight(kernel, num_threads=1):
+def torch_weight(kernel, num_threads=1, out=None):
     """A C-contiguous Keras (kd, kh, kw, F/G, C) kernel (a kernel gradient) as PyTorch's
-    (C, F/G, kd, kh, kw) weight, C-contiguous: per filter, a (taps, C) matrix
-    transposed."""
+    (C, F/G, kd, kh, kw) weight, C-contiguous (into ``out`` when given): per filter, a
+    (taps, C) matrix transposed."""
     kd, kh, kw, f, c = kernel.shape
+    if out is None:
+        out = np.empty((c, f, kd, kh, kw), kernel.dtype)
     if kernel.dtype not in (np.float32, np.float64):   # bfloat16: NumPy's copy
-        return np.ascontiguousarray(keras_to_torch_kernel(kernel))
-    out = np.empty((c, f, kd, kh, kw), kernel.dtype)
+        out[...] = keras_to_torch_kernel(kernel)
+        return out
     _kernels.transpose(kernel.reshape(-1, f, c).transpose(1, 0, 2),
                        out.reshape(c, f, -1).transpose(1, 0, 2), _team(num_threads, kernel.size))
     return out

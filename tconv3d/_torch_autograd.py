@@ -31,22 +31,25 @@ def _shape(channels_last, batch, spatial, channels):
     return (batch, *spatial, channels) if channels_last else (batch, channels, *spatial)
 
 
-def forward_arrays(x, w, b, plan, stride, dilation, groups, channels_last, num_threads):
-    """PyTorch's conv_transpose3d on arrays; x in the layout `channels_last` names."""
-    return _tconv_forward(x, torch_to_keras_kernel(w), b,
+def forward_arrays(x, w, b, plan, stride, dilation, groups, channels_last, num_threads,
+                   out=None):
+    """PyTorch's conv_transpose3d on arrays; x in the layout `channels_last` names; into
+    ``out`` when given."""
+    return _tconv_forward(x, torch_to_keras_kernel(w), b, out=out,
                           **_arguments(plan, stride, dilation, groups, channels_last,
                                        num_threads))
 
 
 def backward_arrays(gy, x, w, use_bias, needs, plan, stride, dilation, groups,
-                    channels_last, num_threads):
-    """Gradients (input, weight in PyTorch's layout, bias) of :func:`forward_arrays`."""
+                    channels_last, num_threads, out=(None, None)):
+    """Gradients (input, weight in PyTorch's layout, bias) of :func:`forward_arrays`; the
+    first two into the arrays of ``out`` that are given."""
     compute = tuple(name for name, need in zip(("input", "kernel", "bias"), needs) if need)
     gx, gk, gb = _tconv_backward(gy, x, torch_to_keras_kernel(w), use_bias=use_bias,
-                                 compute=compute,
+                                 compute=compute, out=(out[0], None, None),
                                  **_arguments(plan, stride, dilation, groups, channels_last,
                                               num_threads))
-    return gx, None if gk is None else torch_weight(gk, num_threads), gb
+    return gx, None if gk is None else torch_weight(gk, num_threads, out[1]), gb
 
 
 def _arguments(plan, stride, dilation, groups, channels_last, num_threads):
@@ -137,10 +140,30 @@ def _placeholder(shape, dtype):
 
 
 def _backward(grad_output, x, weight, use_bias, needs, call, channels_last):
-    """:func:`backward_arrays` on tensors (``x``/``weight`` may be placeholder arrays)."""
-    return backward_arrays(_as_array(grad_output, channels_last), x, weight, use_bias, needs,
-                           call.plan, call.stride, call.dilation, call.groups, channels_last,
-                           torch.get_num_threads())
+    """:func:`backward_arrays` on tensors (``x``/``weight`` may be placeholder arrays); the
+    input and weight gradients tensors of PyTorch's allocator (:func:`_new_tensor`), the
+    bias gradient an array."""
+    gx = gw = None
+    if needs[0]:
+        gx = _new_tensor((x.shape[0], x.shape[-1] if channels_last else x.shape[1],
+                          *call.in_spatial), grad_output.dtype, channels_last)
+    if needs[1]:
+        gw = _new_tensor(weight.shape, grad_output.dtype, False)
+    _, _, gb = backward_arrays(_as_array(grad_output, channels_last), x, weight, use_bias,
+                               needs, call.plan, call.stride, call.dilation, call.groups,
+                               channels_last, torch.get_num_threads(),
+                               (None if gx is None else _as_array(gx, channels_last),
+                                None if gw is None else _as_array(gw, False)))
+    return gx, gw, gb
+
+
+def _new_tensor(shape, dtype, channels_last):
+    """An uninitialised tensor of PyTorch's ``shape`` (N, C, D, H, W) for the kernels to
+    write: PyTorch's allocator, as for its own ops' results. (NumPy advises huge pages
+    for large arrays; after PyTorch's ops have fragmented memory, their first touch can
+    stall in memory compaction: 6 ms for an 8 MiB output on the test VM.)"""
+    return torch.empty(shape, dtype=dtype, memory_format=torch.channels_last_3d
+                       if channels_last else torch.contiguous_format)
 
 
 def _batch_first(t, dim, size):
@@ -175,11 +198,13 @@ class ConvTranspose3dFunction(torch.autograd.Function):
     @staticmethod
     def forward(x, weight, bias, call):
         channels_last = _is_channels_last(x)
-        y = forward_arrays(_as_array(x, channels_last), _as_array(weight, False),
-                           None if bias is None else _as_array(bias, False), call.plan,
-                           call.stride, call.dilation, call.groups, channels_last,
-                           torch.get_num_threads())
-        return _as_tensor(y, channels_last)
+        y = _new_tensor((x.shape[0], weight.shape[1] * call.groups, *call.plan.out), x.dtype,
+                        channels_last)
+        forward_arrays(_as_array(x, channels_last), _as_array(weight, False),
+                       None if bias is None else _as_array(bias, False), call.plan,
+                       call.stride, call.dilation, call.groups, channels_last,
+                       torch.get_num_threads(), out=_as_array(y, channels_last))
+        return y
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -199,8 +224,7 @@ class ConvTranspose3dFunction(torch.autograd.Function):
             gx, gw, gb = _backward(grad_output, _as_array(x, channels_last),
                                    _as_array(weight, False), ctx.use_bias,
                                    (need_x, need_w, need_b), call, channels_last)
-            return (None if gx is None else _as_tensor(gx, channels_last),
-                    None if gw is None else _as_tensor(gw, False),
+            return (gx, gw,
                     None if gb is None else _as_tensor(gb, False), None)
         # create_graph=True, or torch.func: the gradients as differentiable operations.
         return (GradInput.apply(grad_output, weight, call, channels_last) if need_x else None,
@@ -241,7 +265,7 @@ class GradInput(torch.autograd.Function):
                                 weight.shape[0]), dtype)
         gx, _, _ = _backward(grad_output, x, _as_array(weight, False), False,
                              (True, False, False), call, channels_last)
-        return _as_tensor(gx, channels_last)
+        return gx
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -292,7 +316,7 @@ class GradWeight(torch.autograd.Function):
                                *call.kernel_size), xa.dtype)
         _, gw, _ = _backward(grad_output, xa, weight, False, (False, True, False), call,
                              channels_last)
-        return _as_tensor(gw, False)
+        return gw
 
     @staticmethod
     def setup_context(ctx, inputs, output):
