@@ -218,9 +218,14 @@ TC_CHANNELWISE_TYPES(double, f64)
     if (m - i >= 2) { TC_TILE_ROWS(V, T, 2, NV, L, 2); i += 2; }                        \
     if (m - i >= 1) { TC_TILE_ROWS(V, T, 1, NV, L, 1); i += 1; }
 
-/* Rows left after the MR-row tiles (MR <= 8): more than half a tile as one partial
- * MR-row tile, else tiles of 4, 2 and 1 rows. */
+/* Rows left after the MR-row tiles (MR <= 8): 5 to MR - 1 as one tile of exactly that
+ * many rows (its row offsets in registers, as the full tile's; a partial MR-row tile
+ * keeps them on the stack, and computes a row twice), other counts over half a tile as
+ * one partial MR-row tile, else tiles of 4, 2 and 1 rows. */
 #define TC_ROW_REMAINDER(V, T, NV, L, MR)                                               \
+    if ((MR) > 7 && m - i == 7) { TC_TILE(V, T, 7, NV, L); i = m; }                     \
+    if ((MR) > 6 && m - i == 6) { TC_TILE(V, T, 6, NV, L); i = m; }                     \
+    if ((MR) > 5 && m - i == 5) { TC_TILE(V, T, 5, NV, L); i = m; }                     \
     if (2 * (m - i) > (MR)) { TC_TILE_PART(V, T, MR, NV, L, m - i); i = m; }            \
     if (m - i >= 4) { TC_TILE(V, T, 4, NV, L); i += 4; }                                \
     if (m - i >= 2) { TC_TILE(V, T, 2, NV, L); i += 2; }                                \
