@@ -75,7 +75,9 @@ Memory layout
 -------------
 Tensors and arrays share memory both ways (``Tensor.numpy()``, ``torch.from_numpy``); the
 kernels read any strides, so neither a contiguous NCDHW input nor a ``channels_last_3d``
-input is copied. The output has the input's memory format: ``channels_last_3d`` in,
+input is copied. The output and the input and weight gradients are allocated by PyTorch
+(as its own ops' results are) and written in place by the kernels. The output has the
+input's memory format: ``channels_last_3d`` in,
 ``channels_last_3d`` out (PyTorch's CPU op returns contiguous NCDHW in both cases; the values
 are the same), anything else gives contiguous NCDHW. Weight gradients are contiguous in
 PyTorch's weight layout.
