@@ -240,6 +240,12 @@ def make_geometry(input_shape, kernel_shape, strides, padding, output_padding,
     dilation = normalize_triple(dilation_rate, "dilation_rate")
     output_padding = normalize_triple(output_padding, "output_padding", minimum=0,
                                       allow_none=True)
+    for name, values in (("strides", strides), ("dilation_rate", dilation)):
+        if max(values) > MAX_AXIS_LENGTH:   # the kernels take it as an index
+            raise ValueError(
+                f"`{name}` {values}: more than the {MAX_AXIS_LENGTH} a 64-bit index can "
+                "safely address, even on an axis where it has no effect (one input voxel, "
+                "one tap). Use smaller `strides` or `dilation_rate`.")
     layout = ("(batch, depth, height, width, channels)" if data_format == "channels_last"
               else "(batch, channels, depth, height, width)")
     if len(input_shape) != 5:

@@ -124,6 +124,7 @@ from torch.nn.utils import parametrize
 from torch.overrides import handle_torch_function, has_torch_function
 
 from ._geometry import torch_plan
+from ._validation import MAX_AXIS_LENGTH
 from ._torch_autograd import Call, ConvTranspose3dFunction, has_ml_dtypes
 
 __all__ = ["ConvTranspose3d", "ConvertReport", "TconvFallbackWarning", "conv_transpose3d",
@@ -201,6 +202,8 @@ def _tconv_plan(input, weight, bias, stride, padding, output_padding, groups, di
             and min(stride + dilation) >= 1 and min(padding + output_padding) >= 0
             and all(op < max(s, d) for op, s, d in zip(output_padding, stride, dilation))):
         return None, None
+    if max(stride + dilation) > MAX_AXIS_LENGTH:
+        return None, "a stride or dilation past tconv3d's 64-bit index range"
     plan = torch_plan(tuple(input.shape[2:]), tuple(weight.shape[2:]), stride, padding,
                       output_padding, dilation)
     if min(plan.out) < 1:

@@ -125,6 +125,13 @@ GEOMETRY_CASES = [
     ("strides_past_index_range", dict(strides=(1, 2**62, 1)), ValueError,
      r"64-bit index can safely address.*`strides`"),
     ("strides_past_int64", dict(strides=2**64), ValueError, r"64-bit index can safely address"),
+    # where they have no effect (a fuzzer's: an OverflowError reached the kernels)
+    ("dilation_past_int64_on_a_single_tap", dict(kernel=np.ones((2, 2, 1, 4, 3)),
+                                                 dilation_rate=(1, 1, 2**63)),
+     ValueError, r"`dilation_rate` \(1, 1, 9223372036854775808\): more than .* no effect"),
+    ("strides_past_index_range_on_a_single_voxel", dict(x=np.ones((1, 1, 2, 2, 3)), padding=0,
+                                                        strides=(2**62, 1, 1)),
+     ValueError, r"`strides` \(4611686018427387904, 1, 1\): more than"),
     # unordered collections: {3, 1, 2} iterates as 1, 2, 3
     ("strides_set", dict(strides={3, 1, 2}), ValueError, r"`strides` must be an int or a tuple"),
     ("dilation_dict_keys", dict(dilation_rate={1: 0, 2: 0, 3: 0}.keys()), ValueError,
