@@ -1629,22 +1629,24 @@ def grad_input(const floating[:, :, :, :, :] g, const floating[:, :, :, :, ::1] 
     cdef bint grouped = _grouped(&p, sizeof(floating), 1 if _slabs(&p) else p.ys[4])
     cdef const floating *w_ptr = &w[0, 0, 0, 0, 0]
     cdef floating *w_grouped = NULL
-    if grouped:
-        w_grouped = _channels_outer(&p, w_ptr)
-        w_ptr = w_grouped
     _make_runs(&p, NULL, _block_size(_block_channels(&p, p.cin, grouped)), &runs)
-    with nogil:
-        if block_rows > 0:
-            status = _grad_input_blocked(&p, &runs, &g[0, 0, 0, 0, 0], w_ptr,
-                                         &gx[0, 0, 0, 0, 0], block_rows, num_threads)
-        elif _slabs(&p):
-            status = _grad_input_slabs(&p, &runs, &g[0, 0, 0, 0, 0], w_ptr,
-                                       &gx[0, 0, 0, 0, 0], num_threads)
-        else:
-            status = _grad_input(&p, &runs, &g[0, 0, 0, 0, 0], w_ptr,
-                                 &gx[0, 0, 0, 0, 0], num_threads)
+    try:
+        if grouped:
+            w_grouped = _channels_outer(&p, w_ptr)
+            w_ptr = w_grouped
+        with nogil:
+            if block_rows > 0:
+                status = _grad_input_blocked(&p, &runs, &g[0, 0, 0, 0, 0], w_ptr,
+                                             &gx[0, 0, 0, 0, 0], block_rows, num_threads)
+            elif _slabs(&p):
+                status = _grad_input_slabs(&p, &runs, &g[0, 0, 0, 0, 0], w_ptr,
+                                           &gx[0, 0, 0, 0, 0], num_threads)
+            else:
+                status = _grad_input(&p, &runs, &g[0, 0, 0, 0, 0], w_ptr,
+                                     &gx[0, 0, 0, 0, 0], num_threads)
+    finally:
         _free_runs(&runs)
-    free(w_grouped)
+        free(w_grouped)
     _check(status)
 
 
@@ -1676,7 +1678,9 @@ cdef int _grad_kernel(const Problem *p,
                        floating *partial,     # WORK (chunks, kd, kh, kw, G, Cout, Cin), or
                                               #      gw itself for one chunk
                        Py_ssize_t chunks,
-                       floating *gw,          # OUT (kd, kh, kw, G, Cout, Cin) C-contiguous
+                       floating *gw,          # OUT (kd, kh, kw, G, Cout, Cin) C-contiguous,
+                                              #     in (kd, kh, kw, c, G, c) when `grouped`
+                       bint grouped,          # IN  _grouped(p, ...) on g's and x's channels
                        int num_threads) noexcept nogil:
     cdef Py_ssize_t cin = p.cin, cout = p.cout
     cdef Py_ssize_t ksize = p.k[0] * p.k[1] * p.k[2] * p.groups * cout * cin
@@ -1693,9 +1697,6 @@ cdef int _grad_kernel(const Problem *p,
     # rows of g in other layouts are copied channel-contiguous into gbuf).
     cdef Py_ssize_t groups = p.groups
     cdef bint depthwise = _depthwise(p)
-    # A few channels per group: every group's tap matrices at once, in (c, G, c) (grad_kernel
-    # swaps them back)
-    cdef bint grouped = _grouped(p, sizeof(floating), 1 if p.ys[4] == 1 and p.xs[4] == 1 else 0)
     cdef Py_ssize_t gvox = p.ys[3] if p.ys[4] == 1 else groups  # voxels apart in grow
     cdef floating *gbuf = NULL
     cdef Row r
@@ -1811,6 +1812,10 @@ def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x
     cdef Runs runs
     cdef int status
     cdef floating *swapped
+    # A few channels per group: every group's tap matrices at once, in (c, G, c), swapped
+    # back at the end
+    cdef bint grouped = _grouped(&p, sizeof(floating), 1 if p.ys[4] == 1 and p.xs[4] == 1
+                                 else 0)
     # one chunk (small volumes, deep layers' large kernels): its sums are gw's
     cdef floating *partial = &gw[0, 0, 0, 0, 0] if chunks == 1 else <floating *> malloc(
         chunks * ksize * sizeof(floating))
@@ -1820,13 +1825,13 @@ def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x
         _make_runs(&p, NULL, p.n_in[2], &runs)  # one run: the whole row
         with nogil:
             status = _grad_kernel(&p, &runs, &g[0, 0, 0, 0, 0], &x[0, 0, 0, 0, 0], partial,
-                                  chunks, &gw[0, 0, 0, 0, 0], num_threads)
+                                  chunks, &gw[0, 0, 0, 0, 0], grouped, num_threads)
             _free_runs(&runs)
     finally:
         if chunks > 1:
             free(partial)
     _check(status)
-    if _grouped(&p, sizeof(floating), 1 if p.ys[4] == 1 and p.xs[4] == 1 else 0):
+    if grouped:
         swapped = <floating *> malloc(ksize * sizeof(floating))
         if swapped == NULL:
             raise MemoryError("tconv3d: no memory for the kernel gradient's layout")
