@@ -440,6 +440,9 @@ cdef inline void _fill_rows(floating *c, Py_ssize_t rows, Py_ssize_t ldc, Py_ssi
     elif n == 1:
         for b in range(rows):
             c[b * ldc] = 0 if value == NULL else value[0]
+    elif value == NULL:
+        for b in range(rows):
+            memset(c + b * ldc, 0, n * sizeof(floating))
     elif ldc == n:
         memcpy(c, value, n * sizeof(floating))
         while done < rows:
@@ -448,10 +451,7 @@ cdef inline void _fill_rows(floating *c, Py_ssize_t rows, Py_ssize_t ldc, Py_ssi
             done = done + count
     else:
         for b in range(rows):
-            if value == NULL:
-                memset(c + b * ldc, 0, n * sizeof(floating))
-            else:
-                memcpy(c + b * ldc, value, n * sizeof(floating))
+            memcpy(c + b * ldc, value, n * sizeof(floating))
 
 
 cdef inline void _store_tile(const floating *acc, Py_ssize_t nb, Py_ssize_t nc,
