@@ -44,23 +44,22 @@ def by_group(kernel, groups, num_threads=1):
     kd, kh, kw, f, c = kernel.shape
     per_group = c // groups
     taps = kernel.reshape(-1, f, c) if kernel.strides[3] == kernel.itemsize else None
-    if taps is not None and taps.strides[1] == kernel.itemsize and f > 1 \
-            and taps.flags.aligned:
-        out = np.empty((kd * kh * kw, groups, f, per_group), kernel.dtype)
-        for g in range(groups):
-            source = taps[..., g * per_group:(g + 1) * per_group].transpose(0, 2, 1)
-            _kernels.transpose(source, out[:, g], _team(num_threads, source.size))
-        return out.reshape(kd, kh, kw, groups * f, per_group)
-    if _taps_inner(kernel) and kernel.strides[-1] != kernel.itemsize and kernel.flags.aligned:
-        out = np.empty((kd * kh * kw, groups, f, per_group), kernel.dtype)
-        for g in range(groups):
-            # out[t, g, f, i] = kernel[t, f, g*C/G + i]: per filter a (C/G, taps) matrix
-            source = kernel[..., g * per_group:(g + 1) * per_group].transpose(3, 4, 0, 1, 2)
-            _kernels.transpose(source.reshape(f, per_group, -1), out[:, g].transpose(1, 0, 2),
-                               _team(num_threads, source.size))
-        return out.reshape(kd, kh, kw, groups * f, per_group)
-    grouped = kernel.reshape(kd, kh, kw, f, groups, per_group).transpose(0, 1, 2, 4, 3, 5)
-    return np.require(grouped, None, "CA").reshape(kd, kh, kw, groups * f, per_group)
+    filters_inner = (taps is not None and taps.strides[1] == kernel.itemsize and f > 1
+                     and taps.flags.aligned)
+    if not filters_inner and not (_taps_inner(kernel) and kernel.strides[-1] != kernel.itemsize
+                                  and kernel.flags.aligned):
+        grouped = kernel.reshape(kd, kh, kw, f, groups, per_group).transpose(0, 1, 2, 4, 3, 5)
+        return np.require(grouped, None, "CA").reshape(kd, kh, kw, groups * f, per_group)
+    out = np.empty((kd * kh * kw, groups, f, per_group), kernel.dtype)
+    for g in range(groups):
+        part = slice(g * per_group, (g + 1) * per_group)
+        if filters_inner:   # per tap a (C/G, F/G) matrix
+            source, dest = taps[..., part].transpose(0, 2, 1), out[:, g]
+        else:   # out[t, g, f, i] = kernel[t, f, g*C/G + i]: per filter a (C/G, taps) matrix
+            source = kernel[..., part].transpose(3, 4, 0, 1, 2).reshape(f, per_group, -1)
+            dest = out[:, g].transpose(1, 0, 2)
+        _kernels.transpose(source, dest, _team(num_threads, source.size))
+    return out.reshape(kd, kh, kw, groups * f, per_group)
 
 
 def channels_last(a, num_threads=1):
