@@ -12,9 +12,11 @@
 # - Per spatial axis, input i and kernel tap j feed full-length position i*s + j*d;
 #   output o is full position o + crop (crop >= 0). All numerators below are kept
 #   non-negative because `cdivision=True` makes // and % truncate toward zero.
-# - Work is split with `prange(..., schedule='static')` over whole rows (batch, depth,
-#   height) of the array being written, each written by exactly one thread: no atomics,
-#   and the summation order of every output element does not depend on the thread count.
+# - Work is split with `prange` over whole rows (batch, depth, height) of the array being
+#   written, each written by exactly one thread: no atomics, and the summation order of
+#   every output element does not depend on the thread count. The compute-bound loops
+#   hand rows out dynamically (a core slowed by another process leaves its rows to the
+#   others; which thread writes a row changes nothing in it); copies split statically.
 # - Taps are never scanned: those joining an output to inputs, or an input to outputs,
 #   are enumerated arithmetically ("taps, by arithmetic" below), so the cost is the
 #   multiply-adds performed plus the size of the arrays, for any stride, dilation and
@@ -1045,7 +1047,7 @@ cdef int _conv_transpose(const Problem *p,
                                                    failed_ptr)
         btaps = arows + max_batch
         r = _thread_row(p, failed_ptr)
-        for blk in prange(blocks, schedule='static'):
+        for blk in prange(blocks, schedule='dynamic'):
             if acc == NULL or xbuf == NULL or arows == NULL or r.j[0] == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
             first = blk * block
@@ -1231,7 +1233,7 @@ cdef int _conv_transpose_blocked(const Problem *p,
         arows = <const floating **> _thread_malloc(
             2 * block_rows * runs.length * sizeof(floating *), failed_ptr)
         crows = <floating **> (arows + block_rows * runs.length)
-        for blk in prange(blocks, schedule='static'):
+        for blk in prange(blocks, schedule='dynamic'):
             if acc == NULL or r.j[0] == NULL or arows == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
             first = blk * block_rows
@@ -1396,7 +1398,7 @@ cdef int _grad_input(const Problem *p,
             (2 * p.k[0] * p.k[1] + 1) * sizeof(floating *), failed_ptr)
         wtaps = grows + p.k[0] * p.k[1]
         r = _thread_row(p, failed_ptr)
-        for row in prange(rows, schedule='static'):
+        for row in prange(rows, schedule='dynamic'):
             if acc == NULL or gbuf == NULL or grows == NULL or r.j[0] == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
             _input_row(p, row, &r)
@@ -1496,7 +1498,7 @@ cdef int _grad_input_blocked(const Problem *p,
         arows = <const floating **> _thread_malloc(
             2 * block_rows * runs.length * sizeof(floating *), failed_ptr)
         crows = <floating **> (arows + block_rows * runs.length)
-        for blk in prange(blocks, schedule='static'):
+        for blk in prange(blocks, schedule='dynamic'):
             if acc == NULL or r.j[0] == NULL or arows == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
             first = blk * block_rows
@@ -1717,7 +1719,7 @@ cdef int _grad_kernel(const Problem *p,
         # Tasks: each chunk's (depth tap, height tap) pairs, which fill disjoint parts of
         # the partial sums (so a kernel-heavy layer on a small volume, one chunk, still
         # runs on every thread); depthwise, whole chunks.
-        for task in prange(chunks * pairs, schedule='static'):
+        for task in prange(chunks * pairs, schedule='dynamic'):
             if r.j[0] == NULL or gbuf == NULL or grows == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
             chunk = task // pairs
