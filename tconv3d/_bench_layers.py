@@ -233,11 +233,13 @@ def run_bfloat16_shapes(cases, threads, repeat=7, out=sys.stdout):
     return rows
 
 
-def run_keras_fit(threads, steps=20, out=sys.stdout):
+def run_keras_fit(threads, steps=10, rounds=7, out=sys.stdout):
     """Training steps per second of a small Keras 3D decoder (``model.fit`` on the torch
     backend, float32, batch 4, 8^3x32 -> 32^3x1 through three stride-2 layers) with
     ``keras.layers.Conv3DTranspose`` and with :class:`tconv3d.keras.Conv3DTranspose`,
-    same weights and data. Returns ``{layer: steps/s}`` (empty without Keras)."""
+    same weights and data: one ``model.fit`` epoch of ``steps`` batches per model in each
+    of ``rounds`` interleaved rounds (:func:`interleaved_medians`), ``steps`` over the
+    median. Returns ``{layer: steps/s}`` (empty without Keras)."""
     import os
     if os.environ.setdefault("KERAS_BACKEND", "torch") != "torch":
         return {}
@@ -251,7 +253,7 @@ def run_keras_fit(threads, steps=20, out=sys.stdout):
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((steps * 4, 8, 8, 8, 32)).astype(np.float32)
-    rates = {}
+    fits = {}
     for name, layer in (("keras", keras.layers.Conv3DTranspose),
                         ("tconv3d.keras", Conv3DTranspose)):
         keras.utils.set_random_seed(0)
@@ -261,10 +263,10 @@ def run_keras_fit(threads, steps=20, out=sys.stdout):
                                   layer(1, 2, strides=1, padding="same")])
         model.compile(optimizer="adam", loss="mse")
         y = rng.standard_normal((len(x), *model.output_shape[1:])).astype(np.float32)
-        model.fit(x[:8], y[:8], batch_size=4, epochs=1, verbose=0)   # warm-up
-        start = time.perf_counter()
-        model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
-        rates[name] = steps / (time.perf_counter() - start)
+        fits[name] = (lambda model=model, y=y: model.fit(x, y, batch_size=4, epochs=1,
+                                                         verbose=0, shuffle=False))
+    rates = {name: steps / (ms / 1e3)
+             for name, ms in interleaved_medians(fits, rounds, warmup=1).items()}
     print(f"keras model.fit, 3D decoder (batch 4, 8^3x32 -> 32^3x1), {threads} thread(s): "
           + ", ".join(f"{k} {v:.2f} steps/s" for k, v in rates.items())
           + f" ({rates['tconv3d.keras'] / rates['keras']:.2f}x)", file=out, flush=True)
