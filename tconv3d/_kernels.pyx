@@ -15,8 +15,9 @@
 # - Work is split with `prange` over whole rows (batch, depth, height) of the array being
 #   written, each written by exactly one thread: no atomics, and the summation order of
 #   every output element does not depend on the thread count. The compute-bound loops
-#   hand rows out dynamically (a core slowed by another process leaves its rows to the
-#   others; which thread writes a row changes nothing in it); copies split statically.
+#   hand rows out dynamically, a few at a time (_grab: a core slowed by another process
+#   leaves its rows to the others; which thread writes a row changes nothing in it);
+#   copies split statically.
 # - Taps are never scanned: those joining an output to inputs, or an input to outputs,
 #   are enumerated arithmetically ("taps, by arithmetic" below), so the cost is the
 #   multiply-adds performed plus the size of the arrays, for any stride, dilation and
@@ -1050,7 +1051,7 @@ cdef int _conv_transpose(const Problem *p,
                                                    failed_ptr)
         btaps = arows + max_batch
         r = _thread_row(p, failed_ptr)
-        for blk in prange(blocks, schedule='dynamic'):
+        for blk in prange(blocks, schedule='dynamic', chunksize=_grab(blocks, num_threads)):
             if acc == NULL or xbuf == NULL or arows == NULL or r.j[0] == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
             first = blk * block
@@ -1153,6 +1154,14 @@ cdef int _conv_transpose(const Problem *p,
     return -1 if failed else 0
 
 
+cdef inline Py_ssize_t _grab(Py_ssize_t units, int num_threads) noexcept nogil:
+    """Units a thread takes at a time from a dynamically scheduled loop: about 16 grabs
+    per thread, so that the shared counter is touched rarely (on small rows, one atomic
+    per row cost several per cent) and a slowed core leaves at most a sixteenth behind."""
+    cdef Py_ssize_t grab = units // (16 * (num_threads if num_threads > 1 else 1))
+    return 1 if grab < 1 else grab
+
+
 cdef inline Py_ssize_t _block_rows(const Problem *p, Py_ssize_t itemsize, Py_ssize_t rows,
                                    int num_threads) noexcept nogil:
     """Rows per block of the weight-heavy loops (_conv_transpose_blocked,
@@ -1238,7 +1247,7 @@ cdef int _conv_transpose_blocked(const Problem *p,
         arows = <const floating **> _thread_malloc(
             2 * block_rows * runs.length * sizeof(floating *), failed_ptr)
         crows = <floating **> (arows + block_rows * runs.length)
-        for blk in prange(blocks, schedule='dynamic'):
+        for blk in prange(blocks, schedule='dynamic', chunksize=_grab(blocks, num_threads)):
             if acc == NULL or r.j[0] == NULL or arows == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
             first = blk * block_rows
@@ -1403,7 +1412,7 @@ cdef int _grad_input(const Problem *p,
             (2 * p.k[0] * p.k[1] + 1) * sizeof(floating *), failed_ptr)
         wtaps = grows + p.k[0] * p.k[1]
         r = _thread_row(p, failed_ptr)
-        for row in prange(rows, schedule='dynamic'):
+        for row in prange(rows, schedule='dynamic', chunksize=_grab(rows, num_threads)):
             if acc == NULL or gbuf == NULL or grows == NULL or r.j[0] == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
             _input_row(p, row, &r)
@@ -1503,7 +1512,7 @@ cdef int _grad_input_blocked(const Problem *p,
         arows = <const floating **> _thread_malloc(
             2 * block_rows * runs.length * sizeof(floating *), failed_ptr)
         crows = <floating **> (arows + block_rows * runs.length)
-        for blk in prange(blocks, schedule='dynamic'):
+        for blk in prange(blocks, schedule='dynamic', chunksize=_grab(blocks, num_threads)):
             if acc == NULL or r.j[0] == NULL or arows == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
             first = blk * block_rows
@@ -1724,7 +1733,8 @@ cdef int _grad_kernel(const Problem *p,
         # Tasks: each chunk's (depth tap, height tap) pairs, which fill disjoint parts of
         # the partial sums (so a kernel-heavy layer on a small volume, one chunk, still
         # runs on every thread); depthwise, whole chunks.
-        for task in prange(chunks * pairs, schedule='dynamic'):
+        for task in prange(chunks * pairs, schedule='dynamic',
+                           chunksize=_grab(chunks * pairs, num_threads)):
             if r.j[0] == NULL or gbuf == NULL or grows == NULL:
                 continue  # flagged in `failed`: the call raises MemoryError
             chunk = task // pairs
