@@ -1156,8 +1156,9 @@ cdef int _conv_transpose(const Problem *p,
 
 cdef inline Py_ssize_t _grab(Py_ssize_t units, int num_threads) noexcept nogil:
     """Units a thread takes at a time from a dynamically scheduled loop: about 16 grabs
-    per thread, so that the shared counter is touched rarely (on small rows, one atomic
-    per row cost several per cent) and a slowed core leaves at most a sixteenth behind."""
+    per thread, so that the threads rarely meet at the shared counter (one unit per grab
+    would make them contend for it once per row) and a slowed core leaves at most a
+    sixteenth of the work behind."""
     cdef Py_ssize_t grab = units // (16 * (num_threads if num_threads > 1 else 1))
     return 1 if grab < 1 else grab
 
