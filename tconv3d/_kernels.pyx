@@ -23,9 +23,8 @@
 #   multiply-adds performed plus the size of the arrays, for any stride, dilation and
 #   kernel length; every element takes its taps in a fixed order (the gradients: width
 #   tap, then depth and height taps, each increasing; the forward's rows: width taps
-#   increasing, then depth and height taps decreasing, which is their input rows in
-#   increasing order: read in that order, stride-1 layers run 12-17 % faster, as if the
-#   prefetchers followed only ascending streams).
+#   increasing, then depth and height taps decreasing, their input rows increasing:
+#   _output_taps).
 # - Along the width axis a row is worked in runs of consecutive voxels accumulated
 #   together: each kernel tap matrix is loaded once per run instead of once per voxel,
 #   and the channel contraction is a GEMM whose vectors run over contiguous channels
@@ -1065,9 +1064,8 @@ cdef int _conv_transpose(const Problem *p,
                     cbuf = yp if p.ys[4] == 1 else acc
                     ldc = p.ys[3] if p.ys[4] == 1 else groups
                     _fill_rows(cbuf, nb, ldc, groups, bias)
-                    for td in range(r.n_taps[0] - 1 if runs.first[run] < runs.first[run + 1]
-                                    else -1, -1, -1):
-                        for th in range(r.n_taps[1] - 1, -1, -1):
+                    for td in range(r.n_taps[0] if runs.first[run] < runs.first[run + 1] else 0):
+                        for th in range(r.n_taps[1]):
                             xrow = _channels_contiguous(
                                 x + _row_offset(p.xs, r.n, r.index[0][td], r.index[1][th]),
                                 p.n_in[2], groups, p.xs, xbuf)
@@ -1104,9 +1102,8 @@ cdef int _conv_transpose(const Problem *p,
                             cbuf = acc
                             ldc = width
                         _fill_rows(cbuf, nb, ldc, width, bg)
-                        for td in range(r.n_taps[0] - 1 if cin == 1 and cout == 1 else -1, -1,
-                                        -1):
-                            for th in range(r.n_taps[1] - 1, -1, -1):
+                        for td in range(r.n_taps[0] if cin == 1 and cout == 1 else 0):
+                            for th in range(r.n_taps[1]):
                                 xrow = xg + _row_offset(p.xs, r.n, r.index[0][td],
                                                         r.index[1][th])
                                 for e in range(runs.first[run], runs.first[run + 1]):
@@ -1122,8 +1119,8 @@ cdef int _conv_transpose(const Problem *p,
                             # of the run from inputs lo <= i < hi), over the row's (depth,
                             # height) taps: their products in the order of a GEMM each.
                             nbat = 0
-                            for td in range(r.n_taps[0] - 1, -1, -1):
-                                for th in range(r.n_taps[1] - 1, -1, -1):
+                            for td in range(r.n_taps[0]):
+                                for th in range(r.n_taps[1]):
                                     arows[nbat] = xg + _row_offset(p.xs, r.n, r.index[0][td],
                                                                    r.index[1][th])
                                     btaps[nbat] = wg + _tap_matrix(p, &r, td, th, runs.j[e])
