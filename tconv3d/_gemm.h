@@ -688,76 +688,104 @@ TC_DEFINE_TRANSPOSE(f64, double, 4)
 #define tc_transpose_f64_avx512 tc_transpose_f64_avx2
 #endif
 
-/* Grouped channels: G groups of c input channels and c filters each (2 <= c < VL, c
- * dividing the vector length VL), where each group's GEMM would be c columns wide. All
- * the groups at once, the channels as vectors:
- *     C[i*ldc + j] += sum_b sum_q A[b][aoff + i*sai + j - j % c + q] * B[b][q*n + j]
- * for 0 <= i < m and 0 <= j < n = G*c (a multiple of VL): a lane of the vector takes its
- * group's input channel q from A's vector of the same channels by an in-register
- * permutation. Each element is summed in the order of its group's batch-reduce GEMM (b,
- * then q), one FMA per product. Only the vector variants have it: tc_grouped_lanes(). */
+/* Grouped channels: G groups of ca input and cb output channels each (powers of two,
+ * cb < VL, ca <= 2 cb, not both 1), where each group's GEMM would be cb columns wide.
+ * All the groups at once, the channels as vectors:
+ *     C[i*ldc + j] += sum_b sum_q A[b][aoff + i*sai + (j / cb)*ca + q] * B[b][q*n + j]
+ * for 0 <= i < m and 0 <= j < n = G*cb (a multiple of VL). A vector of VL outputs holds
+ * VL/cb groups; their ca channels each are a span of A of one vector, or of two when
+ * ca > cb, loaded under a mask (nothing past the span is read), and a lane takes its
+ * group's channel q from it by an in-register permutation. Each element is summed in
+ * the order of its group's batch-reduce GEMM (b, then q), one FMA per product. Only the
+ * vector variants have it: tc_grouped_lanes(). */
 #ifdef TC_X86_DISPATCH
-#define TC_GROUPED_TILE(ROWS)                                                           \
+/* Declares V, VL, the span, `two`, the load masks m0/m1 and the permutations idx[q] (in
+ * 32-bit lanes, a double is two; the sign bit marks lanes of the second vector, as
+ * AVX2's blend reads it; the permutations ignore it). */
+#define TC_GROUPED_SETUP(TYPE, VBYTES)                                                  \
+    typedef TYPE T;                                                                     \
+    typedef T V __attribute__((vector_size(VBYTES), aligned(sizeof(T))));              \
+    typedef int I __attribute__((vector_size(VBYTES)));                                 \
+    enum { VL = (VBYTES) / sizeof(T), W = sizeof(T) / sizeof(int) };                    \
+    const Py_ssize_t span = VL / cb * ca;                                               \
+    const int two = span > VL;                                                          \
+    I idx[VL], m0, m1;                                                                  \
+    for (int u = 0; u < VL * W; u++) {                                                  \
+        m0[u] = u < W * span ? -1 : 0;                                                  \
+        m1[u] = u + VL * W < W * span ? -1 : 0;                                         \
+    }                                                                                   \
+    for (Py_ssize_t q = 0; q < ca; q++)                                                 \
+        for (int u = 0; u < VL * W; u++) {                                              \
+            unsigned lane = (unsigned)(W * (u / W / cb * ca + q) + u % W);              \
+            idx[q][u] = (int)(lane < VL * W ? lane : lane | 0x80000000u);               \
+        }
+#define TC_PICK1(x0, x1, index) PERMUTE(x0, index)
+#define TC_PICK2(x0, x1, index) PERMUTE2(x0, x1, index)
+#define TC_GROUPED_TILE(ROWS, TWO, PICK)                                                \
     do {                                                                                \
-        V acc[ROWS], x[ROWS];                                                           \
+        V acc[ROWS], x0[ROWS], x1[ROWS];                                                \
         for (int r = 0; r < (ROWS); r++)                                                \
             acc[r] = *(const V *)(C + (i + r) * ldc + j);                               \
         for (Py_ssize_t bt = 0; bt < nb; bt++) {                                        \
-            const T *a = A[bt] + aoff + i * sai + j;                                    \
+            const T *a = A[bt] + aoff + i * sai + j / cb * ca;                          \
             const T *b = B[bt] + j;                                                     \
-            for (int r = 0; r < (ROWS); r++)                                            \
-                x[r] = *(const V *)(a + r * sai);                                       \
-            for (Py_ssize_t q = 0; q < c; q++) {                                        \
+            for (int r = 0; r < (ROWS); r++) {                                          \
+                x0[r] = (V)LOAD_MASKED(a + r * sai, m0);                                \
+                x1[r] = (TWO) ? (V)LOAD_MASKED(a + r * sai + VL, m1) : x0[r];           \
+            }                                                                           \
+            (void)x1;   /* read only by PERMUTE2 */                                     \
+            for (Py_ssize_t q = 0; q < ca; q++) {                                       \
                 V w = *(const V *)(b + q * n);                                          \
                 for (int r = 0; r < (ROWS); r++)                                        \
-                    acc[r] += (V)PERMUTE(x[r], idx[q]) * w;                             \
+                    acc[r] += (V)PICK(x0[r], x1[r], idx[q]) * w;                        \
             }                                                                           \
         }                                                                               \
         for (int r = 0; r < (ROWS); r++)                                                \
             *(V *)(C + (i + r) * ldc + j) = acc[r];                                     \
     } while (0)
 #define TC_DEFINE_GROUPED(S, SUFFIX, TYPE, VBYTES, MR, ATTR)                            \
-ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c,       \
-                                        Py_ssize_t nb, const TYPE *const *A,            \
-                                        Py_ssize_t aoff, Py_ssize_t sai,                \
-                                        const TYPE *const *B, TYPE *C, Py_ssize_t ldc)  \
+ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t ca,      \
+                                        Py_ssize_t cb, Py_ssize_t nb,                   \
+                                        const TYPE *const *A, Py_ssize_t aoff,          \
+                                        Py_ssize_t sai, const TYPE *const *B, TYPE *C,  \
+                                        Py_ssize_t ldc)                                 \
 {                                                                                       \
-    typedef TYPE T;                                                                     \
-    typedef T V __attribute__((vector_size(VBYTES), aligned(sizeof(T))));              \
-    typedef int I __attribute__((vector_size(VBYTES)));                                 \
-    /* the permutations as 32-bit lanes (a double is two) */                           \
-    enum { VL = (VBYTES) / sizeof(T), W = sizeof(T) / sizeof(int) };                    \
-    I idx[VL / 2];                                                                      \
-    for (Py_ssize_t q = 0; q < c; q++)                                                  \
-        for (int u = 0; u < VL * W; u++)                                                \
-            idx[q][u] = (int)(W * (u / W - u / W % c + q) + u % W);                     \
+    TC_GROUPED_SETUP(TYPE, VBYTES)                                                      \
     for (Py_ssize_t j = 0; j < n; j += VL) {                                            \
         Py_ssize_t i = 0;                                                               \
-        for (; i + (MR) <= m; i += (MR)) TC_GROUPED_TILE(MR);                          \
-        for (; i < m; i++) TC_GROUPED_TILE(1);                                          \
+        if (two) {                                                                      \
+            for (; i + (MR) <= m; i += (MR)) TC_GROUPED_TILE(MR, 1, TC_PICK2);         \
+            for (; i < m; i++) TC_GROUPED_TILE(1, 1, TC_PICK2);                         \
+        } else {                                                                        \
+            for (; i + (MR) <= m; i += (MR)) TC_GROUPED_TILE(MR, 0, TC_PICK1);         \
+            for (; i < m; i++) TC_GROUPED_TILE(1, 0, TC_PICK1);                         \
+        }                                                                               \
     }                                                                                   \
 }
-/* The kernel gradient's counterpart, each tap's (c x c) matrix of every group at once:
- *     C[q*n + j] += sum_b sum_p A[b][aoff + p*sap + j - j % c + q] * B[b][boff + p*sbp + j]
- * (q < c, j < n = G*c; C holds group g's element (q, i) at q*n + g*c + i), summed in the
- * order of each group's GEMM (b, then p), one FMA per product. The c accumulators of a
- * vector are c dependency chains: two vectors of channels go side by side when there
- * are, and c is a constant of each instantiation (c in registers). */
-#define TC_GROUPED_DOT(CQ, NJ)                                                          \
+/* The kernel gradient's counterpart, each tap's (ca x cb) matrix of every group at once:
+ *     C[q*n + j] += sum_b sum_p A[b][aoff + p*sap + (j / cb)*ca + q] * B[b][boff + p*sbp + j]
+ * (q < ca, j < n = G*cb; C holds group g's element (q, i) at q*n + g*cb + i), summed in
+ * the order of each group's GEMM (b, then p), one FMA per product. The ca accumulators
+ * of a vector are ca dependency chains: two vectors of channels go side by side where
+ * the registers allow, and ca is a constant of each instantiation (CQ, in registers). */
+#define TC_GROUPED_DOT(CQ, NJ, TWO, PICK)                                               \
     for (; j + (NJ) * VL <= n; j += (NJ) * VL) {                                        \
         V acc[NJ][CQ];                                                                  \
         for (int u = 0; u < (NJ); u++)                                                  \
             for (int q = 0; q < (CQ); q++)                                              \
                 acc[u][q] = *(const V *)(C + q * n + j + u * VL);                       \
         for (Py_ssize_t bt = 0; bt < nb; bt++) {                                        \
-            const T *a = A[bt] + aoff + j;                                              \
+            const T *a = A[bt] + aoff + j / cb * ca;                                    \
             const T *b = B[bt] + boff + j;                                              \
             for (Py_ssize_t p = 0; p < k; p++)                                          \
                 for (int u = 0; u < (NJ); u++) {                                        \
-                    V g = *(const V *)(a + p * sap + u * VL);                           \
+                    const T *ap = a + p * sap + u * span;                               \
+                    V g0 = (V)LOAD_MASKED(ap, m0);                                      \
+                    V g1 = (TWO) ? (V)LOAD_MASKED(ap + VL, m1) : g0;                    \
                     V x = *(const V *)(b + p * sbp + u * VL);                           \
+                    (void)g1;   /* read only by PERMUTE2 */                             \
                     for (int q = 0; q < (CQ); q++)                                      \
-                        acc[u][q] += (V)PERMUTE(g, idx[q]) * x;                         \
+                        acc[u][q] += (V)PICK(g0, g1, idx[q]) * x;                       \
                 }                                                                       \
         }                                                                               \
         for (int u = 0; u < (NJ); u++)                                                  \
@@ -765,53 +793,68 @@ ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c
                 *(V *)(C + q * n + j + u * VL) = acc[u][q];                             \
     }
 #define TC_DEFINE_GROUPED_DOT(S, SUFFIX, TYPE, VBYTES, ATTR)                            \
-ATTR static void tc_grouped_dot_##S##SUFFIX(Py_ssize_t k, Py_ssize_t n, Py_ssize_t c,   \
-                                            Py_ssize_t nb, const TYPE *const *A,        \
-                                            Py_ssize_t aoff, Py_ssize_t sap,            \
-                                            const TYPE *const *B, Py_ssize_t boff,      \
-                                            Py_ssize_t sbp, TYPE *C)                    \
+ATTR static void tc_grouped_dot_##S##SUFFIX(Py_ssize_t k, Py_ssize_t n, Py_ssize_t ca,  \
+                                            Py_ssize_t cb, Py_ssize_t nb,               \
+                                            const TYPE *const *A, Py_ssize_t aoff,      \
+                                            Py_ssize_t sap, const TYPE *const *B,       \
+                                            Py_ssize_t boff, Py_ssize_t sbp, TYPE *C)   \
 {                                                                                       \
-    typedef TYPE T;                                                                     \
-    typedef T V __attribute__((vector_size(VBYTES), aligned(sizeof(T))));              \
-    typedef int I __attribute__((vector_size(VBYTES)));                                 \
-    /* C8: c = 8 where vectors hold two such groups (else never called with it) */     \
-    enum { VL = (VBYTES) / sizeof(T), W = sizeof(T) / sizeof(int),                     \
-           C8 = VL >= 16 ? 8 : 1 };                                                     \
-    I idx[VL / 2];                                                                      \
-    for (Py_ssize_t q = 0; q < c; q++)                                                  \
-        for (int u = 0; u < VL * W; u++)                                                \
-            idx[q][u] = (int)(W * (u / W - u / W % c + q) + u % W);                     \
+    TC_GROUPED_SETUP(TYPE, VBYTES)                                                      \
+    /* ca = 8 needs VL >= 8, ca = 16 VL >= 16 (else never called with it); two vectors \
+     * of 8 or 16 accumulators side by side only in AVX-512's 32 registers */          \
+    enum { C8 = VL >= 8 ? 8 : 1, C16 = VL >= 16 ? 16 : 1, NJ8 = VL >= 16 ? 2 : 1 };    \
     Py_ssize_t j = 0;                                                                   \
-    if (c == 2) { TC_GROUPED_DOT(2, 2) TC_GROUPED_DOT(2, 1) }                           \
-    else if (c == 4) { TC_GROUPED_DOT(4, 2) TC_GROUPED_DOT(4, 1) }                      \
-    else if (c == 8) { TC_GROUPED_DOT(C8, 2) TC_GROUPED_DOT(C8, 1) }                    \
+    if (two) {                                                                          \
+        if (ca == 2) { TC_GROUPED_DOT(2, 2, 1, TC_PICK2) TC_GROUPED_DOT(2, 1, 1, TC_PICK2) } \
+        else if (ca == 4) { TC_GROUPED_DOT(4, 2, 1, TC_PICK2) TC_GROUPED_DOT(4, 1, 1, TC_PICK2) } \
+        else if (ca == 8) { TC_GROUPED_DOT(C8, NJ8, 1, TC_PICK2) TC_GROUPED_DOT(C8, 1, 1, TC_PICK2) } \
+        else if (ca == 16) { TC_GROUPED_DOT(C16, 1, 1, TC_PICK2) }                     \
+    } else {                                                                            \
+        if (ca == 1) { TC_GROUPED_DOT(1, 2, 0, TC_PICK1) TC_GROUPED_DOT(1, 1, 0, TC_PICK1) } \
+        else if (ca == 2) { TC_GROUPED_DOT(2, 2, 0, TC_PICK1) TC_GROUPED_DOT(2, 1, 0, TC_PICK1) } \
+        else if (ca == 4) { TC_GROUPED_DOT(4, 2, 0, TC_PICK1) TC_GROUPED_DOT(4, 1, 0, TC_PICK1) } \
+        else if (ca == 8) { TC_GROUPED_DOT(C8, NJ8, 0, TC_PICK1) TC_GROUPED_DOT(C8, 1, 0, TC_PICK1) } \
+    }                                                                                   \
 }
 #define PERMUTE(x, index) _mm256_permutevar8x32_ps((__m256)(x), (__m256i)(index))
+#define PERMUTE2(x0, x1, index)                                                         \
+    _mm256_blendv_ps(PERMUTE(x0, index), PERMUTE(x1, index), (__m256)(index))
+#define LOAD_MASKED(p, mask) _mm256_maskload_ps((const float *)(p), (__m256i)(mask))
 TC_DEFINE_GROUPED(f32, _avx2, float, 32, 4, __attribute__((target("avx2,fma"))))
 TC_DEFINE_GROUPED(f64, _avx2, double, 32, 4, __attribute__((target("avx2,fma"))))
 TC_DEFINE_GROUPED_DOT(f32, _avx2, float, 32, __attribute__((target("avx2,fma"))))
 TC_DEFINE_GROUPED_DOT(f64, _avx2, double, 32, __attribute__((target("avx2,fma"))))
 #undef PERMUTE
+#undef PERMUTE2
+#undef LOAD_MASKED
 #define PERMUTE(x, index) _mm512_permutexvar_ps((__m512i)(index), (__m512)(x))
+#define PERMUTE2(x0, x1, index)                                                         \
+    _mm512_permutex2var_ps((__m512)(x0), (__m512i)(index), (__m512)(x1))
+#define LOAD_MASKED(p, mask)                                                            \
+    _mm512_maskz_loadu_ps(_mm512_test_epi32_mask((__m512i)(mask), (__m512i)(mask)),     \
+                          (const void *)(p))
 TC_DEFINE_GROUPED(f32, _avx512, float, 64, 8, __attribute__((target("avx512f,fma"))))
 TC_DEFINE_GROUPED(f64, _avx512, double, 64, 8, __attribute__((target("avx512f,fma"))))
 TC_DEFINE_GROUPED_DOT(f32, _avx512, float, 64, __attribute__((target("avx512f,fma"))))
 TC_DEFINE_GROUPED_DOT(f64, _avx512, double, 64, __attribute__((target("avx512f,fma"))))
 #undef PERMUTE
+#undef PERMUTE2
+#undef LOAD_MASKED
 #endif
 typedef void (*tc_grouped_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                                 const float *const *, Py_ssize_t, Py_ssize_t,
+                                 Py_ssize_t, const float *const *, Py_ssize_t, Py_ssize_t,
                                  const float *const *, float *, Py_ssize_t);
 typedef void (*tc_grouped_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                                 const double *const *, Py_ssize_t, Py_ssize_t,
+                                 Py_ssize_t, const double *const *, Py_ssize_t, Py_ssize_t,
                                  const double *const *, double *, Py_ssize_t);
 typedef void (*tc_grouped_dot_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                                     const float *const *, Py_ssize_t, Py_ssize_t,
-                                     const float *const *, Py_ssize_t, Py_ssize_t, float *);
+                                     Py_ssize_t, const float *const *, Py_ssize_t,
+                                     Py_ssize_t, const float *const *, Py_ssize_t,
+                                     Py_ssize_t, float *);
 typedef void (*tc_grouped_dot_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                                     const double *const *, Py_ssize_t, Py_ssize_t,
-                                     const double *const *, Py_ssize_t, Py_ssize_t,
-                                     double *);
+                                     Py_ssize_t, const double *const *, Py_ssize_t,
+                                     Py_ssize_t, const double *const *, Py_ssize_t,
+                                     Py_ssize_t, double *);
 /* Orders a thread's non-temporal stores before what follows (the end of its work). */
 static inline void tc_store_fence(void)
 {

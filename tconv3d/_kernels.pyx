@@ -139,20 +139,20 @@ cdef extern from "_gemm.h":
     void tc_round_bf16(const float *src, Py_ssize_t stride, uint16_t *dst,
                        Py_ssize_t n) noexcept nogil
     void tc_widen_bf16(const uint16_t *src, float *dst, Py_ssize_t n) noexcept nogil
-    void tc_grouped_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c, Py_ssize_t nb,
-                        const float **A, Py_ssize_t aoff, Py_ssize_t sai, const float **B,
-                        float *C, Py_ssize_t ldc) noexcept nogil
-    void tc_grouped_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c, Py_ssize_t nb,
-                        const double **A, Py_ssize_t aoff, Py_ssize_t sai, const double **B,
-                        double *C, Py_ssize_t ldc) noexcept nogil
-    void tc_grouped_dot_f32(Py_ssize_t k, Py_ssize_t n, Py_ssize_t c, Py_ssize_t nb,
-                            const float **A, Py_ssize_t aoff, Py_ssize_t sap,
+    void tc_grouped_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t ca, Py_ssize_t cb,
+                        Py_ssize_t nb, const float **A, Py_ssize_t aoff, Py_ssize_t sai,
+                        const float **B, float *C, Py_ssize_t ldc) noexcept nogil
+    void tc_grouped_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t ca, Py_ssize_t cb,
+                        Py_ssize_t nb, const double **A, Py_ssize_t aoff, Py_ssize_t sai,
+                        const double **B, double *C, Py_ssize_t ldc) noexcept nogil
+    void tc_grouped_dot_f32(Py_ssize_t k, Py_ssize_t n, Py_ssize_t ca, Py_ssize_t cb,
+                            Py_ssize_t nb, const float **A, Py_ssize_t aoff, Py_ssize_t sap,
                             const float **B, Py_ssize_t boff, Py_ssize_t sbp,
                             float *C) noexcept nogil
-    void tc_grouped_dot_f64(Py_ssize_t k, Py_ssize_t n, Py_ssize_t c, Py_ssize_t nb,
-                            const double **A, Py_ssize_t aoff, Py_ssize_t sap,
-                            const double **B, Py_ssize_t boff, Py_ssize_t sbp,
-                            double *C) noexcept nogil
+    void tc_grouped_dot_f64(Py_ssize_t k, Py_ssize_t n, Py_ssize_t ca, Py_ssize_t cb,
+                            Py_ssize_t nb, const double **A, Py_ssize_t aoff,
+                            Py_ssize_t sap, const double **B, Py_ssize_t boff,
+                            Py_ssize_t sbp, double *C) noexcept nogil
     Py_ssize_t tc_grouped_lanes(size_t itemsize) noexcept nogil
     void tc_transpose_f32(Py_ssize_t m, Py_ssize_t n, const float *S, Py_ssize_t lds,
                           float *D, Py_ssize_t ldd, int stream) noexcept nogil
@@ -402,25 +402,26 @@ cdef inline void _cdot(Py_ssize_t m, Py_ssize_t n, const floating *A, Py_ssize_t
         tc_cdot_f64(m, n, A, sai, X, sxi, C)
 
 
-cdef inline void _grouped_madd(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c, Py_ssize_t nb,
-                               const floating **A, Py_ssize_t aoff, Py_ssize_t sai,
-                               const floating **B, floating *C, Py_ssize_t ldc) noexcept nogil:
-    """A batch-reduce GEMM of every group at once, c channels each (see _gemm.h)."""
+cdef inline void _grouped_madd(Py_ssize_t m, Py_ssize_t n, Py_ssize_t ca, Py_ssize_t cb,
+                               Py_ssize_t nb, const floating **A, Py_ssize_t aoff,
+                               Py_ssize_t sai, const floating **B, floating *C,
+                               Py_ssize_t ldc) noexcept nogil:
+    """A batch-reduce GEMM of every group at once, ca channels in, cb out (see _gemm.h)."""
     if floating is float:
-        tc_grouped_f32(m, n, c, nb, A, aoff, sai, B, C, ldc)
+        tc_grouped_f32(m, n, ca, cb, nb, A, aoff, sai, B, C, ldc)
     else:
-        tc_grouped_f64(m, n, c, nb, A, aoff, sai, B, C, ldc)
+        tc_grouped_f64(m, n, ca, cb, nb, A, aoff, sai, B, C, ldc)
 
 
-cdef inline void _grouped_dot(Py_ssize_t k, Py_ssize_t n, Py_ssize_t c, Py_ssize_t nb,
-                              const floating **A, Py_ssize_t aoff, Py_ssize_t sap,
-                              const floating **B, Py_ssize_t boff, Py_ssize_t sbp,
-                              floating *C) noexcept nogil:
-    """Every group's (c x c) kernel-gradient sums at once, in (c, G, c) (see _gemm.h)."""
+cdef inline void _grouped_dot(Py_ssize_t k, Py_ssize_t n, Py_ssize_t ca, Py_ssize_t cb,
+                              Py_ssize_t nb, const floating **A, Py_ssize_t aoff,
+                              Py_ssize_t sap, const floating **B, Py_ssize_t boff,
+                              Py_ssize_t sbp, floating *C) noexcept nogil:
+    """Every group's (ca x cb) kernel-gradient sums at once, in (ca, G, cb) (see _gemm.h)."""
     if floating is float:
-        tc_grouped_dot_f32(k, n, c, nb, A, aoff, sap, B, boff, sbp, C)
+        tc_grouped_dot_f32(k, n, ca, cb, nb, A, aoff, sap, B, boff, sbp, C)
     else:
-        tc_grouped_dot_f64(k, n, c, nb, A, aoff, sap, B, boff, sbp, C)
+        tc_grouped_dot_f64(k, n, ca, cb, nb, A, aoff, sap, B, boff, sbp, C)
 
 
 cdef inline void _transpose(Py_ssize_t m, Py_ssize_t n, const floating *S, Py_ssize_t lds,
@@ -599,16 +600,29 @@ cdef inline bint _depthwise(const Problem *p) noexcept nogil:
     return p.cin == 1 and p.cout == 1 and p.groups > 1
 
 
-cdef inline bint _grouped(const Problem *p, Py_ssize_t itemsize,
-                          Py_ssize_t channel_stride) noexcept nogil:
-    """A few channels per group: c inputs and c filters (2 <= c < the vector length, c
-    dividing it), the GEMMs' operand `channel_stride` 1. The kernels then take all the
+cdef inline bint _power_of_two(Py_ssize_t n) noexcept nogil:
+    return n > 0 and n & (n - 1) == 0
+
+
+cdef inline bint _grouped(const Problem *p, Py_ssize_t itemsize, Py_ssize_t ca,
+                          Py_ssize_t cb, Py_ssize_t channel_stride) noexcept nogil:
+    """A few channels per group: ca channels in the GEMMs' operand A (its `channel_stride`
+    1) and cb in their results, powers of two with cb < the vector length and ca <= 2 cb
+    (a vector's groups read at most two vectors of A). The kernels then take all the
     groups at once (_grouped_madd, _grouped_dot), a vector holding several groups,
-    instead of group by group in vectors of c lanes; the tap matrices in (c, G, c)
+    instead of group by group in GEMMs of cb columns; the tap matrices in (ca, G, cb)
     (_swap_groups)."""
-    cdef Py_ssize_t lanes = tc_grouped_lanes(itemsize), c = p.cout
-    return (lanes > 0 and p.cin == c and c >= 2 and c < lanes and lanes % c == 0
-            and p.groups * c % lanes == 0 and channel_stride == 1 and not p.bf16_pairs)
+    cdef Py_ssize_t lanes = tc_grouped_lanes(itemsize)
+    return (lanes > 0 and not _depthwise(p) and _power_of_two(ca) and _power_of_two(cb)
+            and cb < lanes and ca <= 2 * cb and p.groups * cb % lanes == 0
+            and channel_stride == 1 and not p.bf16_pairs)
+
+
+def groups_in_vectors(geometry, Py_ssize_t itemsize):
+    """Whether the gradients of `geometry` take all its groups at once (_grouped), with
+    grad_output's channels contiguous."""
+    cdef Problem p = _problem(geometry, (0,) * 5, (0,) * 5)
+    return _grouped(&p, itemsize, p.cout, p.cin, 1)
 
 
 cdef inline Py_ssize_t _block_channels(const Problem *p, Py_ssize_t channels,
@@ -617,29 +631,30 @@ cdef inline Py_ssize_t _block_channels(const Problem *p, Py_ssize_t channels,
     return p.groups * channels if _depthwise(p) or grouped else channels
 
 
-cdef floating *_channels_outer(const Problem *p, const floating *w) except? NULL:
-    """A copy of the C-contiguous (kd, kh, kw, G, c, c) `w` as (kd, kh, kw, c, G, c), the
+cdef floating *_channels_outer(const Problem *p, const floating *w, Py_ssize_t a,
+                               Py_ssize_t b) except? NULL:
+    """A copy of the C-contiguous (kd, kh, kw, G, a, b) `w` as (kd, kh, kw, a, G, b), the
     layout of _grouped_madd's operand B (free it)."""
-    cdef Py_ssize_t taps = p.k[0] * p.k[1] * p.k[2], tap = p.groups * p.cin * p.cin
+    cdef Py_ssize_t taps = p.k[0] * p.k[1] * p.k[2], tap = p.groups * a * b
     cdef floating *out = <floating *> malloc(taps * tap * sizeof(floating))
     if out == NULL:
         raise MemoryError("tconv3d: no memory for the kernel's grouped layout")
-    _swap_groups(p, w, out, False)
+    _swap_groups(p, w, out, a, b, False)
     return out
 
 
-cdef void _swap_groups(const Problem *p, const floating *src, floating *dst,
-                       bint groups_outer) noexcept nogil:
-    """dst = src's taps' (G, c, c) matrices as (c, G, c), or back with `groups_outer`."""
-    cdef Py_ssize_t c = p.cin, g, t, q, grouped_at, swapped_at
-    cdef Py_ssize_t taps = p.k[0] * p.k[1] * p.k[2], tap = p.groups * c * c
+cdef void _swap_groups(const Problem *p, const floating *src, floating *dst, Py_ssize_t a,
+                       Py_ssize_t b, bint groups_outer) noexcept nogil:
+    """dst = src's taps' (G, a, b) matrices as (a, G, b), or back with `groups_outer`."""
+    cdef Py_ssize_t g, t, q, grouped_at, swapped_at
+    cdef Py_ssize_t taps = p.k[0] * p.k[1] * p.k[2], tap = p.groups * a * b
     for t in range(taps):
         for g in range(p.groups):
-            for q in range(c):
-                grouped_at = t * tap + (g * c + q) * c
-                swapped_at = t * tap + (q * p.groups + g) * c
+            for q in range(a):
+                grouped_at = t * tap + (g * a + q) * b
+                swapped_at = t * tap + (q * p.groups + g) * b
                 memcpy(dst + (grouped_at if groups_outer else swapped_at),
-                       src + (swapped_at if groups_outer else grouped_at), c * sizeof(floating))
+                       src + (swapped_at if groups_outer else grouped_at), b * sizeof(floating))
 
 
 # ------------------------------------------------------------------ fused activations
@@ -1023,7 +1038,7 @@ cdef int _conv_transpose(const Problem *p,
     cdef bint depthwise = _depthwise(p)
     # A few channels per group: all groups at once, as one group of `width` channels
     # (wt reordered by _channels_outer).
-    cdef bint grouped = _grouped(p, sizeof(floating), p.xs[4])
+    cdef bint grouped = _grouped(p, sizeof(floating), cin, cout, p.xs[4])
     cdef Py_ssize_t width = groups * cout if grouped else cout
     cdef Py_ssize_t acc_channels = _block_channels(p, cout, grouped)
     cdef Py_ssize_t xstep = groups if depthwise and p.xs[4] != 1 else p.xs[3]
@@ -1126,7 +1141,7 @@ cdef int _conv_transpose(const Problem *p,
                                     btaps[nbat] = wg + _tap_matrix(p, &r, td, th, runs.j[e])
                                     nbat = nbat + 1
                             if grouped:
-                                _grouped_madd(runs.hi[e] - runs.lo[e], width, cout, nbat, arows,
+                                _grouped_madd(runs.hi[e] - runs.lo[e], width, cin, cout, nbat, arows,
                                               runs.lo[e] * p.xs[3], p.xs[3], btaps,
                                               cbuf + (runs.o[e] - o0) * ldc, sw * ldc)
                                 continue
@@ -1338,11 +1353,11 @@ def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
         raise MemoryError("tconv3d: no memory for the stride-phase table")
     try:
         _fill_phases(&p, table, &ph)
-        grouped = _grouped(&p, sizeof(floating), p.xs[4])
+        grouped = _grouped(&p, sizeof(floating), p.cin, p.cout, p.xs[4])
         _make_runs(&p, &ph, _block_size(_block_channels(&p, p.cout, grouped)), &runs)
         try:
             if grouped:
-                wt_grouped = _channels_outer(&p, &wt[0, 0, 0, 0, 0])
+                wt_grouped = _channels_outer(&p, &wt[0, 0, 0, 0, 0], p.cin, p.cout)
                 wt_ptr = wt_grouped
             if block_rows > 0:   # weight-heavy: blocks of rows, each tap for the block
                 with nogil:
@@ -1384,7 +1399,7 @@ cdef int _grad_input(const Problem *p,
     cdef bint depthwise = _depthwise(p)
     # A few channels per group: all groups at once, as one group of `width` channels
     # (w reordered by _channels_outer).
-    cdef bint grouped = _grouped(p, sizeof(floating), p.ys[4])
+    cdef bint grouped = _grouped(p, sizeof(floating), cout, cin, p.ys[4])
     cdef Py_ssize_t width = groups * cin if grouped else cin
     cdef Py_ssize_t gvox = p.ys[3] if p.ys[4] == 1 else groups  # voxels apart in grow
     cdef Row r
@@ -1456,7 +1471,7 @@ cdef int _grad_input(const Problem *p,
                                       grows[b] + runs.o[e] * p.ys[3], gstep,
                                       acc + (runs.lo[e] - i0), 1)
                         elif grouped:
-                            _grouped_madd(runs.hi[e] - runs.lo[e], width, cin, nbat, grows,
+                            _grouped_madd(runs.hi[e] - runs.lo[e], width, cout, cin, nbat, grows,
                                           runs.o[e] * p.ys[3], gstep, wtaps,
                                           acc + (runs.lo[e] - i0) * width, width)
                         else:
@@ -1640,13 +1655,14 @@ def grad_input(const floating[:, :, :, :, :] g, const floating[:, :, :, :, ::1] 
     cdef Py_ssize_t block_rows = _block_rows(&p, sizeof(floating), p.batch * p.n_in[0]
                                              * p.n_in[1], num_threads)
     # grad_output's channels are contiguous, or will be in _grad_input_slabs' copies
-    cdef bint grouped = _grouped(&p, sizeof(floating), 1 if _slabs(&p) else p.ys[4])
+    cdef bint grouped = _grouped(&p, sizeof(floating), p.cout, p.cin,
+                                 1 if _slabs(&p) else p.ys[4])
     cdef const floating *w_ptr = &w[0, 0, 0, 0, 0]
     cdef floating *w_grouped = NULL
     _make_runs(&p, NULL, _block_size(_block_channels(&p, p.cin, grouped)), &runs)
     try:
         if grouped:
-            w_grouped = _channels_outer(&p, w_ptr)
+            w_grouped = _channels_outer(&p, w_ptr, p.cout, p.cin)
             w_ptr = w_grouped
         with nogil:
             if block_rows > 0:
@@ -1757,8 +1773,8 @@ cdef int _grad_kernel(const Problem *p,
                     for e in range(entries if nlist > 0 else 0):
                         tap = ((jd * p.k[1] + jh) * p.k[2] + runs.j[e]) * groups * cout * cin
                         if grouped:
-                            _grouped_dot(runs.hi[e] - runs.lo[e], groups * cin, cin, nlist,
-                                         grows, runs.o[e] * p.ys[3], gstep, xrows,
+                            _grouped_dot(runs.hi[e] - runs.lo[e], groups * cin, cout, cin,
+                                         nlist, grows, runs.o[e] * p.ys[3], gstep, xrows,
                                          runs.lo[e] * p.xs[3], p.xs[3], buf + tap)
                             continue
                         for grp in range(groups):
@@ -1827,10 +1843,10 @@ def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x
     cdef Runs runs
     cdef int status
     cdef floating *swapped
-    # A few channels per group: every group's tap matrices at once, in (c, G, c), swapped
-    # back at the end
-    cdef bint grouped = _grouped(&p, sizeof(floating), 1 if p.ys[4] == 1 and p.xs[4] == 1
-                                 else 0)
+    # A few channels per group: every group's tap matrices at once, in (Cout, G, Cin),
+    # swapped back at the end
+    cdef bint grouped = _grouped(&p, sizeof(floating), p.cout, p.cin,
+                                 1 if p.ys[4] == 1 and p.xs[4] == 1 else 0)
     # one chunk (small volumes, deep layers' large kernels): its sums are gw's
     cdef floating *partial = &gw[0, 0, 0, 0, 0] if chunks == 1 else <floating *> malloc(
         chunks * ksize * sizeof(floating))
@@ -1851,7 +1867,7 @@ def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x
         if swapped == NULL:
             raise MemoryError("tconv3d: no memory for the kernel gradient's layout")
         memcpy(swapped, &gw[0, 0, 0, 0, 0], ksize * sizeof(floating))
-        _swap_groups(&p, swapped, &gw[0, 0, 0, 0, 0], True)
+        _swap_groups(&p, swapped, &gw[0, 0, 0, 0, 0], p.cout, p.cin, True)
         free(swapped)
 
 

@@ -499,6 +499,11 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
 
     g = _logical(_operand(grad_output, dtype), geom) \
         if (compute & {"input", "kernel"}) - pairs or (bias and not bf16_grad) else None
+    if (g is not None and compute & {"input", "kernel"} and g.strides[-1] != g.itemsize
+            and _kernels.groups_in_vectors(geom, g.itemsize)):
+        # a few channels per group: the gradients' vectors of groups read them contiguous
+        check_allocation(g.shape, dtype, "grad_output", copy=True)
+        g = channels_last(g, num_threads)
     g16 = _logical(_operand(grad_output, working), geom) if bf16_grad else None
     words = bfloat16_pairs(g16, geom.groups, num_threads) if "input" in pairs else None
     if "kernel" in pairs:   # voxel pairs read whole voxels

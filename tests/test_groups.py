@@ -1,6 +1,8 @@
 """Grouped and depthwise transposed convolutions (``groups=``): the numpy reference (each
 group's convolution, concatenated), finite differences, thread-count invariance, any
 memory layout, and PyTorch's ``groups``."""
+import sys
+
 import numpy as np
 import pytest
 
@@ -147,6 +149,90 @@ def test_few_channels_per_group_as_vectors_of_groups(rng, channels, per_group, d
             assert np.ascontiguousarray(gx[at]).tobytes() == gx_k.tobytes(), (variant, k)
             assert np.ascontiguousarray(gw[..., part]).tobytes() == gw_k.tobytes(), \
                 (variant, k)
+
+
+# (in_channels, filters, groups) with different channels in and out per group: 1 -> 2,
+# 2 -> 1, 2 -> 4, 4 -> 2 (two vectors of inputs per vector of outputs), 1 -> 4 and 4 -> 1
+# (the forward or the gradients group by group, the other vectors of groups), 2 -> 8 and
+# 8 -> 2, and 3 -> 6 (not a power of two: group by group).
+UNEQUAL = [(32, 64, 32), (64, 32, 32), (32, 64, 16), (64, 32, 16), (16, 64, 16),
+           (64, 16, 16), (8, 32, 4), (32, 8, 4), (24, 48, 8)]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cin,cout,groups", UNEQUAL)
+def test_unequal_channels_per_group_as_vectors_of_groups(rng, cin, cout, groups, dtype, fmt):
+    """Groups whose inputs and filters differ in number (a channel multiplier, or its
+    reverse) on every SIMD variant: the reference's forward, input and kernel gradients;
+    with odd widths so that runs end inside a vector's rows."""
+    x, w, b, kwargs = _problem(rng, cin, cout, groups, GEOMETRY[0], fmt, dtype)
+    x, w = x / 4, w / 4   # sums of 64 products of order 1, as the tolerances assume
+    expected = conv_transpose3d_ref(x, w, b, **kwargs)
+    g = rng.standard_normal(expected.shape).astype(dtype) / 4
+    expected_gx, expected_gw, _ = conv_transpose3d_backward_ref(g, x, w, **kwargs)
+    for variant in each_simd_variant():
+        y = tconv3d.conv_transpose3d(x, w, b, **kwargs)
+        gx, gw, _ = tconv3d.conv_transpose3d_backward(g, x, w, compute=["input", "kernel"],
+                                                      **kwargs)
+        np.testing.assert_allclose(y, expected, **tol(dtype), err_msg=variant)
+        np.testing.assert_allclose(gx, expected_gx, **tol(dtype), err_msg=variant)
+        np.testing.assert_allclose(gw, expected_gw, **tol(dtype), err_msg=variant)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("cin,cout,groups", [(64, 32, 32), (32, 32, 8)])
+def test_broadcast_grad_output_of_vectors_of_groups(rng, cin, cout, groups, fmt):
+    """A grad_output whose channels are not contiguous (a broadcast one, as PyTorch's
+    ``y.sum().backward()`` gives, or channels_first) is read channels-last by the
+    gradients' vectors of groups: the reference's gradients."""
+    x, w, b, kwargs = _problem(rng, cin, cout, groups, GEOMETRY[0], fmt, np.float64)
+    shape = conv_transpose3d_ref(x, w, b, **kwargs).shape
+    for g in (np.broadcast_to(rng.standard_normal(1), shape), rng.standard_normal(shape)):
+        for a, e in zip(tconv3d.conv_transpose3d_backward(g, x, w, **kwargs),
+                        conv_transpose3d_backward_ref(np.array(g), x, w, **kwargs)):
+            np.testing.assert_allclose(a, e, **tol(np.float64))
+
+
+def _before_a_guard_page(a):
+    """A copy of `a` whose last byte is the last before a page that may not be read."""
+    import ctypes
+    import mmap
+    page = mmap.PAGESIZE
+    pages = -(-a.nbytes // page) + 1
+    region = mmap.mmap(-1, pages * page)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    assert libc.mprotect(base + (pages - 1) * page, page, 0) == 0   # PROT_NONE
+    start = (pages - 1) * page - a.nbytes
+    out = np.frombuffer(region, dtype=a.dtype, count=a.size, offset=start).reshape(a.shape)
+    out[...] = a
+    return out, region
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect through libc")
+@pytest.mark.parametrize("cin,cout,groups", [(32, 64, 32), (64, 32, 32), (16, 64, 16)])
+def test_vectors_of_groups_read_nothing_past_their_operands(rng, cin, cout, groups):
+    """A vector of groups reads a span of fewer channels than its lanes (1 -> 2 and
+    1 -> 4 forwards, 2 -> 1 gradients) under a mask: with x and grad_output ending right
+    before an unreadable page, nothing faults and the numbers are the reference's."""
+    x, w, b, kwargs = _problem(rng, cin, cout, groups, GEOMETRY[0], "channels_last",
+                               np.float32)
+    expected = conv_transpose3d_ref(x, w, b, **kwargs)
+    g = rng.standard_normal(expected.shape).astype(np.float32)
+    expected_grads = conv_transpose3d_backward_ref(g, x, w, **kwargs)
+    x_end, x_region = _before_a_guard_page(x)
+    g_end, g_region = _before_a_guard_page(g)
+    for variant in each_simd_variant():
+        np.testing.assert_allclose(tconv3d.conv_transpose3d(x_end, w, b, **kwargs),
+                                   expected, **tol(np.float32), err_msg=variant)
+        for a, e in zip(tconv3d.conv_transpose3d_backward(g_end, x_end, w, **kwargs),
+                        expected_grads):
+            np.testing.assert_allclose(a, e, **tol(np.float32), err_msg=variant)
+    del x_end, g_end
+    x_region.close()
+    g_region.close()
 
 
 @pytest.mark.parametrize("cin,cout,groups", [(6, 6, 6), (8, 4, 2)])
