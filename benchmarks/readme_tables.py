@@ -52,11 +52,11 @@ def groups_table(data):
     for threads, rows in data.get("groups_ms", {}).items():
         if not rows:
             continue
-        out.append(f"**`groups=G`: `ConvTranspose3d(32, 32, 4, stride=2, padding=1, "
-                   f"groups=G)`, input 2x32x16^3, float32, {threads} thread"
+        out.append(f"**`groups=G`: `ConvTranspose3d(in, out, 4, stride=2, padding=1, "
+                   f"groups=G)`, input 2x(in)x16^3, float32, {threads} thread"
                    f"{'s' if int(threads) > 1 else ''}** (ms, NCDHW / channels_last_3d; "
                    "ratio = tconv3d's slower layout / torch's faster one)\n")
-        out.append("| G | torch fwd | tconv3d fwd | torch fwd+bwd | tconv3d fwd+bwd "
+        out.append("| in->out, G | torch fwd | tconv3d fwd | torch fwd+bwd | tconv3d fwd+bwd "
                    "| ratio fwd / fwd+bwd |")
         out.append("|---:|---:|---:|---:|---:|---:|")
         for g, row in rows.items():

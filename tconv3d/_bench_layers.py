@@ -76,15 +76,18 @@ def run_large_stride(threads, repeat=5, out=sys.stdout):
     return row
 
 
-GROUPS = (1, 2, 4, 8, 32)   # ConvTranspose3d(32, 32, 4, stride=2, padding=1, groups=G)
+# ConvTranspose3d(in, out, 4, stride=2, padding=1, groups=G): 32 -> 32 channels in 1 to 32
+# groups (depthwise), then channel multipliers of 2 and their reverse
+GROUPED_LAYERS = ((32, 32, 1), (32, 32, 2), (32, 32, 4), (32, 32, 8), (32, 32, 32),
+                  (32, 64, 32), (64, 32, 32), (32, 64, 16))
 
 
-def run_groups(threads, repeat=7, groups=GROUPS, out=sys.stdout):
-    """Grouped layers, depthwise (G=32) included: ``tconv3d.torch.ConvTranspose3d`` against
-    ``torch.nn.ConvTranspose3d`` (same weights), input (2, 32, 16, 16, 16), float32, in both
+def run_groups(threads, repeat=7, layers=GROUPED_LAYERS, out=sys.stdout):
+    """Grouped layers, depthwise ones included: ``tconv3d.torch.ConvTranspose3d`` against
+    ``torch.nn.ConvTranspose3d`` (same weights), input (2, in, 16, 16, 16), float32, in both
     memory formats, forward and forward+backward (gradients of input, weight and bias).
-    Returns ``{G: {"torch_ncdhw_fwd_ms": ..., "tconv3d_cl3d_fwdbwd_ms": ..., ...}}`` (empty
-    without PyTorch)."""
+    Returns ``{"in->out G=G": {"torch_ncdhw_fwd_ms": ..., "tconv3d_cl3d_fwdbwd_ms": ...,
+    ...}}`` (empty without PyTorch)."""
     try:
         import torch
 
@@ -93,12 +96,12 @@ def run_groups(threads, repeat=7, groups=GROUPS, out=sys.stdout):
         return {}
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    x = torch.randn(2, 32, 16, 16, 16)
     formats = (("ncdhw", torch.contiguous_format), ("cl3d", torch.channels_last_3d))
     rows = {}
-    for g in groups:
-        ref = torch.nn.ConvTranspose3d(32, 32, 4, stride=2, padding=1, groups=g)
-        ours = ConvTranspose3d(32, 32, 4, stride=2, padding=1, groups=g)
+    for cin, cout, g in layers:
+        x = torch.randn(2, cin, 16, 16, 16)
+        ref = torch.nn.ConvTranspose3d(cin, cout, 4, stride=2, padding=1, groups=g)
+        ours = ConvTranspose3d(cin, cout, 4, stride=2, padding=1, groups=g)
         ours.load_state_dict(ref.state_dict())
         timed = {}
         for fmt, memory_format in formats:
@@ -121,8 +124,8 @@ def run_groups(threads, repeat=7, groups=GROUPS, out=sys.stdout):
         for phase in ("fwd", "fwdbwd"):   # tconv3d's slower layout / torch's faster one
             row[f"ratio_{phase}"] = (max(row[f"tconv3d_{f}_{phase}_ms"] for f, _ in formats)
                                      / min(row[f"torch_{f}_{phase}_ms"] for f, _ in formats))
-        rows[g] = row
-        print(f"groups={g:2d} (32->32, k4 s2 p1, 2x32x16^3, {threads} thr) ms, NCDHW / "
+        rows[f"{cin}->{cout} G={g}"] = row
+        print(f"{cin}->{cout} groups={g:2d} (k4 s2 p1, 2x{cin}x16^3, {threads} thr) ms, NCDHW / "
               f"channels_last_3d: fwd torch {row['torch_ncdhw_fwd_ms']:.2f} / "
               f"{row['torch_cl3d_fwd_ms']:.2f}, tconv3d {row['tconv3d_ncdhw_fwd_ms']:.2f} / "
               f"{row['tconv3d_cl3d_fwd_ms']:.2f}; fwd+bwd torch "
