@@ -688,37 +688,54 @@ TC_DEFINE_TRANSPOSE(f64, double, 4)
 #define tc_transpose_f64_avx512 tc_transpose_f64_avx2
 #endif
 
-/* Grouped channels: G groups of ca input and cb output channels each (powers of two,
- * cb < VL, ca <= 2 cb, not both 1), where each group's GEMM would be cb columns wide.
- * All the groups at once, the channels as vectors:
+#define TC_GROUPED_MAX_PERMUTATIONS 64   /* phases * ca (tc_grouped_phases) */
+#define TC_GROUPED_MAX_CA 16
+/* Phases of a vector of VL lanes against groups of cb lanes: cb / gcd(cb, VL). */
+static inline Py_ssize_t tc_grouped_phases(Py_ssize_t cb, Py_ssize_t vl)
+{
+    Py_ssize_t a = cb, b = vl;
+    while (b) { Py_ssize_t t = a % b; a = b; b = t; }
+    return cb / a;
+}
+
+/* Grouped channels: G groups of ca input and cb output channels each (cb < VL, G*cb a
+ * multiple of VL, not both 1), where each group's GEMM would be cb columns wide. All the
+ * groups at once, the channels as vectors:
  *     C[i*ldc + j] += sum_b sum_q A[b][aoff + i*sai + (j / cb)*ca + q] * B[b][q*n + j]
- * for 0 <= i < m and 0 <= j < n = G*cb (a multiple of VL). A vector of VL outputs holds
- * VL/cb groups; their ca channels each are a span of A of one vector, or of two when
- * ca > cb, loaded under a mask (nothing past the span is read), and a lane takes its
- * group's channel q from it by an in-register permutation. Each element is summed in
- * the order of its group's batch-reduce GEMM (b, then q), one FMA per product. Only the
- * vector variants have it: tc_grouped_lanes(). */
+ * for 0 <= i < m and 0 <= j < n = G*cb. A vector of VL outputs starting at j (a multiple
+ * of VL) holds the groups j/cb to (j+VL-1)/cb; their ca channels each are a span of A of
+ * one vector, or of two, loaded under a mask (nothing past the span is read), and a
+ * lane takes its group's channel q from it by an in-register permutation. Where cb does
+ * not divide VL, a vector starts at one of cb/gcd(cb, VL) phases j % cb of its first
+ * group, each with its own permutations and masks (tc_grouped_phases). Each element is
+ * summed in the order of its group's batch-reduce GEMM (b, then q), one FMA per product.
+ * Only the vector variants have it: tc_grouped_lanes(). */
 #ifdef TC_X86_DISPATCH
-/* Declares V, VL, the span, `two`, the load masks m0/m1 and the permutations idx[q] (in
- * 32-bit lanes, a double is two; the sign bit marks lanes of the second vector, as
- * AVX2's blend reads it; the permutations ignore it). */
+/* Declares V, VL, the phases, `two` (some span is over a vector), each phase's load
+ * masks m0/m1 and permutations idx[phase * ca + q] (in 32-bit lanes, a double is two;
+ * the sign bit marks lanes of the second vector, as AVX2's blend reads it; the
+ * permutations ignore it). */
 #define TC_GROUPED_SETUP(TYPE, VBYTES)                                                  \
     typedef TYPE T;                                                                     \
     typedef T V __attribute__((vector_size(VBYTES), aligned(sizeof(T))));              \
     typedef int I __attribute__((vector_size(VBYTES)));                                 \
     enum { VL = (VBYTES) / sizeof(T), W = sizeof(T) / sizeof(int) };                    \
-    const Py_ssize_t span = VL / cb * ca;                                               \
-    const int two = span > VL;                                                          \
-    I idx[VL], m0, m1;                                                                  \
-    for (int u = 0; u < VL * W; u++) {                                                  \
-        m0[u] = u < W * span ? -1 : 0;                                                  \
-        m1[u] = u + VL * W < W * span ? -1 : 0;                                         \
-    }                                                                                   \
-    for (Py_ssize_t q = 0; q < ca; q++)                                                 \
+    const Py_ssize_t phases = tc_grouped_phases(cb, VL);                                \
+    int two = 0;                                                                        \
+    I idx[TC_GROUPED_MAX_PERMUTATIONS], m0[VL], m1[VL];                                 \
+    for (Py_ssize_t ph = 0; ph < phases; ph++) {                                        \
+        const Py_ssize_t r = ph * VL % cb, span = ((r + VL - 1) / cb + 1) * ca;         \
+        two |= span > VL;                                                               \
         for (int u = 0; u < VL * W; u++) {                                              \
-            unsigned lane = (unsigned)(W * (u / W / cb * ca + q) + u % W);              \
-            idx[q][u] = (int)(lane < VL * W ? lane : lane | 0x80000000u);               \
-        }
+            m0[ph][u] = u < W * span ? -1 : 0;                                          \
+            m1[ph][u] = u + VL * W < W * span ? -1 : 0;                                 \
+        }                                                                               \
+        for (Py_ssize_t q = 0; q < ca; q++)                                             \
+            for (int u = 0; u < VL * W; u++) {                                          \
+                unsigned lane = (unsigned)(W * ((r + u / W) / cb * ca + q) + u % W);    \
+                idx[ph * ca + q][u] = (int)(lane < VL * W ? lane : lane | 0x80000000u); \
+            }                                                                           \
+    }
 #define TC_PICK1(x0, x1, index) PERMUTE(x0, index)
 #define TC_PICK2(x0, x1, index) PERMUTE2(x0, x1, index)
 #define TC_GROUPED_TILE(ROWS, TWO, PICK)                                                \
@@ -730,14 +747,14 @@ TC_DEFINE_TRANSPOSE(f64, double, 4)
             const T *a = A[bt] + aoff + i * sai + j / cb * ca;                          \
             const T *b = B[bt] + j;                                                     \
             for (int r = 0; r < (ROWS); r++) {                                          \
-                x0[r] = (V)LOAD_MASKED(a + r * sai, m0);                                \
-                x1[r] = (TWO) ? (V)LOAD_MASKED(a + r * sai + VL, m1) : x0[r];           \
+                x0[r] = (V)LOAD_MASKED(a + r * sai, k0);                                \
+                x1[r] = (TWO) ? (V)LOAD_MASKED(a + r * sai + VL, k1) : x0[r];           \
             }                                                                           \
             (void)x1;   /* read only by PERMUTE2 */                                     \
             for (Py_ssize_t q = 0; q < ca; q++) {                                       \
                 V w = *(const V *)(b + q * n);                                          \
                 for (int r = 0; r < (ROWS); r++)                                        \
-                    acc[r] += (V)PICK(x0[r], x1[r], idx[q]) * w;                        \
+                    acc[r] += (V)PICK(x0[r], x1[r], ix[q]) * w;                         \
             }                                                                           \
         }                                                                               \
         for (int r = 0; r < (ROWS); r++)                                                \
@@ -752,6 +769,8 @@ ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c
 {                                                                                       \
     TC_GROUPED_SETUP(TYPE, VBYTES)                                                      \
     for (Py_ssize_t j = 0; j < n; j += VL) {                                            \
+        const Py_ssize_t ph = j / VL % phases;                                          \
+        const I *ix = idx + ph * ca, k0 = m0[ph], k1 = m1[ph];                          \
         Py_ssize_t i = 0;                                                               \
         if (two) {                                                                      \
             for (; i + (MR) <= m; i += (MR)) TC_GROUPED_TILE(MR, 1, TC_PICK2);         \
@@ -767,31 +786,44 @@ ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c
  * (q < ca, j < n = G*cb; C holds group g's element (q, i) at q*n + g*cb + i), summed in
  * the order of each group's GEMM (b, then p), one FMA per product. The ca accumulators
  * of a vector are ca dependency chains: two vectors of channels go side by side where
- * the registers allow, and ca is a constant of each instantiation (CQ, in registers). */
-#define TC_GROUPED_DOT(CQ, NJ, TWO, PICK)                                               \
+ * the registers allow, and ca is a constant of the common instantiations (CQ, in
+ * registers; DIM the accumulators' room). */
+#define TC_GROUPED_DOT(CQ, DIM, NJ, TWO, PICK)                                          \
     for (; j + (NJ) * VL <= n; j += (NJ) * VL) {                                        \
-        V acc[NJ][CQ];                                                                  \
-        for (int u = 0; u < (NJ); u++)                                                  \
+        V acc[NJ][DIM];                                                                 \
+        const T *au[NJ];                                                                \
+        const I *iu[NJ];                                                                \
+        I k0[NJ], k1[NJ];                                                               \
+        for (int u = 0; u < (NJ); u++) {                                                \
+            const Py_ssize_t ph = (j / VL + u) % phases;                                \
+            iu[u] = idx + ph * ca;                                                      \
+            k0[u] = m0[ph];                                                             \
+            k1[u] = m1[ph];                                                             \
             for (int q = 0; q < (CQ); q++)                                              \
                 acc[u][q] = *(const V *)(C + q * n + j + u * VL);                       \
+        }                                                                               \
         for (Py_ssize_t bt = 0; bt < nb; bt++) {                                        \
-            const T *a = A[bt] + aoff + j / cb * ca;                                    \
             const T *b = B[bt] + boff + j;                                              \
+            for (int u = 0; u < (NJ); u++)                                              \
+                au[u] = A[bt] + aoff + (j + u * VL) / cb * ca;                          \
             for (Py_ssize_t p = 0; p < k; p++)                                          \
                 for (int u = 0; u < (NJ); u++) {                                        \
-                    const T *ap = a + p * sap + u * span;                               \
-                    V g0 = (V)LOAD_MASKED(ap, m0);                                      \
-                    V g1 = (TWO) ? (V)LOAD_MASKED(ap + VL, m1) : g0;                    \
+                    const T *ap = au[u] + p * sap;                                      \
+                    V g0 = (V)LOAD_MASKED(ap, k0[u]);                                   \
+                    V g1 = (TWO) ? (V)LOAD_MASKED(ap + VL, k1[u]) : g0;                 \
                     V x = *(const V *)(b + p * sbp + u * VL);                           \
                     (void)g1;   /* read only by PERMUTE2 */                             \
                     for (int q = 0; q < (CQ); q++)                                      \
-                        acc[u][q] += (V)PICK(g0, g1, idx[q]) * x;                       \
+                        acc[u][q] += (V)PICK(g0, g1, iu[u][q]) * x;                     \
                 }                                                                       \
         }                                                                               \
         for (int u = 0; u < (NJ); u++)                                                  \
             for (int q = 0; q < (CQ); q++)                                              \
                 *(V *)(C + q * n + j + u * VL) = acc[u][q];                             \
     }
+#define TC_GROUPED_DOT_CA(CQ, NJ)                                                       \
+    if (two) { TC_GROUPED_DOT(CQ, CQ, NJ, 1, TC_PICK2) TC_GROUPED_DOT(CQ, CQ, 1, 1, TC_PICK2) } \
+    else { TC_GROUPED_DOT(CQ, CQ, NJ, 0, TC_PICK1) TC_GROUPED_DOT(CQ, CQ, 1, 0, TC_PICK1) }
 #define TC_DEFINE_GROUPED_DOT(S, SUFFIX, TYPE, VBYTES, ATTR)                            \
 ATTR static void tc_grouped_dot_##S##SUFFIX(Py_ssize_t k, Py_ssize_t n, Py_ssize_t ca,  \
                                             Py_ssize_t cb, Py_ssize_t nb,               \
@@ -800,21 +832,15 @@ ATTR static void tc_grouped_dot_##S##SUFFIX(Py_ssize_t k, Py_ssize_t n, Py_ssize
                                             Py_ssize_t boff, Py_ssize_t sbp, TYPE *C)   \
 {                                                                                       \
     TC_GROUPED_SETUP(TYPE, VBYTES)                                                      \
-    /* ca = 8 needs VL >= 8, ca = 16 VL >= 16 (else never called with it); two vectors \
-     * of 8 or 16 accumulators side by side only in AVX-512's 32 registers */          \
-    enum { C8 = VL >= 8 ? 8 : 1, C16 = VL >= 16 ? 16 : 1, NJ8 = VL >= 16 ? 2 : 1 };    \
+    /* two vectors of 8 accumulators side by side only in AVX-512's 32 registers */    \
+    enum { NJ8 = VL >= 16 ? 2 : 1 };                                                    \
     Py_ssize_t j = 0;                                                                   \
-    if (two) {                                                                          \
-        if (ca == 2) { TC_GROUPED_DOT(2, 2, 1, TC_PICK2) TC_GROUPED_DOT(2, 1, 1, TC_PICK2) } \
-        else if (ca == 4) { TC_GROUPED_DOT(4, 2, 1, TC_PICK2) TC_GROUPED_DOT(4, 1, 1, TC_PICK2) } \
-        else if (ca == 8) { TC_GROUPED_DOT(C8, NJ8, 1, TC_PICK2) TC_GROUPED_DOT(C8, 1, 1, TC_PICK2) } \
-        else if (ca == 16) { TC_GROUPED_DOT(C16, 1, 1, TC_PICK2) }                     \
-    } else {                                                                            \
-        if (ca == 1) { TC_GROUPED_DOT(1, 2, 0, TC_PICK1) TC_GROUPED_DOT(1, 1, 0, TC_PICK1) } \
-        else if (ca == 2) { TC_GROUPED_DOT(2, 2, 0, TC_PICK1) TC_GROUPED_DOT(2, 1, 0, TC_PICK1) } \
-        else if (ca == 4) { TC_GROUPED_DOT(4, 2, 0, TC_PICK1) TC_GROUPED_DOT(4, 1, 0, TC_PICK1) } \
-        else if (ca == 8) { TC_GROUPED_DOT(C8, NJ8, 0, TC_PICK1) TC_GROUPED_DOT(C8, 1, 0, TC_PICK1) } \
-    }                                                                                   \
+    if (ca == 1) { TC_GROUPED_DOT_CA(1, 2) }                                            \
+    else if (ca == 2) { TC_GROUPED_DOT_CA(2, 2) }                                       \
+    else if (ca == 4) { TC_GROUPED_DOT_CA(4, 2) }                                       \
+    else if (ca == 8) { TC_GROUPED_DOT_CA(8, NJ8) }                                     \
+    else if (two) { TC_GROUPED_DOT(ca, TC_GROUPED_MAX_CA, 1, 1, TC_PICK2) }            \
+    else { TC_GROUPED_DOT(ca, TC_GROUPED_MAX_CA, 1, 0, TC_PICK1) }                     \
 }
 #define PERMUTE(x, index) _mm256_permutevar8x32_ps((__m256)(x), (__m256i)(index))
 #define PERMUTE2(x0, x1, index)                                                         \

@@ -154,6 +154,9 @@ cdef extern from "_gemm.h":
                             Py_ssize_t sap, const double **B, Py_ssize_t boff,
                             Py_ssize_t sbp, double *C) noexcept nogil
     Py_ssize_t tc_grouped_lanes(size_t itemsize) noexcept nogil
+    Py_ssize_t tc_grouped_phases(Py_ssize_t cb, Py_ssize_t vl) noexcept nogil
+    enum: TC_GROUPED_MAX_PERMUTATIONS
+    enum: TC_GROUPED_MAX_CA
     void tc_transpose_f32(Py_ssize_t m, Py_ssize_t n, const float *S, Py_ssize_t lds,
                           float *D, Py_ssize_t ldd, int stream) noexcept nogil
     void tc_transpose_f64(Py_ssize_t m, Py_ssize_t n, const double *S, Py_ssize_t lds,
@@ -600,22 +603,26 @@ cdef inline bint _depthwise(const Problem *p) noexcept nogil:
     return p.cin == 1 and p.cout == 1 and p.groups > 1
 
 
-cdef inline bint _power_of_two(Py_ssize_t n) noexcept nogil:
-    return n > 0 and n & (n - 1) == 0
-
-
 cdef inline bint _grouped(const Problem *p, Py_ssize_t itemsize, Py_ssize_t ca,
                           Py_ssize_t cb, Py_ssize_t channel_stride) noexcept nogil:
     """A few channels per group: ca channels in the GEMMs' operand A (its `channel_stride`
-    1) and cb in their results, powers of two with cb < the vector length and ca <= 2 cb
-    (a vector's groups read at most two vectors of A). The kernels then take all the
-    groups at once (_grouped_madd, _grouped_dot), a vector holding several groups,
-    instead of group by group in GEMMs of cb columns; the tap matrices in (ca, G, cb)
-    (_swap_groups)."""
-    cdef Py_ssize_t lanes = tc_grouped_lanes(itemsize)
-    return (lanes > 0 and not _depthwise(p) and _power_of_two(ca) and _power_of_two(cb)
-            and cb < lanes and ca <= 2 * cb and p.groups * cb % lanes == 0
-            and channel_stride == 1 and not p.bf16_pairs)
+    1) and cb in their results, cb < the vector length and the groups' cb channels filling
+    whole vectors, each vector's groups reading at most two vectors of A. The kernels then
+    take all the groups at once (_grouped_madd, _grouped_dot), a vector holding several
+    groups, instead of group by group in GEMMs of cb columns; the tap matrices in
+    (ca, G, cb) (_swap_groups)."""
+    cdef Py_ssize_t lanes = tc_grouped_lanes(itemsize), phases, phase, first
+    if (lanes == 0 or _depthwise(p) or cb >= lanes or p.groups * cb % lanes != 0
+            or channel_stride != 1 or p.bf16_pairs or ca > TC_GROUPED_MAX_CA):
+        return False
+    phases = tc_grouped_phases(cb, lanes)
+    if phases * ca > TC_GROUPED_MAX_PERMUTATIONS:
+        return False
+    for phase in range(phases):   # a vector's first lane, within its first group
+        first = phase * lanes % cb
+        if ((first + lanes - 1) // cb + 1) * ca > 2 * lanes:
+            return False
+    return True
 
 
 def groups_in_vectors(geometry, Py_ssize_t itemsize):
