@@ -698,38 +698,48 @@ static inline Py_ssize_t tc_grouped_phases(Py_ssize_t cb, Py_ssize_t vl)
     return cb / a;
 }
 
-/* Grouped channels: G groups of ca input and cb output channels each (cb < VL, G*cb a
- * multiple of VL, not both 1), where each group's GEMM would be cb columns wide. All the
- * groups at once, the channels as vectors:
+/* Grouped channels: G groups of ca input and cb output channels each (cb < VL, not both
+ * 1), where each group's GEMM would be cb columns wide. All the groups at once, the
+ * channels as vectors:
  *     C[i*ldc + j] += sum_b sum_q A[b][aoff + i*sai + (j / cb)*ca + q] * B[b][q*n + j]
  * for 0 <= i < m and 0 <= j < n = G*cb. A vector of VL outputs starting at j (a multiple
  * of VL) holds the groups j/cb to (j+VL-1)/cb; their ca channels each are a span of A of
  * one vector, or of two, loaded under a mask (nothing past the span is read), and a
  * lane takes its group's channel q from it by an in-register permutation. Where cb does
  * not divide VL, a vector starts at one of cb/gcd(cb, VL) phases j % cb of its first
- * group, each with its own permutations and masks (tc_grouped_phases). Each element is
- * summed in the order of its group's batch-reduce GEMM (b, then q), one FMA per product.
- * Only the vector variants have it: tc_grouped_lanes(). */
+ * group, each with its own permutations and masks (tc_grouped_phases). Where VL does not
+ * divide n, the last vector is partial: its lanes of C and B and its span of A are read
+ * and written under masks. Each element is summed in the order of its group's
+ * batch-reduce GEMM (b, then q), one FMA per product. Only the vector variants have it:
+ * tc_grouped_lanes(). */
 #ifdef TC_X86_DISPATCH
+/* Masks of the 32-bit lanes of the first and the second vector of a span of SPAN
+ * elements (a double is two lanes). */
+#define TC_SPAN_MASKS(SPAN, M0, M1)                                                     \
+    for (int u = 0; u < VL * W; u++) {                                                  \
+        M0[u] = u < W * (SPAN) ? -1 : 0;                                                \
+        M1[u] = u + VL * W < W * (SPAN) ? -1 : 0;                                       \
+    }
 /* Declares V, VL, the phases, `two` (some span is over a vector), each phase's load
- * masks m0/m1 and permutations idx[phase * ca + q] (in 32-bit lanes, a double is two;
- * the sign bit marks lanes of the second vector, as AVX2's blend reads it; the
- * permutations ignore it). */
+ * masks m0/m1 and permutations idx[phase * ca + q] (in 32-bit lanes; the sign bit marks
+ * lanes of the second vector, as AVX2's blend reads it; the permutations ignore it); the
+ * partial last vector's start tail_at (n when there is none), the mask kc of its lanes
+ * and t0/t1 of its span. */
 #define TC_GROUPED_SETUP(TYPE, VBYTES)                                                  \
     typedef TYPE T;                                                                     \
     typedef T V __attribute__((vector_size(VBYTES), aligned(sizeof(T))));              \
     typedef int I __attribute__((vector_size(VBYTES)));                                 \
     enum { VL = (VBYTES) / sizeof(T), W = sizeof(T) / sizeof(int) };                    \
-    const Py_ssize_t phases = tc_grouped_phases(cb, VL);                                \
+    const Py_ssize_t phases = tc_grouped_phases(cb, VL), tail_at = n - n % VL;          \
     int two = 0;                                                                        \
-    I idx[TC_GROUPED_MAX_PERMUTATIONS], m0[VL], m1[VL];                                 \
+    I idx[TC_GROUPED_MAX_PERMUTATIONS], m0[VL], m1[VL], t0, t1, kc, unused;             \
+    TC_SPAN_MASKS((n / cb - tail_at / cb) * ca, t0, t1)                                 \
+    TC_SPAN_MASKS(n % VL, kc, unused)                                                   \
+    (void)unused;                                                                       \
     for (Py_ssize_t ph = 0; ph < phases; ph++) {                                        \
         const Py_ssize_t r = ph * VL % cb, span = ((r + VL - 1) / cb + 1) * ca;         \
         two |= span > VL;                                                               \
-        for (int u = 0; u < VL * W; u++) {                                              \
-            m0[ph][u] = u < W * span ? -1 : 0;                                          \
-            m1[ph][u] = u + VL * W < W * span ? -1 : 0;                                 \
-        }                                                                               \
+        TC_SPAN_MASKS(span, m0[ph], m1[ph])                                             \
         for (Py_ssize_t q = 0; q < ca; q++)                                             \
             for (int u = 0; u < VL * W; u++) {                                          \
                 unsigned lane = (unsigned)(W * ((r + u / W) / cb * ca + q) + u % W);    \
@@ -738,11 +748,18 @@ static inline Py_ssize_t tc_grouped_phases(Py_ssize_t cb, Py_ssize_t vl)
     }
 #define TC_PICK1(x0, x1, index) PERMUTE(x0, index)
 #define TC_PICK2(x0, x1, index) PERMUTE2(x0, x1, index)
-#define TC_GROUPED_TILE(ROWS, TWO, PICK)                                                \
+/* A vector of C or B: whole, or the partial last one's lanes (PART). */
+#define TC_LOAD_LANES(p, PART) ((PART) ? (V)LOAD_MASKED(p, kc) : *(const V *)(p))
+#define TC_STORE_LANES(p, v, PART)                                                      \
+    do {                                                                                \
+        if (PART) STORE_MASKED(p, kc, v);                                               \
+        else *(V *)(p) = (v);                                                           \
+    } while (0)
+#define TC_GROUPED_TILE(ROWS, TWO, PICK, PART)                                          \
     do {                                                                                \
         V acc[ROWS], x0[ROWS], x1[ROWS];                                                \
         for (int r = 0; r < (ROWS); r++)                                                \
-            acc[r] = *(const V *)(C + (i + r) * ldc + j);                               \
+            acc[r] = TC_LOAD_LANES(C + (i + r) * ldc + j, PART);                        \
         for (Py_ssize_t bt = 0; bt < nb; bt++) {                                        \
             const T *a = A[bt] + aoff + i * sai + j / cb * ca;                          \
             const T *b = B[bt] + j;                                                     \
@@ -752,14 +769,22 @@ static inline Py_ssize_t tc_grouped_phases(Py_ssize_t cb, Py_ssize_t vl)
             }                                                                           \
             (void)x1;   /* read only by PERMUTE2 */                                     \
             for (Py_ssize_t q = 0; q < ca; q++) {                                       \
-                V w = *(const V *)(b + q * n);                                          \
+                V w = TC_LOAD_LANES(b + q * n, PART);                                   \
                 for (int r = 0; r < (ROWS); r++)                                        \
                     acc[r] += (V)PICK(x0[r], x1[r], ix[q]) * w;                         \
             }                                                                           \
         }                                                                               \
         for (int r = 0; r < (ROWS); r++)                                                \
-            *(V *)(C + (i + r) * ldc + j) = acc[r];                                     \
+            TC_STORE_LANES(C + (i + r) * ldc + j, acc[r], PART);                        \
     } while (0)
+#define TC_GROUPED_ROWS(MR, PART)                                                       \
+    if (two) {                                                                          \
+        for (; i + (MR) <= m; i += (MR)) TC_GROUPED_TILE(MR, 1, TC_PICK2, PART);       \
+        for (; i < m; i++) TC_GROUPED_TILE(1, 1, TC_PICK2, PART);                       \
+    } else {                                                                            \
+        for (; i + (MR) <= m; i += (MR)) TC_GROUPED_TILE(MR, 0, TC_PICK1, PART);       \
+        for (; i < m; i++) TC_GROUPED_TILE(1, 0, TC_PICK1, PART);                       \
+    }
 #define TC_DEFINE_GROUPED(S, SUFFIX, TYPE, VBYTES, MR, ATTR)                            \
 ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t ca,      \
                                         Py_ssize_t cb, Py_ssize_t nb,                   \
@@ -770,14 +795,15 @@ ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c
     TC_GROUPED_SETUP(TYPE, VBYTES)                                                      \
     for (Py_ssize_t j = 0; j < n; j += VL) {                                            \
         const Py_ssize_t ph = j / VL % phases;                                          \
-        const I *ix = idx + ph * ca, k0 = m0[ph], k1 = m1[ph];                          \
+        const I *ix = idx + ph * ca;                                                    \
+        I k0 = m0[ph], k1 = m1[ph];                                                     \
         Py_ssize_t i = 0;                                                               \
-        if (two) {                                                                      \
-            for (; i + (MR) <= m; i += (MR)) TC_GROUPED_TILE(MR, 1, TC_PICK2);         \
-            for (; i < m; i++) TC_GROUPED_TILE(1, 1, TC_PICK2);                         \
+        if (j == tail_at) {                                                             \
+            k0 = t0;                                                                    \
+            k1 = t1;                                                                    \
+            TC_GROUPED_ROWS(MR, 1)                                                      \
         } else {                                                                        \
-            for (; i + (MR) <= m; i += (MR)) TC_GROUPED_TILE(MR, 0, TC_PICK1);         \
-            for (; i < m; i++) TC_GROUPED_TILE(1, 0, TC_PICK1);                         \
+            TC_GROUPED_ROWS(MR, 0)                                                      \
         }                                                                               \
     }                                                                                   \
 }
@@ -787,9 +813,9 @@ ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c
  * the order of each group's GEMM (b, then p), one FMA per product. The ca accumulators
  * of a vector are ca dependency chains: two vectors of channels go side by side where
  * the registers allow, and ca is a constant of the common instantiations (CQ, in
- * registers; DIM the accumulators' room). */
-#define TC_GROUPED_DOT(CQ, DIM, NJ, TWO, PICK)                                          \
-    for (; j + (NJ) * VL <= n; j += (NJ) * VL) {                                        \
+ * registers; DIM the accumulators' room). PART: the partial last vector, alone. */
+#define TC_GROUPED_DOT(CQ, DIM, NJ, TWO, PICK, PART)                                    \
+    for (; (PART) ? j < n : j + (NJ) * VL <= n; j += (NJ) * VL) {                       \
         V acc[NJ][DIM];                                                                 \
         const T *au[NJ];                                                                \
         const I *iu[NJ];                                                                \
@@ -797,10 +823,10 @@ ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c
         for (int u = 0; u < (NJ); u++) {                                                \
             const Py_ssize_t ph = (j / VL + u) % phases;                                \
             iu[u] = idx + ph * ca;                                                      \
-            k0[u] = m0[ph];                                                             \
-            k1[u] = m1[ph];                                                             \
+            k0[u] = (PART) ? t0 : m0[ph];                                               \
+            k1[u] = (PART) ? t1 : m1[ph];                                               \
             for (int q = 0; q < (CQ); q++)                                              \
-                acc[u][q] = *(const V *)(C + q * n + j + u * VL);                       \
+                acc[u][q] = TC_LOAD_LANES(C + q * n + j + u * VL, PART);                \
         }                                                                               \
         for (Py_ssize_t bt = 0; bt < nb; bt++) {                                        \
             const T *b = B[bt] + boff + j;                                              \
@@ -811,7 +837,7 @@ ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c
                     const T *ap = au[u] + p * sap;                                      \
                     V g0 = (V)LOAD_MASKED(ap, k0[u]);                                   \
                     V g1 = (TWO) ? (V)LOAD_MASKED(ap + VL, k1[u]) : g0;                 \
-                    V x = *(const V *)(b + p * sbp + u * VL);                           \
+                    V x = TC_LOAD_LANES(b + p * sbp + u * VL, PART);                    \
                     (void)g1;   /* read only by PERMUTE2 */                             \
                     for (int q = 0; q < (CQ); q++)                                      \
                         acc[u][q] += (V)PICK(g0, g1, iu[u][q]) * x;                     \
@@ -819,11 +845,15 @@ ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c
         }                                                                               \
         for (int u = 0; u < (NJ); u++)                                                  \
             for (int q = 0; q < (CQ); q++)                                              \
-                *(V *)(C + q * n + j + u * VL) = acc[u][q];                             \
+                TC_STORE_LANES(C + q * n + j + u * VL, acc[u][q], PART);                \
     }
-#define TC_GROUPED_DOT_CA(CQ, NJ)                                                       \
-    if (two) { TC_GROUPED_DOT(CQ, CQ, NJ, 1, TC_PICK2) TC_GROUPED_DOT(CQ, CQ, 1, 1, TC_PICK2) } \
-    else { TC_GROUPED_DOT(CQ, CQ, NJ, 0, TC_PICK1) TC_GROUPED_DOT(CQ, CQ, 1, 0, TC_PICK1) }
+#define TC_GROUPED_DOT_ALL(CQ, DIM, NJ, TWO, PICK)                                      \
+    TC_GROUPED_DOT(CQ, DIM, NJ, TWO, PICK, 0)                                           \
+    TC_GROUPED_DOT(CQ, DIM, 1, TWO, PICK, 0)                                            \
+    TC_GROUPED_DOT(CQ, DIM, 1, TWO, PICK, 1)
+#define TC_GROUPED_DOT_CA(CQ, DIM, NJ)                                                  \
+    if (two) { TC_GROUPED_DOT_ALL(CQ, DIM, NJ, 1, TC_PICK2) }                          \
+    else { TC_GROUPED_DOT_ALL(CQ, DIM, NJ, 0, TC_PICK1) }
 #define TC_DEFINE_GROUPED_DOT(S, SUFFIX, TYPE, VBYTES, ATTR)                            \
 ATTR static void tc_grouped_dot_##S##SUFFIX(Py_ssize_t k, Py_ssize_t n, Py_ssize_t ca,  \
                                             Py_ssize_t cb, Py_ssize_t nb,               \
@@ -835,17 +865,18 @@ ATTR static void tc_grouped_dot_##S##SUFFIX(Py_ssize_t k, Py_ssize_t n, Py_ssize
     /* two vectors of 8 accumulators side by side only in AVX-512's 32 registers */    \
     enum { NJ8 = VL >= 16 ? 2 : 1 };                                                    \
     Py_ssize_t j = 0;                                                                   \
-    if (ca == 1) { TC_GROUPED_DOT_CA(1, 2) }                                            \
-    else if (ca == 2) { TC_GROUPED_DOT_CA(2, 2) }                                       \
-    else if (ca == 4) { TC_GROUPED_DOT_CA(4, 2) }                                       \
-    else if (ca == 8) { TC_GROUPED_DOT_CA(8, NJ8) }                                     \
-    else if (two) { TC_GROUPED_DOT(ca, TC_GROUPED_MAX_CA, 1, 1, TC_PICK2) }            \
-    else { TC_GROUPED_DOT(ca, TC_GROUPED_MAX_CA, 1, 0, TC_PICK1) }                     \
+    if (ca == 1) { TC_GROUPED_DOT_CA(1, 1, 2) }                                         \
+    else if (ca == 2) { TC_GROUPED_DOT_CA(2, 2, 2) }                                    \
+    else if (ca == 4) { TC_GROUPED_DOT_CA(4, 4, 2) }                                    \
+    else if (ca == 8) { TC_GROUPED_DOT_CA(8, 8, NJ8) }                                  \
+    else { TC_GROUPED_DOT_CA(ca, TC_GROUPED_MAX_CA, 1) }                                \
 }
 #define PERMUTE(x, index) _mm256_permutevar8x32_ps((__m256)(x), (__m256i)(index))
 #define PERMUTE2(x0, x1, index)                                                         \
     _mm256_blendv_ps(PERMUTE(x0, index), PERMUTE(x1, index), (__m256)(index))
 #define LOAD_MASKED(p, mask) _mm256_maskload_ps((const float *)(p), (__m256i)(mask))
+#define STORE_MASKED(p, mask, v)                                                        \
+    _mm256_maskstore_ps((float *)(p), (__m256i)(mask), (__m256)(v))
 TC_DEFINE_GROUPED(f32, _avx2, float, 32, 4, __attribute__((target("avx2,fma"))))
 TC_DEFINE_GROUPED(f64, _avx2, double, 32, 4, __attribute__((target("avx2,fma"))))
 TC_DEFINE_GROUPED_DOT(f32, _avx2, float, 32, __attribute__((target("avx2,fma"))))
@@ -853,12 +884,17 @@ TC_DEFINE_GROUPED_DOT(f64, _avx2, double, 32, __attribute__((target("avx2,fma"))
 #undef PERMUTE
 #undef PERMUTE2
 #undef LOAD_MASKED
+#undef STORE_MASKED
 #define PERMUTE(x, index) _mm512_permutexvar_ps((__m512i)(index), (__m512)(x))
 #define PERMUTE2(x0, x1, index)                                                         \
     _mm512_permutex2var_ps((__m512)(x0), (__m512i)(index), (__m512)(x1))
 #define LOAD_MASKED(p, mask)                                                            \
     _mm512_maskz_loadu_ps(_mm512_test_epi32_mask((__m512i)(mask), (__m512i)(mask)),     \
                           (const void *)(p))
+#define STORE_MASKED(p, mask, v)                                                        \
+    _mm512_mask_storeu_ps((void *)(p),                                                  \
+                          _mm512_test_epi32_mask((__m512i)(mask), (__m512i)(mask)),     \
+                          (__m512)(v))
 TC_DEFINE_GROUPED(f32, _avx512, float, 64, 8, __attribute__((target("avx512f,fma"))))
 TC_DEFINE_GROUPED(f64, _avx512, double, 64, 8, __attribute__((target("avx512f,fma"))))
 TC_DEFINE_GROUPED_DOT(f32, _avx512, float, 64, __attribute__((target("avx512f,fma"))))
@@ -866,6 +902,7 @@ TC_DEFINE_GROUPED_DOT(f64, _avx512, double, 64, __attribute__((target("avx512f,f
 #undef PERMUTE
 #undef PERMUTE2
 #undef LOAD_MASKED
+#undef STORE_MASKED
 #endif
 typedef void (*tc_grouped_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                  Py_ssize_t, const float *const *, Py_ssize_t, Py_ssize_t,

@@ -606,14 +606,13 @@ cdef inline bint _depthwise(const Problem *p) noexcept nogil:
 cdef inline bint _grouped(const Problem *p, Py_ssize_t itemsize, Py_ssize_t ca,
                           Py_ssize_t cb, Py_ssize_t channel_stride) noexcept nogil:
     """A few channels per group: ca channels in the GEMMs' operand A (its `channel_stride`
-    1) and cb in their results, cb < the vector length and the groups' cb channels filling
-    whole vectors, each vector's groups reading at most two vectors of A. The kernels then
-    take all the groups at once (_grouped_madd, _grouped_dot), a vector holding several
-    groups, instead of group by group in GEMMs of cb columns; the tap matrices in
-    (ca, G, cb) (_swap_groups)."""
+    1) and cb in their results, cb < the vector length, each vector's groups reading at
+    most two vectors of A. The kernels then take all the groups at once (_grouped_madd,
+    _grouped_dot), a vector holding several groups, instead of group by group in GEMMs
+    of cb columns; the tap matrices in (ca, G, cb) (_swap_groups)."""
     cdef Py_ssize_t lanes = tc_grouped_lanes(itemsize), phases, phase, first
-    if (lanes == 0 or _depthwise(p) or cb >= lanes or p.groups * cb % lanes != 0
-            or channel_stride != 1 or p.bf16_pairs or ca > TC_GROUPED_MAX_CA):
+    if (lanes == 0 or p.groups == 1 or _depthwise(p) or cb >= lanes or channel_stride != 1
+            or p.bf16_pairs or ca > TC_GROUPED_MAX_CA):
         return False
     phases = tc_grouped_phases(cb, lanes)
     if phases * ca > TC_GROUPED_MAX_PERMUTATIONS:
