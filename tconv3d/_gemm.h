@@ -698,20 +698,20 @@ static inline Py_ssize_t tc_grouped_phases(Py_ssize_t cb, Py_ssize_t vl)
     return cb / a;
 }
 
-/* Grouped channels: G groups of ca input and cb output channels each (cb < VL, not both
+/* Grouped channels: G groups of ca input and cb output channels each (cb < L, not both
  * 1), where each group's GEMM would be cb columns wide. All the groups at once, the
- * channels as vectors:
+ * channels as vectors of L lanes (L = VL, or VL/2, VL/4 where ca is large):
  *     C[i*ldc + j] += sum_b sum_q A[b][aoff + i*sai + (j / cb)*ca + q] * B[b][q*n + j]
- * for 0 <= i < m and 0 <= j < n = G*cb. A vector of VL outputs starting at j (a multiple
- * of VL) holds the groups j/cb to (j+VL-1)/cb; their ca channels each are a span of A of
+ * for 0 <= i < m and 0 <= j < n = G*cb. A vector of L outputs starting at j (a multiple
+ * of L) holds the groups j/cb to (j+L-1)/cb; their ca channels each are a span of A of
  * one vector, or of two, loaded under a mask (nothing past the span is read), and a
  * lane takes its group's channel q from it by an in-register permutation. Where cb does
- * not divide VL, a vector starts at one of cb/gcd(cb, VL) phases j % cb of its first
- * group, each with its own permutations and masks (tc_grouped_phases). Where VL does not
- * divide n, the last vector is partial: its lanes of C and B and its span of A are read
- * and written under masks. Each element is summed in the order of its group's
- * batch-reduce GEMM (b, then q), one FMA per product. Only the vector variants have it:
- * tc_grouped_lanes(). */
+ * not divide L, a vector starts at one of cb/gcd(cb, L) phases j % cb of its first
+ * group, each with its own permutations and masks (tc_grouped_phases). Vectors of fewer
+ * than VL lanes, and the last one where L does not divide n, are partial: their lanes of
+ * C and B are read and written under masks. Each element is summed in the order of its
+ * group's batch-reduce GEMM (b, then q), one FMA per product. Only the vector variants
+ * have it: tc_grouped_lanes() is VL. */
 #ifdef TC_X86_DISPATCH
 /* Masks of the 32-bit lanes of the first and the second vector of a span of SPAN
  * elements (a double is two lanes). */
@@ -722,22 +722,23 @@ static inline Py_ssize_t tc_grouped_phases(Py_ssize_t cb, Py_ssize_t vl)
     }
 /* Declares V, VL, the phases, `two` (some span is over a vector), each phase's load
  * masks m0/m1 and permutations idx[phase * ca + q] (in 32-bit lanes; the sign bit marks
- * lanes of the second vector, as AVX2's blend reads it; the permutations ignore it); the
- * partial last vector's start tail_at (n when there is none), the mask kc of its lanes
- * and t0/t1 of its span. */
+ * lanes of the second vector, as AVX2's blend reads it; the permutations ignore it), the
+ * mask kl of a vector's L lanes; the partial last vector's start tail_at (n when there
+ * is none), the mask kc of its lanes and t0/t1 of its span. */
 #define TC_GROUPED_SETUP(TYPE, VBYTES)                                                  \
     typedef TYPE T;                                                                     \
     typedef T V __attribute__((vector_size(VBYTES), aligned(sizeof(T))));              \
     typedef int I __attribute__((vector_size(VBYTES)));                                 \
     enum { VL = (VBYTES) / sizeof(T), W = sizeof(T) / sizeof(int) };                    \
-    const Py_ssize_t phases = tc_grouped_phases(cb, VL), tail_at = n - n % VL;          \
+    const Py_ssize_t phases = tc_grouped_phases(cb, L), tail_at = n - n % L;            \
     int two = 0;                                                                        \
-    I idx[TC_GROUPED_MAX_PERMUTATIONS], m0[VL], m1[VL], t0, t1, kc, unused;             \
+    I idx[TC_GROUPED_MAX_PERMUTATIONS], m0[VL], m1[VL], t0, t1, kc, kl, unused;         \
     TC_SPAN_MASKS((n / cb - tail_at / cb) * ca, t0, t1)                                 \
-    TC_SPAN_MASKS(n % VL, kc, unused)                                                   \
+    TC_SPAN_MASKS(n % L, kc, unused)                                                    \
+    TC_SPAN_MASKS(L, kl, unused)                                                        \
     (void)unused;                                                                       \
     for (Py_ssize_t ph = 0; ph < phases; ph++) {                                        \
-        const Py_ssize_t r = ph * VL % cb, span = ((r + VL - 1) / cb + 1) * ca;         \
+        const Py_ssize_t r = ph * L % cb, span = ((r + L - 1) / cb + 1) * ca;           \
         two |= span > VL;                                                               \
         TC_SPAN_MASKS(span, m0[ph], m1[ph])                                             \
         for (Py_ssize_t q = 0; q < ca; q++)                                             \
@@ -748,11 +749,11 @@ static inline Py_ssize_t tc_grouped_phases(Py_ssize_t cb, Py_ssize_t vl)
     }
 #define TC_PICK1(x0, x1, index) PERMUTE(x0, index)
 #define TC_PICK2(x0, x1, index) PERMUTE2(x0, x1, index)
-/* A vector of C or B: whole, or the partial last one's lanes (PART). */
-#define TC_LOAD_LANES(p, PART) ((PART) ? (V)LOAD_MASKED(p, kc) : *(const V *)(p))
+/* A vector of C or B: whole, or a partial one's lanes (PART, mask kp). */
+#define TC_LOAD_LANES(p, PART) ((PART) ? (V)LOAD_MASKED(p, kp) : *(const V *)(p))
 #define TC_STORE_LANES(p, v, PART)                                                      \
     do {                                                                                \
-        if (PART) STORE_MASKED(p, kc, v);                                               \
+        if (PART) STORE_MASKED(p, kp, v);                                               \
         else *(V *)(p) = (v);                                                           \
     } while (0)
 #define TC_GROUPED_TILE(ROWS, TWO, PICK, PART)                                          \
@@ -787,20 +788,23 @@ static inline Py_ssize_t tc_grouped_phases(Py_ssize_t cb, Py_ssize_t vl)
     }
 #define TC_DEFINE_GROUPED(S, SUFFIX, TYPE, VBYTES, MR, ATTR)                            \
 ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t ca,      \
-                                        Py_ssize_t cb, Py_ssize_t nb,                   \
+                                        Py_ssize_t cb, Py_ssize_t L, Py_ssize_t nb,     \
                                         const TYPE *const *A, Py_ssize_t aoff,          \
                                         Py_ssize_t sai, const TYPE *const *B, TYPE *C,  \
                                         Py_ssize_t ldc)                                 \
 {                                                                                       \
     TC_GROUPED_SETUP(TYPE, VBYTES)                                                      \
-    for (Py_ssize_t j = 0; j < n; j += VL) {                                            \
-        const Py_ssize_t ph = j / VL % phases;                                          \
+    for (Py_ssize_t j = 0; j < n; j += L) {                                             \
+        const Py_ssize_t ph = j / L % phases;                                           \
         const I *ix = idx + ph * ca;                                                    \
-        I k0 = m0[ph], k1 = m1[ph];                                                     \
+        I k0 = m0[ph], k1 = m1[ph], kp = kl;                                            \
         Py_ssize_t i = 0;                                                               \
         if (j == tail_at) {                                                             \
             k0 = t0;                                                                    \
             k1 = t1;                                                                    \
+            kp = kc;                                                                    \
+        }                                                                               \
+        if (j == tail_at || L < VL) {                                                   \
             TC_GROUPED_ROWS(MR, 1)                                                      \
         } else {                                                                        \
             TC_GROUPED_ROWS(MR, 0)                                                      \
@@ -813,31 +817,32 @@ ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c
  * the order of each group's GEMM (b, then p), one FMA per product. The ca accumulators
  * of a vector are ca dependency chains: two vectors of channels go side by side where
  * the registers allow, and ca is a constant of the common instantiations (CQ, in
- * registers; DIM the accumulators' room). PART: the partial last vector, alone. */
+ * registers; DIM the accumulators' room). PART: partial vectors, one at a time (NJ 1),
+ * to the end. */
 #define TC_GROUPED_DOT(CQ, DIM, NJ, TWO, PICK, PART)                                    \
-    for (; (PART) ? j < n : j + (NJ) * VL <= n; j += (NJ) * VL) {                       \
+    for (; (PART) ? j < n : j + (NJ) * L <= n; j += (NJ) * L) {                         \
         V acc[NJ][DIM];                                                                 \
         const T *au[NJ];                                                                \
         const I *iu[NJ];                                                                \
-        I k0[NJ], k1[NJ];                                                               \
+        I k0[NJ], k1[NJ], kp = j == tail_at ? kc : kl;                                  \
         for (int u = 0; u < (NJ); u++) {                                                \
-            const Py_ssize_t ph = (j / VL + u) % phases;                                \
+            const Py_ssize_t ph = (j / L + u) % phases;                                 \
             iu[u] = idx + ph * ca;                                                      \
-            k0[u] = (PART) ? t0 : m0[ph];                                               \
-            k1[u] = (PART) ? t1 : m1[ph];                                               \
+            k0[u] = j == tail_at ? t0 : m0[ph];                                         \
+            k1[u] = j == tail_at ? t1 : m1[ph];                                         \
             for (int q = 0; q < (CQ); q++)                                              \
-                acc[u][q] = TC_LOAD_LANES(C + q * n + j + u * VL, PART);                \
+                acc[u][q] = TC_LOAD_LANES(C + q * n + j + u * L, PART);                 \
         }                                                                               \
         for (Py_ssize_t bt = 0; bt < nb; bt++) {                                        \
             const T *b = B[bt] + boff + j;                                              \
             for (int u = 0; u < (NJ); u++)                                              \
-                au[u] = A[bt] + aoff + (j + u * VL) / cb * ca;                          \
+                au[u] = A[bt] + aoff + (j + u * L) / cb * ca;                           \
             for (Py_ssize_t p = 0; p < k; p++)                                          \
                 for (int u = 0; u < (NJ); u++) {                                        \
                     const T *ap = au[u] + p * sap;                                      \
                     V g0 = (V)LOAD_MASKED(ap, k0[u]);                                   \
                     V g1 = (TWO) ? (V)LOAD_MASKED(ap + VL, k1[u]) : g0;                 \
-                    V x = TC_LOAD_LANES(b + p * sbp + u * VL, PART);                    \
+                    V x = TC_LOAD_LANES(b + p * sbp + u * L, PART);                     \
                     (void)g1;   /* read only by PERMUTE2 */                             \
                     for (int q = 0; q < (CQ); q++)                                      \
                         acc[u][q] += (V)PICK(g0, g1, iu[u][q]) * x;                     \
@@ -845,18 +850,20 @@ ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c
         }                                                                               \
         for (int u = 0; u < (NJ); u++)                                                  \
             for (int q = 0; q < (CQ); q++)                                              \
-                TC_STORE_LANES(C + q * n + j + u * VL, acc[u][q], PART);                \
+                TC_STORE_LANES(C + q * n + j + u * L, acc[u][q], PART);                 \
     }
 #define TC_GROUPED_DOT_ALL(CQ, DIM, NJ, TWO, PICK)                                      \
-    TC_GROUPED_DOT(CQ, DIM, NJ, TWO, PICK, 0)                                           \
-    TC_GROUPED_DOT(CQ, DIM, 1, TWO, PICK, 0)                                            \
+    if (L == VL) {                                                                      \
+        TC_GROUPED_DOT(CQ, DIM, NJ, TWO, PICK, 0)                                       \
+        TC_GROUPED_DOT(CQ, DIM, 1, TWO, PICK, 0)                                        \
+    }                                                                                   \
     TC_GROUPED_DOT(CQ, DIM, 1, TWO, PICK, 1)
 #define TC_GROUPED_DOT_CA(CQ, DIM, NJ)                                                  \
     if (two) { TC_GROUPED_DOT_ALL(CQ, DIM, NJ, 1, TC_PICK2) }                          \
     else { TC_GROUPED_DOT_ALL(CQ, DIM, NJ, 0, TC_PICK1) }
 #define TC_DEFINE_GROUPED_DOT(S, SUFFIX, TYPE, VBYTES, ATTR)                            \
 ATTR static void tc_grouped_dot_##S##SUFFIX(Py_ssize_t k, Py_ssize_t n, Py_ssize_t ca,  \
-                                            Py_ssize_t cb, Py_ssize_t nb,               \
+                                            Py_ssize_t cb, Py_ssize_t L, Py_ssize_t nb, \
                                             const TYPE *const *A, Py_ssize_t aoff,      \
                                             Py_ssize_t sap, const TYPE *const *B,       \
                                             Py_ssize_t boff, Py_ssize_t sbp, TYPE *C)   \
@@ -905,19 +912,19 @@ TC_DEFINE_GROUPED_DOT(f64, _avx512, double, 64, __attribute__((target("avx512f,f
 #undef STORE_MASKED
 #endif
 typedef void (*tc_grouped_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                                 Py_ssize_t, const float *const *, Py_ssize_t, Py_ssize_t,
-                                 const float *const *, float *, Py_ssize_t);
+                                 Py_ssize_t, Py_ssize_t, const float *const *, Py_ssize_t,
+                                 Py_ssize_t, const float *const *, float *, Py_ssize_t);
 typedef void (*tc_grouped_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                                 Py_ssize_t, const double *const *, Py_ssize_t, Py_ssize_t,
-                                 const double *const *, double *, Py_ssize_t);
+                                 Py_ssize_t, Py_ssize_t, const double *const *, Py_ssize_t,
+                                 Py_ssize_t, const double *const *, double *, Py_ssize_t);
 typedef void (*tc_grouped_dot_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                                     Py_ssize_t, const float *const *, Py_ssize_t,
-                                     Py_ssize_t, const float *const *, Py_ssize_t,
-                                     Py_ssize_t, float *);
+                                     Py_ssize_t, Py_ssize_t, const float *const *,
+                                     Py_ssize_t, Py_ssize_t, const float *const *,
+                                     Py_ssize_t, Py_ssize_t, float *);
 typedef void (*tc_grouped_dot_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                                     Py_ssize_t, const double *const *, Py_ssize_t,
-                                     Py_ssize_t, const double *const *, Py_ssize_t,
-                                     Py_ssize_t, double *);
+                                     Py_ssize_t, Py_ssize_t, const double *const *,
+                                     Py_ssize_t, Py_ssize_t, const double *const *,
+                                     Py_ssize_t, Py_ssize_t, double *);
 /* Orders a thread's non-temporal stores before what follows (the end of its work). */
 static inline void tc_store_fence(void)
 {

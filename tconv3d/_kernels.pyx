@@ -140,17 +140,17 @@ cdef extern from "_gemm.h":
                        Py_ssize_t n) noexcept nogil
     void tc_widen_bf16(const uint16_t *src, float *dst, Py_ssize_t n) noexcept nogil
     void tc_grouped_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t ca, Py_ssize_t cb,
-                        Py_ssize_t nb, const float **A, Py_ssize_t aoff, Py_ssize_t sai,
+                        Py_ssize_t lanes, Py_ssize_t nb, const float **A, Py_ssize_t aoff, Py_ssize_t sai,
                         const float **B, float *C, Py_ssize_t ldc) noexcept nogil
     void tc_grouped_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t ca, Py_ssize_t cb,
-                        Py_ssize_t nb, const double **A, Py_ssize_t aoff, Py_ssize_t sai,
+                        Py_ssize_t lanes, Py_ssize_t nb, const double **A, Py_ssize_t aoff, Py_ssize_t sai,
                         const double **B, double *C, Py_ssize_t ldc) noexcept nogil
     void tc_grouped_dot_f32(Py_ssize_t k, Py_ssize_t n, Py_ssize_t ca, Py_ssize_t cb,
-                            Py_ssize_t nb, const float **A, Py_ssize_t aoff, Py_ssize_t sap,
+                            Py_ssize_t lanes, Py_ssize_t nb, const float **A, Py_ssize_t aoff, Py_ssize_t sap,
                             const float **B, Py_ssize_t boff, Py_ssize_t sbp,
                             float *C) noexcept nogil
     void tc_grouped_dot_f64(Py_ssize_t k, Py_ssize_t n, Py_ssize_t ca, Py_ssize_t cb,
-                            Py_ssize_t nb, const double **A, Py_ssize_t aoff,
+                            Py_ssize_t lanes, Py_ssize_t nb, const double **A, Py_ssize_t aoff,
                             Py_ssize_t sap, const double **B, Py_ssize_t boff,
                             Py_ssize_t sbp, double *C) noexcept nogil
     Py_ssize_t tc_grouped_lanes(size_t itemsize) noexcept nogil
@@ -406,25 +406,27 @@ cdef inline void _cdot(Py_ssize_t m, Py_ssize_t n, const floating *A, Py_ssize_t
 
 
 cdef inline void _grouped_madd(Py_ssize_t m, Py_ssize_t n, Py_ssize_t ca, Py_ssize_t cb,
-                               Py_ssize_t nb, const floating **A, Py_ssize_t aoff,
-                               Py_ssize_t sai, const floating **B, floating *C,
-                               Py_ssize_t ldc) noexcept nogil:
-    """A batch-reduce GEMM of every group at once, ca channels in, cb out (see _gemm.h)."""
+                               Py_ssize_t lanes, Py_ssize_t nb, const floating **A,
+                               Py_ssize_t aoff, Py_ssize_t sai, const floating **B,
+                               floating *C, Py_ssize_t ldc) noexcept nogil:
+    """A batch-reduce GEMM of every group at once, ca channels in, cb out, in vectors of
+    `lanes` (_group_lanes; see _gemm.h)."""
     if floating is float:
-        tc_grouped_f32(m, n, ca, cb, nb, A, aoff, sai, B, C, ldc)
+        tc_grouped_f32(m, n, ca, cb, lanes, nb, A, aoff, sai, B, C, ldc)
     else:
-        tc_grouped_f64(m, n, ca, cb, nb, A, aoff, sai, B, C, ldc)
+        tc_grouped_f64(m, n, ca, cb, lanes, nb, A, aoff, sai, B, C, ldc)
 
 
 cdef inline void _grouped_dot(Py_ssize_t k, Py_ssize_t n, Py_ssize_t ca, Py_ssize_t cb,
-                              Py_ssize_t nb, const floating **A, Py_ssize_t aoff,
-                              Py_ssize_t sap, const floating **B, Py_ssize_t boff,
-                              Py_ssize_t sbp, floating *C) noexcept nogil:
-    """Every group's (ca x cb) kernel-gradient sums at once, in (ca, G, cb) (see _gemm.h)."""
+                              Py_ssize_t lanes, Py_ssize_t nb, const floating **A,
+                              Py_ssize_t aoff, Py_ssize_t sap, const floating **B,
+                              Py_ssize_t boff, Py_ssize_t sbp, floating *C) noexcept nogil:
+    """Every group's (ca x cb) kernel-gradient sums at once, in (ca, G, cb), in vectors of
+    `lanes` (see _gemm.h)."""
     if floating is float:
-        tc_grouped_dot_f32(k, n, ca, cb, nb, A, aoff, sap, B, boff, sbp, C)
+        tc_grouped_dot_f32(k, n, ca, cb, lanes, nb, A, aoff, sap, B, boff, sbp, C)
     else:
-        tc_grouped_dot_f64(k, n, ca, cb, nb, A, aoff, sap, B, boff, sbp, C)
+        tc_grouped_dot_f64(k, n, ca, cb, lanes, nb, A, aoff, sap, B, boff, sbp, C)
 
 
 cdef inline void _transpose(Py_ssize_t m, Py_ssize_t n, const floating *S, Py_ssize_t lds,
@@ -603,32 +605,49 @@ cdef inline bint _depthwise(const Problem *p) noexcept nogil:
     return p.cin == 1 and p.cout == 1 and p.groups > 1
 
 
-cdef inline bint _grouped(const Problem *p, Py_ssize_t itemsize, Py_ssize_t ca,
-                          Py_ssize_t cb, Py_ssize_t channel_stride) noexcept nogil:
+cdef inline Py_ssize_t _group_lanes(const Problem *p, Py_ssize_t itemsize, Py_ssize_t ca,
+                                    Py_ssize_t cb, Py_ssize_t channel_stride) noexcept nogil:
     """A few channels per group: ca channels in the GEMMs' operand A (its `channel_stride`
-    1) and cb in their results, cb < the vector length, each vector's groups reading at
-    most two vectors of A. The kernels then take all the groups at once (_grouped_madd,
-    _grouped_dot), a vector holding several groups, instead of group by group in GEMMs
-    of cb columns; the tap matrices in (ca, G, cb) (_swap_groups)."""
-    cdef Py_ssize_t lanes = tc_grouped_lanes(itemsize), phases, phase, first
-    if (lanes == 0 or p.groups == 1 or _depthwise(p) or cb >= lanes or channel_stride != 1
+    1) and cb in their results, in several groups. The kernels then take all the groups
+    at once (_grouped_madd, _grouped_dot), a vector holding several groups, instead of
+    group by group in GEMMs of cb columns; the tap matrices in (ca, G, cb)
+    (_swap_groups). Returns the lanes of those vectors: the vector length, or a half or
+    a quarter of it where the groups' inputs would not fit in two vectors; 0 for group
+    by group (no vector variant, cb too wide, or ca too)."""
+    cdef Py_ssize_t vector = tc_grouped_lanes(itemsize), lanes = vector
+    if (vector == 0 or p.groups == 1 or _depthwise(p) or channel_stride != 1
             or p.bf16_pairs or ca > TC_GROUPED_MAX_CA):
-        return False
-    phases = tc_grouped_phases(cb, lanes)
+        return 0
+    while lanes > cb and lanes * 4 >= vector:
+        if _spans_fit(lanes, vector, ca, cb):
+            return lanes
+        lanes = lanes // 2
+    return 0
+
+
+cdef inline bint _spans_fit(Py_ssize_t lanes, Py_ssize_t vector, Py_ssize_t ca,
+                            Py_ssize_t cb) noexcept nogil:
+    """Whether a vector of `lanes` outputs, at any of its phases against the groups,
+    reads its groups' ca inputs each from at most two vectors, and the phases'
+    permutations fit in TC_GROUPED_MAX_PERMUTATIONS."""
+    cdef Py_ssize_t phases = tc_grouped_phases(cb, lanes), phase, first
     if phases * ca > TC_GROUPED_MAX_PERMUTATIONS:
         return False
     for phase in range(phases):   # a vector's first lane, within its first group
         first = phase * lanes % cb
-        if ((first + lanes - 1) // cb + 1) * ca > 2 * lanes:
+        if ((first + lanes - 1) // cb + 1) * ca > 2 * vector:
             return False
     return True
 
 
-def groups_in_vectors(geometry, Py_ssize_t itemsize):
-    """Whether the gradients of `geometry` take all its groups at once (_grouped), with
-    grad_output's channels contiguous."""
+def groups_in_vectors(geometry, Py_ssize_t itemsize, bint forward):
+    """Whether the forward (reading x) or the gradients (reading grad_output) of
+    `geometry` take all its groups at once (_group_lanes) when the channels they read
+    are contiguous."""
     cdef Problem p = _problem(geometry, (0,) * 5, (0,) * 5)
-    return _grouped(&p, itemsize, p.cout, p.cin, 1)
+    if forward:
+        return _group_lanes(&p, itemsize, p.cin, p.cout, 1) > 0
+    return _group_lanes(&p, itemsize, p.cout, p.cin, 1) > 0
 
 
 cdef inline Py_ssize_t _block_channels(const Problem *p, Py_ssize_t channels,
@@ -1044,7 +1063,8 @@ cdef int _conv_transpose(const Problem *p,
     cdef bint depthwise = _depthwise(p)
     # A few channels per group: all groups at once, as one group of `width` channels
     # (wt reordered by _channels_outer).
-    cdef bint grouped = _grouped(p, sizeof(floating), cin, cout, p.xs[4])
+    cdef Py_ssize_t lanes = _group_lanes(p, sizeof(floating), cin, cout, p.xs[4])
+    cdef bint grouped = lanes > 0
     cdef Py_ssize_t width = groups * cout if grouped else cout
     cdef Py_ssize_t acc_channels = _block_channels(p, cout, grouped)
     cdef Py_ssize_t xstep = groups if depthwise and p.xs[4] != 1 else p.xs[3]
@@ -1147,7 +1167,7 @@ cdef int _conv_transpose(const Problem *p,
                                     btaps[nbat] = wg + _tap_matrix(p, &r, td, th, runs.j[e])
                                     nbat = nbat + 1
                             if grouped:
-                                _grouped_madd(runs.hi[e] - runs.lo[e], width, cin, cout, nbat, arows,
+                                _grouped_madd(runs.hi[e] - runs.lo[e], width, cin, cout, lanes, nbat, arows,
                                               runs.lo[e] * p.xs[3], p.xs[3], btaps,
                                               cbuf + (runs.o[e] - o0) * ldc, sw * ldc)
                                 continue
@@ -1359,7 +1379,7 @@ def forward(const floating[:, :, :, :, :] x, const floating[:, :, :, :, ::1] wt,
         raise MemoryError("tconv3d: no memory for the stride-phase table")
     try:
         _fill_phases(&p, table, &ph)
-        grouped = _grouped(&p, sizeof(floating), p.cin, p.cout, p.xs[4])
+        grouped = _group_lanes(&p, sizeof(floating), p.cin, p.cout, p.xs[4]) > 0
         _make_runs(&p, &ph, _block_size(_block_channels(&p, p.cout, grouped)), &runs)
         try:
             if grouped:
@@ -1405,7 +1425,8 @@ cdef int _grad_input(const Problem *p,
     cdef bint depthwise = _depthwise(p)
     # A few channels per group: all groups at once, as one group of `width` channels
     # (w reordered by _channels_outer).
-    cdef bint grouped = _grouped(p, sizeof(floating), cout, cin, p.ys[4])
+    cdef Py_ssize_t lanes = _group_lanes(p, sizeof(floating), cout, cin, p.ys[4])
+    cdef bint grouped = lanes > 0
     cdef Py_ssize_t width = groups * cin if grouped else cin
     cdef Py_ssize_t gvox = p.ys[3] if p.ys[4] == 1 else groups  # voxels apart in grow
     cdef Row r
@@ -1477,7 +1498,7 @@ cdef int _grad_input(const Problem *p,
                                       grows[b] + runs.o[e] * p.ys[3], gstep,
                                       acc + (runs.lo[e] - i0), 1)
                         elif grouped:
-                            _grouped_madd(runs.hi[e] - runs.lo[e], width, cout, cin, nbat, grows,
+                            _grouped_madd(runs.hi[e] - runs.lo[e], width, cout, cin, lanes, nbat, grows,
                                           runs.o[e] * p.ys[3], gstep, wtaps,
                                           acc + (runs.lo[e] - i0) * width, width)
                         else:
@@ -1661,8 +1682,8 @@ def grad_input(const floating[:, :, :, :, :] g, const floating[:, :, :, :, ::1] 
     cdef Py_ssize_t block_rows = _block_rows(&p, sizeof(floating), p.batch * p.n_in[0]
                                              * p.n_in[1], num_threads)
     # grad_output's channels are contiguous, or will be in _grad_input_slabs' copies
-    cdef bint grouped = _grouped(&p, sizeof(floating), p.cout, p.cin,
-                                 1 if _slabs(&p) else p.ys[4])
+    cdef bint grouped = _group_lanes(&p, sizeof(floating), p.cout, p.cin,
+                                     1 if _slabs(&p) else p.ys[4]) > 0
     cdef const floating *w_ptr = &w[0, 0, 0, 0, 0]
     cdef floating *w_grouped = NULL
     _make_runs(&p, NULL, _block_size(_block_channels(&p, p.cin, grouped)), &runs)
@@ -1715,8 +1736,8 @@ cdef int _grad_kernel(const Problem *p,
                                               #      gw itself for one chunk
                        Py_ssize_t chunks,
                        floating *gw,          # OUT (kd, kh, kw, G, Cout, Cin) C-contiguous,
-                                              #     in (kd, kh, kw, c, G, c) when `grouped`
-                       bint grouped,          # IN  _grouped(p, ...) on g's and x's channels
+                                              #     in (kd, kh, kw, Cout, G, Cin) with `lanes`
+                       Py_ssize_t lanes,      # IN  _group_lanes(p, ...) on g's and x's channels
                        int num_threads) noexcept nogil:
     cdef Py_ssize_t cin = p.cin, cout = p.cout
     cdef Py_ssize_t ksize = p.k[0] * p.k[1] * p.k[2] * p.groups * cout * cin
@@ -1778,9 +1799,9 @@ cdef int _grad_kernel(const Problem *p,
                             nlist = nlist + 1
                     for e in range(entries if nlist > 0 else 0):
                         tap = ((jd * p.k[1] + jh) * p.k[2] + runs.j[e]) * groups * cout * cin
-                        if grouped:
+                        if lanes > 0:
                             _grouped_dot(runs.hi[e] - runs.lo[e], groups * cin, cout, cin,
-                                         nlist, grows, runs.o[e] * p.ys[3], gstep, xrows,
+                                         lanes, nlist, grows, runs.o[e] * p.ys[3], gstep, xrows,
                                          runs.lo[e] * p.xs[3], p.xs[3], buf + tap)
                             continue
                         for grp in range(groups):
@@ -1851,8 +1872,8 @@ def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x
     cdef floating *swapped
     # A few channels per group: every group's tap matrices at once, in (Cout, G, Cin),
     # swapped back at the end
-    cdef bint grouped = _grouped(&p, sizeof(floating), p.cout, p.cin,
-                                 1 if p.ys[4] == 1 and p.xs[4] == 1 else 0)
+    cdef Py_ssize_t lanes = _group_lanes(&p, sizeof(floating), p.cout, p.cin,
+                                         1 if p.ys[4] == 1 and p.xs[4] == 1 else 0)
     # one chunk (small volumes, deep layers' large kernels): its sums are gw's
     cdef floating *partial = &gw[0, 0, 0, 0, 0] if chunks == 1 else <floating *> malloc(
         chunks * ksize * sizeof(floating))
@@ -1862,13 +1883,13 @@ def grad_kernel(const floating[:, :, :, :, :] g, const floating[:, :, :, :, :] x
         _make_runs(&p, NULL, p.n_in[2], &runs)  # one run: the whole row
         with nogil:
             status = _grad_kernel(&p, &runs, &g[0, 0, 0, 0, 0], &x[0, 0, 0, 0, 0], partial,
-                                  chunks, &gw[0, 0, 0, 0, 0], grouped, num_threads)
+                                  chunks, &gw[0, 0, 0, 0, 0], lanes, num_threads)
             _free_runs(&runs)
     finally:
         if chunks > 1:
             free(partial)
     _check(status)
-    if grouped:
+    if lanes > 0:
         swapped = <floating *> malloc(ksize * sizeof(floating))
         if swapped == NULL:
             raise MemoryError("tconv3d: no memory for the kernel gradient's layout")

@@ -322,8 +322,10 @@ def _contiguous_channels(x, geom, num_threads):
     strided (channels_first) and the copy needs at most a quarter of the output's memory
     (and that memory is free): the GEMMs read each voxel's channels as a row, and strided
     rows cost them 10-15 % (a power-of-two stride puts every channel of a tile in one L1
-    set), several times what the copy costs."""
-    if 4 * x.size > math.prod(geom.output_shape):
+    set), several times what the copy costs. A few channels per group are read as vectors
+    of groups only when contiguous: copied whatever the output."""
+    if (4 * x.size > math.prod(geom.output_shape)
+            and not _kernels.groups_in_vectors(geom, x.itemsize, True)):
         return x
     try:
         return channels_last(x, num_threads)
@@ -500,7 +502,7 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
     g = _logical(_operand(grad_output, dtype), geom) \
         if (compute & {"input", "kernel"}) - pairs or (bias and not bf16_grad) else None
     if (g is not None and compute & {"input", "kernel"} and g.strides[-1] != g.itemsize
-            and _kernels.groups_in_vectors(geom, g.itemsize)):
+            and _kernels.groups_in_vectors(geom, g.itemsize, False)):
         # a few channels per group: the gradients' vectors of groups read them contiguous
         check_allocation(g.shape, dtype, "grad_output", copy=True)
         g = channels_last(g, num_threads)

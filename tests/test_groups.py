@@ -157,11 +157,13 @@ def test_few_channels_per_group_as_vectors_of_groups(rng, channels, per_group, d
 # gradients group by group, the other vectors of groups), 2 -> 8, 8 -> 2, 3 -> 6; 3, 5 and
 # 12 channels per group and 1 -> 3, 3 -> 1 (vectors starting at 3 or 5 phases of their
 # first group); 24, 40, 6 and 8 channels, whose groups end inside a vector (the last
-# vector partial), and 2 -> 3 in 5 groups.
+# vector partial), and 2 -> 3 in 5 groups; 4 -> 1, 1 -> 4 and 8 -> 1 (vectors of half or
+# a quarter of the lanes, where the inputs of a whole vector's groups would not fit in
+# two vectors).
 UNEQUAL = [(32, 64, 32), (64, 32, 32), (32, 64, 16), (64, 32, 16), (16, 64, 16),
            (64, 16, 16), (8, 32, 4), (32, 8, 4), (24, 48, 8), (48, 48, 16), (40, 40, 8),
            (96, 96, 8), (32, 96, 32), (96, 32, 32), (24, 24, 8), (6, 6, 2), (8, 8, 2),
-           (10, 15, 5)]
+           (10, 15, 5), (128, 32, 32), (32, 128, 32), (128, 16, 16)]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -219,7 +221,7 @@ def _before_a_guard_page(a):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect through libc")
 @pytest.mark.parametrize("cin,cout,groups", [(32, 64, 32), (64, 32, 32), (16, 64, 16),
                                              (48, 48, 16), (96, 32, 32), (24, 24, 8),
-                                             (10, 15, 5)])
+                                             (10, 15, 5), (128, 16, 16)])
 def test_vectors_of_groups_read_nothing_past_their_operands(rng, cin, cout, groups):
     """A vector of groups reads a span of fewer channels than its lanes (1 -> 2 and
     1 -> 4 forwards, 2 -> 1 and 3 -> 1 gradients, the second vector of 3 channels per
