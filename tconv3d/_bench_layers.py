@@ -77,10 +77,11 @@ def run_large_stride(threads, repeat=5, out=sys.stdout):
 
 
 # ConvTranspose3d(in, out, 4, stride=2, padding=1, groups=G): 32 -> 32 channels in 1 to 32
-# groups (depthwise), then channel multipliers of 2 and their reverse, and 3 channels
-# per group
+# groups (depthwise), then channel multipliers of 2 and 3 and their reverse, and 3
+# channels per group
 GROUPED_LAYERS = ((32, 32, 1), (32, 32, 2), (32, 32, 4), (32, 32, 8), (32, 32, 32),
-                  (32, 64, 32), (64, 32, 32), (32, 64, 16), (48, 48, 16))
+                  (32, 64, 32), (64, 32, 32), (32, 64, 16), (32, 96, 32), (96, 32, 32),
+                  (48, 48, 16))
 
 
 def run_groups(threads, repeat=7, layers=GROUPED_LAYERS, out=sys.stdout):
