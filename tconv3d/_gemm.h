@@ -775,6 +775,13 @@ static inline Py_ssize_t tc_grouped_phases(Py_ssize_t cb, Py_ssize_t vl)
                 idx[ph * ca + q][u] = (int)(lane < VL * W ? lane : lane | 0x80000000u); \
             }                                                                           \
     }
+/* The masks of the vector at J, of phase PH: of its span (K0, K1) and of its lanes (KP). */
+#define TC_VECTOR_MASKS(J, PH, K0, K1, KP)                                              \
+    do {                                                                                \
+        K0 = (J) == tail_at ? t0 : m0[PH];                                              \
+        K1 = (J) == tail_at ? t1 : m1[PH];                                              \
+        KP = (J) == tail_at ? kc : kl;                                                  \
+    } while (0)
 #define TC_PICK1(x0, x1, index) PERMUTE(x0, index)
 #define TC_PICK2(x0, x1, index) PERMUTE2(x0, x1, index)
 /* A vector of C or B: whole, or a partial one's lanes (PART, mask kp). */
@@ -825,13 +832,9 @@ ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c
     for (Py_ssize_t j = 0; j < n; j += L) {                                             \
         const Py_ssize_t ph = j / L % phases;                                           \
         const I *ix = idx + ph * ca;                                                    \
-        I k0 = m0[ph], k1 = m1[ph], kp = kl;                                            \
+        I k0, k1, kp;                                                                   \
         Py_ssize_t i = 0;                                                               \
-        if (j == tail_at) {                                                             \
-            k0 = t0;                                                                    \
-            k1 = t1;                                                                    \
-            kp = kc;                                                                    \
-        }                                                                               \
+        TC_VECTOR_MASKS(j, ph, k0, k1, kp);                                             \
         if (j == tail_at || L < VL) {                                                   \
             TC_GROUPED_ROWS(MR, 1)                                                      \
         } else {                                                                        \
@@ -852,12 +855,11 @@ ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c
         V acc[NJ][DIM];                                                                 \
         const T *au[NJ];                                                                \
         const I *iu[NJ];                                                                \
-        I k0[NJ], k1[NJ], kp = j == tail_at ? kc : kl;                                  \
+        I k0[NJ], k1[NJ], kp;   /* kp: PART has one vector (NJ 1) */                    \
         for (int u = 0; u < (NJ); u++) {                                                \
             const Py_ssize_t ph = (j / L + u) % phases;                                 \
             iu[u] = idx + ph * ca;                                                      \
-            k0[u] = j == tail_at ? t0 : m0[ph];                                         \
-            k1[u] = j == tail_at ? t1 : m1[ph];                                         \
+            TC_VECTOR_MASKS(j + u * L, ph, k0[u], k1[u], kp);                           \
             for (int q = 0; q < (CQ); q++)                                              \
                 acc[u][q] = TC_LOAD_LANES(C + q * n + j + u * L, PART);                 \
         }                                                                               \
