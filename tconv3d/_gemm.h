@@ -748,7 +748,7 @@ static inline Py_ssize_t tc_grouped_phases(Py_ssize_t cb, Py_ssize_t vl)
         M0[u] = u < W * (SPAN) ? -1 : 0;                                                \
         M1[u] = u + VL * W < W * (SPAN) ? -1 : 0;                                       \
     }
-/* Declares V, VL, the phases, `two` (some span is over a vector), each phase's load
+/* Declares V, VL, the phases, `two` (some span is over a vector), `whole`, each phase's load
  * masks m0/m1 and permutations idx[phase * ca + q] (in 32-bit lanes; the sign bit marks
  * lanes of the second vector, as AVX2's blend reads it; the permutations ignore it), the
  * mask kl of a vector's L lanes; the partial last vector's start tail_at (n when there
@@ -760,6 +760,7 @@ static inline Py_ssize_t tc_grouped_phases(Py_ssize_t cb, Py_ssize_t vl)
     enum { VL = (VBYTES) / sizeof(T), W = sizeof(T) / sizeof(int) };                    \
     const Py_ssize_t phases = tc_grouped_phases(cb, L), tail_at = n - n % L;            \
     int two = 0;                                                                        \
+    Py_ssize_t least = 2 * VL;   /* the shortest span */                                \
     I idx[TC_GROUPED_MAX_PERMUTATIONS], m0[VL], m1[VL], t0, t1, kc, kl, unused;         \
     TC_SPAN_MASKS((n / cb - tail_at / cb) * ca, t0, t1)                                 \
     TC_SPAN_MASKS(n % L, kc, unused)                                                    \
@@ -768,19 +769,24 @@ static inline Py_ssize_t tc_grouped_phases(Py_ssize_t cb, Py_ssize_t vl)
     for (Py_ssize_t ph = 0; ph < phases; ph++) {                                        \
         const Py_ssize_t r = ph * L % cb, span = ((r + L - 1) / cb + 1) * ca;           \
         two |= span > VL;                                                               \
+        least = span < least ? span : least;                                            \
         TC_SPAN_MASKS(span, m0[ph], m1[ph])                                             \
         for (Py_ssize_t q = 0; q < ca; q++)                                             \
             for (int u = 0; u < VL * W; u++) {                                          \
                 unsigned lane = (unsigned)(W * ((r + u / W) / cb * ca + q) + u % W);    \
                 idx[ph * ca + q][u] = (int)(lane < VL * W ? lane : lane | 0x80000000u); \
             }                                                                           \
-    }
-/* The masks of the vector at J, of phase PH: of its span (K0, K1) and of its lanes (KP). */
+    }                                                                                   \
+    /* every whole vector's loads of A lie in its span: plain loads (masked ones cost  \
+     * these kernels up to 2x on Zen 5) */                                              \
+    const int whole = least >= (two ? 2 : 1) * VL;
+/* The masks of the vector at J, of phase PH: of its span (K0, K1) and of its lanes (KP),
+ * in the variant's MASK form (AVX-512's mask registers: converted once, not per load). */
 #define TC_VECTOR_MASKS(J, PH, K0, K1, KP)                                              \
     do {                                                                                \
-        K0 = (J) == tail_at ? t0 : m0[PH];                                              \
-        K1 = (J) == tail_at ? t1 : m1[PH];                                              \
-        KP = (J) == tail_at ? kc : kl;                                                  \
+        K0 = TO_MASK((J) == tail_at ? t0 : m0[PH]);                                     \
+        K1 = TO_MASK((J) == tail_at ? t1 : m1[PH]);                                     \
+        KP = TO_MASK((J) == tail_at ? kc : kl);                                         \
     } while (0)
 #define TC_PICK1(x0, x1, index) PERMUTE(x0, index)
 #define TC_PICK2(x0, x1, index) PERMUTE2(x0, x1, index)
@@ -791,17 +797,18 @@ static inline Py_ssize_t tc_grouped_phases(Py_ssize_t cb, Py_ssize_t vl)
         if (PART) STORE_MASKED(p, kp, v);                                               \
         else *(V *)(p) = (v);                                                           \
     } while (0)
-#define TC_GROUPED_TILE(ROWS, TWO, PICK, PART)                                          \
+#define TC_LOAD_SPAN(p, mask, WHOLE) ((WHOLE) ? *(const V *)(p) : (V)LOAD_MASKED(p, mask))
+#define TC_GROUPED_TILE(ROWS, TWO, PICK, PART, WHOLE)                                   \
     do {                                                                                \
         V acc[ROWS], x0[ROWS], x1[ROWS];                                                \
         for (int r = 0; r < (ROWS); r++)                                                \
             acc[r] = TC_LOAD_LANES(C + (i + r) * ldc + j, PART);                        \
         for (Py_ssize_t bt = 0; bt < nb; bt++) {                                        \
-            const T *a = A[bt] + aoff + i * sai + j / cb * ca;                          \
+            const T *a = A[bt] + aoff + i * sai + aj;                                   \
             const T *b = B[bt] + j;                                                     \
             for (int r = 0; r < (ROWS); r++) {                                          \
-                x0[r] = (V)LOAD_MASKED(a + r * sai, k0);                                \
-                x1[r] = (TWO) ? (V)LOAD_MASKED(a + r * sai + VL, k1) : x0[r];           \
+                x0[r] = TC_LOAD_SPAN(a + r * sai, k0, WHOLE);                           \
+                x1[r] = (TWO) ? TC_LOAD_SPAN(a + r * sai + VL, k1, WHOLE) : x0[r];      \
             }                                                                           \
             (void)x1;   /* read only by PERMUTE2 */                                     \
             for (Py_ssize_t q = 0; q < ca; q++) {                                       \
@@ -813,13 +820,17 @@ static inline Py_ssize_t tc_grouped_phases(Py_ssize_t cb, Py_ssize_t vl)
         for (int r = 0; r < (ROWS); r++)                                                \
             TC_STORE_LANES(C + (i + r) * ldc + j, acc[r], PART);                        \
     } while (0)
-#define TC_GROUPED_ROWS(MR, PART)                                                       \
+/* Tiles of MR rows, then of 4 (a remainder of 7 rows as single rows, one dependency
+ * chain each, had taken a quarter of a k4 s2 forward's time), then single rows. */
+#define TC_GROUPED_ROWS(MR, PART, WHOLE)                                                \
     if (two) {                                                                          \
-        for (; i + (MR) <= m; i += (MR)) TC_GROUPED_TILE(MR, 1, TC_PICK2, PART);       \
-        for (; i < m; i++) TC_GROUPED_TILE(1, 1, TC_PICK2, PART);                       \
+        for (; i + (MR) <= m; i += (MR)) TC_GROUPED_TILE(MR, 1, TC_PICK2, PART, WHOLE);\
+        for (; i + 4 <= m; i += 4) TC_GROUPED_TILE(4, 1, TC_PICK2, PART, WHOLE);       \
+        for (; i < m; i++) TC_GROUPED_TILE(1, 1, TC_PICK2, PART, WHOLE);                \
     } else {                                                                            \
-        for (; i + (MR) <= m; i += (MR)) TC_GROUPED_TILE(MR, 0, TC_PICK1, PART);       \
-        for (; i < m; i++) TC_GROUPED_TILE(1, 0, TC_PICK1, PART);                       \
+        for (; i + (MR) <= m; i += (MR)) TC_GROUPED_TILE(MR, 0, TC_PICK1, PART, WHOLE);\
+        for (; i + 4 <= m; i += 4) TC_GROUPED_TILE(4, 0, TC_PICK1, PART, WHOLE);       \
+        for (; i < m; i++) TC_GROUPED_TILE(1, 0, TC_PICK1, PART, WHOLE);                \
     }
 #define TC_DEFINE_GROUPED(S, SUFFIX, TYPE, VBYTES, MR, ATTR)                            \
 ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t ca,      \
@@ -832,13 +843,16 @@ ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c
     for (Py_ssize_t j = 0; j < n; j += L) {                                             \
         const Py_ssize_t ph = j / L % phases;                                           \
         const I *ix = idx + ph * ca;                                                    \
-        I k0, k1, kp;                                                                   \
+        const Py_ssize_t aj = j / cb * ca;   /* the span's start: no division per tile */ \
+        MASK k0, k1, kp;                                                                \
         Py_ssize_t i = 0;                                                               \
         TC_VECTOR_MASKS(j, ph, k0, k1, kp);                                             \
         if (j == tail_at || L < VL) {                                                   \
-            TC_GROUPED_ROWS(MR, 1)                                                      \
+            TC_GROUPED_ROWS(MR, 1, 0)                                                   \
+        } else if (whole) {                                                             \
+            TC_GROUPED_ROWS(MR, 0, 1)                                                   \
         } else {                                                                        \
-            TC_GROUPED_ROWS(MR, 0)                                                      \
+            TC_GROUPED_ROWS(MR, 0, 0)                                                   \
         }                                                                               \
     }                                                                                   \
 }
@@ -850,15 +864,17 @@ ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c
  * the registers allow, and ca is a constant of the common instantiations (CQ, in
  * registers; DIM the accumulators' room). PART: partial vectors, one at a time (NJ 1),
  * to the end. */
-#define TC_GROUPED_DOT(CQ, DIM, NJ, TWO, PICK, PART)                                    \
+#define TC_GROUPED_DOT(CQ, DIM, NJ, TWO, PICK, PART, WHOLE)                             \
     for (; (PART) ? j < n : j + (NJ) * L <= n; j += (NJ) * L) {                         \
         V acc[NJ][DIM];                                                                 \
         const T *au[NJ];                                                                \
+        Py_ssize_t aj[NJ];   /* the spans' starts: no division per batch entry */        \
         const I *iu[NJ];                                                                \
-        I k0[NJ], k1[NJ], kp;   /* kp: PART has one vector (NJ 1) */                    \
+        MASK k0[NJ], k1[NJ], kp;   /* kp: PART has one vector (NJ 1) */                 \
         for (int u = 0; u < (NJ); u++) {                                                \
             const Py_ssize_t ph = (j / L + u) % phases;                                 \
             iu[u] = idx + ph * ca;                                                      \
+            aj[u] = (j + u * L) / cb * ca;                                              \
             TC_VECTOR_MASKS(j + u * L, ph, k0[u], k1[u], kp);                           \
             for (int q = 0; q < (CQ); q++)                                              \
                 acc[u][q] = TC_LOAD_LANES(C + q * n + j + u * L, PART);                 \
@@ -866,12 +882,12 @@ ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c
         for (Py_ssize_t bt = 0; bt < nb; bt++) {                                        \
             const T *b = B[bt] + boff + j;                                              \
             for (int u = 0; u < (NJ); u++)                                              \
-                au[u] = A[bt] + aoff + (j + u * L) / cb * ca;                           \
+                au[u] = A[bt] + aoff + aj[u];                                           \
             for (Py_ssize_t p = 0; p < k; p++)                                          \
                 for (int u = 0; u < (NJ); u++) {                                        \
                     const T *ap = au[u] + p * sap;                                      \
-                    V g0 = (V)LOAD_MASKED(ap, k0[u]);                                   \
-                    V g1 = (TWO) ? (V)LOAD_MASKED(ap + VL, k1[u]) : g0;                 \
+                    V g0 = TC_LOAD_SPAN(ap, k0[u], WHOLE);                              \
+                    V g1 = (TWO) ? TC_LOAD_SPAN(ap + VL, k1[u], WHOLE) : g0;            \
                     V x = TC_LOAD_LANES(b + p * sbp + u * L, PART);                     \
                     (void)g1;   /* read only by PERMUTE2 */                             \
                     for (int q = 0; q < (CQ); q++)                                      \
@@ -883,11 +899,14 @@ ATTR static void tc_grouped_##S##SUFFIX(Py_ssize_t m, Py_ssize_t n, Py_ssize_t c
                 TC_STORE_LANES(C + q * n + j + u * L, acc[u][q], PART);                 \
     }
 #define TC_GROUPED_DOT_ALL(CQ, DIM, NJ, TWO, PICK)                                      \
-    if (L == VL) {                                                                      \
-        TC_GROUPED_DOT(CQ, DIM, NJ, TWO, PICK, 0)                                       \
-        TC_GROUPED_DOT(CQ, DIM, 1, TWO, PICK, 0)                                        \
+    if (L == VL && whole) {                                                             \
+        TC_GROUPED_DOT(CQ, DIM, NJ, TWO, PICK, 0, 1)                                    \
+        TC_GROUPED_DOT(CQ, DIM, 1, TWO, PICK, 0, 1)                                     \
+    } else if (L == VL) {                                                               \
+        TC_GROUPED_DOT(CQ, DIM, NJ, TWO, PICK, 0, 0)                                    \
+        TC_GROUPED_DOT(CQ, DIM, 1, TWO, PICK, 0, 0)                                     \
     }                                                                                   \
-    TC_GROUPED_DOT(CQ, DIM, 1, TWO, PICK, 1)
+    TC_GROUPED_DOT(CQ, DIM, 1, TWO, PICK, 1, 0)
 #define TC_GROUPED_DOT_CA(CQ, DIM, NJ)                                                  \
     if (two) { TC_GROUPED_DOT_ALL(CQ, DIM, NJ, 1, TC_PICK2) }                          \
     else { TC_GROUPED_DOT_ALL(CQ, DIM, NJ, 0, TC_PICK1) }
@@ -911,9 +930,11 @@ ATTR static void tc_grouped_dot_##S##SUFFIX(Py_ssize_t k, Py_ssize_t n, Py_ssize
 #define PERMUTE(x, index) _mm256_permutevar8x32_ps((__m256)(x), (__m256i)(index))
 #define PERMUTE2(x0, x1, index)                                                         \
     _mm256_blendv_ps(PERMUTE(x0, index), PERMUTE(x1, index), (__m256)(index))
-#define LOAD_MASKED(p, mask) _mm256_maskload_ps((const float *)(p), (__m256i)(mask))
+#define MASK __m256i
+#define TO_MASK(v) ((__m256i)(v))
+#define LOAD_MASKED(p, mask) _mm256_maskload_ps((const float *)(p), (mask))
 #define STORE_MASKED(p, mask, v)                                                        \
-    _mm256_maskstore_ps((float *)(p), (__m256i)(mask), (__m256)(v))
+    _mm256_maskstore_ps((float *)(p), (mask), (__m256)(v))
 TC_DEFINE_GROUPED(f32, _avx2, float, 32, 4, __attribute__((target("avx2,fma"))))
 TC_DEFINE_GROUPED(f64, _avx2, double, 32, 4, __attribute__((target("avx2,fma"))))
 TC_DEFINE_GROUPED_DOT(f32, _avx2, float, 32, __attribute__((target("avx2,fma"))))
@@ -922,16 +943,15 @@ TC_DEFINE_GROUPED_DOT(f64, _avx2, double, 32, __attribute__((target("avx2,fma"))
 #undef PERMUTE2
 #undef LOAD_MASKED
 #undef STORE_MASKED
+#undef MASK
+#undef TO_MASK
 #define PERMUTE(x, index) _mm512_permutexvar_ps((__m512i)(index), (__m512)(x))
 #define PERMUTE2(x0, x1, index)                                                         \
     _mm512_permutex2var_ps((__m512)(x0), (__m512i)(index), (__m512)(x1))
-#define LOAD_MASKED(p, mask)                                                            \
-    _mm512_maskz_loadu_ps(_mm512_test_epi32_mask((__m512i)(mask), (__m512i)(mask)),     \
-                          (const void *)(p))
-#define STORE_MASKED(p, mask, v)                                                        \
-    _mm512_mask_storeu_ps((void *)(p),                                                  \
-                          _mm512_test_epi32_mask((__m512i)(mask), (__m512i)(mask)),     \
-                          (__m512)(v))
+#define MASK __mmask16
+#define TO_MASK(v) _mm512_test_epi32_mask((__m512i)(v), (__m512i)(v))
+#define LOAD_MASKED(p, mask) _mm512_maskz_loadu_ps((mask), (const void *)(p))
+#define STORE_MASKED(p, mask, v) _mm512_mask_storeu_ps((void *)(p), (mask), (__m512)(v))
 TC_DEFINE_GROUPED(f32, _avx512, float, 64, 8, __attribute__((target("avx512f,fma"))))
 TC_DEFINE_GROUPED(f64, _avx512, double, 64, 8, __attribute__((target("avx512f,fma"))))
 TC_DEFINE_GROUPED_DOT(f32, _avx512, float, 64, __attribute__((target("avx512f,fma"))))
@@ -940,6 +960,8 @@ TC_DEFINE_GROUPED_DOT(f64, _avx512, double, 64, __attribute__((target("avx512f,f
 #undef PERMUTE2
 #undef LOAD_MASKED
 #undef STORE_MASKED
+#undef MASK
+#undef TO_MASK
 #endif
 typedef void (*tc_grouped_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                  Py_ssize_t, Py_ssize_t, const float *const *, Py_ssize_t,

@@ -613,10 +613,11 @@ cdef inline Py_ssize_t _group_lanes(const Problem *p, Py_ssize_t itemsize, Py_ss
     group by group in GEMMs of cb columns; the tap matrices in (ca, G, cb)
     (_swap_groups). Returns the lanes of those vectors: the vector length, or a half or
     a quarter of it where the groups' inputs would not fit in two vectors; 0 for group
-    by group (no vector variant, cb too wide, or ca too)."""
+    by group (no vector variant, ca too wide, or cb over half a vector: 12 filters per
+    group ran slower in vectors of groups than in their own GEMMs)."""
     cdef Py_ssize_t vector = tc_grouped_lanes(itemsize), lanes = vector
     if (vector == 0 or p.groups == 1 or _depthwise(p) or channel_stride != 1
-            or p.bf16_pairs or ca > TC_GROUPED_MAX_CA):
+            or p.bf16_pairs or ca > TC_GROUPED_MAX_CA or 2 * cb > vector):
         return 0
     while lanes > cb and lanes * 4 >= vector:
         if _spans_fit(lanes, vector, ca, cb):
