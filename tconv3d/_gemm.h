@@ -732,14 +732,15 @@ static inline Py_ssize_t tc_grouped_phases(Py_ssize_t cb, Py_ssize_t vl)
  *     C[i*ldc + j] += sum_b sum_q A[b][aoff + i*sai + (j / cb)*ca + q] * B[b][q*n + j]
  * for 0 <= i < m and 0 <= j < n = G*cb. A vector of L outputs starting at j (a multiple
  * of L) holds the groups j/cb to (j+L-1)/cb; their ca channels each are a span of A of
- * one vector, or of two, loaded under a mask (nothing past the span is read), and a
- * lane takes its group's channel q from it by an in-register permutation. Where cb does
- * not divide L, a vector starts at one of cb/gcd(cb, L) phases j % cb of its first
- * group, each with its own permutations and masks (tc_grouped_phases). Vectors of fewer
- * than VL lanes, and the last one where L does not divide n, are partial: their lanes of
- * C and B are read and written under masks. Each element is summed in the order of its
- * group's batch-reduce GEMM (b, then q), one FMA per product. Only the vector variants
- * have it: tc_grouped_lanes() is VL. */
+ * one vector, or of two (loaded under a mask where a vector reaches past the span, so
+ * nothing past it is read; plainly where none does), and a lane takes its group's
+ * channel q from it by an in-register permutation. Where cb does not divide L, a vector
+ * starts at one of cb/gcd(cb, L) phases j % cb of its first group, each with its own
+ * permutations and masks (tc_grouped_phases). Vectors of fewer than VL lanes, and the
+ * last one where L does not divide n, are partial: their lanes of C and B are read and
+ * written under masks. Each element is summed in the order of its group's batch-reduce
+ * GEMM (b, then q), one FMA per product. Only the vector variants have it:
+ * tc_grouped_lanes() is VL. */
 #ifdef TC_X86_DISPATCH
 /* Masks of the 32-bit lanes of the first and the second vector of a span of SPAN
  * elements (a double is two lanes). */
@@ -748,8 +749,9 @@ static inline Py_ssize_t tc_grouped_phases(Py_ssize_t cb, Py_ssize_t vl)
         M0[u] = u < W * (SPAN) ? -1 : 0;                                                \
         M1[u] = u + VL * W < W * (SPAN) ? -1 : 0;                                       \
     }
-/* Declares V, VL, the phases, `two` (some span is over a vector), `whole`, each phase's load
- * masks m0/m1 and permutations idx[phase * ca + q] (in 32-bit lanes; the sign bit marks
+/* Declares V, VL, the phases, `two` (some span is over a vector), `whole` (no loaded
+ * vector reaches past its span), each phase's load masks m0/m1 and permutations
+ * idx[phase * ca + q] (in 32-bit lanes; the sign bit marks
  * lanes of the second vector, as AVX2's blend reads it; the permutations ignore it), the
  * mask kl of a vector's L lanes; the partial last vector's start tail_at (n when there
  * is none), the mask kc of its lanes and t0/t1 of its span. */
