@@ -140,15 +140,17 @@ cdef extern from "_gemm.h":
                        Py_ssize_t n) noexcept nogil
     void tc_widen_bf16(const uint16_t *src, float *dst, Py_ssize_t n) noexcept nogil
     void tc_grouped_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t ca, Py_ssize_t cb,
-                        Py_ssize_t lanes, Py_ssize_t nb, const float **A, Py_ssize_t aoff, Py_ssize_t sai,
-                        const float **B, float *C, Py_ssize_t ldc) noexcept nogil
+                        Py_ssize_t lanes, Py_ssize_t nb, const float **A, Py_ssize_t aoff,
+                        Py_ssize_t sai, const float **B, float *C,
+                        Py_ssize_t ldc) noexcept nogil
     void tc_grouped_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t ca, Py_ssize_t cb,
-                        Py_ssize_t lanes, Py_ssize_t nb, const double **A, Py_ssize_t aoff, Py_ssize_t sai,
-                        const double **B, double *C, Py_ssize_t ldc) noexcept nogil
+                        Py_ssize_t lanes, Py_ssize_t nb, const double **A, Py_ssize_t aoff,
+                        Py_ssize_t sai, const double **B, double *C,
+                        Py_ssize_t ldc) noexcept nogil
     void tc_grouped_dot_f32(Py_ssize_t k, Py_ssize_t n, Py_ssize_t ca, Py_ssize_t cb,
-                            Py_ssize_t lanes, Py_ssize_t nb, const float **A, Py_ssize_t aoff, Py_ssize_t sap,
-                            const float **B, Py_ssize_t boff, Py_ssize_t sbp,
-                            float *C) noexcept nogil
+                            Py_ssize_t lanes, Py_ssize_t nb, const float **A,
+                            Py_ssize_t aoff, Py_ssize_t sap, const float **B,
+                            Py_ssize_t boff, Py_ssize_t sbp, float *C) noexcept nogil
     void tc_grouped_dot_f64(Py_ssize_t k, Py_ssize_t n, Py_ssize_t ca, Py_ssize_t cb,
                             Py_ssize_t lanes, Py_ssize_t nb, const double **A, Py_ssize_t aoff,
                             Py_ssize_t sap, const double **B, Py_ssize_t boff,
@@ -1168,8 +1170,8 @@ cdef int _conv_transpose(const Problem *p,
                                     btaps[nbat] = wg + _tap_matrix(p, &r, td, th, runs.j[e])
                                     nbat = nbat + 1
                             if grouped:
-                                _grouped_madd(runs.hi[e] - runs.lo[e], width, cin, cout, lanes, nbat, arows,
-                                              runs.lo[e] * p.xs[3], p.xs[3], btaps,
+                                _grouped_madd(runs.hi[e] - runs.lo[e], width, cin, cout, lanes,
+                                              nbat, arows, runs.lo[e] * p.xs[3], p.xs[3], btaps,
                                               cbuf + (runs.o[e] - o0) * ldc, sw * ldc)
                                 continue
                             _brgemm_panels(runs.hi[e] - runs.lo[e], cout, cin, nbat, arows,
@@ -1499,8 +1501,8 @@ cdef int _grad_input(const Problem *p,
                                       grows[b] + runs.o[e] * p.ys[3], gstep,
                                       acc + (runs.lo[e] - i0), 1)
                         elif grouped:
-                            _grouped_madd(runs.hi[e] - runs.lo[e], width, cout, cin, lanes, nbat, grows,
-                                          runs.o[e] * p.ys[3], gstep, wtaps,
+                            _grouped_madd(runs.hi[e] - runs.lo[e], width, cout, cin, lanes,
+                                          nbat, grows, runs.o[e] * p.ys[3], gstep, wtaps,
                                           acc + (runs.lo[e] - i0) * width, width)
                         else:
                             _brgemm(runs.hi[e] - runs.lo[e], cin, cout, nbat, grows,

@@ -107,6 +107,25 @@ def test_bitwise_identical_for_any_thread_count(rng, cin, cout, groups, fmt):
             assert a.tobytes() == r.tobytes()
 
 
+def _output_shape(x, w, kwargs):
+    return tconv3d.conv_transpose3d_output_shape(x.shape, w.shape, **kwargs)
+
+
+def _each_variant_against_reference(x, w, b, g, kwargs, dtype):
+    """On each SIMD variant in turn, the forward and the input and kernel gradients,
+    checked against the reference; yields (variant, y, grad_input, grad_kernel)."""
+    expected = conv_transpose3d_ref(x, w, b, **kwargs)
+    expected_gx, expected_gw, _ = conv_transpose3d_backward_ref(g, x, w, **kwargs)
+    for variant in each_simd_variant():
+        y = tconv3d.conv_transpose3d(x, w, b, **kwargs)
+        gx, gw, _ = tconv3d.conv_transpose3d_backward(g, x, w, compute=["input", "kernel"],
+                                                      **kwargs)
+        np.testing.assert_allclose(y, expected, **tol(dtype), err_msg=variant)
+        np.testing.assert_allclose(gx, expected_gx, **tol(dtype), err_msg=variant)
+        np.testing.assert_allclose(gw, expected_gw, **tol(dtype), err_msg=variant)
+        yield variant, y, gx, gw
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("channels,per_group", [(32, 4), (32, 2), (16, 8), (32, 8), (24, 4),
@@ -125,17 +144,9 @@ def test_few_channels_per_group_as_vectors_of_groups(rng, channels, per_group, d
     x, w = x / 4, w / 4   # sums of 64 products of order 1, as the tolerances assume
     channel_axis = -1 if fmt == "channels_last" else 1
     per_group_kwargs = {k: v for k, v in kwargs.items() if k != "groups"}
-    expected = conv_transpose3d_ref(x, w, b, **kwargs)
-    g = rng.standard_normal(expected.shape).astype(dtype) / 4
-    expected_gx, expected_gw, _ = conv_transpose3d_backward_ref(g, x, w, **kwargs)
+    g = rng.standard_normal(_output_shape(x, w, kwargs)).astype(dtype) / 4
     same_bits = per_group * np.dtype(dtype).itemsize >= 16   # a vector of one group
-    for variant in each_simd_variant():
-        y = tconv3d.conv_transpose3d(x, w, b, **kwargs)
-        gx, gw, _ = tconv3d.conv_transpose3d_backward(g, x, w, compute=["input", "kernel"],
-                                                      **kwargs)
-        np.testing.assert_allclose(y, expected, **tol(dtype), err_msg=variant)
-        np.testing.assert_allclose(gx, expected_gx, **tol(dtype), err_msg=variant)
-        np.testing.assert_allclose(gw, expected_gw, **tol(dtype), err_msg=variant)
+    for variant, y, gx, gw in _each_variant_against_reference(x, w, b, g, kwargs, dtype):
         if not same_bits:
             continue
         for k in range(groups):
@@ -175,16 +186,9 @@ def test_unequal_channels_per_group_as_vectors_of_groups(rng, cin, cout, groups,
     with odd widths so that runs end inside a vector's rows."""
     x, w, b, kwargs = _problem(rng, cin, cout, groups, GEOMETRY[0], fmt, dtype)
     x, w = x / 4, w / 4   # sums of 64 products of order 1, as the tolerances assume
-    expected = conv_transpose3d_ref(x, w, b, **kwargs)
-    g = rng.standard_normal(expected.shape).astype(dtype) / 4
-    expected_gx, expected_gw, _ = conv_transpose3d_backward_ref(g, x, w, **kwargs)
-    for variant in each_simd_variant():
-        y = tconv3d.conv_transpose3d(x, w, b, **kwargs)
-        gx, gw, _ = tconv3d.conv_transpose3d_backward(g, x, w, compute=["input", "kernel"],
-                                                      **kwargs)
-        np.testing.assert_allclose(y, expected, **tol(dtype), err_msg=variant)
-        np.testing.assert_allclose(gx, expected_gx, **tol(dtype), err_msg=variant)
-        np.testing.assert_allclose(gw, expected_gw, **tol(dtype), err_msg=variant)
+    g = rng.standard_normal(_output_shape(x, w, kwargs)).astype(dtype) / 4
+    for _ in _each_variant_against_reference(x, w, b, g, kwargs, dtype):
+        pass   # the checks run as each variant is drawn
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
