@@ -414,6 +414,19 @@ TC_DEFINE_SCALAR_CHANNELWISE(f32, float)
 TC_DEFINE_SCALAR_CHANNELWISE(f64, double)
 #endif
 
+/* y[2t] = a[t], y[2t + 1] = b[t], 0 <= t < n: the two phases of a stride-2 row back in
+ * order (a plain loop the compiler turns into unpacking vector stores). */
+#define TC_DEFINE_INTERLEAVE2(S, T)                                                      \
+static void tc_interleave2_##S(const T *a, const T *b, T *y, Py_ssize_t n)               \
+{                                                                                       \
+    for (Py_ssize_t t = 0; t < n; t++) {                                                \
+        y[2 * t] = a[t];                                                                \
+        y[2 * t + 1] = b[t];                                                            \
+    }                                                                                   \
+}
+TC_DEFINE_INTERLEAVE2(f32, float)
+TC_DEFINE_INTERLEAVE2(f64, double)
+
 /* bfloat16 pairs (AVX512_BF16). The float32 brgemm's shapes and calling convention, k
  * counting pairs, but A and B hold 32-bit words of two bfloat16 values of consecutive p
  * (low half: the even one), B "VNNI"-ordered (word (q, j) = B[2q][j], B[2q+1][j]); C is

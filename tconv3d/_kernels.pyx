@@ -127,6 +127,10 @@ cdef extern from "_gemm.h":
                      const float *X, Py_ssize_t sxi, float *C) noexcept nogil
     void tc_cdot_f64(Py_ssize_t m, Py_ssize_t n, const double *A, Py_ssize_t sai,
                      const double *X, Py_ssize_t sxi, double *C) noexcept nogil
+    void tc_interleave2_f32(const float *a, const float *b, float *y,
+                            Py_ssize_t n) noexcept nogil
+    void tc_interleave2_f64(const double *a, const double *b, double *y,
+                            Py_ssize_t n) noexcept nogil
     int tc_variant_supported(int variant) noexcept nogil
     void tc_brgemm_bf16(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t nb,
                         const float **A, Py_ssize_t aoff, Py_ssize_t sai, Py_ssize_t sap,
@@ -486,6 +490,28 @@ cdef inline void _store_tile(const floating *acc, Py_ssize_t nb, Py_ssize_t nc,
         for c in range(nc):
             for b in range(nb):
                 dst[b * s_b + c * s_c] = acc[b * nc + c]
+
+
+cdef inline void _store_phases(const floating *acc, Py_ssize_t phase_length, Py_ssize_t s,
+                               Py_ssize_t nb, floating *dst, Py_ssize_t s_b) noexcept nogil:
+    """dst[o*s_b] = acc[(o % s)*phase_length + o // s], 0 <= o < nb: a single channel's
+    outputs accumulated phase by phase, back in their order (stride 2 as vectors).
+    (Streamed past the caches with non-temporal stores, the rows of upsample_c1 took
+    1.6x as long on the Zen 5 VM of the benchmarks.)"""
+    cdef Py_ssize_t ph, t
+    if s == 1 and s_b == 1:
+        memcpy(dst, acc, nb * sizeof(floating))
+    elif s == 2 and s_b == 1:
+        if floating is float:
+            tc_interleave2_f32(acc, acc + phase_length, dst, nb // 2)
+        else:
+            tc_interleave2_f64(acc, acc + phase_length, dst, nb // 2)
+        if nb % 2:
+            dst[nb - 1] = acc[nb // 2]
+    else:
+        for ph in range(s if s < nb else nb):
+            for t in range((nb - ph + s - 1) // s):
+                dst[(ph + t * s) * s_b] = acc[ph * phase_length + t]
 
 
 def openmp_enabled():
@@ -1070,6 +1096,9 @@ cdef int _conv_transpose(const Problem *p,
     cdef bint grouped = lanes > 0
     cdef Py_ssize_t width = groups * cout if grouped else cout
     cdef Py_ssize_t acc_channels = _block_channels(p, cout, grouped)
+    # One channel: a run's outputs accumulate in acc phase by phase (_store_phases).
+    cdef bint single = cin == 1 and cout == 1 and not depthwise
+    cdef Py_ssize_t phase_length
     cdef Py_ssize_t xstep = groups if depthwise and p.xs[4] != 1 else p.xs[3]
     cdef Row r
     cdef floating *acc = NULL
@@ -1087,7 +1116,8 @@ cdef int _conv_transpose(const Problem *p,
     memset(&r, 0, sizeof(Row))  # Cython copies r into the region (firstprivate): no garbage
     with parallel(num_threads=num_threads):
         acc = <floating *> _thread_malloc(
-            (block * row_elements if buffered else runs.length * acc_channels)
+            (block * row_elements if buffered
+             else runs.length + sw if single else runs.length * acc_channels)
             * sizeof(floating), failed_ptr)
         xbuf = <floating *> _thread_malloc(p.n_in[2] * groups * sizeof(floating), failed_ptr)
         arows = <const floating **> _thread_malloc((2 * max_batch + 1) * sizeof(floating *),
@@ -1145,20 +1175,27 @@ cdef int _conv_transpose(const Problem *p,
                         else:
                             cbuf = acc
                             ldc = width
+                        if single:
+                            # The run's outputs by phase (o % sw): each entry's outputs
+                            # o, o + sw, ... are consecutive in acc, as its inputs
+                            # lo <= i < hi are in x, so every axpy runs as vectors.
+                            phase_length = (nb + sw - 1) // sw
+                            _fill_rows(acc, sw * phase_length, 1, 1, bg)
+                            for td in range(r.n_taps[0]):
+                                for th in range(r.n_taps[1]):
+                                    xrow = xg + _row_offset(p.xs, r.n, r.index[0][td],
+                                                            r.index[1][th])
+                                    for e in range(runs.first[run], runs.first[run + 1]):
+                                        u = runs.o[e] - o0
+                                        _axpy(runs.hi[e] - runs.lo[e],
+                                              wg[_tap_matrix(p, &r, td, th, runs.j[e])],
+                                              xrow + runs.lo[e] * p.xs[3], p.xs[3],
+                                              acc + (u % sw) * phase_length + u // sw, 1)
+                            _activate(acc, sw * phase_length, 1, 1, act, alpha)
+                            _store_phases(acc, phase_length, sw, nb, yp, p.ys[3])
+                            continue
                         _fill_rows(cbuf, nb, ldc, width, bg)
-                        for td in range(r.n_taps[0] if cin == 1 and cout == 1 else 0):
-                            for th in range(r.n_taps[1]):
-                                xrow = xg + _row_offset(p.xs, r.n, r.index[0][td],
-                                                        r.index[1][th])
-                                for e in range(runs.first[run], runs.first[run + 1]):
-                                    # Outputs o, o + sw, ... of the run, from
-                                    # inputs lo <= i < hi.
-                                    _axpy(runs.hi[e] - runs.lo[e],
-                                          wg[_tap_matrix(p, &r, td, th, runs.j[e])],
-                                          xrow + runs.lo[e] * p.xs[3], p.xs[3],
-                                          acc + (runs.o[e] - o0), sw)
-                        for e in range(runs.first[run], runs.first[run] if cin == 1
-                                       and cout == 1 else runs.first[run + 1]):
+                        for e in range(runs.first[run], runs.first[run + 1]):
                             # One batch-reduce GEMM per width entry (outputs o, o + sw, ...
                             # of the run from inputs lo <= i < hi), over the row's (depth,
                             # height) taps: their products in the order of a GEMM each.

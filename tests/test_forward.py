@@ -62,6 +62,24 @@ def test_mixed_strides_and_dilations_per_axis(rng, dtype):
                                conv_transpose3d_ref(x, w, b, **kwargs), **tol(dtype))
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("s", [1, 2, 3, 4])
+def test_single_channel_rows_by_phase(rng, s, dtype, fmt):
+    """One channel in and out: a row accumulates phase by phase (outputs s apart) and is
+    put back in order. Widths over several runs (512 outputs each), odd lengths,
+    dilation, output_padding and more taps than the stride."""
+    for width, k, d, pad, op in [(301, 4, 1, "same", None), (700, 3, 1, "valid", s - 1),
+                                 (5, 5, 2, "same", None), (129, 2, 1, "valid", None),
+                                 (257, 7, 2, "valid", 0)]:
+        x, w, b = random_problem(rng, batch=2, spatial=(2, 3, width), cin=1, cout=1,
+                                 kernel=(2, 1, k), data_format=fmt, dtype=dtype)
+        kwargs = dict(strides=(2, 1, s), padding=pad, dilation_rate=(1, 1, d),
+                      output_padding=None if op is None else (0, 0, op), data_format=fmt)
+        np.testing.assert_allclose(tconv3d.conv_transpose3d(x, w, b, **kwargs),
+                                   conv_transpose3d_ref(x, w, b, **kwargs), **tol(dtype))
+
+
 def test_without_bias_equals_zero_bias(rng):
     x, w, b = random_problem(rng, batch=1, spatial=(3, 3, 3), cin=2, cout=3,
                              kernel=(2, 2, 2), data_format="channels_last", dtype=np.float64)
