@@ -144,52 +144,16 @@ TC_CHANNELWISE_TYPES(double, f64)
                 *(V *)(C + (i + r) * ldc + j + v * (L)) = c[r][v];                      \
     } while (0)
 
-/* A tile of ROWS rows of which only the first VALID (< ROWS) exist: the others repeat
- * the last valid row's loads and are never stored. At full speed, it beats the 4-, 2- and
- * 1-row tiles of a short remainder (they reload B per tile and are load-bound). */
-#define TC_TILE_PART(V, T, ROWS, NV, L, VALID)                                          \
-    do {                                                                                \
-        const Py_ssize_t valid = (VALID);                                               \
-        Py_ssize_t row[ROWS];                                                           \
-        for (int r = 0; r < (ROWS); r++)                                                \
-            row[r] = r < valid ? r : valid - 1;                                         \
-        V c[ROWS][NV];                                                                  \
-        for (int r = 0; r < (ROWS); r++)                                                \
-            for (int v = 0; v < (NV); v++)                                              \
-                c[r][v] = *(const V *)(C + (i + row[r]) * ldc + j + v * (L));           \
-        for (Py_ssize_t bt = 0; bt < nb; bt++) {                                        \
-            const T *a[ROWS];                                                           \
-            for (int r = 0; r < (ROWS); r++)                                            \
-                a[r] = A[bt] + aoff + (i + row[r]) * sai;                               \
-            const T *bp = B[bt] + boff + j;                                             \
-            for (Py_ssize_t p = 0; p < k; p++) {                                        \
-                V b[NV];                                                                \
-                for (int v = 0; v < (NV); v++)                                          \
-                    b[v] = *(const V *)(bp + p * ldb + v * (L));                        \
-                for (int r = 0; r < (ROWS); r++) {                                      \
-                    T av = a[r][p * sap];                                               \
-                    for (int v = 0; v < (NV); v++)                                      \
-                        c[r][v] += av * b[v];                                           \
-                }                                                                       \
-            }                                                                           \
-        }                                                                               \
-        for (int r = 0; r < (ROWS); r++)                                                \
-            if (r < valid)                                                              \
-                for (int v = 0; v < (NV); v++)                                          \
-                    *(V *)(C + (i + r) * ldc + j + v * (L)) = c[r][v];                  \
-    } while (0)
-
-/* TC_TILE_PART over rows given by pointers: row r of the tile reads A from Ar[i + r] and
+/* TC_TILE over rows given by pointers: row r of the tile reads A from Ar[i + r] and
  * accumulates into Cr[i + r] + coff (rows gathered from anywhere, e.g. several output
  * rows). */
-#define TC_TILE_ROWS(V, T, ROWS, NV, L, VALID)                                          \
+#define TC_TILE_ROWS(V, T, ROWS, NV, L)                                                 \
     do {                                                                                \
-        const Py_ssize_t valid = (VALID);                                               \
         const T *a[ROWS];                                                               \
         T *cr[ROWS];                                                                    \
         for (int r = 0; r < (ROWS); r++) {                                              \
-            a[r] = Ar[i + (r < valid ? r : valid - 1)];                                 \
-            cr[r] = Cr[i + (r < valid ? r : valid - 1)] + coff + j;                     \
+            a[r] = Ar[i + r];                                                           \
+            cr[r] = Cr[i + r] + coff + j;                                               \
         }                                                                               \
         V c[ROWS][NV];                                                                  \
         for (int r = 0; r < (ROWS); r++)                                                \
@@ -207,29 +171,36 @@ TC_CHANNELWISE_TYPES(double, f64)
             }                                                                           \
         }                                                                               \
         for (int r = 0; r < (ROWS); r++)                                                \
-            if (r < valid)                                                              \
-                for (int v = 0; v < (NV); v++)                                          \
-                    *(V *)(cr[r] + v * (L)) = c[r][v];                                  \
+            for (int v = 0; v < (NV); v++)                                              \
+                *(V *)(cr[r] + v * (L)) = c[r][v];                                      \
     } while (0)
 
-#define TC_ROWS_REMAINDER(V, T, NV, L, MR)                                              \
-    if (2 * (m - i) > (MR)) { TC_TILE_ROWS(V, T, MR, NV, L, m - i); i = m; }            \
-    if (m - i >= 4) { TC_TILE_ROWS(V, T, 4, NV, L, 4); i += 4; }                        \
-    if (m - i >= 2) { TC_TILE_ROWS(V, T, 2, NV, L, 2); i += 2; }                        \
-    if (m - i >= 1) { TC_TILE_ROWS(V, T, 1, NV, L, 1); i += 1; }
-
-/* Rows left after the MR-row tiles (MR <= 8): 5 to MR - 1 as one tile of exactly that
- * many rows (its row offsets in registers, as the full tile's; a partial MR-row tile
- * keeps them on the stack, and computes a row twice), other counts over half a tile as
- * one partial MR-row tile, else tiles of 4, 2 and 1 rows. */
-#define TC_ROW_REMAINDER(V, T, NV, L, MR)                                               \
-    if ((MR) > 7 && m - i == 7) { TC_TILE(V, T, 7, NV, L); i = m; }                     \
-    if ((MR) > 6 && m - i == 6) { TC_TILE(V, T, 6, NV, L); i = m; }                     \
-    if ((MR) > 5 && m - i == 5) { TC_TILE(V, T, 5, NV, L); i = m; }                     \
-    if (2 * (m - i) > (MR)) { TC_TILE_PART(V, T, MR, NV, L, m - i); i = m; }            \
-    if (m - i >= 4) { TC_TILE(V, T, 4, NV, L); i += 4; }                                \
-    if (m - i >= 2) { TC_TILE(V, T, 2, NV, L); i += 2; }                                \
-    if (m - i >= 1) { TC_TILE(V, T, 1, NV, L); i += 1; }
+/* All m rows of a column block, in as few tiles as MR-row tiles would take, their rows
+ * shared out evenly (32 rows with MR = 6: 6 6 5 5 5 5; 8 rows: 4 4). A short last tile
+ * (1 to 3 rows) would hold too few accumulators to hide the FMA latency and run at a
+ * fraction of the speed. TILE(V, T, ROWS, NV, L) runs one tile of ROWS rows at row i;
+ * ROWS must be a constant, hence the cases. */
+#define TC_TILE_CASE(TILE, V, T, NV, L, MR, N)                                          \
+    case N: if ((N) <= (MR)) TILE(V, T, N, NV, L); break;
+#define TC_ROW_TILES(TILE, V, T, NV, L, MR)                                             \
+    {                                                                                   \
+        const Py_ssize_t tiles = (m + (MR) - 1) / (MR);                                 \
+        i = 0;                                                                          \
+        for (Py_ssize_t t = 0; t < tiles; t++) {                                        \
+            Py_ssize_t rows = m / tiles + (t < m % tiles);                              \
+            switch (rows) {                                                             \
+                TC_TILE_CASE(TILE, V, T, NV, L, MR, 1)                                  \
+                TC_TILE_CASE(TILE, V, T, NV, L, MR, 2)                                  \
+                TC_TILE_CASE(TILE, V, T, NV, L, MR, 3)                                  \
+                TC_TILE_CASE(TILE, V, T, NV, L, MR, 4)                                  \
+                TC_TILE_CASE(TILE, V, T, NV, L, MR, 5)                                  \
+                TC_TILE_CASE(TILE, V, T, NV, L, MR, 6)                                  \
+                TC_TILE_CASE(TILE, V, T, NV, L, MR, 7)                                  \
+                TC_TILE_CASE(TILE, V, T, NV, L, MR, 8)                                  \
+            }                                                                           \
+            i += rows;                                                                  \
+        }                                                                               \
+    }
 
 /* Bytes of the narrower vectors that take the columns left after the full-width ones
  * (half, then quarter width, at least 16 bytes): with AVX-512, 8 or 4 float channels (a
@@ -249,20 +220,16 @@ ATTR static void NAME##_br(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t 
            VL4 = TC_NARROW(VBYTES, 4) / sizeof(T) };                                    \
     Py_ssize_t i, j = 0;                                                                \
     for (; j + 2 * VL <= n; j += 2 * VL) {                                              \
-        for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE(NAME##_vec, T, MR, 2, VL);        \
-        TC_ROW_REMAINDER(NAME##_vec, T, 2, VL, MR)                                      \
+        TC_ROW_TILES(TC_TILE, NAME##_vec, T, 2, VL, MR)                                 \
     }                                                                                   \
     for (; j + VL <= n; j += VL) {                                                      \
-        for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE(NAME##_vec, T, MR, 1, VL);        \
-        TC_ROW_REMAINDER(NAME##_vec, T, 1, VL, MR)                                      \
+        TC_ROW_TILES(TC_TILE, NAME##_vec, T, 1, VL, MR)                                 \
     }                                                                                   \
     for (; VL2 < VL && j + VL2 <= n; j += VL2) {                                        \
-        for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE(NAME##_v2, T, MR, 1, VL2);        \
-        TC_ROW_REMAINDER(NAME##_v2, T, 1, VL2, MR)                                      \
+        TC_ROW_TILES(TC_TILE, NAME##_v2, T, 1, VL2, MR)                                 \
     }                                                                                   \
     for (; VL4 < VL2 && j + VL4 <= n; j += VL4) {                                       \
-        for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE(NAME##_v4, T, MR, 1, VL4);        \
-        TC_ROW_REMAINDER(NAME##_v4, T, 1, VL4, MR)                                      \
+        TC_ROW_TILES(TC_TILE, NAME##_v4, T, 1, VL4, MR)                                 \
     }                                                                                   \
     TC_SCALAR_COLUMNS(T, j, MADD, nb, TC_BR_A_ROW, TC_BR_B_COL, TC_BR_C_AT)             \
 }                                                                                       \
@@ -280,20 +247,16 @@ ATTR static void NAME##_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,          
            VL4 = TC_NARROW(VBYTES, 4) / sizeof(T) };                                    \
     Py_ssize_t i, j = 0;                                                                \
     for (; j + 2 * VL <= n; j += 2 * VL) {                                              \
-        for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE_ROWS(NAME##_vec, T, MR, 2, VL, MR); \
-        TC_ROWS_REMAINDER(NAME##_vec, T, 2, VL, MR)                                     \
+        TC_ROW_TILES(TC_TILE_ROWS, NAME##_vec, T, 2, VL, MR)                            \
     }                                                                                   \
     for (; j + VL <= n; j += VL) {                                                      \
-        for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE_ROWS(NAME##_vec, T, MR, 1, VL, MR); \
-        TC_ROWS_REMAINDER(NAME##_vec, T, 1, VL, MR)                                     \
+        TC_ROW_TILES(TC_TILE_ROWS, NAME##_vec, T, 1, VL, MR)                            \
     }                                                                                   \
     for (; VL2 < VL && j + VL2 <= n; j += VL2) {                                        \
-        for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE_ROWS(NAME##_v2, T, MR, 1, VL2, MR); \
-        TC_ROWS_REMAINDER(NAME##_v2, T, 1, VL2, MR)                                     \
+        TC_ROW_TILES(TC_TILE_ROWS, NAME##_v2, T, 1, VL2, MR)                            \
     }                                                                                   \
     for (; VL4 < VL2 && j + VL4 <= n; j += VL4) {                                       \
-        for (i = 0; i + (MR) <= m; i += (MR)) TC_TILE_ROWS(NAME##_v4, T, MR, 1, VL4, MR); \
-        TC_ROWS_REMAINDER(NAME##_v4, T, 1, VL4, MR)                                     \
+        TC_ROW_TILES(TC_TILE_ROWS, NAME##_v4, T, 1, VL4, MR)                            \
     }                                                                                   \
     TC_SCALAR_COLUMNS(T, j, MADD, 1, Ar[ii], B + jj, Cr[ii][coff + jj])                 \
 }

@@ -5,7 +5,7 @@ so a plain test run only exercises that one. Here each variant (``baseline``, ``
 ``avx512``) is forced with ``set_simd_variant`` and a compact forward/backward grid is
 checked against ``tests/reference.py``; the channel counts are chosen so that, for every
 vector length (2, 4, 8, 16 elements), the two-vector tiles, the one-vector tile and the
-scalar column remainder all run, and the widths leave 4-, 2- and 1-row remainders.
+scalar column remainder all run, and every row count of a GEMM up to 26 is taken.
 Variants this CPU lacks are skipped, by name. The ``TCONV3D_SIMD`` environment variable
 is checked in fresh interpreters.
 """
@@ -106,6 +106,25 @@ def test_grouped_variant_matches_reference(variant, rng, cin, cout, groups, geom
     expected = conv_transpose3d_backward_ref(g, x, w, **kwargs)
     for a, e, name in zip(got, expected, ("input", "kernel", "bias")):
         _assert_close(a, e, dtype, f"{variant} grad {name}")
+
+
+@pytest.mark.parametrize("cin,cout,dtype", [(5, 53, np.float32), (96, 96, np.float64)],
+                         ids=["rows-by-row", "weight-heavy-blocks"])
+def test_every_row_count_of_a_gemm(variant, rng, cin, cout, dtype):
+    """A 1x1x1 kernel makes each output row one GEMM of W rows (in the weight-heavy
+    layer, one GEMM over rows gathered by pointer): W from 1 to 26 runs every way the
+    micro-kernels share rows out into tiles (up to 8 rows each), for every variant."""
+    for width in range(1, 27):
+        x, w, b = random_problem(rng, batch=1, spatial=(1, 2, width), cin=cin, cout=cout,
+                                 kernel=(1, 1, 1), data_format="channels_last", dtype=dtype)
+        what = f"{variant}, {width} rows"
+        y = tconv3d.conv_transpose3d(x, w, b)
+        _assert_close(y, conv_transpose3d_ref(x, w, b), dtype, f"{what}: forward")
+        g = rng.standard_normal(y.shape).astype(dtype)
+        got = tconv3d.conv_transpose3d_backward(g, x, w)
+        expected = conv_transpose3d_backward_ref(g, x, w)
+        for a, e, name in zip(got, expected, ("input", "kernel", "bias")):
+            _assert_close(a, e, dtype, f"{what}: grad {name}")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
