@@ -53,11 +53,24 @@ def test_kernel_layouts_match_their_definitions(rng, dtype, shape, groups):
             kd, kh, kw, groups * f, -1)
         for variant in each_simd_variant():
             for threads in (1, 2):
-                np.testing.assert_array_equal(
-                    _layouts.pack_kernel(kernel, dtype, groups, threads), panels,
-                    err_msg=f"{name}, {variant}")
-                np.testing.assert_array_equal(_layouts.by_group(kernel, groups, threads),
-                                              per_group, err_msg=f"{name}, {variant}")
+                packed = _layouts.pack_kernel(kernel, dtype, groups, threads)
+                grouped = _layouts.by_group(kernel, groups, threads)
+                np.testing.assert_array_equal(packed, panels, err_msg=f"{name}, {variant}")
+                np.testing.assert_array_equal(grouped, per_group, err_msg=f"{name}, {variant}")
+                # on a cache line: the micro-kernels' row loads never straddle two
+                assert packed.ctypes.data % 64 == 0 and grouped.ctypes.data % 64 == 0, name
+
+
+def test_a_kernel_off_a_cache_line_is_copied_onto_one(rng):
+    buffer = np.empty(2 * 3 * 4 * 4 + 16, np.float32)
+    kernel = buffer[4:-12].reshape(2, 3, 1, 4, 4)   # C-contiguous, 16 bytes past a line
+    kernel[...] = rng.standard_normal(kernel.shape)
+    if kernel.ctypes.data % 64 == 0:
+        kernel = buffer[:-16].reshape(kernel.shape)
+        kernel[...] = rng.standard_normal(kernel.shape)
+    grouped = _layouts.by_group(kernel, 1)
+    assert grouped.ctypes.data % 64 == 0 and not np.shares_memory(grouped, kernel)
+    np.testing.assert_array_equal(grouped, kernel)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
