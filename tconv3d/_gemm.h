@@ -955,6 +955,28 @@ typedef void (*tc_grouped_dot_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssiz
                                      Py_ssize_t, Py_ssize_t, const double *const *,
                                      Py_ssize_t, Py_ssize_t, const double *const *,
                                      Py_ssize_t, Py_ssize_t, double *);
+/* dst[0:bytes] = src[0:bytes]: the whole 64-byte lines of dst with non-temporal stores,
+ * which write a line without reading it first (for outputs larger than the caches, whose
+ * lines would be evicted unread anyway), the partial lines at either end with ordinary
+ * ones. A copy: the same bits as memcpy. See tc_store_fence. */
+static inline void tc_stream_copy(void *dst, const void *src, size_t bytes)
+{
+#ifdef TC_X86_DISPATCH
+    char *d = (char *)dst;
+    const char *s = (const char *)src;
+    size_t head = (TC_LINE - (size_t)d % TC_LINE) % TC_LINE;
+    if (head > bytes) head = bytes;
+    memcpy(d, s, head);
+    for (d += head, s += head, bytes -= head; bytes >= TC_LINE;
+         d += TC_LINE, s += TC_LINE, bytes -= TC_LINE)
+        for (int q = 0; q < TC_LINE; q += 16)   /* SSE2: every x86-64 CPU */
+            _mm_stream_si128((__m128i *)(d + q), _mm_loadu_si128((const __m128i *)(s + q)));
+    memcpy(d, s, bytes);
+#else
+    memcpy(dst, src, bytes);
+#endif
+}
+
 /* Orders a thread's non-temporal stores before what follows (the end of its work). */
 static inline void tc_store_fence(void)
 {

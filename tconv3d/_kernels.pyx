@@ -168,6 +168,7 @@ cdef extern from "_gemm.h":
     void tc_transpose_f64(Py_ssize_t m, Py_ssize_t n, const double *S, Py_ssize_t lds,
                           double *D, Py_ssize_t ldd, int stream) noexcept nogil
     void tc_store_fence() noexcept nogil
+    void tc_stream_copy(void *dst, const void *src, size_t nbytes) noexcept nogil
     int tc_select_variant(int variant) noexcept nogil
     int tc_best_variant() noexcept nogil
 
@@ -544,7 +545,7 @@ cdef Py_ssize_t ROUND_BLOCK = 1 << 16
 # Voxels and channels per tile of a transposing copy (channels_last): one tile's source
 # and destination lines stay in L1.
 cdef Py_ssize_t TRANSPOSE_TILE = 32
-# The forward's channel planes (_store_planes): bytes of tiles stored in one burst (in L1
+# The forward's buffered rows (_store_rows): bytes of tiles stored in one burst (in L1
 # with the GEMMs' operands), and the output size from which bursts stream past the caches.
 cdef Py_ssize_t BURST_BYTES = 32 * 1024
 cdef Py_ssize_t STREAM_BYTES = 2 * 1024 * 1024
@@ -1018,24 +1019,36 @@ cdef inline Py_ssize_t _burst_rows(Py_ssize_t row_bytes) noexcept nogil:
     return 1 if n < 1 else n
 
 
-cdef inline bint _planes(const Problem *p) noexcept nogil:
-    """Whether the forward's GEMM tiles go to channel planes (channels_first: voxels
-    contiguous, channels not). Stored run by run between GEMMs, the planes' many lines
-    cost several times what they cost stored a block of rows at a time (_store_planes)."""
-    return (p.ys[4] != 1 and p.ys[3] == 1 and not _depthwise(p)
-            and not (p.cin == 1 and p.cout == 1))
+cdef inline bint _streamed(const Problem *p, size_t itemsize) noexcept nogil:
+    """Whether the forward's output is larger than STREAM_BYTES (more than a core's
+    caches): stored with non-temporal stores, which write whole lines without reading
+    them first."""
+    return (p.batch * p.n_out[0] * p.n_out[1] * p.n_out[2] * p.groups * p.cout
+            * <Py_ssize_t> itemsize > STREAM_BYTES)
 
 
-cdef void _store_planes(const Problem *p, const floating *acc, Py_ssize_t first,
-                        Py_ssize_t last, floating *y, Row *r) noexcept nogil:
+cdef inline bint _buffered_rows(const Problem *p, size_t itemsize) noexcept nogil:
+    """Whether the forward accumulates whole output rows in a buffer, stored a block of
+    rows at a time (_store_rows): for channel planes (channels_first: voxels contiguous,
+    channels not), whose many lines cost several times as much stored run by run between
+    GEMMs; and for large outputs with contiguous rows, which the GEMMs would otherwise
+    read from memory before writing (non-temporal stores from the buffer do not). Not
+    for one channel or depthwise layers, whose loops write y themselves."""
+    if _depthwise(p) or (p.cin == 1 and p.cout == 1):
+        return False
+    if p.ys[4] != 1:
+        return p.ys[3] == 1
+    return p.ys[3] == p.groups * p.cout and _streamed(p, itemsize)
+
+
+cdef void _store_rows(const Problem *p, const floating *acc, Py_ssize_t first,
+                      Py_ssize_t last, floating *y, Row *r) noexcept nogil:
     """Output rows first <= row < last, accumulated in acc as y's rows with contiguous
-    channels would be, transposed into y's channel planes, rows that follow each other
-    in the planes as one: with non-temporal stores for outputs larger than STREAM_BYTES
-    (more than a core's caches: their lines would be evicted unread anyway), which write
-    whole lines without reading them first."""
+    channels would be, copied into y (transposed into its channel planes if it has
+    them), rows that follow each other in y as one: with non-temporal stores when
+    _streamed."""
     cdef Py_ssize_t ow_n = p.n_out[2], row_elements = ow_n * p.groups * p.cout
-    cdef bint stream = (p.batch * p.n_out[0] * p.n_out[1] * row_elements * sizeof(floating)
-                        > STREAM_BYTES)
+    cdef bint stream = _streamed(p, sizeof(floating))
     cdef Py_ssize_t row, end, grp, m
     cdef const floating *src
     cdef floating *dst
@@ -1044,16 +1057,22 @@ cdef void _store_planes(const Problem *p, const floating *acc, Py_ssize_t first,
         _split_row(r, row, p.n_out)
         dst = y + _row_offset(p.ys, r.n, r.d, r.h)
         end = row + 1
-        while end < last:   # the next row starts where this one ends in every plane
+        while end < last:   # the next row starts where this one ends (in every plane)
             _split_row(r, end, p.n_out)
-            if y + _row_offset(p.ys, r.n, r.d, r.h) != dst + (end - row) * ow_n:
+            if y + _row_offset(p.ys, r.n, r.d, r.h) != dst + (end - row) * ow_n * p.ys[3]:
                 break
             end = end + 1
         src = acc + (row - first) * row_elements
         m = (end - row) * ow_n
-        for grp in range(p.groups):
-            _transpose(m, p.cout, src + grp * p.cout, p.groups * p.cout,
-                       dst + grp * p.cout * p.ys[4], p.ys[4], stream)
+        if p.ys[4] == 1:
+            if stream:
+                tc_stream_copy(dst, src, m * p.groups * p.cout * sizeof(floating))
+            else:
+                memcpy(dst, src, m * p.groups * p.cout * sizeof(floating))
+        else:
+            for grp in range(p.groups):
+                _transpose(m, p.cout, src + grp * p.cout, p.groups * p.cout,
+                           dst + grp * p.cout * p.ys[4], p.ys[4], stream)
         row = end
 
 
@@ -1074,11 +1093,12 @@ cdef int _conv_transpose(const Problem *p,
     cdef Py_ssize_t rows = p.batch * p.n_out[0] * p.n_out[1]
     cdef Py_ssize_t row, grp, run, o0, nb, b, e, td, th, co, ldc, seg, u, nbat
     cdef Py_ssize_t blk, first, last
-    # Where the GEMMs accumulate: `direct`ly in y when its channels are contiguous; in
-    # whole rows of acc (laid out as y's rows with contiguous channels) for channel
-    # `planes`, stored a block of rows at a time (_store_planes); else run by run in acc.
-    cdef bint direct = p.ys[4] == 1 and not (cin == 1 and cout == 1) and y16 == NULL
-    cdef bint buffered = _planes(p) and y16 == NULL
+    # Where the GEMMs accumulate: in whole rows of acc (laid out as y's rows with
+    # contiguous channels), stored a block of rows at a time, when _buffered_rows; else
+    # `direct`ly in y when its channels are contiguous; else run by run in acc.
+    cdef bint buffered = _buffered_rows(p, sizeof(floating)) and y16 == NULL
+    cdef bint direct = (p.ys[4] == 1 and not (cin == 1 and cout == 1) and y16 == NULL
+                        and not buffered)
     cdef Py_ssize_t row_elements = ow_n * p.groups * cout if buffered else 0
     cdef Py_ssize_t block = _burst_rows(row_elements * sizeof(floating)) if buffered else 1
     cdef Py_ssize_t blocks = (rows + block - 1) // block
@@ -1223,7 +1243,7 @@ cdef int _conv_transpose(const Problem *p,
                         else:
                             _store_tile(acc, nb, width, yp, p.ys[3], p.ys[4])
             if buffered:
-                _store_planes(p, acc, first, last, y, &r)
+                _store_rows(p, acc, first, last, y, &r)
         tc_store_fence()
         free(r.j[0])
         free(arows)

@@ -80,6 +80,30 @@ def test_single_channel_rows_by_phase(rng, s, dtype, fmt):
                                    conv_transpose3d_ref(x, w, b, **kwargs), **tol(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_outputs_larger_than_the_caches(rng, dtype):
+    """Outputs over 2 MiB are accumulated a block of rows at a time and stored with
+    non-temporal stores (whole 64-byte lines; the partial lines at the ends of a block,
+    129 channels making rows of no whole lines, with ordinary stores): the same values
+    as the reference, the same bits in both layouts, for 1 and 2 threads and into an
+    `out=` buffer that starts off a cache line."""
+    x, w, b = random_problem(rng, batch=1, spatial=(8, 8, 9), cin=5, cout=129,
+                             kernel=(2, 2, 3), data_format="channels_last", dtype=dtype)
+    kwargs = dict(strides=2, padding="same", activation="relu")
+    expected = np.maximum(conv_transpose3d_ref(x, w, b, strides=2, padding="same"), 0)
+    assert expected.nbytes > 2 * 2**20
+    first = np.moveaxis(tconv3d.conv_transpose3d(
+        np.moveaxis(x, -1, 1), w, b, data_format="channels_first", **kwargs), 1, -1)
+    buffer = np.empty(expected.size + 1, dtype)
+    off_line = buffer[1:].reshape(expected.shape)
+    for threads in (1, 2):
+        y = tconv3d.conv_transpose3d(x, w, b, num_threads=threads, **kwargs)
+        np.testing.assert_allclose(y, expected, **tol(dtype))
+        np.testing.assert_array_equal(y, first)
+        tconv3d.conv_transpose3d(x, w, b, num_threads=threads, out=off_line, **kwargs)
+        np.testing.assert_array_equal(off_line, y)
+
+
 def test_without_bias_equals_zero_bias(rng):
     x, w, b = random_problem(rng, batch=1, spatial=(3, 3, 3), cin=2, cout=3,
                              kernel=(2, 2, 2), data_format="channels_last", dtype=np.float64)
