@@ -1010,6 +1010,34 @@ static tc_grouped_dot_f32_t tc_grouped_dot_f32 = NULL;
 static tc_grouped_dot_f64_t tc_grouped_dot_f64 = NULL;
 static int tc_variant = 0;
 
+/* One element of the selected variant's tc_axpy: alpha * x + y, rounded as it rounds
+ * (fused from AVX2 on), without a call through the pointer (which costs more than the
+ * arithmetic when a stride larger than the input makes every axpy one element long). */
+#ifdef TC_X86_DISPATCH
+__attribute__((target("fma"))) static float tc_fused_f32(float a, float x, float y)
+{
+    return fmaf(a, x, y);
+}
+__attribute__((target("fma"))) static double tc_fused_f64(double a, double x, double y)
+{
+    return fma(a, x, y);
+}
+#endif
+static inline float tc_madd_f32(float a, float x, float y)
+{
+#ifdef TC_X86_DISPATCH
+    if (tc_variant > 0) return tc_fused_f32(a, x, y);
+#endif
+    return TC_BASE_MADD(float)(a, x, y);
+}
+static inline double tc_madd_f64(double a, double x, double y)
+{
+#ifdef TC_X86_DISPATCH
+    if (tc_variant > 0) return tc_fused_f64(a, x, y);
+#endif
+    return TC_BASE_MADD(double)(a, x, y);
+}
+
 /* Lanes of tc_grouped_* for elements of `itemsize` bytes in the selected variant; 0 when
  * it has none (the baseline). */
 static inline Py_ssize_t tc_grouped_lanes(size_t itemsize)

@@ -169,6 +169,8 @@ cdef extern from "_gemm.h":
                           double *D, Py_ssize_t ldd, int stream) noexcept nogil
     void tc_store_fence() noexcept nogil
     void tc_stream_copy(void *dst, const void *src, size_t nbytes) noexcept nogil
+    float tc_madd_f32(float a, float x, float y) noexcept nogil
+    double tc_madd_f64(double a, double x, double y) noexcept nogil
     int tc_select_variant(int variant) noexcept nogil
     int tc_best_variant() noexcept nogil
 
@@ -394,6 +396,14 @@ cdef inline void _axpy(Py_ssize_t n, floating alpha, const floating *x, Py_ssize
         tc_axpy_f64(n, alpha, x, incx, y, incy)
 
 
+cdef inline floating _madd(floating alpha, floating x, floating y) noexcept nogil:
+    """alpha * x + y, rounded as _axpy rounds it."""
+    if floating is float:
+        return tc_madd_f32(alpha, x, y)
+    else:
+        return tc_madd_f64(alpha, x, y)
+
+
 cdef inline void _cmadd(Py_ssize_t m, Py_ssize_t n, const floating *A, Py_ssize_t sai,
                         const floating *B, floating *C, Py_ssize_t ldc) noexcept nogil:
     """C[i*ldc + j] += A[i*sai + j] * B[j]: depthwise taps, channels as vectors."""
@@ -499,7 +509,7 @@ cdef inline void _store_phases(const floating *acc, Py_ssize_t phase_length, Py_
     outputs accumulated phase by phase, back in their order (stride 2 as vectors).
     (Streamed past the caches with non-temporal stores, the rows of upsample_c1 took
     1.6x as long on the Zen 5 VM of the benchmarks.)"""
-    cdef Py_ssize_t ph, t
+    cdef Py_ssize_t ph, t, full
     if s == 1 and s_b == 1:
         memcpy(dst, acc, nb * sizeof(floating))
     elif s == 2 and s_b == 1:
@@ -509,9 +519,10 @@ cdef inline void _store_phases(const floating *acc, Py_ssize_t phase_length, Py_
             tc_interleave2_f64(acc, acc + phase_length, dst, nb // 2)
         if nb % 2:
             dst[nb - 1] = acc[nb // 2]
-    else:
+    else:   # the first nb - (phase_length - 1) * s phases are full, the others one short
+        full = nb - (phase_length - 1) * s
         for ph in range(s if s < nb else nb):
-            for t in range((nb - ph + s - 1) // s):
+            for t in range(phase_length if ph < full else phase_length - 1):
                 dst[(ph + t * s) * s_b] = acc[ph * phase_length + t]
 
 
@@ -1118,7 +1129,8 @@ cdef int _conv_transpose(const Problem *p,
     cdef Py_ssize_t acc_channels = _block_channels(p, cout, grouped)
     # One channel: a run's outputs accumulate in acc phase by phase (_store_phases).
     cdef bint single = cin == 1 and cout == 1 and not depthwise
-    cdef Py_ssize_t phase_length
+    cdef Py_ssize_t phase_length, filled
+    cdef const floating *wtap
     cdef Py_ssize_t xstep = groups if depthwise and p.xs[4] != 1 else p.xs[3]
     cdef Row r
     cdef floating *acc = NULL
@@ -1133,6 +1145,20 @@ cdef int _conv_transpose(const Problem *p,
     cdef int failed = 0
     cdef int *failed_ptr = &failed  # shared: written through a pointer in the region
 
+    # One channel: where each entry's first output goes in its run's phases (the same
+    # for every row: divisions once per call, not per row and tap).
+    cdef Py_ssize_t *phase_at = NULL
+    if single:
+        phase_at = <Py_ssize_t *> _thread_malloc(
+            (runs.first[runs.count] + 1) * sizeof(Py_ssize_t), failed_ptr)
+        for run in range(runs.count if phase_at != NULL else 0):
+            o0 = run * runs.length
+            nb = runs.length if ow_n - o0 > runs.length else ow_n - o0
+            phase_length = (nb + sw - 1) // sw
+            for e in range(runs.first[run], runs.first[run + 1]):
+                u = runs.o[e] - o0
+                phase_at[e] = (u % sw) * phase_length + u // sw
+
     memset(&r, 0, sizeof(Row))  # Cython copies r into the region (firstprivate): no garbage
     with parallel(num_threads=num_threads):
         acc = <floating *> _thread_malloc(
@@ -1145,7 +1171,8 @@ cdef int _conv_transpose(const Problem *p,
         btaps = arows + max_batch
         r = _thread_row(p, failed_ptr)
         for blk in prange(blocks, schedule='dynamic', chunksize=_grab(blocks, num_threads)):
-            if acc == NULL or xbuf == NULL or arows == NULL or r.j[0] == NULL:
+            if (acc == NULL or xbuf == NULL or arows == NULL or r.j[0] == NULL
+                    or (single and phase_at == NULL)):
                 continue  # flagged in `failed`: the call raises MemoryError
             first = blk * block
             last = first + block if rows - first > block else rows
@@ -1199,19 +1226,26 @@ cdef int _conv_transpose(const Problem *p,
                             # The run's outputs by phase (o % sw): each entry's outputs
                             # o, o + sw, ... are consecutive in acc, as its inputs
                             # lo <= i < hi are in x, so every axpy runs as vectors.
+                            # (phases past the run's nb outputs stay empty: a stride
+                            # larger than the run fills only nb of them)
                             phase_length = (nb + sw - 1) // sw
-                            _fill_rows(acc, sw * phase_length, 1, 1, bg)
+                            filled = (sw if sw < nb else nb) * phase_length
+                            _fill_rows(acc, filled, 1, 1, bg)
                             for td in range(r.n_taps[0]):
                                 for th in range(r.n_taps[1]):
                                     xrow = xg + _row_offset(p.xs, r.n, r.index[0][td],
                                                             r.index[1][th])
+                                    wtap = wg + _tap_matrix(p, &r, td, th, 0)  # width tap 0
                                     for e in range(runs.first[run], runs.first[run + 1]):
-                                        u = runs.o[e] - o0
-                                        _axpy(runs.hi[e] - runs.lo[e],
-                                              wg[_tap_matrix(p, &r, td, th, runs.j[e])],
+                                        if runs.hi[e] - runs.lo[e] == 1:
+                                            acc[phase_at[e]] = _madd(
+                                                wtap[runs.j[e] * groups],
+                                                xrow[runs.lo[e] * p.xs[3]], acc[phase_at[e]])
+                                            continue
+                                        _axpy(runs.hi[e] - runs.lo[e], wtap[runs.j[e] * groups],
                                               xrow + runs.lo[e] * p.xs[3], p.xs[3],
-                                              acc + (u % sw) * phase_length + u // sw, 1)
-                            _activate(acc, sw * phase_length, 1, 1, act, alpha)
+                                              acc + phase_at[e], 1)
+                            _activate(acc, filled, 1, 1, act, alpha)
                             _store_phases(acc, phase_length, sw, nb, yp, p.ys[3])
                             continue
                         _fill_rows(cbuf, nb, ldc, width, bg)
@@ -1249,6 +1283,7 @@ cdef int _conv_transpose(const Problem *p,
         free(arows)
         free(xbuf)
         free(acc)
+    free(phase_at)
     return -1 if failed else 0
 
 

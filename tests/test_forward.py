@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tconv3d
-from helpers import random_problem, to_torch_args, tol
+from helpers import each_simd_variant, random_problem, to_torch_args, tol
 from reference import conv_transpose3d_backward_ref, conv_transpose3d_ref
 
 FORMATS = ["channels_last", "channels_first"]
@@ -78,6 +78,26 @@ def test_single_channel_rows_by_phase(rng, s, dtype, fmt):
                       output_padding=None if op is None else (0, 0, op), data_format=fmt)
         np.testing.assert_allclose(tconv3d.conv_transpose3d(x, w, b, **kwargs),
                                    conv_transpose3d_ref(x, w, b, **kwargs), **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_single_channel_one_input_per_tap_rounds_as_longer_rows(rng, dtype):
+    """A stride larger than the input row gives every width tap one input, added without
+    the axpy call: its rounding (fused from AVX2 on) must be the axpy's, so an output
+    has the same bits whether its row holds one input or more; the large-stride layer
+    (4096 taps, stride 4096) matches the reference, on every variant."""
+    x, w, b = random_problem(rng, batch=1, spatial=(2, 2, 3), cin=1, cout=1,
+                             kernel=(1, 2, 5), data_format="channels_last", dtype=dtype)
+    kwargs = dict(strides=(1, 2, 7))
+    wide = rng.standard_normal((1, 16, 16, 1, 1)).astype(dtype)
+    long_kernel = rng.standard_normal((1, 1, 4096, 1, 1)).astype(dtype)
+    for variant in each_simd_variant():
+        one = tconv3d.conv_transpose3d(x[:, :, :, :1], w, b, **kwargs)
+        more = tconv3d.conv_transpose3d(x, w, b, **kwargs)
+        np.testing.assert_array_equal(one[:, :, :, :7], more[:, :, :, :7], err_msg=variant)
+        np.testing.assert_allclose(
+            tconv3d.conv_transpose3d(wide, long_kernel, strides=(1, 1, 4096)),
+            conv_transpose3d_ref(wide, long_kernel, strides=(1, 1, 4096)), **tol(dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
