@@ -1075,11 +1075,8 @@ cdef void _store_rows(const Problem *p, const floating *acc, Py_ssize_t first,
             end = end + 1
         src = acc + (row - first) * row_elements
         m = (end - row) * ow_n
-        if p.ys[4] == 1:
-            if stream:
-                tc_stream_copy(dst, src, m * p.groups * p.cout * sizeof(floating))
-            else:
-                memcpy(dst, src, m * p.groups * p.cout * sizeof(floating))
+        if p.ys[4] == 1:   # contiguous channels: buffered only when _streamed
+            tc_stream_copy(dst, src, m * p.groups * p.cout * sizeof(floating))
         else:
             for grp in range(p.groups):
                 _transpose(m, p.cout, src + grp * p.cout, p.groups * p.cout,
