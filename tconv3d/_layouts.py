@@ -7,7 +7,7 @@ import numpy as np
 
 from . import _kernels, _threads
 from ._geometry import keras_to_torch_kernel
-from ._validation import normalize_num_threads
+from ._validation import check_allocation, normalize_num_threads
 
 
 def _team(num_threads, size):
@@ -82,12 +82,29 @@ def by_group(kernel, groups, num_threads=1):
     return out.reshape(kd, kh, kw, groups * f, per_group)
 
 
-def channels_last(a, num_threads=1):
+def _rows_on_lines(a):
+    """Whether every voxel's channels of ``a`` start on a 64-byte cache line."""
+    return a.ctypes.data % 64 == 0 and all(s % 64 == 0 for s in a.strides[:-1])
+
+
+def channels_last(a, num_threads=1, on_lines=False):
     """The logical (N, D, H, W, C) ``a`` with contiguous channels: itself, or a compiled
-    copy (``_kernels.channels_last``; bfloat16 arrays as their bits)."""
-    if a.shape[-1] == 1 or a.strides[-1] == a.itemsize:
+    copy (``_kernels.channels_last``; bfloat16 arrays as their bits).
+
+    With ``on_lines``, channels that fill whole cache lines also start on one: a copy
+    when they do not (NumPy puts large arrays 16 bytes past a line) and memory allows.
+    The kernel gradient loads them as vectors; off a line, its loads straddle two lines
+    and it takes 8-14% longer."""
+    contiguous = a.shape[-1] == 1 or a.strides[-1] == a.itemsize
+    if contiguous and not (on_lines and (a.shape[-1] * a.itemsize) % 64 == 0
+                           and not _rows_on_lines(a)):
         return a
-    copy = np.empty(a.shape, a.dtype)
+    if contiguous:
+        try:
+            check_allocation(a.shape, a.dtype, "x", copy=True)
+        except MemoryError:   # only a matter of speed
+            return a
+    copy = empty_aligned(a.shape, a.dtype)
     bits = np.uint16 if a.dtype.itemsize == 2 else a.dtype
     _kernels.channels_last(a.view(bits), copy.view(bits), _team(num_threads, a.size))
     return copy

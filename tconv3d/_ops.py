@@ -537,7 +537,7 @@ def conv_transpose3d_backward(grad_output, x, kernel, *, strides=1, padding="val
                                  _element_strides(gw), num_threads, True)
         else:
             # the GEMM reads x's channels as vectors
-            xl = channels_last(_logical(_operand(x, dtype), geom), num_threads)
+            xl = channels_last(_logical(_operand(x, dtype), geom), num_threads, on_lines=True)
             _kernels.grad_kernel(g, xl, grouped, geom, _element_strides(xl),
                                  _element_strides(g), num_threads)
         if geom.groups > 1:   # back to Keras' layout: the in_channels axis is the groups'

@@ -6,6 +6,7 @@ every variant this CPU runs."""
 import numpy as np
 import pytest
 
+import tconv3d
 from tconv3d import _kernels, _layouts
 from tconv3d._geometry import keras_to_torch_kernel, torch_to_keras_kernel
 from helpers import each_simd_variant
@@ -59,6 +60,28 @@ def test_kernel_layouts_match_their_definitions(rng, dtype, shape, groups):
                 np.testing.assert_array_equal(grouped, per_group, err_msg=f"{name}, {variant}")
                 # on a cache line: the micro-kernels' row loads never straddle two
                 assert packed.ctypes.data % 64 == 0 and grouped.ctypes.data % 64 == 0, name
+
+
+def test_channels_filling_lines_are_put_on_lines_for_the_kernel_gradient(rng):
+    """x 16 bytes past a cache line, 16 float32 channels (one line a voxel): the kernel
+    gradient works on an aligned copy and gives the same bits as on an aligned x."""
+    shape = (2, 3, 4, 5, 16)
+    buffer = np.empty(int(np.prod(shape)) + 32, np.float32)
+    start = (16 - buffer.ctypes.data) % 64 // 4
+    x = buffer[start:start + int(np.prod(shape))].reshape(shape)
+    x[...] = rng.standard_normal(shape)
+    assert x.ctypes.data % 64 == 16
+    on_lines = _layouts.channels_last(x, 2, on_lines=True)
+    assert on_lines.ctypes.data % 64 == 0 and not np.shares_memory(on_lines, x)
+    np.testing.assert_array_equal(on_lines, x)
+    assert _layouts.channels_last(x, 2) is x    # without on_lines: used as it is
+    narrow = np.ascontiguousarray(x[..., :3])    # 12 bytes a voxel: no line to start on
+    assert _layouts.channels_last(narrow, 2, on_lines=True) is narrow
+    w = rng.standard_normal((2, 2, 2, 4, 16)).astype(np.float32)
+    g = rng.standard_normal((2, 6, 8, 10, 4)).astype(np.float32)
+    kernel_grad = tconv3d.conv_transpose3d_backward(g, x, w, strides=2)[1]
+    aligned = tconv3d.conv_transpose3d_backward(g, on_lines, w, strides=2)[1]
+    np.testing.assert_array_equal(kernel_grad, aligned)
 
 
 def test_a_kernel_off_a_cache_line_is_copied_onto_one(rng):
