@@ -179,7 +179,7 @@ TC_CHANNELWISE_TYPES(double, f64)
  * shared out evenly (32 rows with MR = 6: 6 6 5 5 5 5; 8 rows: 4 4). A short last tile
  * (1 to 3 rows) would hold too few accumulators to hide the FMA latency and run at a
  * fraction of the speed. TILE(V, T, ROWS, NV, L) runs one tile of ROWS rows at row i;
- * ROWS must be a constant, hence the cases. */
+ * ROWS must be a constant, hence the cases, up to 8 (every MR is 6 or 8). */
 #define TC_TILE_CASE(TILE, V, T, NV, L, MR, N)                                          \
     case N: if ((N) <= (MR)) TILE(V, T, N, NV, L); break;
 #define TC_ROW_TILES(TILE, V, T, NV, L, MR)                                             \

@@ -21,10 +21,13 @@ def _taps_inner(kernel):
     return kernel.strides[:3] == tuple(n * kernel.itemsize for n in (kh * kw, kw, 1))
 
 
-def empty_aligned(shape, dtype, alignment=64):
+LINE = 64   # bytes of a cache line
+
+
+def empty_aligned(shape, dtype, alignment=LINE):
     """``np.empty`` starting on a cache line (NumPy aligns to 16 bytes only): the
-    micro-kernels' vector loads of weight rows then never straddle two lines, which
-    cost the forward and the input gradient 8-17% on some layers."""
+    micro-kernels' vector loads of rows of whole lines (weights, the kernel gradient's x)
+    then never straddle two lines, which cost 8-17% on some layers."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     raw = np.empty(nbytes + alignment, np.uint8)
@@ -34,7 +37,7 @@ def empty_aligned(shape, dtype, alignment=64):
 
 def line_aligned(a):
     """``a`` if C-contiguous and on a cache line, else such a copy."""
-    if a.flags.c_contiguous and a.ctypes.data % 64 == 0:
+    if a.flags.c_contiguous and a.ctypes.data % LINE == 0:
         return a
     out = empty_aligned(a.shape, a.dtype)
     out[...] = a
@@ -84,7 +87,7 @@ def by_group(kernel, groups, num_threads=1):
 
 def _rows_on_lines(a):
     """Whether every voxel's channels of ``a`` start on a 64-byte cache line."""
-    return a.ctypes.data % 64 == 0 and all(s % 64 == 0 for s in a.strides[:-1])
+    return a.ctypes.data % LINE == 0 and all(s % LINE == 0 for s in a.strides[:-1])
 
 
 def channels_last(a, num_threads=1, on_lines=False):
@@ -96,7 +99,7 @@ def channels_last(a, num_threads=1, on_lines=False):
     The kernel gradient loads them as vectors; off a line, its loads straddle two lines
     and it takes 8-14% longer."""
     contiguous = a.shape[-1] == 1 or a.strides[-1] == a.itemsize
-    if contiguous and not (on_lines and (a.shape[-1] * a.itemsize) % 64 == 0
+    if contiguous and not (on_lines and (a.shape[-1] * a.itemsize) % LINE == 0
                            and not _rows_on_lines(a)):
         return a
     if contiguous:
