@@ -1127,7 +1127,7 @@ cdef int _conv_transpose(const Problem *p,
     # One channel: a run's outputs accumulate in acc phase by phase (_store_phases).
     cdef bint single = cin == 1 and cout == 1 and not depthwise
     cdef Py_ssize_t phase_length, filled
-    cdef const floating *wtap
+    cdef floating tap
     cdef Py_ssize_t xstep = groups if depthwise and p.xs[4] != 1 else p.xs[3]
     cdef Row r
     cdef floating *acc = NULL
@@ -1232,14 +1232,14 @@ cdef int _conv_transpose(const Problem *p,
                                 for th in range(r.n_taps[1]):
                                     xrow = xg + _row_offset(p.xs, r.n, r.index[0][td],
                                                             r.index[1][th])
-                                    wtap = wg + _tap_matrix(p, &r, td, th, 0)  # width tap 0
                                     for e in range(runs.first[run], runs.first[run + 1]):
+                                        tap = wg[_tap_matrix(p, &r, td, th, runs.j[e])]
                                         if runs.hi[e] - runs.lo[e] == 1:
                                             acc[phase_at[e]] = _madd(
-                                                wtap[runs.j[e] * groups],
-                                                xrow[runs.lo[e] * p.xs[3]], acc[phase_at[e]])
+                                                tap, xrow[runs.lo[e] * p.xs[3]],
+                                                acc[phase_at[e]])
                                             continue
-                                        _axpy(runs.hi[e] - runs.lo[e], wtap[runs.j[e] * groups],
+                                        _axpy(runs.hi[e] - runs.lo[e], tap,
                                               xrow + runs.lo[e] * p.xs[3], p.xs[3],
                                               acc + phase_at[e], 1)
                             _activate(acc, filled, 1, 1, act, alpha)

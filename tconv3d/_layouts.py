@@ -104,7 +104,7 @@ def channels_last(a, num_threads=1, on_lines=False):
         return a
     if contiguous:
         try:
-            check_allocation(a.shape, a.dtype, "x", copy=True)
+            check_allocation(a.shape, a.dtype, "a", copy=True)
         except MemoryError:   # only a matter of speed
             return a
     copy = empty_aligned(a.shape, a.dtype)

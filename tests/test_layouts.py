@@ -62,15 +62,22 @@ def test_kernel_layouts_match_their_definitions(rng, dtype, shape, groups):
                 assert packed.ctypes.data % 64 == 0 and grouped.ctypes.data % 64 == 0, name
 
 
+def _off_a_line(rng, shape):
+    """Random float32 values, C-contiguous, starting 16 bytes past a 64-byte line (where
+    NumPy puts arrays of 4 MiB or more)."""
+    size = int(np.prod(shape))
+    buffer = np.empty(size + 16, np.float32)
+    start = (16 - buffer.ctypes.data) % 64 // 4
+    a = buffer[start:start + size].reshape(shape)
+    a[...] = rng.standard_normal(shape)
+    assert a.ctypes.data % 64 == 16
+    return a
+
+
 def test_channels_filling_lines_are_put_on_lines_for_the_kernel_gradient(rng):
     """x 16 bytes past a cache line, 16 float32 channels (one line a voxel): the kernel
     gradient works on an aligned copy and gives the same bits as on an aligned x."""
-    shape = (2, 3, 4, 5, 16)
-    buffer = np.empty(int(np.prod(shape)) + 32, np.float32)
-    start = (16 - buffer.ctypes.data) % 64 // 4
-    x = buffer[start:start + int(np.prod(shape))].reshape(shape)
-    x[...] = rng.standard_normal(shape)
-    assert x.ctypes.data % 64 == 16
+    x = _off_a_line(rng, (2, 3, 4, 5, 16))
     on_lines = _layouts.channels_last(x, 2, on_lines=True)
     assert on_lines.ctypes.data % 64 == 0 and not np.shares_memory(on_lines, x)
     np.testing.assert_array_equal(on_lines, x)
@@ -85,12 +92,7 @@ def test_channels_filling_lines_are_put_on_lines_for_the_kernel_gradient(rng):
 
 
 def test_a_kernel_off_a_cache_line_is_copied_onto_one(rng):
-    buffer = np.empty(2 * 3 * 4 * 4 + 16, np.float32)
-    kernel = buffer[4:-12].reshape(2, 3, 1, 4, 4)   # C-contiguous, 16 bytes past a line
-    kernel[...] = rng.standard_normal(kernel.shape)
-    if kernel.ctypes.data % 64 == 0:
-        kernel = buffer[:-16].reshape(kernel.shape)
-        kernel[...] = rng.standard_normal(kernel.shape)
+    kernel = _off_a_line(rng, (2, 3, 1, 4, 4))
     grouped = _layouts.by_group(kernel, 1)
     assert grouped.ctypes.data % 64 == 0 and not np.shares_memory(grouped, kernel)
     np.testing.assert_array_equal(grouped, kernel)
