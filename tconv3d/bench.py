@@ -152,20 +152,59 @@ def _peers(threads, names):
     return peers
 
 
-def sgemm_gflops(threads, n=2048, repeat=5):
-    """OpenBLAS (numpy) sgemm rate with `threads` threads: the machine's practical peak."""
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+SGEMM_N = 2048
+
+
+def _blas_threads(threads):
+    """A context that limits numpy's BLAS to ``threads`` (no-op without threadpoolctl)."""
     try:
         from threadpoolctl import threadpool_limits
-        limits = threadpool_limits(threads, user_api="blas")
     except ImportError:
-        limits = None
-    try:
-        ms = median_ms(lambda: a @ a, repeat)
-    finally:
-        if limits is not None:
-            limits.restore_original_limits()
-    return 2.0 * n ** 3 / ms / 1e6
+        import contextlib
+        return contextlib.nullcontext()
+    return threadpool_limits(threads, user_api="blas")
+
+
+def _sgemm():
+    """numpy's (OpenBLAS) float32 product of two SGEMM_N^2 matrices, as a callable."""
+    a = np.random.default_rng(0).standard_normal((SGEMM_N, SGEMM_N), dtype=np.float32)
+    return lambda: a @ a
+
+
+def sgemm_gflops(threads, repeat=5):
+    """OpenBLAS (numpy) sgemm rate with `threads` threads: the machine's practical peak."""
+    with _blas_threads(threads):
+        ms = median_ms(_sgemm(), repeat)
+    return 2.0 * SGEMM_N ** 3 / ms / 1e6
+
+
+def run_compute_rates(cases, threads, repeat=7, out=sys.stdout):
+    """GFLOP/s of the float32 forward, input gradient and kernel gradient (each its own
+    call, channels_last) of ``cases`` (name -> the suite's tuple), and their ratio to
+    OpenBLAS sgemm timed in the same interleaved rounds (so a slow spell of the machine
+    falls on both). Prints a line per case; returns ``{case: {key: GFLOP/s}}``."""
+    rates = {}
+    for name, case in cases.items():
+        n, cin, cout, size, k, s, padding = case
+        rng = np.random.default_rng(0)
+        kw = dict(strides=s, padding=padding, num_threads=threads)
+        x = rng.standard_normal((n, *_triple(size), cin), dtype=np.float32)
+        w = rng.standard_normal((*_triple(k), cout, cin), dtype=np.float32)
+        g = rng.standard_normal(conv_transpose3d(x, w, **kw).shape, dtype=np.float32)
+        calls = {"fwd": lambda: conv_transpose3d(x, w, **kw)}
+        for grad in ("input", "kernel"):
+            calls[grad] = lambda grad=grad: conv_transpose3d_backward(g, x, w, compute=[grad],
+                                                                     **kw)
+        with _blas_threads(threads):
+            ms = interleaved_medians({**calls, "sgemm": _sgemm()}, repeat)
+        sgemm = 2.0 * SGEMM_N ** 3 / ms.pop("sgemm") / 1e6
+        rates[name] = {key: _flops(case) / t / 1e6 for key, t in ms.items()}
+        rates[name]["sgemm"] = sgemm
+        figures = " / ".join(f"{rates[name][key]:.0f}" for key in calls)
+        ratios = " / ".join(f"{rates[name][key] / sgemm:.2f}" for key in calls)
+        print(f"rates {name} ({threads} thr, float32) GFLOP/s fwd / grad_input / grad_kernel: "
+              f"{figures}; sgemm {sgemm:.0f}; x sgemm {ratios}", file=out, flush=True)
+    return rates
 
 
 def peak_memory_forward(case_name="unet_up", dtype="float32"):
@@ -422,8 +461,9 @@ def main(argv=None, prog="python -m tconv3d.bench"):
     if args.repeat < 5:
         parser.error("--repeat must be >= 5")
     print(f"tconv3d SIMD kernels: {_kernels.simd_variant()}; OpenMP: {_kernels.openmp_enabled()}")
-    for t in sorted(set(args.threads)):
-        print(f"sgemm (numpy/BLAS, 2048^2, {t} thr): {sgemm_gflops(t):.1f} GFLOP/s")
+    sgemm = {t: sgemm_gflops(t) for t in sorted(set(args.threads))}
+    for t, gflops in sgemm.items():
+        print(f"sgemm (numpy/BLAS, {SGEMM_N}^2, {t} thr): {gflops:.1f} GFLOP/s")
     results = run(args.cases, args.threads, args.dtypes, args.repeat, args.peers,
                   not args.no_backward)
     upsampler, sweep, large_stride = {}, {}, {}
@@ -431,14 +471,14 @@ def main(argv=None, prog="python -m tconv3d.bench"):
         for t in args.threads:
             upsampler[t] = run_upsampler(t, args.repeat)
             sweep[t] = {f"{k} x{f}": v for (k, f), v in run_factor_sweep(t).items()}
-    keras_fit, grouped, fused, bfloat16, bfloat16_shapes = {}, {}, {}, {}, {}
+    keras_fit, grouped, fused, bfloat16, bfloat16_shapes, rates = {}, {}, {}, {}, {}, {}
+    compute_bound = {name: SUITE[name] for name in COMPUTE_BOUND if name in args.cases}
     for t in args.threads:
+        rates[t] = run_compute_rates(compute_bound, t, args.repeat)
         fused[t] = run_fused_activation(t, args.repeat)
         grouped[t] = run_groups(t, args.repeat)
         bfloat16[t] = run_bfloat16(t, args.repeat)
-        bfloat16_shapes[t] = run_bfloat16_shapes(
-            {name: SUITE[name] for name in COMPUTE_BOUND if name in args.cases}, t,
-            args.repeat)
+        bfloat16_shapes[t] = run_bfloat16_shapes(compute_bound, t, args.repeat)
         large_stride[t] = run_large_stride(t)
         keras_fit[t] = run_keras_fit(t)
     mem = peak_memory_forward()
@@ -451,8 +491,8 @@ def main(argv=None, prog="python -m tconv3d.bench"):
                        "factor_sweep_ms": sweep, "large_stride_ms": large_stride,
                        "groups_ms": grouped, "fused_activation_ms": fused,
                        "bfloat16_ms": bfloat16, "bfloat16_shapes_ms": bfloat16_shapes,
-                       "keras_fit_steps_per_s": keras_fit,
-                       "sgemm_gflops": {t: sgemm_gflops(t) for t in set(args.threads)},
+                       "keras_fit_steps_per_s": keras_fit, "compute_rates_gflops": rates,
+                       "sgemm_gflops": sgemm,
                        "simd": _kernels.simd_variant(), "machine": platform.machine(),
                        "repeat": args.repeat},
                       f, indent=1)
