@@ -69,12 +69,34 @@ def groups_table(data):
     return out
 
 
+def rates_table(data):
+    """GFLOP/s of each pass on the compute-bound shapes against sgemm, per thread count."""
+    out = []
+    for threads, rows in data.get("compute_rates_gflops", {}).items():
+        if not rows:
+            continue
+        out.append(f"**float32 rates, {threads} thread{'s' if int(threads) > 1 else ''}** "
+                   "(GFLOP/s of each pass in its own call, and its ratio to OpenBLAS sgemm "
+                   "timed in the same rounds)\n")
+        out.append("| case | fwd | grad_input | grad_kernel | sgemm "
+                   "| x sgemm fwd / grad_input / grad_kernel |")
+        out.append("|---|---:|---:|---:|---:|---:|")
+        for case, r in rows.items():
+            ratios = " / ".join(f"{r[key] / r['sgemm']:.2f}"
+                                for key in ("fwd", "input", "kernel"))
+            out.append(f"| {case} | {r['fwd']:.0f} | {r['input']:.0f} | {r['kernel']:.0f} "
+                       f"| {r['sgemm']:.0f} | {ratios} |")
+        out.append("")
+    return out
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     path = argv[0] if argv else os.path.join(HERE, "results.json")
     with open(path) as f:
         data = json.load(f)
-    print("\n".join(suite_tables(data, data.get("repeat", 11)) + groups_table(data)))
+    print("\n".join(suite_tables(data, data.get("repeat", 11)) + groups_table(data)
+                    + rates_table(data)))
 
 
 if __name__ == "__main__":
