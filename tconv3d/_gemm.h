@@ -605,15 +605,11 @@ static void tc_transpose_##SUFFIX##_base(Py_ssize_t m, Py_ssize_t n, const T *S,
 TC_DEFINE_TRANSPOSE_BASE(f32, float)
 TC_DEFINE_TRANSPOSE_BASE(f64, double)
 #ifdef TC_X86_DISPATCH
-/* Row q of a block (plane j + q, columns i...): 32 bytes, streamed when `nt`. */
-#define TC_STORE_ROW(KIND, q, value)                                                    \
-    do {                                                                                \
-        if (nt) _mm256_stream_##KIND(D + (j + (q)) * ldd + i, (value));                 \
-        else _mm256_storeu_##KIND(D + (j + (q)) * ldd + i, (value));                    \
-    } while (0)
+/* The transposed rows of the 8 x 8 float block at row i, column j of S: R[q] holds
+ * column j + q, rows i...i + 7. */
 __attribute__((target("avx2")))
-static inline void tc_block_f32(const float *S, Py_ssize_t lds, float *D, Py_ssize_t ldd,
-                                Py_ssize_t i, Py_ssize_t j, int nt)
+static inline void tc_block_f32(const float *S, Py_ssize_t lds, Py_ssize_t i, Py_ssize_t j,
+                                __m256 R[8])
 {
     __m256 r[8], t[8], u[8];
     for (int q = 0; q < 8; q++) r[q] = _mm256_loadu_ps(S + (i + q) * lds + j);
@@ -628,13 +624,14 @@ static inline void tc_block_f32(const float *S, Py_ssize_t lds, float *D, Py_ssi
         u[q + 3] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0xEE);
     }
     for (int q = 0; q < 4; q++) {
-        TC_STORE_ROW(ps, q, _mm256_permute2f128_ps(u[q], u[q + 4], 0x20));
-        TC_STORE_ROW(ps, q + 4, _mm256_permute2f128_ps(u[q], u[q + 4], 0x31));
+        R[q] = _mm256_permute2f128_ps(u[q], u[q + 4], 0x20);
+        R[q + 4] = _mm256_permute2f128_ps(u[q], u[q + 4], 0x31);
     }
 }
+/* The same for a 4 x 4 double block. */
 __attribute__((target("avx2")))
-static inline void tc_block_f64(const double *S, Py_ssize_t lds, double *D, Py_ssize_t ldd,
-                                Py_ssize_t i, Py_ssize_t j, int nt)
+static inline void tc_block_f64(const double *S, Py_ssize_t lds, Py_ssize_t i, Py_ssize_t j,
+                                __m256d R[4])
 {
     __m256d r[4], t[4];
     for (int q = 0; q < 4; q++) r[q] = _mm256_loadu_pd(S + (i + q) * lds + j);
@@ -642,15 +639,37 @@ static inline void tc_block_f64(const double *S, Py_ssize_t lds, double *D, Py_s
     t[1] = _mm256_unpackhi_pd(r[0], r[1]);
     t[2] = _mm256_unpacklo_pd(r[2], r[3]);
     t[3] = _mm256_unpackhi_pd(r[2], r[3]);
-    TC_STORE_ROW(pd, 0, _mm256_permute2f128_pd(t[0], t[2], 0x20));
-    TC_STORE_ROW(pd, 1, _mm256_permute2f128_pd(t[1], t[3], 0x20));
-    TC_STORE_ROW(pd, 2, _mm256_permute2f128_pd(t[0], t[2], 0x31));
-    TC_STORE_ROW(pd, 3, _mm256_permute2f128_pd(t[1], t[3], 0x31));
+    R[0] = _mm256_permute2f128_pd(t[0], t[2], 0x20);
+    R[1] = _mm256_permute2f128_pd(t[1], t[3], 0x20);
+    R[2] = _mm256_permute2f128_pd(t[0], t[2], 0x31);
+    R[3] = _mm256_permute2f128_pd(t[1], t[3], 0x31);
 }
+/* One block stored with ordinary stores (V: __m256 or __m256d, KIND: ps or pd). */
+#define TC_STORE_BLOCK(SUFFIX, V, KIND, L, i)                                           \
+    do {                                                                                \
+        V R_[L];                                                                        \
+        tc_block_##SUFFIX(S, lds, (i), j, R_);                                          \
+        for (int q = 0; q < (L); q++)                                                   \
+            _mm256_storeu_##KIND(D + (j + q) * ldd + (i), R_[q]);                        \
+    } while (0)
+/* Two blocks side by side, whose rows fill one 64-byte line of each plane, streamed line
+ * by line: a line's two halves go out together, so that it leaves the core whole (a line
+ * left half-written while the other planes are written is flushed in parts, each a
+ * read-modify-write of memory). */
+#define TC_STREAM_LINE(SUFFIX, V, KIND, L, i)                                           \
+    do {                                                                                \
+        V R0_[L], R1_[L];                                                               \
+        tc_block_##SUFFIX(S, lds, (i), j, R0_);                                         \
+        tc_block_##SUFFIX(S, lds, (i) + (L), j, R1_);                                   \
+        for (int q = 0; q < (L); q++) {                                                 \
+            _mm256_stream_##KIND(D + (j + q) * ldd + (i), R0_[q]);                       \
+            _mm256_stream_##KIND(D + (j + q) * ldd + (i) + (L), R1_[q]);                 \
+        }                                                                               \
+    } while (0)
 #define TC_LINE 64
 /* Columns lo <= i < hi of planes j...j+L-1 in blocks, the last one overlapping when
  * (hi - lo) % L; element by element when narrower than a block. */
-#define TC_BLOCKS(SUFFIX, L, lo, hi, nt)                                                \
+#define TC_BLOCKS(SUFFIX, V, KIND, L, lo, hi)                                           \
     do {                                                                                \
         Py_ssize_t i_ = (lo);                                                           \
         if ((hi) - (lo) < (L)) {                                                        \
@@ -659,15 +678,16 @@ static inline void tc_block_f64(const double *S, Py_ssize_t lds, double *D, Py_s
                     D[(j + q) * ldd + i_] = S[i_ * lds + j + q];                        \
             break;                                                                      \
         }                                                                               \
-        for (; i_ + (L) <= (hi); i_ += (L)) tc_block_##SUFFIX(S, lds, D, ldd, i_, j, nt); \
-        if (i_ < (hi)) tc_block_##SUFFIX(S, lds, D, ldd, (hi) - (L), j, nt);            \
+        for (; i_ + (L) <= (hi); i_ += (L)) TC_STORE_BLOCK(SUFFIX, V, KIND, L, i_);     \
+        if (i_ < (hi)) TC_STORE_BLOCK(SUFFIX, V, KIND, L, (hi) - (L));                  \
     } while (0)
-#define TC_DEFINE_TRANSPOSE(SUFFIX, T, L)                                               \
+#define TC_DEFINE_TRANSPOSE(SUFFIX, T, V, KIND, L)                                      \
 __attribute__((target("avx2")))                                                         \
 static void tc_transpose_##SUFFIX##_avx2(Py_ssize_t m, Py_ssize_t n, const T *S,         \
                                          Py_ssize_t lds, T *D, Py_ssize_t ldd, int stream) \
 {                                                                                       \
-    /* Whole lines a <= i < b (the same in every plane when ldd is a multiple of one). */ \
+    /* Whole lines a <= i < b (the same in every plane when ldd is a multiple of one), */ \
+    /* each two blocks wide. */                                                         \
     Py_ssize_t per_line = TC_LINE / sizeof(T), a = 0, b = 0;                            \
     if (n < (L)) { tc_transpose_##SUFFIX##_base(m, n, S, lds, D, ldd, 0); return; }     \
     if (stream && (ldd * sizeof(T)) % TC_LINE == 0 && (size_t)D % sizeof(T) == 0) {     \
@@ -678,16 +698,17 @@ static void tc_transpose_##SUFFIX##_avx2(Py_ssize_t m, Py_ssize_t n, const T *S,
     for (Py_ssize_t jb = 0; jb < n; jb += (L)) {                                        \
         Py_ssize_t j = jb + (L) <= n ? jb : n - (L);                                    \
         if (b > a) {                                                                    \
-            TC_BLOCKS(SUFFIX, L, 0, a, 0);                                              \
-            TC_BLOCKS(SUFFIX, L, a, b, 1);                                              \
-            TC_BLOCKS(SUFFIX, L, b, m, 0);                                              \
+            TC_BLOCKS(SUFFIX, V, KIND, L, 0, a);                                        \
+            for (Py_ssize_t i = a; i < b; i += 2 * (L))                                 \
+                TC_STREAM_LINE(SUFFIX, V, KIND, L, i);                                  \
+            TC_BLOCKS(SUFFIX, V, KIND, L, b, m);                                        \
         } else {                                                                        \
-            TC_BLOCKS(SUFFIX, L, 0, m, 0);                                              \
+            TC_BLOCKS(SUFFIX, V, KIND, L, 0, m);                                        \
         }                                                                               \
     }                                                                                   \
 }
-TC_DEFINE_TRANSPOSE(f32, float, 8)
-TC_DEFINE_TRANSPOSE(f64, double, 4)
+TC_DEFINE_TRANSPOSE(f32, float, __m256, ps, 8)
+TC_DEFINE_TRANSPOSE(f64, double, __m256d, pd, 4)
 #define tc_transpose_f32_avx512 tc_transpose_f32_avx2
 #define tc_transpose_f64_avx512 tc_transpose_f64_avx2
 #endif

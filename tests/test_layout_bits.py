@@ -173,15 +173,16 @@ def test_channels_first_grad_output_in_slabs_gives_the_same_bits(rng, dtype, sha
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("groups", [1, 3])
-def test_large_channels_first_outputs_give_the_same_bits(rng, dtype, groups):
+@pytest.mark.parametrize("groups, filters", [(1, 5), (3, 5), (1, 13), (2, 9)])
+def test_large_channels_first_outputs_give_the_same_bits(rng, dtype, groups, filters):
     """Outputs above the kernels' streaming threshold (2 MiB): channels_first tiles are
     kept for blocks of rows and transposed into the channel planes, their whole 64-byte
-    lines with non-temporal stores; the width (42) and the filters per group (5) leave
-    edges to the 8x8 and 4x4 blocks, and ``out=`` one element off alignment moves the
-    line boundaries. The input is copied channels-last first."""
+    lines with non-temporal stores, two 8x8 (4x4) blocks at a time; the width (42) and
+    the filters per group leave edges (5: fewer than a float block; 13, 9: a last block
+    overlapping the one before), and ``out=`` one element off alignment moves the line
+    boundaries. The input is copied channels-last first."""
     x = rng.standard_normal((2, 20, 20, 21, 2 * groups)).astype(dtype)
-    w = rng.standard_normal((3, 3, 3, 5, 2 * groups)).astype(dtype)
+    w = rng.standard_normal((3, 3, 3, filters, 2 * groups)).astype(dtype)
     kwargs = dict(strides=2, padding="same", groups=groups)
     shape = tconv3d.conv_transpose3d_output_shape(x.shape, w.shape, **kwargs)
     assert np.prod(shape) * x.itemsize > 2 * 2**20
