@@ -155,34 +155,29 @@ def _peers(threads, names):
 SGEMM_N = 2048
 
 
-def _blas_threads(threads):
-    """A context that limits numpy's BLAS to ``threads`` (no-op without threadpoolctl)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        import contextlib
-        return contextlib.nullcontext()
-    return threadpool_limits(threads, user_api="blas")
-
-
-def _sgemm():
-    """numpy's (OpenBLAS) float32 product of two SGEMM_N^2 matrices, as a callable."""
-    a = np.random.default_rng(0).standard_normal((SGEMM_N, SGEMM_N), dtype=np.float32)
-    return lambda: a @ a
-
-
 def sgemm_gflops(threads, repeat=5):
     """OpenBLAS (numpy) sgemm rate with `threads` threads: the machine's practical peak."""
-    with _blas_threads(threads):
-        ms = median_ms(_sgemm(), repeat)
+    a = np.random.default_rng(0).standard_normal((SGEMM_N, SGEMM_N), dtype=np.float32)
+    try:
+        from threadpoolctl import threadpool_limits
+        limits = threadpool_limits(threads, user_api="blas")
+    except ImportError:
+        limits = None
+    try:
+        ms = median_ms(lambda: a @ a, repeat)
+    finally:
+        if limits is not None:
+            limits.restore_original_limits()
     return 2.0 * SGEMM_N ** 3 / ms / 1e6
 
 
-def run_compute_rates(cases, threads, repeat=7, out=sys.stdout):
+def run_compute_rates(cases, threads, sgemm, repeat=7, out=sys.stdout):
     """GFLOP/s of the float32 forward, input gradient and kernel gradient (each its own
-    call, channels_last) of ``cases`` (name -> the suite's tuple), and their ratio to
-    OpenBLAS sgemm timed in the same interleaved rounds (so a slow spell of the machine
-    falls on both). Prints a line per case; returns ``{case: {key: GFLOP/s}}``."""
+    call, channels_last, interleaved rounds) of ``cases`` (name -> the suite's tuple), and
+    their ratio to ``sgemm``, the run's OpenBLAS rate on ``threads``. (sgemm is not timed
+    in the same rounds: OpenBLAS's threads keep spinning after a product, and would take
+    a core from the next call.) Prints a line per case; returns ``{case: {key:
+    GFLOP/s}}``."""
     rates = {}
     for name, case in cases.items():
         n, cin, cout, size, k, s, padding = case
@@ -195,15 +190,12 @@ def run_compute_rates(cases, threads, repeat=7, out=sys.stdout):
         for grad in ("input", "kernel"):
             calls[grad] = lambda grad=grad: conv_transpose3d_backward(g, x, w, compute=[grad],
                                                                      **kw)
-        with _blas_threads(threads):
-            ms = interleaved_medians({**calls, "sgemm": _sgemm()}, repeat)
-        sgemm = 2.0 * SGEMM_N ** 3 / ms.pop("sgemm") / 1e6
+        ms = interleaved_medians(calls, repeat)
         rates[name] = {key: _flops(case) / t / 1e6 for key, t in ms.items()}
-        rates[name]["sgemm"] = sgemm
         figures = " / ".join(f"{rates[name][key]:.0f}" for key in calls)
         ratios = " / ".join(f"{rates[name][key] / sgemm:.2f}" for key in calls)
         print(f"rates {name} ({threads} thr, float32) GFLOP/s fwd / grad_input / grad_kernel: "
-              f"{figures}; sgemm {sgemm:.0f}; x sgemm {ratios}", file=out, flush=True)
+              f"{figures}; x sgemm ({sgemm:.0f}) {ratios}", file=out, flush=True)
     return rates
 
 
@@ -474,7 +466,7 @@ def main(argv=None, prog="python -m tconv3d.bench"):
     keras_fit, grouped, fused, bfloat16, bfloat16_shapes, rates = {}, {}, {}, {}, {}, {}
     compute_bound = {name: SUITE[name] for name in COMPUTE_BOUND if name in args.cases}
     for t in args.threads:
-        rates[t] = run_compute_rates(compute_bound, t, args.repeat)
+        rates[t] = run_compute_rates(compute_bound, t, sgemm[t], args.repeat)
         fused[t] = run_fused_activation(t, args.repeat)
         grouped[t] = run_groups(t, args.repeat)
         bfloat16[t] = run_bfloat16(t, args.repeat)
