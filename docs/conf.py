@@ -185,7 +185,8 @@ def _write_benchmark_tables(results_json, target):
     lines = []
     for (dtype, threads), rows in groups.items():
         lines += [f".. list-table:: {dtype}, {threads} thread{'s' * (threads > 1)} (ms, "
-                  "median of 11; ratio = tconv3d / fastest PyTorch layout, below 1 = tconv3d "
+                  f"median of {data.get('repeat', 11)}; ratio = tconv3d / fastest PyTorch "
+                  "layout, below 1 = tconv3d "
                   "faster)", "   :header-rows: 1", "",
                   "   * - case", "     - N, Cin→Cout, input, kernel, stride, padding",
                   "     - tconv3d fwd / fwd+bwd", "     - torch NCDHW fwd / fwd+bwd",
@@ -199,6 +200,19 @@ def _write_benchmark_tables(results_json, target):
                       f"     - {r['tconv3d_fwd_gflops']:.0f}",
                       f"     - {r['ratio_fwd']:.2f} / {r['ratio_fwdbwd']:.2f}",
                       f"     - {r['ratio_fwd_vs_torch_ncdhw']:.2f}"]
+        lines.append("")
+    for threads, rates in data.get("compute_rates_gflops", {}).items():
+        sgemm = data["sgemm_gflops"][threads]
+        lines += [f".. list-table:: float32 rates, {threads} thread{'s' * (int(threads) > 1)} "
+                  "(GFLOP/s of each pass in its own call; ratio to the run's OpenBLAS sgemm "
+                  f"rate, {sgemm:.0f})", "   :header-rows: 1", "",
+                  "   * - case", "     - fwd", "     - grad_input", "     - grad_kernel",
+                  "     - x sgemm fwd / grad_input / grad_kernel"]
+        for case, r in rates.items():
+            lines += [f"   * - {case}"] + [f"     - {r[key]:.0f}"
+                                            for key in ("fwd", "input", "kernel")]
+            lines.append("     - " + " / ".join(f"{r[key] / sgemm:.2f}"
+                                                for key in ("fwd", "input", "kernel")))
         lines.append("")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("\n".join(lines), encoding="utf-8")
