@@ -127,6 +127,38 @@ def test_gradients_bitwise_identical_for_any_thread_count(rng, fmt, dtype):
             assert a.tobytes() == ref.tobytes()
 
 
+# Where grad_output's voxels lie a KiB or more apart along a row (stride * Cout), the
+# kernel gradient packs them, KC_VOXELS (128) at a time across rows, into panels of 48
+# channels: 130 filters make panels of 48, 48 and 34; 37 channels leave a scalar column;
+# 2 x 3 x 5 rows of 9 voxels cross several packs in mid-row; a grad_output with every
+# other channel of a larger array is gathered channel by channel. Whether it packs
+# depends on the problem, not on the layout: channels_first, or voxels in reverse
+# order in memory, give the same bits.
+@pytest.mark.parametrize("strided_g", [False, True], ids=["contiguous-g", "strided-g"])
+@pytest.mark.parametrize("dtype,groups", [(np.float32, 1), (np.float64, 1), (np.float32, 2)])
+def test_kernel_gradient_of_far_apart_voxels(rng, dtype, groups, strided_g):
+    x, w, _ = random_problem(rng, batch=2, spatial=(3, 5, 9), cin=37 * groups,
+                             cout=130 * groups, kernel=(3, 3, 3),
+                             data_format="channels_last", dtype=dtype)
+    w = w[..., :130, :]
+    kwargs = dict(strides=(2, 1, 2), padding="same", groups=groups)
+    shape = tconv3d.conv_transpose3d_output_shape(x.shape, w.shape, **kwargs)
+    g = rng.standard_normal((*shape[:-1], 2 * shape[-1])).astype(dtype)
+    g = g[..., ::2] if strided_g else np.ascontiguousarray(g[..., ::2])
+    expected = conv_transpose3d_backward_ref(g, x, w, **kwargs)[1]
+    runs = [tconv3d.conv_transpose3d_backward(g, x, w, compute=["kernel"], num_threads=n,
+                                              **kwargs)[1] for n in (1, 2, 3)]
+    runs.append(tconv3d.conv_transpose3d_backward(
+        np.moveaxis(g, -1, 1), np.moveaxis(x, -1, 1), w, compute=["kernel"],
+        data_format="channels_first", **kwargs)[1])
+    reversed_g = np.flip(np.flip(g, 3).copy(), 3)   # the same values, a negative stride
+    runs.append(tconv3d.conv_transpose3d_backward(reversed_g, x, w, compute=["kernel"],
+                                                  **kwargs)[1])
+    np.testing.assert_allclose(runs[0], expected, **tol(dtype))
+    for run in runs[1:]:
+        assert run.tobytes() == runs[0].tobytes()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("k,s,d,pad,op", TORCH_GRID[::2])
 def test_gradients_match_torch_autograd(rng, k, s, d, pad, op, dtype):
