@@ -3,6 +3,8 @@ and as the input gradient's per-group matrices, arrays with contiguous channels,
 PyTorch's weight layout. Each is a compiled copy (transpositions in SIMD blocks, in
 parallel): NumPy copies a transposition element by element, several times slower, and
 for the large kernels of deep layers that cost more than the convolution itself."""
+import math
+
 import numpy as np
 
 from . import _kernels, _threads
@@ -29,7 +31,7 @@ def empty_aligned(shape, dtype, alignment=LINE):
     micro-kernels' vector loads of rows of whole lines (weights, the kernel gradient's x)
     then never straddle two lines, which cost 8-17% on some layers."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + alignment, np.uint8)
     start = -raw.ctypes.data % alignment
     return raw[start:start + nbytes].view(dtype).reshape(shape)

@@ -126,7 +126,7 @@ def _threads_for(num_threads, geom):
     macs = geom.batch * geom.in_channels * geom.filters // geom.groups
     for n, k in zip(geom.in_spatial, geom.kernel_spatial):
         macs *= n * k
-    work = macs + geom.batch * geom.filters * int(np.prod(geom.out_spatial))
+    work = macs + geom.batch * geom.filters * math.prod(geom.out_spatial)
     return _threads.team_size(normalize_num_threads(num_threads), work)
 
 

@@ -386,12 +386,12 @@ def check_allocation(shape, dtype, name, *, copy=False):
     for n in shape:
         count *= int(n)
     nbytes = count * np.dtype(dtype).itemsize
+    if count <= _INTP_MAX and nbytes < MEMORY_CHECK_MIN_BYTES:
+        return   # (before the message: formatting a dtype costs more than the check)
     what = f"A {np.dtype(dtype)} copy of `{name}`" if copy else f"`{name}`"
     if count > _INTP_MAX or nbytes > _INTP_MAX:
         raise ValueError(f"{what} of shape {tuple(shape)} has {count} elements ({nbytes} bytes "
                          f"of {np.dtype(dtype)}), more than a 64-bit index can address.")
-    if nbytes < MEMORY_CHECK_MIN_BYTES:
-        return
     available = _available_memory()
     if available is not None and nbytes > available:
         raise MemoryError(f"{what} of shape {tuple(shape)} and dtype {np.dtype(dtype)} needs "
