@@ -37,15 +37,6 @@ def empty_aligned(shape, dtype, alignment=LINE):
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
-def line_aligned(a):
-    """``a`` if C-contiguous and on a cache line, else such a copy."""
-    if a.flags.c_contiguous and a.ctypes.data % LINE == 0:
-        return a
-    out = empty_aligned(a.shape, a.dtype)
-    out[...] = a
-    return out
-
-
 def pack_kernel(kernel, dtype, groups=1, num_threads=1):
     """The forward pass's kernel layout: taps as (Cin, Cout) matrices of each group, in
     column panels (``_kernels.pack_panels``), packed on up to ``num_threads`` threads.
@@ -73,8 +64,19 @@ def by_group(kernel, groups, num_threads=1):
                      and taps.flags.aligned)
     if not filters_inner and not (_taps_inner(kernel) and kernel.strides[-1] != kernel.itemsize
                                   and kernel.flags.aligned):
-        grouped = kernel.reshape(kd, kh, kw, f, groups, per_group).transpose(0, 1, 2, 4, 3, 5)
-        return line_aligned(grouped).reshape(kd, kh, kw, groups * f, per_group)
+        # (T, G, F/G, 1, C/G) views of Keras' kernel and of the result: a compiled copy
+        # in parallel (a deep layer's kernel is megabytes; NumPy's copy runs on one
+        # thread while the others wait), unless the kernel is that layout on a line
+        grouped = kernel.reshape(kd * kh * kw, f, groups, 1, per_group).transpose(0, 2, 1, 3, 4)
+        if grouped.flags.c_contiguous and grouped.ctypes.data % LINE == 0:
+            return grouped.reshape(kd, kh, kw, groups * f, per_group)
+        out = empty_aligned((kd, kh, kw, groups * f, per_group), kernel.dtype)
+        if kernel.flags.aligned:
+            _kernels.channels_last(grouped, out.reshape(grouped.shape),
+                                   _team(num_threads, kernel.size))
+        else:   # (C reads whole elements only)
+            out.reshape(grouped.shape)[...] = grouped
+        return out
     out = empty_aligned((kd * kh * kw, groups, f, per_group), kernel.dtype)
     for g in range(groups):
         part = slice(g * per_group, (g + 1) * per_group)

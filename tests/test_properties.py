@@ -348,6 +348,10 @@ def test_upsampler_does_not_modify_its_inputs(data):
 
 # ------------------------------------------------------------------ what the kernels get
 
+# the compiled loops that read the operands or copies of them (the layout copies included)
+COMPILED_LOOPS = ("forward", "grad_input", "grad_kernel", "grad_bias", "pack_panels",
+                  "channels_last", "transpose")
+
 
 class _RecordingKernels:
     """Stands in for ``tconv3d._kernels``: records the arrays each kernel receives."""
@@ -357,7 +361,7 @@ class _RecordingKernels:
 
     def __getattr__(self, name):
         target = getattr(self.real, name)
-        if name not in ("forward", "grad_input", "grad_kernel", "grad_bias"):
+        if name not in COMPILED_LOOPS:
             return target
 
         def record(*args, **kwargs):
@@ -373,17 +377,17 @@ def test_kernels_receive_aligned_native_arrays(p):
     """Whatever the caller's layout (unaligned, byte-swapped, ...), the compiled loops only
     see aligned, native-endian arrays with whole-element strides: misaligned loads are
     undefined behaviour in C (UBSan flagged an unaligned bias reaching the forward loop)."""
-    from tconv3d import _ops
+    from tconv3d import _layouts, _ops
     recorder = _RecordingKernels(_ops._kernels)
     x, w, b, g, kwargs = p["x"], p["w"], p["b"], p["g"], p["kwargs"]
-    original, _ops._kernels = _ops._kernels, recorder
+    original, _ops._kernels, _layouts._kernels = _ops._kernels, recorder, recorder
     try:
         tconv3d.conv_transpose3d(x, w, b, **kwargs)
         tconv3d.conv_transpose3d_backward(g, x, w, **kwargs)
     finally:
-        _ops._kernels = original
-    assert {name for name, _ in recorder.seen} == {"forward", "grad_input", "grad_kernel",
-                                                   "grad_bias"}
+        _ops._kernels = _layouts._kernels = original
+    assert {name for name, _ in recorder.seen} >= {"forward", "grad_input", "grad_kernel",
+                                                   "grad_bias", "pack_panels"}
     for name, a in recorder.seen:
         assert a.flags.aligned and a.dtype.isnative, (name, a.dtype, a.strides)
         assert all(s % a.itemsize == 0 for s in a.strides), (name, a.strides)
