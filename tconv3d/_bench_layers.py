@@ -198,6 +198,26 @@ def run_bfloat16(threads, repeat=7, out=sys.stdout):
     return row
 
 
+def pass_calls(case, threads, dtype=np.float32):
+    """The forward, input gradient and kernel gradient of a suite ``case`` ((batch, in,
+    out channels, size, kernel, stride, padding)), each its own call on ``threads``, on
+    seeded channels_last operands in ``dtype``: ``{"fwd", "input", "kernel"}`` ->
+    callable."""
+    from ._ops import conv_transpose3d_backward
+    n, cin, cout, size, k, s, padding = case
+    size, k = ((v,) * 3 if isinstance(v, int) else tuple(v) for v in (size, k))
+    rng = np.random.default_rng(0)
+    kw = dict(strides=s, padding=padding, num_threads=threads)
+    x = rng.standard_normal((n, *size, cin)).astype(np.float32)
+    w = rng.standard_normal((*k, cout, cin)).astype(np.float32)
+    g = rng.standard_normal(conv_transpose3d(x, w, **kw).shape).astype(np.float32)
+    x, w, g = (a.astype(dtype) for a in (x, w, g))
+    calls = {"fwd": lambda: conv_transpose3d(x, w, **kw)}
+    for grad in ("input", "kernel"):
+        calls[grad] = lambda grad=grad: conv_transpose3d_backward(g, x, w, compute=[grad], **kw)
+    return calls
+
+
 def run_bfloat16_shapes(cases, threads, repeat=7, out=sys.stdout):
     """bfloat16 numpy arrays (``ml_dtypes``) against float32 on ``cases`` (name ->
     (batch, in, out channels, size, kernel, stride, padding), the suite's form),
@@ -210,22 +230,11 @@ def run_bfloat16_shapes(cases, threads, repeat=7, out=sys.stdout):
     except ImportError:
         return {}
     from ._kernels import bf16_variant
-    from ._ops import conv_transpose3d_backward
     rows = {}
-    for name, (n, cin, cout, size, k, s, padding) in cases.items():
-        size, k = ((v,) * 3 if isinstance(v, int) else tuple(v) for v in (size, k))
-        rng = np.random.default_rng(0)
-        kw = dict(strides=s, padding=padding, num_threads=threads)
-        x = rng.standard_normal((n, *size, cin)).astype(np.float32)
-        w = rng.standard_normal((*k, cout, cin)).astype(np.float32)
-        g = rng.standard_normal(conv_transpose3d(x, w, **kw).shape).astype(np.float32)
-        timed = {}
-        for dtype, cast in (("float32", np.float32), ("bfloat16", ml_dtypes.bfloat16)):
-            xd, wd, gd = (a.astype(cast) for a in (x, w, g))
-            timed[f"{dtype}_fwd"] = lambda xd=xd, wd=wd: conv_transpose3d(xd, wd, **kw)
-            for grad in ("input", "kernel"):
-                timed[f"{dtype}_{grad}"] = lambda xd=xd, wd=wd, gd=gd, grad=grad: \
-                    conv_transpose3d_backward(gd, xd, wd, compute=[grad], **kw)
+    for name, case in cases.items():
+        timed = {f"{dtype}_{key}": call
+                 for dtype, cast in (("float32", np.float32), ("bfloat16", ml_dtypes.bfloat16))
+                 for key, call in pass_calls(case, threads, cast).items()}
         row = interleaved_medians(timed, repeat)
         rows[name] = row
         phases = ("fwd", "input", "kernel")

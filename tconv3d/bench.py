@@ -17,8 +17,9 @@ import numpy as np
 
 from . import _kernels
 from ._geometry import keras_to_torch_kernel, keras_trim, torch_window
-from ._bench_layers import (interleaved_medians, median_ms, run_bfloat16, run_bfloat16_shapes,
-                            run_fused_activation, run_groups, run_keras_fit, run_large_stride)
+from ._bench_layers import (interleaved_medians, median_ms, pass_calls, run_bfloat16,
+                            run_bfloat16_shapes, run_fused_activation, run_groups,
+                            run_keras_fit, run_large_stride)
 from ._ops import conv_transpose3d, conv_transpose3d_backward
 
 # name: (batch, in_channels, out_channels, input size, kernel, stride, padding); sizes,
@@ -180,16 +181,7 @@ def run_compute_rates(cases, threads, sgemm, repeat=7, out=sys.stdout):
     GFLOP/s}}``."""
     rates = {}
     for name, case in cases.items():
-        n, cin, cout, size, k, s, padding = case
-        rng = np.random.default_rng(0)
-        kw = dict(strides=s, padding=padding, num_threads=threads)
-        x = rng.standard_normal((n, *_triple(size), cin), dtype=np.float32)
-        w = rng.standard_normal((*_triple(k), cout, cin), dtype=np.float32)
-        g = rng.standard_normal(conv_transpose3d(x, w, **kw).shape, dtype=np.float32)
-        calls = {"fwd": lambda: conv_transpose3d(x, w, **kw)}
-        for grad in ("input", "kernel"):
-            calls[grad] = lambda grad=grad: conv_transpose3d_backward(g, x, w, compute=[grad],
-                                                                     **kw)
+        calls = pass_calls(case, threads)
         ms = interleaved_medians(calls, repeat)
         rates[name] = {key: _flops(case) / t / 1e6 for key, t in ms.items()}
         figures = " / ".join(f"{rates[name][key]:.0f}" for key in calls)
