@@ -13,6 +13,11 @@ import numpy as np
 from ._ops import conv_transpose3d
 
 
+def triple(v):
+    """A suite case's size or kernel as three per-axis values."""
+    return (v,) * 3 if isinstance(v, int) else tuple(v)
+
+
 def median_ms(fn, repeat, warmup=2):
     """Median time of ``fn`` in ms (:func:`interleaved_medians` of one function)."""
     return interleaved_medians({"fn": fn}, repeat, warmup)["fn"]
@@ -205,11 +210,10 @@ def pass_calls(case, threads, dtype=np.float32):
     callable."""
     from ._ops import conv_transpose3d_backward
     n, cin, cout, size, k, s, padding = case
-    size, k = ((v,) * 3 if isinstance(v, int) else tuple(v) for v in (size, k))
     rng = np.random.default_rng(0)
     kw = dict(strides=s, padding=padding, num_threads=threads)
-    x = rng.standard_normal((n, *size, cin)).astype(np.float32)
-    w = rng.standard_normal((*k, cout, cin)).astype(np.float32)
+    x = rng.standard_normal((n, *triple(size), cin)).astype(np.float32)
+    w = rng.standard_normal((*triple(k), cout, cin)).astype(np.float32)
     g = rng.standard_normal(conv_transpose3d(x, w, **kw).shape).astype(np.float32)
     x, w, g = (a.astype(dtype) for a in (x, w, g))
     calls = {"fwd": lambda: conv_transpose3d(x, w, **kw)}

@@ -71,11 +71,11 @@ def by_group(kernel, groups, num_threads=1):
         if grouped.flags.c_contiguous and grouped.ctypes.data % LINE == 0:
             return grouped.reshape(kd, kh, kw, groups * f, per_group)
         out = empty_aligned((kd, kh, kw, groups * f, per_group), kernel.dtype)
+        target = out.reshape(grouped.shape)
         if kernel.flags.aligned:
-            _kernels.channels_last(grouped, out.reshape(grouped.shape),
-                                   _team(num_threads, kernel.size))
+            _kernels.channels_last(grouped, target, _team(num_threads, kernel.size))
         else:   # (C reads whole elements only)
-            out.reshape(grouped.shape)[...] = grouped
+            target[...] = grouped
         return out
     out = empty_aligned((kd * kh * kw, groups, f, per_group), kernel.dtype)
     for g in range(groups):

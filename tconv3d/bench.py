@@ -19,7 +19,7 @@ from . import _kernels
 from ._geometry import keras_to_torch_kernel, keras_trim, torch_window
 from ._bench_layers import (interleaved_medians, median_ms, pass_calls, run_bfloat16,
                             run_bfloat16_shapes, run_fused_activation, run_groups,
-                            run_keras_fit, run_large_stride)
+                            run_keras_fit, run_large_stride, triple)
 from ._ops import conv_transpose3d, conv_transpose3d_backward
 
 # name: (batch, in_channels, out_channels, input size, kernel, stride, padding); sizes,
@@ -41,13 +41,9 @@ COMPUTE_BOUND = ("same_k3s2", "gan_k4s2", "stride1_k3", "nnunet_deep", "gan_deep
                  "stride1_c64", "aniso_k133")
 
 
-def _triple(v):
-    return (v,) * 3 if isinstance(v, int) else tuple(v)
-
-
 def _flops(case):
     n, cin, cout, size, k, _, _ = case
-    return 2.0 * n * np.prod(_triple(size)) * cin * cout * np.prod(_triple(k))
+    return 2.0 * n * np.prod(triple(size)) * cin * cout * np.prod(triple(k))
 
 
 def _torch_padding(k, s, padding):
@@ -73,9 +69,9 @@ class _TorchPeer:
     def setup(self, x, w, b, case, channels_last_3d):
         torch = self.torch
         _, _, _, size, k, s, padding = case
-        s = _triple(s)
+        s = triple(s)
         pad, out_pad, delta = zip(*(_torch_padding(ka, sa, padding)
-                                    for ka, sa in zip(_triple(k), s)))
+                                    for ka, sa in zip(triple(k), s)))
         xt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
         if channels_last_3d:
             xt = xt.contiguous(memory_format=torch.channels_last_3d)
@@ -121,8 +117,8 @@ class _TensorFlowPeer:
         tf = self.tf
         n, cin, cout, size, k, s, padding = case
         out_shape = (n, *(m * sa if padding == "same" else (m - 1) * sa + max(ka, sa)
-                          for m, ka, sa in zip(_triple(size), _triple(k), _triple(s))), cout)
-        strides = (1, *_triple(s), 1)
+                          for m, ka, sa in zip(triple(size), triple(k), triple(s))), cout)
+        strides = (1, *triple(s), 1)
         xt, wt, bt = tf.constant(x), tf.constant(w), tf.constant(b)
 
         @tf.function
@@ -331,8 +327,8 @@ def run(cases=None, threads=(2,), dtypes=("float32",), repeat=7, peers=("torch",
                 case = SUITE[name]
                 n, cin, cout, size, k, s, padding = case
                 rng = np.random.default_rng(0)
-                x = rng.standard_normal((n, *_triple(size), cin)).astype(dtype)
-                w = rng.standard_normal((*_triple(k), cout, cin)).astype(dtype)
+                x = rng.standard_normal((n, *triple(size), cin)).astype(dtype)
+                w = rng.standard_normal((*triple(k), cout, cin)).astype(dtype)
                 b = rng.standard_normal(cout).astype(dtype)
                 kw = dict(strides=s, padding=padding, num_threads=nthreads)
                 y = conv_transpose3d(x, w, b, **kw)
