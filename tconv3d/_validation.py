@@ -37,8 +37,14 @@ def normalize_triple(value, name, *, minimum=1, allow_none=False):
     """Return ``value`` (an int or 3 ints) as a tuple of 3 Python ints >= ``minimum``."""
     if value is None and allow_none:
         return None
-    if type(value) is int and value >= minimum:   # the common case, without the checks
+    # the common cases (an int, a tuple of 3 ints: what PyTorch's modules pass) first,
+    # without the checks: a call normalises several of them
+    if type(value) is int and value >= minimum:
         return (value,) * 3
+    if type(value) is tuple and len(value) == 3:
+        a, b, c = value
+        if type(a) is type(b) is type(c) is int and min(a, b, c) >= minimum:
+            return value
     items = (value,) * 3 if isinstance(value, numbers.Integral) else value
     try:
         # sets and dict views have no order: {3, 1, 2} would silently become (1, 2, 3)
