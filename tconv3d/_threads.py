@@ -18,6 +18,8 @@
 import os
 import warnings
 
+from . import _kernels
+
 THREADS_PER_CORE = 4
 # Below about this many multiply-adds (plus output elements) per thread, starting and
 # joining a parallel region costs more than it saves, and waiting threads spin on a
@@ -68,8 +70,7 @@ def resolve(num_threads):
                 stacklevel=4)
         return 1
     if num_threads is None:
-        from ._kernels import default_num_threads
-        num_threads = default_num_threads()
+        num_threads = _kernels.default_num_threads()
     return max(1, min(num_threads, max_threads()))
 
 

@@ -177,7 +177,7 @@ def _tconv_plan(input, weight, bias, stride, padding, output_padding, groups, di
     tensors = (input, weight) if bias is None else (input, weight, bias)
     if any(type(t).__torch_dispatch__ is not _PLAIN_DISPATCH for t in tensors):
         return None, None  # FakeTensor, FunctionalTensor, ...: no data to hand to numpy
-    if any(t.device.type != "cpu" for t in tensors):
+    if not all(t.is_cpu for t in tensors):
         devices = sorted({str(t.device) for t in tensors})
         return None, f"tensors on {', '.join(devices)} (tconv3d runs on CPU only)"
     if any(t.layout != torch.strided for t in tensors):
