@@ -3,9 +3,11 @@ order.
 
 :func:`forward_arrays` and :func:`backward_arrays` compute PyTorch's ``conv_transpose3d``
 and its gradients on arrays (one tconv3d call with PyTorch's padding, all groups at once);
-the Functions below wrap them for tensors, zero-copy, with ``setup_context`` (as :mod:`torch.func` requires), ``vmap`` rules and ``jvp`` (forward
-mode). :mod:`tconv3d.torch` validates every call before it reaches
-:class:`ConvTranspose3dFunction`.
+the Functions below wrap them for tensors, zero-copy, with ``setup_context`` (as
+:mod:`torch.func` requires), ``vmap`` rules and ``jvp`` (forward mode).
+:mod:`tconv3d.torch` validates every call before it reaches
+:func:`transposed_convolution`, which runs :class:`ConvTranspose3dFunction`'s forward
+alone when no autograd mode may differentiate the call.
 """
 import functools
 import inspect
@@ -14,6 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch  # absolute import: the top-level PyTorch package
+from torch.autograd import forward_ad
 
 from ._geometry import TorchPlan, torch_to_keras_kernel
 from ._layouts import torch_weight
@@ -22,7 +25,7 @@ from ._ops import conv_transpose3d as _tconv_forward
 from ._ops import conv_transpose3d_backward as _tconv_backward
 
 __all__ = ["Call", "ConvTranspose3dFunction", "GradBias", "GradInput", "GradWeight",
-           "backward_arrays", "forward_arrays", "has_ml_dtypes"]
+           "backward_arrays", "forward_arrays", "has_ml_dtypes", "transposed_convolution"]
 
 
 # --------------------------------------------------------------------------------------
@@ -191,6 +194,25 @@ def _sum_terms(terms):
     for t in terms[1:]:
         total = total + t
     return total
+
+
+def transposed_convolution(x, weight, bias, call):
+    """``ConvTranspose3dFunction.apply``; its forward alone when nothing may differentiate
+    the call (inference: Function.apply costs 30-50 us, a small layer's whole compute)."""
+    if _differentiated(x, weight, bias):
+        return ConvTranspose3dFunction.apply(x, weight, bias, call)
+    return ConvTranspose3dFunction.forward(x, weight, bias, call)
+
+
+def _differentiated(*tensors):
+    """Whether an autograd mode may differentiate a call on ``tensors``: reverse mode (a
+    tensor requires grad), forward mode (a ``dual_level`` is open, even under no_grad) or
+    a :mod:`torch.func` transform."""
+    if torch._C._are_functorch_transforms_active():
+        return True
+    if getattr(forward_ad, "_current_level", 0) >= 0:   # PyTorch's record of open levels
+        return True
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 class ConvTranspose3dFunction(torch.autograd.Function):

@@ -125,7 +125,7 @@ from torch.overrides import handle_torch_function, has_torch_function
 
 from ._geometry import torch_plan
 from ._validation import MAX_AXIS_LENGTH
-from ._torch_autograd import Call, ConvTranspose3dFunction, has_ml_dtypes
+from ._torch_autograd import Call, has_ml_dtypes, transposed_convolution
 
 __all__ = ["ConvTranspose3d", "ConvertReport", "TconvFallbackWarning", "conv_transpose3d",
            "convert"]
@@ -304,7 +304,7 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
 @torch.compiler.disable
 def _apply(input, weight, bias, call):
     # Dynamo cannot trace into compiled code: keep the call out of torch.compile's graphs.
-    return ConvTranspose3dFunction.apply(input, weight, bias, call)
+    return transposed_convolution(input, weight, bias, call)
 
 
 class ConvTranspose3d(torch.nn.ConvTranspose3d):

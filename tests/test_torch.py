@@ -585,6 +585,38 @@ def test_inference_mode_and_no_grad():
         assert ours(x).grad_fn is None
 
 
+@pytest.mark.parametrize("grad_mode", ["no_grad", "enable_grad"])
+def test_forward_mode_ad_under_any_grad_mode(grad_mode):
+    # Calls that nothing differentiates skip autograd.Function; forward mode differentiates
+    # even under no_grad, and with no tensor requiring grad.
+    import torch.autograd.forward_ad as fwAD
+    ref, ours = _pair(dict(kernel_size=3, stride=2, padding=1), groups=2)
+    for p in (*ref.parameters(), *ours.parameters()):
+        p.requires_grad_(False)
+    x = torch.randn(1, 4, *SPATIAL, dtype=torch.float64)
+    tangent = torch.randn_like(x)
+    results = []
+    for m in (ref, ours):
+        with fwAD.dual_level(), getattr(torch, grad_mode)():
+            y = m(fwAD.make_dual(x, tangent))
+            results.append(tuple(t.clone() for t in fwAD.unpack_dual(y)))
+    assert results[1][1] is not None
+    _assert_close(results[1][0], results[0][0], torch.float64)
+    _assert_close(results[1][1], results[0][1], torch.float64)
+
+
+def test_frozen_layer_records_no_graph():
+    ref, ours = _pair(dict(kernel_size=2, stride=2))
+    for p in ours.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(1, 4, *SPATIAL, dtype=torch.float64)
+    y = ours(x)   # grad enabled, nothing requires grad
+    assert y.grad_fn is None and not y.requires_grad
+    _assert_close(y, ref(x).detach(), torch.float64)
+    x.requires_grad_()
+    assert ours(x).grad_fn is not None
+
+
 class _TorchFunctionSubclass(torch.Tensor):
     """Like MONAI's MetaTensor: a __torch_function__ subclass that outputs keep."""
 
