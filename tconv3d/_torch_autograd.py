@@ -10,8 +10,8 @@ the Functions below wrap them for tensors, zero-copy, with ``setup_context`` (as
 alone when no autograd mode may differentiate the call.
 """
 import functools
-import inspect
 import importlib.util
+import inspect
 from dataclasses import dataclass, replace
 
 import numpy as np
