@@ -20,12 +20,13 @@ from torch.autograd import forward_ad
 
 from ._geometry import TorchPlan, torch_to_keras_kernel
 from ._layouts import torch_weight
-from ._validation import is_bfloat16
+from ._validation import is_bfloat16, normalize_activation
 from ._ops import conv_transpose3d as _tconv_forward
 from ._ops import conv_transpose3d_backward as _tconv_backward
 
 __all__ = ["Call", "ConvTranspose3dFunction", "GradBias", "GradInput", "GradWeight",
-           "backward_arrays", "forward_arrays", "has_ml_dtypes", "transposed_convolution"]
+           "activate", "backward_arrays", "forward_arrays", "has_ml_dtypes",
+           "transposed_convolution"]
 
 
 # --------------------------------------------------------------------------------------
@@ -36,10 +37,10 @@ def _shape(channels_last, batch, spatial, channels):
 
 
 def forward_arrays(x, w, b, plan, stride, dilation, groups, channels_last, num_threads,
-                   out=None):
-    """PyTorch's conv_transpose3d on arrays; x in the layout `channels_last` names; into
-    ``out`` when given."""
-    return _tconv_forward(x, torch_to_keras_kernel(w), b, out=out,
+                   out=None, activation=None):
+    """PyTorch's conv_transpose3d on arrays, then ``activation`` (fused); x in the layout
+    `channels_last` names; into ``out`` when given."""
+    return _tconv_forward(x, torch_to_keras_kernel(w), b, out=out, activation=activation,
                           **_arguments(plan, stride, dilation, groups, channels_last,
                                        num_threads))
 
@@ -196,12 +197,37 @@ def _sum_terms(terms):
     return total
 
 
-def transposed_convolution(x, weight, bias, call):
-    """``ConvTranspose3dFunction.apply``; its forward alone when nothing may differentiate
-    the call (inference: Function.apply costs 30-50 us, a small layer's whole compute)."""
+def transposed_convolution(x, weight, bias, call, activation=None):
+    """``activation(F(x, W) + b)``: :class:`ConvTranspose3dFunction` then PyTorch's function
+    of the activation (:func:`activate`), so that autograd differentiates both; when
+    nothing may differentiate the call (inference), the Function's forward alone, with the
+    activation applied by the compiled forward to each block of outputs in cache (no
+    second pass over the output, no second array; and no Function.apply: 30-50 us).
+    ``activation`` as :func:`tconv3d._validation.normalize_activation` accepts it."""
     if _differentiated(x, weight, bias):
-        return ConvTranspose3dFunction.apply(x, weight, bias, call)
-    return ConvTranspose3dFunction.forward(x, weight, bias, call)
+        return activate(ConvTranspose3dFunction.apply(x, weight, bias, call), activation)
+    return _forward(x, weight, bias, call, activation)
+
+
+_TORCH_ACTIVATIONS = {
+    "linear": lambda y, alpha: y,
+    "relu": lambda y, alpha: torch.relu(y),
+    "leaky_relu": lambda y, alpha: torch.nn.functional.leaky_relu(y, alpha),
+    "sigmoid": lambda y, alpha: torch.sigmoid(y),
+    "tanh": lambda y, alpha: torch.tanh(y),
+    "gelu": lambda y, alpha: torch.nn.functional.gelu(y),
+    "gelu_tanh": lambda y, alpha: torch.nn.functional.gelu(y, approximate="tanh"),
+    "silu": lambda y, alpha: torch.nn.functional.silu(y),
+}
+
+
+def activate(y, activation):
+    """``y`` through ``activation`` (as ``normalize_activation`` accepts it) by PyTorch's
+    function of the same formula (Keras' parameters)."""
+    if activation is None:
+        return y
+    name, alpha = normalize_activation(activation)
+    return _TORCH_ACTIVATIONS[name](y, alpha)
 
 
 def _differentiated(*tensors):
@@ -215,19 +241,25 @@ def _differentiated(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _forward(x, weight, bias, call, activation=None):
+    """tconv3d's forward on tensors (``activation`` fused), into a new tensor in ``x``'s
+    memory format."""
+    channels_last = _is_channels_last(x)
+    y = _new_tensor((x.shape[0], weight.shape[1] * call.groups, *call.plan.out), x.dtype,
+                    channels_last)
+    forward_arrays(_as_array(x, channels_last), _as_array(weight, False),
+                   None if bias is None else _as_array(bias, False), call.plan, call.stride,
+                   call.dilation, call.groups, channels_last, torch.get_num_threads(),
+                   out=_as_array(y, channels_last), activation=activation)
+    return y
+
+
 class ConvTranspose3dFunction(torch.autograd.Function):
     """``F(x, W) + b``: tconv3d's forward, for validated 5-D CPU float tensors."""
 
     @staticmethod
     def forward(x, weight, bias, call):
-        channels_last = _is_channels_last(x)
-        y = _new_tensor((x.shape[0], weight.shape[1] * call.groups, *call.plan.out), x.dtype,
-                        channels_last)
-        forward_arrays(_as_array(x, channels_last), _as_array(weight, False),
-                       None if bias is None else _as_array(bias, False), call.plan,
-                       call.stride, call.dilation, call.groups, channels_last,
-                       torch.get_num_threads(), out=_as_array(y, channels_last))
-        return y
+        return _forward(x, weight, bias, call)
 
     @staticmethod
     def setup_context(ctx, inputs, output):

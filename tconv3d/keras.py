@@ -18,7 +18,9 @@ imported). Only ``call`` differs: on Keras' torch backend, for CPU tensors of fl
 float64, bfloat16 or float16 (so a ``"mixed_bfloat16"`` policy too), the transposed
 convolution runs through :func:`tconv3d.torch.conv_transpose3d` (the
 autograd Function of the PyTorch drop-in, zero-copy, derivatives of any order), with Keras'
-padding translated in closed form (:mod:`tconv3d._geometry`). Anything else (another
+padding translated in closed form (:mod:`tconv3d._geometry`); at inference (``predict``,
+``no_grad``) the activations relu, leaky_relu, tanh, gelu and silu are applied by the
+compiled forward (no second pass over the output, no second array). Anything else (another
 backend, a GPU tensor) runs Keras' own op, with a one-time :class:`TconvKerasFallbackWarning` saying why. The numbers are Keras'
 either way.
 """
@@ -35,6 +37,12 @@ from ._geometry import keras_trim, torch_window
 __all__ = ["Conv3DTranspose", "TconvKerasFallbackWarning"]
 
 _warned = set()
+# Keras' activations that tconv3d.torch.conv_transpose3d applies with the same formula and
+# parameters: in the compiled forward at inference (no second array), by the PyTorch
+# function Keras' torch backend calls otherwise. Not sigmoid: Keras keeps its logits on
+# the output for its cross-entropy losses.
+_FUSED = tuple((getattr(keras.activations, name), name)
+               for name in ("linear", "relu", "leaky_relu", "tanh", "gelu", "silu"))
 
 
 class TconvKerasFallbackWarning(UserWarning):
@@ -156,16 +164,17 @@ default=None
                                           self.output_padding or (None,) * 3)]
         weight = self.kernel.value.permute(4, 3, 0, 1, 2)   # (in, out, kd, kh, kw) view
         bias = self.bias.value if self.use_bias else None
+        fused = next((name for function, name in _FUSED if function is self.activation), None)
         y = conv_transpose3d(x, weight, bias, stride=tuple(self.strides),
                              padding=tuple(w[0] for w in windows),
                              output_padding=tuple(w[1] for w in windows),
-                             dilation=tuple(self.dilation_rate))
+                             dilation=tuple(self.dilation_rate), activation=fused)
         if any(w[2] for w in windows):
             y = y[(slice(None), slice(None)) + tuple(
                 slice(0, n - w[2]) for n, w in zip(y.shape[2:], windows))]
         if channels_last:
             y = y.permute(0, 2, 3, 4, 1)
-        if self.activation is not None:
+        if fused is None and self.activation is not None:
             y = self.activation(y)
         return y
 

@@ -50,14 +50,12 @@ The backward is built from differentiable operations on the same kernels, so
 ``create_graph=True`` (gradient penalties, Jacobian regularisers), ``torch.autograd.grad``
 of gradients, forward-mode AD (``torch.autograd.forward_ad``) and ``torch.func`` (``grad``,
 ``vjp``, ``jvp``, ``jacrev``, ``jacfwd``, ``hessian``, ``vmap``, ``functional_call``) all
-give PyTorch's numbers. Three operators do all the work: the transposed convolution
-``F(x, W)`` (tconv3d's forward), its input gradient ``Gx(g, W)`` (tconv3d's ``grad_input``,
-a regular convolution) and its weight gradient ``Gw(g, x)`` (tconv3d's ``grad_kernel``),
-the three partial gradients of ``T(x, W, g) = <F(x, W), g>``; being linear in each
-argument, each one's derivatives are again these operators, e.g. the gradient of
-``<Gx(g, W), u>`` is ``F(u, W)`` for ``g`` and ``Gw(g, u)`` for ``W``. A plain
-``backward()`` computes the first-order gradients in one pass, as before; with
-``create_graph=True`` the same numbers come from one differentiable call per gradient.
+give PyTorch's numbers. The transposed convolution ``F(x, W)``, its input gradient
+``Gx(g, W)`` and its weight gradient ``Gw(g, x)`` are the partial gradients of
+``T(x, W, g) = <F(x, W), g>``, linear in each argument, so the derivatives of each are
+again these three (e.g. ``<Gx(g, W), u>`` gives ``F(u, W)`` and ``Gw(g, u)``). A plain
+``backward()`` computes the first-order gradients in one pass; with ``create_graph=True``
+the same numbers come from one differentiable call per gradient.
 Under ``torch.func.vmap`` a vmapped dimension is folded into the batch (input only) or into
 the channels with ``groups`` multiplied by the vmap size (batched weights or bias), so a
 vmapped call is one tconv3d call.
@@ -124,8 +122,8 @@ from torch.nn.utils import parametrize
 from torch.overrides import handle_torch_function, has_torch_function
 
 from ._geometry import torch_plan
-from ._validation import MAX_AXIS_LENGTH
-from ._torch_autograd import Call, has_ml_dtypes, transposed_convolution
+from ._validation import MAX_AXIS_LENGTH, normalize_activation
+from ._torch_autograd import Call, activate, has_ml_dtypes, transposed_convolution
 
 __all__ = ["ConvTranspose3d", "ConvertReport", "TconvFallbackWarning", "conv_transpose3d",
            "convert"]
@@ -166,9 +164,7 @@ def _warn_once(reason):
 
 
 def _triple(value):
-    if isinstance(value, int):
-        return (value,) * 3
-    return tuple(int(v) for v in value)
+    return (value,) * 3 if isinstance(value, int) else tuple(int(v) for v in value)
 
 
 def _tconv_plan(input, weight, bias, stride, padding, output_padding, groups, dilation):
@@ -212,7 +208,7 @@ def _tconv_plan(input, weight, bias, stride, padding, output_padding, groups, di
 
 
 def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0,
-                     groups=1, dilation=1):
+                     groups=1, dilation=1, *, activation=None):
     """:func:`torch.nn.functional.conv_transpose3d`, on tconv3d's kernels for CPU tensors.
 
     Parameters
@@ -232,6 +228,11 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
         Channels split into ``groups`` independent convolutions.
     dilation : int or tuple of 3 ints, default=1
         The spacing of the kernel's taps.
+    activation : str or tconv3d.activations.Activation, optional
+        tconv3d's addition, applied to the result: ``"relu"``, ``"leaky_relu"``,
+        ``"sigmoid"``, ``"tanh"``, ``"gelu"`` or ``"silu"`` (Keras' parameters); fused into
+        the compiled forward (float32, float64) where no autograd mode may differentiate
+        the call (no second pass, no second array), else PyTorch's function of it.
 
     Returns
     -------
@@ -243,6 +244,8 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
     ------
     RuntimeError
         PyTorch's, for the arguments its own op refuses (those calls are handed to it).
+    ValueError, TypeError
+        If ``activation`` is not one of those (checked first).
     MemoryError
         If tconv3d's output or a working copy would not fit in memory (checked first).
 
@@ -262,17 +265,16 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
     >>> x.grad.flatten().tolist()
     [2.0, 2.0, 2.0]
     """
+    normalize_activation(activation)   # refused before any work
     tensors = (input, weight) if bias is None else (input, weight, bias)
+    args = (stride, padding, output_padding, groups, dilation)
     if has_torch_function(tensors):  # __torch_function__ subclasses, as torch.nn.functional
-        return handle_torch_function(conv_transpose3d, tensors, input, weight, bias, stride,
-                                     padding, output_padding, groups, dilation)
-    if torch.jit.is_tracing():
-        _warn_once("torch.jit.trace records PyTorch's op (TorchScript cannot call tconv3d)")
-        return F.conv_transpose3d(input, weight, bias, stride, padding, output_padding,
-                                  groups, dilation)
-    if torch.compiler.is_exporting():  # torch.export records PyTorch's op
-        return F.conv_transpose3d(input, weight, bias, stride, padding, output_padding,
-                                  groups, dilation)
+        return handle_torch_function(conv_transpose3d, tensors, input, weight, bias, *args,
+                                     activation=activation)
+    if torch.jit.is_tracing() or torch.compiler.is_exporting():  # they record PyTorch's op
+        if torch.jit.is_tracing():   # (an exported graph shows the op itself)
+            _warn_once("torch.jit.trace records PyTorch's op (TorchScript cannot call tconv3d)")
+        return activate(F.conv_transpose3d(input, weight, bias, *args), activation)
     if input.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         # autocast's contract for this op: its floating operands but float64 are cast to
         # the autocast dtype, which the result then has
@@ -280,31 +282,31 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
         cast = [t if t is None or not t.is_floating_point() or t.dtype == torch.float64
                 else t.to(dtype) for t in (input, weight, bias)]
         with torch.autocast("cpu", enabled=False):
-            return conv_transpose3d(*cast, stride, padding, output_padding, groups, dilation)
+            return conv_transpose3d(*cast, *args, activation=activation)
     if input.dim() == 4:  # unbatched, as PyTorch accepts
-        return conv_transpose3d(input.unsqueeze(0), weight, bias, stride, padding,
-                                output_padding, groups, dilation).squeeze(0)
-    config, reason = _tconv_plan(input, weight, bias, stride, padding, output_padding, groups,
-                                 dilation)
+        return conv_transpose3d(input.unsqueeze(0), weight, bias, *args,
+                                activation=activation).squeeze(0)
+    config, reason = _tconv_plan(input, weight, bias, *args)
     if config is None:
         if reason is not None:
             _warn_once(reason)
-        return F.conv_transpose3d(input, weight, bias, stride, padding, output_padding,
-                                  groups, dilation)
+        return activate(F.conv_transpose3d(input, weight, bias, *args), activation)
     plan, stride, dilation = config
     call = Call(plan, stride, dilation, groups, tuple(input.shape[2:]), tuple(weight.shape[2:]))
-    if input.dtype == torch.bfloat16 and has_ml_dtypes():
-        return _apply(input, weight, bias, call)   # bfloat16 arrays: tconv3d's own path
-    if input.dtype in _HALF_DTYPES:   # differentiable casts: gradients are rounded likewise
-        return _apply(input.float(), weight.float(), None if bias is None else bias.float(),
-                      call).to(input.dtype)
-    return _apply(input, weight, bias, call)
+    if input.dtype in _HALF_DTYPES:   # activated after rounding, as by PyTorch's op
+        if input.dtype == torch.bfloat16 and has_ml_dtypes():   # tconv3d's bfloat16 path
+            y = _apply(input, weight, bias, call)
+        else:   # differentiable casts: gradients are rounded likewise
+            y = _apply(input.float(), weight.float(), None if bias is None else bias.float(),
+                       call).to(input.dtype)
+        return activate(y, activation)
+    return _apply(input, weight, bias, call, activation)
 
 
 @torch.compiler.disable
-def _apply(input, weight, bias, call):
+def _apply(input, weight, bias, call, activation=None):
     # Dynamo cannot trace into compiled code: keep the call out of torch.compile's graphs.
-    return transposed_convolution(input, weight, bias, call)
+    return transposed_convolution(input, weight, bias, call, activation)
 
 
 class ConvTranspose3d(torch.nn.ConvTranspose3d):

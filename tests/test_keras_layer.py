@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 if keras.backend.backend() != "torch":
     pytest.skip("tconv3d.keras computes on Keras' torch backend", allow_module_level=True)
 
-from tconv3d import _kernels  # noqa: E402
+from tconv3d import _kernels, _torch_autograd  # noqa: E402
 from tconv3d.keras import Conv3DTranspose  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
@@ -92,6 +92,36 @@ def test_activation_and_float32(rng, kernel_calls):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(y),
                                keras.ops.convert_to_numpy(stock(x)), rtol=1e-5, atol=1e-6)
     assert (keras.ops.convert_to_numpy(y) >= 0).all()
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "tanh", "gelu", "silu",
+                                        "linear", "sigmoid", "elu"])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_activations_at_inference_and_in_training_equal_keras(rng, monkeypatch, activation,
+                                                               data_format):
+    # Inference (no_grad): relu ... silu fused into tconv3d's forward; sigmoid (Keras
+    # keeps its logits) and the rest by Keras. Training: Keras' numbers and gradients.
+    kw = dict(strides=2, padding="same", activation=activation, data_format=data_format,
+              dtype="float64", bias_initializer="random_normal")
+    ours, stock = _pair(3, (3, 2, 3), **kw)
+    shape = (2, 4, 3, 5, 2) if data_format == "channels_last" else (2, 2, 4, 3, 5)
+    x = 3 * rng.standard_normal(shape)
+    ours.build(shape)
+    stock.build(shape)
+    stock.set_weights(ours.get_weights())
+    with torch.no_grad(), monkeypatch.context() as patch:
+        patch.setattr(_torch_autograd, "_TORCH_ACTIVATIONS", {})   # none but fused ones
+        y = ours(torch.tensor(x))
+    with torch.no_grad():
+        y_keras = stock(torch.tensor(x))
+    np.testing.assert_allclose(y.numpy(), y_keras.numpy(), rtol=1e-12, atol=1e-12)
+    if activation == "sigmoid":
+        assert hasattr(y, "_keras_logits")
+    r = rng.standard_normal(ours.compute_output_shape(shape))
+    (y, grads), (y_keras, grads_keras) = _grads(ours, x, r), _grads(stock, x, r)
+    np.testing.assert_allclose(y, y_keras, rtol=1e-12, atol=1e-12)
+    for g, g_keras in zip(grads, grads_keras):
+        np.testing.assert_allclose(g, g_keras, rtol=1e-10, atol=1e-12)
 
 
 def _decoder(layer_class, seed):

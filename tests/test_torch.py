@@ -605,6 +605,90 @@ def test_forward_mode_ad_under_any_grad_mode(grad_mode):
     _assert_close(results[1][1], results[0][1], torch.float64)
 
 
+ACTIVATIONS = [  # (tconv3d's spec, PyTorch's function)
+    ("relu", torch.relu), ("leaky_relu", lambda y: F.leaky_relu(y, 0.2)),
+    (tconv3d.activations.get("leaky_relu").bind(negative_slope=0.01),
+     lambda y: F.leaky_relu(y, 0.01)),
+    ("sigmoid", torch.sigmoid), ("tanh", torch.tanh), ("gelu", F.gelu),
+    (tconv3d.activations.get("gelu").bind(approximate=True),
+     lambda y: F.gelu(y, approximate="tanh")),
+    ("silu", F.silu), ("swish", F.silu), ("linear", lambda y: y)]
+
+
+@pytest.fixture
+def torch_activations(monkeypatch):
+    """Counts the activations applied by PyTorch's functions (not fused)."""
+    calls = []
+    table = dict(autograd_impl._TORCH_ACTIVATIONS)
+    monkeypatch.setattr(autograd_impl, "_TORCH_ACTIVATIONS", {
+        name: (lambda y, alpha, f=f, name=name: calls.append(name) or f(y, alpha))
+        for name, f in table.items()})
+    return calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation, torch_fn", ACTIVATIONS,
+                         ids=[str(a) for a, _ in ACTIVATIONS])
+def test_activation_fused_at_inference_and_differentiated_otherwise(
+        torch_activations, activation, torch_fn, dtype):
+    g = torch.Generator().manual_seed(3)
+    x = 4 * torch.randn(2, 4, *SPATIAL, dtype=dtype, generator=g)
+    w = torch.randn(4, 3, 3, 2, 3, dtype=dtype, generator=g)
+    b = torch.randn(6, dtype=dtype, generator=g)
+    kwargs = dict(stride=(2, 1, 2), padding=1, output_padding=(1, 0, 0), groups=2)
+    for x_format in (x, x.to(memory_format=CHANNELS_LAST)):
+        with torch.no_grad():
+            got = tt.conv_transpose3d(x_format, w, b, **kwargs, activation=activation)
+            expected = torch_fn(F.conv_transpose3d(x, w, b, **kwargs))
+        assert torch_activations == []   # fused into the compiled forward
+        _assert_close(got, expected, dtype)
+    # recorded by autograd: PyTorch's function, and its gradients
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    y = tt.conv_transpose3d(*leaves, **kwargs, activation=activation)
+    assert len(torch_activations) == 1
+    leaves_ref = [t.clone().requires_grad_() for t in (x, w, b)]
+    y_ref = torch_fn(F.conv_transpose3d(*leaves_ref, **kwargs))
+    _assert_close(y, y_ref, dtype)
+    r = torch.randn(y.shape, dtype=dtype, generator=g)
+    for grad, grad_ref in zip(torch.autograd.grad(y, leaves, r),
+                              torch.autograd.grad(y_ref, leaves_ref, r)):
+        _assert_close(grad, grad_ref, dtype)
+
+
+def test_activation_after_rounding_for_half_dtypes():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 4, *SPATIAL, generator=g)
+    w = torch.randn(4, 2, 3, 3, 3, generator=g)
+    for dtype in (torch.bfloat16, torch.float16):
+        args = (x.to(dtype), w.to(dtype))
+        with torch.no_grad():
+            got = tt.conv_transpose3d(*args, stride=2, activation="tanh")
+            assert got.dtype == dtype
+            torch.testing.assert_close(got, torch.tanh(tt.conv_transpose3d(*args, stride=2)),
+                                       rtol=0, atol=0)
+
+
+def test_activation_on_pytorchs_op_and_traced():
+    x = torch.randn(1, 2, 3, 3, 3)
+    w = torch.randn(2, 2, 2, 2, 2)
+    with pytest.warns(tt.TconvFallbackWarning):
+        traced = torch.jit.trace(
+            lambda x, w: tt.conv_transpose3d(x, w, stride=2, activation="relu"), (x, w))
+    _assert_close(traced(x, w), torch.relu(F.conv_transpose3d(x, w, stride=2)),
+                  torch.float32)
+    with torch.no_grad():   # PyTorch's op for an empty batch
+        y = tt.conv_transpose3d(x[:0], w, stride=2, activation="sigmoid")
+    assert y.shape == (0, 2, 6, 6, 6)
+
+
+@pytest.mark.parametrize("activation, error", [("softmax", ValueError), ("elu", ValueError),
+                                               (3, TypeError), (torch.relu, TypeError)])
+def test_activation_refused_before_any_work(activation, error):
+    with pytest.raises(error, match="activation"):
+        tt.conv_transpose3d(torch.ones(1, 2, 2, 2, 2), torch.ones(2, 2, 2, 2, 2),
+                            activation=activation)
+
+
 def test_frozen_layer_records_no_graph():
     ref, ours = _pair(dict(kernel_size=2, stride=2))
     for p in ours.parameters():
