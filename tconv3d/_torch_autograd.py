@@ -6,8 +6,9 @@ and its gradients on arrays (one tconv3d call with PyTorch's padding, all groups
 the Functions below wrap them for tensors, zero-copy, with ``setup_context`` (as
 :mod:`torch.func` requires), ``vmap`` rules and ``jvp`` (forward mode).
 :mod:`tconv3d.torch` validates every call before it reaches
-:func:`transposed_convolution`, which runs :class:`ConvTranspose3dFunction`'s forward
-alone when no autograd mode may differentiate the call.
+:func:`transposed_convolution`: :class:`ConvTranspose3dFunction` then PyTorch's function
+of the activation (:func:`activate`), or, when no autograd mode may differentiate the
+call, the Function's forward alone with the activation fused.
 """
 import functools
 import importlib.util
