@@ -272,7 +272,7 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
         return handle_torch_function(conv_transpose3d, tensors, input, weight, bias, *args,
                                      activation=activation)
     if torch.jit.is_tracing() or torch.compiler.is_exporting():  # they record PyTorch's op
-        if torch.jit.is_tracing():   # (an exported graph shows the op itself)
+        if torch.jit.is_tracing():   # warned once; torch.export is silent
             _warn_once("torch.jit.trace records PyTorch's op (TorchScript cannot call tconv3d)")
         return activate(F.conv_transpose3d(input, weight, bias, *args), activation)
     if input.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
