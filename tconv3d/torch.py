@@ -229,7 +229,7 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
     dilation : int or tuple of 3 ints, default=1
         The spacing of the kernel's taps.
     activation : str or tconv3d.activations.Activation, optional
-        tconv3d's addition, applied to the result: ``"relu"``, ``"leaky_relu"``,
+        Applied to the result (tconv3d's addition): ``"relu"``, ``"leaky_relu"``,
         ``"sigmoid"``, ``"tanh"``, ``"gelu"`` or ``"silu"`` (Keras' parameters); fused into
         the compiled forward (float32, float64) where no autograd mode may differentiate
         the call (no second pass, no second array), else PyTorch's function of it.
